@@ -1,0 +1,370 @@
+//! The shardcast wire protocol: the frames a client and the gateway exchange over
+//! one WebSocket, in either of the two encodings, plus the close codes and the
+//! channel-name rules. `proto/PROTOCOL.md` is the normative text; this crate is
+//! its executable form and `proto/vectors/` pins both down byte for byte.
+//!
+//! The gateway, the Rust client and the test vectors all go through this crate,
+//! so an encoding change shows up as a vector mismatch instead of a silent
+//! incompatibility between the two ends.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+pub mod close;
+
+/// Protocol version carried by the subprotocol names and the welcome frame.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// How frames are encoded on one connection, chosen once by WebSocket subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// UTF-8 JSON in text frames; the default when the client names no subprotocol.
+    Json,
+    /// MessagePack maps (named fields) in binary frames.
+    MsgPack,
+}
+
+impl Encoding {
+    /// Both encodings, in index order (see [`Encoding::index`]).
+    pub const ALL: [Encoding; 2] = [Encoding::Json, Encoding::MsgPack];
+
+    /// The `Sec-WebSocket-Protocol` token that selects this encoding.
+    pub const fn subprotocol(self) -> &'static str {
+        match self {
+            Encoding::Json => "shardcast.v1.json",
+            Encoding::MsgPack => "shardcast.v1.msgpack",
+        }
+    }
+
+    /// Looks a subprotocol token up; `None` for anything this version does not speak.
+    pub fn from_subprotocol(token: &str) -> Option<Encoding> {
+        Encoding::ALL
+            .into_iter()
+            .find(|e| e.subprotocol().eq_ignore_ascii_case(token.trim()))
+    }
+
+    /// A dense index (0 for JSON, 1 for MessagePack) for per-encoding arrays.
+    pub const fn index(self) -> usize {
+        match self {
+            Encoding::Json => 0,
+            Encoding::MsgPack => 1,
+        }
+    }
+
+    /// Whether frames of this encoding travel as WebSocket binary frames.
+    pub const fn is_binary(self) -> bool {
+        matches!(self, Encoding::MsgPack)
+    }
+}
+
+/// Machine-readable error codes carried by `error` frames and HTTP API errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame could not be decoded or lacks a required field.
+    BadRequest,
+    /// The `op` is not one this protocol version knows.
+    UnknownOp,
+    /// The channel name is empty, too long or has characters outside the allowed set.
+    BadChannel,
+    /// The connection already holds the maximum number of subscriptions.
+    TooManyChannels,
+    /// `unsubscribe` for a channel this connection is not subscribed to.
+    NotSubscribed,
+    /// The operation is not allowed on this gateway (client publish disabled, bad API key).
+    Forbidden,
+    /// A publish payload above the configured maximum.
+    PayloadTooLarge,
+    /// A dependency (the broker) cannot take the request right now; retry later.
+    Unavailable,
+    /// A bug or unexpected failure on the gateway.
+    Internal,
+    /// A code this version of the crate does not know (sent by a newer gateway).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The snake_case name used on the wire and as a metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::TooManyChannels => "too_many_channels",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+/// A request from a client, after validation of its shape (not of its channel name,
+/// whose limits are the gateway's configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Start receiving `message` frames of a channel; answered by `ack` or `error`.
+    Subscribe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: String,
+    },
+    /// Stop receiving a channel; answered by `ack` or `error`.
+    Unsubscribe {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: String,
+    },
+    /// Publish `data` to a channel, where the gateway allows client publishing.
+    Publish {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: String,
+        data: Value,
+    },
+    /// Application-level heartbeat (browsers cannot see WebSocket pings); answered by `pong`.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+impl ClientFrame {
+    /// The request id the client chose, echoed in the reply.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Subscribe { id, .. }
+            | ClientFrame::Unsubscribe { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Ping { id } => *id,
+        }
+    }
+}
+
+/// Every field any operation may carry. Decoding goes through this flat shape first so
+/// that an unknown `op` or a missing field is told apart from an undecodable frame and
+/// the error can still echo the request id.
+#[derive(Deserialize)]
+struct LooseClientFrame {
+    op: Option<String>,
+    id: Option<u64>,
+    channel: Option<String>,
+    data: Option<Value>,
+}
+
+/// Why a client frame was refused; `id` is the request id when it could be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct DecodeError {
+    /// The request id, echoed in the error frame where the frame got that far.
+    pub id: Option<u64>,
+    /// What went wrong, for the client's code.
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        DecodeError {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decodes one client frame (a whole WebSocket message) in the given encoding.
+pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let loose: LooseClientFrame = match encoding {
+        Encoding::Json => serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::new(None, ErrorCode::BadRequest, format!("invalid JSON frame: {e}")))?,
+        Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| {
+            DecodeError::new(None, ErrorCode::BadRequest, format!("invalid MessagePack frame: {e}"))
+        })?,
+    };
+    let id = loose.id;
+    let op = loose
+        .op
+        .ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `op`"))?;
+    let channel = |c: Option<String>| {
+        c.ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `channel`"))
+    };
+    match op.as_str() {
+        "subscribe" => Ok(ClientFrame::Subscribe {
+            id,
+            channel: channel(loose.channel)?,
+        }),
+        "unsubscribe" => Ok(ClientFrame::Unsubscribe {
+            id,
+            channel: channel(loose.channel)?,
+        }),
+        "publish" => Ok(ClientFrame::Publish {
+            id,
+            channel: channel(loose.channel)?,
+            data: loose
+                .data
+                .ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `data`"))?,
+        }),
+        "ping" => Ok(ClientFrame::Ping { id }),
+        other => Err(DecodeError::new(
+            id,
+            ErrorCode::UnknownOp,
+            format!("unknown op `{}`", other.chars().take(64).collect::<String>()),
+        )),
+    }
+}
+
+/// Encodes a client frame (what a client library sends).
+pub fn encode_client(encoding: Encoding, frame: &ClientFrame) -> Vec<u8> {
+    encode(encoding, frame)
+}
+
+/// A frame the gateway sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame on every connection.
+    Welcome {
+        /// Protocol version the gateway speaks on this connection.
+        version: u32,
+        /// The gateway instance's id (stable for the process's life).
+        node: String,
+        /// Which shard (core) of that instance owns this connection.
+        shard: u32,
+        /// How often the gateway pings, so a client can size its own dead-peer timeout.
+        ping_interval_ms: u64,
+    },
+    /// A request succeeded.
+    Ack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A request failed; the connection stays open.
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+    /// Reply to a client `ping`.
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A publication on a subscribed channel.
+    Message {
+        channel: String,
+        /// Per channel and gateway instance, +1 for each publication delivered.
+        seq: u64,
+        data: Value,
+    },
+}
+
+/// Encodes a server frame. Message frames on the gateway's hot path go through
+/// [`encode_message`] instead, which does not need the payload parsed.
+pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
+    encode(encoding, frame)
+}
+
+/// Decodes a server frame (what a client library receives).
+pub fn decode_server(encoding: Encoding, bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
+    match encoding {
+        Encoding::Json => serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::new(None, ErrorCode::BadRequest, format!("invalid JSON frame: {e}"))),
+        Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| {
+            DecodeError::new(None, ErrorCode::BadRequest, format!("invalid MessagePack frame: {e}"))
+        }),
+    }
+}
+
+#[derive(Serialize)]
+struct MessageFrameJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: &'a str,
+    seq: u64,
+    data: &'a RawValue,
+}
+
+/// Encodes a `message` frame from a payload that is already valid JSON text.
+///
+/// For JSON the payload bytes are copied verbatim, never re-parsed; for MessagePack they
+/// are parsed once and transcoded. The result is identical to encoding
+/// [`ServerFrame::Message`] with the same fields.
+pub fn encode_message(encoding: Encoding, channel: &str, seq: u64, data: &RawValue) -> Vec<u8> {
+    match encoding {
+        Encoding::Json => encode(
+            encoding,
+            &MessageFrameJson {
+                kind: "message",
+                channel,
+                seq,
+                data,
+            },
+        ),
+        Encoding::MsgPack => {
+            // RawValue only ever holds valid JSON, so this parse cannot fail; fall back to
+            // null rather than panic should that invariant ever break.
+            let data: Value = serde_json::from_str(data.get()).unwrap_or(Value::Null);
+            encode(
+                encoding,
+                &ServerFrame::Message {
+                    channel: channel.to_owned(),
+                    seq,
+                    data,
+                },
+            )
+        }
+    }
+}
+
+fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Vec<u8> {
+    // Both serializers only fail on maps with non-string keys or on writer errors; our
+    // types have neither, and a Vec writer cannot fail.
+    match encoding {
+        Encoding::Json => serde_json::to_vec(value).unwrap_or_default(),
+        Encoding::MsgPack => rmp_serde::to_vec_named(value).unwrap_or_default(),
+    }
+}
+
+/// Why a channel name is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelNameError {
+    /// The name is the empty string.
+    #[error("channel name is empty")]
+    Empty,
+    /// The name is longer than the gateway's limit (in bytes).
+    #[error("channel name is longer than {max} bytes")]
+    TooLong { max: usize },
+    /// The name contains a byte outside `[A-Za-z0-9_.:@/=+-]`.
+    #[error("channel name has a character outside [A-Za-z0-9_.:@/=+-]")]
+    BadCharacter,
+}
+
+/// Default and recommended maximum channel-name length in bytes.
+pub const DEFAULT_MAX_CHANNEL_LEN: usize = 128;
+
+/// Checks a channel name against the protocol's charset and a length limit.
+pub fn validate_channel(name: &str, max_len: usize) -> Result<(), ChannelNameError> {
+    if name.is_empty() {
+        return Err(ChannelNameError::Empty);
+    }
+    if name.len() > max_len {
+        return Err(ChannelNameError::TooLong { max: max_len });
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_.:@/=+-".contains(&b);
+    if name.bytes().all(allowed) {
+        Ok(())
+    } else {
+        Err(ChannelNameError::BadCharacter)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! Checks this crate against the vectors in `proto/vectors/`. With
+//! `SHARDCAST_WRITE_VECTORS=1` it writes them instead (after a deliberate protocol
+//! change; every client must then pass the new files).
+
+use super::*;
+use serde_json::json;
+use std::path::PathBuf;
+
+fn vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("vector hex"))
+        .collect()
+}
+
+fn client_frames() -> Vec<(&'static str, ClientFrame)> {
+    vec![
+        ("subscribe", ClientFrame::Subscribe { id: Some(1), channel: "news".into() }),
+        ("subscribe_without_id", ClientFrame::Subscribe { id: None, channel: "chat:room-42".into() }),
+        ("unsubscribe", ClientFrame::Unsubscribe { id: Some(2), channel: "news".into() }),
+        (
+            "publish",
+            ClientFrame::Publish { id: Some(3), channel: "news".into(), data: json!({"text": "hello", "n": 1}) },
+        ),
+        ("ping", ClientFrame::Ping { id: Some(4) }),
+    ]
+}
+
+fn server_frames() -> Vec<(&'static str, ServerFrame)> {
+    vec![
+        (
+            "welcome",
+            ServerFrame::Welcome { version: 1, node: "node-1".into(), shard: 0, ping_interval_ms: 25000 },
+        ),
+        ("ack", ServerFrame::Ack { id: Some(1) }),
+        (
+            "error_bad_channel",
+            ServerFrame::Error { id: Some(1), code: ErrorCode::BadChannel, message: "channel name is empty".into() },
+        ),
+        ("pong", ServerFrame::Pong { id: Some(4) }),
+        (
+            "message",
+            ServerFrame::Message {
+                channel: "news".into(),
+                seq: 1,
+                data: json!({"text": "hello", "n": 1}),
+            },
+        ),
+        (
+            "message_scalar",
+            ServerFrame::Message { channel: "prices/eur-usd".into(), seq: 70000, data: json!(1.0825) },
+        ),
+    ]
+}
+
+fn vector_entry<T: Serialize>(name: &str, value: &T) -> Value {
+    json!({
+        "name": name,
+        "value": serde_json::to_value(value).expect("value"),
+        "json": String::from_utf8(encode(Encoding::Json, value)).expect("utf8"),
+        "msgpack_hex": hex(&encode(Encoding::MsgPack, value)),
+    })
+}
+
+fn invalid_client_frames() -> Value {
+    json!([
+        {"name": "not_json", "encoding": "json", "hex": hex(b"{\"op\":\"subscribe\""), "code": "bad_request"},
+        {"name": "not_an_object", "encoding": "json", "hex": hex(b"[1,2,3]"), "code": "bad_request"},
+        {"name": "missing_op", "encoding": "json", "hex": hex(b"{\"id\":9}"), "code": "bad_request", "id": 9},
+        {"name": "missing_channel", "encoding": "json", "hex": hex(b"{\"op\":\"subscribe\",\"id\":5}"), "code": "bad_request", "id": 5},
+        {"name": "unknown_op", "encoding": "json", "hex": hex(b"{\"op\":\"teleport\",\"id\":7}"), "code": "unknown_op", "id": 7},
+        {"name": "truncated_msgpack", "encoding": "msgpack", "hex": "83a26f70", "code": "bad_request"},
+        {"name": "msgpack_not_a_map", "encoding": "msgpack", "hex": "93010203", "code": "bad_request"},
+        {"name": "msgpack_unknown_op", "encoding": "msgpack",
+         "hex": hex(&rmp_serde::to_vec_named(&json!({"op": "teleport", "id": 7})).expect("mp")), "code": "unknown_op", "id": 7},
+    ])
+}
+
+fn channel_names() -> Value {
+    json!({
+        "max_len": DEFAULT_MAX_CHANNEL_LEN,
+        "valid": ["news", "chat:room-42", "user@example.com/inbox", "a.b_c=d+e", "x".repeat(DEFAULT_MAX_CHANNEL_LEN)],
+        "invalid": ["", "has space", "emoji-😀", "semi;colon", "x".repeat(DEFAULT_MAX_CHANNEL_LEN + 1)],
+    })
+}
+
+fn close_codes() -> Value {
+    json!([
+        {"code": close::GOING_AWAY, "name": "going_away", "reconnect": true},
+        {"code": close::PROTOCOL_ERROR, "name": "protocol_error", "reconnect": false},
+        {"code": close::INVALID_PAYLOAD, "name": "invalid_payload", "reconnect": false},
+        {"code": close::POLICY_VIOLATION, "name": "policy_violation", "reconnect": false},
+        {"code": close::MESSAGE_TOO_BIG, "name": "message_too_big", "reconnect": false},
+        {"code": close::INTERNAL_ERROR, "name": "internal_error", "reconnect": true},
+        {"code": close::TRY_AGAIN_LATER, "name": "try_again_later", "reconnect": true},
+        {"code": close::SLOW_CONSUMER, "name": "slow_consumer", "reconnect": true},
+        {"code": close::IDLE_TIMEOUT, "name": "idle_timeout", "reconnect": true},
+    ])
+}
+
+fn all_vectors() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "client_frames.json",
+            Value::Array(client_frames().iter().map(|(n, f)| vector_entry(n, f)).collect()),
+        ),
+        (
+            "server_frames.json",
+            Value::Array(server_frames().iter().map(|(n, f)| vector_entry(n, f)).collect()),
+        ),
+        ("invalid_client_frames.json", invalid_client_frames()),
+        ("channel_names.json", channel_names()),
+        ("close_codes.json", close_codes()),
+    ]
+}
+
+#[test]
+fn vectors_match_this_crate() {
+    for (file, expected) in all_vectors() {
+        let path = vectors_dir().join(file);
+        let text = serde_json::to_string_pretty(&expected).expect("pretty") + "\n";
+        if std::env::var_os("SHARDCAST_WRITE_VECTORS").is_some() {
+            std::fs::write(&path, text).expect("write vector");
+            continue;
+        }
+        let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read vector"))
+            .expect("vector is JSON");
+        assert_eq!(on_disk, expected, "{file} differs from what this crate produces");
+    }
+}
+
+#[test]
+fn client_vectors_decode_in_both_encodings() {
+    for (name, frame) in client_frames() {
+        for enc in Encoding::ALL {
+            let bytes = encode_client(enc, &frame);
+            assert_eq!(decode_client(enc, &bytes).as_ref(), Ok(&frame), "{name} {enc:?}");
+        }
+    }
+}
+
+#[test]
+fn server_vectors_decode_in_both_encodings() {
+    for (name, frame) in server_frames() {
+        for enc in Encoding::ALL {
+            let bytes = encode_server(enc, &frame);
+            assert_eq!(decode_server(enc, &bytes).as_ref(), Ok(&frame), "{name} {enc:?}");
+        }
+    }
+}
+
+#[test]
+fn encode_message_matches_the_generic_encoder() {
+    for (_, frame) in server_frames() {
+        if let ServerFrame::Message { channel, seq, data } = &frame {
+            let raw = RawValue::from_string(data.to_string()).expect("raw");
+            for enc in Encoding::ALL {
+                assert_eq!(encode_message(enc, channel, *seq, &raw), encode_server(enc, &frame));
+            }
+        }
+    }
+}
+
+#[test]
+fn invalid_frames_get_their_codes() {
+    for case in invalid_client_frames().as_array().expect("array") {
+        let enc = if case["encoding"] == "json" { Encoding::Json } else { Encoding::MsgPack };
+        let err = decode_client(enc, &unhex(case["hex"].as_str().expect("hex"))).expect_err("must fail");
+        assert_eq!(err.code.as_str(), case["code"], "{}", case["name"]);
+        assert_eq!(err.id, case["id"].as_u64(), "{}", case["name"]);
+    }
+}
+
+#[test]
+fn channel_name_rules() {
+    let names = channel_names();
+    for v in names["valid"].as_array().expect("valid") {
+        assert_eq!(validate_channel(v.as_str().expect("str"), DEFAULT_MAX_CHANNEL_LEN), Ok(()));
+    }
+    for v in names["invalid"].as_array().expect("invalid") {
+        assert!(validate_channel(v.as_str().expect("str"), DEFAULT_MAX_CHANNEL_LEN).is_err(), "{v}");
+    }
+}
+
+#[test]
+fn retry_hint_round_trips() {
+    let reason = close::reason_with_retry("going away", 1500);
+    assert_eq!(close::retry_ms(&reason), Some(1500));
+    assert_eq!(close::retry_ms("going away"), None);
+    assert!(!close::should_reconnect(close::POLICY_VIOLATION));
+    assert!(close::should_reconnect(close::SLOW_CONSUMER));
+}
+
+#[test]
+fn unknown_error_codes_decode_as_unknown() {
+    let frame = decode_server(Encoding::Json, br#"{"type":"error","code":"from_the_future","message":"x"}"#)
+        .expect("decodes");
+    assert!(matches!(frame, ServerFrame::Error { code: ErrorCode::Unknown, .. }));
+}

@@ -1,0 +1,244 @@
+//! The admin HTTP API, on its own port: publishing (`POST /api/publish`), health
+//! (`/health/live`, `/health/ready`), Prometheus metrics (`/metrics`) and local
+//! connection counts (`/api/stats`). Served by hyper on the control thread, away
+//! from the shards, so a burst of API calls never delays a fan-out.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use shardcast_proto::{validate_channel, ErrorCode};
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::fd_budget::FdBudget;
+use crate::metrics::Metrics;
+use crate::publication::Payload;
+use crate::publisher::Publisher;
+use crate::router::Source;
+use crate::state::GatewayState;
+
+/// Most publications one batch request may carry.
+const MAX_BATCH: usize = 1000;
+
+/// What the admin API needs.
+pub struct AdminContext {
+    pub api_key: Option<String>,
+    pub max_message_bytes: usize,
+    pub max_channel_len: usize,
+    pub publisher: Publisher,
+    pub state: Arc<GatewayState>,
+    pub metrics: Arc<Metrics>,
+    pub budget: Arc<FdBudget>,
+}
+
+/// Serves the admin API until the task is dropped.
+pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/health/live") => json_reply(StatusCode::OK, json!({"ok": true, "node": ctx.state.node_id})),
+        (&Method::GET, "/health/ready") => {
+            let ready = ctx.state.is_ready();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json_reply(
+                status,
+                json!({
+                    "ok": ready,
+                    "node": ctx.state.node_id,
+                    "draining": ctx.state.is_draining(),
+                    "broker": ctx.state.broker_up(),
+                }),
+            )
+        }
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp
+        }
+        (_, p) if p.starts_with("/api/") => {
+            if let Err(resp) = authorize(ctx, &req) {
+                return resp;
+            }
+            match (req.method(), p) {
+                (&Method::POST, "/api/publish") => publish(ctx, req).await,
+                (&Method::GET, "/api/stats") => stats(ctx),
+                _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
+            }
+        }
+        _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
+    }
+}
+
+fn authorize(ctx: &AdminContext, req: &Request<Incoming>) -> Result<(), Reply> {
+    let Some(key) = &ctx.api_key else { return Ok(()) };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+        return Ok(());
+    }
+    ctx.metrics.client_errors.with_label_values(&["unauthorized"]).inc();
+    let mut resp = error_reply(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden,
+        "missing or wrong API key (Authorization: Bearer <key>)",
+    );
+    resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(resp)
+}
+
+/// Compares without an early exit, so response timing does not leak the key.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct PublishItem {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
+    // A batch may carry up to MAX_BATCH messages of the maximum size, plus framing.
+    let limit = ctx.max_message_bytes.saturating_mul(16).max(1 << 20);
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, "request body too large")
+        }
+        Err(_) => return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "could not read the body"),
+    };
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let items: Vec<PublishItem> = if batch {
+        match serde_json::from_slice(&body) {
+            Ok(items) => items,
+            Err(e) => return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &format!("invalid batch: {e}")),
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(item) => vec![item],
+            Err(e) => {
+                let msg = format!("expected {{\"channel\": ..., \"data\": ...}}: {e}");
+                return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &msg);
+            }
+        }
+    };
+    if items.len() > MAX_BATCH {
+        let msg = format!("at most {MAX_BATCH} messages per batch");
+        return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &msg);
+    }
+    // Validate the whole batch first, so a bad item publishes nothing.
+    for item in &items {
+        if let Err(e) = validate_channel(&item.channel, ctx.max_channel_len) {
+            return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadChannel, &format!("{}: {e}", item.channel));
+        }
+        if item.data.get().len() > ctx.max_message_bytes {
+            let msg = format!("data larger than {} bytes", ctx.max_message_bytes);
+            return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &msg);
+        }
+    }
+    let mut results = Vec::with_capacity(items.len());
+    let mut failed = None;
+    for item in items {
+        let channel: Arc<str> = Arc::from(item.channel);
+        match ctx
+            .publisher
+            .publish(channel.clone(), Payload::from_raw(item.data), Source::Api)
+            .await
+        {
+            Ok(n) => results.push(json!({"channel": &*channel, "subscribers": n})),
+            Err(e) => {
+                results.push(json!({"channel": &*channel, "subscribers": e.reached, "error": e.to_string()}));
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        ctx.metrics.client_errors.with_label_values(&["unavailable"]).inc();
+        return json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "ok": false,
+                "error": {"code": ErrorCode::Unavailable.as_str(), "message": e.to_string()},
+                "results": results,
+            }),
+        );
+    }
+    if batch {
+        json_reply(StatusCode::OK, json!({"ok": true, "results": results}))
+    } else {
+        json_reply(StatusCode::OK, json!({"ok": true, "subscribers": results[0]["subscribers"]}))
+    }
+}
+
+fn stats(ctx: &AdminContext) -> Reply {
+    let per_shard = ctx.state.connections_per_shard();
+    json_reply(
+        StatusCode::OK,
+        json!({
+            "node": ctx.state.node_id,
+            "connections": per_shard.iter().sum::<usize>(),
+            "shards": per_shard,
+            "channels": ctx.metrics.channels.get(),
+            "fd_headroom": ctx.budget.headroom(),
+            "ready": ctx.state.is_ready(),
+        }),
+    )
+}
+
+fn api_error(ctx: &AdminContext, status: StatusCode, code: ErrorCode, message: &str) -> Reply {
+    ctx.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
+    error_reply(status, code, message)
+}
+
+fn error_reply(status: StatusCode, code: ErrorCode, message: &str) -> Reply {
+    json_reply(status, json!({"ok": false, "error": {"code": code.as_str(), "message": message}}))
+}
+
+fn json_reply(status: StatusCode, body: serde_json::Value) -> Reply {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

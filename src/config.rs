@@ -1,0 +1,277 @@
+//! Gateway configuration: command-line flags, their `SHARDCAST_*` environment
+//! variables, and an optional TOML file, in that order of precedence.
+//!
+//! The TOML file uses the flag names as keys (`max-connections = 10000` or
+//! `max_connections = 10000`); a key whose environment variable is set is left to
+//! the environment, so the precedence stays flags > environment > file > defaults.
+
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Everything the gateway can be told at start.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "shardcast", version, about = "A per-core sharded WebSocket fan-out gateway")]
+pub struct Config {
+    /// Address of the public WebSocket port (also answers /health/live and /health/ready for load balancers).
+    #[arg(long, env = "SHARDCAST_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin port: publish API, health, metrics. Keep it private.
+    #[arg(long, env = "SHARDCAST_ADMIN_LISTEN", default_value = "127.0.0.1:8001")]
+    pub admin_listen: SocketAddr,
+
+    /// URL path of the WebSocket endpoint.
+    #[arg(long, env = "SHARDCAST_WS_PATH", default_value = "/ws")]
+    pub ws_path: String,
+
+    /// Number of shards (event-loop threads); 0 means one per CPU core.
+    #[arg(long, env = "SHARDCAST_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+
+    /// API key for the admin publish API (`Authorization: Bearer <key>`); unset means no check.
+    #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Refuse new WebSocket upgrades (HTTP 503) above this many connections; 0 means no limit.
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// File descriptors kept free: upgrades are refused (HTTP 503) once headroom falls below this.
+    #[arg(long, env = "SHARDCAST_FD_RESERVE", default_value_t = 128)]
+    pub fd_reserve: usize,
+
+    /// Largest client message and publish payload, in bytes (bigger ones close with 1009 or get 413).
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES", default_value_t = 65536)]
+    pub max_message_bytes: usize,
+
+    /// Subscriptions one connection may hold.
+    #[arg(long, env = "SHARDCAST_MAX_CHANNELS_PER_CONNECTION", default_value_t = 128)]
+    pub max_channels_per_connection: usize,
+
+    /// Longest channel name, in bytes.
+    #[arg(long, env = "SHARDCAST_MAX_CHANNEL_LEN", default_value_t = shardcast_proto::DEFAULT_MAX_CHANNEL_LEN)]
+    pub max_channel_len: usize,
+
+    /// Outbound bytes queued for one connection before it is closed as a slow consumer (code 4000).
+    #[arg(long, env = "SHARDCAST_MAX_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_queue_bytes: usize,
+
+    /// How often the gateway pings a connection that has been quiet (e.g. 25s, 500ms).
+    #[arg(long, env = "SHARDCAST_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A connection that sends nothing (not even a pong) for this long is closed with 4001.
+    #[arg(long, env = "SHARDCAST_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time a new socket has to complete the WebSocket upgrade.
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time a closing connection gets to flush and answer our close frame.
+    #[arg(long, env = "SHARDCAST_CLOSE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, closes are spread over this window so clients do not reconnect all at once.
+    #[arg(long, env = "SHARDCAST_DRAIN_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub drain_window: Duration,
+
+    /// Let WebSocket clients publish (`op: publish`); off by default, publishing is the API's job.
+    #[arg(long, env = "SHARDCAST_ALLOW_CLIENT_PUBLISH", default_value_t = false)]
+    pub allow_client_publish: bool,
+
+    /// This instance's id in logs, welcome frames and cluster views; default: hostname-pid.
+    #[arg(long, env = "SHARDCAST_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `shardcast=debug`).
+    #[arg(long, env = "SHARDCAST_LOG", default_value = "info")]
+    pub log: String,
+
+    /// TOML file with any of the options above (flag names as keys).
+    #[arg(long, env = "SHARDCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad flags or values (clap's own message, which includes `--help` hints).
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The TOML file is not valid TOML or has a value of a type we cannot pass on.
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    /// Values that each parse but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the configuration from this process's arguments, environment and config file.
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::load_from(std::env::args_os())
+    }
+
+    /// Loads the configuration from the given arguments (the first is the program name).
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let first = Config::try_parse_from(&args)?;
+        let config = match &first.config {
+            None => first,
+            Some(path) => {
+                let mut merged = vec![args.first().cloned().unwrap_or_else(|| "shardcast".into())];
+                merged.extend(file_args(path)?);
+                merged.extend(args.iter().skip(1).cloned());
+                let matches = Config::command().args_override_self(true).try_get_matches_from(merged)?;
+                Config::from_arg_matches(&matches)?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !self.ws_path.starts_with('/') {
+            return bad("--ws-path must start with '/'");
+        }
+        if self.shards > 64 {
+            return bad("--shards is at most 64");
+        }
+        if self.max_message_bytes < 128 {
+            return bad("--max-message-bytes must be at least 128");
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
+            return bad("--idle-timeout must be longer than a non-zero --ping-interval");
+        }
+        Ok(())
+    }
+
+    /// The number of shards to run: the configured count, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// This instance's id: the configured one or `hostname-pid`.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "shardcast".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+/// Turns a TOML file into `--flag=value` arguments, skipping keys whose environment
+/// variable is set (the environment outranks the file).
+fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let command = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()))
+            .ok_or_else(|| ConfigError::File {
+                path: path.clone(),
+                message: format!("unknown key `{key}`"),
+            })?;
+        if arg.get_env().is_some_and(|env| std::env::var_os(env).is_some()) {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(ConfigError::File {
+                    path: path.clone(),
+                    message: format!("`{key}` has an unsupported value {other}"),
+                })
+            }
+        };
+        out.push(OsString::from(format!("--{flag}={value}")));
+    }
+    Ok(out)
+}
+
+/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((s, "s"), |i| (&s[..i], s[i..].trim()));
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("`{s}`: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("shardcast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, "max_connections = 77\nws-path = \"/socket\"\nfd_reserve = 5\n").unwrap();
+        let cfg = Config::load_from(["shardcast", "--config", path.to_str().unwrap(), "--fd-reserve", "9"]).unwrap();
+        assert_eq!(cfg.max_connections, 77);
+        assert_eq!(cfg.ws_path, "/socket");
+        assert_eq!(cfg.fd_reserve, 9);
+        std::fs::write(&path, "no_such_option = 1\n").unwrap();
+        let err = Config::load_from(["shardcast", "--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("unknown key"), "{err}");
+    }
+}

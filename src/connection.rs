@@ -1,0 +1,318 @@
+//! One WebSocket connection as its shard keeps it: the socket, the bounded queue
+//! of frames it has not taken yet, and the little state it needs between reads.
+//!
+//! The record is kept small because an idle gateway is mostly these records: no
+//! read buffer (reads go into the shard's scratch buffer; only an incomplete frame
+//! is kept, and only until it completes), no write buffer (a frame is written
+//! straight from the publication's shared bytes; only what the socket would not take
+//! is queued, as a reference to those same bytes), no timer (the shard sweeps all
+//! its connections for pings and timeouts).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use shardcast_proto::Encoding;
+use tokio::net::TcpStream;
+
+use crate::channel_table::SubscriptionKey;
+use crate::ws::frame::{close_frame, Fragments};
+
+/// Why a connection ended, as reported in `shardcast_disconnections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client sent a close frame.
+    ClientClose,
+    /// The socket ended without a close frame.
+    Eof,
+    /// A socket error.
+    IoError,
+    /// Its outbound queue overflowed.
+    SlowConsumer,
+    /// Nothing received within the idle timeout.
+    IdleTimeout,
+    /// It broke RFC 6455 framing.
+    ProtocolError,
+    /// It sent a message above the limit.
+    MessageTooBig,
+    /// It sent a text message that is not UTF-8.
+    InvalidPayload,
+    /// The gateway is draining.
+    GoingAway,
+    /// It did not answer our close frame in time.
+    CloseTimeout,
+}
+
+impl Disconnect {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Disconnect::ClientClose => "client_close",
+            Disconnect::Eof => "eof",
+            Disconnect::IoError => "io_error",
+            Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::IdleTimeout => "idle_timeout",
+            Disconnect::ProtocolError => "protocol_error",
+            Disconnect::MessageTooBig => "message_too_big",
+            Disconnect::InvalidPayload => "invalid_payload",
+            Disconnect::GoingAway => "going_away",
+            Disconnect::CloseTimeout => "close_timeout",
+        }
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Open for requests and publications.
+    Open,
+    /// Our close frame is queued or sent; waiting for the flush and the client's reply
+    /// until `deadline` (shard clock, in deciseconds).
+    Closing { deadline: u32, reply_received: bool },
+    /// Done: the task removes it at its next poll.
+    Dead,
+}
+
+/// The outcome of queuing a frame for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written to the socket at once.
+    Written,
+    /// Queued (in part or whole) until the socket can take it.
+    Queued,
+    /// Queued, and the queue is now over its limit: the connection must go.
+    Overflow,
+    /// The connection is closing or dead; nothing was sent.
+    Closed,
+}
+
+/// Bytes of a read kept between two reads: an incomplete frame and a fragmented message.
+#[derive(Debug, Default)]
+pub struct ReadState {
+    /// The start of a frame whose rest has not arrived.
+    pub pending: Vec<u8>,
+    /// A fragmented message in progress.
+    pub fragments: Option<Box<Fragments>>,
+}
+
+/// A shard's record of one WebSocket connection.
+#[derive(Debug)]
+pub struct Connection {
+    /// Unique within the shard (slab keys are reused; ids are not).
+    pub id: u64,
+    stream: TcpStream,
+    /// The encoding chosen at the upgrade.
+    pub encoding: Encoding,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// Why it is closing, once it is.
+    pub disconnect: Option<Disconnect>,
+    out: VecDeque<Bytes>,
+    out_bytes: usize,
+    front_partial: bool,
+    waker: Option<Waker>,
+    /// Partial input, present only while a frame or message is incomplete.
+    pub read: Option<Box<ReadState>>,
+    /// Its subscriptions.
+    pub subs: Vec<SubscriptionKey>,
+    /// Shard clock (deciseconds) of the last byte received.
+    pub last_seen: u32,
+    /// Whether a keep-alive ping went out since the last byte received.
+    pub pinged: bool,
+}
+
+impl Connection {
+    /// A new open connection.
+    pub fn new(id: u64, stream: TcpStream, encoding: Encoding, now: u32) -> Connection {
+        Connection {
+            id,
+            stream,
+            encoding,
+            phase: Phase::Open,
+            disconnect: None,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            front_partial: false,
+            waker: None,
+            read: None,
+            subs: Vec::new(),
+            last_seen: now,
+            pinged: false,
+        }
+    }
+
+    /// Sends a frame: straight to the socket when nothing is queued, else behind the
+    /// queue. `limit` is the most bytes the queue may hold.
+    pub fn send(&mut self, frame: &Bytes, limit: usize) -> Sent {
+        if self.phase != Phase::Open {
+            return Sent::Closed;
+        }
+        if !self.out.is_empty() {
+            self.push(frame.clone());
+            return if self.out_bytes > limit {
+                Sent::Overflow
+            } else {
+                Sent::Queued
+            };
+        }
+        match self.stream.try_write(frame) {
+            Ok(n) if n == frame.len() => Sent::Written,
+            Ok(n) => {
+                self.push(frame.slice(n..));
+                self.front_partial = true;
+                self.wake();
+                Sent::Queued
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.push(frame.clone());
+                self.wake();
+                Sent::Queued
+            }
+            Err(_) => {
+                self.die(Disconnect::IoError);
+                Sent::Closed
+            }
+        }
+    }
+
+    fn push(&mut self, frame: Bytes) {
+        self.out_bytes += frame.len();
+        self.out.push_back(frame);
+    }
+
+    /// Starts the closing handshake: queues a close frame and gives the client until
+    /// `deadline` to take it and answer. Returns the number of queued frames dropped
+    /// (only a slow-consumer close drops any).
+    pub fn close(&mut self, code: u16, reason: &str, why: Disconnect, deadline: u32) -> usize {
+        if self.phase != Phase::Open {
+            return 0;
+        }
+        let mut dropped = 0;
+        if why == Disconnect::SlowConsumer {
+            // Keep a frame already half on the wire so the close frame follows a
+            // whole frame; everything behind it is lost.
+            let keep = usize::from(self.front_partial && !self.out.is_empty());
+            dropped = self.out.len() - keep;
+            self.out.truncate(keep);
+            self.out_bytes = self.out.iter().map(Bytes::len).sum();
+        }
+        self.push(close_frame(code, reason));
+        self.phase = Phase::Closing {
+            deadline,
+            reply_received: false,
+        };
+        self.disconnect = Some(why);
+        self.wake();
+        dropped
+    }
+
+    /// Records the client's close frame: answer it (if we had not closed first) and
+    /// end once the answer is flushed.
+    pub fn close_received(&mut self, code: Option<u16>, deadline: u32) {
+        match self.phase {
+            Phase::Open => {
+                let reply = code.unwrap_or(shardcast_proto::close::NORMAL);
+                self.push(close_frame(reply, ""));
+                self.disconnect = Some(Disconnect::ClientClose);
+                self.phase = Phase::Closing {
+                    deadline,
+                    reply_received: true,
+                };
+            }
+            Phase::Closing { deadline, .. } => {
+                self.phase = Phase::Closing {
+                    deadline,
+                    reply_received: true,
+                };
+            }
+            Phase::Dead => {}
+        }
+        self.wake();
+    }
+
+    /// Marks the connection for removal at its task's next poll.
+    pub fn die(&mut self, why: Disconnect) {
+        if self.disconnect.is_none() {
+            self.disconnect = Some(why);
+        }
+        self.phase = Phase::Dead;
+        self.wake();
+    }
+
+    /// Whether the closing handshake is complete: our close is flushed and theirs arrived.
+    pub fn close_complete(&self) -> bool {
+        matches!(self.phase, Phase::Closing { reply_received: true, .. }) && self.out.is_empty()
+    }
+
+    /// Writes queued frames until the queue is empty or the socket is full.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        const MAX_SLICES: usize = 64;
+        while !self.out.is_empty() {
+            if self.stream.poll_write_ready(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.out.len().min(MAX_SLICES);
+            for (slot, frame) in slices.iter_mut().zip(self.out.iter()) {
+                *slot = IoSlice::new(frame);
+            }
+            match self.stream.try_write_vectored(&slices[..n]) {
+                Ok(written) => self.advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        // An idle connection holds no queue memory.
+        self.out = VecDeque::new();
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.out_bytes -= written;
+        while written > 0 {
+            let Some(front) = self.out.front_mut() else { break };
+            if written >= front.len() {
+                written -= front.len();
+                self.out.pop_front();
+                self.front_partial = false;
+            } else {
+                *front = front.slice(written..);
+                self.front_partial = true;
+                written = 0;
+            }
+        }
+    }
+
+    /// Whether frames wait in the queue.
+    pub fn has_queued(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Reads what the socket has into `buf`; `Ok(0)` is the end of the stream.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            if self.stream.poll_read_ready(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+            match self.stream.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    /// Remembers the task to wake when there is something to write or the phase changes.
+    pub fn set_waker(&mut self, waker: &Waker) {
+        match &self.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => self.waker = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+}

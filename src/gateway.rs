@@ -1,0 +1,229 @@
+//! Assembling and running one gateway instance: metrics, router, broker, shards,
+//! the acceptor, the admin API and the resource monitor; and taking them down again
+//! with a graceful drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::acceptor::Acceptor;
+use crate::admin::{self, AdminContext};
+use crate::broker::memory::InProcessBroker;
+use crate::broker::{Broker, BrokerSink};
+use crate::config::Config;
+use crate::fd_budget::{count_open_fds, resident_memory_bytes, FdBudget};
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::router::{self, RouterHandle};
+use crate::shard::{self, ShardCommand, ShardDeps, ShardHandle};
+use crate::state::GatewayState;
+
+/// How often descriptors, memory and broker health are measured.
+const MONITOR_PERIOD: Duration = Duration::from_millis(250);
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// A shard thread could not be started.
+    #[error("cannot start shard thread: {0}")]
+    Thread(std::io::Error),
+    /// Metric registration failed (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A started gateway. Must be started inside a tokio runtime (the control thread's).
+pub struct RunningGateway {
+    /// Where the WebSocket port listens.
+    pub ws_addr: SocketAddr,
+    /// Where the admin port listens.
+    pub admin_addr: SocketAddr,
+    config: Arc<Config>,
+    state: Arc<GatewayState>,
+    shards: Vec<ShardHandle>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    acceptor: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Starts a gateway with the given configuration and the in-process broker.
+pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, GatewayError> {
+    start_with_broker(config, fd_limit, |sink| Arc::new(InProcessBroker::standalone(sink))).await
+}
+
+/// Starts a gateway with a broker built by `make_broker` around the router's sink.
+pub async fn start_with_broker(
+    config: Config,
+    fd_limit: usize,
+    make_broker: impl FnOnce(BrokerSink) -> Arc<dyn Broker>,
+) -> Result<RunningGateway, GatewayError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new()?);
+    let shard_count = config.shard_count();
+    let state = Arc::new(GatewayState::new(config.node_id(), shard_count));
+    let budget = Arc::new(FdBudget::new(fd_limit, config.fd_reserve));
+    let (router_handle, router_rx) = RouterHandle::channel();
+    let broker = make_broker(BrokerSink::new(router_handle.clone()));
+    let publisher = Publisher::new(router_handle.clone(), broker.clone());
+
+    let ws_listener = bind(config.listen)?;
+    let admin_listener = bind(config.admin_listen)?;
+    let ws_addr = ws_listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.admin_listen,
+        source,
+    })?;
+
+    let mut shards = Vec::with_capacity(shard_count);
+    let mut threads = Vec::with_capacity(shard_count);
+    for id in 0..shard_count {
+        let deps = ShardDeps {
+            config: config.clone(),
+            router: router_handle.clone(),
+            publisher: publisher.clone(),
+            metrics: metrics.clone(),
+            state: state.clone(),
+        };
+        let (handle, thread) = shard::spawn(id, deps).map_err(GatewayError::Thread)?;
+        shards.push(handle);
+        threads.push(thread);
+    }
+    metrics.fd_limit.set(fd_limit as i64);
+
+    let background = vec![
+        tokio::spawn(router::run(
+            router_rx,
+            router_handle,
+            shards.clone(),
+            broker.clone(),
+            metrics.clone(),
+        )),
+        tokio::spawn(admin::serve(
+            admin_listener,
+            Arc::new(AdminContext {
+                api_key: config.api_key.clone(),
+                max_message_bytes: config.max_message_bytes,
+                max_channel_len: config.max_channel_len,
+                publisher,
+                state: state.clone(),
+                metrics: metrics.clone(),
+                budget: budget.clone(),
+            }),
+        )),
+        tokio::spawn(monitor(state.clone(), budget.clone(), metrics.clone(), broker.clone())),
+    ];
+    let acceptor = tokio::spawn(
+        Acceptor {
+            listener: ws_listener,
+            shards: shards.clone(),
+            state: state.clone(),
+            budget,
+            metrics,
+            max_connections: config.max_connections,
+        }
+        .run(),
+    );
+    if config.api_key.is_none() {
+        warn!("no API key configured: anyone who reaches the admin port can publish");
+    }
+    info!(
+        ws = %ws_addr,
+        admin = %admin_addr,
+        shards = shard_count,
+        broker = broker.kind(),
+        node = %state.node_id,
+        "listening"
+    );
+    Ok(RunningGateway {
+        ws_addr,
+        admin_addr,
+        config,
+        state,
+        shards,
+        threads,
+        acceptor,
+        background,
+    })
+}
+
+impl RunningGateway {
+    /// Drains and stops: readiness turns false, the public port closes, every
+    /// connection gets "going away" within the drain window, then the shards stop.
+    pub async fn shutdown(self) {
+        let started = Instant::now();
+        self.state.start_draining();
+        self.acceptor.abort();
+        let window = self.config.drain_window;
+        let open = self.state.total_connections();
+        info!(connections = open, window_ms = window.as_millis() as u64, "draining");
+        for shard in &self.shards {
+            let _ = shard.send(ShardCommand::Drain { window });
+        }
+        // Closes are spread over the window; give the last batch the close timeout
+        // to finish its handshake, but never wait past window + close timeout.
+        let limit = window + self.config.close_timeout;
+        while self.state.total_connections() > 0 && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.state.total_connections();
+        for shard in &self.shards {
+            let _ = shard.send(ShardCommand::Stop);
+        }
+        for thread in self.threads {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        for task in self.background {
+            task.abort();
+        }
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            dropped = left,
+            "drained"
+        );
+    }
+
+    /// Shared state (connection counts, readiness), for embedding and tests.
+    pub fn state(&self) -> &Arc<GatewayState> {
+        &self.state
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    let err = |source| GatewayError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(4096).map_err(err)?;
+    TcpListener::from_std(socket.into()).map_err(err)
+}
+
+/// Keeps the descriptor count, memory and broker-health gauges current.
+async fn monitor(state: Arc<GatewayState>, budget: Arc<FdBudget>, metrics: Arc<Metrics>, broker: Arc<dyn Broker>) {
+    loop {
+        if let Ok(Ok(open)) = tokio::task::spawn_blocking(count_open_fds).await {
+            budget.record_count(open);
+            metrics.open_fds.set(open as i64);
+            metrics.fd_headroom.set(budget.headroom() as i64);
+        }
+        if let Some(rss) = resident_memory_bytes() {
+            metrics.resident_memory.set(rss as i64);
+        }
+        let up = broker.is_ready();
+        state.set_broker_up(up);
+        metrics.broker_up.set(i64::from(up));
+        metrics.ready.set(i64::from(state.is_ready()));
+        tokio::time::sleep(MONITOR_PERIOD).await;
+    }
+}

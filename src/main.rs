@@ -1,0 +1,75 @@
+//! The `shardcast` binary: load the configuration, set up logging and the
+//! descriptor limit, run the gateway until SIGTERM or SIGINT, then drain.
+
+use std::process::ExitCode;
+
+use shardcast::config::{Config, ConfigError, LogFormat};
+use shardcast::fd_budget::raise_nofile_limit;
+use shardcast::gateway;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(ConfigError::Args(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("shardcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let fd_limit = match raise_nofile_limit() {
+        Ok(l) => {
+            info!(soft_before = l.soft_before, soft = l.soft, hard = l.hard, "RLIMIT_NOFILE");
+            l.soft as usize
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read RLIMIT_NOFILE; assuming 1024");
+            1024
+        }
+    };
+    // The control thread: acceptor, router, admin API, monitor. Shards run their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gw = match gateway::start(config, fd_limit).await {
+            Ok(gw) => gw,
+            Err(e) => {
+                error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let signal = wait_for_signal().await;
+        info!(signal, "shutting down");
+        gw.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can still be killed; just run.
+        std::future::pending::<()>().await;
+        return "none";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,161 @@
+//! The gateway's Prometheus metrics: one registry, every series prefixed
+//! `shardcast_`. Shards keep handles to their own labelled series, so updating a
+//! metric on a hot path is one atomic operation, never a registry lookup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections, per shard.
+    pub connections: IntGaugeVec,
+    /// Sockets handed to a shard for the upgrade.
+    pub connections_accepted: IntCounter,
+    /// Connections refused before or at the upgrade, by reason.
+    pub connections_refused: IntCounterVec,
+    /// Closed connections, by reason.
+    pub disconnections: IntCounterVec,
+    /// Subscriptions held, per shard.
+    pub subscriptions: IntGaugeVec,
+    /// Channels with at least one subscriber on this instance.
+    pub channels: IntGauge,
+    /// Publications accepted, by source (api, client, broker).
+    pub messages_published: IntCounterVec,
+    /// Frames delivered to subscribers (one per subscriber per publication).
+    pub messages_delivered: IntCounter,
+    /// Messages lost, by reason (slow_consumer, bad_payload, ...).
+    pub messages_dropped: IntCounterVec,
+    /// Client requests answered with an error or close, by code.
+    pub client_errors: IntCounterVec,
+    /// Open file descriptors of the process.
+    pub open_fds: IntGauge,
+    /// RLIMIT_NOFILE (soft) of the process.
+    pub fd_limit: IntGauge,
+    /// Descriptors left before the limit.
+    pub fd_headroom: IntGauge,
+    /// Lateness of a periodic timer on each shard: the event-loop lag.
+    pub shard_loop_lag: HistogramVec,
+    /// Resident set size of the process.
+    pub resident_memory: IntGauge,
+    /// 1 while the broker is connected and usable.
+    pub broker_up: IntGauge,
+    /// 1 while the instance is ready (accepting, broker up, not draining).
+    pub ready: IntGauge,
+    /// Time from a publication reaching a shard to its last local subscriber write.
+    pub fanout_duration: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(format!("shardcast_{name}"), help);
+        let gauge_vec = |name, help, labels: &[&str]| IntGaugeVec::new(opts(name, help), labels);
+        let counter_vec = |name, help, labels: &[&str]| IntCounterVec::new(opts(name, help), labels);
+        let m = Metrics {
+            connections: gauge_vec("connections", "Open WebSocket connections, per shard.", &["shard"])?,
+            connections_accepted: IntCounter::with_opts(opts(
+                "connections_accepted_total",
+                "Sockets accepted and handed to a shard for the upgrade.",
+            ))?,
+            connections_refused: counter_vec(
+                "connections_refused_total",
+                "Connections refused, by reason (fd_headroom, fd_exhausted, max_connections, draining, bad_handshake, handshake_timeout).",
+                &["reason"],
+            )?,
+            disconnections: counter_vec(
+                "disconnections_total",
+                "Closed connections, by reason.",
+                &["reason"],
+            )?,
+            subscriptions: gauge_vec("subscriptions", "Subscriptions held, per shard.", &["shard"])?,
+            channels: IntGauge::with_opts(opts("channels", "Channels with at least one local subscriber."))?,
+            messages_published: counter_vec(
+                "messages_published_total",
+                "Publications accepted, by source (api, client, broker).",
+                &["source"],
+            )?,
+            messages_delivered: IntCounter::with_opts(opts(
+                "messages_delivered_total",
+                "Message frames delivered to subscribers.",
+            ))?,
+            messages_dropped: counter_vec(
+                "messages_dropped_total",
+                "Messages lost, by reason.",
+                &["reason"],
+            )?,
+            client_errors: counter_vec(
+                "client_errors_total",
+                "Client requests answered with an error frame or an error close, by code.",
+                &["code"],
+            )?,
+            open_fds: IntGauge::with_opts(opts("open_fds", "Open file descriptors."))?,
+            fd_limit: IntGauge::with_opts(opts("fd_limit", "RLIMIT_NOFILE soft limit."))?,
+            fd_headroom: IntGauge::with_opts(opts("fd_headroom", "File descriptors left before the limit."))?,
+            shard_loop_lag: HistogramVec::new(
+                HistogramOpts::new(
+                    "shardcast_shard_loop_lag_seconds",
+                    "How late a periodic timer fires on each shard (event-loop lag).",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+                &["shard"],
+            )?,
+            resident_memory: IntGauge::with_opts(opts(
+                "process_resident_memory_bytes",
+                "Resident set size of the gateway process.",
+            ))?,
+            broker_up: IntGauge::with_opts(opts("broker_up", "1 while the broker is connected."))?,
+            ready: IntGauge::with_opts(opts("ready", "1 while the instance reports ready."))?,
+            fanout_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "shardcast_fanout_duration_seconds",
+                    "Time for a shard to write one publication to all its local subscribers.",
+                )
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+            )?,
+            registry,
+        };
+        m.register_all()?;
+        Ok(m)
+    }
+
+    fn register_all(&self) -> Result<(), prometheus::Error> {
+        let r = &self.registry;
+        r.register(Box::new(self.connections.clone()))?;
+        r.register(Box::new(self.connections_accepted.clone()))?;
+        r.register(Box::new(self.connections_refused.clone()))?;
+        r.register(Box::new(self.disconnections.clone()))?;
+        r.register(Box::new(self.subscriptions.clone()))?;
+        r.register(Box::new(self.channels.clone()))?;
+        r.register(Box::new(self.messages_published.clone()))?;
+        r.register(Box::new(self.messages_delivered.clone()))?;
+        r.register(Box::new(self.messages_dropped.clone()))?;
+        r.register(Box::new(self.client_errors.clone()))?;
+        r.register(Box::new(self.open_fds.clone()))?;
+        r.register(Box::new(self.fd_limit.clone()))?;
+        r.register(Box::new(self.fd_headroom.clone()))?;
+        r.register(Box::new(self.shard_loop_lag.clone()))?;
+        r.register(Box::new(self.resident_memory.clone()))?;
+        r.register(Box::new(self.broker_up.clone()))?;
+        r.register(Box::new(self.ready.clone()))?;
+        r.register(Box::new(self.fanout_duration.clone()))?;
+        Ok(())
+    }
+
+    /// The registry, for components (the Redis broker) that add their own series.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Renders every series in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on metric families with invalid names,
+        // which registration already rejected.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,46 @@
+//! The one path every publish takes, whoever makes it (the admin API or a client):
+//! deliver to this instance's subscribers through the router, and hand the same
+//! payload to the broker for every other instance.
+
+use std::sync::Arc;
+
+use crate::broker::{Broker, BrokerError};
+use crate::publication::Payload;
+use crate::router::{RouterHandle, Source};
+
+/// A publish that reached this instance's subscribers but not the broker.
+#[derive(Debug, thiserror::Error)]
+#[error("delivered to {reached} local subscribers, but not to other instances: {source}")]
+pub struct PublishError {
+    /// Local subscribers it did reach.
+    pub reached: usize,
+    /// Why the broker did not take it.
+    pub source: BrokerError,
+}
+
+/// Publishes to local subscribers and other instances.
+#[derive(Clone)]
+pub struct Publisher {
+    router: RouterHandle,
+    broker: Arc<dyn Broker>,
+}
+
+impl Publisher {
+    /// A publisher over this instance's router and broker.
+    pub fn new(router: RouterHandle, broker: Arc<dyn Broker>) -> Publisher {
+        Publisher { router, broker }
+    }
+
+    /// Publishes and returns how many local subscribers the publication reached.
+    pub async fn publish(&self, channel: Arc<str>, payload: Payload, source: Source) -> Result<usize, PublishError> {
+        let remote = self.broker.publish(channel.clone(), payload.clone());
+        let local = self.router.publish_local(channel, payload, source);
+        let (reached, remote) = tokio::join!(local, remote);
+        remote.map(|()| reached).map_err(|source| PublishError { reached, source })
+    }
+
+    /// Whether the broker can take publishes now.
+    pub fn broker_ready(&self) -> bool {
+        self.broker.is_ready()
+    }
+}

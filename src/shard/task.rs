@@ -1,0 +1,255 @@
+//! The per-connection tasks of a shard: the upgrade of a newly adopted socket, then
+//! a small hand-written future that drives the connection for the rest of its life.
+//!
+//! The steady-state future holds only a shard pointer, a slab key and an id, so an
+//! idle connection's task is as small as tokio allows; the upgrade's buffers live in
+//! a separate task that is gone by the time the socket goes idle.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use shardcast_proto::Encoding;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::ShardCore;
+use crate::connection::{Connection, Disconnect, Phase, ReadState};
+use crate::ws::frame::read_frames;
+use crate::ws::handshake::{error_body, http_response, parse_request, upgrade_response, PublicRequest, MAX_REQUEST_HEAD};
+
+/// How many reads one poll may do before yielding to the shard's other tasks.
+const READS_PER_POLL: usize = 16;
+
+/// Runs the HTTP upgrade on an adopted socket and, if it succeeds, registers the
+/// connection and starts its task.
+pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, peer: SocketAddr) {
+    let upgraded = match TcpStream::from_std(stream) {
+        Ok(stream) => upgrade(&core, stream).await,
+        Err(e) => {
+            debug!(%peer, error = %e, "cannot register socket");
+            None
+        }
+    };
+    let Some((stream, encoding)) = upgraded else {
+        core.state.add_socket(core.id, -1);
+        return;
+    };
+    let id = core.next_id.get();
+    core.next_id.set(id + 1);
+    let mut conn = Connection::new(id, stream, encoding, core.now());
+    conn.send(&core.welcome[encoding.index()], usize::MAX);
+    if core.draining.get() {
+        // The upgrade finished just as the drain began: this socket missed the batch.
+        let deadline = core.after(core.config.close_timeout);
+        let reason = shardcast_proto::close::reason_with_retry("going away", 0);
+        conn.close(shardcast_proto::close::GOING_AWAY, &reason, Disconnect::GoingAway, deadline);
+    }
+    let key = core.conns.borrow_mut().insert(conn);
+    core.shard_metrics.connections.inc();
+    core.state.add_connection(core.id, 1);
+    debug!(shard = core.id, conn = id, %peer, ?encoding, "connection open");
+    tokio::task::spawn_local(ConnectionTask { core, key, id });
+}
+
+/// Reads the request head and answers it; returns the socket if it is now a WebSocket.
+async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, Encoding)> {
+    let refused = |reason: &str| core.metrics.connections_refused.with_label_values(&[reason]).inc();
+    let head = tokio::time::timeout(core.config.handshake_timeout, read_head(&stream, &core.config.ws_path)).await;
+    let response = match head {
+        Err(_) => {
+            refused("handshake_timeout");
+            return None;
+        }
+        Ok(Err(status)) => {
+            refused("bad_handshake");
+            http_response(status, None, &error_body("bad_request", "malformed HTTP request"))
+        }
+        Ok(Ok(PublicRequest::Upgrade { .. })) if core.draining.get() || core.state.is_draining() => {
+            refused("draining");
+            http_response(503, Some(5), &error_body("unavailable", "this instance is draining"))
+        }
+        Ok(Ok(PublicRequest::Upgrade {
+            key,
+            encoding,
+            echo_subprotocol,
+        })) => {
+            let response = upgrade_response(&key, encoding, echo_subprotocol);
+            return match stream.write_all(&response).await {
+                Ok(()) => Some((stream, encoding)),
+                Err(_) => None,
+            };
+        }
+        Ok(Ok(PublicRequest::Health { ready_probe })) => {
+            let up = !ready_probe || core.state.is_ready();
+            let body = serde_json::json!({ "ok": up, "node": core.state.node_id }).to_string();
+            http_response(if up { 200 } else { 503 }, None, &body)
+        }
+        Ok(Ok(PublicRequest::Reject { status, message })) => {
+            refused("bad_handshake");
+            http_response(status, None, &error_body("bad_request", message))
+        }
+    };
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
+    None
+}
+
+/// Reads until a whole request head is in; the error is the HTTP status to answer.
+async fn read_head(stream: &TcpStream, ws_path: &str) -> Result<PublicRequest, u16> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        stream.readable().await.map_err(|_| 400u16)?;
+        match stream.try_read(&mut chunk) {
+            Ok(0) => return Err(400),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(400),
+        }
+        match parse_request(&buf, ws_path) {
+            Ok(Some(req)) => return Ok(req),
+            Ok(None) if buf.len() >= MAX_REQUEST_HEAD => return Err(431),
+            Ok(None) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(431),
+            Err(_) => return Err(400),
+        }
+    }
+}
+
+/// Drives one open connection: flushes its queue, reads and handles its frames,
+/// and removes it from the shard when it is done.
+struct ConnectionTask {
+    core: Rc<ShardCore>,
+    key: usize,
+    id: u64,
+}
+
+impl Future for ConnectionTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let ConnectionTask { core, key, id } = &*self;
+        core.poll_connection(*key, *id, cx)
+    }
+}
+
+/// What the write half and the phase say before reading.
+enum Step {
+    Read,
+    Remove,
+    Gone,
+}
+
+impl ShardCore {
+    fn poll_connection(&self, key: usize, id: u64, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..READS_PER_POLL {
+            match self.poll_writes(key, id, cx) {
+                Step::Read => {}
+                Step::Remove => {
+                    self.remove(key);
+                    return Poll::Ready(());
+                }
+                Step::Gone => return Poll::Ready(()),
+            }
+            let mut scratch = self.scratch.borrow_mut();
+            let read_state = {
+                let mut conns = self.conns.borrow_mut();
+                let Some(conn) = conns.get_mut(key) else {
+                    return Poll::Ready(());
+                };
+                match conn.poll_read(cx, &mut scratch) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => {
+                        conn.die(Disconnect::Eof);
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        conn.die(Disconnect::IoError);
+                        continue;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        conn.last_seen = self.now();
+                        conn.pinged = false;
+                        (conn.read.take(), n)
+                    }
+                }
+            };
+            let (state, n) = read_state;
+            self.process_input(key, &mut scratch[..n], state);
+        }
+        // Fairness: let the shard's other connections run before reading more.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Flushes the queue and checks the phase.
+    fn poll_writes(&self, key: usize, id: u64, cx: &mut Context<'_>) -> Step {
+        let mut conns = self.conns.borrow_mut();
+        let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {
+            return Step::Gone;
+        };
+        if conn.phase == Phase::Dead {
+            return Step::Remove;
+        }
+        conn.set_waker(cx.waker());
+        if conn.has_queued() {
+            if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
+                conn.die(Disconnect::IoError);
+                return Step::Remove;
+            }
+        }
+        if conn.close_complete() {
+            return Step::Remove;
+        }
+        Step::Read
+    }
+
+    /// Parses the frames in freshly read bytes (joined to any incomplete frame kept
+    /// from before) and handles each; keeps what is still incomplete.
+    fn process_input(&self, key: usize, data: &mut [u8], state: Option<Box<ReadState>>) {
+        let max = self.config.max_message_bytes;
+        // Only a connection with an incomplete frame or message owns a buffer.
+        let (mut pending, mut fragments) = match state {
+            Some(s) => (s.pending, s.fragments),
+            None => (Vec::new(), None),
+        };
+        let result = if pending.is_empty() {
+            let r = read_frames(data, &mut fragments, max, |ev| self.on_incoming(key, ev));
+            if let Ok(used) = r {
+                pending.extend_from_slice(&data[used..]);
+            }
+            r
+        } else {
+            pending.extend_from_slice(data);
+            let r = read_frames(&mut pending, &mut fragments, max, |ev| self.on_incoming(key, ev));
+            if let Ok(used) = r {
+                pending.drain(..used);
+            }
+            r
+        };
+        let mut conns = self.conns.borrow_mut();
+        let Some(conn) = conns.get_mut(key) else { return };
+        match result {
+            Ok(_) => {
+                if !pending.is_empty() || fragments.is_some() {
+                    pending.shrink_to_fit();
+                    conn.read = Some(Box::new(ReadState { pending, fragments }));
+                }
+            }
+            Err(e) => {
+                self.metrics.client_errors.with_label_values(&[e.label()]).inc();
+                let why = match e.close_code() {
+                    shardcast_proto::close::MESSAGE_TOO_BIG => Disconnect::MessageTooBig,
+                    shardcast_proto::close::INVALID_PAYLOAD => Disconnect::InvalidPayload,
+                    _ => Disconnect::ProtocolError,
+                };
+                let deadline = self.after(self.config.close_timeout);
+                conn.close(e.close_code(), &e.to_string(), why, deadline);
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! A shard's periodic work: measuring its own event-loop lag, pinging quiet
+//! connections and closing dead ones (one sweep over all connections instead of a
+//! timer per connection), and the drain that closes every connection, spread over
+//! a window, when the gateway shuts down.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use shardcast_proto::close;
+use tokio::time::sleep_until;
+
+use super::ShardCore;
+use crate::connection::{Disconnect, Phase};
+use crate::ws::frame::ping_frame;
+
+/// How often the shard checks its lag and sweeps its connections.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Sweeps once every this many ticks.
+const TICKS_PER_SWEEP: u32 = 5;
+
+/// Runs for the shard's whole life.
+pub(super) async fn run(core: Rc<ShardCore>) {
+    let mut tick = 0u32;
+    loop {
+        let deadline = tokio::time::Instant::now() + TICK;
+        sleep_until(deadline).await;
+        let lag = tokio::time::Instant::now().saturating_duration_since(deadline);
+        core.shard_metrics.lag.observe(lag.as_secs_f64());
+        tick = tick.wrapping_add(1);
+        if tick % TICKS_PER_SWEEP == 0 {
+            core.sweep();
+        }
+    }
+}
+
+impl ShardCore {
+    /// Pings connections that have been quiet for a ping interval, closes those
+    /// quiet past the idle timeout, and ends closings that ran out of time.
+    fn sweep(&self) {
+        let now = self.now();
+        let ping_after = (self.config.ping_interval.as_millis() / 100) as u32;
+        let idle_after = (self.config.idle_timeout.as_millis() / 100) as u32;
+        let close_deadline = self.after(self.config.close_timeout);
+        let ping = ping_frame();
+        let mut conns = self.conns.borrow_mut();
+        for (_, conn) in conns.iter_mut() {
+            match conn.phase {
+                Phase::Open => {
+                    let quiet = now.saturating_sub(conn.last_seen);
+                    if quiet >= idle_after {
+                        conn.close(close::IDLE_TIMEOUT, "idle timeout", Disconnect::IdleTimeout, close_deadline);
+                    } else if quiet >= ping_after && !conn.pinged {
+                        conn.pinged = true;
+                        conn.send(&ping, self.config.max_queue_bytes);
+                    }
+                }
+                Phase::Closing { deadline, .. } if now >= deadline => {
+                    // The reason the close started stays the recorded one.
+                    conn.die(Disconnect::CloseTimeout);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Closes every connection with "going away", in equal batches over `window`, so
+/// the clients of a draining instance reconnect elsewhere gradually.
+pub(super) async fn drain(core: Rc<ShardCore>, window: Duration) {
+    let keys: Vec<usize> = core.conns.borrow().iter().map(|(k, _)| k).collect();
+    let steps = (window.as_millis() / TICK.as_millis()).max(1) as usize;
+    let start = Instant::now();
+    let mut done = 0usize;
+    for step in 1..=steps {
+        let until = keys.len() * step / steps;
+        if until > done {
+            let deadline = core.after(core.config.close_timeout);
+            let mut conns = core.conns.borrow_mut();
+            for (i, &key) in keys[done..until].iter().enumerate() {
+                if let Some(conn) = conns.get_mut(key) {
+                    // A small spread on top of the batching, so clients closed in
+                    // the same batch do not come back in the same millisecond.
+                    let retry_ms = ((done + i) as u64 * 7919) % 1000;
+                    let reason = close::reason_with_retry("going away", retry_ms);
+                    conn.close(close::GOING_AWAY, &reason, Disconnect::GoingAway, deadline);
+                }
+            }
+            done = until;
+        }
+        if done == keys.len() {
+            break;
+        }
+        sleep_until((start + TICK * step as u32).into()).await;
+    }
+}

@@ -1,0 +1,187 @@
+//! The HTTP/1.1 side of the public port: the WebSocket upgrade (RFC 6455 section 4),
+//! the health probes a load balancer sends to the same port, and the plain-HTTP
+//! answers (refusals, errors) a socket may get instead of an upgrade.
+
+use shardcast_proto::Encoding;
+
+/// Largest request head the public port reads before answering 431.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// What a request on the public port asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublicRequest {
+    /// A valid WebSocket upgrade on the configured path.
+    Upgrade {
+        /// The client's `Sec-WebSocket-Key`, to derive the accept key from.
+        key: String,
+        /// The encoding picked from the client's subprotocols.
+        encoding: Encoding,
+        /// Whether the client named a subprotocol (if so, the response must echo one).
+        echo_subprotocol: bool,
+    },
+    /// `GET /health/live` or `GET /health/ready`, for load balancers that probe the public port.
+    Health { ready_probe: bool },
+    /// Anything else: answered with this status and message, then closed.
+    Reject { status: u16, message: &'static str },
+}
+
+/// Parses a request head; `Ok(None)` means more bytes are needed.
+pub fn parse_request(buf: &[u8], ws_path: &str) -> Result<Option<PublicRequest>, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    if req.parse(buf)?.is_partial() {
+        return Ok(None);
+    }
+    let path = req.path.unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    if req.method != Some("GET") {
+        return Ok(Some(PublicRequest::Reject {
+            status: 405,
+            message: "only GET is served on the WebSocket port",
+        }));
+    }
+    match path {
+        "/health/live" => return Ok(Some(PublicRequest::Health { ready_probe: false })),
+        "/health/ready" => return Ok(Some(PublicRequest::Health { ready_probe: true })),
+        p if p == ws_path => {}
+        _ => {
+            return Ok(Some(PublicRequest::Reject {
+                status: 404,
+                message: "not found",
+            }))
+        }
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Ok(Some(PublicRequest::Reject {
+            status: 426,
+            message: "this endpoint speaks WebSocket only",
+        }));
+    }
+    if header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Ok(Some(PublicRequest::Reject {
+            status: 400,
+            message: "unsupported Sec-WebSocket-Version (13 required)",
+        }));
+    }
+    let Some(key) = header("sec-websocket-key").map(|k| k.trim().to_owned()) else {
+        return Ok(Some(PublicRequest::Reject {
+            status: 400,
+            message: "missing Sec-WebSocket-Key",
+        }));
+    };
+    let (encoding, echo_subprotocol) = match header("sec-websocket-protocol") {
+        None => (Encoding::Json, false),
+        Some(list) => match list.split(',').find_map(Encoding::from_subprotocol) {
+            Some(enc) => (enc, true),
+            None => {
+                return Ok(Some(PublicRequest::Reject {
+                    status: 400,
+                    message: "no supported subprotocol (shardcast.v1.json, shardcast.v1.msgpack)",
+                }))
+            }
+        },
+    };
+    Ok(Some(PublicRequest::Upgrade {
+        key,
+        encoding,
+        echo_subprotocol,
+    }))
+}
+
+/// The `101 Switching Protocols` response for an accepted upgrade.
+pub fn upgrade_response(key: &str, encoding: Encoding, echo_subprotocol: bool) -> Vec<u8> {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+    );
+    if echo_subprotocol {
+        out.push_str("Sec-WebSocket-Protocol: ");
+        out.push_str(encoding.subprotocol());
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// A complete plain-HTTP response with a JSON body, closing the connection.
+pub fn http_response(status: u16, retry_after_secs: Option<u64>, body: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let retry = retry_after_secs
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A JSON error body in the same shape as the admin API's errors.
+pub fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({"ok": false, "error": {"code": code, "message": message}}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[test]
+    fn upgrade_with_and_without_subprotocol() {
+        let plain = format!("{UPGRADE}\r\n");
+        assert_eq!(
+            parse_request(plain.as_bytes(), "/ws").unwrap(),
+            Some(PublicRequest::Upgrade {
+                key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
+                encoding: Encoding::Json,
+                echo_subprotocol: false
+            })
+        );
+        let mp = format!("{UPGRADE}Sec-WebSocket-Protocol: foo, shardcast.v1.msgpack\r\n\r\n");
+        assert!(matches!(
+            parse_request(mp.as_bytes(), "/ws").unwrap(),
+            Some(PublicRequest::Upgrade { encoding: Encoding::MsgPack, echo_subprotocol: true, .. })
+        ));
+        let bad = format!("{UPGRADE}Sec-WebSocket-Protocol: foo\r\n\r\n");
+        assert!(matches!(
+            parse_request(bad.as_bytes(), "/ws").unwrap(),
+            Some(PublicRequest::Reject { status: 400, .. })
+        ));
+        assert_eq!(parse_request(&plain.as_bytes()[..20], "/ws").unwrap(), None);
+    }
+
+    #[test]
+    fn accept_key_matches_the_rfc_example() {
+        let resp = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", Encoding::Json, false)).unwrap();
+        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn health_and_other_paths() {
+        let h = b"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(parse_request(h, "/ws").unwrap(), Some(PublicRequest::Health { ready_probe: true }));
+        let other = b"GET /nope HTTP/1.1\r\n\r\n";
+        assert!(matches!(parse_request(other, "/ws").unwrap(), Some(PublicRequest::Reject { status: 404, .. })));
+        let plain = b"GET /ws HTTP/1.1\r\n\r\n";
+        assert!(matches!(parse_request(plain, "/ws").unwrap(), Some(PublicRequest::Reject { status: 426, .. })));
+    }
+}

@@ -1,0 +1,314 @@
+//! Test harness: runs the real `shardcast` binary on loopback ports and talks to it
+//! over real sockets, as a user's client and a user's backend would.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use shardcast_proto::{decode_server, encode_client, ClientFrame, Encoding, ServerFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    pub ws: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Options for starting a gateway.
+#[derive(Default)]
+pub struct Launch<'a> {
+    pub args: &'a [&'a str],
+    /// Hard and soft RLIMIT_NOFILE for the gateway process.
+    pub nofile: Option<u64>,
+}
+
+impl Gateway {
+    pub fn start(args: &[&str]) -> Gateway {
+        Gateway::launch(Launch { args, nofile: None })
+    }
+
+    pub fn launch(opts: Launch<'_>) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--log", "info"])
+            .args(opts.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only this child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start shardcast");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "listening" {
+                        let _ = tx.send((v["ws"].as_str().unwrap_or("").to_owned(), v["admin"].as_str().unwrap_or("").to_owned()));
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (ws, admin) = match rx.recv_timeout(WAIT) {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("gateway did not start: {:?}", logs.lock().unwrap());
+            }
+        };
+        Gateway { child, ws: ws.parse().expect("ws addr"), admin: admin.parse().expect("admin addr"), logs }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the gateway process in bytes.
+    pub fn rss(&self) -> u64 {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid())).expect("statm");
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    pub async fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        http(self.admin, method, path, body, &[]).await
+    }
+
+    pub async fn publish(&self, channel: &str, data: serde_json::Value) -> serde_json::Value {
+        let body = serde_json::json!({"channel": channel, "data": data}).to_string();
+        let (status, text) = self.http("POST", "/api/publish", Some(&body)).await;
+        assert_eq!(status, 200, "publish failed: {text}");
+        serde_json::from_str(&text).expect("publish reply is JSON")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http("GET", "/metrics", None).await.1
+    }
+
+    /// The value of one series (name plus exact label set, e.g. `{reason="x"}`), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// Polls a metric until `pred` holds or the wait runs out; returns the last value.
+    pub async fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let start = Instant::now();
+        loop {
+            let v = self.metric(series).await;
+            if pred(v) || start.elapsed() > WAIT {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn connect(&self, encoding: Encoding) -> Client {
+        Client::connect(self.ws, encoding).await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect admin");
+    let body = body.unwrap_or("");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.expect("send request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.expect("response in time").expect("read response");
+    parse_http(&raw)
+}
+
+pub fn parse_http(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).to_string();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking the shardcast protocol.
+pub struct Client {
+    pub ws: Ws,
+    pub encoding: Encoding,
+    pub shard: u32,
+    pub node: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, encoding: Encoding) -> Client {
+        Client::try_connect(addr, encoding).await.expect("WebSocket connect")
+    }
+
+    pub async fn try_connect(addr: SocketAddr, encoding: Encoding) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut req = format!("ws://{addr}/ws").into_client_request()?;
+        if encoding == Encoding::MsgPack {
+            req.headers_mut().insert("Sec-WebSocket-Protocol", encoding.subprotocol().parse().unwrap());
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await.expect("connect in time")?;
+        let mut client = Client { ws, encoding, shard: 0, node: String::new() };
+        match client.recv().await {
+            ServerFrame::Welcome { shard, node, version, .. } => {
+                assert_eq!(version, 1);
+                client.shard = shard;
+                client.node = node;
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        Ok(client)
+    }
+
+    pub async fn send(&mut self, frame: &ClientFrame) {
+        self.send_raw(encode_client(self.encoding, frame)).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        let msg = match self.encoding {
+            Encoding::Json => Message::Text(String::from_utf8(bytes).expect("utf8").into()),
+            Encoding::MsgPack => Message::Binary(bytes.into()),
+        };
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// The next protocol frame (control frames are skipped).
+    pub async fn recv(&mut self) -> ServerFrame {
+        let bytes = self.recv_bytes().await;
+        decode_server(self.encoding, &bytes).expect("decodable server frame")
+    }
+
+    /// The next data message's raw bytes.
+    pub async fn recv_bytes(&mut self) -> Vec<u8> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time").expect("stream open").expect("frame");
+            match msg {
+                Message::Text(t) => return t.as_bytes().to_vec(),
+                Message::Binary(b) => return b.to_vec(),
+                Message::Close(c) => panic!("unexpected close: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Waits for the server's close frame, skipping data; returns its code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time");
+            match msg {
+                Some(Ok(Message::Close(Some(frame)))) => return (u16::from(frame.code), frame.reason.to_string()),
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error instead of close frame: {e}"),
+                None => panic!("stream ended without a close frame"),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, id: u64, channel: &str) {
+        self.send(&ClientFrame::Subscribe { id: Some(id), channel: channel.into() }).await;
+        assert_eq!(self.recv().await, ServerFrame::Ack { id: Some(id) }, "subscribe {channel}");
+    }
+
+    /// Sends a protocol ping and waits for its pong, proving the connection is healthy
+    /// and that nothing the server sent before the pong is still unread.
+    pub async fn roundtrip(&mut self, id: u64) -> Vec<ServerFrame> {
+        self.send(&ClientFrame::Ping { id: Some(id) }).await;
+        let mut before = Vec::new();
+        loop {
+            match self.recv().await {
+                ServerFrame::Pong { id: Some(got) } if got == id => return before,
+                other => before.push(other),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = CloseCode::Normal;
+    }
+}
+
+/// Loads a vector file from proto/vectors.
+pub fn vectors(file: &str) -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/vectors/");
+    serde_json::from_str(&std::fs::read_to_string(format!("{path}{file}")).expect("vector file")).expect("vector JSON")
+}
+
+pub fn vector<'a>(set: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    set.as_array().unwrap().iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("vector {name}"))
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
