@@ -119,6 +119,7 @@ impl Metrics {
             registry,
         };
         m.register_all()?;
+        m.touch_known_labels();
         Ok(m)
     }
 
@@ -143,6 +144,41 @@ impl Metrics {
         r.register(Box::new(self.ready.clone()))?;
         r.register(Box::new(self.fanout_duration.clone()))?;
         Ok(())
+    }
+
+    /// Creates the series of every label value the gateway uses, at zero, so
+    /// dashboards and alerts see them before the first event (and rate() works).
+    fn touch_known_labels(&self) {
+        for reason in [
+            "fd_headroom",
+            "fd_exhausted",
+            "max_connections",
+            "draining",
+            "bad_handshake",
+            "handshake_timeout",
+        ] {
+            self.connections_refused.with_label_values(&[reason]);
+        }
+        for reason in [
+            "client_close",
+            "eof",
+            "io_error",
+            "slow_consumer",
+            "idle_timeout",
+            "protocol_error",
+            "message_too_big",
+            "invalid_payload",
+            "going_away",
+            "close_timeout",
+        ] {
+            self.disconnections.with_label_values(&[reason]);
+        }
+        for source in ["api", "client", "broker"] {
+            self.messages_published.with_label_values(&[source]);
+        }
+        for reason in ["slow_consumer", "bad_payload", "broker_lag"] {
+            self.messages_dropped.with_label_values(&[reason]);
+        }
     }
 
     /// The registry, for components (the Redis broker) that add their own series.
