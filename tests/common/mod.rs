@@ -312,3 +312,86 @@ pub fn vector<'a>(set: &'a serde_json::Value, name: &str) -> &'a serde_json::Val
 pub fn unhex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
+
+/// A WebSocket client on a raw socket, for sending frames no well-behaved library would.
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    /// Upgrades a raw socket and reads the 101 response and the welcome frame.
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.expect("response head");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        let mut raw = RawClient { stream };
+        let (opcode, _) = raw.read_frame().await;
+        assert_eq!(opcode, 1, "welcome is a text frame");
+        raw
+    }
+
+    /// Sends a frame with the given first byte and payload, masked unless `masked` is false.
+    pub async fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
+        let mut out = vec![first];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        if payload.len() < 126 {
+            out.push(mask_bit | payload.len() as u8);
+        } else if payload.len() < 65536 {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        } else {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+        let mask = [1u8, 2, 3, 4];
+        if masked {
+            out.extend_from_slice(&mask);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        self.stream.write_all(&out).await.expect("send frame");
+    }
+
+    /// Reads one server frame: (opcode, payload).
+    pub async fn read_frame(&mut self) -> (u8, Vec<u8>) {
+        tokio::time::timeout(WAIT, async {
+            let mut h = [0u8; 2];
+            self.stream.read_exact(&mut h).await.expect("frame header");
+            let mut len = (h[1] & 0x7f) as usize;
+            if len == 126 {
+                let mut b = [0u8; 2];
+                self.stream.read_exact(&mut b).await.unwrap();
+                len = u16::from_be_bytes(b) as usize;
+            } else if len == 127 {
+                let mut b = [0u8; 8];
+                self.stream.read_exact(&mut b).await.unwrap();
+                len = u64::from_be_bytes(b) as usize;
+            }
+            let mut payload = vec![0u8; len];
+            self.stream.read_exact(&mut payload).await.expect("frame payload");
+            (h[0] & 0x0f, payload)
+        })
+        .await
+        .expect("frame in time")
+    }
+
+    /// Reads frames until a close frame; returns its code.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            let (op, payload) = self.read_frame().await;
+            if op == 8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+}
