@@ -321,7 +321,11 @@ pub struct RawClient {
 impl RawClient {
     /// Upgrades a raw socket and reads the 101 response and the welcome frame.
     pub async fn connect(addr: SocketAddr) -> RawClient {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        RawClient::upgrade(TcpStream::connect(addr).await.expect("connect"), addr).await
+    }
+
+    /// Upgrades an already connected socket.
+    pub async fn upgrade(mut stream: TcpStream, addr: SocketAddr) -> RawClient {
         let req = format!(
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
@@ -385,11 +389,12 @@ impl RawClient {
         .expect("frame in time")
     }
 
-    /// Reads frames until a close frame; returns its code.
+    /// Reads frames until a close frame, answers it as RFC 6455 asks; returns its code.
     pub async fn expect_close(&mut self) -> u16 {
         loop {
             let (op, payload) = self.read_frame().await;
             if op == 8 {
+                self.send_frame(0x88, &payload[..2], true).await;
                 return u16::from_be_bytes([payload[0], payload[1]]);
             }
         }
