@@ -87,6 +87,9 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             )
         }
         (&Method::GET, "/metrics") => {
+            // The monitor refreshes this a few times a second; a scrape gets the
+            // estimate as of now, including sockets admitted since the last count.
+            ctx.metrics.fd_headroom.set(ctx.budget.headroom() as i64);
             let mut resp = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
