@@ -47,7 +47,10 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     if let Some(reason) = self.refusal_reason() {
-                        self.metrics.connections_refused.with_label_values(&[reason]).inc();
+                        self.metrics
+                            .connections_refused
+                            .with_label_values(&[reason])
+                            .inc();
                         refuse(stream, reason, &refusals);
                         continue;
                     }
@@ -62,14 +65,20 @@ impl Acceptor {
                     };
                     self.state.add_socket(shard, 1);
                     self.metrics.connections_accepted.inc();
-                    if self.shards[shard].send(ShardCommand::Adopt(std_stream, peer)).is_err() {
+                    if self.shards[shard]
+                        .send(ShardCommand::Adopt(std_stream, peer))
+                        .is_err()
+                    {
                         self.state.add_socket(shard, -1);
                     }
                 }
                 Err(e) => {
                     if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
                         // The reserve should prevent this; if it happens, do not spin.
-                        self.metrics.connections_refused.with_label_values(&["fd_exhausted"]).inc();
+                        self.metrics
+                            .connections_refused
+                            .with_label_values(&["fd_exhausted"])
+                            .inc();
                         warn!(error = %e, "out of file descriptors while accepting");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     } else {

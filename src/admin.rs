@@ -72,10 +72,17 @@ type Reply = Response<Full<Bytes>>;
 async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/health/live") => json_reply(StatusCode::OK, json!({"ok": true, "node": ctx.state.node_id})),
+        (&Method::GET, "/health/live") => json_reply(
+            StatusCode::OK,
+            json!({"ok": true, "node": ctx.state.node_id}),
+        ),
         (&Method::GET, "/health/ready") => {
             let ready = ctx.state.is_ready();
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             json_reply(
                 status,
                 json!({
@@ -91,26 +98,37 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             // estimate as of now, including sockets admitted since the last count.
             ctx.metrics.fd_headroom.set(ctx.budget.headroom() as i64);
             let mut resp = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             resp
         }
         (_, p) if p.starts_with("/api/") => {
-            if let Err(resp) = authorize(ctx, &req) {
-                return resp;
+            if let Some(refusal) = unauthorized(ctx, &req) {
+                return refusal;
             }
             match (req.method(), p) {
                 (&Method::POST, "/api/publish") => publish(ctx, req).await,
                 (&Method::GET, "/api/stats") => stats(ctx),
-                _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
+                _ => error_reply(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::BadRequest,
+                    "no such endpoint",
+                ),
             }
         }
-        _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
+        _ => error_reply(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            "no such endpoint",
+        ),
     }
 }
 
-fn authorize(ctx: &AdminContext, req: &Request<Incoming>) -> Result<(), Reply> {
-    let Some(key) = &ctx.api_key else { return Ok(()) };
+/// The 401 to answer when an API key is configured and the request lacks it.
+fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
+    let key = ctx.api_key.as_ref()?;
     let given = req
         .headers()
         .get(AUTHORIZATION)
@@ -118,16 +136,20 @@ fn authorize(ctx: &AdminContext, req: &Request<Incoming>) -> Result<(), Reply> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
-        return Ok(());
+        return None;
     }
-    ctx.metrics.client_errors.with_label_values(&["unauthorized"]).inc();
+    ctx.metrics
+        .client_errors
+        .with_label_values(&["unauthorized"])
+        .inc();
     let mut resp = error_reply(
         StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden,
         "missing or wrong API key (Authorization: Bearer <key>)",
     );
-    resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Err(resp)
+    resp.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(resp)
 }
 
 /// Compares without an early exit, so response timing does not leak the key.
@@ -147,15 +169,34 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, "request body too large")
+            return api_error(
+                ctx,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                "request body too large",
+            )
         }
-        Err(_) => return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "could not read the body"),
+        Err(_) => {
+            return api_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "could not read the body",
+            )
+        }
     };
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let items: Vec<PublishItem> = if batch {
         match serde_json::from_slice(&body) {
             Ok(items) => items,
-            Err(e) => return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &format!("invalid batch: {e}")),
+            Err(e) => {
+                return api_error(
+                    ctx,
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    &format!("invalid batch: {e}"),
+                )
+            }
         }
     } else {
         match serde_json::from_slice(&body) {
@@ -168,16 +209,31 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     };
     if items.len() > MAX_BATCH {
         let msg = format!("at most {MAX_BATCH} messages per batch");
-        return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &msg);
+        return api_error(
+            ctx,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            &msg,
+        );
     }
     // Validate the whole batch first, so a bad item publishes nothing.
     for item in &items {
         if let Err(e) = validate_channel(&item.channel, ctx.max_channel_len) {
-            return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadChannel, &format!("{}: {e}", item.channel));
+            return api_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadChannel,
+                &format!("{}: {e}", item.channel),
+            );
         }
         if item.data.get().len() > ctx.max_message_bytes {
             let msg = format!("data larger than {} bytes", ctx.max_message_bytes);
-            return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &msg);
+            return api_error(
+                ctx,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                &msg,
+            );
         }
     }
     let mut results = Vec::with_capacity(items.len());
@@ -191,13 +247,18 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
         {
             Ok(n) => results.push(json!({"channel": &*channel, "subscribers": n})),
             Err(e) => {
-                results.push(json!({"channel": &*channel, "subscribers": e.reached, "error": e.to_string()}));
+                results.push(
+                    json!({"channel": &*channel, "subscribers": e.reached, "error": e.to_string()}),
+                );
                 failed.get_or_insert(e);
             }
         }
     }
     if let Some(e) = failed {
-        ctx.metrics.client_errors.with_label_values(&["unavailable"]).inc();
+        ctx.metrics
+            .client_errors
+            .with_label_values(&["unavailable"])
+            .inc();
         return json_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({
@@ -210,7 +271,10 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     if batch {
         json_reply(StatusCode::OK, json!({"ok": true, "results": results}))
     } else {
-        json_reply(StatusCode::OK, json!({"ok": true, "subscribers": results[0]["subscribers"]}))
+        json_reply(
+            StatusCode::OK,
+            json!({"ok": true, "subscribers": results[0]["subscribers"]}),
+        )
     }
 }
 
@@ -230,12 +294,18 @@ fn stats(ctx: &AdminContext) -> Reply {
 }
 
 fn api_error(ctx: &AdminContext, status: StatusCode, code: ErrorCode, message: &str) -> Reply {
-    ctx.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
+    ctx.metrics
+        .client_errors
+        .with_label_values(&[code.as_str()])
+        .inc();
     error_reply(status, code, message)
 }
 
 fn error_reply(status: StatusCode, code: ErrorCode, message: &str) -> Reply {
-    json_reply(status, json!({"ok": false, "error": {"code": code.as_str(), "message": message}}))
+    json_reply(
+        status,
+        json!({"ok": false, "error": {"code": code.as_str(), "message": message}}),
+    )
 }
 
 fn json_reply(status: StatusCode, body: serde_json::Value) -> Reply {

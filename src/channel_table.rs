@@ -84,7 +84,12 @@ impl ChannelTable {
     }
 
     /// Adds a subscription of connection `conn` to `name`.
-    pub fn subscribe(&mut self, name: &str, conn: u32, encoding: Encoding) -> (SubscriptionKey, Joined) {
+    pub fn subscribe(
+        &mut self,
+        name: &str,
+        conn: u32,
+        encoding: Encoding,
+    ) -> (SubscriptionKey, Joined) {
         let (channel_key, joined) = match self.by_name.get(name) {
             Some(&key) => {
                 let joined = match self.channels[key as usize].state {
@@ -201,14 +206,20 @@ mod tests {
         let mut t = ChannelTable::new();
         let (a, j) = t.subscribe("news", 1, Encoding::Json);
         assert_eq!(j, Joined::FirstOnShard);
-        assert!(t.subscribers("news").is_none(), "pending channels get no publications");
+        assert!(
+            t.subscribers("news").is_none(),
+            "pending channels get no publications"
+        );
         let (_, j) = t.subscribe("news", 2, Encoding::MsgPack);
         assert_eq!(j, Joined::Pending);
         t.activate("news");
         let (_, j) = t.subscribe("news", 3, Encoding::Json);
         assert_eq!(j, Joined::Active);
         let subs = t.subscribers("news").unwrap();
-        assert_eq!(subs[0].iter().map(|s| s.conn).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            subs[0].iter().map(|s| s.conn).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         assert_eq!(subs[1].len(), 1);
         assert_eq!(t.channel_of(a), Some("news"));
     }
@@ -216,12 +227,17 @@ mod tests {
     #[test]
     fn unsubscribe_keeps_positions_right() {
         let mut t = ChannelTable::new();
-        let keys: Vec<_> = (0..10).map(|c| t.subscribe("c", c, Encoding::Json).0).collect();
+        let keys: Vec<_> = (0..10)
+            .map(|c| t.subscribe("c", c, Encoding::Json).0)
+            .collect();
         t.activate("c");
         for k in [keys[0], keys[5], keys[9], keys[3]] {
             assert_eq!(t.unsubscribe(k), None);
         }
-        let mut left: Vec<_> = t.subscribers("c").unwrap()[0].iter().map(|s| s.conn).collect();
+        let mut left: Vec<_> = t.subscribers("c").unwrap()[0]
+            .iter()
+            .map(|s| s.conn)
+            .collect();
         left.sort();
         assert_eq!(left, vec![1, 2, 4, 6, 7, 8]);
         for k in [keys[1], keys[2], keys[4], keys[6], keys[7]] {
@@ -230,6 +246,10 @@ mod tests {
         assert_eq!(t.unsubscribe(keys[8]).as_deref(), Some("c"));
         assert_eq!(t.channel_count(), 0);
         assert_eq!(t.subscription_count(), 0);
-        assert_eq!(t.unsubscribe(keys[8]), None, "double unsubscribe is harmless");
+        assert_eq!(
+            t.unsubscribe(keys[8]),
+            None,
+            "double unsubscribe is harmless"
+        );
     }
 }

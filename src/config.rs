@@ -22,7 +22,11 @@ pub enum LogFormat {
 
 /// Everything the gateway can be told at start.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "shardcast", version, about = "A per-core sharded WebSocket fan-out gateway")]
+#[command(
+    name = "shardcast",
+    version,
+    about = "A per-core sharded WebSocket fan-out gateway"
+)]
 pub struct Config {
     /// Address of the public WebSocket port (also answers /health/live and /health/ready for load balancers).
     #[arg(long, env = "SHARDCAST_LISTEN", default_value = "0.0.0.0:8000")]
@@ -57,7 +61,11 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Subscriptions one connection may hold.
-    #[arg(long, env = "SHARDCAST_MAX_CHANNELS_PER_CONNECTION", default_value_t = 128)]
+    #[arg(
+        long,
+        env = "SHARDCAST_MAX_CHANNELS_PER_CONNECTION",
+        default_value_t = 128
+    )]
     pub max_channels_per_connection: usize,
 
     /// Longest channel name, in bytes.
@@ -97,7 +105,12 @@ pub struct Config {
     pub node_id: Option<String>,
 
     /// Log format.
-    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "human")]
+    #[arg(
+        long,
+        env = "SHARDCAST_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
     pub log_format: LogFormat,
 
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `shardcast=debug`).
@@ -117,7 +130,10 @@ pub enum ConfigError {
     Args(#[from] clap::Error),
     /// The TOML file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The TOML file is not valid TOML or has a value of a type we cannot pass on.
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
@@ -146,7 +162,9 @@ impl Config {
                 let mut merged = vec![args.first().cloned().unwrap_or_else(|| "shardcast".into())];
                 merged.extend(file_args(path)?);
                 merged.extend(args.iter().skip(1).cloned());
-                let matches = Config::command().args_override_self(true).try_get_matches_from(merged)?;
+                let matches = Config::command()
+                    .args_override_self(true)
+                    .try_get_matches_from(merged)?;
                 Config::from_arg_matches(&matches)?
             }
         };
@@ -197,10 +215,12 @@ fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
         path: path.clone(),
         source,
     })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
     let command = Config::command();
     let mut out = Vec::new();
     for (key, value) in table {
@@ -212,7 +232,10 @@ fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
                 path: path.clone(),
                 message: format!("unknown key `{key}`"),
             })?;
-        if arg.get_env().is_some_and(|env| std::env::var_os(env).is_some()) {
+        if arg
+            .get_env()
+            .is_some_and(|env| std::env::var_os(env).is_some())
+        {
             continue;
         }
         let value = match value {
@@ -238,7 +261,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .map_or((s, "s"), |i| (&s[..i], s[i..].trim()));
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 2m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 2m"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -265,8 +290,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shardcast-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("gw.toml");
-        std::fs::write(&path, "max_connections = 77\nws-path = \"/socket\"\nfd_reserve = 5\n").unwrap();
-        let cfg = Config::load_from(["shardcast", "--config", path.to_str().unwrap(), "--fd-reserve", "9"]).unwrap();
+        std::fs::write(
+            &path,
+            "max_connections = 77\nws-path = \"/socket\"\nfd_reserve = 5\n",
+        )
+        .unwrap();
+        let cfg = Config::load_from([
+            "shardcast",
+            "--config",
+            path.to_str().unwrap(),
+            "--fd-reserve",
+            "9",
+        ])
+        .unwrap();
         assert_eq!(cfg.max_connections, 77);
         assert_eq!(cfg.ws_path, "/socket");
         assert_eq!(cfg.fd_reserve, 9);

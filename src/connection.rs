@@ -242,7 +242,13 @@ impl Connection {
 
     /// Whether the closing handshake is complete: our close is flushed and theirs arrived.
     pub fn close_complete(&self) -> bool {
-        matches!(self.phase, Phase::Closing { reply_received: true, .. }) && self.out.is_empty()
+        matches!(
+            self.phase,
+            Phase::Closing {
+                reply_received: true,
+                ..
+            }
+        ) && self.out.is_empty()
     }
 
     /// Writes queued frames until the queue is empty or the socket is full.
@@ -271,7 +277,9 @@ impl Connection {
     fn advance(&mut self, mut written: usize) {
         self.out_bytes -= written;
         while written > 0 {
-            let Some(front) = self.out.front_mut() else { break };
+            let Some(front) = self.out.front_mut() else {
+                break;
+            };
             if written >= front.len() {
                 written -= front.len();
                 self.out.pop_front();

@@ -21,7 +21,12 @@ fn main() -> ExitCode {
     init_logging(&config);
     let fd_limit = match raise_nofile_limit() {
         Ok(l) => {
-            info!(soft_before = l.soft_before, soft = l.soft, hard = l.hard, "RLIMIT_NOFILE");
+            info!(
+                soft_before = l.soft_before,
+                soft = l.soft,
+                hard = l.hard,
+                "RLIMIT_NOFILE"
+            );
             l.soft as usize
         }
         Err(e) => {
@@ -30,7 +35,10 @@ fn main() -> ExitCode {
         }
     };
     // The control thread: acceptor, router, admin API, monitor. Shards run their own.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the runtime");
@@ -54,7 +62,9 @@ fn main() -> ExitCode {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human => builder.init(),
@@ -63,7 +73,10 @@ fn init_logging(config: &Config) {
 
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process can still be killed; just run.
         std::future::pending::<()>().await;
         return "none";

@@ -94,7 +94,12 @@ impl RouterHandle {
     }
 
     /// Delivers a publication locally and waits for the number of subscribers reached.
-    pub async fn publish_local(&self, channel: Arc<str>, payload: Payload, source: Source) -> usize {
+    pub async fn publish_local(
+        &self,
+        channel: Arc<str>,
+        payload: Payload,
+        source: Source,
+    ) -> usize {
         let (reply, done) = flume::bounded(1);
         let cmd = RouterCommand::Publish {
             channel,
@@ -162,7 +167,9 @@ pub async fn run(
                         let me = me.clone();
                         tokio::spawn(async move {
                             let result = fut.await;
-                            let _ = me.tx.send(RouterCommand::BrokerSubscribed { channel, result });
+                            let _ = me
+                                .tx
+                                .send(RouterCommand::BrokerSubscribed { channel, result });
                         });
                     }
                 }
@@ -218,7 +225,10 @@ pub async fn run(
                 source,
                 reply,
             } => {
-                metrics.messages_published.with_label_values(&[source.label()]).inc();
+                metrics
+                    .messages_published
+                    .with_label_values(&[source.label()])
+                    .inc();
                 let Some(route) = routes.get_mut(&channel) else {
                     if let Some(reply) = reply {
                         let _ = reply.try_send(0);

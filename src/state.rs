@@ -78,12 +78,18 @@ impl GatewayState {
 
     /// Sockets owned by all shards (handshaking or open).
     pub fn total_sockets(&self) -> usize {
-        self.shard_sockets.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.shard_sockets
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Open WebSocket connections per shard.
     pub fn connections_per_shard(&self) -> Vec<usize> {
-        self.shard_connections.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        self.shard_connections
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Open WebSocket connections in all shards.

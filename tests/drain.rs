@@ -15,7 +15,13 @@ async fn sigterm_drains_within_the_window() {
     assert_eq!(gw.http("GET", "/health/ready", None).await.0, 200);
     let mut clients = Vec::new();
     for i in 0..20 {
-        let mut c = gw.connect(if i % 2 == 0 { Encoding::Json } else { Encoding::MsgPack }).await;
+        let mut c = gw
+            .connect(if i % 2 == 0 {
+                Encoding::Json
+            } else {
+                Encoding::MsgPack
+            })
+            .await;
         c.subscribe(1, "news").await;
         clients.push(c);
     }
@@ -25,7 +31,11 @@ async fn sigterm_drains_within_the_window() {
     let (status, body) = gw.http("GET", "/health/ready", None).await;
     assert_eq!(status, 503, "not ready while draining: {body}");
     assert!(body.contains("\"draining\":true"), "{body}");
-    assert_eq!(gw.http("GET", "/health/live", None).await.0, 200, "still live while draining");
+    assert_eq!(
+        gw.http("GET", "/health/live", None).await.0,
+        200,
+        "still live while draining"
+    );
 
     let closes = clients.into_iter().map(|mut c| {
         tokio::spawn(async move {
@@ -37,13 +47,22 @@ async fn sigterm_drains_within_the_window() {
     for handle in closes {
         let (code, reason, at) = handle.await.unwrap();
         assert_eq!(code, close::GOING_AWAY);
-        assert!(close::retry_ms(&reason).is_some(), "retry hint in {reason:?}");
+        assert!(
+            close::retry_ms(&reason).is_some(),
+            "retry hint in {reason:?}"
+        );
         times.push(at);
     }
     times.sort();
     let spread = times[times.len() - 1] - times[0];
-    assert!(spread >= Duration::from_millis(300), "closes spread over the window, got {spread:?}");
-    assert!(times[times.len() - 1] <= Duration::from_millis(1500), "all closed within the window");
+    assert!(
+        spread >= Duration::from_millis(300),
+        "closes spread over the window, got {spread:?}"
+    );
+    assert!(
+        times[times.len() - 1] <= Duration::from_millis(1500),
+        "all closed within the window"
+    );
 
     let code = gw.wait_exit(Duration::from_secs(5));
     assert_eq!(code, Some(0), "exit status after drain");

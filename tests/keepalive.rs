@@ -26,6 +26,16 @@ async fn dead_peers_are_reaped_and_live_ones_kept() {
     assert_eq!(op, 0x9, "a quiet connection is pinged");
     assert_eq!(dead.expect_close().await, close::IDLE_TIMEOUT);
     let mut live = keeper.await.unwrap();
-    assert!(live.roundtrip(99).await.is_empty(), "the answering client is still connected");
-    assert_eq!(gw.wait_metric("shardcast_disconnections_total{reason=\"idle_timeout\"}", |v| v >= 1.0).await, 1.0);
+    assert!(
+        live.roundtrip(99).await.is_empty(),
+        "the answering client is still connected"
+    );
+    assert_eq!(
+        gw.wait_metric(
+            "shardcast_disconnections_total{reason=\"idle_timeout\"}",
+            |v| v >= 1.0
+        )
+        .await,
+        1.0
+    );
 }

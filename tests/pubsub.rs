@@ -45,9 +45,17 @@ async fn receives_http_publish_as_the_vectors_say() {
             let reply = gw.publish("news", message["value"]["data"].clone()).await;
             assert_eq!(reply["subscribers"], 2, "both clients are subscribed now");
             let got = c.recv().await;
-            assert_eq!(got, ServerFrame::Message { channel: "news".into(), seq: 2, data: message["value"]["data"].clone() });
+            assert_eq!(
+                got,
+                ServerFrame::Message {
+                    channel: "news".into(),
+                    seq: 2,
+                    data: message["value"]["data"].clone()
+                }
+            );
             // Same bytes as the vector but for the sequence number.
-            let mut expected = shardcast_proto::decode_server(Encoding::MsgPack, &msg_bytes).unwrap();
+            let mut expected =
+                shardcast_proto::decode_server(Encoding::MsgPack, &msg_bytes).unwrap();
             if let ServerFrame::Message { seq, .. } = &mut expected {
                 *seq = 2;
             }
@@ -74,7 +82,9 @@ async fn clients_on_different_shards_each_receive_once() {
             break;
         }
     }
-    let [Some(mut a), Some(mut b)] = on_shard else { panic!("connections did not spread over both shards") };
+    let [Some(mut a), Some(mut b)] = on_shard else {
+        panic!("connections did not spread over both shards")
+    };
     assert_ne!(a.shard, b.shard);
     a.subscribe(1, "scores").await;
     b.subscribe(1, "scores").await;
@@ -84,9 +94,19 @@ async fn clients_on_different_shards_each_receive_once() {
     }
     for c in [&mut a, &mut b] {
         for n in 1..=3u64 {
-            assert_eq!(c.recv().await, ServerFrame::Message { channel: "scores".into(), seq: n, data: json!({"n": n}) });
+            assert_eq!(
+                c.recv().await,
+                ServerFrame::Message {
+                    channel: "scores".into(),
+                    seq: n,
+                    data: json!({"n": n})
+                }
+            );
         }
-        assert!(c.roundtrip(99).await.is_empty(), "no duplicate after the three messages");
+        assert!(
+            c.roundtrip(99).await.is_empty(),
+            "no duplicate after the three messages"
+        );
     }
 }
 
@@ -97,11 +117,21 @@ async fn unsubscribe_stops_delivery_and_empty_channels_reach_zero() {
     c.subscribe(1, "weather").await;
     assert_eq!(gw.publish("weather", json!("sun")).await["subscribers"], 1);
     assert!(matches!(c.recv().await, ServerFrame::Message { .. }));
-    c.send(&ClientFrame::Unsubscribe { id: Some(2), channel: "weather".into() }).await;
+    c.send(&ClientFrame::Unsubscribe {
+        id: Some(2),
+        channel: "weather".into(),
+    })
+    .await;
     assert_eq!(c.recv().await, ServerFrame::Ack { id: Some(2) });
     assert_eq!(gw.publish("weather", json!("rain")).await["subscribers"], 0);
-    assert!(c.roundtrip(3).await.is_empty(), "nothing arrives after unsubscribe");
-    assert_eq!(gw.publish("nobody-listens", json!(1)).await, json!({"ok": true, "subscribers": 0}));
+    assert!(
+        c.roundtrip(3).await.is_empty(),
+        "nothing arrives after unsubscribe"
+    );
+    assert_eq!(
+        gw.publish("nobody-listens", json!(1)).await,
+        json!({"ok": true, "subscribers": 0})
+    );
     assert_eq!(gw.metric("shardcast_channels").await, 0.0);
 }
 
@@ -111,34 +141,91 @@ async fn batch_publish_and_api_key() {
     let mut c = gw.connect(Encoding::MsgPack).await;
     c.subscribe(1, "a").await;
     c.subscribe(2, "b").await;
-    let body = json!([{"channel": "a", "data": 1}, {"channel": "b", "data": {"x": [1, 2]}}]).to_string();
-    let (status, text) = http(gw.admin, "POST", "/api/publish", Some(&body), &[("Authorization", "Bearer wrong")]).await;
+    let body =
+        json!([{"channel": "a", "data": 1}, {"channel": "b", "data": {"x": [1, 2]}}]).to_string();
+    let (status, text) = http(
+        gw.admin,
+        "POST",
+        "/api/publish",
+        Some(&body),
+        &[("Authorization", "Bearer wrong")],
+    )
+    .await;
     assert_eq!(status, 401, "{text}");
     let (status, text) = http(gw.admin, "POST", "/api/publish", Some(&body), &[]).await;
     assert_eq!(status, 401, "{text}");
-    let (status, text) = http(gw.admin, "POST", "/api/publish", Some(&body), &[("Authorization", "Bearer s3cret")]).await;
+    let (status, text) = http(
+        gw.admin,
+        "POST",
+        "/api/publish",
+        Some(&body),
+        &[("Authorization", "Bearer s3cret")],
+    )
+    .await;
     assert_eq!(status, 200, "{text}");
     let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(reply["results"][0]["subscribers"], 1);
     assert_eq!(reply["results"][1]["subscribers"], 1);
-    assert_eq!(c.recv().await, ServerFrame::Message { channel: "a".into(), seq: 1, data: json!(1) });
-    assert_eq!(c.recv().await, ServerFrame::Message { channel: "b".into(), seq: 1, data: json!({"x": [1, 2]}) });
-    assert_eq!(gw.metric("shardcast_client_errors_total{code=\"unauthorized\"}").await, 2.0);
+    assert_eq!(
+        c.recv().await,
+        ServerFrame::Message {
+            channel: "a".into(),
+            seq: 1,
+            data: json!(1)
+        }
+    );
+    assert_eq!(
+        c.recv().await,
+        ServerFrame::Message {
+            channel: "b".into(),
+            seq: 1,
+            data: json!({"x": [1, 2]})
+        }
+    );
+    assert_eq!(
+        gw.metric("shardcast_client_errors_total{code=\"unauthorized\"}")
+            .await,
+        2.0
+    );
 }
 
 #[tokio::test]
 async fn client_publish_is_off_by_default_and_works_when_allowed() {
     let gw = Gateway::start(&[]);
     let mut c = gw.connect(Encoding::Json).await;
-    c.send(&ClientFrame::Publish { id: Some(1), channel: "x".into(), data: json!(1) }).await;
-    assert!(matches!(c.recv().await, ServerFrame::Error { id: Some(1), code: shardcast_proto::ErrorCode::Forbidden, .. }));
+    c.send(&ClientFrame::Publish {
+        id: Some(1),
+        channel: "x".into(),
+        data: json!(1),
+    })
+    .await;
+    assert!(matches!(
+        c.recv().await,
+        ServerFrame::Error {
+            id: Some(1),
+            code: shardcast_proto::ErrorCode::Forbidden,
+            ..
+        }
+    ));
     drop(gw);
 
     let gw = Gateway::start(&["--allow-client-publish"]);
     let mut a = gw.connect(Encoding::Json).await;
     let mut b = gw.connect(Encoding::MsgPack).await;
     b.subscribe(1, "chat").await;
-    a.send(&ClientFrame::Publish { id: Some(7), channel: "chat".into(), data: json!({"hi": true}) }).await;
+    a.send(&ClientFrame::Publish {
+        id: Some(7),
+        channel: "chat".into(),
+        data: json!({"hi": true}),
+    })
+    .await;
     assert_eq!(a.recv().await, ServerFrame::Ack { id: Some(7) });
-    assert_eq!(b.recv().await, ServerFrame::Message { channel: "chat".into(), seq: 1, data: json!({"hi": true}) });
+    assert_eq!(
+        b.recv().await,
+        ServerFrame::Message {
+            channel: "chat".into(),
+            seq: 1,
+            data: json!({"hi": true})
+        }
+    );
 }

@@ -28,7 +28,10 @@ pub const IDLE_TIMEOUT: u16 = 4001;
 
 /// Whether a client should reconnect automatically after this close code.
 pub fn should_reconnect(code: u16) -> bool {
-    !matches!(code, POLICY_VIOLATION | PROTOCOL_ERROR | INVALID_PAYLOAD | MESSAGE_TOO_BIG)
+    !matches!(
+        code,
+        POLICY_VIOLATION | PROTOCOL_ERROR | INVALID_PAYLOAD | MESSAGE_TOO_BIG
+    )
 }
 
 /// Builds a close reason carrying a retry hint, e.g. `going away; retry_ms=1500`.

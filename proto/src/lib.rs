@@ -182,10 +182,19 @@ impl DecodeError {
 /// Decodes one client frame (a whole WebSocket message) in the given encoding.
 pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
     let loose: LooseClientFrame = match encoding {
-        Encoding::Json => serde_json::from_slice(bytes)
-            .map_err(|e| DecodeError::new(None, ErrorCode::BadRequest, format!("invalid JSON frame: {e}")))?,
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| {
+            DecodeError::new(
+                None,
+                ErrorCode::BadRequest,
+                format!("invalid JSON frame: {e}"),
+            )
+        })?,
         Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| {
-            DecodeError::new(None, ErrorCode::BadRequest, format!("invalid MessagePack frame: {e}"))
+            DecodeError::new(
+                None,
+                ErrorCode::BadRequest,
+                format!("invalid MessagePack frame: {e}"),
+            )
         })?,
     };
     let id = loose.id;
@@ -207,15 +216,18 @@ pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, De
         "publish" => Ok(ClientFrame::Publish {
             id,
             channel: channel(loose.channel)?,
-            data: loose
-                .data
-                .ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `data`"))?,
+            data: loose.data.ok_or_else(|| {
+                DecodeError::new(id, ErrorCode::BadRequest, "missing field `data`")
+            })?,
         }),
         "ping" => Ok(ClientFrame::Ping { id }),
         other => Err(DecodeError::new(
             id,
             ErrorCode::UnknownOp,
-            format!("unknown op `{}`", other.chars().take(64).collect::<String>()),
+            format!(
+                "unknown op `{}`",
+                other.chars().take(64).collect::<String>()
+            ),
         )),
     }
 }
@@ -275,10 +287,19 @@ pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
 /// Decodes a server frame (what a client library receives).
 pub fn decode_server(encoding: Encoding, bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
     match encoding {
-        Encoding::Json => serde_json::from_slice(bytes)
-            .map_err(|e| DecodeError::new(None, ErrorCode::BadRequest, format!("invalid JSON frame: {e}"))),
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| {
+            DecodeError::new(
+                None,
+                ErrorCode::BadRequest,
+                format!("invalid JSON frame: {e}"),
+            )
+        }),
         Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| {
-            DecodeError::new(None, ErrorCode::BadRequest, format!("invalid MessagePack frame: {e}"))
+            DecodeError::new(
+                None,
+                ErrorCode::BadRequest,
+                format!("invalid MessagePack frame: {e}"),
+            )
         }),
     }
 }

@@ -23,12 +23,34 @@ fn unhex(s: &str) -> Vec<u8> {
 
 fn client_frames() -> Vec<(&'static str, ClientFrame)> {
     vec![
-        ("subscribe", ClientFrame::Subscribe { id: Some(1), channel: "news".into() }),
-        ("subscribe_without_id", ClientFrame::Subscribe { id: None, channel: "chat:room-42".into() }),
-        ("unsubscribe", ClientFrame::Unsubscribe { id: Some(2), channel: "news".into() }),
+        (
+            "subscribe",
+            ClientFrame::Subscribe {
+                id: Some(1),
+                channel: "news".into(),
+            },
+        ),
+        (
+            "subscribe_without_id",
+            ClientFrame::Subscribe {
+                id: None,
+                channel: "chat:room-42".into(),
+            },
+        ),
+        (
+            "unsubscribe",
+            ClientFrame::Unsubscribe {
+                id: Some(2),
+                channel: "news".into(),
+            },
+        ),
         (
             "publish",
-            ClientFrame::Publish { id: Some(3), channel: "news".into(), data: json!({"text": "hello", "n": 1}) },
+            ClientFrame::Publish {
+                id: Some(3),
+                channel: "news".into(),
+                data: json!({"text": "hello", "n": 1}),
+            },
         ),
         ("ping", ClientFrame::Ping { id: Some(4) }),
     ]
@@ -38,12 +60,21 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
     vec![
         (
             "welcome",
-            ServerFrame::Welcome { version: 1, node: "node-1".into(), shard: 0, ping_interval_ms: 25000 },
+            ServerFrame::Welcome {
+                version: 1,
+                node: "node-1".into(),
+                shard: 0,
+                ping_interval_ms: 25000,
+            },
         ),
         ("ack", ServerFrame::Ack { id: Some(1) }),
         (
             "error_bad_channel",
-            ServerFrame::Error { id: Some(1), code: ErrorCode::BadChannel, message: "channel name is empty".into() },
+            ServerFrame::Error {
+                id: Some(1),
+                code: ErrorCode::BadChannel,
+                message: "channel name is empty".into(),
+            },
         ),
         ("pong", ServerFrame::Pong { id: Some(4) }),
         (
@@ -56,7 +87,11 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         ),
         (
             "message_scalar",
-            ServerFrame::Message { channel: "prices/eur-usd".into(), seq: 70000, data: json!(1.0825) },
+            ServerFrame::Message {
+                channel: "prices/eur-usd".into(),
+                seq: 70000,
+                data: json!(1.0825),
+            },
         ),
     ]
 }
@@ -110,11 +145,21 @@ fn all_vectors() -> Vec<(&'static str, Value)> {
     vec![
         (
             "client_frames.json",
-            Value::Array(client_frames().iter().map(|(n, f)| vector_entry(n, f)).collect()),
+            Value::Array(
+                client_frames()
+                    .iter()
+                    .map(|(n, f)| vector_entry(n, f))
+                    .collect(),
+            ),
         ),
         (
             "server_frames.json",
-            Value::Array(server_frames().iter().map(|(n, f)| vector_entry(n, f)).collect()),
+            Value::Array(
+                server_frames()
+                    .iter()
+                    .map(|(n, f)| vector_entry(n, f))
+                    .collect(),
+            ),
         ),
         ("invalid_client_frames.json", invalid_client_frames()),
         ("channel_names.json", channel_names()),
@@ -131,9 +176,13 @@ fn vectors_match_this_crate() {
             std::fs::write(&path, text).expect("write vector");
             continue;
         }
-        let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read vector"))
-            .expect("vector is JSON");
-        assert_eq!(on_disk, expected, "{file} differs from what this crate produces");
+        let on_disk: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read vector"))
+                .expect("vector is JSON");
+        assert_eq!(
+            on_disk, expected,
+            "{file} differs from what this crate produces"
+        );
     }
 }
 
@@ -142,7 +191,11 @@ fn client_vectors_decode_in_both_encodings() {
     for (name, frame) in client_frames() {
         for enc in Encoding::ALL {
             let bytes = encode_client(enc, &frame);
-            assert_eq!(decode_client(enc, &bytes).as_ref(), Ok(&frame), "{name} {enc:?}");
+            assert_eq!(
+                decode_client(enc, &bytes).as_ref(),
+                Ok(&frame),
+                "{name} {enc:?}"
+            );
         }
     }
 }
@@ -152,7 +205,11 @@ fn server_vectors_decode_in_both_encodings() {
     for (name, frame) in server_frames() {
         for enc in Encoding::ALL {
             let bytes = encode_server(enc, &frame);
-            assert_eq!(decode_server(enc, &bytes).as_ref(), Ok(&frame), "{name} {enc:?}");
+            assert_eq!(
+                decode_server(enc, &bytes).as_ref(),
+                Ok(&frame),
+                "{name} {enc:?}"
+            );
         }
     }
 }
@@ -163,7 +220,10 @@ fn encode_message_matches_the_generic_encoder() {
         if let ServerFrame::Message { channel, seq, data } = &frame {
             let raw = RawValue::from_string(data.to_string()).expect("raw");
             for enc in Encoding::ALL {
-                assert_eq!(encode_message(enc, channel, *seq, &raw), encode_server(enc, &frame));
+                assert_eq!(
+                    encode_message(enc, channel, *seq, &raw),
+                    encode_server(enc, &frame)
+                );
             }
         }
     }
@@ -172,8 +232,13 @@ fn encode_message_matches_the_generic_encoder() {
 #[test]
 fn invalid_frames_get_their_codes() {
     for case in invalid_client_frames().as_array().expect("array") {
-        let enc = if case["encoding"] == "json" { Encoding::Json } else { Encoding::MsgPack };
-        let err = decode_client(enc, &unhex(case["hex"].as_str().expect("hex"))).expect_err("must fail");
+        let enc = if case["encoding"] == "json" {
+            Encoding::Json
+        } else {
+            Encoding::MsgPack
+        };
+        let err =
+            decode_client(enc, &unhex(case["hex"].as_str().expect("hex"))).expect_err("must fail");
         assert_eq!(err.code.as_str(), case["code"], "{}", case["name"]);
         assert_eq!(err.id, case["id"].as_u64(), "{}", case["name"]);
     }
@@ -183,10 +248,16 @@ fn invalid_frames_get_their_codes() {
 fn channel_name_rules() {
     let names = channel_names();
     for v in names["valid"].as_array().expect("valid") {
-        assert_eq!(validate_channel(v.as_str().expect("str"), DEFAULT_MAX_CHANNEL_LEN), Ok(()));
+        assert_eq!(
+            validate_channel(v.as_str().expect("str"), DEFAULT_MAX_CHANNEL_LEN),
+            Ok(())
+        );
     }
     for v in names["invalid"].as_array().expect("invalid") {
-        assert!(validate_channel(v.as_str().expect("str"), DEFAULT_MAX_CHANNEL_LEN).is_err(), "{v}");
+        assert!(
+            validate_channel(v.as_str().expect("str"), DEFAULT_MAX_CHANNEL_LEN).is_err(),
+            "{v}"
+        );
     }
 }
 
@@ -201,7 +272,16 @@ fn retry_hint_round_trips() {
 
 #[test]
 fn unknown_error_codes_decode_as_unknown() {
-    let frame = decode_server(Encoding::Json, br#"{"type":"error","code":"from_the_future","message":"x"}"#)
-        .expect("decodes");
-    assert!(matches!(frame, ServerFrame::Error { code: ErrorCode::Unknown, .. }));
+    let frame = decode_server(
+        Encoding::Json,
+        br#"{"type":"error","code":"from_the_future","message":"x"}"#,
+    )
+    .expect("decodes");
+    assert!(matches!(
+        frame,
+        ServerFrame::Error {
+            code: ErrorCode::Unknown,
+            ..
+        }
+    ));
 }

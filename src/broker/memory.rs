@@ -39,7 +39,10 @@ impl InProcessBus {
                 channels: HashSet::new(),
             });
         }
-        InProcessBroker { bus: self.clone(), id }
+        InProcessBroker {
+            bus: self.clone(),
+            id,
+        }
     }
 }
 
@@ -94,7 +97,10 @@ impl Broker for InProcessBroker {
     fn publish(&self, channel: Arc<str>, payload: Payload) -> BrokerFuture {
         let r = match self.bus.members.read() {
             Ok(members) => {
-                for m in members.iter().filter(|m| m.id != self.id && m.channels.contains(&channel)) {
+                for m in members
+                    .iter()
+                    .filter(|m| m.id != self.id && m.channels.contains(&channel))
+                {
                     m.sink.deliver(channel.clone(), payload.clone());
                 }
                 Ok(())

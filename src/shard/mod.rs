@@ -78,12 +78,18 @@ pub struct ShardDeps {
 }
 
 /// Starts shard `id` on its own thread.
-pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::thread::JoinHandle<()>)> {
+pub fn spawn(
+    id: usize,
+    deps: ShardDeps,
+) -> std::io::Result<(ShardHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = flume::unbounded();
     let thread = std::thread::Builder::new()
         .name(format!("shard-{id}"))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     error!(shard = id, error = %e, "cannot start the shard's runtime");
@@ -100,7 +106,9 @@ pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::t
                             tokio::task::spawn_local(task::handshake(core.clone(), stream, peer));
                         }
                         ShardCommand::Deliver(publication) => core.fan_out(&publication),
-                        ShardCommand::InterestConfirmed { channel, result } => core.interest_confirmed(&channel, result),
+                        ShardCommand::InterestConfirmed { channel, result } => {
+                            core.interest_confirmed(&channel, result)
+                        }
                         ShardCommand::Drain { window } => {
                             core.draining.set(true);
                             tokio::task::spawn_local(upkeep::drain(core.clone(), window));
@@ -215,7 +223,9 @@ impl ShardCore {
             }
             let frame = publication.frame(enc);
             for s in list {
-                let Some(conn) = conns.get_mut(s.conn as usize) else { continue };
+                let Some(conn) = conns.get_mut(s.conn as usize) else {
+                    continue;
+                };
                 match conn.send(frame, limit) {
                     Sent::Written | Sent::Queued => reached += 1,
                     Sent::Overflow => self.close_slow_consumer(conn, deadline),
@@ -224,7 +234,9 @@ impl ShardCore {
             }
         }
         self.shard_metrics.delivered.inc_by(reached as u64);
-        self.shard_metrics.fanout.observe(start.elapsed().as_secs_f64());
+        self.shard_metrics
+            .fanout
+            .observe(start.elapsed().as_secs_f64());
         publication.shard_done(reached);
     }
 
@@ -251,12 +263,22 @@ impl ShardCore {
                 self.router.interest(self.id, channel, false);
             }
         }
-        self.shard_metrics.subscriptions.set(table.subscription_count() as i64);
+        self.shard_metrics
+            .subscriptions
+            .set(table.subscription_count() as i64);
         let why = conn.disconnect.unwrap_or(Disconnect::Eof);
-        self.metrics.disconnections.with_label_values(&[why.label()]).inc();
+        self.metrics
+            .disconnections
+            .with_label_values(&[why.label()])
+            .inc();
         self.shard_metrics.connections.dec();
         self.state.add_connection(self.id, -1);
         self.state.add_socket(self.id, -1);
-        debug!(shard = self.id, conn = conn.id, reason = why.label(), "connection closed");
+        debug!(
+            shard = self.id,
+            conn = conn.id,
+            reason = why.label(),
+            "connection closed"
+        );
     }
 }

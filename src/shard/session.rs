@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardcast_proto::{decode_client, encode_server, validate_channel, ClientFrame, ErrorCode, ServerFrame};
+use shardcast_proto::{
+    decode_client, encode_server, validate_channel, ClientFrame, ErrorCode, ServerFrame,
+};
 
 use super::ShardCore;
 use crate::channel_table::{Joined, PendingAck};
@@ -28,8 +30,17 @@ impl ShardCore {
                     }
                 };
                 if binary != encoding.is_binary() {
-                    let expected = if encoding.is_binary() { "binary" } else { "text" };
-                    self.reply_error(key, None, ErrorCode::BadRequest, &format!("this connection's encoding uses {expected} frames"));
+                    let expected = if encoding.is_binary() {
+                        "binary"
+                    } else {
+                        "text"
+                    };
+                    self.reply_error(
+                        key,
+                        None,
+                        ErrorCode::BadRequest,
+                        &format!("this connection's encoding uses {expected} frames"),
+                    );
                     return Flow::Continue;
                 }
                 match decode_client(encoding, payload) {
@@ -57,7 +68,9 @@ impl ShardCore {
         match frame {
             ClientFrame::Subscribe { id, channel } => self.subscribe(key, id, &channel),
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(key, id, &channel),
-            ClientFrame::Publish { id, channel, data } => self.client_publish(key, id, channel, data),
+            ClientFrame::Publish { id, channel, data } => {
+                self.client_publish(key, id, channel, data)
+            }
             ClientFrame::Ping { id } => self.reply_frame(key, &ServerFrame::Pong { id }),
         }
     }
@@ -68,20 +81,31 @@ impl ShardCore {
         }
         let mut conns = self.conns.borrow_mut();
         let mut table = self.table.borrow_mut();
-        let Some(conn) = conns.get_mut(key) else { return };
-        if conn.subs.iter().any(|&s| table.channel_of(s) == Some(channel)) {
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
+        if conn
+            .subs
+            .iter()
+            .any(|&s| table.channel_of(s) == Some(channel))
+        {
             drop((conns, table));
             return self.reply_frame(key, &ServerFrame::Ack { id });
         }
         if conn.subs.len() >= self.config.max_channels_per_connection {
             drop((conns, table));
-            let msg = format!("at most {} subscriptions per connection", self.config.max_channels_per_connection);
+            let msg = format!(
+                "at most {} subscriptions per connection",
+                self.config.max_channels_per_connection
+            );
             return self.reply_error(key, id, ErrorCode::TooManyChannels, &msg);
         }
         let (sub, joined) = table.subscribe(channel, key as u32, conn.encoding);
         conn.subs.push(sub);
         let conn_id = conn.id;
-        self.shard_metrics.subscriptions.set(table.subscription_count() as i64);
+        self.shard_metrics
+            .subscriptions
+            .set(table.subscription_count() as i64);
         let pending = PendingAck {
             conn: key as u32,
             conn_id,
@@ -105,33 +129,63 @@ impl ShardCore {
     fn unsubscribe(&self, key: usize, id: Option<u64>, channel: &str) {
         let mut conns = self.conns.borrow_mut();
         let mut table = self.table.borrow_mut();
-        let Some(conn) = conns.get_mut(key) else { return };
-        let Some(pos) = conn.subs.iter().position(|&s| table.channel_of(s) == Some(channel)) else {
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
+        let Some(pos) = conn
+            .subs
+            .iter()
+            .position(|&s| table.channel_of(s) == Some(channel))
+        else {
             drop((conns, table));
-            return self.reply_error(key, id, ErrorCode::NotSubscribed, "not subscribed to this channel");
+            return self.reply_error(
+                key,
+                id,
+                ErrorCode::NotSubscribed,
+                "not subscribed to this channel",
+            );
         };
         let sub = conn.subs.swap_remove(pos);
         if let Some(name) = table.unsubscribe(sub) {
             self.router.interest(self.id, name, false);
         }
-        self.shard_metrics.subscriptions.set(table.subscription_count() as i64);
+        self.shard_metrics
+            .subscriptions
+            .set(table.subscription_count() as i64);
         drop((conns, table));
         self.reply_frame(key, &ServerFrame::Ack { id });
     }
 
-    fn client_publish(&self, key: usize, id: Option<u64>, channel: String, data: serde_json::Value) {
+    fn client_publish(
+        &self,
+        key: usize,
+        id: Option<u64>,
+        channel: String,
+        data: serde_json::Value,
+    ) {
         if !self.config.allow_client_publish {
-            return self.reply_error(key, id, ErrorCode::Forbidden, "client publishing is disabled on this gateway");
+            return self.reply_error(
+                key,
+                id,
+                ErrorCode::Forbidden,
+                "client publishing is disabled on this gateway",
+            );
         }
         if let Err(e) = validate_channel(&channel, self.config.max_channel_len) {
             return self.reply_error(key, id, ErrorCode::BadChannel, &e.to_string());
         }
-        let Some(conn_id) = self.conns.borrow().get(key).map(|c| c.id) else { return };
+        let Some(conn_id) = self.conns.borrow().get(key).map(|c| c.id) else {
+            return;
+        };
         let publisher = self.publisher.clone();
         let payload = Payload::from_value(&data);
-        let Some(core) = self.me.upgrade() else { return };
+        let Some(core) = self.me.upgrade() else {
+            return;
+        };
         tokio::task::spawn_local(async move {
-            let result = publisher.publish(Arc::from(channel), payload, Source::Client).await;
+            let result = publisher
+                .publish(Arc::from(channel), payload, Source::Client)
+                .await;
             if core.conns.borrow().get(key).map(|c| c.id) != Some(conn_id) {
                 return;
             }
@@ -163,7 +217,9 @@ impl ShardCore {
                         }
                         table.unsubscribe(s.sub);
                     }
-                    self.shard_metrics.subscriptions.set(table.subscription_count() as i64);
+                    self.shard_metrics
+                        .subscriptions
+                        .set(table.subscription_count() as i64);
                 }
                 for ack in acks {
                     let frame = ServerFrame::Error {
@@ -185,7 +241,10 @@ impl ShardCore {
     }
 
     fn reply_error(&self, key: usize, id: Option<u64>, code: ErrorCode, message: &str) {
-        self.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
+        self.metrics
+            .client_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
         self.reply_frame(
             key,
             &ServerFrame::Error {
@@ -209,7 +268,9 @@ impl ShardCore {
     fn reply(&self, key: usize, frame: Bytes) {
         let deadline = self.after(self.config.close_timeout);
         let mut conns = self.conns.borrow_mut();
-        let Some(conn) = conns.get_mut(key) else { return };
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
         if conn.send(&frame, self.config.max_queue_bytes) == Sent::Overflow {
             self.close_slow_consumer(conn, deadline);
         }

@@ -19,7 +19,9 @@ use tracing::debug;
 use super::ShardCore;
 use crate::connection::{Connection, Disconnect, Phase, ReadState};
 use crate::ws::frame::read_frames;
-use crate::ws::handshake::{error_body, http_response, parse_request, upgrade_response, PublicRequest, MAX_REQUEST_HEAD};
+use crate::ws::handshake::{
+    error_body, http_response, parse_request, upgrade_response, PublicRequest, MAX_REQUEST_HEAD,
+};
 
 /// How many reads one poll may do before yielding to the shard's other tasks.
 const READS_PER_POLL: usize = 16;
@@ -46,7 +48,12 @@ pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, 
         // The upgrade finished just as the drain began: this socket missed the batch.
         let deadline = core.after(core.config.close_timeout);
         let reason = shardcast_proto::close::reason_with_retry("going away", 0);
-        conn.close(shardcast_proto::close::GOING_AWAY, &reason, Disconnect::GoingAway, deadline);
+        conn.close(
+            shardcast_proto::close::GOING_AWAY,
+            &reason,
+            Disconnect::GoingAway,
+            deadline,
+        );
     }
     let key = core.conns.borrow_mut().insert(conn);
     core.shard_metrics.connections.inc();
@@ -57,8 +64,17 @@ pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, 
 
 /// Reads the request head and answers it; returns the socket if it is now a WebSocket.
 async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, Encoding)> {
-    let refused = |reason: &str| core.metrics.connections_refused.with_label_values(&[reason]).inc();
-    let head = tokio::time::timeout(core.config.handshake_timeout, read_head(&stream, &core.config.ws_path)).await;
+    let refused = |reason: &str| {
+        core.metrics
+            .connections_refused
+            .with_label_values(&[reason])
+            .inc()
+    };
+    let head = tokio::time::timeout(
+        core.config.handshake_timeout,
+        read_head(&stream, &core.config.ws_path),
+    )
+    .await;
     let response = match head {
         Err(_) => {
             refused("handshake_timeout");
@@ -66,11 +82,21 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, 
         }
         Ok(Err(status)) => {
             refused("bad_handshake");
-            http_response(status, None, &error_body("bad_request", "malformed HTTP request"))
+            http_response(
+                status,
+                None,
+                &error_body("bad_request", "malformed HTTP request"),
+            )
         }
-        Ok(Ok(PublicRequest::Upgrade { .. })) if core.draining.get() || core.state.is_draining() => {
+        Ok(Ok(PublicRequest::Upgrade { .. }))
+            if core.draining.get() || core.state.is_draining() =>
+        {
             refused("draining");
-            http_response(503, Some(5), &error_body("unavailable", "this instance is draining"))
+            http_response(
+                503,
+                Some(5),
+                &error_body("unavailable", "this instance is draining"),
+            )
         }
         Ok(Ok(PublicRequest::Upgrade {
             key,
@@ -225,14 +251,18 @@ impl ShardCore {
             r
         } else {
             pending.extend_from_slice(data);
-            let r = read_frames(&mut pending, &mut fragments, max, |ev| self.on_incoming(key, ev));
+            let r = read_frames(&mut pending, &mut fragments, max, |ev| {
+                self.on_incoming(key, ev)
+            });
             if let Ok(used) = r {
                 pending.drain(..used);
             }
             r
         };
         let mut conns = self.conns.borrow_mut();
-        let Some(conn) = conns.get_mut(key) else { return };
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
         match result {
             Ok(_) => {
                 if !pending.is_empty() || fragments.is_some() {
@@ -241,7 +271,10 @@ impl ShardCore {
                 }
             }
             Err(e) => {
-                self.metrics.client_errors.with_label_values(&[e.label()]).inc();
+                self.metrics
+                    .client_errors
+                    .with_label_values(&[e.label()])
+                    .inc();
                 let why = match e.close_code() {
                     shardcast_proto::close::MESSAGE_TOO_BIG => Disconnect::MessageTooBig,
                     shardcast_proto::close::INVALID_PAYLOAD => Disconnect::InvalidPayload,

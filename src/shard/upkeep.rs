@@ -49,7 +49,12 @@ impl ShardCore {
                 Phase::Open => {
                     let quiet = now.saturating_sub(conn.last_seen);
                     if quiet >= idle_after {
-                        conn.close(close::IDLE_TIMEOUT, "idle timeout", Disconnect::IdleTimeout, close_deadline);
+                        conn.close(
+                            close::IDLE_TIMEOUT,
+                            "idle timeout",
+                            Disconnect::IdleTimeout,
+                            close_deadline,
+                        );
                     } else if quiet >= ping_after && !conn.pinged {
                         conn.pinged = true;
                         conn.send(&ping, self.config.max_queue_bytes);

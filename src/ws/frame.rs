@@ -162,9 +162,10 @@ pub fn read_frames(
                 if !header.is_final {
                     continue;
                 }
-                let Some(frag) = fragments.take() else { continue };
-                let flow = deliver(frag.binary, &frag.buf, &mut handle)?;
-                flow
+                let Some(frag) = fragments.take() else {
+                    continue;
+                };
+                deliver(frag.binary, &frag.buf, &mut handle)?
             }
             OpCode::Data(kind) => {
                 let binary = matches!(kind, Data::Binary);
@@ -178,7 +179,9 @@ pub fn read_frames(
                     Flow::Continue
                 }
             }
-            OpCode::Control(Control::Reserved(_)) => return Err(FrameError::Protocol("reserved opcode")),
+            OpCode::Control(Control::Reserved(_)) => {
+                return Err(FrameError::Protocol("reserved opcode"))
+            }
         };
         if flow == Flow::Stop {
             break;
@@ -197,7 +200,9 @@ fn check_header(
         return Err(FrameError::Protocol("client frame is not masked"));
     }
     if header.rsv1 || header.rsv2 || header.rsv3 {
-        return Err(FrameError::Protocol("reserved bits set without an extension"));
+        return Err(FrameError::Protocol(
+            "reserved bits set without an extension",
+        ));
     }
     match header.opcode {
         OpCode::Control(_) => {
@@ -299,7 +304,11 @@ mod tests {
         let r = read_frames(&mut buf, &mut frags, max, |ev| {
             seen.push(match ev {
                 Incoming::Message { binary, payload } => {
-                    format!("{}:{}", if binary { "bin" } else { "text" }, String::from_utf8_lossy(payload))
+                    format!(
+                        "{}:{}",
+                        if binary { "bin" } else { "text" },
+                        String::from_utf8_lossy(payload)
+                    )
                 }
                 Incoming::Ping(p) => format!("ping:{}", String::from_utf8_lossy(p)),
                 Incoming::Pong => "pong".into(),
@@ -340,20 +349,47 @@ mod tests {
 
     #[test]
     fn refuses_what_the_rfc_forbids() {
-        assert_eq!(read_all(&[0x81, 0x00], 10).0, Err(FrameError::Protocol("client frame is not masked")));
-        assert_eq!(read_all(&client_frame(0x81, b"x".repeat(11).as_slice()), 10).0, Err(FrameError::TooBig(10)));
-        assert_eq!(read_all(&client_frame(0x81, &[0xff, 0xfe]), 10).0, Err(FrameError::InvalidUtf8));
-        assert!(matches!(read_all(&client_frame(0x80, b"x"), 10).0, Err(FrameError::Protocol(_))));
-        assert!(matches!(read_all(&client_frame(0xC1, b"x"), 10).0, Err(FrameError::Protocol(_))));
-        assert!(matches!(read_all(&client_frame(0x83, b"x"), 10).0, Err(FrameError::Protocol(_))));
-        assert!(matches!(read_all(&client_frame(0x88, &[0x03, 0xed]), 10).0, Err(FrameError::Protocol(_))));
+        assert_eq!(
+            read_all(&[0x81, 0x00], 10).0,
+            Err(FrameError::Protocol("client frame is not masked"))
+        );
+        assert_eq!(
+            read_all(&client_frame(0x81, b"x".repeat(11).as_slice()), 10).0,
+            Err(FrameError::TooBig(10))
+        );
+        assert_eq!(
+            read_all(&client_frame(0x81, &[0xff, 0xfe]), 10).0,
+            Err(FrameError::InvalidUtf8)
+        );
+        assert!(matches!(
+            read_all(&client_frame(0x80, b"x"), 10).0,
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            read_all(&client_frame(0xC1, b"x"), 10).0,
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            read_all(&client_frame(0x83, b"x"), 10).0,
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            read_all(&client_frame(0x88, &[0x03, 0xed]), 10).0,
+            Err(FrameError::Protocol(_))
+        ));
     }
 
     #[test]
     fn server_frames_have_the_right_headers() {
-        assert_eq!(&data_frame(Encoding::Json, b"hi")[..], &[0x81, 0x02, b'h', b'i']);
+        assert_eq!(
+            &data_frame(Encoding::Json, b"hi")[..],
+            &[0x81, 0x02, b'h', b'i']
+        );
         assert_eq!(&data_frame(Encoding::MsgPack, b"hi")[..2], &[0x82, 0x02]);
-        assert_eq!(&close_frame(1001, "bye")[..], &[0x88, 0x05, 0x03, 0xe9, b'b', b'y', b'e']);
+        assert_eq!(
+            &close_frame(1001, "bye")[..],
+            &[0x88, 0x05, 0x03, 0xe9, b'b', b'y', b'e']
+        );
         assert_eq!(close_frame(1000, &"é".repeat(100)).len(), 2 + 2 + 122);
         let big = data_frame(Encoding::Json, &[b'a'; 70_000]);
         assert_eq!(&big[..2], &[0x81, 127]);

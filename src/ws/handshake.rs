@@ -164,7 +164,11 @@ mod tests {
         let mp = format!("{UPGRADE}Sec-WebSocket-Protocol: foo, shardcast.v1.msgpack\r\n\r\n");
         assert!(matches!(
             parse_request(mp.as_bytes(), "/ws").unwrap(),
-            Some(PublicRequest::Upgrade { encoding: Encoding::MsgPack, echo_subprotocol: true, .. })
+            Some(PublicRequest::Upgrade {
+                encoding: Encoding::MsgPack,
+                echo_subprotocol: true,
+                ..
+            })
         ));
         let bad = format!("{UPGRADE}Sec-WebSocket-Protocol: foo\r\n\r\n");
         assert!(matches!(
@@ -176,17 +180,31 @@ mod tests {
 
     #[test]
     fn accept_key_matches_the_rfc_example() {
-        let resp = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", Encoding::Json, false)).unwrap();
+        let resp = String::from_utf8(upgrade_response(
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            Encoding::Json,
+            false,
+        ))
+        .unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }
 
     #[test]
     fn health_and_other_paths() {
         let h = b"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(parse_request(h, "/ws").unwrap(), Some(PublicRequest::Health { ready_probe: true }));
+        assert_eq!(
+            parse_request(h, "/ws").unwrap(),
+            Some(PublicRequest::Health { ready_probe: true })
+        );
         let other = b"GET /nope HTTP/1.1\r\n\r\n";
-        assert!(matches!(parse_request(other, "/ws").unwrap(), Some(PublicRequest::Reject { status: 404, .. })));
+        assert!(matches!(
+            parse_request(other, "/ws").unwrap(),
+            Some(PublicRequest::Reject { status: 404, .. })
+        ));
         let plain = b"GET /ws HTTP/1.1\r\n\r\n";
-        assert!(matches!(parse_request(plain, "/ws").unwrap(), Some(PublicRequest::Reject { status: 426, .. })));
+        assert!(matches!(
+            parse_request(plain, "/ws").unwrap(),
+            Some(PublicRequest::Reject { status: 426, .. })
+        ));
     }
 }

@@ -43,18 +43,28 @@ impl Gateway {
 
     pub fn launch(opts: Launch<'_>) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--log", "info"])
-            .args(opts.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(["--log", "info"])
+        .args(opts.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         if let Some(n) = opts.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and touches only this child.
             unsafe {
                 cmd.pre_exec(move || {
-                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -71,7 +81,10 @@ impl Gateway {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if v["message"] == "listening" {
-                        let _ = tx.send((v["ws"].as_str().unwrap_or("").to_owned(), v["admin"].as_str().unwrap_or("").to_owned()));
+                        let _ = tx.send((
+                            v["ws"].as_str().unwrap_or("").to_owned(),
+                            v["admin"].as_str().unwrap_or("").to_owned(),
+                        ));
                     }
                 }
                 sink.lock().unwrap().push(line);
@@ -84,7 +97,12 @@ impl Gateway {
                 panic!("gateway did not start: {:?}", logs.lock().unwrap());
             }
         };
-        Gateway { child, ws: ws.parse().expect("ws addr"), admin: admin.parse().expect("admin addr"), logs }
+        Gateway {
+            child,
+            ws: ws.parse().expect("ws addr"),
+            admin: admin.parse().expect("admin addr"),
+            logs,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -172,10 +190,19 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 }
 
 /// A minimal HTTP/1.1 client: one request per connection.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect admin");
     let body = body.unwrap_or("");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if !body.is_empty() {
         req.push_str("Content-Type: application/json\r\n");
     }
@@ -184,16 +211,29 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>
     }
     req.push_str("\r\n");
     req.push_str(body);
-    stream.write_all(req.as_bytes()).await.expect("send request");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("send request");
     let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.expect("response in time").expect("read response");
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read response");
     parse_http(&raw)
 }
 
 pub fn parse_http(raw: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(raw).to_string();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -209,18 +249,38 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, encoding: Encoding) -> Client {
-        Client::try_connect(addr, encoding).await.expect("WebSocket connect")
+        Client::try_connect(addr, encoding)
+            .await
+            .expect("WebSocket connect")
     }
 
-    pub async fn try_connect(addr: SocketAddr, encoding: Encoding) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    pub async fn try_connect(
+        addr: SocketAddr,
+        encoding: Encoding,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         let mut req = format!("ws://{addr}/ws").into_client_request()?;
         if encoding == Encoding::MsgPack {
-            req.headers_mut().insert("Sec-WebSocket-Protocol", encoding.subprotocol().parse().unwrap());
+            req.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                encoding.subprotocol().parse().unwrap(),
+            );
         }
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await.expect("connect in time")?;
-        let mut client = Client { ws, encoding, shard: 0, node: String::new() };
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect in time")?;
+        let mut client = Client {
+            ws,
+            encoding,
+            shard: 0,
+            node: String::new(),
+        };
         match client.recv().await {
-            ServerFrame::Welcome { shard, node, version, .. } => {
+            ServerFrame::Welcome {
+                shard,
+                node,
+                version,
+                ..
+            } => {
                 assert_eq!(version, 1);
                 client.shard = shard;
                 client.node = node;
@@ -251,7 +311,11 @@ impl Client {
     /// The next data message's raw bytes.
     pub async fn recv_bytes(&mut self) -> Vec<u8> {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time").expect("stream open").expect("frame");
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("frame in time")
+                .expect("stream open")
+                .expect("frame");
             match msg {
                 Message::Text(t) => return t.as_bytes().to_vec(),
                 Message::Binary(b) => return b.to_vec(),
@@ -264,9 +328,13 @@ impl Client {
     /// Waits for the server's close frame, skipping data; returns its code and reason.
     pub async fn expect_close(&mut self) -> (u16, String) {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time");
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time");
             match msg {
-                Some(Ok(Message::Close(Some(frame)))) => return (u16::from(frame.code), frame.reason.to_string()),
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
                 Some(Ok(Message::Close(None))) => return (1005, String::new()),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("error instead of close frame: {e}"),
@@ -276,8 +344,16 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, id: u64, channel: &str) {
-        self.send(&ClientFrame::Subscribe { id: Some(id), channel: channel.into() }).await;
-        assert_eq!(self.recv().await, ServerFrame::Ack { id: Some(id) }, "subscribe {channel}");
+        self.send(&ClientFrame::Subscribe {
+            id: Some(id),
+            channel: channel.into(),
+        })
+        .await;
+        assert_eq!(
+            self.recv().await,
+            ServerFrame::Ack { id: Some(id) },
+            "subscribe {channel}"
+        );
     }
 
     /// Sends a protocol ping and waits for its pong, proving the connection is healthy
@@ -302,15 +378,23 @@ impl Client {
 /// Loads a vector file from proto/vectors.
 pub fn vectors(file: &str) -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/vectors/");
-    serde_json::from_str(&std::fs::read_to_string(format!("{path}{file}")).expect("vector file")).expect("vector JSON")
+    serde_json::from_str(&std::fs::read_to_string(format!("{path}{file}")).expect("vector file"))
+        .expect("vector JSON")
 }
 
 pub fn vector<'a>(set: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    set.as_array().unwrap().iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("vector {name}"))
+    set.as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("vector {name}"))
 }
 
 pub fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// A WebSocket client on a raw socket, for sending frames no well-behaved library would.
@@ -336,7 +420,11 @@ impl RawClient {
             stream.read_exact(&mut byte).await.expect("response head");
             head.push(byte[0]);
         }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
         let mut raw = RawClient { stream };
         let (opcode, _) = raw.read_frame().await;
         assert_eq!(opcode, 1, "welcome is a text frame");
@@ -382,7 +470,10 @@ impl RawClient {
                 len = u64::from_be_bytes(b) as usize;
             }
             let mut payload = vec![0u8; len];
-            self.stream.read_exact(&mut payload).await.expect("frame payload");
+            self.stream
+                .read_exact(&mut payload)
+                .await
+                .expect("frame payload");
             (h[0] & 0x0f, payload)
         })
         .await

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what the tests need
+# (Debian packages, npm dependencies, Chromium), checks formatting and lints, then
+# runs every test. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  ((${#missing[@]})) || return 0
+  if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+step "system packages (redis-server, nginx, haproxy)"
+apt_install redis-server nginx haproxy
+# The packages' own services are not wanted: the tests start their own processes.
+for svc in redis-server nginx haproxy; do service "$svc" stop >/dev/null 2>&1 || true; done
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Rust tests (gateway, protocol, Rust client)"
+cargo test --workspace
+
+export SHARDCAST_BIN="$PWD/target/debug/shardcast"
+for suite in clients/js/run-tests.sh deploy/run-tests.sh; do
+  if [ -f "$suite" ]; then
+    step "$suite"
+    bash "$suite"
+  fi
+done
+step "all tests passed"
