@@ -1,0 +1,171 @@
+/**
+ * Frame encoding and decoding for both of the protocol's encodings: JSON in
+ * text frames and MessagePack maps with named fields in binary frames. Owns the
+ * canonical field order of client frames (the same as the gateway's, so encoded
+ * frames match `proto/vectors/client_frames.json` byte for byte) and the shape
+ * checks that turn an undecodable server frame into a {@link ProtocolError}.
+ */
+
+import { decode as msgpackDecode, encode as msgpackEncode } from '@msgpack/msgpack';
+import { ProtocolError } from './errors';
+import { toErrorCode, SUBPROTOCOLS, type ClientFrame, type Encoding, type ServerFrame } from './protocol';
+
+/** What a WebSocket message may carry once received: text, or bytes in some container. */
+export type FramePayload = string | ArrayBuffer | ArrayBufferView;
+
+/** Encodes client frames and decodes server frames for one encoding. */
+export interface Codec {
+  /** Which encoding this is. */
+  readonly encoding: Encoding;
+  /** The WebSocket subprotocol token that selects it. */
+  readonly subprotocol: string;
+  /** Encodes a client frame: a string (text frame) for JSON, bytes (binary frame) for MessagePack. */
+  encodeClient(frame: ClientFrame): string | Uint8Array;
+  /** Decodes a server frame; throws {@link ProtocolError} if it is not one. */
+  decodeServer(payload: FramePayload): ServerFrame;
+}
+
+/**
+ * Rebuilds a client frame with its fields in the gateway's order (op, id,
+ * channel, data) and without absent optional fields, so the encoding does not
+ * depend on how the caller built the object.
+ */
+function canonicalClientFrame(frame: ClientFrame): Record<string, unknown> {
+  const out: Record<string, unknown> = { op: frame.op };
+  if (frame.id !== undefined) out.id = frame.id;
+  if (frame.op !== 'ping') out.channel = frame.channel;
+  if (frame.op === 'publish') out.data = frame.data;
+  return out;
+}
+
+function toBytes(payload: ArrayBuffer | ArrayBufferView): Uint8Array {
+  return payload instanceof Uint8Array
+    ? payload
+    : ArrayBuffer.isView(payload)
+      ? new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength)
+      : new Uint8Array(payload);
+}
+
+let utf8Decoder: TextDecoder | undefined;
+
+function bytesToText(bytes: Uint8Array): string {
+  // TextDecoder is missing from some React Native engines; fall back to a plain UTF-8 decode there.
+  if (typeof TextDecoder !== 'undefined') {
+    utf8Decoder ??= new TextDecoder('utf-8', { fatal: true });
+    return utf8Decoder.decode(bytes);
+  }
+  return decodeURIComponent(Array.from(bytes, (b) => `%${b.toString(16).padStart(2, '0')}`).join(''));
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function optionalId(frame: Record<string, unknown>): number | undefined {
+  const id = frame.id;
+  if (id === undefined || id === null) return undefined;
+  if (typeof id === 'number' && Number.isInteger(id) && id >= 0) return id;
+  if (typeof id === 'bigint' && Number(id) >= 0) return Number(id);
+  throw new ProtocolError(`server frame has a bad id: ${String(id)}`);
+}
+
+function requireString(frame: Record<string, unknown>, field: string): string {
+  const value = frame[field];
+  if (typeof value !== 'string') throw new ProtocolError(`server frame lacks string field \`${field}\``);
+  return value;
+}
+
+function requireNumber(frame: Record<string, unknown>, field: string): number {
+  const value = frame[field];
+  if (typeof value === 'number' && Number.isFinite(value)) return value;
+  if (typeof value === 'bigint') return Number(value);
+  throw new ProtocolError(`server frame lacks numeric field \`${field}\``);
+}
+
+/**
+ * Checks a decoded value's shape and returns it as a typed server frame. Fields
+ * beyond the ones a frame type defines are ignored, as a newer gateway may add some.
+ */
+export function toServerFrame(value: unknown): ServerFrame {
+  if (!isRecord(value)) throw new ProtocolError('server frame is not a map');
+  switch (value.type) {
+    case 'welcome':
+      return {
+        type: 'welcome',
+        version: requireNumber(value, 'version'),
+        node: requireString(value, 'node'),
+        shard: requireNumber(value, 'shard'),
+        ping_interval_ms: requireNumber(value, 'ping_interval_ms'),
+      };
+    case 'ack':
+    case 'pong': {
+      const id = optionalId(value);
+      return id === undefined ? { type: value.type } : { type: value.type, id };
+    }
+    case 'error': {
+      const id = optionalId(value);
+      const code = toErrorCode(value.code);
+      const message = typeof value.message === 'string' ? value.message : '';
+      return id === undefined ? { type: 'error', code, message } : { type: 'error', id, code, message };
+    }
+    case 'message':
+      if (!('data' in value)) throw new ProtocolError('message frame lacks field `data`');
+      return {
+        type: 'message',
+        channel: requireString(value, 'channel'),
+        seq: requireNumber(value, 'seq'),
+        data: value.data,
+      };
+    default:
+      throw new ProtocolError(`unknown server frame type ${JSON.stringify(value.type)}`);
+  }
+}
+
+/** JSON in text frames; the gateway's default. */
+export const jsonCodec: Codec = Object.freeze({
+  encoding: 'json' as const,
+  subprotocol: SUBPROTOCOLS.json,
+  encodeClient(frame: ClientFrame): string {
+    return JSON.stringify(canonicalClientFrame(frame));
+  },
+  decodeServer(payload: FramePayload): ServerFrame {
+    let value: unknown;
+    try {
+      value = JSON.parse(typeof payload === 'string' ? payload : bytesToText(toBytes(payload)));
+    } catch (cause) {
+      throw new ProtocolError('server frame is not valid JSON', { cause });
+    }
+    return toServerFrame(value);
+  },
+});
+
+/** MessagePack maps with named fields in binary frames. */
+export const msgpackCodec: Codec = Object.freeze({
+  encoding: 'msgpack' as const,
+  subprotocol: SUBPROTOCOLS.msgpack,
+  encodeClient(frame: ClientFrame): Uint8Array {
+    return msgpackEncode(canonicalClientFrame(frame), { ignoreUndefined: true });
+  },
+  decodeServer(payload: FramePayload): ServerFrame {
+    if (typeof payload === 'string') throw new ProtocolError('expected a binary frame on a MessagePack connection');
+    let value: unknown;
+    try {
+      value = msgpackDecode(toBytes(payload));
+    } catch (cause) {
+      throw new ProtocolError('server frame is not valid MessagePack', { cause });
+    }
+    return toServerFrame(value);
+  },
+});
+
+/** The codec for an encoding. */
+export function codecFor(encoding: Encoding): Codec {
+  switch (encoding) {
+    case 'json':
+      return jsonCodec;
+    case 'msgpack':
+      return msgpackCodec;
+    default:
+      throw new TypeError(`unknown encoding ${JSON.stringify(encoding)}`);
+  }
+}

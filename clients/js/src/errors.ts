@@ -1,0 +1,145 @@
+/**
+ * The client's typed errors. Every error the package throws, rejects with or
+ * emits is a {@link ShardcastError}; the subclasses tell the cases apart with
+ * `instanceof` and carry the protocol's codes where there is one.
+ */
+
+import type { ChannelNameProblem, ErrorCode } from './protocol';
+
+/** Base class of every error raised by this package. */
+export class ShardcastError extends Error {
+  override readonly name: string = 'ShardcastError';
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message);
+    if (options && 'cause' in options) {
+      // Assigned by hand because the `cause` option of Error() is ES2022 and the
+      // package targets older runtimes too.
+      Object.defineProperty(this, 'cause', { value: options.cause, writable: true, configurable: true });
+    }
+    // Keeps `instanceof` working when compiled to ES5-style classes by a consumer's toolchain.
+    Object.setPrototypeOf(this, new.target.prototype);
+  }
+}
+
+/** The gateway answered a request with an `error` frame. */
+export class ServerError extends ShardcastError {
+  override readonly name: string = 'ServerError';
+
+  /** The protocol's error code (`forbidden`, `bad_channel`, ...). */
+  readonly code: ErrorCode;
+  /** The id of the request the error answers, where the gateway echoed one. */
+  readonly requestId: number | undefined;
+  /** The channel the failed request named, where it named one. */
+  readonly channel: string | undefined;
+
+  constructor(code: ErrorCode, message: string, requestId?: number, channel?: string) {
+    super(`${code}: ${message}`);
+    this.code = code;
+    this.requestId = requestId;
+    this.channel = channel;
+  }
+}
+
+/** A channel name the protocol does not allow; raised before anything is sent. */
+export class InvalidChannelError extends ShardcastError {
+  override readonly name: string = 'InvalidChannelError';
+
+  /** The refused name. */
+  readonly channel: string;
+  /** What is wrong with it. */
+  readonly problem: ChannelNameProblem;
+
+  constructor(channel: string, problem: ChannelNameProblem) {
+    super(`invalid channel name ${JSON.stringify(channel)}: ${problem.replace('_', ' ')}`);
+    this.channel = channel;
+    this.problem = problem;
+  }
+}
+
+/** A request got no reply within the request timeout. */
+export class RequestTimeoutError extends ShardcastError {
+  override readonly name: string = 'RequestTimeoutError';
+
+  /** The operation that timed out. */
+  readonly op: string;
+  /** How long the client waited, in milliseconds. */
+  readonly timeoutMs: number;
+
+  constructor(op: string, timeoutMs: number) {
+    super(`no reply to ${op} within ${timeoutMs} ms`);
+    this.op = op;
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/**
+ * The operation needs an open connection and there is none (publish and ping
+ * are not queued while disconnected, since replaying them later could surprise).
+ */
+export class NotConnectedError extends ShardcastError {
+  override readonly name: string = 'NotConnectedError';
+
+  constructor(op: string) {
+    super(`cannot ${op}: not connected`);
+  }
+}
+
+/** The connection closed while a request was waiting for its reply. */
+export class ConnectionLostError extends ShardcastError {
+  override readonly name: string = 'ConnectionLostError';
+
+  /** The WebSocket close code. */
+  readonly code: number;
+  /** The WebSocket close reason. */
+  readonly reason: string;
+
+  constructor(code: number, reason: string) {
+    super(`connection closed (${code}${reason ? `: ${reason}` : ''})`);
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+/** The client was closed, by `close()` or by a close code that forbids reconnecting. */
+export class ClientClosedError extends ShardcastError {
+  override readonly name: string = 'ClientClosedError';
+
+  /** The close code that ended the client, or undefined if `close()` did. */
+  readonly code: number | undefined;
+  /** The close reason that ended the client. */
+  readonly reason: string;
+
+  constructor(code?: number, reason = '') {
+    super(code === undefined ? 'client closed' : `client closed after close code ${code}${reason ? `: ${reason}` : ''}`);
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+/** The gateway sent a frame this client cannot decode. */
+export class ProtocolError extends ShardcastError {
+  override readonly name: string = 'ProtocolError';
+}
+
+/** A token provider threw or rejected; the connect attempt counts as failed. */
+export class TokenProviderError extends ShardcastError {
+  override readonly name: string = 'TokenProviderError';
+}
+
+/** A subscription handler or event listener threw; the client carries on. */
+export class HandlerError extends ShardcastError {
+  override readonly name: string = 'HandlerError';
+}
+
+/** The subscription was removed (by `unsubscribe`) before the gateway acknowledged it. */
+export class SubscriptionCancelledError extends ShardcastError {
+  override readonly name: string = 'SubscriptionCancelledError';
+  /** The channel. */
+  readonly channel: string;
+
+  constructor(channel: string) {
+    super(`subscription to ${channel} was cancelled before it was acknowledged`);
+    this.channel = channel;
+  }
+}

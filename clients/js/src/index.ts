@@ -1,0 +1,59 @@
+/**
+ * Public entry point of @shardcast/client: the client, its options and events,
+ * the typed errors, the codecs and the protocol definitions. Everything a user
+ * imports comes from here; the modules behind it are internal layout.
+ */
+
+export {
+  ShardcastClient,
+  type ClientEvents,
+  type ClientOptions,
+  type ConnectionState,
+  type HeartbeatOptions,
+  type MessageHandler,
+  type ReceivedMessage,
+  type Subscription,
+  type TokenProvider,
+} from './client';
+export { backoffDelay, decideReconnect, DEFAULT_RECONNECT, type ReconnectDecision, type ReconnectOptions } from './backoff';
+export { codecFor, jsonCodec, msgpackCodec, toServerFrame, type Codec, type FramePayload } from './codec';
+export type { Unsubscribe } from './emitter';
+export {
+  ClientClosedError,
+  ConnectionLostError,
+  HandlerError,
+  InvalidChannelError,
+  NotConnectedError,
+  ProtocolError,
+  RequestTimeoutError,
+  ServerError,
+  ShardcastError,
+  SubscriptionCancelledError,
+  TokenProviderError,
+} from './errors';
+export {
+  CloseCode,
+  DEFAULT_MAX_CHANNEL_LENGTH,
+  ERROR_CODES,
+  parseRetryMs,
+  PROTOCOL_VERSION,
+  shouldReconnect,
+  SUBPROTOCOLS,
+  toErrorCode,
+  validateChannel,
+  type AckFrame,
+  type ChannelNameProblem,
+  type ClientFrame,
+  type Encoding,
+  type ErrorCode,
+  type ErrorFrame,
+  type MessageFrame,
+  type PingFrame,
+  type PongFrame,
+  type PublishFrame,
+  type ServerFrame,
+  type SubscribeFrame,
+  type UnsubscribeFrame,
+  type WelcomeFrame,
+} from './protocol';
+export { NoWebSocketError, ReadyState, withQueryParam, type WebSocketConstructor, type WebSocketLike } from './transport';

@@ -1,0 +1,228 @@
+/**
+ * The shardcast wire protocol as TypeScript types and constants: the frames a
+ * client and the gateway exchange, the error codes, the close codes with their
+ * reconnect advice, the `retry_ms=<n>` close-reason hint and the channel-name
+ * rules. This mirrors `proto/src/lib.rs` and `proto/src/close.rs` in the
+ * repository (the executable definition); `proto/vectors/` pins both down and
+ * the unit tests run every vector through this package.
+ */
+
+/** Protocol version carried by the subprotocol names and the welcome frame. */
+export const PROTOCOL_VERSION = 1;
+
+/** How frames are encoded on one connection, chosen once by WebSocket subprotocol. */
+export type Encoding = 'json' | 'msgpack';
+
+/** The `Sec-WebSocket-Protocol` token that selects each encoding. */
+export const SUBPROTOCOLS: Readonly<Record<Encoding, string>> = Object.freeze({
+  json: 'shardcast.v1.json',
+  msgpack: 'shardcast.v1.msgpack',
+});
+
+/**
+ * Machine-readable error codes carried by `error` frames. `unknown` stands for
+ * a code this version of the client does not know (sent by a newer gateway).
+ */
+export type ErrorCode =
+  | 'bad_request'
+  | 'unknown_op'
+  | 'bad_channel'
+  | 'too_many_channels'
+  | 'not_subscribed'
+  | 'forbidden'
+  | 'payload_too_large'
+  | 'unavailable'
+  | 'internal'
+  | 'unknown';
+
+/** Every error code this client knows, in the order the protocol lists them. */
+export const ERROR_CODES: readonly ErrorCode[] = Object.freeze([
+  'bad_request',
+  'unknown_op',
+  'bad_channel',
+  'too_many_channels',
+  'not_subscribed',
+  'forbidden',
+  'payload_too_large',
+  'unavailable',
+  'internal',
+  'unknown',
+]);
+
+/** Maps a wire error code to a known one; codes from a newer gateway become `unknown`. */
+export function toErrorCode(code: unknown): ErrorCode {
+  return typeof code === 'string' && (ERROR_CODES as readonly string[]).includes(code)
+    ? (code as ErrorCode)
+    : 'unknown';
+}
+
+/** Start receiving `message` frames of a channel; answered by `ack` or `error`. */
+export interface SubscribeFrame {
+  op: 'subscribe';
+  id?: number;
+  channel: string;
+}
+
+/** Stop receiving a channel; answered by `ack` or `error`. */
+export interface UnsubscribeFrame {
+  op: 'unsubscribe';
+  id?: number;
+  channel: string;
+}
+
+/** Publish `data` to a channel, where the gateway allows client publishing. */
+export interface PublishFrame {
+  op: 'publish';
+  id?: number;
+  channel: string;
+  data: unknown;
+}
+
+/** Application-level heartbeat (browsers cannot see WebSocket pings); answered by `pong`. */
+export interface PingFrame {
+  op: 'ping';
+  id?: number;
+}
+
+/** A request from the client to the gateway. */
+export type ClientFrame = SubscribeFrame | UnsubscribeFrame | PublishFrame | PingFrame;
+
+/** First frame on every connection. */
+export interface WelcomeFrame {
+  type: 'welcome';
+  /** Protocol version the gateway speaks on this connection. */
+  version: number;
+  /** The gateway instance's id (stable for the process's life). */
+  node: string;
+  /** Which shard (core) of that instance owns this connection. */
+  shard: number;
+  /** How often the gateway pings, so a client can size its own dead-peer timeout. */
+  ping_interval_ms: number;
+}
+
+/** A request succeeded. */
+export interface AckFrame {
+  type: 'ack';
+  id?: number;
+}
+
+/** A request failed; the connection stays open. */
+export interface ErrorFrame {
+  type: 'error';
+  id?: number;
+  code: ErrorCode;
+  message: string;
+}
+
+/** Reply to a client `ping`. */
+export interface PongFrame {
+  type: 'pong';
+  id?: number;
+}
+
+/** A publication on a subscribed channel. */
+export interface MessageFrame {
+  type: 'message';
+  channel: string;
+  /** Per channel and gateway instance, +1 for each publication delivered. */
+  seq: number;
+  data: unknown;
+}
+
+/** A frame the gateway sends. */
+export type ServerFrame = WelcomeFrame | AckFrame | ErrorFrame | PongFrame | MessageFrame;
+
+/** WebSocket close codes the gateway sends (RFC 6455 meanings in 1000-1015, shardcast's own in 4000-4099). */
+export const CloseCode = Object.freeze({
+  /** Normal closure, after the client's own close. */
+  NORMAL: 1000,
+  /** The gateway is shutting down or draining: reconnect (to another instance) after the hint. */
+  GOING_AWAY: 1001,
+  /** The client broke RFC 6455 framing. */
+  PROTOCOL_ERROR: 1002,
+  /** No status code was present (reported locally, never sent). */
+  NO_STATUS: 1005,
+  /** The connection dropped without a close frame (reported locally, never sent). */
+  ABNORMAL: 1006,
+  /** A text frame that is not valid UTF-8. */
+  INVALID_PAYLOAD: 1007,
+  /** Policy violation (for example an auth failure); do not reconnect without a change. */
+  POLICY_VIOLATION: 1008,
+  /** A client message above the gateway's maximum message size. */
+  MESSAGE_TOO_BIG: 1009,
+  /** An unexpected failure on the gateway; reconnect with backoff. */
+  INTERNAL_ERROR: 1011,
+  /** The gateway is overloaded; reconnect with backoff, no sooner than the hint. */
+  TRY_AGAIN_LATER: 1013,
+  /** The client did not read fast enough and its outbound queue overflowed. */
+  SLOW_CONSUMER: 4000,
+  /** Nothing was received from the client within the gateway's idle timeout. */
+  IDLE_TIMEOUT: 4001,
+} as const);
+
+/** Whether a client should reconnect automatically after this close code (`should_reconnect` in proto/src/close.rs). */
+export function shouldReconnect(code: number): boolean {
+  return !(
+    code === CloseCode.POLICY_VIOLATION ||
+    code === CloseCode.PROTOCOL_ERROR ||
+    code === CloseCode.INVALID_PAYLOAD ||
+    code === CloseCode.MESSAGE_TOO_BIG
+  );
+}
+
+/**
+ * Reads the retry hint (`...; retry_ms=<n>`) out of a close reason: the earliest
+ * moment, in milliseconds, at which the client should reconnect. `undefined` when
+ * the reason carries none.
+ */
+export function parseRetryMs(reason: string | undefined | null): number | undefined {
+  if (!reason) return undefined;
+  // Same rule as the gateway's parser: the text after the last `retry_ms=`, trimmed, must be a whole number.
+  const at = reason.lastIndexOf('retry_ms=');
+  if (at < 0) return undefined;
+  const tail = reason.slice(at + 'retry_ms='.length).trim();
+  if (!/^\d+$/.test(tail)) return undefined;
+  const value = Number(tail);
+  return Number.isSafeInteger(value) ? value : undefined;
+}
+
+/** Default and recommended maximum channel-name length in bytes. */
+export const DEFAULT_MAX_CHANNEL_LENGTH = 128;
+
+/** Why a channel name is refused by {@link validateChannel}. */
+export type ChannelNameProblem = 'empty' | 'too_long' | 'bad_character';
+
+const CHANNEL_CHARSET = /^[A-Za-z0-9_.:@/=+-]+$/;
+
+/**
+ * Checks a channel name against the protocol's charset (`[A-Za-z0-9_.:@/=+-]`)
+ * and a length limit in bytes; returns what is wrong, or `undefined` if the
+ * name is valid. The gateway's limit is configurable, so the client only
+ * enforces a length when asked to.
+ */
+export function validateChannel(
+  name: string,
+  maxLength: number = DEFAULT_MAX_CHANNEL_LENGTH,
+): ChannelNameProblem | undefined {
+  if (name.length === 0) return 'empty';
+  // The gateway checks the length first and counts UTF-8 bytes; doing the same makes
+  // the reported problem match the gateway's for non-ASCII names too.
+  if (utf8Length(name) > maxLength) return 'too_long';
+  if (!CHANNEL_CHARSET.test(name)) return 'bad_character';
+  return undefined;
+}
+
+function utf8Length(text: string): number {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) bytes += 1;
+    else if (unit < 0x800) bytes += 2;
+    else if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      // A surrogate pair is one code point of four bytes.
+      bytes += 4;
+      i++;
+    } else bytes += 3;
+  }
+  return bytes;
+}

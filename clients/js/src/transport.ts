@@ -1,0 +1,83 @@
+/**
+ * The platform WebSocket as the client sees it: the small structural interface
+ * that the browser's WebSocket, React Native's and the `ws` package for Node.js
+ * all satisfy, how an implementation is found (injected, else the global), and
+ * how the connect URL gets its token parameter.
+ */
+
+import { ShardcastError } from './errors';
+
+/** WebSocket.readyState values (the same on every platform). */
+export const ReadyState = Object.freeze({ CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 } as const);
+
+/**
+ * The part of a WebSocket the client uses. The handler properties take `any`
+ * events so that the DOM's, React Native's and the `ws` package's classes are all
+ * assignable without casts; the client reads only `data`, `code` and `reason`.
+ */
+export interface WebSocketLike {
+  readonly readyState: number;
+  readonly protocol?: string;
+  binaryType: string;
+  send(data: string | ArrayBuffer | ArrayBufferView): void;
+  close(code?: number, reason?: string): void;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onopen: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onmessage: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onclose: ((event: any) => void) | null;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  onerror: ((event: any) => void) | null;
+}
+
+/** A WebSocket class: `new WebSocket(url, protocols)`. */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** No WebSocket implementation was injected and the platform has none (Node.js before 22). */
+export class NoWebSocketError extends ShardcastError {
+  override readonly name: string = 'NoWebSocketError';
+
+  constructor() {
+    super(
+      'no WebSocket implementation: this platform has no global WebSocket; pass one as the `WebSocket` option ' +
+        "(for example `import WebSocket from 'ws'` on Node.js)",
+    );
+  }
+}
+
+/** The injected WebSocket class, else the platform's global one. */
+export function resolveWebSocket(injected: WebSocketConstructor | undefined): WebSocketConstructor {
+  if (injected) return injected;
+  const global = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  if (typeof global !== 'function') throw new NoWebSocketError();
+  return global;
+}
+
+/**
+ * Appends `name=value` to a URL's query, before any fragment. Done on the string
+ * rather than with `URL`, whose React Native implementation cannot set search params.
+ */
+export function withQueryParam(url: string, name: string, value: string): string {
+  const hashAt = url.indexOf('#');
+  const base = hashAt < 0 ? url : url.slice(0, hashAt);
+  const hash = hashAt < 0 ? '' : url.slice(hashAt);
+  const separator = base.includes('?') ? (base.endsWith('?') || base.endsWith('&') ? '' : '&') : '?';
+  return `${base}${separator}${encodeURIComponent(name)}=${encodeURIComponent(value)}${hash}`;
+}
+
+/** A received frame's payload that still has to be read: a Blob, where the platform ignored `binaryType`. */
+export interface BlobLike {
+  arrayBuffer(): Promise<ArrayBuffer>;
+}
+
+/** Whether a received `data` is a Blob-like object rather than text or bytes. */
+export function isBlobLike(data: unknown): data is BlobLike {
+  return (
+    typeof data === 'object' &&
+    data !== null &&
+    !(data instanceof ArrayBuffer) &&
+    !ArrayBuffer.isView(data) &&
+    typeof (data as BlobLike).arrayBuffer === 'function'
+  );
+}

@@ -1,0 +1,78 @@
+// Protocol helpers beyond the shared vectors: the retry hint parser, channel
+// names the vectors do not cover, error-code mapping and frame shape checks.
+import { describe, expect, it } from 'vitest';
+import { jsonCodec, parseRetryMs, ProtocolError, toErrorCode, validateChannel, withQueryParam } from '../../src/index';
+
+describe('parseRetryMs', () => {
+  it('reads the hint at the end of a close reason', () => {
+    expect(parseRetryMs('going away; retry_ms=123')).toBe(123);
+    expect(parseRetryMs('retry_ms=0')).toBe(0);
+    expect(parseRetryMs('overloaded; retry_ms=1500  ')).toBe(1500);
+  });
+
+  it('uses the last occurrence, like the gateway', () => {
+    expect(parseRetryMs('retry_ms=1; retry_ms=2')).toBe(2);
+  });
+
+  it('returns undefined without a well-formed hint', () => {
+    expect(parseRetryMs('')).toBeUndefined();
+    expect(parseRetryMs(undefined)).toBeUndefined();
+    expect(parseRetryMs('going away')).toBeUndefined();
+    expect(parseRetryMs('retry_ms=')).toBeUndefined();
+    expect(parseRetryMs('retry_ms=-5')).toBeUndefined();
+    expect(parseRetryMs('retry_ms=12ms')).toBeUndefined();
+  });
+});
+
+describe('validateChannel', () => {
+  it('names the problem', () => {
+    expect(validateChannel('')).toBe('empty');
+    expect(validateChannel('a b')).toBe('bad_character');
+    expect(validateChannel('x'.repeat(129))).toBe('too_long');
+    expect(validateChannel('x'.repeat(129), Infinity)).toBeUndefined();
+  });
+
+  it('counts UTF-8 bytes, as the gateway does', () => {
+    // 43 three-byte characters: 43 UTF-16 units but 129 bytes.
+    expect(validateChannel('€'.repeat(43))).toBe('too_long');
+    expect(validateChannel('€'.repeat(42))).toBe('bad_character');
+  });
+});
+
+describe('toErrorCode', () => {
+  it('keeps known codes and maps the rest to unknown', () => {
+    expect(toErrorCode('forbidden')).toBe('forbidden');
+    expect(toErrorCode('quota_exceeded')).toBe('unknown');
+    expect(toErrorCode(7)).toBe('unknown');
+  });
+});
+
+describe('server frame shape checks', () => {
+  it('ignores fields a newer gateway may add', () => {
+    expect(jsonCodec.decodeServer('{"type":"ack","id":3,"extra":true}')).toEqual({ type: 'ack', id: 3 });
+  });
+
+  it('maps an unknown error code to unknown', () => {
+    expect(jsonCodec.decodeServer('{"type":"error","code":"new_code","message":"m"}')).toEqual({
+      type: 'error',
+      code: 'unknown',
+      message: 'm',
+    });
+  });
+
+  it('refuses unknown types and missing fields', () => {
+    expect(() => jsonCodec.decodeServer('{"type":"teleport"}')).toThrow(ProtocolError);
+    expect(() => jsonCodec.decodeServer('{"type":"message","channel":"a","seq":1}')).toThrow(ProtocolError);
+    expect(() => jsonCodec.decodeServer('{"type":"welcome","version":1}')).toThrow(ProtocolError);
+    expect(() => jsonCodec.decodeServer('null')).toThrow(ProtocolError);
+  });
+});
+
+describe('withQueryParam', () => {
+  it('adds a parameter with the right separator, before any fragment', () => {
+    expect(withQueryParam('ws://h/ws', 'token', 'a b')).toBe('ws://h/ws?token=a%20b');
+    expect(withQueryParam('ws://h/ws?x=1', 'token', 't')).toBe('ws://h/ws?x=1&token=t');
+    expect(withQueryParam('ws://h/ws?', 'token', 't')).toBe('ws://h/ws?token=t');
+    expect(withQueryParam('ws://h/ws#f', 'token', 't&=')).toBe('ws://h/ws?token=t%26%3D#f');
+  });
+});

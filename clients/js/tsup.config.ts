@@ -1,0 +1,31 @@
+// Build definitions: the npm package (ESM + CommonJS + type declarations, with
+// @msgpack/msgpack left as a dependency) and the self-contained browser bundles
+// (ESM and a classic-script IIFE exposing `Shardcast`), used by the browser tests
+// and by pages that load the client without a bundler.
+import { defineConfig } from 'tsup';
+
+// ES2018 so that older browsers and React Native's Metro/Hermes toolchain take the output as is.
+const target = 'es2018';
+
+export default defineConfig([
+  {
+    entry: { index: 'src/index.ts' },
+    format: ['esm', 'cjs'],
+    dts: true,
+    sourcemap: true,
+    target,
+    platform: 'neutral',
+    external: ['@msgpack/msgpack'],
+  },
+  {
+    entry: { 'shardcast.browser': 'src/index.ts' },
+    format: ['esm', 'iife'],
+    globalName: 'Shardcast',
+    outExtension: ({ format }) => ({ js: format === 'iife' ? '.global.js' : '.mjs' }),
+    noExternal: ['@msgpack/msgpack'],
+    minify: true,
+    sourcemap: true,
+    target,
+    platform: 'browser',
+  },
+]);

@@ -1,0 +1,38 @@
+// Test projects: `unit` (vectors, backoff and the client state machine over a
+// fake WebSocket with fake timers), `e2e-node` (the real gateway binary and the
+// `ws` package) and `e2e-browser` (the real gateway and headless Debian
+// Chromium driven by playwright-core). Every test is bounded in time.
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    projects: [
+      {
+        test: {
+          name: 'unit',
+          include: ['test/unit/**/*.test.ts'],
+          environment: 'node',
+          testTimeout: 5_000,
+        },
+      },
+      {
+        test: {
+          name: 'e2e-node',
+          include: ['test/e2e/node.test.ts'],
+          environment: 'node',
+          testTimeout: 30_000,
+          hookTimeout: 120_000,
+        },
+      },
+      {
+        test: {
+          name: 'e2e-browser',
+          include: ['test/e2e/browser.test.ts'],
+          environment: 'node',
+          testTimeout: 45_000,
+          hookTimeout: 120_000,
+        },
+      },
+    ],
+  },
+});
