@@ -47,10 +47,7 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     if let Some(reason) = self.refusal_reason() {
-                        self.metrics
-                            .connections_refused
-                            .with_label_values(&[reason])
-                            .inc();
+                        self.metrics.connections_refused.with_label_values(&[reason]).inc();
                         refuse(stream, reason, &refusals);
                         continue;
                     }
@@ -65,10 +62,7 @@ impl Acceptor {
                     };
                     self.state.add_socket(shard, 1);
                     self.metrics.connections_accepted.inc();
-                    if self.shards[shard]
-                        .send(ShardCommand::Adopt(std_stream, peer))
-                        .is_err()
-                    {
+                    if self.shards[shard].send(ShardCommand::Adopt(std_stream, peer)).is_err() {
                         self.state.add_socket(shard, -1);
                     }
                 }

@@ -72,10 +72,7 @@ type Reply = Response<Full<Bytes>>;
 async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/health/live") => json_reply(
-            StatusCode::OK,
-            json!({"ok": true, "node": ctx.state.node_id}),
-        ),
+        (&Method::GET, "/health/live") => json_reply(StatusCode::OK, json!({"ok": true, "node": ctx.state.node_id})),
         (&Method::GET, "/health/ready") => {
             let ready = ctx.state.is_ready();
             let status = if ready {
@@ -98,10 +95,8 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             // estimate as of now, including sockets admitted since the last count.
             ctx.metrics.fd_headroom.set(ctx.budget.headroom() as i64);
             let mut resp = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             resp
         }
         (_, p) if p.starts_with("/api/") => {
@@ -111,18 +106,10 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             match (req.method(), p) {
                 (&Method::POST, "/api/publish") => publish(ctx, req).await,
                 (&Method::GET, "/api/stats") => stats(ctx),
-                _ => error_reply(
-                    StatusCode::NOT_FOUND,
-                    ErrorCode::BadRequest,
-                    "no such endpoint",
-                ),
+                _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
             }
         }
-        _ => error_reply(
-            StatusCode::NOT_FOUND,
-            ErrorCode::BadRequest,
-            "no such endpoint",
-        ),
+        _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
     }
 }
 
@@ -138,10 +125,7 @@ fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         return None;
     }
-    ctx.metrics
-        .client_errors
-        .with_label_values(&["unauthorized"])
-        .inc();
+    ctx.metrics.client_errors.with_label_values(&["unauthorized"]).inc();
     let mut resp = error_reply(
         StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden,
@@ -209,12 +193,7 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     };
     if items.len() > MAX_BATCH {
         let msg = format!("at most {MAX_BATCH} messages per batch");
-        return api_error(
-            ctx,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PayloadTooLarge,
-            &msg,
-        );
+        return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &msg);
     }
     // Validate the whole batch first, so a bad item publishes nothing.
     for item in &items {
@@ -228,12 +207,7 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
         }
         if item.data.get().len() > ctx.max_message_bytes {
             let msg = format!("data larger than {} bytes", ctx.max_message_bytes);
-            return api_error(
-                ctx,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::PayloadTooLarge,
-                &msg,
-            );
+            return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &msg);
         }
     }
     let mut results = Vec::with_capacity(items.len());
@@ -247,18 +221,13 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
         {
             Ok(n) => results.push(json!({"channel": &*channel, "subscribers": n})),
             Err(e) => {
-                results.push(
-                    json!({"channel": &*channel, "subscribers": e.reached, "error": e.to_string()}),
-                );
+                results.push(json!({"channel": &*channel, "subscribers": e.reached, "error": e.to_string()}));
                 failed.get_or_insert(e);
             }
         }
     }
     if let Some(e) = failed {
-        ctx.metrics
-            .client_errors
-            .with_label_values(&["unavailable"])
-            .inc();
+        ctx.metrics.client_errors.with_label_values(&["unavailable"]).inc();
         return json_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({
@@ -294,10 +263,7 @@ fn stats(ctx: &AdminContext) -> Reply {
 }
 
 fn api_error(ctx: &AdminContext, status: StatusCode, code: ErrorCode, message: &str) -> Reply {
-    ctx.metrics
-        .client_errors
-        .with_label_values(&[code.as_str()])
-        .inc();
+    ctx.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
     error_reply(status, code, message)
 }
 

@@ -58,6 +58,15 @@ struct Subscription {
     pos: u32,
 }
 
+/// A channel whose last subscriber on this shard left.
+#[derive(Debug)]
+pub struct Emptied {
+    /// The channel's name.
+    pub name: Arc<str>,
+    /// Subscribe acks that were waiting for the router when the channel emptied.
+    pub pending: Vec<PendingAck>,
+}
+
 /// What a new subscription means for the shard.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Joined {
@@ -84,12 +93,7 @@ impl ChannelTable {
     }
 
     /// Adds a subscription of connection `conn` to `name`.
-    pub fn subscribe(
-        &mut self,
-        name: &str,
-        conn: u32,
-        encoding: Encoding,
-    ) -> (SubscriptionKey, Joined) {
+    pub fn subscribe(&mut self, name: &str, conn: u32, encoding: Encoding) -> (SubscriptionKey, Joined) {
         let (channel_key, joined) = match self.by_name.get(name) {
             Some(&key) => {
                 let joined = match self.channels[key as usize].state {
@@ -119,9 +123,10 @@ impl ChannelTable {
         (sub, joined)
     }
 
-    /// Removes a subscription; returns the channel's name if it has no subscriber left
-    /// (the shard then tells the router it lost interest).
-    pub fn unsubscribe(&mut self, sub: SubscriptionKey) -> Option<Arc<str>> {
+    /// Removes a subscription; returns the channel if it has no subscriber left (the
+    /// shard then tells the router it lost interest, and answers the acks that were
+    /// still waiting for the router).
+    pub fn unsubscribe(&mut self, sub: SubscriptionKey) -> Option<Emptied> {
         let s = self.subscriptions.try_remove(sub as usize)?;
         let channel = &mut self.channels[s.channel as usize];
         let list = &mut channel.subscribers[s.encoding.index()];
@@ -135,7 +140,14 @@ impl ChannelTable {
         if channel.subscribers.iter().all(Vec::is_empty) {
             let channel = self.channels.remove(s.channel as usize);
             self.by_name.remove(&channel.name);
-            return Some(channel.name);
+            let pending = match channel.state {
+                ChannelState::Pending(acks) => acks,
+                ChannelState::Active => Vec::new(),
+            };
+            return Some(Emptied {
+                name: channel.name,
+                pending,
+            });
         }
         None
     }
@@ -146,7 +158,8 @@ impl ChannelTable {
         Some(&self.channels[s.channel as usize].name)
     }
 
-    /// Queues an ack for a subscriber of a pending channel; false if the channel is active.
+    /// Queues an ack for a subscriber of a pending channel; false if the channel is
+    /// active (or unknown), in which case the caller acks at once.
     pub fn add_pending_ack(&mut self, name: &str, ack: PendingAck) -> bool {
         let Some(&key) = self.by_name.get(name) else {
             return false;
@@ -206,20 +219,14 @@ mod tests {
         let mut t = ChannelTable::new();
         let (a, j) = t.subscribe("news", 1, Encoding::Json);
         assert_eq!(j, Joined::FirstOnShard);
-        assert!(
-            t.subscribers("news").is_none(),
-            "pending channels get no publications"
-        );
+        assert!(t.subscribers("news").is_none(), "pending channels get no publications");
         let (_, j) = t.subscribe("news", 2, Encoding::MsgPack);
         assert_eq!(j, Joined::Pending);
         t.activate("news");
         let (_, j) = t.subscribe("news", 3, Encoding::Json);
         assert_eq!(j, Joined::Active);
         let subs = t.subscribers("news").unwrap();
-        assert_eq!(
-            subs[0].iter().map(|s| s.conn).collect::<Vec<_>>(),
-            vec![1, 3]
-        );
+        assert_eq!(subs[0].iter().map(|s| s.conn).collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(subs[1].len(), 1);
         assert_eq!(t.channel_of(a), Some("news"));
     }
@@ -227,29 +234,20 @@ mod tests {
     #[test]
     fn unsubscribe_keeps_positions_right() {
         let mut t = ChannelTable::new();
-        let keys: Vec<_> = (0..10)
-            .map(|c| t.subscribe("c", c, Encoding::Json).0)
-            .collect();
+        let keys: Vec<_> = (0..10).map(|c| t.subscribe("c", c, Encoding::Json).0).collect();
         t.activate("c");
         for k in [keys[0], keys[5], keys[9], keys[3]] {
-            assert_eq!(t.unsubscribe(k), None);
+            assert!(t.unsubscribe(k).is_none());
         }
-        let mut left: Vec<_> = t.subscribers("c").unwrap()[0]
-            .iter()
-            .map(|s| s.conn)
-            .collect();
+        let mut left: Vec<_> = t.subscribers("c").unwrap()[0].iter().map(|s| s.conn).collect();
         left.sort();
         assert_eq!(left, vec![1, 2, 4, 6, 7, 8]);
         for k in [keys[1], keys[2], keys[4], keys[6], keys[7]] {
-            assert_eq!(t.unsubscribe(k), None);
+            assert!(t.unsubscribe(k).is_none());
         }
-        assert_eq!(t.unsubscribe(keys[8]).as_deref(), Some("c"));
+        assert_eq!(t.unsubscribe(keys[8]).map(|e| e.name).as_deref(), Some("c"));
         assert_eq!(t.channel_count(), 0);
         assert_eq!(t.subscription_count(), 0);
-        assert_eq!(
-            t.unsubscribe(keys[8]),
-            None,
-            "double unsubscribe is harmless"
-        );
+        assert!(t.unsubscribe(keys[8]).is_none(), "double unsubscribe is harmless");
     }
 }

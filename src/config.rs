@@ -22,11 +22,7 @@ pub enum LogFormat {
 
 /// Everything the gateway can be told at start.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "shardcast",
-    version,
-    about = "A per-core sharded WebSocket fan-out gateway"
-)]
+#[command(name = "shardcast", version, about = "A per-core sharded WebSocket fan-out gateway")]
 pub struct Config {
     /// Address of the public WebSocket port (also answers /health/live and /health/ready for load balancers).
     #[arg(long, env = "SHARDCAST_LISTEN", default_value = "0.0.0.0:8000")]
@@ -61,11 +57,7 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Subscriptions one connection may hold.
-    #[arg(
-        long,
-        env = "SHARDCAST_MAX_CHANNELS_PER_CONNECTION",
-        default_value_t = 128
-    )]
+    #[arg(long, env = "SHARDCAST_MAX_CHANNELS_PER_CONNECTION", default_value_t = 128)]
     pub max_channels_per_connection: usize,
 
     /// Longest channel name, in bytes.
@@ -105,12 +97,7 @@ pub struct Config {
     pub node_id: Option<String>,
 
     /// Log format.
-    #[arg(
-        long,
-        env = "SHARDCAST_LOG_FORMAT",
-        value_enum,
-        default_value = "human"
-    )]
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
 
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `shardcast=debug`).
@@ -130,10 +117,7 @@ pub enum ConfigError {
     Args(#[from] clap::Error),
     /// The TOML file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// The TOML file is not valid TOML or has a value of a type we cannot pass on.
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
@@ -215,12 +199,10 @@ fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
         path: path.clone(),
         source,
     })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::File {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     let command = Config::command();
     let mut out = Vec::new();
     for (key, value) in table {
@@ -232,10 +214,7 @@ fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
                 path: path.clone(),
                 message: format!("unknown key `{key}`"),
             })?;
-        if arg
-            .get_env()
-            .is_some_and(|env| std::env::var_os(env).is_some())
-        {
+        if arg.get_env().is_some_and(|env| std::env::var_os(env).is_some()) {
             continue;
         }
         let value = match value {
@@ -290,19 +269,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shardcast-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("gw.toml");
-        std::fs::write(
-            &path,
-            "max_connections = 77\nws-path = \"/socket\"\nfd_reserve = 5\n",
-        )
-        .unwrap();
-        let cfg = Config::load_from([
-            "shardcast",
-            "--config",
-            path.to_str().unwrap(),
-            "--fd-reserve",
-            "9",
-        ])
-        .unwrap();
+        std::fs::write(&path, "max_connections = 77\nws-path = \"/socket\"\nfd_reserve = 5\n").unwrap();
+        let cfg = Config::load_from(["shardcast", "--config", path.to_str().unwrap(), "--fd-reserve", "9"]).unwrap();
         assert_eq!(cfg.max_connections, 77);
         assert_eq!(cfg.ws_path, "/socket");
         assert_eq!(cfg.fd_reserve, 9);

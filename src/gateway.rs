@@ -31,10 +31,7 @@ const MONITOR_PERIOD: Duration = Duration::from_millis(250);
 pub enum GatewayError {
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     /// A shard thread could not be started.
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
@@ -59,10 +56,7 @@ pub struct RunningGateway {
 
 /// Starts a gateway with the given configuration and the in-process broker.
 pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, GatewayError> {
-    start_with_broker(config, fd_limit, |sink| {
-        Arc::new(InProcessBroker::standalone(sink))
-    })
-    .await
+    start_with_broker(config, fd_limit, |sink| Arc::new(InProcessBroker::standalone(sink))).await
 }
 
 /// Starts a gateway with a broker built by `make_broker` around the router's sink.
@@ -82,18 +76,14 @@ pub async fn start_with_broker(
 
     let ws_listener = bind(config.listen)?;
     let admin_listener = bind(config.admin_listen)?;
-    let ws_addr = ws_listener
-        .local_addr()
-        .map_err(|source| GatewayError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| GatewayError::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
+    let ws_addr = ws_listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.admin_listen,
+        source,
+    })?;
 
     let mut shards = Vec::with_capacity(shard_count);
     let mut threads = Vec::with_capacity(shard_count);
@@ -131,12 +121,7 @@ pub async fn start_with_broker(
                 budget: budget.clone(),
             }),
         )),
-        tokio::spawn(monitor(
-            state.clone(),
-            budget.clone(),
-            metrics.clone(),
-            broker.clone(),
-        )),
+        tokio::spawn(monitor(state.clone(), budget.clone(), metrics.clone(), broker.clone())),
     ];
     let acceptor = tokio::spawn(
         Acceptor {
@@ -181,11 +166,7 @@ impl RunningGateway {
         self.acceptor.abort();
         let window = self.config.drain_window;
         let open = self.state.total_connections();
-        info!(
-            connections = open,
-            window_ms = window.as_millis() as u64,
-            "draining"
-        );
+        info!(connections = open, window_ms = window.as_millis() as u64, "draining");
         for shard in &self.shards {
             let _ = shard.send(ShardCommand::Drain { window });
         }
@@ -220,8 +201,7 @@ impl RunningGateway {
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
     let err = |source| GatewayError::Bind { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
@@ -230,12 +210,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 }
 
 /// Keeps the descriptor count, memory and broker-health gauges current.
-async fn monitor(
-    state: Arc<GatewayState>,
-    budget: Arc<FdBudget>,
-    metrics: Arc<Metrics>,
-    broker: Arc<dyn Broker>,
-) {
+async fn monitor(state: Arc<GatewayState>, budget: Arc<FdBudget>, metrics: Arc<Metrics>, broker: Arc<dyn Broker>) {
     loop {
         if let Ok(Ok(open)) = tokio::task::spawn_blocking(count_open_fds).await {
             budget.record_count(open);

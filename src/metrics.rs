@@ -3,8 +3,8 @@
 //! metric on a hot path is one atomic operation, never a registry lookup.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -54,8 +54,7 @@ impl Metrics {
         let registry = Registry::new();
         let opts = |name: &str, help: &str| Opts::new(format!("shardcast_{name}"), help);
         let gauge_vec = |name, help, labels: &[&str]| IntGaugeVec::new(opts(name, help), labels);
-        let counter_vec =
-            |name, help, labels: &[&str]| IntCounterVec::new(opts(name, help), labels);
+        let counter_vec = |name, help, labels: &[&str]| IntCounterVec::new(opts(name, help), labels);
         let m = Metrics {
             connections: gauge_vec("connections", "Open WebSocket connections, per shard.", &["shard"])?,
             connections_accepted: IntCounter::with_opts(opts(

@@ -98,12 +98,7 @@ pub struct Publication {
 
 impl Publication {
     /// A publication; `report`, if any, is told how many subscribers it reached.
-    pub fn new(
-        channel: Arc<str>,
-        seq: u64,
-        payload: Payload,
-        report: Option<DeliveryReport>,
-    ) -> Publication {
+    pub fn new(channel: Arc<str>, seq: u64, payload: Payload, report: Option<DeliveryReport>) -> Publication {
         Publication {
             channel,
             seq,

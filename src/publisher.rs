@@ -32,12 +32,7 @@ impl Publisher {
     }
 
     /// Publishes and returns how many local subscribers the publication reached.
-    pub async fn publish(
-        &self,
-        channel: Arc<str>,
-        payload: Payload,
-        source: Source,
-    ) -> Result<usize, PublishError> {
+    pub async fn publish(&self, channel: Arc<str>, payload: Payload, source: Source) -> Result<usize, PublishError> {
         let remote = self.broker.publish(channel.clone(), payload.clone());
         let local = self.router.publish_local(channel, payload, source);
         let (reached, remote) = tokio::join!(local, remote);

@@ -76,11 +76,7 @@ impl RouterHandle {
 
     /// A shard's interest in a channel changed.
     pub fn interest(&self, shard: usize, channel: Arc<str>, active: bool) {
-        let _ = self.tx.send(RouterCommand::Interest {
-            shard,
-            channel,
-            active,
-        });
+        let _ = self.tx.send(RouterCommand::Interest { shard, channel, active });
     }
 
     /// A publication from another instance.
@@ -94,12 +90,7 @@ impl RouterHandle {
     }
 
     /// Delivers a publication locally and waits for the number of subscribers reached.
-    pub async fn publish_local(
-        &self,
-        channel: Arc<str>,
-        payload: Payload,
-        source: Source,
-    ) -> usize {
+    pub async fn publish_local(&self, channel: Arc<str>, payload: Payload, source: Source) -> usize {
         let (reply, done) = flume::bounded(1);
         let cmd = RouterCommand::Publish {
             channel,
@@ -167,9 +158,7 @@ pub async fn run(
                         let me = me.clone();
                         tokio::spawn(async move {
                             let result = fut.await;
-                            let _ = me
-                                .tx
-                                .send(RouterCommand::BrokerSubscribed { channel, result });
+                            let _ = me.tx.send(RouterCommand::BrokerSubscribed { channel, result });
                         });
                     }
                 }
@@ -225,11 +214,13 @@ pub async fn run(
                 source,
                 reply,
             } => {
-                metrics
-                    .messages_published
-                    .with_label_values(&[source.label()])
-                    .inc();
-                let Some(route) = routes.get_mut(&channel) else {
+                metrics.messages_published.with_label_values(&[source.label()]).inc();
+                // A channel still waiting for its broker subscription has no
+                // acknowledged subscriber yet: nobody to deliver to, no number used.
+                let Some(route) = routes
+                    .get_mut(&channel)
+                    .filter(|r| matches!(r.broker, BrokerState::Subscribed))
+                else {
                     if let Some(reply) = reply {
                         let _ = reply.try_send(0);
                     }

@@ -78,10 +78,7 @@ impl GatewayState {
 
     /// Sockets owned by all shards (handshaking or open).
     pub fn total_sockets(&self) -> usize {
-        self.shard_sockets
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        self.shard_sockets.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// Open WebSocket connections per shard.

@@ -24,10 +24,7 @@ async fn fill(
         match Client::try_connect(gw.ws, Encoding::Json).await {
             Ok(c) => clients.push(c),
             Err(WsError::Http(resp)) => return (clients, *resp),
-            Err(e) => panic!(
-                "unexpected connect error after {} clients: {e}",
-                clients.len()
-            ),
+            Err(e) => panic!("unexpected connect error after {} clients: {e}", clients.len()),
         }
     }
     panic!("no refusal after {max} connections");
@@ -65,19 +62,10 @@ async fn fd_headroom_refuses_upgrades_and_recovers() {
     );
     assert!(gw.metric("shardcast_fd_headroom").await <= 80.0);
 
-    assert_eq!(
-        gw.publish("alerts", json!("still delivered")).await["subscribers"],
-        1
-    );
-    assert!(matches!(
-        subscriber.recv().await,
-        ServerFrame::Message { .. }
-    ));
+    assert_eq!(gw.publish("alerts", json!("still delivered")).await["subscribers"], 1);
+    assert!(matches!(subscriber.recv().await, ServerFrame::Message { .. }));
     let mut old = clients.pop().unwrap();
-    assert!(
-        old.roundtrip(2).await.is_empty(),
-        "existing connections still work"
-    );
+    assert!(old.roundtrip(2).await.is_empty(), "existing connections still work");
 
     // Free some descriptors: once the gateway recounts, it admits again.
     clients.truncate(clients.len() - 40);

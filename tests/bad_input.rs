@@ -24,12 +24,7 @@ async fn expect_error(c: &mut Client, id: Option<u64>, code: ErrorCode) {
 
 #[tokio::test]
 async fn request_errors_keep_the_connection_open() {
-    let gw = Gateway::start(&[
-        "--max-channel-len",
-        "16",
-        "--max-channels-per-connection",
-        "2",
-    ]);
+    let gw = Gateway::start(&["--max-channel-len", "16", "--max-channels-per-connection", "2"]);
     let mut bystander = gw.connect(Encoding::Json).await;
     bystander.subscribe(1, "news").await;
 
@@ -60,11 +55,9 @@ async fn request_errors_keep_the_connection_open() {
     })
     .await;
     expect_error(&mut c, Some(10), ErrorCode::TooManyChannels).await;
-    c.ws.send(tokio_tungstenite::tungstenite::Message::Binary(
-        vec![0x80].into(),
-    ))
-    .await
-    .unwrap();
+    c.ws.send(tokio_tungstenite::tungstenite::Message::Binary(vec![0x80].into()))
+        .await
+        .unwrap();
     expect_error(&mut c, None, ErrorCode::BadRequest).await;
     assert!(c.roundtrip(11).await.is_empty(), "connection still answers");
 
@@ -76,27 +69,18 @@ async fn request_errors_keep_the_connection_open() {
     expect_error(&mut m, Some(3), ErrorCode::UnknownOp).await;
     assert!(m.roundtrip(4).await.is_empty());
 
+    assert_eq!(gw.publish("news", json!("still here")).await["subscribers"], 1);
+    assert!(matches!(bystander.recv().await, ServerFrame::Message { .. }));
     assert_eq!(
-        gw.publish("news", json!("still here")).await["subscribers"],
-        1
-    );
-    assert!(matches!(
-        bystander.recv().await,
-        ServerFrame::Message { .. }
-    ));
-    assert_eq!(
-        gw.metric("shardcast_client_errors_total{code=\"bad_request\"}")
-            .await,
+        gw.metric("shardcast_client_errors_total{code=\"bad_request\"}").await,
         3.0
     );
     assert_eq!(
-        gw.metric("shardcast_client_errors_total{code=\"unknown_op\"}")
-            .await,
+        gw.metric("shardcast_client_errors_total{code=\"unknown_op\"}").await,
         2.0
     );
     assert_eq!(
-        gw.metric("shardcast_client_errors_total{code=\"bad_channel\"}")
-            .await,
+        gw.metric("shardcast_client_errors_total{code=\"bad_channel\"}").await,
         4.0
     );
     assert_eq!(
@@ -135,10 +119,7 @@ async fn framing_errors_close_with_their_codes() {
     assert_eq!(frags.expect_close().await, close::MESSAGE_TOO_BIG);
 
     assert_eq!(gw.publish("news", json!(1)).await["subscribers"], 1);
-    assert!(matches!(
-        bystander.recv().await,
-        ServerFrame::Message { .. }
-    ));
+    assert!(matches!(bystander.recv().await, ServerFrame::Message { .. }));
     assert_eq!(
         gw.metric("shardcast_client_errors_total{code=\"message_too_big\"}")
             .await,
@@ -150,15 +131,13 @@ async fn framing_errors_close_with_their_codes() {
         2.0
     );
     assert_eq!(
-        gw.metric("shardcast_client_errors_total{code=\"invalid_utf8\"}")
-            .await,
+        gw.metric("shardcast_client_errors_total{code=\"invalid_utf8\"}").await,
         1.0
     );
     let closed = gw
-        .wait_metric(
-            "shardcast_disconnections_total{reason=\"message_too_big\"}",
-            |v| v >= 2.0,
-        )
+        .wait_metric("shardcast_disconnections_total{reason=\"message_too_big\"}", |v| {
+            v >= 2.0
+        })
         .await;
     assert_eq!(closed, 2.0);
 }
@@ -171,15 +150,8 @@ async fn fragmented_and_pinged_messages_work() {
     raw.send_frame(0x01, &sub[..10], true).await;
     raw.send_frame(0x89, b"hi", true).await;
     raw.send_frame(0x80, &sub[10..], true).await;
-    assert_eq!(
-        raw.read_frame().await,
-        (0xA, b"hi".to_vec()),
-        "pong echoes the ping"
-    );
-    assert_eq!(
-        raw.read_frame().await,
-        (0x1, br#"{"type":"ack","id":1}"#.to_vec())
-    );
+    assert_eq!(raw.read_frame().await, (0xA, b"hi".to_vec()), "pong echoes the ping");
+    assert_eq!(raw.read_frame().await, (0x1, br#"{"type":"ack","id":1}"#.to_vec()));
     raw.send_frame(0x88, &1000u16.to_be_bytes(), true).await;
     assert_eq!(
         raw.expect_close().await,
@@ -222,8 +194,5 @@ async fn non_websocket_requests_get_http_answers() {
             >= 5.0
     );
     let mut c = gw.connect(Encoding::Json).await;
-    assert!(
-        c.roundtrip(1).await.is_empty(),
-        "gateway still serves WebSockets"
-    );
+    assert!(c.roundtrip(1).await.is_empty(), "gateway still serves WebSockets");
 }

@@ -16,11 +16,7 @@ async fn sigterm_drains_within_the_window() {
     let mut clients = Vec::new();
     for i in 0..20 {
         let mut c = gw
-            .connect(if i % 2 == 0 {
-                Encoding::Json
-            } else {
-                Encoding::MsgPack
-            })
+            .connect(if i % 2 == 0 { Encoding::Json } else { Encoding::MsgPack })
             .await;
         c.subscribe(1, "news").await;
         clients.push(c);
@@ -47,10 +43,7 @@ async fn sigterm_drains_within_the_window() {
     for handle in closes {
         let (code, reason, at) = handle.await.unwrap();
         assert_eq!(code, close::GOING_AWAY);
-        assert!(
-            close::retry_ms(&reason).is_some(),
-            "retry hint in {reason:?}"
-        );
+        assert!(close::retry_ms(&reason).is_some(), "retry hint in {reason:?}");
         times.push(at);
     }
     times.sort();

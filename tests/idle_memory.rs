@@ -40,16 +40,10 @@ async fn idle_subscribed_sockets_cost_under_4_kib_each() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = gw.rss();
     let per_socket = after.saturating_sub(before) as f64 / SOCKETS as f64;
-    println!(
-        "gateway RSS: {before} -> {after} bytes; {per_socket:.0} bytes per idle subscribed socket"
-    );
+    println!("gateway RSS: {before} -> {after} bytes; {per_socket:.0} bytes per idle subscribed socket");
     assert_eq!(
-        gw.metric("shardcast_connections{shard=\"0\"}").await
-            + gw.metric("shardcast_connections{shard=\"1\"}").await,
+        gw.metric("shardcast_connections{shard=\"0\"}").await + gw.metric("shardcast_connections{shard=\"1\"}").await,
         (SOCKETS + 50) as f64
     );
-    assert!(
-        per_socket <= 4096.0,
-        "{per_socket:.0} bytes per idle socket"
-    );
+    assert!(per_socket <= 4096.0, "{per_socket:.0} bytes per idle socket");
 }

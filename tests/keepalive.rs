@@ -31,11 +31,8 @@ async fn dead_peers_are_reaped_and_live_ones_kept() {
         "the answering client is still connected"
     );
     assert_eq!(
-        gw.wait_metric(
-            "shardcast_disconnections_total{reason=\"idle_timeout\"}",
-            |v| v >= 1.0
-        )
-        .await,
+        gw.wait_metric("shardcast_disconnections_total{reason=\"idle_timeout\"}", |v| v >= 1.0)
+            .await,
         1.0
     );
 }

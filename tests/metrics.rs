@@ -24,14 +24,8 @@ async fn connection_gauge_matches_open_clients() {
     }
     assert_eq!(connection_total(&gw).await, 7.0);
     let on_shard0 = clients.iter().filter(|c| c.shard == 0).count() as f64;
-    assert_eq!(
-        gw.metric("shardcast_connections{shard=\"0\"}").await,
-        on_shard0
-    );
-    assert_eq!(
-        gw.metric("shardcast_subscriptions{shard=\"0\"}").await,
-        on_shard0
-    );
+    assert_eq!(gw.metric("shardcast_connections{shard=\"0\"}").await, on_shard0);
+    assert_eq!(gw.metric("shardcast_subscriptions{shard=\"0\"}").await, on_shard0);
     for c in clients.drain(..3) {
         c.close().await;
     }
@@ -46,16 +40,12 @@ async fn connection_gauge_matches_open_clients() {
         3.0
     );
 
-    let stats: serde_json::Value =
-        serde_json::from_str(&gw.http("GET", "/api/stats", None).await.1).unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&gw.http("GET", "/api/stats", None).await.1).unwrap();
     assert_eq!(stats["connections"], 4);
 
     assert_eq!(gw.publish("room", json!(1)).await["subscribers"], 4);
     let text = gw.metrics().await;
-    assert_eq!(
-        metric_value(&text, "shardcast_messages_delivered_total"),
-        4.0
-    );
+    assert_eq!(metric_value(&text, "shardcast_messages_delivered_total"), 4.0);
     assert_eq!(
         metric_value(&text, "shardcast_messages_published_total{source=\"api\"}"),
         1.0

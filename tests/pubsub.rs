@@ -54,8 +54,7 @@ async fn receives_http_publish_as_the_vectors_say() {
                 }
             );
             // Same bytes as the vector but for the sequence number.
-            let mut expected =
-                shardcast_proto::decode_server(Encoding::MsgPack, &msg_bytes).unwrap();
+            let mut expected = shardcast_proto::decode_server(Encoding::MsgPack, &msg_bytes).unwrap();
             if let ServerFrame::Message { seq, .. } = &mut expected {
                 *seq = 2;
             }
@@ -124,10 +123,7 @@ async fn unsubscribe_stops_delivery_and_empty_channels_reach_zero() {
     .await;
     assert_eq!(c.recv().await, ServerFrame::Ack { id: Some(2) });
     assert_eq!(gw.publish("weather", json!("rain")).await["subscribers"], 0);
-    assert!(
-        c.roundtrip(3).await.is_empty(),
-        "nothing arrives after unsubscribe"
-    );
+    assert!(c.roundtrip(3).await.is_empty(), "nothing arrives after unsubscribe");
     assert_eq!(
         gw.publish("nobody-listens", json!(1)).await,
         json!({"ok": true, "subscribers": 0})
@@ -141,8 +137,7 @@ async fn batch_publish_and_api_key() {
     let mut c = gw.connect(Encoding::MsgPack).await;
     c.subscribe(1, "a").await;
     c.subscribe(2, "b").await;
-    let body =
-        json!([{"channel": "a", "data": 1}, {"channel": "b", "data": {"x": [1, 2]}}]).to_string();
+    let body = json!([{"channel": "a", "data": 1}, {"channel": "b", "data": {"x": [1, 2]}}]).to_string();
     let (status, text) = http(
         gw.admin,
         "POST",
@@ -183,8 +178,7 @@ async fn batch_publish_and_api_key() {
         }
     );
     assert_eq!(
-        gw.metric("shardcast_client_errors_total{code=\"unauthorized\"}")
-            .await,
+        gw.metric("shardcast_client_errors_total{code=\"unauthorized\"}").await,
         2.0
     );
 }

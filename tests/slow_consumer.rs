@@ -16,14 +16,7 @@ const BATCH: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_and_fast_one_gets_everything() {
-    let gw = Gateway::start(&[
-        "--max-queue-bytes",
-        "65536",
-        "--close-timeout",
-        "10s",
-        "--shards",
-        "2",
-    ]);
+    let gw = Gateway::start(&["--max-queue-bytes", "65536", "--close-timeout", "10s", "--shards", "2"]);
     let rss_before = gw.rss();
 
     // The slow client: a raw socket with a small receive buffer, which stops reading
@@ -32,16 +25,9 @@ async fn slow_consumer_is_closed_and_fast_one_gets_everything() {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(gw.ws).await.unwrap();
     let mut slow = RawClient::upgrade(stream, gw.ws).await;
-    slow.send_frame(
-        0x81,
-        br#"{"op":"subscribe","id":1,"channel":"firehose"}"#,
-        true,
-    )
-    .await;
-    assert_eq!(
-        slow.read_frame().await.1,
-        br#"{"type":"ack","id":1}"#.to_vec()
-    );
+    slow.send_frame(0x81, br#"{"op":"subscribe","id":1,"channel":"firehose"}"#, true)
+        .await;
+    assert_eq!(slow.read_frame().await.1, br#"{"type":"ack","id":1}"#.to_vec());
 
     let mut fast = gw.connect(Encoding::Json).await;
     fast.subscribe(1, "firehose").await;
@@ -75,34 +61,23 @@ async fn slow_consumer_is_closed_and_fast_one_gets_everything() {
     assert_eq!(seen, MESSAGES, "the fast subscriber got every message");
 
     let dropped = gw
-        .wait_metric(
-            "shardcast_messages_dropped_total{reason=\"slow_consumer\"}",
-            |v| v > 0.0,
-        )
+        .wait_metric("shardcast_messages_dropped_total{reason=\"slow_consumer\"}", |v| {
+            v > 0.0
+        })
         .await;
-    assert!(
-        dropped > 0.0,
-        "the slow consumer's backlog was dropped and counted"
-    );
+    assert!(dropped > 0.0, "the slow consumer's backlog was dropped and counted");
     let rss_growth = gw.rss().saturating_sub(rss_before);
-    assert!(
-        rss_growth < 48 << 20,
-        "gateway RSS grew by {rss_growth} bytes"
-    );
+    assert!(rss_growth < 48 << 20, "gateway RSS grew by {rss_growth} bytes");
 
     // Reading again, the slow client finds what the kernel had buffered, then the close.
     assert_eq!(slow.expect_close().await, close::SLOW_CONSUMER);
     let closed = gw
-        .wait_metric(
-            "shardcast_disconnections_total{reason=\"slow_consumer\"}",
-            |v| v >= 1.0,
-        )
+        .wait_metric("shardcast_disconnections_total{reason=\"slow_consumer\"}", |v| v >= 1.0)
         .await;
     assert_eq!(closed, 1.0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        gw.metric("shardcast_connections{shard=\"0\"}").await
-            + gw.metric("shardcast_connections{shard=\"1\"}").await,
+        gw.metric("shardcast_connections{shard=\"0\"}").await + gw.metric("shardcast_connections{shard=\"1\"}").await,
         1.0
     );
 }

@@ -154,7 +154,13 @@ struct LooseClientFrame {
     op: Option<String>,
     id: Option<u64>,
     channel: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     data: Option<Value>,
+}
+
+/// Reads a field that is present, so that `"data": null` is `Some(Null)`, not missing.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Why a client frame was refused; `id` is the request id when it could be read.
@@ -182,28 +188,17 @@ impl DecodeError {
 /// Decodes one client frame (a whole WebSocket message) in the given encoding.
 pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
     let loose: LooseClientFrame = match encoding {
-        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| {
-            DecodeError::new(
-                None,
-                ErrorCode::BadRequest,
-                format!("invalid JSON frame: {e}"),
-            )
-        })?,
-        Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| {
-            DecodeError::new(
-                None,
-                ErrorCode::BadRequest,
-                format!("invalid MessagePack frame: {e}"),
-            )
-        })?,
+        Encoding::Json => serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::new(None, ErrorCode::BadRequest, format!("invalid JSON frame: {e}")))?,
+        Encoding::MsgPack => rmp_serde::from_slice(bytes)
+            .map_err(|e| DecodeError::new(None, ErrorCode::BadRequest, format!("invalid MessagePack frame: {e}")))?,
     };
     let id = loose.id;
     let op = loose
         .op
         .ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `op`"))?;
-    let channel = |c: Option<String>| {
-        c.ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `channel`"))
-    };
+    let channel =
+        |c: Option<String>| c.ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `channel`"));
     match op.as_str() {
         "subscribe" => Ok(ClientFrame::Subscribe {
             id,
@@ -216,18 +211,15 @@ pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, De
         "publish" => Ok(ClientFrame::Publish {
             id,
             channel: channel(loose.channel)?,
-            data: loose.data.ok_or_else(|| {
-                DecodeError::new(id, ErrorCode::BadRequest, "missing field `data`")
-            })?,
+            data: loose
+                .data
+                .ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `data`"))?,
         }),
         "ping" => Ok(ClientFrame::Ping { id }),
         other => Err(DecodeError::new(
             id,
             ErrorCode::UnknownOp,
-            format!(
-                "unknown op `{}`",
-                other.chars().take(64).collect::<String>()
-            ),
+            format!("unknown op `{}`", other.chars().take(64).collect::<String>()),
         )),
     }
 }
@@ -276,6 +268,9 @@ pub enum ServerFrame {
         seq: u64,
         data: Value,
     },
+    /// A frame type this version does not know (sent by a newer gateway); clients ignore it.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Encodes a server frame. Message frames on the gateway's hot path go through
@@ -287,20 +282,10 @@ pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
 /// Decodes a server frame (what a client library receives).
 pub fn decode_server(encoding: Encoding, bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
     match encoding {
-        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| {
-            DecodeError::new(
-                None,
-                ErrorCode::BadRequest,
-                format!("invalid JSON frame: {e}"),
-            )
-        }),
-        Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| {
-            DecodeError::new(
-                None,
-                ErrorCode::BadRequest,
-                format!("invalid MessagePack frame: {e}"),
-            )
-        }),
+        Encoding::Json => serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::new(None, ErrorCode::BadRequest, format!("invalid JSON frame: {e}"))),
+        Encoding::MsgPack => rmp_serde::from_slice(bytes)
+            .map_err(|e| DecodeError::new(None, ErrorCode::BadRequest, format!("invalid MessagePack frame: {e}"))),
     }
 }
 

@@ -145,21 +145,11 @@ fn all_vectors() -> Vec<(&'static str, Value)> {
     vec![
         (
             "client_frames.json",
-            Value::Array(
-                client_frames()
-                    .iter()
-                    .map(|(n, f)| vector_entry(n, f))
-                    .collect(),
-            ),
+            Value::Array(client_frames().iter().map(|(n, f)| vector_entry(n, f)).collect()),
         ),
         (
             "server_frames.json",
-            Value::Array(
-                server_frames()
-                    .iter()
-                    .map(|(n, f)| vector_entry(n, f))
-                    .collect(),
-            ),
+            Value::Array(server_frames().iter().map(|(n, f)| vector_entry(n, f)).collect()),
         ),
         ("invalid_client_frames.json", invalid_client_frames()),
         ("channel_names.json", channel_names()),
@@ -177,12 +167,8 @@ fn vectors_match_this_crate() {
             continue;
         }
         let on_disk: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).expect("read vector"))
-                .expect("vector is JSON");
-        assert_eq!(
-            on_disk, expected,
-            "{file} differs from what this crate produces"
-        );
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read vector")).expect("vector is JSON");
+        assert_eq!(on_disk, expected, "{file} differs from what this crate produces");
     }
 }
 
@@ -191,11 +177,7 @@ fn client_vectors_decode_in_both_encodings() {
     for (name, frame) in client_frames() {
         for enc in Encoding::ALL {
             let bytes = encode_client(enc, &frame);
-            assert_eq!(
-                decode_client(enc, &bytes).as_ref(),
-                Ok(&frame),
-                "{name} {enc:?}"
-            );
+            assert_eq!(decode_client(enc, &bytes).as_ref(), Ok(&frame), "{name} {enc:?}");
         }
     }
 }
@@ -205,11 +187,7 @@ fn server_vectors_decode_in_both_encodings() {
     for (name, frame) in server_frames() {
         for enc in Encoding::ALL {
             let bytes = encode_server(enc, &frame);
-            assert_eq!(
-                decode_server(enc, &bytes).as_ref(),
-                Ok(&frame),
-                "{name} {enc:?}"
-            );
+            assert_eq!(decode_server(enc, &bytes).as_ref(), Ok(&frame), "{name} {enc:?}");
         }
     }
 }
@@ -220,10 +198,7 @@ fn encode_message_matches_the_generic_encoder() {
         if let ServerFrame::Message { channel, seq, data } = &frame {
             let raw = RawValue::from_string(data.to_string()).expect("raw");
             for enc in Encoding::ALL {
-                assert_eq!(
-                    encode_message(enc, channel, *seq, &raw),
-                    encode_server(enc, &frame)
-                );
+                assert_eq!(encode_message(enc, channel, *seq, &raw), encode_server(enc, &frame));
             }
         }
     }
@@ -237,8 +212,7 @@ fn invalid_frames_get_their_codes() {
         } else {
             Encoding::MsgPack
         };
-        let err =
-            decode_client(enc, &unhex(case["hex"].as_str().expect("hex"))).expect_err("must fail");
+        let err = decode_client(enc, &unhex(case["hex"].as_str().expect("hex"))).expect_err("must fail");
         assert_eq!(err.code.as_str(), case["code"], "{}", case["name"]);
         assert_eq!(err.id, case["id"].as_u64(), "{}", case["name"]);
     }
@@ -268,6 +242,27 @@ fn retry_hint_round_trips() {
     assert_eq!(close::retry_ms("going away"), None);
     assert!(!close::should_reconnect(close::POLICY_VIOLATION));
     assert!(close::should_reconnect(close::SLOW_CONSUMER));
+}
+
+#[test]
+fn null_data_is_data() {
+    let frame = decode_client(Encoding::Json, br#"{"op":"publish","channel":"c","data":null}"#).expect("decodes");
+    assert_eq!(
+        frame,
+        ClientFrame::Publish {
+            id: None,
+            channel: "c".into(),
+            data: Value::Null
+        }
+    );
+    let err = decode_client(Encoding::Json, br#"{"op":"publish","channel":"c"}"#).expect_err("missing");
+    assert_eq!(err.code, ErrorCode::BadRequest);
+}
+
+#[test]
+fn unknown_frame_types_decode_as_unknown() {
+    let frame = decode_server(Encoding::Json, br#"{"type":"from_the_future","x":1}"#).expect("decodes");
+    assert_eq!(frame, ServerFrame::Unknown);
 }
 
 #[test]

@@ -39,10 +39,7 @@ impl InProcessBus {
                 channels: HashSet::new(),
             });
         }
-        InProcessBroker {
-            bus: self.clone(),
-            id,
-        }
+        InProcessBroker { bus: self.clone(), id }
     }
 }
 

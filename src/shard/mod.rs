@@ -78,47 +78,37 @@ pub struct ShardDeps {
 }
 
 /// Starts shard `id` on its own thread.
-pub fn spawn(
-    id: usize,
-    deps: ShardDeps,
-) -> std::io::Result<(ShardHandle, std::thread::JoinHandle<()>)> {
+pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = flume::unbounded();
-    let thread = std::thread::Builder::new()
-        .name(format!("shard-{id}"))
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    error!(shard = id, error = %e, "cannot start the shard's runtime");
-                    return;
-                }
-            };
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, async move {
-                let core = Rc::new_cyclic(|me| ShardCore::new(id, deps, me.clone()));
-                tokio::task::spawn_local(upkeep::run(core.clone()));
-                while let Ok(cmd) = rx.recv_async().await {
-                    match cmd {
-                        ShardCommand::Adopt(stream, peer) => {
-                            tokio::task::spawn_local(task::handshake(core.clone(), stream, peer));
-                        }
-                        ShardCommand::Deliver(publication) => core.fan_out(&publication),
-                        ShardCommand::InterestConfirmed { channel, result } => {
-                            core.interest_confirmed(&channel, result)
-                        }
-                        ShardCommand::Drain { window } => {
-                            core.draining.set(true);
-                            tokio::task::spawn_local(upkeep::drain(core.clone(), window));
-                        }
-                        ShardCommand::Stop => break,
+    let thread = std::thread::Builder::new().name(format!("shard-{id}")).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                error!(shard = id, error = %e, "cannot start the shard's runtime");
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            let core = Rc::new_cyclic(|me| ShardCore::new(id, deps, me.clone()));
+            tokio::task::spawn_local(upkeep::run(core.clone()));
+            while let Ok(cmd) = rx.recv_async().await {
+                match cmd {
+                    ShardCommand::Adopt(stream, peer) => {
+                        tokio::task::spawn_local(task::handshake(core.clone(), stream, peer));
                     }
+                    ShardCommand::Deliver(publication) => core.fan_out(&publication),
+                    ShardCommand::InterestConfirmed { channel, result } => core.interest_confirmed(&channel, result),
+                    ShardCommand::Drain { window } => {
+                        core.draining.set(true);
+                        tokio::task::spawn_local(upkeep::drain(core.clone(), window));
+                    }
+                    ShardCommand::Stop => break,
                 }
-                debug!(shard = id, "shard stopped");
-            });
-        })?;
+            }
+            debug!(shard = id, "shard stopped");
+        });
+    })?;
     Ok((ShardHandle { id, tx }, thread))
 }
 
@@ -234,9 +224,7 @@ impl ShardCore {
             }
         }
         self.shard_metrics.delivered.inc_by(reached as u64);
-        self.shard_metrics
-            .fanout
-            .observe(start.elapsed().as_secs_f64());
+        self.shard_metrics.fanout.observe(start.elapsed().as_secs_f64());
         publication.shard_done(reached);
     }
 
@@ -257,20 +245,17 @@ impl ShardCore {
         let Some(conn) = self.conns.borrow_mut().try_remove(key) else {
             return;
         };
-        let mut table = self.table.borrow_mut();
-        for sub in &conn.subs {
-            if let Some(channel) = table.unsubscribe(*sub) {
-                self.router.interest(self.id, channel, false);
-            }
+        let mut emptied = Vec::new();
+        {
+            let mut table = self.table.borrow_mut();
+            emptied.extend(conn.subs.iter().filter_map(|sub| table.unsubscribe(*sub)));
+            self.shard_metrics.subscriptions.set(table.subscription_count() as i64);
         }
-        self.shard_metrics
-            .subscriptions
-            .set(table.subscription_count() as i64);
+        for channel in emptied {
+            self.channel_emptied(channel);
+        }
         let why = conn.disconnect.unwrap_or(Disconnect::Eof);
-        self.metrics
-            .disconnections
-            .with_label_values(&[why.label()])
-            .inc();
+        self.metrics.disconnections.with_label_values(&[why.label()]).inc();
         self.shard_metrics.connections.dec();
         self.state.add_connection(self.id, -1);
         self.state.add_socket(self.id, -1);

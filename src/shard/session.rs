@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardcast_proto::{
-    decode_client, encode_server, validate_channel, ClientFrame, ErrorCode, ServerFrame,
-};
+use shardcast_proto::{decode_client, encode_server, validate_channel, ClientFrame, ErrorCode, ServerFrame};
 
 use super::ShardCore;
 use crate::channel_table::{Joined, PendingAck};
@@ -30,11 +28,7 @@ impl ShardCore {
                     }
                 };
                 if binary != encoding.is_binary() {
-                    let expected = if encoding.is_binary() {
-                        "binary"
-                    } else {
-                        "text"
-                    };
+                    let expected = if encoding.is_binary() { "binary" } else { "text" };
                     self.reply_error(
                         key,
                         None,
@@ -68,9 +62,7 @@ impl ShardCore {
         match frame {
             ClientFrame::Subscribe { id, channel } => self.subscribe(key, id, &channel),
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(key, id, &channel),
-            ClientFrame::Publish { id, channel, data } => {
-                self.client_publish(key, id, channel, data)
-            }
+            ClientFrame::Publish { id, channel, data } => self.client_publish(key, id, channel, data),
             ClientFrame::Ping { id } => self.reply_frame(key, &ServerFrame::Pong { id }),
         }
     }
@@ -84,13 +76,19 @@ impl ShardCore {
         let Some(conn) = conns.get_mut(key) else {
             return;
         };
-        if conn
-            .subs
-            .iter()
-            .any(|&s| table.channel_of(s) == Some(channel))
-        {
-            drop((conns, table));
-            return self.reply_frame(key, &ServerFrame::Ack { id });
+        if conn.subs.iter().any(|&s| table.channel_of(s) == Some(channel)) {
+            // Already subscribed: the ack must still wait if the channel is pending,
+            // since an ack promises that every later publication arrives.
+            let pending = PendingAck {
+                conn: key as u32,
+                conn_id: conn.id,
+                request: id,
+            };
+            if !table.add_pending_ack(channel, pending) {
+                drop((conns, table));
+                self.reply_frame(key, &ServerFrame::Ack { id });
+            }
+            return;
         }
         if conn.subs.len() >= self.config.max_channels_per_connection {
             drop((conns, table));
@@ -103,9 +101,7 @@ impl ShardCore {
         let (sub, joined) = table.subscribe(channel, key as u32, conn.encoding);
         conn.subs.push(sub);
         let conn_id = conn.id;
-        self.shard_metrics
-            .subscriptions
-            .set(table.subscription_count() as i64);
+        self.shard_metrics.subscriptions.set(table.subscription_count() as i64);
         let pending = PendingAck {
             conn: key as u32,
             conn_id,
@@ -132,37 +128,21 @@ impl ShardCore {
         let Some(conn) = conns.get_mut(key) else {
             return;
         };
-        let Some(pos) = conn
-            .subs
-            .iter()
-            .position(|&s| table.channel_of(s) == Some(channel))
-        else {
+        let Some(pos) = conn.subs.iter().position(|&s| table.channel_of(s) == Some(channel)) else {
             drop((conns, table));
-            return self.reply_error(
-                key,
-                id,
-                ErrorCode::NotSubscribed,
-                "not subscribed to this channel",
-            );
+            return self.reply_error(key, id, ErrorCode::NotSubscribed, "not subscribed to this channel");
         };
         let sub = conn.subs.swap_remove(pos);
-        if let Some(name) = table.unsubscribe(sub) {
-            self.router.interest(self.id, name, false);
-        }
-        self.shard_metrics
-            .subscriptions
-            .set(table.subscription_count() as i64);
+        let emptied = table.unsubscribe(sub);
+        self.shard_metrics.subscriptions.set(table.subscription_count() as i64);
         drop((conns, table));
+        if let Some(channel) = emptied {
+            self.channel_emptied(channel);
+        }
         self.reply_frame(key, &ServerFrame::Ack { id });
     }
 
-    fn client_publish(
-        &self,
-        key: usize,
-        id: Option<u64>,
-        channel: String,
-        data: serde_json::Value,
-    ) {
+    fn client_publish(&self, key: usize, id: Option<u64>, channel: String, data: serde_json::Value) {
         if !self.config.allow_client_publish {
             return self.reply_error(
                 key,
@@ -183,9 +163,7 @@ impl ShardCore {
             return;
         };
         tokio::task::spawn_local(async move {
-            let result = publisher
-                .publish(Arc::from(channel), payload, Source::Client)
-                .await;
+            let result = publisher.publish(Arc::from(channel), payload, Source::Client).await;
             if core.conns.borrow().get(key).map(|c| c.id) != Some(conn_id) {
                 return;
             }
@@ -194,6 +172,16 @@ impl ShardCore {
                 Err(e) => core.reply_error(key, id, ErrorCode::Unavailable, &e.to_string()),
             }
         });
+    }
+
+    /// The last local subscriber of a channel left: tell the router, and answer any
+    /// subscribe still waiting for it (its subscriber has left since, so the ack
+    /// only keeps "one reply per request"; it precedes the unsubscribe's ack).
+    pub(super) fn channel_emptied(&self, channel: crate::channel_table::Emptied) {
+        self.router.interest(self.id, channel.name, false);
+        for ack in channel.pending {
+            self.reply_to(ack, &ServerFrame::Ack { id: ack.request });
+        }
     }
 
     /// The router's answer about a channel this shard asked for.
@@ -217,9 +205,7 @@ impl ShardCore {
                         }
                         table.unsubscribe(s.sub);
                     }
-                    self.shard_metrics
-                        .subscriptions
-                        .set(table.subscription_count() as i64);
+                    self.shard_metrics.subscriptions.set(table.subscription_count() as i64);
                 }
                 for ack in acks {
                     let frame = ServerFrame::Error {
@@ -241,10 +227,7 @@ impl ShardCore {
     }
 
     fn reply_error(&self, key: usize, id: Option<u64>, code: ErrorCode, message: &str) {
-        self.metrics
-            .client_errors
-            .with_label_values(&[code.as_str()])
-            .inc();
+        self.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
         self.reply_frame(
             key,
             &ServerFrame::Error {

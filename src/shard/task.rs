@@ -64,17 +64,8 @@ pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, 
 
 /// Reads the request head and answers it; returns the socket if it is now a WebSocket.
 async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, Encoding)> {
-    let refused = |reason: &str| {
-        core.metrics
-            .connections_refused
-            .with_label_values(&[reason])
-            .inc()
-    };
-    let head = tokio::time::timeout(
-        core.config.handshake_timeout,
-        read_head(&stream, &core.config.ws_path),
-    )
-    .await;
+    let refused = |reason: &str| core.metrics.connections_refused.with_label_values(&[reason]).inc();
+    let head = tokio::time::timeout(core.config.handshake_timeout, read_head(&stream, &core.config.ws_path)).await;
     let response = match head {
         Err(_) => {
             refused("handshake_timeout");
@@ -82,21 +73,11 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, 
         }
         Ok(Err(status)) => {
             refused("bad_handshake");
-            http_response(
-                status,
-                None,
-                &error_body("bad_request", "malformed HTTP request"),
-            )
+            http_response(status, None, &error_body("bad_request", "malformed HTTP request"))
         }
-        Ok(Ok(PublicRequest::Upgrade { .. }))
-            if core.draining.get() || core.state.is_draining() =>
-        {
+        Ok(Ok(PublicRequest::Upgrade { .. })) if core.draining.get() || core.state.is_draining() => {
             refused("draining");
-            http_response(
-                503,
-                Some(5),
-                &error_body("unavailable", "this instance is draining"),
-            )
+            http_response(503, Some(5), &error_body("unavailable", "this instance is draining"))
         }
         Ok(Ok(PublicRequest::Upgrade {
             key,
@@ -251,9 +232,7 @@ impl ShardCore {
             r
         } else {
             pending.extend_from_slice(data);
-            let r = read_frames(&mut pending, &mut fragments, max, |ev| {
-                self.on_incoming(key, ev)
-            });
+            let r = read_frames(&mut pending, &mut fragments, max, |ev| self.on_incoming(key, ev));
             if let Ok(used) = r {
                 pending.drain(..used);
             }
@@ -271,10 +250,7 @@ impl ShardCore {
                 }
             }
             Err(e) => {
-                self.metrics
-                    .client_errors
-                    .with_label_values(&[e.label()])
-                    .inc();
+                self.metrics.client_errors.with_label_values(&[e.label()]).inc();
                 let why = match e.close_code() {
                     shardcast_proto::close::MESSAGE_TOO_BIG => Disconnect::MessageTooBig,
                     shardcast_proto::close::INVALID_PAYLOAD => Disconnect::InvalidPayload,

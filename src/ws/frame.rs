@@ -179,9 +179,7 @@ pub fn read_frames(
                     Flow::Continue
                 }
             }
-            OpCode::Control(Control::Reserved(_)) => {
-                return Err(FrameError::Protocol("reserved opcode"))
-            }
+            OpCode::Control(Control::Reserved(_)) => return Err(FrameError::Protocol("reserved opcode")),
         };
         if flow == Flow::Stop {
             break;
@@ -200,9 +198,7 @@ fn check_header(
         return Err(FrameError::Protocol("client frame is not masked"));
     }
     if header.rsv1 || header.rsv2 || header.rsv3 {
-        return Err(FrameError::Protocol(
-            "reserved bits set without an extension",
-        ));
+        return Err(FrameError::Protocol("reserved bits set without an extension"));
     }
     match header.opcode {
         OpCode::Control(_) => {
@@ -233,11 +229,7 @@ fn check_header(
     Ok(())
 }
 
-fn deliver(
-    binary: bool,
-    payload: &[u8],
-    handle: &mut impl FnMut(Incoming<'_>) -> Flow,
-) -> Result<Flow, FrameError> {
+fn deliver(binary: bool, payload: &[u8], handle: &mut impl FnMut(Incoming<'_>) -> Flow) -> Result<Flow, FrameError> {
     if !binary && std::str::from_utf8(payload).is_err() {
         return Err(FrameError::InvalidUtf8);
     }
@@ -246,10 +238,7 @@ fn deliver(
 
 fn parse_close(payload: &[u8]) -> Result<Incoming<'_>, FrameError> {
     match payload.len() {
-        0 => Ok(Incoming::Close {
-            code: None,
-            reason: "",
-        }),
+        0 => Ok(Incoming::Close { code: None, reason: "" }),
         1 => Err(FrameError::Protocol("close payload of one byte")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
@@ -381,10 +370,7 @@ mod tests {
 
     #[test]
     fn server_frames_have_the_right_headers() {
-        assert_eq!(
-            &data_frame(Encoding::Json, b"hi")[..],
-            &[0x81, 0x02, b'h', b'i']
-        );
+        assert_eq!(&data_frame(Encoding::Json, b"hi")[..], &[0x81, 0x02, b'h', b'i']);
         assert_eq!(&data_frame(Encoding::MsgPack, b"hi")[..2], &[0x82, 0x02]);
         assert_eq!(
             &close_frame(1001, "bye")[..],

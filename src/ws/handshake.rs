@@ -180,12 +180,7 @@ mod tests {
 
     #[test]
     fn accept_key_matches_the_rfc_example() {
-        let resp = String::from_utf8(upgrade_response(
-            "dGhlIHNhbXBsZSBub25jZQ==",
-            Encoding::Json,
-            false,
-        ))
-        .unwrap();
+        let resp = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", Encoding::Json, false)).unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }
 

@@ -211,10 +211,7 @@ pub async fn http(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .expect("send request");
+    stream.write_all(req.as_bytes()).await.expect("send request");
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
         .await
@@ -225,11 +222,7 @@ pub async fn http(
 
 pub fn parse_http(raw: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(raw).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
@@ -249,9 +242,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, encoding: Encoding) -> Client {
-        Client::try_connect(addr, encoding)
-            .await
-            .expect("WebSocket connect")
+        Client::try_connect(addr, encoding).await.expect("WebSocket connect")
     }
 
     pub async fn try_connect(
@@ -260,10 +251,8 @@ impl Client {
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         let mut req = format!("ws://{addr}/ws").into_client_request()?;
         if encoding == Encoding::MsgPack {
-            req.headers_mut().insert(
-                "Sec-WebSocket-Protocol",
-                encoding.subprotocol().parse().unwrap(),
-            );
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", encoding.subprotocol().parse().unwrap());
         }
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
             .await
@@ -276,10 +265,7 @@ impl Client {
         };
         match client.recv().await {
             ServerFrame::Welcome {
-                shard,
-                node,
-                version,
-                ..
+                shard, node, version, ..
             } => {
                 assert_eq!(version, 1);
                 client.shard = shard;
@@ -328,13 +314,9 @@ impl Client {
     /// Waits for the server's close frame, skipping data; returns its code and reason.
     pub async fn expect_close(&mut self) -> (u16, String) {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("close in time");
+            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time");
             match msg {
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    return (u16::from(frame.code), frame.reason.to_string())
-                }
+                Some(Ok(Message::Close(Some(frame)))) => return (u16::from(frame.code), frame.reason.to_string()),
                 Some(Ok(Message::Close(None))) => return (1005, String::new()),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("error instead of close frame: {e}"),
@@ -378,8 +360,7 @@ impl Client {
 /// Loads a vector file from proto/vectors.
 pub fn vectors(file: &str) -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/vectors/");
-    serde_json::from_str(&std::fs::read_to_string(format!("{path}{file}")).expect("vector file"))
-        .expect("vector JSON")
+    serde_json::from_str(&std::fs::read_to_string(format!("{path}{file}")).expect("vector file")).expect("vector JSON")
 }
 
 pub fn vector<'a>(set: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -420,11 +401,7 @@ impl RawClient {
             stream.read_exact(&mut byte).await.expect("response head");
             head.push(byte[0]);
         }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
         let mut raw = RawClient { stream };
         let (opcode, _) = raw.read_frame().await;
         assert_eq!(opcode, 1, "welcome is a text frame");
@@ -470,10 +447,7 @@ impl RawClient {
                 len = u64::from_be_bytes(b) as usize;
             }
             let mut payload = vec![0u8; len];
-            self.stream
-                .read_exact(&mut payload)
-                .await
-                .expect("frame payload");
+            self.stream.read_exact(&mut payload).await.expect("frame payload");
             (h[0] & 0x0f, payload)
         })
         .await
