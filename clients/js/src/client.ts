@@ -212,7 +212,7 @@ export class ShardcastClient {
   private readonly channels = new Map<string, ChannelEntry>();
   private readonly onlineListener = (): void => this.reconnectNow();
 
-  /** Creates a client and, unless `autoConnect` is false, starts connecting. */
+  /** Creates a client and, unless `autoConnect` is false, starts connecting (in a microtask, so listeners added right after construction see every event). */
   constructor(options: ClientOptions) {
     if (!options || typeof options.url !== 'string' || options.url === '') {
       throw new TypeError('ShardcastClient: the `url` option is required');
@@ -232,7 +232,13 @@ export class ShardcastClient {
     this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     this.random = options.random ?? Math.random;
     this.events = new TypedEmitter<ClientEvents>((error, event) => this.reportListenerError(error, String(event)));
-    if (options.autoConnect ?? true) this.connect();
+    if (options.autoConnect ?? true) {
+      // Deferred so that listeners attached right after construction see the first
+      // events; a close() in between wins.
+      void Promise.resolve().then(() => {
+        if (this.currentState === 'idle') this.connect();
+      });
+    }
   }
 
   /** The current connection state. */
