@@ -1,0 +1,146 @@
+// End-to-end in real headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core; no browser is ever downloaded) against the real gateway: a
+// loopback HTTP server serves a test page and the built browser bundles, the
+// page's clients (JSON and MessagePack, the browser's own WebSocket) subscribe,
+// an HTTP publish arrives, the gateway restarts on the same port, and the page
+// reconnects, re-subscribes and receives again.
+import { readFile, mkdir } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { Gateway, killAllGateways, restartOnSamePort } from './gateway';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const packageRoot = path.resolve(here, '../..');
+const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+
+/** What the page records in window.__shardcast for each encoding. */
+interface PageClient {
+  state: string;
+  events: { name: string; payload: Record<string, unknown> }[];
+  messages: { data: unknown; seq: number }[];
+  subscribed: { channel: string; resubscribed: boolean }[];
+}
+
+/** The files the page needs, by URL path. */
+const routes: Record<string, { file: string; type: string }> = {
+  '/': { file: path.join(here, 'page/index.html'), type: 'text/html; charset=utf-8' },
+  '/shardcast.browser.mjs': { file: path.join(packageRoot, 'dist/shardcast.browser.mjs'), type: 'text/javascript' },
+  '/shardcast.browser.mjs.map': { file: path.join(packageRoot, 'dist/shardcast.browser.mjs.map'), type: 'application/json' },
+  '/shardcast.browser.global.js': {
+    file: path.join(packageRoot, 'dist/shardcast.browser.global.js'),
+    type: 'text/javascript',
+  },
+  '/shardcast.browser.global.js.map': {
+    file: path.join(packageRoot, 'dist/shardcast.browser.global.js.map'),
+    type: 'application/json',
+  },
+};
+
+let server: Server | undefined;
+let browser: Browser | undefined;
+let pageOrigin = '';
+const pageLog: string[] = [];
+
+beforeAll(async () => {
+  server = createServer((request, response) => {
+    const route = routes[new URL(request.url ?? '/', 'http://localhost').pathname];
+    if (!route) {
+      response.writeHead(404).end();
+      return;
+    }
+    readFile(route.file).then(
+      (body) => response.writeHead(200, { 'content-type': route.type, 'cache-control': 'no-store' }).end(body),
+      () => response.writeHead(500).end(`cannot read ${route.file}: run the build first`),
+    );
+  });
+  await new Promise<void>((resolve) => server?.listen(0, '127.0.0.1', resolve));
+  pageOrigin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    timeout: 30_000,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+  await killAllGateways();
+});
+
+async function pageClients(page: Page): Promise<Record<'json' | 'msgpack', PageClient>> {
+  return page.evaluate(() => (window as unknown as { __shardcast: { clients: Record<'json' | 'msgpack', PageClient> } }).__shardcast.clients);
+}
+
+/** Waits until `predicate` holds for both of the page's clients. */
+async function waitForBoth(page: Page, predicate: string, what: string, timeoutMs = 10_000): Promise<void> {
+  try {
+    await page.waitForFunction(
+      `(() => { const c = window.__shardcast && window.__shardcast.clients; return !!c && !!c.json && !!c.msgpack && [c.json, c.msgpack].every((client) => ${predicate}); })()`,
+      undefined,
+      { timeout: timeoutMs, polling: 50 },
+    );
+  } catch (error) {
+    throw new Error(`${what}: ${String(error)}\npage log:\n${pageLog.join('\n')}`);
+  }
+}
+
+it('receives publications in Chromium, and again after the gateway restarts', async () => {
+  let gateway = await Gateway.start();
+  const page = await browser!.newPage();
+  page.on('console', (message) => pageLog.push(`console.${message.type()}: ${message.text()}`));
+  page.on('pageerror', (error) => pageLog.push(`pageerror: ${error.message}`));
+  try {
+    await page.goto(`${pageOrigin}/?ws=${encodeURIComponent(gateway.wsUrl)}`, { timeout: 10_000 });
+    await waitForBoth(page, 'client.subscribed.length >= 1', 'both page clients subscribe');
+    expect(await page.evaluate(() => (window as unknown as { __shardcast: { iifeLoaded: boolean } }).__shardcast.iifeLoaded)).toBe(true);
+
+    expect(await gateway.publish('news', { n: 1, text: 'to the browser' })).toBe(2);
+    await waitForBoth(page, 'client.messages.length >= 1', 'the first publication reaches the page');
+    let clients = await pageClients(page);
+    for (const client of Object.values(clients)) {
+      expect(client.messages).toEqual([{ data: { n: 1, text: 'to the browser' }, seq: 1 }]);
+      expect(client.state).toBe('connected');
+    }
+
+    gateway = await restartOnSamePort(gateway);
+    await waitForBoth(
+      page,
+      'client.subscribed.some((s) => s.resubscribed)',
+      'both page clients re-subscribe after the restart',
+      15_000,
+    );
+    expect(await gateway.publish('news', 'after restart')).toBe(2);
+    await waitForBoth(page, 'client.messages.length >= 2', 'the publication after the restart reaches the page');
+
+    clients = await pageClients(page);
+    for (const client of Object.values(clients)) {
+      expect(client.messages.map((m) => m.data)).toEqual([{ n: 1, text: 'to the browser' }, 'after restart']);
+      const disconnected = client.events.find((e) => e.name === 'disconnected');
+      expect(disconnected?.payload).toMatchObject({ code: 1001, wasConnected: true, willReconnect: true });
+      expect(String(disconnected?.payload.reason)).toMatch(/retry_ms=\d+/);
+      expect(client.events.some((e) => e.name === 'reconnecting')).toBe(true);
+    }
+
+    // Kept for a person to look at; test-results/ is not committed.
+    await mkdir(path.join(packageRoot, 'test-results'), { recursive: true });
+    await page.screenshot({ path: path.join(packageRoot, 'test-results/browser.png') });
+  } finally {
+    await page.close();
+    await gateway.stop();
+  }
+});
