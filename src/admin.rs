@@ -22,6 +22,7 @@ use shardcast_proto::{validate_channel, ErrorCode};
 use tokio::net::TcpListener;
 use tracing::debug;
 
+use crate::cluster::ClusterView;
 use crate::fd_budget::FdBudget;
 use crate::metrics::Metrics;
 use crate::publication::Payload;
@@ -41,6 +42,7 @@ pub struct AdminContext {
     pub state: Arc<GatewayState>,
     pub metrics: Arc<Metrics>,
     pub budget: Arc<FdBudget>,
+    pub cluster: Arc<ClusterView>,
 }
 
 /// Serves the admin API until the task is dropped.
@@ -106,6 +108,10 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             match (req.method(), p) {
                 (&Method::POST, "/api/publish") => publish(ctx, req).await,
                 (&Method::GET, "/api/stats") => stats(ctx),
+                (&Method::GET, "/api/cluster") => {
+                    let snapshot = ctx.cluster.snapshot();
+                    json_reply(StatusCode::OK, serde_json::to_value(&*snapshot).unwrap_or_default())
+                }
                 _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
             }
         }

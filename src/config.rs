@@ -92,6 +92,26 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_ALLOW_CLIENT_PUBLISH", default_value_t = false)]
     pub allow_client_publish: bool,
 
+    /// Redis URL (redis://host:port/db); shares publications with other instances. Unset: in-process broker.
+    #[arg(long, env = "SHARDCAST_REDIS")]
+    pub redis: Option<String>,
+
+    /// Treat --redis as a Redis Cluster and use sharded pub/sub (SSUBSCRIBE/SPUBLISH, Redis 7+).
+    #[arg(long, env = "SHARDCAST_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+
+    /// Prefix of the Redis channel a shardcast channel maps to (`PUBLISH <prefix><channel> <payload>`).
+    #[arg(long, env = "SHARDCAST_REDIS_PREFIX", default_value = "shardcast:")]
+    pub redis_prefix: String,
+
+    /// How often this instance records itself and its connection count in Redis.
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// An instance whose heartbeat is older than this drops out of the cluster view.
+    #[arg(long, env = "SHARDCAST_INSTANCE_TTL", default_value = "3s", value_parser = parse_duration)]
+    pub instance_ttl: Duration,
+
     /// This instance's id in logs, welcome frames and cluster views; default: hostname-pid.
     #[arg(long, env = "SHARDCAST_NODE_ID")]
     pub node_id: Option<String>,
@@ -166,6 +186,12 @@ impl Config {
         }
         if self.max_message_bytes < 128 {
             return bad("--max-message-bytes must be at least 128");
+        }
+        if self.redis_cluster && self.redis.is_none() {
+            return bad("--redis-cluster needs --redis");
+        }
+        if self.heartbeat_interval.is_zero() || self.instance_ttl <= self.heartbeat_interval {
+            return bad("--instance-ttl must be longer than a non-zero --heartbeat-interval");
         }
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return bad("--idle-timeout must be longer than a non-zero --ping-interval");

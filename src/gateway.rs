@@ -14,7 +14,9 @@ use tracing::{info, warn};
 use crate::acceptor::Acceptor;
 use crate::admin::{self, AdminContext};
 use crate::broker::memory::InProcessBroker;
-use crate::broker::{Broker, BrokerSink};
+use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::broker::{Broker, BrokerError, BrokerSink};
+use crate::cluster::{ClusterRegistry, ClusterView};
 use crate::config::Config;
 use crate::fd_budget::{count_open_fds, resident_memory_bytes, FdBudget};
 use crate::metrics::Metrics;
@@ -35,6 +37,9 @@ pub enum GatewayError {
     /// A shard thread could not be started.
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
+    /// The broker could not be set up (bad Redis URL).
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     /// Metric registration failed (a programming error).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -54,24 +59,15 @@ pub struct RunningGateway {
     background: Vec<JoinHandle<()>>,
 }
 
-/// Starts a gateway with the given configuration and the in-process broker.
+/// Starts a gateway: with the Redis broker when `--redis` is set, else in-process.
 pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, GatewayError> {
-    start_with_broker(config, fd_limit, |sink| Arc::new(InProcessBroker::standalone(sink))).await
-}
-
-/// Starts a gateway with a broker built by `make_broker` around the router's sink.
-pub async fn start_with_broker(
-    config: Config,
-    fd_limit: usize,
-    make_broker: impl FnOnce(BrokerSink) -> Arc<dyn Broker>,
-) -> Result<RunningGateway, GatewayError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new()?);
     let shard_count = config.shard_count();
     let state = Arc::new(GatewayState::new(config.node_id(), shard_count));
     let budget = Arc::new(FdBudget::new(fd_limit, config.fd_reserve));
     let (router_handle, router_rx) = RouterHandle::channel();
-    let broker = make_broker(BrokerSink::new(router_handle.clone()));
+    let (broker, registry) = make_broker(&config, &state, BrokerSink::new(router_handle.clone()), &metrics)?;
     let publisher = Publisher::new(router_handle.clone(), broker.clone());
 
     let ws_listener = bind(config.listen)?;
@@ -100,6 +96,14 @@ pub async fn start_with_broker(
         threads.push(thread);
     }
     metrics.fd_limit.set(fd_limit as i64);
+    let cluster = ClusterView::new(
+        registry,
+        state.clone(),
+        metrics.clone(),
+        ws_addr,
+        config.heartbeat_interval,
+        config.instance_ttl,
+    );
 
     let background = vec![
         tokio::spawn(router::run(
@@ -119,8 +123,10 @@ pub async fn start_with_broker(
                 state: state.clone(),
                 metrics: metrics.clone(),
                 budget: budget.clone(),
+                cluster: cluster.clone(),
             }),
         )),
+        tokio::spawn(cluster.run()),
         tokio::spawn(monitor(state.clone(), budget.clone(), metrics.clone(), broker.clone())),
     ];
     let acceptor = tokio::spawn(
@@ -197,6 +203,31 @@ impl RunningGateway {
     pub fn state(&self) -> &Arc<GatewayState> {
         &self.state
     }
+}
+
+/// The broker and cluster registry the configuration asks for.
+fn make_broker(
+    config: &Config,
+    state: &GatewayState,
+    sink: BrokerSink,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<dyn Broker>, ClusterRegistry), GatewayError> {
+    let Some(url) = &config.redis else {
+        return Ok((Arc::new(InProcessBroker::standalone(sink)), ClusterRegistry::Local));
+    };
+    let settings = RedisSettings {
+        url: url.clone(),
+        cluster: config.redis_cluster,
+        prefix: config.redis_prefix.clone(),
+        origin: state.node_id.clone(),
+        max_payload: config.max_message_bytes,
+    };
+    let broker = RedisBroker::start(settings, sink, metrics.clone())?;
+    let registry = ClusterRegistry::Redis {
+        client: broker.client(),
+        tag: format!("{{{}}}", config.redis_prefix),
+    };
+    Ok((broker, registry))
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {

@@ -14,7 +14,7 @@
 //! - [`publisher`]: the one path every publish takes (local router + broker).
 //!
 //! Around them: [`acceptor`] (admission and hand-off to shards), [`admin`] (HTTP
-//! API, health, metrics), [`fd_budget`] (descriptor headroom), [`metrics`],
+//! API, health, metrics), [`cluster`] (live instances and their connection counts), [`fd_budget`] (descriptor headroom), [`metrics`],
 //! [`state`] (lock-free shared counters), [`config`], and [`gateway`], which
 //! assembles an instance and drains it.
 //!
@@ -25,6 +25,7 @@ pub mod acceptor;
 pub mod admin;
 pub mod broker;
 pub mod channel_table;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod fd_budget;

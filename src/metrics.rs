@@ -44,6 +44,16 @@ pub struct Metrics {
     pub broker_up: IntGauge,
     /// 1 while the instance is ready (accepting, broker up, not draining).
     pub ready: IntGauge,
+    /// Redis connections re-established after a loss.
+    pub redis_reconnects: IntCounter,
+    /// Messages received from Redis pub/sub (each instance gets one per publication it wants).
+    pub redis_messages_received: IntCounter,
+    /// Channels this instance is subscribed to on Redis.
+    pub redis_subscriptions: IntGauge,
+    /// Connections on all live instances, by their last heartbeats.
+    pub cluster_connections: IntGauge,
+    /// Live instances, by their heartbeats.
+    pub cluster_instances: IntGauge,
     /// Time from a publication reaching a shard to its last local subscriber write.
     pub fanout_duration: Histogram,
 }
@@ -116,6 +126,26 @@ impl Metrics {
                 )
                 .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
             )?,
+            redis_reconnects: IntCounter::with_opts(opts(
+                "redis_reconnects_total",
+                "Redis connections re-established after a loss.",
+            ))?,
+            redis_messages_received: IntCounter::with_opts(opts(
+                "redis_messages_received_total",
+                "Messages received from Redis pub/sub.",
+            ))?,
+            redis_subscriptions: IntGauge::with_opts(opts(
+                "redis_subscriptions",
+                "Channels this instance wants subscribed on Redis.",
+            ))?,
+            cluster_connections: IntGauge::with_opts(opts(
+                "cluster_connections",
+                "WebSocket connections on all live instances (from heartbeats).",
+            ))?,
+            cluster_instances: IntGauge::with_opts(opts(
+                "cluster_instances",
+                "Live instances (from heartbeats).",
+            ))?,
             registry,
         };
         m.register_all()?;
@@ -143,6 +173,11 @@ impl Metrics {
         r.register(Box::new(self.broker_up.clone()))?;
         r.register(Box::new(self.ready.clone()))?;
         r.register(Box::new(self.fanout_duration.clone()))?;
+        r.register(Box::new(self.redis_reconnects.clone()))?;
+        r.register(Box::new(self.redis_messages_received.clone()))?;
+        r.register(Box::new(self.redis_subscriptions.clone()))?;
+        r.register(Box::new(self.cluster_connections.clone()))?;
+        r.register(Box::new(self.cluster_instances.clone()))?;
         Ok(())
     }
 

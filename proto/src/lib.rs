@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub mod close;
+pub mod redis;
 
 /// Protocol version carried by the subprotocol names and the welcome frame.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -7,6 +7,7 @@
 //! that takes a publish delivers locally itself, so no subscriber gets it twice.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
