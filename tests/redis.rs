@@ -12,7 +12,14 @@ use serde_json::json;
 use shardcast_proto::{ClientFrame, Encoding, ServerFrame};
 
 fn redis_args(redis: &RedisServer) -> Vec<String> {
-    vec!["--redis".into(), redis.url(), "--heartbeat-interval".into(), "300ms".into(), "--instance-ttl".into(), "1s".into()]
+    vec![
+        "--redis".into(),
+        redis.url(),
+        "--heartbeat-interval".into(),
+        "300ms".into(),
+        "--instance-ttl".into(),
+        "1s".into(),
+    ]
 }
 
 fn start_gateways(redis: &RedisServer, n: usize, extra: &[&str]) -> Vec<Gateway> {
@@ -24,7 +31,11 @@ fn start_gateways(redis: &RedisServer, n: usize, extra: &[&str]) -> Vec<Gateway>
 
 async fn expect_message(c: &mut Client, channel: &str, data: serde_json::Value) -> u64 {
     match c.recv().await {
-        ServerFrame::Message { channel: ch, seq, data: d } => {
+        ServerFrame::Message {
+            channel: ch,
+            seq,
+            data: d,
+        } => {
             assert_eq!((ch.as_str(), &d), (channel, &data));
             seq
         }
@@ -45,23 +56,37 @@ async fn every_instance_gets_api_and_redis_publishes_once() {
     }
 
     let reply = gws[0].publish("news", json!({"from": "api"})).await;
-    assert_eq!(reply["subscribers"], 1, "local subscribers of the instance that took the call");
+    assert_eq!(
+        reply["subscribers"], 1,
+        "local subscribers of the instance that took the call"
+    );
     for c in clients.iter_mut() {
         assert_eq!(expect_message(c, "news", json!({"from": "api"})).await, 1);
     }
 
-    assert_eq!(redis.cli(&["PUBLISH", "shardcast:news", r#"{"from":"redis-cli"}"#]), "3");
+    assert_eq!(
+        redis.cli(&["PUBLISH", "shardcast:news", r#"{"from":"redis-cli"}"#]),
+        "3"
+    );
     assert_eq!(redis.cli(&["PUBLISH", "shardcast:news", "!abc"]), "3");
     assert_eq!(redis.cli(&["PUBLISH", "shardcast:news", "not json"]), "3");
     for c in clients.iter_mut() {
         assert_eq!(expect_message(c, "news", json!({"from": "redis-cli"})).await, 2);
         assert_eq!(expect_message(c, "news", json!({"$bin": "YWJj"})).await, 3);
-        assert!(c.roundtrip(9).await.is_empty(), "no duplicate, and the bad payload delivered nothing");
+        assert!(
+            c.roundtrip(9).await.is_empty(),
+            "no duplicate, and the bad payload delivered nothing"
+        );
     }
     for gw in &gws {
-        let bad = gw.wait_metric("shardcast_messages_dropped_total{reason=\"bad_payload\"}", |v| v >= 1.0).await;
+        let bad = gw
+            .wait_metric("shardcast_messages_dropped_total{reason=\"bad_payload\"}", |v| v >= 1.0)
+            .await;
         assert_eq!(bad, 1.0);
-        assert!(gw.http("GET", "/health/ready", None).await.0 == 200, "a bad payload breaks nothing");
+        assert!(
+            gw.http("GET", "/health/ready", None).await.0 == 200,
+            "a bad payload breaks nothing"
+        );
     }
 }
 
@@ -88,9 +113,17 @@ async fn one_redis_message_per_instance_per_publication() {
         }
     }
     let after = gws[0].metric("shardcast_redis_messages_received_total").await;
-    assert_eq!(after - before, 10.0, "10 publications crossed Redis 10 times for 1000 subscribers");
+    assert_eq!(
+        after - before,
+        10.0,
+        "10 publications crossed Redis 10 times for 1000 subscribers"
+    );
     assert_eq!(gws[0].metric("shardcast_messages_delivered_total").await, 10_000.0);
-    assert_eq!(redis.cli(&["PUBSUB", "NUMSUB", "shardcast:big"]).lines().nth(1), Some("2"), "one subscription per instance");
+    assert_eq!(
+        redis.cli(&["PUBSUB", "NUMSUB", "shardcast:big"]).lines().nth(1),
+        Some("2"),
+        "one subscription per instance"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +145,11 @@ async fn churn_leaves_no_stale_redis_subscription() {
     // Unsubscribe every client from rooms 0-9, and close two clients altogether.
     for c in clients.iter_mut() {
         for ch in 0..10u64 {
-            c.send(&ClientFrame::Unsubscribe { id: Some(100 + ch), channel: format!("room-{ch}") }).await;
+            c.send(&ClientFrame::Unsubscribe {
+                id: Some(100 + ch),
+                channel: format!("room-{ch}"),
+            })
+            .await;
         }
         c.roundtrip(999).await;
     }
@@ -121,7 +158,11 @@ async fn churn_leaves_no_stale_redis_subscription() {
     let expected: Vec<String> = (10..20).map(|ch| format!("shardcast:room-{ch}")).collect();
     let start = Instant::now();
     loop {
-        let mut got: Vec<String> = redis.cli(&["PUBSUB", "CHANNELS", "shardcast:*"]).lines().map(str::to_owned).collect();
+        let mut got: Vec<String> = redis
+            .cli(&["PUBSUB", "CHANNELS", "shardcast:*"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
         got.sort();
         let mut want = expected.clone();
         want.sort();
@@ -161,11 +202,18 @@ async fn redis_outage_keeps_sockets_and_recovers() {
 
     redis.restart();
     gw.wait_ready(200).await;
-    assert_eq!(redis.cli(&["PUBLISH", "shardcast:ticker", "3"]), "1", "re-subscribed after the restart");
+    assert_eq!(
+        redis.cli(&["PUBLISH", "shardcast:ticker", "3"]),
+        "1",
+        "re-subscribed after the restart"
+    );
     expect_message(&mut c, "ticker", json!(3)).await;
     assert_eq!(redis.cli(&["PUBLISH", "shardcast:late", "4"]), "1");
     expect_message(&mut c, "late", json!(4)).await;
-    assert!(c.roundtrip(5).await.is_empty(), "the same socket stayed open throughout");
+    assert!(
+        c.roundtrip(5).await.is_empty(),
+        "the same socket stayed open throughout"
+    );
     assert!(gw.metric("shardcast_redis_reconnects_total").await >= 1.0);
     assert_eq!(gw.metric("shardcast_disconnections_total{reason=\"eof\"}").await, 0.0);
 }
@@ -183,7 +231,9 @@ async fn cluster_view_counts_every_instance() {
     }
     let cluster = |gw: &Gateway| {
         let admin = gw.admin;
-        async move { serde_json::from_str::<serde_json::Value>(&http(admin, "GET", "/api/cluster", None, &[]).await.1).unwrap() }
+        async move {
+            serde_json::from_str::<serde_json::Value>(&http(admin, "GET", "/api/cluster", None, &[]).await.1).unwrap()
+        }
     };
     let start = Instant::now();
     while cluster(&gws[0]).await["total_connections"] != 6 {
@@ -192,14 +242,21 @@ async fn cluster_view_counts_every_instance() {
     }
     let view = cluster(&gws[2]).await;
     assert_eq!(view["instances"].as_array().unwrap().len(), 3, "{view}");
-    assert_eq!(gws[1].wait_metric("shardcast_cluster_connections", |v| v == 6.0).await, 6.0);
+    assert_eq!(
+        gws[1].wait_metric("shardcast_cluster_connections", |v| v == 6.0).await,
+        6.0
+    );
 
     // A killed instance drops out within its TTL.
     let dead = gws.remove(2);
     drop(dead);
     let start = Instant::now();
     while cluster(&gws[0]).await["total_connections"] != 3 {
-        assert!(start.elapsed() < Duration::from_secs(5), "cluster view: {}", cluster(&gws[0]).await);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "cluster view: {}",
+            cluster(&gws[0]).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(cluster(&gws[1]).await["instances"].as_array().unwrap().len(), 2);

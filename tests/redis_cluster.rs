@@ -16,7 +16,14 @@ fn start_cluster() -> Vec<RedisServer> {
         .map(|_| {
             RedisServer::start_with(
                 free_port(),
-                &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
             )
         })
         .collect();
@@ -29,7 +36,10 @@ fn start_cluster() -> Vec<RedisServer> {
         .expect("redis-cli --cluster create");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let start = Instant::now();
-    while !nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+    while !nodes
+        .iter()
+        .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    {
         assert!(start.elapsed() < WAIT, "cluster did not become ok");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -49,7 +59,14 @@ async fn sharded_pubsub_reaches_both_instances() {
     // The channels must spread over the masters, or this test proves nothing.
     let masters: std::collections::HashSet<u64> = channels
         .iter()
-        .map(|c| nodes[0].cli(&["CLUSTER", "KEYSLOT", &format!("shardcast:{c}")]).parse::<u64>().unwrap() * 3 / 16384)
+        .map(|c| {
+            nodes[0]
+                .cli(&["CLUSTER", "KEYSLOT", &format!("shardcast:{c}")])
+                .parse::<u64>()
+                .unwrap()
+                * 3
+                / 16384
+        })
         .collect();
     assert!(masters.len() >= 2, "channels all hash to one master");
 
@@ -70,13 +87,21 @@ async fn sharded_pubsub_reaches_both_instances() {
         let mut got = Vec::new();
         for _ in 0..channels.len() * 2 {
             match c.recv().await {
-                ServerFrame::Message { channel, data, .. } => got.push((channel, data["via"].as_str().unwrap().to_owned())),
+                ServerFrame::Message { channel, data, .. } => {
+                    got.push((channel, data["via"].as_str().unwrap().to_owned()))
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
         for ch in &channels {
-            assert!(got.contains(&(ch.clone(), "api".into())), "{ch} via api missing: {got:?}");
-            assert!(got.contains(&(ch.clone(), "spublish".into())), "{ch} via spublish missing: {got:?}");
+            assert!(
+                got.contains(&(ch.clone(), "api".into())),
+                "{ch} via api missing: {got:?}"
+            );
+            assert!(
+                got.contains(&(ch.clone(), "spublish".into())),
+                "{ch} via spublish missing: {got:?}"
+            );
         }
         assert!(c.roundtrip(99).await.is_empty());
     }

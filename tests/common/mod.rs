@@ -257,6 +257,11 @@ impl Client {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
             .await
             .expect("connect in time")?;
+        Ok(Client::after_upgrade(ws, encoding).await)
+    }
+
+    /// Wraps an upgraded WebSocket and reads the welcome frame.
+    pub async fn after_upgrade(ws: Ws, encoding: Encoding) -> Client {
         let mut client = Client {
             ws,
             encoding,
@@ -273,7 +278,7 @@ impl Client {
             }
             other => panic!("expected welcome, got {other:?}"),
         }
-        Ok(client)
+        client
     }
 
     pub async fn send(&mut self, frame: &ClientFrame) {
@@ -468,7 +473,11 @@ impl RawClient {
 
 /// A free TCP port on loopback (bound and released; good enough for test servers).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A real redis-server process on a loopback port, with no persistence.
@@ -487,7 +496,12 @@ impl RedisServer {
     pub fn start_with(port: u16, extra: &[&str]) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("shardcast-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut server = RedisServer { port, child: None, extra: extra.iter().map(|s| s.to_string()).collect(), dir };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
         server.restart();
         server
     }
@@ -499,7 +513,16 @@ impl RedisServer {
     /// Starts (again) on the same port and waits until it answers PING.
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--dir", self.dir.to_str().unwrap()])
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -524,7 +547,11 @@ impl RedisServer {
 
     /// Runs redis-cli against this server; returns its trimmed output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().expect("redis-cli");
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
@@ -545,7 +572,10 @@ impl Gateway {
             if got == status {
                 return;
             }
-            assert!(start.elapsed() < WAIT, "readiness stayed {got} ({body}), wanted {status}");
+            assert!(
+                start.elapsed() < WAIT,
+                "readiness stayed {got} ({body}), wanted {status}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -566,4 +596,16 @@ pub async fn subscribers(addr: SocketAddr, channel: &str, n: usize) -> Vec<Clien
         out.extend(opened);
     }
     out
+}
+
+impl Gateway {
+    /// The node id this gateway announced in its "listening" log line.
+    pub fn node_id_from_logs(&self) -> String {
+        let logs = self.logs.lock().unwrap();
+        logs.iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "listening")
+            .and_then(|v| v["node"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
 }

@@ -1,0 +1,288 @@
+//! The load-balancer configs in deploy/, run for real in front of real gateways:
+//! nginx (stickiness by client address) and HAProxy (stickiness by cookie, active
+//! readiness checks). The files are used as shipped, with only the marked
+//! upstream and listen lines rewritten to loopback ports.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use shardcast_proto::{close, Encoding, ServerFrame};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Replaces the lines between `# BEGIN name` and `# END name` with `lines`.
+fn rewrite(config: &str, name: &str, lines: &[String]) -> String {
+    let begin = format!("# BEGIN {name}");
+    let end = format!("# END {name}");
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in config.lines() {
+        if line.trim() == begin {
+            skipping = true;
+            out.push(line.to_owned());
+            out.extend(lines.iter().cloned());
+        } else if line.trim() == end {
+            skipping = false;
+            out.push(line.to_owned());
+        } else if !skipping {
+            out.push(line.to_owned());
+        }
+    }
+    assert!(!skipping, "unterminated marker {name}");
+    out.join("\n") + "\n"
+}
+
+fn deploy_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("deploy config")
+}
+
+/// A load-balancer process killed on drop.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shardcast-{name}-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn wait_listening(addr: SocketAddr, child: &mut Child) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("load balancer exited: {status}");
+        }
+        assert!(start.elapsed() < WAIT, "load balancer did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_nginx(gateways: &[&Gateway]) -> Proxy {
+    let dir = scratch_dir("nginx");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let upstreams: Vec<String> = gateways
+        .iter()
+        .map(|g| format!("        server {} max_fails=1 fail_timeout=10s;", g.ws))
+        .collect();
+    let config = rewrite(&deploy_file("deploy/nginx/nginx.conf"), "upstreams", &upstreams);
+    let config = rewrite(&config, "listen", &[format!("        listen {addr};")]);
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config).unwrap();
+    let globals = format!(
+        "daemon off; pid {}/nginx.pid; error_log {}/error.log;",
+        dir.display(),
+        dir.display()
+    );
+    let mut child = Command::new("nginx")
+        .args([
+            "-p",
+            dir.to_str().unwrap(),
+            "-c",
+            path.to_str().unwrap(),
+            "-g",
+            &globals,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (apt-get install nginx)");
+    wait_listening(addr, &mut child);
+    Proxy { child, addr, dir }
+}
+
+fn start_haproxy(gateways: &[&Gateway]) -> Proxy {
+    let dir = scratch_dir("haproxy");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let servers: Vec<String> = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| format!("    server gw{i} {} cookie gw{i}", g.ws))
+        .collect();
+    let config = rewrite(&deploy_file("deploy/haproxy/haproxy.cfg"), "servers", &servers);
+    let config = rewrite(&config, "bind", &[format!("    bind {addr}")]);
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let check = Command::new("haproxy")
+        .args(["-c", "-f", path.to_str().unwrap()])
+        .output()
+        .expect("haproxy");
+    assert!(
+        check.status.success(),
+        "haproxy -c: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let mut child = Command::new("haproxy")
+        .args(["-db", "-f", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy (apt-get install haproxy)");
+    wait_listening(addr, &mut child);
+    Proxy { child, addr, dir }
+}
+
+/// Connects through a proxy from a chosen source address, optionally with a cookie;
+/// returns the client and the cookie the proxy set, if any.
+async fn connect_via(proxy: SocketAddr, source: IpAddr, cookie: Option<&str>) -> (Client, Option<String>) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let stream = socket.connect(proxy).await.expect("connect to proxy");
+    let mut req = format!("ws://{proxy}/ws").into_client_request().unwrap();
+    if let Some(c) = cookie {
+        req.headers_mut().insert("Cookie", c.parse().unwrap());
+    }
+    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, MaybeTls::Plain(stream)))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade through the proxy");
+    let set_cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").to_owned());
+    (Client::after_upgrade(ws, Encoding::Json).await, set_cookie)
+}
+
+use tokio_tungstenite::MaybeTlsStream as MaybeTls;
+
+fn source(i: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, 10 + i])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_keeps_clients_sticky_and_moves_them_when_a_gateway_leaves() {
+    let redis = RedisServer::start();
+    let args = [
+        "--redis",
+        &redis.url(),
+        "--heartbeat-interval",
+        "300ms",
+        "--instance-ttl",
+        "1s",
+        "--drain-window",
+        "500ms",
+    ];
+    let mut gws: Vec<Option<Gateway>> = (0..3).map(|_| Some(Gateway::start(&args))).collect();
+    for gw in gws.iter().flatten() {
+        gw.wait_ready(200).await;
+    }
+    let proxy = start_nginx(&gws.iter().flatten().collect::<Vec<_>>());
+
+    // Two clients from each of 12 source addresses: both land on the same gateway.
+    let mut clients: Vec<(u8, Client)> = Vec::new();
+    for i in 0..12u8 {
+        let (mut a, _) = connect_via(proxy.addr, source(i), None).await;
+        let (mut b, _) = connect_via(proxy.addr, source(i), None).await;
+        assert_eq!(a.node, b.node, "same source address, same gateway");
+        a.subscribe(1, "lb").await;
+        b.subscribe(1, "lb").await;
+        clients.push((i, a));
+        clients.push((i, b));
+    }
+    let nodes: std::collections::HashSet<String> = clients.iter().map(|(_, c)| c.node.clone()).collect();
+    assert!(nodes.len() >= 2, "12 addresses spread over the gateways: {nodes:?}");
+
+    let publisher = gws[0].as_ref().unwrap();
+    assert_eq!(publisher.publish("lb", json!("through nginx")).await["ok"], true);
+    for (_, c) in clients.iter_mut() {
+        assert!(matches!(c.recv().await, ServerFrame::Message { .. }));
+    }
+
+    // Drain the gateway holding the first client; its clients come back through nginx elsewhere.
+    let leaving_node = clients[0].1.node.clone();
+    let leaving = gws
+        .iter()
+        .position(|g| g.as_ref().is_some_and(|g| g.node_id_from_logs() == leaving_node))
+        .expect("the first client's gateway");
+    let mut leaving_gw = gws[leaving].take().unwrap();
+    leaving_gw.signal(libc::SIGTERM);
+    let mut moved = 0;
+    for (i, c) in clients.iter_mut() {
+        if c.node != leaving_node {
+            continue;
+        }
+        let (code, _) = c.expect_close().await;
+        assert_eq!(code, close::GOING_AWAY);
+        let (mut again, _) = connect_via(proxy.addr, source(*i), None).await;
+        assert_ne!(again.node, leaving_node, "reconnected to a remaining gateway");
+        again.subscribe(1, "lb").await;
+        *c = again;
+        moved += 1;
+    }
+    assert!(moved >= 2);
+    assert_eq!(leaving_gw.wait_exit(Duration::from_secs(5)), Some(0));
+
+    // The cluster count converges on the remaining gateways.
+    let remaining = gws.iter().flatten().next().unwrap();
+    let start = Instant::now();
+    loop {
+        let view: serde_json::Value =
+            serde_json::from_str(&remaining.http("GET", "/api/cluster", None).await.1).unwrap();
+        if view["total_connections"] == 24 && view["instances"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "cluster view did not converge: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(remaining.publish("lb", json!("after the move")).await["ok"], true);
+    for (_, c) in clients.iter_mut() {
+        match c.recv().await {
+            ServerFrame::Message { data, .. } => assert_eq!(data, json!("after the move")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_sticks_by_cookie_and_skips_a_draining_gateway() {
+    let redis = RedisServer::start();
+    let args = ["--redis", &redis.url(), "--drain-window", "3s"];
+    let gws = [Gateway::start(&args), Gateway::start(&args)];
+    for gw in &gws {
+        gw.wait_ready(200).await;
+    }
+    let proxy = start_haproxy(&[&gws[0], &gws[1]]);
+    // Wait for HAProxy's checks to see both servers up (rise 2 at 1 s intervals).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let (first, cookie) = connect_via(proxy.addr, source(0), None).await;
+    let cookie = cookie.expect("HAProxy sets its server cookie on the upgrade response");
+    assert!(cookie.starts_with("SCSERVER="), "{cookie}");
+    let mut keep = vec![first];
+    for _ in 0..4 {
+        let (c, _) = connect_via(proxy.addr, source(1), Some(&cookie)).await;
+        assert_eq!(c.node, keep[0].node, "the cookie pins the gateway");
+        keep.push(c);
+    }
+
+    // Drain the pinned gateway: readiness turns 503, HAProxy stops sending it clients.
+    let pinned = if gws[0].node_id_from_logs() == keep[0].node {
+        &gws[0]
+    } else {
+        &gws[1]
+    };
+    pinned.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (moved, _) = connect_via(proxy.addr, source(1), Some(&cookie)).await;
+    assert_ne!(
+        moved.node, keep[0].node,
+        "a draining gateway gets no new clients, cookie or not"
+    );
+}
