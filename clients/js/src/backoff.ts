@@ -4,7 +4,7 @@
  * so the policy is tested without sockets or timers.
  */
 
-import { CloseCode, parseRetryMs, shouldReconnect } from './protocol';
+import { parseRetryMs, shouldReconnect } from './protocol';
 
 /** How the client spaces its reconnect attempts. */
 export interface ReconnectOptions {
@@ -30,8 +30,9 @@ export const DEFAULT_RECONNECT: Readonly<ReconnectOptions> = Object.freeze({
 });
 
 /**
- * The backoff delay before retry number `attempt` (1 for the first retry):
- * "full jitter", a uniform draw from [0, min(max, initial * multiplier^(attempt-1))),
+ * The backoff delay before retry number `attempt` (1 for the first retry, which
+ * the protocol text calls n = 0): "full jitter", a uniform draw from
+ * [0, min(max, initial * multiplier^(attempt-1))),
  * which spreads a fleet of clients that lost the same gateway over the whole window.
  */
 export function backoffDelay(attempt: number, options: ReconnectOptions, random: () => number = Math.random): number {
@@ -47,14 +48,14 @@ export type ReconnectDecision =
 
 /**
  * Decides whether and when to reconnect after a close with `code` and `reason`,
- * for retry number `attempt` (1 for the first retry after a loss).
+ * for retry number `attempt` (1 for the first retry after a loss), as section 12
+ * of proto/PROTOCOL.md describes:
  *
- * - codes where the protocol says not to reconnect (policy, framing, size) stop;
- * - 1001 "going away" with a `retry_ms` hint waits exactly the hint: the draining
- *   gateway already spread its clients, adding backoff would only slow them down;
- * - 1013 "try again later" waits the backoff but no less than the hint;
- * - anything else (including a dropped connection or a failed connect) waits the
- *   backoff, or the hint if a reason carried a longer one.
+ * - codes where the protocol says not to reconnect (framing, payload, policy,
+ *   size: `shouldReconnect` is false) stop;
+ * - everything else, a dropped connection or a failed connect included, waits the
+ *   full-jitter backoff, and never less than the close reason's `retry_ms` hint
+ *   (sent with 1001 "going away" by a draining gateway; accepted on any code).
  */
 export function decideReconnect(
   code: number,
@@ -67,9 +68,6 @@ export function decideReconnect(
   if (!shouldReconnect(code)) return { reconnect: false, why: 'close_code' };
   if (attempt > options.maxAttempts) return { reconnect: false, why: 'max_attempts' };
   const retryHintMs = parseRetryMs(reason);
-  if (code === CloseCode.GOING_AWAY && retryHintMs !== undefined) {
-    return { reconnect: true, delayMs: retryHintMs, retryHintMs };
-  }
   const backoff = backoffDelay(attempt, options, random);
   return { reconnect: true, delayMs: Math.max(backoff, retryHintMs ?? 0), retryHintMs };
 }

@@ -4,16 +4,17 @@
  * (idle → connecting → connected → reconnecting … → closed), the reconnect
  * schedule, the heartbeat, the request/reply bookkeeping, and the set of
  * channels the application wants, which it re-subscribes on every new
- * connection.
+ * connection. Behaviour follows proto/PROTOCOL.md, sections 5, 6, 10 and 12.
  */
 
-import { DEFAULT_RECONNECT, decideReconnect, type ReconnectOptions } from './backoff';
+import { backoffDelay, DEFAULT_RECONNECT, decideReconnect, type ReconnectOptions } from './backoff';
 import { codecFor, type Codec, type FramePayload } from './codec';
 import { TypedEmitter, type Unsubscribe } from './emitter';
 import {
   ClientClosedError,
   ConnectionLostError,
   HandlerError,
+  HandshakeRejectedError,
   InvalidChannelError,
   NotConnectedError,
   ProtocolError,
@@ -25,6 +26,8 @@ import {
 } from './errors';
 import { CloseCode, validateChannel, type ClientFrame, type Encoding, type ServerFrame, type WelcomeFrame } from './protocol';
 import {
+  FATAL_HANDSHAKE_STATUSES,
+  httpStatusFromError,
   isBlobLike,
   ReadyState,
   resolveWebSocket,
@@ -43,17 +46,22 @@ export type ConnectionState =
   | 'connected'
   /** The connection was lost; a timer will start the next attempt. */
   | 'reconnecting'
-  /** Stopped: by `close()`, by a close code that forbids reconnecting, or after the last attempt. */
+  /** Stopped: by `close()`, by a close code or HTTP refusal that forbids reconnecting, or after the last attempt. */
   | 'closed';
 
 /** Returns the token to connect with, or nothing to connect without one. Called before every connect. */
 export type TokenProvider = () => string | null | undefined | Promise<string | null | undefined>;
 
-/** Client-side heartbeat: an application `ping` that detects a dead connection the platform has not noticed. */
+/**
+ * Client-side heartbeat, for dead connections the platform has not noticed
+ * (browsers cannot see WebSocket pings): after `intervalMs` with nothing received
+ * the client sends an application `ping`; after `timeoutMs` more with still
+ * nothing received it drops the connection and reconnects.
+ */
 export interface HeartbeatOptions {
-  /** Ping this often, in milliseconds (default: the welcome's `ping_interval_ms`). */
+  /** Quiet time before a ping, in milliseconds (default: the welcome's `ping_interval_ms`). */
   intervalMs?: number;
-  /** Declare the connection dead when nothing at all arrives this long after a ping (default: the interval, at most 10 s). */
+  /** Further quiet time after the ping before giving up, in milliseconds (default: the interval). */
   timeoutMs?: number;
 }
 
@@ -91,7 +99,7 @@ export interface ClientOptions {
 export interface ReceivedMessage<T = unknown> {
   /** The channel it was published on. */
   channel: string;
-  /** Per channel and gateway instance, +1 for each publication delivered; restarts on another instance. */
+  /** Per channel and gateway instance, +1 for each publication delivered; unrelated across connections. */
   seq: number;
   /** The published data. */
   data: T;
@@ -146,44 +154,56 @@ interface ChannelEntry {
   everAcked: boolean;
   /** subscribe() calls waiting for the ack. */
   waiters: SubscribeWaiter[];
+  /** A subscribe for this entry is unanswered on the current connection. */
+  inFlight: boolean;
+  /** Called with the in-flight subscribe's outcome (true: acked), or false if its connection is lost first. */
+  onReply: ((acked: boolean) => void)[];
+  /** Consecutive `unavailable` refusals, for the retry backoff. */
+  unavailableCount: number;
+  retryTimer?: ReturnType<typeof setTimeout>;
 }
 
 /** A request waiting for its ack, error or pong. */
 interface PendingRequest {
   op: ClientFrame['op'];
   connection: Connection;
-  /** For subscribe: the entry it was sent for (identity matters, see handleAck). */
-  entry?: ChannelEntry;
   channel?: string;
   timer?: ReturnType<typeof setTimeout>;
   resolve: (frame: ServerFrame) => void;
   reject: (error: ShardcastError) => void;
+  /** For subscribe: the connection is gone before the reply. */
+  abandon?: () => void;
 }
 
-/** One WebSocket and the timers that live and die with it. */
+/** One WebSocket and the state that lives and dies with it. */
 interface Connection {
   socket: WebSocketLike;
   codec: Codec;
   welcomed: boolean;
+  welcomedAt: number;
   /** Set once the client stopped listening to this socket. */
   finished: boolean;
   connectTimer?: ReturnType<typeof setTimeout>;
-  heartbeatTimer?: ReturnType<typeof setInterval>;
-  heartbeatDeadline?: ReturnType<typeof setTimeout>;
+  heartbeatTimer?: ReturnType<typeof setTimeout>;
+  /** When a frame last arrived (any frame proves the connection alive). */
+  lastReceivedAt: number;
+  /** A heartbeat ping went out in the current quiet period. */
+  heartbeatPinged: boolean;
+  /** The message of the socket's last error event, which on some platforms names an HTTP refusal. */
+  lastError?: unknown;
   /** Ordering chain, used only once a Blob payload has to be read asynchronously. */
   inbound?: Promise<void>;
 }
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
-const MAX_DEFAULT_HEARTBEAT_TIMEOUT_MS = 10_000;
 
 /**
  * A client of a shardcast gateway.
  *
  * ```ts
  * const client = new ShardcastClient({ url: 'wss://rt.example.com/ws' });
- * const sub = await client.subscribe('news', (data) => console.log(data));
+ * const subscription = await client.subscribe('news', (data) => console.log(data));
  * ```
  */
 export class ShardcastClient {
@@ -202,7 +222,7 @@ export class ShardcastClient {
   private currentState: ConnectionState = 'idle';
   private connection: Connection | undefined;
   private lastWelcome: WelcomeFrame | undefined;
-  /** Consecutive failed attempts since the last welcome. */
+  /** Consecutive failed attempts; reset by a connection that stayed up for the backoff cap. */
   private failures = 0;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   /** Bumped whenever a connect attempt is superseded, so a late token does not open a stale socket. */
@@ -210,9 +230,14 @@ export class ShardcastClient {
   private nextRequestId = 1;
   private readonly pending = new Map<number, PendingRequest>();
   private readonly channels = new Map<string, ChannelEntry>();
+  /** Unsubscribes that wait for their channel's in-flight subscribe; a new subscribe of the channel waits for them. */
+  private readonly drops = new Map<string, Promise<void>>();
   private readonly onlineListener = (): void => this.reconnectNow();
 
-  /** Creates a client and, unless `autoConnect` is false, starts connecting (in a microtask, so listeners added right after construction see every event). */
+  /**
+   * Creates a client and, unless `autoConnect` is false, starts connecting (in a
+   * microtask, so listeners added right after construction see every event).
+   */
   constructor(options: ClientOptions) {
     if (!options || typeof options.url !== 'string' || options.url === '') {
       throw new TypeError('ShardcastClient: the `url` option is required');
@@ -233,8 +258,7 @@ export class ShardcastClient {
     this.random = options.random ?? Math.random;
     this.events = new TypedEmitter<ClientEvents>((error, event) => this.reportListenerError(error, String(event)));
     if (options.autoConnect ?? true) {
-      // Deferred so that listeners attached right after construction see the first
-      // events; a close() in between wins.
+      // A close() before the microtask runs wins.
       void Promise.resolve().then(() => {
         if (this.currentState === 'idle') this.connect();
       });
@@ -277,9 +301,9 @@ export class ShardcastClient {
   }
 
   /**
-   * Starts connecting: after construction with `autoConnect: false`, or after
-   * `close()` (subscriptions that were active are restored). While waiting to
-   * reconnect, it skips the rest of the wait. Otherwise it does nothing.
+   * Starts connecting: after construction with `autoConnect: false`, or after the
+   * client closed (subscriptions that were acknowledged are restored). While
+   * waiting to reconnect, it skips the rest of the wait. Otherwise it does nothing.
    */
   connect(): void {
     if (this.currentState === 'idle' || this.currentState === 'closed') {
@@ -302,7 +326,6 @@ export class ShardcastClient {
       return;
     }
     this.generation++;
-    this.clearReconnectTimer();
     const connection = this.connection;
     if (connection) {
       const wasConnected = connection.welcomed;
@@ -318,9 +341,11 @@ export class ShardcastClient {
    * subscription (every publication accepted after that is delivered); while
    * disconnected it waits for the next connection. Several handlers may share a
    * channel: the gateway is asked once, and told to unsubscribe when the last goes.
+   * After a reconnect the channel is subscribed again automatically.
    *
    * Rejects with {@link InvalidChannelError} for a name the protocol forbids,
-   * {@link ServerError} if the gateway refuses (e.g. `too_many_channels`), and
+   * {@link ServerError} if the gateway refuses (e.g. `too_many_channels`),
+   * {@link SubscriptionCancelledError} if unsubscribed before the ack, and
    * {@link ClientClosedError} if the client closes first.
    */
   subscribe<T = unknown>(channel: string, handler: MessageHandler<T>): Promise<Subscription> {
@@ -338,7 +363,16 @@ export class ShardcastClient {
       entry.handlers.add(typedHandler);
       if (entry.acked) return Promise.resolve(subscription);
     } else {
-      entry = { channel, handlers: new Set([typedHandler]), acked: false, everAcked: false, waiters: [] };
+      entry = {
+        channel,
+        handlers: new Set([typedHandler]),
+        acked: false,
+        everAcked: false,
+        waiters: [],
+        inFlight: false,
+        onReply: [],
+        unavailableCount: 0,
+      };
       this.channels.set(channel, entry);
       if (this.isConnected()) this.sendSubscribe(entry);
     }
@@ -359,14 +393,19 @@ export class ShardcastClient {
   }
 
   /**
-   * Publishes `data` on a channel through the WebSocket. The gateway allows this
-   * only when started with `--allow-client-publish` (otherwise this rejects with a
-   * {@link ServerError} whose code is `forbidden`); the usual way to publish is the
-   * gateway's HTTP API. Not queued while disconnected: rejects with {@link NotConnectedError}.
+   * Publishes `data` (any JSON value but `null`) on a channel through the
+   * WebSocket. The gateway allows this only when started with
+   * `--allow-client-publish` (otherwise this rejects with a {@link ServerError}
+   * whose code is `forbidden`); the usual way to publish is the gateway's HTTP
+   * API. Not queued while disconnected: rejects with {@link NotConnectedError}.
    */
   publish(channel: string, data: unknown): Promise<void> {
     const problem = validateChannel(channel, Infinity);
     if (problem) return Promise.reject(new InvalidChannelError(channel, problem));
+    if (data === null || data === undefined) {
+      // The protocol reads a null `data` as missing; only the HTTP API can publish null.
+      return Promise.reject(new TypeError('publish: data must not be null or undefined'));
+    }
     return this.request({ op: 'publish', channel, data }).then(() => undefined);
   }
 
@@ -401,7 +440,7 @@ export class ShardcastClient {
       } catch (cause) {
         if (generation !== this.generation) return;
         this.reportError(new TokenProviderError('token provider failed', { cause }));
-        this.afterLoss(CloseCode.ABNORMAL, 'token provider failed', false);
+        this.afterLoss(CloseCode.ABNORMAL, 'token provider failed', undefined);
         return;
       }
       // close() or connect() ran while the token was being fetched.
@@ -419,7 +458,15 @@ export class ShardcastClient {
       this.stop(CloseCode.ABNORMAL, error.message);
       return;
     }
-    const connection: Connection = { socket, codec: this.codec, welcomed: false, finished: false };
+    const connection: Connection = {
+      socket,
+      codec: this.codec,
+      welcomed: false,
+      welcomedAt: 0,
+      finished: false,
+      lastReceivedAt: Date.now(),
+      heartbeatPinged: false,
+    };
     this.connection = connection;
     try {
       socket.binaryType = 'arraybuffer';
@@ -429,12 +476,12 @@ export class ShardcastClient {
     socket.onmessage = (event: { data: unknown }) => this.handleRaw(connection, event.data);
     socket.onclose = (event: { code?: number; reason?: string }) =>
       this.handleSocketClosed(connection, event?.code ?? CloseCode.ABNORMAL, event?.reason ?? '');
-    // Every platform follows an error with a close event, which carries what there is to know.
-    socket.onerror = () => undefined;
-    connection.connectTimer = setTimeout(
-      () => this.abortConnection(connection, 'connect timeout'),
-      this.connectTimeoutMs,
-    );
+    // Every platform follows an error with a close event; the error is kept because
+    // on some platforms its message is the only place an HTTP refusal shows.
+    socket.onerror = (event: unknown) => {
+      connection.lastError = event;
+    };
+    connection.connectTimer = setTimeout(() => this.abortConnection(connection, 'connect timeout'), this.connectTimeoutMs);
   }
 
   private handleRaw(connection: Connection, data: unknown): void {
@@ -452,15 +499,18 @@ export class ShardcastClient {
 
   private handleFrame(connection: Connection, payload: FramePayload): void {
     if (connection.finished) return;
-    let frame: ServerFrame;
+    // Any frame at all, even one this client cannot use, proves the connection alive.
+    connection.lastReceivedAt = Date.now();
+    connection.heartbeatPinged = false;
+    let frame: ServerFrame | null;
     try {
       frame = connection.codec.decodeServer(payload);
     } catch (error) {
       this.reportError(error instanceof ShardcastError ? error : new ProtocolError('cannot decode a frame', { cause: error }));
       return;
     }
-    // Any frame at all proves the connection alive.
-    this.clearHeartbeatDeadline(connection);
+    // A frame type from a newer protocol revision: the protocol says to ignore it.
+    if (frame === null) return;
     if (!connection.welcomed) {
       if (frame.type !== 'welcome') {
         this.reportError(new ProtocolError(`expected a welcome frame first, got ${frame.type}`));
@@ -487,9 +537,9 @@ export class ShardcastClient {
 
   private handleWelcome(connection: Connection, welcome: WelcomeFrame): void {
     connection.welcomed = true;
+    connection.welcomedAt = Date.now();
     clearTimeout(connection.connectTimer);
     this.lastWelcome = welcome;
-    this.failures = 0;
     this.setState('connected');
     this.events.emit('connected', { welcome, encoding: connection.codec.encoding });
     this.startHeartbeat(connection, welcome);
@@ -503,16 +553,27 @@ export class ShardcastClient {
     if (connection.finished) return;
     this.finish(connection);
     this.failPending(connection, new ConnectionLostError(code, reason));
-    this.afterLoss(code, reason, connection.welcomed);
+    if (!connection.welcomed) {
+      const status = httpStatusFromError(connection.lastError);
+      if (status !== undefined && FATAL_HANDSHAKE_STATUSES.includes(status)) {
+        // The request itself is wrong (path, headers): report it instead of retrying in a loop.
+        const error = new HandshakeRejectedError(status, this.url);
+        this.reportError(error);
+        this.events.emit('disconnected', { code, reason: error.message, wasConnected: false, willReconnect: false });
+        this.stop(code, error.message);
+        return;
+      }
+    }
+    this.afterLoss(code, reason, connection);
   }
 
   /** Gives up on a socket the client no longer trusts (no welcome in time, heartbeat lost). */
   private abortConnection(connection: Connection, reason: string): void {
     if (connection.finished) return;
-    // Reported as 1006: no close frame was received, as when the platform notices a dead peer itself.
     this.abandon(connection, CloseCode.NORMAL, reason);
+    // Reported as 1006 (no close frame received), as when the platform notices a dead peer itself.
     this.failPending(connection, new ConnectionLostError(CloseCode.ABNORMAL, reason));
-    this.afterLoss(CloseCode.ABNORMAL, reason, connection.welcomed);
+    this.afterLoss(CloseCode.ABNORMAL, reason, connection);
   }
 
   /** Stops listening to a socket and closes it without waiting for the close handshake. */
@@ -536,7 +597,7 @@ export class ShardcastClient {
   private finish(connection: Connection): void {
     connection.finished = true;
     clearTimeout(connection.connectTimer);
-    this.stopHeartbeat(connection);
+    if (connection.heartbeatTimer !== undefined) clearTimeout(connection.heartbeatTimer);
     const { socket } = connection;
     socket.onmessage = null;
     socket.onclose = null;
@@ -544,8 +605,17 @@ export class ShardcastClient {
     if (this.connection === connection) this.connection = undefined;
   }
 
-  /** After a socket is gone: schedule the next attempt, or stop for good. */
-  private afterLoss(code: number, reason: string, wasConnected: boolean): void {
+  /**
+   * After a socket is gone (or could not even be attempted): schedule the next
+   * attempt, or stop for good. `connection` is the lost socket, if there was one.
+   */
+  private afterLoss(code: number, reason: string, connection: Connection | undefined): void {
+    const wasConnected = connection?.welcomed ?? false;
+    // A connection that stayed up for the backoff cap resets the backoff; one that is
+    // accepted and dropped at once (a slow consumer, a crashing gateway) keeps backing off.
+    if (connection?.welcomed && Date.now() - connection.welcomedAt >= this.reconnectOptions.maxDelayMs) {
+      this.failures = 0;
+    }
     this.failures++;
     const decision = decideReconnect(code, reason, this.failures, this.reconnectOptions, this.random);
     this.events.emit('disconnected', { code, reason, wasConnected, willReconnect: decision.reconnect });
@@ -553,7 +623,7 @@ export class ShardcastClient {
       this.stop(code, reason);
       return;
     }
-    for (const entry of this.channels.values()) entry.acked = false;
+    this.resetChannelsForNewConnection();
     this.setState('reconnecting');
     this.events.emit('reconnecting', {
       attempt: this.failures,
@@ -569,13 +639,24 @@ export class ShardcastClient {
     }, decision.delayMs);
   }
 
+  private resetChannelsForNewConnection(): void {
+    for (const entry of this.channels.values()) {
+      entry.acked = false;
+      entry.unavailableCount = 0;
+      if (entry.retryTimer !== undefined) {
+        clearTimeout(entry.retryTimer);
+        entry.retryTimer = undefined;
+      }
+    }
+  }
+
   /** Enters the closed state: rejects everything still waiting and forgets unacknowledged subscriptions. */
   private stop(code: number | undefined, reason: string): void {
     this.removeOnlineListener();
     this.clearReconnectTimer();
+    this.resetChannelsForNewConnection();
     const error = new ClientClosedError(code, reason);
     for (const entry of Array.from(this.channels.values())) {
-      entry.acked = false;
       for (const waiter of entry.waiters) {
         // The caller is told subscribe() failed, so its handler must not stay registered.
         entry.handlers.delete(waiter.handler);
@@ -616,35 +697,38 @@ export class ShardcastClient {
 
   // ---- heartbeat ----
 
+  /**
+   * One timer per connection, re-armed on each expiry rather than on each frame,
+   * so a busy connection costs nothing: it checks how long the connection has
+   * been quiet, pings once per quiet period, and gives up after the timeout.
+   */
   private startHeartbeat(connection: Connection, welcome: WelcomeFrame): void {
     if (this.heartbeatOptions === false) return;
     const intervalMs = this.heartbeatOptions.intervalMs ?? welcome.ping_interval_ms;
     if (!(intervalMs > 0)) return;
-    const timeoutMs = this.heartbeatOptions.timeoutMs ?? Math.min(intervalMs, MAX_DEFAULT_HEARTBEAT_TIMEOUT_MS);
-    connection.heartbeatTimer = setInterval(() => {
-      if (connection.finished || connection.heartbeatDeadline !== undefined) return;
-      // The pong is not tracked: any frame arriving in time clears the deadline.
-      this.sendFrame(connection, { op: 'ping', id: this.takeRequestId() });
-      connection.heartbeatDeadline = setTimeout(() => {
-        connection.heartbeatDeadline = undefined;
-        this.abortConnection(connection, 'heartbeat timeout');
-      }, timeoutMs);
-    }, intervalMs);
-  }
-
-  private clearHeartbeatDeadline(connection: Connection): void {
-    if (connection.heartbeatDeadline !== undefined) {
-      clearTimeout(connection.heartbeatDeadline);
-      connection.heartbeatDeadline = undefined;
-    }
-  }
-
-  private stopHeartbeat(connection: Connection): void {
-    if (connection.heartbeatTimer !== undefined) {
-      clearInterval(connection.heartbeatTimer);
+    const timeoutMs = this.heartbeatOptions.timeoutMs ?? intervalMs;
+    const check = (): void => {
       connection.heartbeatTimer = undefined;
-    }
-    this.clearHeartbeatDeadline(connection);
+      if (connection.finished) return;
+      const quietMs = Date.now() - connection.lastReceivedAt;
+      if (!connection.heartbeatPinged) {
+        if (quietMs >= intervalMs) {
+          // The pong itself is not awaited: any frame that arrives clears heartbeatPinged.
+          connection.heartbeatPinged = true;
+          this.sendFrame(connection, { op: 'ping', id: this.takeRequestId() });
+          connection.heartbeatTimer = setTimeout(check, timeoutMs);
+        } else {
+          connection.heartbeatTimer = setTimeout(check, intervalMs - quietMs);
+        }
+        return;
+      }
+      if (quietMs >= intervalMs + timeoutMs) {
+        this.abortConnection(connection, 'heartbeat timeout');
+        return;
+      }
+      connection.heartbeatTimer = setTimeout(check, intervalMs + timeoutMs - quietMs);
+    };
+    connection.heartbeatTimer = setTimeout(check, intervalMs);
   }
 
   // ---- requests and replies ----
@@ -671,9 +755,7 @@ export class ShardcastClient {
   private request(frame: ClientFrame & { op: 'publish' | 'unsubscribe' | 'ping' }): Promise<ServerFrame> {
     const connection = this.connection;
     if (!connection || !this.isConnected()) {
-      return Promise.reject(
-        this.currentState === 'closed' ? new ClientClosedError() : new NotConnectedError(frame.op),
-      );
+      return Promise.reject(this.currentState === 'closed' ? new ClientClosedError() : new NotConnectedError(frame.op));
     }
     const id = this.takeRequestId();
     return new Promise<ServerFrame>((resolve, reject) => {
@@ -697,19 +779,49 @@ export class ShardcastClient {
     });
   }
 
+  /**
+   * Sends a subscribe for an entry on the current connection. No timeout: a
+   * connection that stops answering is caught by the heartbeat, and the
+   * subscription is sent again on the next one.
+   */
   private sendSubscribe(entry: ChannelEntry): void {
     const connection = this.connection;
     if (!connection) return;
+    const drop = this.drops.get(entry.channel);
+    if (drop) {
+      // Sent now, this subscribe would reach the gateway before the pending unsubscribe
+      // of the same channel and be undone by it.
+      const resume = (): void => {
+        if (this.channels.get(entry.channel) === entry && this.isConnected() && !entry.acked && !entry.inFlight) {
+          this.sendSubscribe(entry);
+        }
+      };
+      drop.then(resume, resume);
+      return;
+    }
     const id = this.takeRequestId();
+    const settle = (acked: boolean): void => {
+      entry.inFlight = false;
+      const callbacks = entry.onReply;
+      entry.onReply = [];
+      for (const callback of callbacks) callback(acked);
+    };
+    entry.inFlight = true;
     this.pending.set(id, {
       op: 'subscribe',
       connection,
-      entry,
       channel: entry.channel,
-      resolve: () => this.handleSubscribeAck(entry),
-      reject: (error) => this.handleSubscribeRefused(entry, error),
+      resolve: () => {
+        settle(true);
+        this.handleSubscribeAck(entry);
+      },
+      reject: (error) => {
+        settle(false);
+        this.handleSubscribeRefused(entry, error);
+      },
+      abandon: () => settle(false),
     });
-    // A failed send means the socket is closing; its close handler re-queues the subscription.
+    // A failed send means the socket is closing; its close handler settles this request.
     this.sendFrame(connection, { op: 'subscribe', id, channel: entry.channel });
   }
 
@@ -733,6 +845,7 @@ export class ShardcastClient {
     const resubscribed = entry.everAcked;
     entry.acked = true;
     entry.everAcked = true;
+    entry.unavailableCount = 0;
     const waiters = entry.waiters;
     entry.waiters = [];
     for (const waiter of waiters) waiter.resolve();
@@ -741,7 +854,19 @@ export class ShardcastClient {
 
   private handleSubscribeRefused(entry: ChannelEntry, error: ShardcastError): void {
     if (this.channels.get(entry.channel) !== entry) return;
-    // A refusal is final for this channel (bad name, too many channels): retrying would be refused again.
+    if (error instanceof ServerError && error.code === 'unavailable') {
+      // The gateway's broker is struggling: retry this subscription with backoff (section 12).
+      entry.unavailableCount++;
+      const delayMs = backoffDelay(entry.unavailableCount, this.reconnectOptions, this.random);
+      entry.retryTimer = setTimeout(() => {
+        entry.retryTimer = undefined;
+        if (this.channels.get(entry.channel) === entry && this.isConnected() && !entry.acked && !entry.inFlight) {
+          this.sendSubscribe(entry);
+        }
+      }, delayMs);
+      return;
+    }
+    // Any other refusal is final for this channel (bad name, too many channels): retrying would be refused again.
     this.channels.delete(entry.channel);
     entry.handlers.clear();
     const waiters = entry.waiters;
@@ -760,7 +885,8 @@ export class ShardcastClient {
       if (pending.connection !== connection) continue;
       this.pending.delete(id);
       clearTimeout(pending.timer);
-      if (pending.op !== 'subscribe') pending.reject(error);
+      if (pending.abandon) pending.abandon();
+      else pending.reject(error);
     }
   }
 
@@ -789,12 +915,44 @@ export class ShardcastClient {
   private dropChannel(entry: ChannelEntry): Promise<void> {
     this.channels.delete(entry.channel);
     entry.handlers.clear();
+    if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
     const waiters = entry.waiters;
     entry.waiters = [];
     for (const waiter of waiters) waiter.reject(new SubscriptionCancelledError(entry.channel));
+    if (entry.inFlight) {
+      // The protocol advises against unsubscribing while the subscribe is unanswered
+      // (its reply could go missing or come late), so wait for that reply first.
+      const done: Promise<void> = new Promise<void>((resolve, reject) => {
+        entry.onReply.push((acked) => {
+          const unsubscribed = acked ? this.sendUnsubscribe(entry.channel) : Promise.resolve();
+          // Forgotten synchronously once the wire is settled, so a subscribe sent
+          // after this point is not held back by a finished drop.
+          const forget = (): void => {
+            if (this.drops.get(entry.channel) === done) this.drops.delete(entry.channel);
+          };
+          if (!acked) forget();
+          unsubscribed.then(
+            () => {
+              forget();
+              resolve();
+            },
+            (error: unknown) => {
+              forget();
+              reject(error);
+            },
+          );
+        });
+      });
+      this.drops.set(entry.channel, done);
+      return done;
+    }
+    return entry.acked ? this.sendUnsubscribe(entry.channel) : Promise.resolve();
+  }
+
+  private sendUnsubscribe(channel: string): Promise<void> {
     // Disconnected: the next connection simply does not subscribe it.
     if (!this.isConnected()) return Promise.resolve();
-    return this.request({ op: 'unsubscribe', channel: entry.channel }).then(
+    return this.request({ op: 'unsubscribe', channel }).then(
       () => undefined,
       (error: unknown) => {
         // Already gone on the gateway, or the connection dropped (which unsubscribes everything): done either way.

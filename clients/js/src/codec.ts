@@ -21,8 +21,12 @@ export interface Codec {
   readonly subprotocol: string;
   /** Encodes a client frame: a string (text frame) for JSON, bytes (binary frame) for MessagePack. */
   encodeClient(frame: ClientFrame): string | Uint8Array;
-  /** Decodes a server frame; throws {@link ProtocolError} if it is not one. */
-  decodeServer(payload: FramePayload): ServerFrame;
+  /**
+   * Decodes a server frame; throws {@link ProtocolError} if it is not one. Returns
+   * `null` for a well-formed frame whose `type` this client does not know (a newer
+   * gateway's), which the protocol says to ignore.
+   */
+  decodeServer(payload: FramePayload): ServerFrame | null;
 }
 
 /**
@@ -83,10 +87,11 @@ function requireNumber(frame: Record<string, unknown>, field: string): number {
 }
 
 /**
- * Checks a decoded value's shape and returns it as a typed server frame. Fields
- * beyond the ones a frame type defines are ignored, as a newer gateway may add some.
+ * Checks a decoded value's shape and returns it as a typed server frame, or `null`
+ * for a frame type this client does not know. Fields beyond the ones a frame type
+ * defines are ignored, as a newer gateway may add some.
  */
-export function toServerFrame(value: unknown): ServerFrame {
+export function toServerFrame(value: unknown): ServerFrame | null {
   if (!isRecord(value)) throw new ProtocolError('server frame is not a map');
   switch (value.type) {
     case 'welcome':
@@ -117,8 +122,16 @@ export function toServerFrame(value: unknown): ServerFrame {
         data: value.data,
       };
     default:
-      throw new ProtocolError(`unknown server frame type ${JSON.stringify(value.type)}`);
+      if (typeof value.type === 'string') return null;
+      throw new ProtocolError('server frame lacks string field `type`');
   }
+}
+
+function toJsonModel(data: unknown): unknown {
+  if (data === null || typeof data === 'string' || typeof data === 'boolean') return data;
+  if (typeof data === 'number') return Number.isFinite(data) ? data : null;
+  const text = JSON.stringify(data);
+  return text === undefined ? null : JSON.parse(text);
 }
 
 /** JSON in text frames; the gateway's default. */
@@ -128,7 +141,7 @@ export const jsonCodec: Codec = Object.freeze({
   encodeClient(frame: ClientFrame): string {
     return JSON.stringify(canonicalClientFrame(frame));
   },
-  decodeServer(payload: FramePayload): ServerFrame {
+  decodeServer(payload: FramePayload): ServerFrame | null {
     let value: unknown;
     try {
       value = JSON.parse(typeof payload === 'string' ? payload : bytesToText(toBytes(payload)));
@@ -144,9 +157,14 @@ export const msgpackCodec: Codec = Object.freeze({
   encoding: 'msgpack' as const,
   subprotocol: SUBPROTOCOLS.msgpack,
   encodeClient(frame: ClientFrame): Uint8Array {
-    return msgpackEncode(canonicalClientFrame(frame), { ignoreUndefined: true });
+    const canonical = canonicalClientFrame(frame);
+    // Publications pass through the JSON data model on the gateway (proto/PROTOCOL.md
+    // section 4.2): a Date, a typed array or a Map would otherwise become a MessagePack
+    // ext or bin and be refused, while JSON subscribers would see its toJSON() form.
+    if (frame.op === 'publish') canonical.data = toJsonModel(frame.data);
+    return msgpackEncode(canonical, { ignoreUndefined: true });
   },
-  decodeServer(payload: FramePayload): ServerFrame {
+  decodeServer(payload: FramePayload): ServerFrame | null {
     if (typeof payload === 'string') throw new ProtocolError('expected a binary frame on a MessagePack connection');
     let value: unknown;
     try {

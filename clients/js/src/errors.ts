@@ -143,3 +143,20 @@ export class SubscriptionCancelledError extends ShardcastError {
     this.channel = channel;
   }
 }
+
+/**
+ * The gateway answered the WebSocket upgrade with an HTTP error that means the
+ * client or its configuration is wrong (400, 404, 405, 426, 431), so retrying
+ * would fail the same way. Only seen where the platform reports the status (the
+ * `ws` package, React Native); browsers report every failed upgrade alike.
+ */
+export class HandshakeRejectedError extends ShardcastError {
+  override readonly name: string = 'HandshakeRejectedError';
+  /** The HTTP status of the refusal. */
+  readonly status: number;
+
+  constructor(status: number, detail: string) {
+    super(`the gateway refused the WebSocket upgrade with HTTP ${status} (${detail})`);
+    this.status = status;
+  }
+}

@@ -22,6 +22,7 @@ export {
   ClientClosedError,
   ConnectionLostError,
   HandlerError,
+  HandshakeRejectedError,
   InvalidChannelError,
   NotConnectedError,
   ProtocolError,
@@ -56,4 +57,12 @@ export {
   type UnsubscribeFrame,
   type WelcomeFrame,
 } from './protocol';
-export { NoWebSocketError, ReadyState, withQueryParam, type WebSocketConstructor, type WebSocketLike } from './transport';
+export {
+  FATAL_HANDSHAKE_STATUSES,
+  httpStatusFromError,
+  NoWebSocketError,
+  ReadyState,
+  withQueryParam,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from './transport';

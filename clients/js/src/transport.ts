@@ -81,3 +81,27 @@ export function isBlobLike(data: unknown): data is BlobLike {
     typeof (data as BlobLike).arrayBuffer === 'function'
   );
 }
+
+/** HTTP statuses of a refused upgrade after which the protocol says not to retry: the request itself is wrong. */
+export const FATAL_HANDSHAKE_STATUSES: readonly number[] = Object.freeze([400, 404, 405, 426, 431]);
+
+/**
+ * The HTTP status of a refused upgrade, read from a WebSocket error event's
+ * message where the platform puts it there: the `ws` package ("Unexpected server
+ * response: 404"), React Native on Android ("Expected HTTP 101 response but was
+ * '404 Not Found'") and on iOS ("Received bad response code from server: 404.").
+ * Browsers give no detail, so this is `undefined` there.
+ */
+export function httpStatusFromError(event: unknown): number | undefined {
+  const message =
+    typeof event === 'object' && event !== null
+      ? ((event as { message?: unknown }).message ?? (event as { error?: { message?: unknown } }).error?.message)
+      : undefined;
+  if (typeof message !== 'string') return undefined;
+  const match =
+    /Unexpected server response: (\d{3})/.exec(message) ??
+    /Expected HTTP 101 response but was '(\d{3})/.exec(message) ??
+    /bad response code from server: (\d{3})/i.exec(message);
+  return match ? Number(match[1]) : undefined;
+}
+

@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import WebSocket from 'ws';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import {
+  HandshakeRejectedError,
   NotConnectedError,
   ServerError,
   ShardcastClient,
@@ -88,6 +89,21 @@ it('gets typed errors from the gateway: forbidden publish, over-long channel', a
     expect(tooLong).toBeInstanceOf(ServerError);
     expect(tooLong).toMatchObject({ code: 'bad_channel' });
     expect(client.state).toBe('connected');
+  } finally {
+    await gateway.stop();
+  }
+});
+
+it('stops instead of retrying when the gateway answers the upgrade with 404 (wrong path)', async () => {
+  const gateway = await Gateway.start();
+  try {
+    const client = makeClient(gateway.wsUrl.replace(/\/ws$/, '/not-the-ws-path'));
+    const errors = record(client, 'error');
+    const connecting = record(client, 'connecting');
+    await waitFor(() => client.state === 'closed', 'the client to give up');
+    expect(errors[0]).toBeInstanceOf(HandshakeRejectedError);
+    expect(errors[0]).toMatchObject({ status: 404 });
+    expect(connecting).toHaveLength(1);
   } finally {
     await gateway.stop();
   }

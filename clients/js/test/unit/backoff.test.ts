@@ -43,13 +43,13 @@ describe('decideReconnect', () => {
     expect(decideReconnect(4001, 'idle timeout', 2, options, half)).toMatchObject({ reconnect: true, delayMs: 100 });
   });
 
-  it('waits exactly the hint after "going away"', () => {
+  it('waits at least the hint after "going away", and the backoff if it is longer', () => {
     expect(decideReconnect(1001, 'going away; retry_ms=737', 1, options, half)).toEqual({
       reconnect: true,
       delayMs: 737,
       retryHintMs: 737,
     });
-    expect(decideReconnect(1001, 'going away; retry_ms=0', 5, options, half)).toMatchObject({ delayMs: 0 });
+    expect(decideReconnect(1001, 'going away; retry_ms=0', 4, options, half)).toMatchObject({ delayMs: 400 });
   });
 
   it('backs off after "going away" without a hint', () => {
@@ -63,6 +63,10 @@ describe('decideReconnect', () => {
       retryHintMs: 5_000,
     });
     expect(decideReconnect(1013, 'overloaded; retry_ms=10', 4, options, half)).toMatchObject({ delayMs: 400 });
+  });
+
+  it('accepts a hint on any close code', () => {
+    expect(decideReconnect(4000, 'slow consumer; retry_ms=3000', 1, options, half)).toMatchObject({ delayMs: 3_000 });
   });
 
   it('gives up after maxAttempts, and not at all when disabled', () => {

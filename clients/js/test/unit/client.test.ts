@@ -7,6 +7,7 @@ import {
   ClientClosedError,
   ConnectionLostError,
   HandlerError,
+  HandshakeRejectedError,
   InvalidChannelError,
   NotConnectedError,
   NoWebSocketError,
@@ -107,6 +108,27 @@ describe('connecting', () => {
     } finally {
       if (saved !== undefined) (globalThis as { WebSocket?: unknown }).WebSocket = saved;
     }
+  });
+
+  it('stops on an HTTP refusal that means the request is wrong, where the platform names the status', async () => {
+    const { client, events } = makeClient();
+    await flush();
+    FakeWebSocket.last.onerror?.({ message: 'Unexpected server response: 404' });
+    FakeWebSocket.last.serverClose(1006, '');
+    expect(client.state).toBe('closed');
+    const [error] = eventsNamed(events, 'error');
+    expect(error).toBeInstanceOf(HandshakeRejectedError);
+    expect(error).toMatchObject({ status: 404 });
+    expect(eventsNamed(events, 'disconnected')).toMatchObject([{ wasConnected: false, willReconnect: false }]);
+  });
+
+  it('backs off after a 503 refusal (overload, draining)', async () => {
+    const { client } = makeClient();
+    await flush();
+    FakeWebSocket.last.onerror?.({ message: 'Unexpected server response: 503' });
+    FakeWebSocket.last.serverClose(1006, '');
+    expect(client.state).toBe('reconnecting');
+    client.close();
   });
 
   it('does not reconnect after a malformed URL', async () => {
@@ -301,7 +323,7 @@ describe('subscriptions', () => {
     client.close();
   });
 
-  it('cancels a subscribe that is unsubscribed before its ack', async () => {
+  it('cancels a subscribe that is unsubscribed before its ack, and keeps the wire in order', async () => {
     const { client } = makeClient();
     await flush();
     const socket = FakeWebSocket.last;
@@ -309,19 +331,52 @@ describe('subscriptions', () => {
     const subscribed = client.subscribe('news', () => undefined);
     const unsubscribed = client.unsubscribe('news');
     await expect(subscribed).rejects.toBeInstanceOf(SubscriptionCancelledError);
-    // The late ack of the first subscribe must not mark a new subscription acknowledged.
+    // Subscribing again at once must not overtake the unsubscribe, which waits for the first ack.
     const again = client.subscribe('news', () => undefined);
-    const [firstSub, secondSub] = socket.framesWithOp('subscribe');
-    const [unsub] = socket.framesWithOp('unsubscribe');
-    socket.receive({ type: 'ack', id: firstSub?.id });
-    socket.receive({ type: 'ack', id: unsub?.id });
+    expect(socket.frames().map((f) => f.op)).toEqual(['subscribe']);
+    socket.receive({ type: 'ack', id: socket.frames()[0]?.id });
+    expect(socket.frames().map((f) => f.op)).toEqual(['subscribe', 'unsubscribe']);
+    socket.receive({ type: 'ack', id: socket.frames()[1]?.id });
     await unsubscribed;
+    await flush();
+    expect(socket.frames().map((f) => f.op)).toEqual(['subscribe', 'unsubscribe', 'subscribe']);
     let settled = false;
     void again.then(() => (settled = true));
     await flush();
     expect(settled).toBe(false);
-    socket.receive({ type: 'ack', id: secondSub?.id });
-    await expect(again).resolves.toMatchObject({ channel: 'news' });
+    socket.receive({ type: 'ack', id: socket.frames()[2]?.id });
+    await expect(again).resolves.toMatchObject({ channel: 'news', active: true });
+    client.close();
+  });
+
+  it('retries a subscribe refused as unavailable, with backoff', async () => {
+    const { client, events } = makeClient();
+    await flush();
+    const socket = FakeWebSocket.last;
+    socket.accept();
+    const subscribed = client.subscribe('news', () => undefined);
+    socket.receive({ type: 'error', id: socket.frames()[0]?.id, code: 'unavailable', message: 'broker down' });
+    await vi.advanceTimersByTimeAsync(249);
+    expect(socket.framesWithOp('subscribe')).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    const retries = socket.framesWithOp('subscribe');
+    expect(retries).toHaveLength(2);
+    socket.receive({ type: 'ack', id: retries[1]?.id });
+    await expect(subscribed).resolves.toMatchObject({ channel: 'news' });
+    expect(eventsNamed(events, 'error')).toHaveLength(0);
+    client.close();
+  });
+
+  it('ignores frame types from a newer protocol revision', async () => {
+    const { client, events } = makeClient();
+    await flush();
+    const socket = FakeWebSocket.last;
+    socket.open();
+    socket.receive({ type: 'presence', who: 'someone' });
+    socket.receive({ type: 'welcome', version: 1, node: 'n', shard: 0, ping_interval_ms: 25_000 });
+    socket.receive({ type: 'presence', who: 'someone' });
+    expect(client.state).toBe('connected');
+    expect(eventsNamed(events, 'error')).toHaveLength(0);
     client.close();
   });
 
@@ -367,7 +422,7 @@ describe('subscriptions', () => {
 });
 
 describe('reconnecting', () => {
-  it('backs off exponentially with jitter while connects keep failing, and resets after a welcome', async () => {
+  it('backs off exponentially with jitter while connects keep failing', async () => {
     const { client, events } = makeClient({ reconnect: { initialDelayMs: 100, maxDelayMs: 1_000 } });
     await flush();
     for (let i = 0; i < 6; i++) {
@@ -386,10 +441,38 @@ describe('reconnecting', () => {
     ]);
     expect(eventsNamed(events, 'connecting').map((c) => c.attempt)).toEqual([0, 1, 2, 3, 4, 5, 6]);
     expect(eventsNamed(events, 'disconnected').every((d) => !d.wasConnected && d.willReconnect)).toBe(true);
+    client.close();
+  });
+
+  it('keeps backing off after connections that are dropped right after the welcome', async () => {
+    const { client, events } = makeClient({ reconnect: { initialDelayMs: 100, maxDelayMs: 1_000 } });
+    await flush();
+    for (let i = 0; i < 3; i++) {
+      FakeWebSocket.last.accept();
+      await vi.advanceTimersByTimeAsync(999);
+      FakeWebSocket.last.serverClose(4000, 'slow consumer');
+      await vi.advanceTimersByTimeAsync(eventsNamed(events, 'reconnecting').at(-1)?.delayMs ?? 0);
+    }
+    expect(eventsNamed(events, 'reconnecting').map((r) => r.attempt)).toEqual([1, 2, 3]);
+    expect(eventsNamed(events, 'disconnected').every((d) => d.wasConnected)).toBe(true);
+    client.close();
+  });
+
+  it('resets the backoff after a connection that stayed up for the cap', async () => {
+    const { client, events } = makeClient({ reconnect: { initialDelayMs: 100, maxDelayMs: 1_000 } });
+    await flush();
+    FakeWebSocket.last.serverClose(1006);
+    await vi.advanceTimersByTimeAsync(50);
+    FakeWebSocket.last.serverClose(1006);
+    await vi.advanceTimersByTimeAsync(100);
     FakeWebSocket.last.accept();
-    FakeWebSocket.last.serverClose(1006, '');
-    expect(eventsNamed(events, 'reconnecting').at(-1)).toMatchObject({ attempt: 1, delayMs: 50 });
-    expect(eventsNamed(events, 'disconnected').at(-1)).toMatchObject({ code: 1006, wasConnected: true });
+    await vi.advanceTimersByTimeAsync(1_000);
+    FakeWebSocket.last.serverClose(1006);
+    expect(eventsNamed(events, 'reconnecting').map((r) => [r.attempt, r.delayMs])).toEqual([
+      [1, 50],
+      [2, 100],
+      [1, 50],
+    ]);
     client.close();
   });
 
@@ -460,7 +543,8 @@ describe('reconnecting', () => {
     await vi.advanceTimersByTimeAsync(250);
     FakeWebSocket.last.accept();
     FakeWebSocket.last.serverClose(4001, 'idle timeout');
-    await vi.advanceTimersByTimeAsync(250);
+    // The second loss in a row: the backoff ceiling doubled.
+    await vi.advanceTimersByTimeAsync(500);
     expect(FakeWebSocket.instances).toHaveLength(3);
     expect(eventsNamed(events, 'disconnected').map((d) => [d.code, d.willReconnect])).toEqual([
       [4000, true],
@@ -569,6 +653,21 @@ describe('timeouts and heartbeat', () => {
     socket.receive({ type: 'message', channel: 'x', seq: 1, data: null });
     await vi.advanceTimersByTimeAsync(600);
     expect(client.state).toBe('connected');
+    client.close();
+  });
+
+  it('does not ping a connection that keeps receiving', async () => {
+    const { client } = makeClient();
+    await flush();
+    const socket = FakeWebSocket.last;
+    socket.accept(1_000);
+    for (let seq = 1; seq <= 20; seq++) {
+      await vi.advanceTimersByTimeAsync(400);
+      socket.receive({ type: 'message', channel: 'x', seq, data: seq });
+    }
+    expect(socket.framesWithOp('ping')).toHaveLength(0);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(socket.framesWithOp('ping')).toHaveLength(1);
     client.close();
   });
 

@@ -1,7 +1,8 @@
 // Protocol helpers beyond the shared vectors: the retry hint parser, channel
 // names the vectors do not cover, error-code mapping and frame shape checks.
+import { decode as msgpackDecode } from '@msgpack/msgpack';
 import { describe, expect, it } from 'vitest';
-import { jsonCodec, parseRetryMs, ProtocolError, toErrorCode, validateChannel, withQueryParam } from '../../src/index';
+import { jsonCodec, msgpackCodec, parseRetryMs, ProtocolError, toErrorCode, validateChannel, withQueryParam } from '../../src/index';
 
 describe('parseRetryMs', () => {
   it('reads the hint at the end of a close reason', () => {
@@ -60,8 +61,13 @@ describe('server frame shape checks', () => {
     });
   });
 
-  it('refuses unknown types and missing fields', () => {
-    expect(() => jsonCodec.decodeServer('{"type":"teleport"}')).toThrow(ProtocolError);
+  it('returns null for a frame type this client does not know', () => {
+    expect(jsonCodec.decodeServer('{"type":"teleport","to":"mars"}')).toBeNull();
+  });
+
+  it('refuses malformed frames and missing fields', () => {
+    expect(() => jsonCodec.decodeServer('{"id":1}')).toThrow(ProtocolError);
+    expect(() => jsonCodec.decodeServer('{"type":7}')).toThrow(ProtocolError);
     expect(() => jsonCodec.decodeServer('{"type":"message","channel":"a","seq":1}')).toThrow(ProtocolError);
     expect(() => jsonCodec.decodeServer('{"type":"welcome","version":1}')).toThrow(ProtocolError);
     expect(() => jsonCodec.decodeServer('null')).toThrow(ProtocolError);
@@ -74,5 +80,18 @@ describe('withQueryParam', () => {
     expect(withQueryParam('ws://h/ws?x=1', 'token', 't')).toBe('ws://h/ws?x=1&token=t');
     expect(withQueryParam('ws://h/ws?', 'token', 't')).toBe('ws://h/ws?token=t');
     expect(withQueryParam('ws://h/ws#f', 'token', 't&=')).toBe('ws://h/ws?token=t%26%3D#f');
+  });
+});
+
+describe('MessagePack publish data', () => {
+  it('goes through the JSON data model, like every publication', () => {
+    const when = new Date(Date.UTC(2026, 0, 2, 3, 4, 5));
+    const bytes = msgpackCodec.encodeClient({ op: 'publish', id: 1, channel: 'c', data: { when, nan: NaN, list: [1, undefined] } });
+    expect(msgpackDecode(bytes as Uint8Array)).toEqual({
+      op: 'publish',
+      id: 1,
+      channel: 'c',
+      data: { when: '2026-01-02T03:04:05.000Z', nan: null, list: [1, null] },
+    });
   });
 });
