@@ -112,6 +112,11 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_INSTANCE_TTL", default_value = "3s", value_parser = parse_duration)]
     pub instance_ttl: Duration,
 
+    /// Testing only: also serve an echo WebSocket on this path, through the same
+    /// connection code (handshake, framing, limits), for the Autobahn conformance suite.
+    #[arg(long, env = "SHARDCAST_TEST_ECHO_PATH", hide = true)]
+    pub test_echo_path: Option<String>,
+
     /// This instance's id in logs, welcome frames and cluster views; default: hostname-pid.
     #[arg(long, env = "SHARDCAST_NODE_ID")]
     pub node_id: Option<String>,

@@ -120,6 +120,8 @@ pub struct Connection {
     pub last_seen: u32,
     /// Whether a keep-alive ping went out since the last byte received.
     pub pinged: bool,
+    /// An echo connection (conformance testing): messages come back as sent.
+    pub echo: bool,
 }
 
 impl Connection {
@@ -139,6 +141,7 @@ impl Connection {
             subs: Vec::new(),
             last_seen: now,
             pinged: false,
+            echo: false,
         }
     }
 

@@ -28,6 +28,7 @@ use crate::publisher::Publisher;
 use crate::router::RouterHandle;
 use crate::state::GatewayState;
 use crate::ws::frame::data_frame;
+use crate::ws::handshake::WsPaths;
 
 /// Size of the per-shard read buffer every connection reads into.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -180,6 +181,14 @@ impl ShardCore {
             draining: Cell::new(false),
             welcome,
             me,
+        }
+    }
+
+    /// The WebSocket paths of the public port.
+    fn ws_paths(&self) -> WsPaths<'_> {
+        WsPaths {
+            protocol: &self.config.ws_path,
+            echo: self.config.test_echo_path.as_deref(),
         }
     }
 

@@ -12,21 +12,31 @@ use crate::channel_table::{Joined, PendingAck};
 use crate::connection::{Phase, Sent};
 use crate::publication::Payload;
 use crate::router::Source;
-use crate::ws::frame::{data_frame, pong_frame, Flow, Incoming};
+use crate::ws::frame::{data_frame, pong_frame, server_frame, Flow, Incoming};
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 impl ShardCore {
     /// Handles one frame from connection `key`.
     pub(super) fn on_incoming(&self, key: usize, ev: Incoming<'_>) -> Flow {
         match ev {
             Incoming::Message { binary, payload } => {
-                let encoding = {
+                let (encoding, echo) = {
                     let conns = self.conns.borrow();
                     match conns.get(key) {
-                        Some(c) if c.phase == Phase::Open => c.encoding,
+                        Some(c) if c.phase == Phase::Open => (c.encoding, c.echo),
                         // A closing connection's data is ignored (RFC 6455 5.5.1).
                         _ => return Flow::Continue,
                     }
                 };
+                if echo {
+                    let opcode = if binary {
+                        OpCode::Data(Data::Binary)
+                    } else {
+                        OpCode::Data(Data::Text)
+                    };
+                    self.reply(key, server_frame(opcode, payload));
+                    return Flow::Continue;
+                }
                 if binary != encoding.is_binary() {
                     let expected = if encoding.is_binary() { "binary" } else { "text" };
                     self.reply_error(

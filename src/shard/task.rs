@@ -20,7 +20,7 @@ use super::ShardCore;
 use crate::connection::{Connection, Disconnect, Phase, ReadState};
 use crate::ws::frame::read_frames;
 use crate::ws::handshake::{
-    error_body, http_response, parse_request, upgrade_response, PublicRequest, MAX_REQUEST_HEAD,
+    error_body, http_response, parse_request, upgrade_response, PublicRequest, WsPaths, MAX_REQUEST_HEAD,
 };
 
 /// How many reads one poll may do before yielding to the shard's other tasks.
@@ -36,14 +36,17 @@ pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, 
             None
         }
     };
-    let Some((stream, encoding)) = upgraded else {
+    let Some((stream, encoding, echo)) = upgraded else {
         core.state.add_socket(core.id, -1);
         return;
     };
     let id = core.next_id.get();
     core.next_id.set(id + 1);
     let mut conn = Connection::new(id, stream, encoding, core.now());
-    conn.send(&core.welcome[encoding.index()], usize::MAX);
+    conn.echo = echo;
+    if !echo {
+        conn.send(&core.welcome[encoding.index()], usize::MAX);
+    }
     if core.draining.get() {
         // The upgrade finished just as the drain began: this socket missed the batch.
         let deadline = core.after(core.config.close_timeout);
@@ -62,10 +65,11 @@ pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, 
     tokio::task::spawn_local(ConnectionTask { core, key, id });
 }
 
-/// Reads the request head and answers it; returns the socket if it is now a WebSocket.
-async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, Encoding)> {
+/// Reads the request head and answers it; returns the socket if it is now a
+/// WebSocket, with its encoding and whether it is an echo connection.
+async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, Encoding, bool)> {
     let refused = |reason: &str| core.metrics.connections_refused.with_label_values(&[reason]).inc();
-    let head = tokio::time::timeout(core.config.handshake_timeout, read_head(&stream, &core.config.ws_path)).await;
+    let head = tokio::time::timeout(core.config.handshake_timeout, read_head(&stream, core.ws_paths())).await;
     let response = match head {
         Err(_) => {
             refused("handshake_timeout");
@@ -80,13 +84,14 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, 
             http_response(503, Some(5), &error_body("unavailable", "this instance is draining"))
         }
         Ok(Ok(PublicRequest::Upgrade {
+            echo,
             key,
             encoding,
             echo_subprotocol,
         })) => {
             let response = upgrade_response(&key, encoding, echo_subprotocol);
             return match stream.write_all(&response).await {
-                Ok(()) => Some((stream, encoding)),
+                Ok(()) => Some((stream, encoding, echo)),
                 Err(_) => None,
             };
         }
@@ -106,7 +111,7 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, 
 }
 
 /// Reads until a whole request head is in; the error is the HTTP status to answer.
-async fn read_head(stream: &TcpStream, ws_path: &str) -> Result<PublicRequest, u16> {
+async fn read_head(stream: &TcpStream, paths: WsPaths<'_>) -> Result<PublicRequest, u16> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -117,7 +122,7 @@ async fn read_head(stream: &TcpStream, ws_path: &str) -> Result<PublicRequest, u
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return Err(400),
         }
-        match parse_request(&buf, ws_path) {
+        match parse_request(&buf, paths) {
             Ok(Some(req)) => return Ok(req),
             Ok(None) if buf.len() >= MAX_REQUEST_HEAD => return Err(431),
             Ok(None) => {}

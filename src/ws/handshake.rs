@@ -12,6 +12,8 @@ pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 pub enum PublicRequest {
     /// A valid WebSocket upgrade on the configured path.
     Upgrade {
+        /// Whether this is the test-only echo endpoint.
+        echo: bool,
         /// The client's `Sec-WebSocket-Key`, to derive the accept key from.
         key: String,
         /// The encoding picked from the client's subprotocols.
@@ -25,8 +27,17 @@ pub enum PublicRequest {
     Reject { status: u16, message: &'static str },
 }
 
+/// The paths the public port serves WebSockets on.
+#[derive(Debug, Clone, Copy)]
+pub struct WsPaths<'a> {
+    /// The protocol endpoint.
+    pub protocol: &'a str,
+    /// The echo endpoint for conformance tests, when enabled.
+    pub echo: Option<&'a str>,
+}
+
 /// Parses a request head; `Ok(None)` means more bytes are needed.
-pub fn parse_request(buf: &[u8], ws_path: &str) -> Result<Option<PublicRequest>, httparse::Error> {
+pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequest>, httparse::Error> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     if req.parse(buf)?.is_partial() {
@@ -43,7 +54,7 @@ pub fn parse_request(buf: &[u8], ws_path: &str) -> Result<Option<PublicRequest>,
     match path {
         "/health/live" => return Ok(Some(PublicRequest::Health { ready_probe: false })),
         "/health/ready" => return Ok(Some(PublicRequest::Health { ready_probe: true })),
-        p if p == ws_path => {}
+        p if p == paths.protocol || Some(p) == paths.echo => {}
         _ => {
             return Ok(Some(PublicRequest::Reject {
                 status: 404,
@@ -96,6 +107,7 @@ pub fn parse_request(buf: &[u8], ws_path: &str) -> Result<Option<PublicRequest>,
         },
     };
     Ok(Some(PublicRequest::Upgrade {
+        echo: Some(path) == paths.echo,
         key,
         encoding,
         echo_subprotocol,
@@ -148,14 +160,20 @@ pub fn error_body(code: &str, message: &str) -> String {
 mod tests {
     use super::*;
 
+    const WS: WsPaths<'static> = WsPaths {
+        protocol: "/ws",
+        echo: Some("/echo"),
+    };
+
     const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
     #[test]
     fn upgrade_with_and_without_subprotocol() {
         let plain = format!("{UPGRADE}\r\n");
         assert_eq!(
-            parse_request(plain.as_bytes(), "/ws").unwrap(),
+            parse_request(plain.as_bytes(), WS).unwrap(),
             Some(PublicRequest::Upgrade {
+                echo: false,
                 key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
                 encoding: Encoding::Json,
                 echo_subprotocol: false
@@ -163,7 +181,7 @@ mod tests {
         );
         let mp = format!("{UPGRADE}Sec-WebSocket-Protocol: foo, shardcast.v1.msgpack\r\n\r\n");
         assert!(matches!(
-            parse_request(mp.as_bytes(), "/ws").unwrap(),
+            parse_request(mp.as_bytes(), WS).unwrap(),
             Some(PublicRequest::Upgrade {
                 encoding: Encoding::MsgPack,
                 echo_subprotocol: true,
@@ -172,10 +190,10 @@ mod tests {
         ));
         let bad = format!("{UPGRADE}Sec-WebSocket-Protocol: foo\r\n\r\n");
         assert!(matches!(
-            parse_request(bad.as_bytes(), "/ws").unwrap(),
+            parse_request(bad.as_bytes(), WS).unwrap(),
             Some(PublicRequest::Reject { status: 400, .. })
         ));
-        assert_eq!(parse_request(&plain.as_bytes()[..20], "/ws").unwrap(), None);
+        assert_eq!(parse_request(&plain.as_bytes()[..20], WS).unwrap(), None);
     }
 
     #[test]
@@ -188,17 +206,17 @@ mod tests {
     fn health_and_other_paths() {
         let h = b"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(
-            parse_request(h, "/ws").unwrap(),
+            parse_request(h, WS).unwrap(),
             Some(PublicRequest::Health { ready_probe: true })
         );
         let other = b"GET /nope HTTP/1.1\r\n\r\n";
         assert!(matches!(
-            parse_request(other, "/ws").unwrap(),
+            parse_request(other, WS).unwrap(),
             Some(PublicRequest::Reject { status: 404, .. })
         ));
         let plain = b"GET /ws HTTP/1.1\r\n\r\n";
         assert!(matches!(
-            parse_request(plain, "/ws").unwrap(),
+            parse_request(plain, WS).unwrap(),
             Some(PublicRequest::Reject { status: 426, .. })
         ));
     }
