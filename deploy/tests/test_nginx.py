@@ -1,0 +1,110 @@
+"""deploy/docker/nginx.conf for real: nginx (Debian's) runs the file, with only
+its upstream addresses and listen port rewritten to loopback, in front of
+three real gateways. Checks the WebSocket upgrade through the proxy,
+stickiness (hash $remote_addr consistent) and failover when the chosen gateway
+drains."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+from helpers import DEPLOY, WAIT, WsClient, free_port, run, tool
+
+CONF = DEPLOY / "docker" / "nginx.conf"
+
+
+@pytest.fixture
+def nginx_front(gateway_factory, tmp_path):
+    nginx = tool("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if not nginx:
+        pytest.skip("nginx not installed (Debian package nginx-light)")
+    gateways = {f"gateway-{i}": gateway_factory(env={"SHARDCAST_NODE_ID": f"gateway-{i}"})
+                for i in (1, 2, 3)}
+    conf = CONF.read_text()
+    for name, gw in gateways.items():
+        conf, n = re.subn(rf"\b{name}:8000\b", gw.ws, conf)
+        assert n == 1
+    port = free_port()
+    conf, n = re.subn(r"^(\s*)listen\s+\d+;", rf"\1listen 127.0.0.1:{port};", conf, flags=re.M)
+    assert n == 1
+    # Smaller limits for the test process; everything else as shipped.
+    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
+    conf = re.sub(r"worker_rlimit_nofile \d+;", "worker_rlimit_nofile 4096;", conf)
+    conf = re.sub(r"worker_connections \d+;", "worker_connections 1024;", conf)
+    (tmp_path / "nginx.conf").write_text(conf)
+    (tmp_path / "logs").mkdir()
+    globals_ = (f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/logs/error.log; "
+                "daemon off; master_process on;")
+    test = run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", globals_])
+    assert test.returncode == 0, test.stderr
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                             "-g", globals_], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}", gateways
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def node_of(front: str) -> str:
+    c = WsClient(front)
+    try:
+        welcome = c.recv_json()
+        assert welcome["type"] == "welcome"
+        return welcome["node"]
+    finally:
+        c.close()
+
+
+def test_sticky_websocket_through_nginx(nginx_front):
+    front, gateways = nginx_front
+    # The upgrade passes through, and a message flows end to end.
+    c = WsClient(front)
+    node = c.recv_json()["node"]
+    c.send_text('{"op":"subscribe","id":1,"channel":"lb"}')
+    assert c.recv_json() == {"type": "ack", "id": 1}
+    status, _ = gateways[node].post("/api/publish", {"channel": "lb", "data": "hi"})
+    assert status == 200
+    assert c.recv_json()["data"] == "hi"
+    c.close()
+    # Same client address, same gateway, every time.
+    nodes = {node_of(front) for _ in range(8)}
+    assert nodes == {node}, nodes
+    # The public health endpoint answers through the proxy too.
+    import urllib.request
+    with urllib.request.urlopen(f"http://{front}/health/live", timeout=WAIT) as r:
+        assert r.status == 200
+    # Drain the chosen gateway: its listener closes at once, and nginx moves the
+    # client to another gateway on the next connect (proxy_next_upstream error).
+    gateways[node].sigterm()
+    host, port = gateways[node].ws.rsplit(":", 1)
+    deadline = time.monotonic() + 3
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the drained gateway still accepts"
+        time.sleep(0.05)
+    moved = {node_of(front) for _ in range(4)}
+    assert len(moved) == 1 and node not in moved, f"after draining {node}: {moved}"
+    print(f"sticky on {node}; after its drain, clients move to {moved.pop()}")
