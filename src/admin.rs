@@ -112,6 +112,11 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
                     let snapshot = ctx.cluster.snapshot();
                     json_reply(StatusCode::OK, serde_json::to_value(&*snapshot).unwrap_or_default())
                 }
+                (_, "/api/publish" | "/api/stats" | "/api/cluster") => error_reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ErrorCode::BadRequest,
+                    "method not allowed",
+                ),
                 _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
             }
         }
@@ -126,7 +131,12 @@ fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // The scheme name is case-insensitive (RFC 7235 2.1).
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
         .unwrap_or("");
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         return None;

@@ -84,7 +84,7 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
     }
     if header("sec-websocket-version").map(str::trim) != Some("13") {
         return Ok(Some(PublicRequest::Reject {
-            status: 400,
+            status: 426,
             message: "unsupported Sec-WebSocket-Version (13 required)",
         }));
     }
@@ -141,11 +141,15 @@ pub fn http_response(status: u16, retry_after_secs: Option<u64>, body: &str) -> 
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let retry = retry_after_secs
+    let mut extra = retry_after_secs
         .map(|s| format!("Retry-After: {s}\r\n"))
         .unwrap_or_default();
+    if status == 426 {
+        // RFC 6455 4.4: name the protocol and the version the server speaks.
+        extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+    }
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
