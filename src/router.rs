@@ -128,6 +128,9 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut routes: HashMap<Arc<str>, Route> = HashMap::new();
+    // Resolved once: a labelled lookup per publication would take the metric's lock.
+    let published = [Source::Api, Source::Client, Source::Broker]
+        .map(|s| metrics.messages_published.with_label_values(&[s.label()]));
     while let Ok(cmd) = rx.recv_async().await {
         match cmd {
             RouterCommand::Interest {
@@ -214,7 +217,7 @@ pub async fn run(
                 source,
                 reply,
             } => {
-                metrics.messages_published.with_label_values(&[source.label()]).inc();
+                published[source as usize].inc();
                 // A channel still waiting for its broker subscription has no
                 // acknowledged subscriber yet: nobody to deliver to, no number used.
                 let Some(route) = routes
