@@ -1,7 +1,7 @@
-// Build definitions: the npm package (ESM + CommonJS + type declarations, with
-// @msgpack/msgpack left as a dependency) and the self-contained browser bundles
-// (ESM and a classic-script IIFE exposing `Shardcast`), used by the browser tests
-// and by pages that load the client without a bundler.
+// Build definitions: the npm package (ESM + CommonJS + type declarations) and
+// the browser bundles (ESM and a classic-script IIFE exposing `Shardcast`), used
+// by the browser tests and by pages that load the client without a bundler. The
+// package has no runtime dependencies, so every output is self-contained.
 import { defineConfig } from 'tsup';
 
 // ES2018 so that older browsers and React Native's Metro/Hermes toolchain take the output as is.
@@ -15,14 +15,12 @@ export default defineConfig([
     sourcemap: true,
     target,
     platform: 'neutral',
-    external: ['@msgpack/msgpack'],
   },
   {
     entry: { 'shardcast.browser': 'src/index.ts' },
     format: ['esm', 'iife'],
     globalName: 'Shardcast',
     outExtension: ({ format }) => ({ js: format === 'iife' ? '.global.js' : '.mjs' }),
-    noExternal: ['@msgpack/msgpack'],
     minify: true,
     sourcemap: true,
     target,

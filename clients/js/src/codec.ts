@@ -6,7 +6,7 @@
  * checks that turn an undecodable server frame into a {@link ProtocolError}.
  */
 
-import { decode as msgpackDecode, encode as msgpackEncode } from '@msgpack/msgpack';
+import { decodeMsgpack, decodeUtf8, encodeMsgpack } from './msgpack';
 import { ProtocolError } from './errors';
 import { toErrorCode, SUBPROTOCOLS, type ClientFrame, type Encoding, type ServerFrame } from './protocol';
 
@@ -53,12 +53,10 @@ function toBytes(payload: ArrayBuffer | ArrayBufferView): Uint8Array {
 let utf8Decoder: TextDecoder | undefined;
 
 function bytesToText(bytes: Uint8Array): string {
-  // TextDecoder is missing from some React Native engines; fall back to a plain UTF-8 decode there.
-  if (typeof TextDecoder !== 'undefined') {
-    utf8Decoder ??= new TextDecoder('utf-8', { fatal: true });
-    return utf8Decoder.decode(bytes);
-  }
-  return decodeURIComponent(Array.from(bytes, (b) => `%${b.toString(16).padStart(2, '0')}`).join(''));
+  // TextDecoder is missing from some React Native engines.
+  if (typeof TextDecoder === 'undefined') return decodeUtf8(bytes);
+  utf8Decoder ??= new TextDecoder('utf-8');
+  return utf8Decoder.decode(bytes);
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -162,13 +160,13 @@ export const msgpackCodec: Codec = Object.freeze({
     // section 4.2): a Date, a typed array or a Map would otherwise become a MessagePack
     // ext or bin and be refused, while JSON subscribers would see its toJSON() form.
     if (frame.op === 'publish') canonical.data = toJsonModel(frame.data);
-    return msgpackEncode(canonical, { ignoreUndefined: true });
+    return encodeMsgpack(canonical);
   },
   decodeServer(payload: FramePayload): ServerFrame | null {
     if (typeof payload === 'string') throw new ProtocolError('expected a binary frame on a MessagePack connection');
     let value: unknown;
     try {
-      value = msgpackDecode(toBytes(payload));
+      value = decodeMsgpack(toBytes(payload));
     } catch (cause) {
       throw new ProtocolError('server frame is not valid MessagePack', { cause });
     }
