@@ -121,6 +121,22 @@ impl ClusterView {
         }
     }
 
+    /// Removes this instance's heartbeat, so the others stop counting it at once.
+    pub async fn leave(&self) {
+        let ClusterRegistry::Redis { client, tag } = &self.registry else {
+            return;
+        };
+        let node = self.state.node_id.as_str();
+        let removed = tokio::time::timeout(Duration::from_secs(1), async {
+            let _: Result<i64, _> = client.del(format!("{tag}instance:{node}")).await;
+            let _: Result<i64, _> = client.srem(format!("{tag}instances"), node).await;
+        })
+        .await;
+        if removed.is_err() {
+            warn!("could not remove this instance's heartbeat; it expires with its TTL");
+        }
+    }
+
     fn me(&self) -> InstanceInfo {
         InstanceInfo {
             node: self.state.node_id.clone(),

@@ -53,6 +53,7 @@ pub struct RunningGateway {
     pub admin_addr: SocketAddr,
     config: Arc<Config>,
     state: Arc<GatewayState>,
+    cluster: Arc<ClusterView>,
     shards: Vec<ShardHandle>,
     threads: Vec<std::thread::JoinHandle<()>>,
     acceptor: JoinHandle<()>,
@@ -126,7 +127,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
                 cluster: cluster.clone(),
             }),
         )),
-        tokio::spawn(cluster.run()),
+        tokio::spawn(cluster.clone().run()),
         tokio::spawn(monitor(state.clone(), budget.clone(), metrics.clone(), broker.clone())),
     ];
     let acceptor = tokio::spawn(
@@ -154,6 +155,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     Ok(RunningGateway {
         ws_addr,
         admin_addr,
+        cluster,
         config,
         state,
         shards,
@@ -192,6 +194,8 @@ impl RunningGateway {
         for task in self.background {
             task.abort();
         }
+        // Leave the cluster view now rather than when the heartbeat expires.
+        self.cluster.leave().await;
         info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             dropped = left,

@@ -29,8 +29,15 @@ use crate::publication::Payload;
 /// Timeout of one Redis command: a publish fails, rather than hangs, when Redis is gone.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Start of the probe channel's name (after the prefix): `#` is outside the
+/// protocol's channel charset, so no client channel can be mistaken for it.
+const PROBE_PREFIX: &str = "#probe#";
+
+/// A probe slower than this counts as failed, so the keeper is never stuck long.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How often the reconciler checks that the subscriptions match the connection.
-const RECONCILE_PERIOD: Duration = Duration::from_millis(250);
+const RECONCILE_PERIOD: Duration = Duration::from_millis(200);
 
 /// Most channels in one SUBSCRIBE, so a re-subscribe of 100k channels is a few
 /// hundred commands, not 100k round trips, nor one enormous frame.
@@ -110,13 +117,23 @@ impl RedisBroker {
             sink,
             metrics.clone(),
         ));
-        tokio::spawn(count_reconnects(subscriber.clone(), in_sync.clone(), metrics.clone()));
+        let resync = Arc::new(AtomicBool::new(false));
+        tokio::spawn(count_reconnects(
+            subscriber.clone(),
+            resync.clone(),
+            in_sync.clone(),
+            metrics.clone(),
+        ));
         tokio::spawn(
             SubscriptionKeeper {
                 subscriber: subscriber.clone(),
+                publisher: publisher.clone(),
                 cluster: settings.cluster,
                 prefix: settings.prefix.clone(),
+                probe_channel: Arc::from(format!("{PROBE_PREFIX}{}", settings.origin)),
                 wanted: HashSet::new(),
+                complete: false,
+                resync,
                 in_sync: in_sync.clone(),
                 metrics,
             }
@@ -172,7 +189,13 @@ impl Broker for RedisBroker {
     }
 
     fn is_ready(&self) -> bool {
-        self.publisher.is_connected() && self.subscriber.is_connected() && self.in_sync.load(Ordering::Acquire)
+        let connected = self.publisher.is_connected() && self.subscriber.is_connected();
+        if !connected {
+            // Whatever the keeper last verified was on a connection that is gone; it
+            // must verify again (it may be stuck in a command on the dead one).
+            self.in_sync.store(false, Ordering::Release);
+        }
+        connected && self.in_sync.load(Ordering::Acquire)
     }
 
     fn kind(&self) -> &'static str {
@@ -187,11 +210,25 @@ impl Broker for RedisBroker {
 /// Owns the set of wanted channels and keeps the subscriber connection subscribed
 /// to exactly that set. One task, so SUBSCRIBE and UNSUBSCRIBE of a channel are
 /// never reordered.
+///
+/// Whether the connection really holds the subscriptions is checked, not assumed:
+/// besides the wanted channels it subscribes a private probe channel (its name is
+/// outside the protocol's channel charset, so no client can collide with it), and
+/// every tick it publishes an empty probe there. PUBLISH answers how many
+/// subscribers got it: zero means this connection lost its subscriptions (a
+/// reconnect the events have not told us about yet), and everything is
+/// re-subscribed before the instance reports ready again.
 struct SubscriptionKeeper {
     subscriber: SubscriberClient,
+    publisher: Client,
     cluster: bool,
     prefix: String,
+    probe_channel: Arc<str>,
     wanted: HashSet<Arc<str>>,
+    /// Every (UN)SUBSCRIBE since the last full re-subscribe went through.
+    complete: bool,
+    /// Set by the reconnect listener: some connection is new, re-subscribe all.
+    resync: Arc<AtomicBool>,
     in_sync: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
@@ -208,16 +245,51 @@ impl SubscriptionKeeper {
                     batch.extend(rx.drain().take(SUBSCRIBE_BATCH * 4));
                     self.apply(batch).await;
                 }
-                _ = tick.tick() => {
-                    if !self.subscriber.is_connected() {
-                        self.in_sync.store(false, Ordering::Release);
-                    } else if !self.in_sync.load(Ordering::Acquire) {
-                        self.resubscribe_all().await;
-                    }
-                }
+                _ = tick.tick() => self.reconcile().await,
             }
             self.metrics.redis_subscriptions.set(self.wanted.len() as i64);
         }
+    }
+
+    /// Checks the subscriptions against Redis and repairs them.
+    async fn reconcile(&mut self) {
+        if !self.subscriber.is_connected() || !self.publisher.is_connected() {
+            self.complete = false;
+            self.in_sync.store(false, Ordering::Release);
+            return;
+        }
+        if self.resync.swap(false, Ordering::AcqRel) {
+            self.complete = false;
+        }
+        if self.complete && self.probe().await {
+            self.in_sync.store(true, Ordering::Release);
+            return;
+        }
+        self.in_sync.store(false, Ordering::Release);
+        let mut all: Vec<Arc<str>> = self.wanted.iter().cloned().collect();
+        if !all.is_empty() {
+            info!(channels = all.len(), "subscribing every wanted channel on redis");
+        }
+        // The probe channel last: a positive probe then vouches for all the others.
+        all.push(self.probe_channel.clone());
+        self.complete = true;
+        self.send(all, true).await;
+        let verified = self.complete && self.probe().await;
+        self.in_sync.store(verified, Ordering::Release);
+    }
+
+    /// Publishes to the probe channel; true if this instance's subscriber got it.
+    async fn probe(&self) -> bool {
+        let topic = format!("{}{}", self.prefix, self.probe_channel);
+        let publish = async {
+            let receivers: Result<i64, _> = if self.cluster {
+                self.publisher.spublish(topic, "").await
+            } else {
+                self.publisher.publish(topic, "").await
+            };
+            receivers
+        };
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, publish).await, Ok(Ok(n)) if n >= 1)
     }
 
     async fn apply(&mut self, batch: Vec<SubscriptionCommand>) {
@@ -245,22 +317,13 @@ impl SubscriptionKeeper {
         }
     }
 
-    async fn resubscribe_all(&mut self) {
-        let all: Vec<Arc<str>> = self.wanted.iter().cloned().collect();
-        // Mark in sync first: a failure below marks it out of sync again.
-        self.in_sync.store(true, Ordering::Release);
-        if !all.is_empty() {
-            info!(channels = all.len(), "re-subscribing on redis");
+    /// Sends (UN)SUBSCRIBE for the channels; a failure leaves them to the reconciler.
+    async fn send(&mut self, channels: Vec<Arc<str>>, subscribe: bool) {
+        if channels.is_empty() {
+            return;
         }
-        self.send(all, true).await;
-    }
-
-    /// Sends (UN)SUBSCRIBE for the channels; a failure leaves the set to the reconciler.
-    async fn send(&self, channels: Vec<Arc<str>>, subscribe: bool) {
-        if channels.is_empty() || !self.subscriber.is_connected() {
-            if !channels.is_empty() {
-                self.in_sync.store(false, Ordering::Release);
-            }
+        if !self.subscriber.is_connected() {
+            self.complete = false;
             return;
         }
         let topics: Vec<String> = channels.iter().map(|c| format!("{}{}", self.prefix, c)).collect();
@@ -273,6 +336,7 @@ impl SubscriptionKeeper {
                     .collect(),
                 Err(e) => {
                     error!(error = %e, "cannot group channels by hash slot");
+                    self.complete = false;
                     return;
                 }
             }
@@ -287,7 +351,8 @@ impl SubscriptionKeeper {
                 (true, false) => self.subscriber.sunsubscribe(group).await,
             };
             if let Err(e) = sent {
-                warn!(error = %e, subscribe, "redis subscription change failed; will retry after reconnect");
+                warn!(error = %e, subscribe, "redis subscription change failed; the reconciler retries");
+                self.complete = false;
                 self.in_sync.store(false, Ordering::Release);
                 return;
             }
@@ -295,17 +360,24 @@ impl SubscriptionKeeper {
     }
 }
 
-/// Counts reconnects and marks the subscriptions stale: a new connection has none.
-async fn count_reconnects(subscriber: SubscriberClient, in_sync: Arc<AtomicBool>, metrics: Arc<Metrics>) {
+/// Counts reconnects and has the keeper re-subscribe: a new connection has no
+/// subscriptions (in a cluster, the probe only watches one node's connection).
+async fn count_reconnects(
+    subscriber: SubscriberClient,
+    resync: Arc<AtomicBool>,
+    in_sync: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) {
     let mut reconnects = subscriber.reconnect_rx();
     loop {
         match reconnects.recv().await {
             Ok(server) => {
+                resync.store(true, Ordering::Release);
                 in_sync.store(false, Ordering::Release);
                 metrics.redis_reconnects.inc();
                 info!(%server, "redis connection (re)established");
             }
-            Err(RecvError::Lagged(_)) => in_sync.store(false, Ordering::Release),
+            Err(RecvError::Lagged(_)) => resync.store(true, Ordering::Release),
             Err(RecvError::Closed) => return,
         }
     }
@@ -340,10 +412,13 @@ async fn receive(
             }
             Err(RecvError::Closed) => return,
         };
-        metrics.redis_messages_received.inc();
         let Some(channel) = msg.channel.strip_prefix(settings.prefix.as_str()) else {
             continue;
         };
+        if channel.starts_with(PROBE_PREFIX) {
+            continue;
+        }
+        metrics.redis_messages_received.inc();
         let Some(bytes) = msg.value.as_bytes() else {
             warn_bad(channel, "not a string payload");
             continue;
