@@ -1,0 +1,230 @@
+//! `Publisher`: drives `POST /api/publish` on the server under test, at a fixed
+//! rate or as fast as deliveries keep up, putting a CLOCK_MONOTONIC send timestamp
+//! (`"t"`) into every payload for the receivers to time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::clock::monotonic_ns;
+use crate::error::BenchError;
+use crate::http_client::ApiClient;
+
+/// What to publish and how fast.
+#[derive(Debug, Clone)]
+pub struct PublishLoad {
+    /// Publications per second; `None` publishes as fast as deliveries keep up.
+    pub rate: Option<f64>,
+    /// How long to publish.
+    pub duration: Duration,
+    /// Most publications in total.
+    pub max_publications: u64,
+    /// Publications per request (a JSON array when above 1).
+    pub batch: usize,
+    /// Concurrent HTTP connections.
+    pub http_connections: usize,
+    /// Approximate size of each publication's `data`, bytes.
+    pub payload_bytes: usize,
+    /// Channel name prefix.
+    pub channel_prefix: String,
+    /// Channels to pick from (uniformly at random when above 1).
+    pub channels: usize,
+    /// Subscribers each publication reaches (for the max-rate window).
+    pub deliveries_per_publication: u64,
+    /// At max rate, publishing pauses while more deliveries than this are outstanding.
+    pub window_deliveries: u64,
+}
+
+/// Counters shared between the publisher tasks and the scenario loop.
+#[derive(Debug, Default)]
+pub struct PublishProgress {
+    /// Publications accepted by the API.
+    pub published: AtomicU64,
+    /// Deliveries counted by the load generators (updated by the scenario loop).
+    pub delivered: AtomicU64,
+    /// Requests answered with an error or failed.
+    pub errors: AtomicU64,
+    /// Set to stop publishing early.
+    pub stop: AtomicBool,
+    /// The first error, for the report.
+    pub first_error: Mutex<Option<String>>,
+}
+
+/// What a publishing phase did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOutcome {
+    /// Publications accepted.
+    pub published: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Seconds spent publishing.
+    pub seconds: f64,
+}
+
+/// A small deterministic generator for channel picks (no dependency needed for this).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Builds one request body: a single publication or a JSON array of `count`.
+pub fn publish_body(load: &PublishLoad, first: u64, count: usize, rng: &mut impl FnMut() -> u64) -> Vec<u8> {
+    let pad = "x".repeat(load.payload_bytes.saturating_sub(40));
+    let sent = monotonic_ns();
+    let item = |n: u64, channel: u64| {
+        format!(
+            r#"{{"channel":"{}{}","data":{{"t":{sent},"n":{n},"p":"{pad}"}}}}"#,
+            load.channel_prefix, channel
+        )
+    };
+    let pick = |rng: &mut dyn FnMut() -> u64| {
+        if load.channels > 1 {
+            rng() % load.channels as u64
+        } else {
+            0
+        }
+    };
+    if count == 1 {
+        return item(first, pick(rng)).into_bytes();
+    }
+    let mut body = String::from("[");
+    for k in 0..count as u64 {
+        if k > 0 {
+            body.push(',');
+        }
+        body.push_str(&item(first + k, pick(rng)));
+    }
+    body.push(']');
+    body.into_bytes()
+}
+
+/// Publishes according to `load` until its duration or count is reached.
+pub async fn run_publisher(
+    admin: SocketAddr,
+    load: PublishLoad,
+    progress: Arc<PublishProgress>,
+) -> Result<PublishOutcome, BenchError> {
+    let started = Instant::now();
+    let end = started + load.duration;
+    let next_slot = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..load.http_connections.max(1) {
+        let mut client = ApiClient::connect(admin).await?;
+        let load = load.clone();
+        let progress = progress.clone();
+        let next_slot = next_slot.clone();
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (task as u64 + 1));
+            let batch = load.batch.max(1) as u64;
+            loop {
+                if progress.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let slot = next_slot.fetch_add(batch, Ordering::Relaxed);
+                if slot >= load.max_publications || Instant::now() >= end {
+                    break;
+                }
+                match load.rate {
+                    Some(rate) => {
+                        tokio::time::sleep_until(started + Duration::from_secs_f64(slot as f64 / rate)).await;
+                    }
+                    None => {
+                        // Closed loop: stay within a window of undelivered frames, so
+                        // "max rate" measures sustained throughput, not queue growth.
+                        while progress.published.load(Ordering::Relaxed) * load.deliveries_per_publication
+                            > progress.delivered.load(Ordering::Relaxed) + load.window_deliveries
+                        {
+                            if Instant::now() >= end || progress.stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+                if Instant::now() >= end {
+                    break;
+                }
+                let count = batch.min(load.max_publications - slot) as usize;
+                let body = publish_body(&load, slot, count, &mut || rng.next());
+                requests.fetch_add(1, Ordering::Relaxed);
+                match client.request("POST", "/api/publish", &body).await {
+                    Ok((200, _)) => {
+                        progress.published.fetch_add(count as u64, Ordering::Relaxed);
+                    }
+                    Ok((status, body)) => {
+                        progress.errors.fetch_add(1, Ordering::Relaxed);
+                        note_error(&progress, format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+                    }
+                    Err(e) => {
+                        progress.errors.fetch_add(1, Ordering::Relaxed);
+                        note_error(&progress, e.to_string());
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(PublishOutcome {
+        published: progress.published.load(Ordering::Relaxed),
+        requests: requests.load(Ordering::Relaxed),
+        errors: progress.errors.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn note_error(progress: &PublishProgress, message: String) {
+    if let Ok(mut first) = progress.first_error.lock() {
+        first.get_or_insert(message.chars().take(300).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(channels: usize, payload_bytes: usize) -> PublishLoad {
+        PublishLoad {
+            rate: None,
+            duration: Duration::from_secs(1),
+            max_publications: 10,
+            batch: 1,
+            http_connections: 1,
+            payload_bytes,
+            channel_prefix: "c-".into(),
+            channels,
+            deliveries_per_publication: 1,
+            window_deliveries: 1,
+        }
+    }
+
+    #[test]
+    fn bodies_are_valid_json_with_timestamps() {
+        let mut n = 0;
+        let mut rng = || {
+            n += 7;
+            n
+        };
+        let one: serde_json::Value = serde_json::from_slice(&publish_body(&load(1, 64), 5, 1, &mut rng)).unwrap();
+        assert_eq!(one["channel"], "c-0");
+        assert!(one["data"]["t"].as_u64().unwrap() > 0);
+        let many: serde_json::Value = serde_json::from_slice(&publish_body(&load(10, 200), 0, 3, &mut rng)).unwrap();
+        assert_eq!(many.as_array().unwrap().len(), 3);
+        assert!(many[0]["data"]["p"].as_str().unwrap().len() >= 150);
+    }
+}

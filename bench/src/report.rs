@@ -1,0 +1,304 @@
+//! The report writer: turns the results files of a directory into `summary.md`
+//! (one table per scenario, with shardcast's advantage over each baseline) and the
+//! SVG charts BENCHMARKS.md links to.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::chart::{LineChart, Series};
+use crate::error::{BenchError, IoContext};
+use crate::record::{ResultsFile, ScenarioRecord};
+use crate::servers::ServerKind;
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(v) if v.abs() >= 1e6 => format!("{:.2}M", v / 1e6),
+        Some(v) if v.abs() >= 1e4 => format!("{:.0}k", v / 1e3),
+        Some(v) => format!("{v:.digits$}"),
+        None => "–".into(),
+    }
+}
+
+/// shardcast's figure relative to a baseline's: >1 means shardcast is better.
+fn advantage(shardcast: Option<f64>, baseline: Option<f64>, higher_is_better: bool) -> Option<f64> {
+    let (s, b) = (shardcast?, baseline?);
+    let r = if higher_is_better { s / b } else { b / s };
+    (r.is_finite() && r > 0.0).then_some(r)
+}
+
+fn find<'a>(records: &'a [ScenarioRecord], like: &ScenarioRecord, target: ServerKind) -> Option<&'a ScenarioRecord> {
+    records
+        .iter()
+        .find(|r| r.target == target && r.size == like.size && r.phase == like.phase && r.scenario == like.scenario)
+}
+
+fn idle_table(records: &[ScenarioRecord]) -> String {
+    let mut out = String::from(
+        "| connections | server | subscribed | server RSS / conn (B) | kernel socket slabs / conn (B) | kernel TCP buffers / conn (B) | connect rate (/s) | shardcast advantage (RSS) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in records {
+        let sc = find(records, r, ServerKind::Shardcast);
+        let adv = match r.target {
+            ServerKind::Shardcast => "".into(),
+            _ => {
+                fmt(
+                    advantage(
+                        sc.and_then(|s| s.get("rss_per_connection")),
+                        r.get("rss_per_connection"),
+                        false,
+                    ),
+                    1,
+                ) + "×"
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.size,
+            r.target.name(),
+            fmt(r.get("connections"), 0),
+            fmt(r.get("rss_per_connection"), 0),
+            fmt(r.get("kernel_socket_slabs_per_connection"), 0),
+            fmt(r.get("kernel_tcp_buffers_per_connection"), 0),
+            fmt(r.get("connect_rate"), 0),
+            adv
+        );
+    }
+    out
+}
+
+fn publish_table(records: &[ScenarioRecord]) -> String {
+    let mut out = String::from(
+        "| size | phase | server | deliveries/s | deliveries / server CPU-s | incl. Redis | p50 ms | p99 ms | p99.9 ms | max ms | missing | shardcast advantage (per CPU-s) | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in records {
+        let sc = find(records, r, ServerKind::Shardcast);
+        // Against Node the whole stack (workers and their Redis) is the denominator.
+        let key = |t: ServerKind| match t {
+            ServerKind::Node => "deliveries_per_stack_cpu_second",
+            _ => "deliveries_per_server_cpu_second",
+        };
+        let adv = match r.target {
+            ServerKind::Shardcast => "".into(),
+            t => {
+                fmt(
+                    advantage(
+                        sc.and_then(|s| s.get("deliveries_per_server_cpu_second")),
+                        r.get(key(t)),
+                        true,
+                    ),
+                    2,
+                ) + "×"
+            }
+        };
+        let l = r.latency.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            r.size,
+            r.phase,
+            r.target.name(),
+            fmt(r.get("deliveries_per_second"), 0),
+            fmt(r.get("deliveries_per_server_cpu_second"), 0),
+            if r.target == ServerKind::Node {
+                fmt(r.get("deliveries_per_stack_cpu_second"), 0)
+            } else {
+                String::new()
+            },
+            l.p50_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms,
+            fmt(r.get("missing_deliveries"), 0),
+            adv,
+            r.limited_by
+        );
+    }
+    out
+}
+
+fn storm_table(records: &[ScenarioRecord]) -> String {
+    let mut out = String::from(
+        "| connections | server | back and subscribed | seconds | refused (503) | I/O errors + timeouts | gave up | shardcast advantage (time) | limited by |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in records {
+        let sc = find(records, r, ServerKind::Shardcast);
+        let adv = match r.target {
+            ServerKind::Shardcast => "".into(),
+            _ => {
+                fmt(
+                    advantage(sc.and_then(|s| s.get("storm_seconds")), r.get("storm_seconds"), false),
+                    2,
+                ) + "×"
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.size,
+            r.target.name(),
+            fmt(r.get("resubscribed"), 0),
+            fmt(r.get("storm_seconds"), 2),
+            fmt(r.get("refused"), 0),
+            fmt(
+                Some(r.get("io_errors").unwrap_or(0.0) + r.get("timeouts").unwrap_or(0.0)),
+                0
+            ),
+            fmt(r.get("gave_up"), 0),
+            adv,
+            r.limited_by
+        );
+    }
+    out
+}
+
+fn color(t: ServerKind) -> &'static str {
+    match t {
+        ServerKind::Shardcast => "#1f77b4",
+        ServerKind::Floor => "#2ca02c",
+        ServerKind::Node => "#d62728",
+    }
+}
+
+/// Reads one percentile out of a summary.
+type PercentileOf = fn(&crate::latency::LatencySummary) -> f64;
+
+fn latency_chart(records: &[ScenarioRecord]) -> LineChart {
+    let mut series = Vec::new();
+    for target in [ServerKind::Shardcast, ServerKind::Floor, ServerKind::Node] {
+        let rs: Vec<&ScenarioRecord> = records
+            .iter()
+            .filter(|r| r.scenario == "fanout" && r.phase == "fixed" && r.target == target)
+            .collect();
+        if rs.is_empty() {
+            continue;
+        }
+        let pick: [(&str, &str, PercentileOf); 3] = [
+            ("p50", "2,3", |l| l.p50_ms),
+            ("p99", "", |l| l.p99_ms),
+            ("p99.9", "8,4", |l| l.p999_ms),
+        ];
+        for (name, dash, get) in pick {
+            series.push(Series {
+                name: format!("{} {name}", target.name()),
+                color: color(target).into(),
+                dash: dash.into(),
+                points: rs
+                    .iter()
+                    .filter_map(|r| Some((r.size as f64, get(r.latency.as_ref()?))))
+                    .collect(),
+            });
+        }
+    }
+    LineChart {
+        title: "Publish-to-delivery latency, one channel, fixed publish rate".into(),
+        x_label: "subscribers of the channel".into(),
+        y_label: "latency (ms, log scale)".into(),
+        log_y: true,
+        series,
+    }
+}
+
+fn throughput_chart(records: &[ScenarioRecord]) -> LineChart {
+    let mut series = Vec::new();
+    for target in [ServerKind::Shardcast, ServerKind::Floor, ServerKind::Node] {
+        let key = if target == ServerKind::Node {
+            "deliveries_per_stack_cpu_second"
+        } else {
+            "deliveries_per_server_cpu_second"
+        };
+        let points: Vec<(f64, f64)> = records
+            .iter()
+            .filter(|r| r.scenario == "fanout" && r.phase == "max" && r.target == target)
+            .filter_map(|r| Some((r.size as f64, r.get(key)? / 1e3)))
+            .collect();
+        if !points.is_empty() {
+            series.push(Series {
+                name: target.name().into(),
+                color: color(target).into(),
+                dash: String::new(),
+                points,
+            });
+        }
+    }
+    LineChart {
+        title: "Deliveries per server CPU-second, one channel, max rate".into(),
+        x_label: "subscribers of the channel".into(),
+        y_label: "thousand deliveries per CPU-second".into(),
+        log_y: false,
+        series,
+    }
+}
+
+fn rss_chart(records: &[ScenarioRecord]) -> LineChart {
+    let mut series = Vec::new();
+    for target in [ServerKind::Shardcast, ServerKind::Floor, ServerKind::Node] {
+        // The largest idle run has the most samples along the way.
+        let best = records
+            .iter()
+            .filter(|r| r.scenario == "idle" && r.target == target && !r.series.is_empty())
+            .max_by_key(|r| r.size);
+        if let Some(r) = best {
+            series.push(Series {
+                name: target.name().into(),
+                color: color(target).into(),
+                dash: String::new(),
+                points: r.series.iter().map(|&(c, b)| (c, b / 1048576.0)).collect(),
+            });
+        }
+    }
+    LineChart {
+        title: "Server resident memory while idle subscribed connections open".into(),
+        x_label: "subscribed connections".into(),
+        y_label: "server RSS (MiB)".into(),
+        log_y: false,
+        series,
+    }
+}
+
+/// Writes `summary.md` and the charts for every results file in `dir`.
+pub fn write_report(dir: &Path) -> Result<(), BenchError> {
+    let files = ResultsFile::read_all(dir)?;
+    let mut md = String::from("# Benchmark results (generated by `shardcast-bench report`)\n\n");
+    let mut all: Vec<ScenarioRecord> = Vec::new();
+    for (name, file) in &files {
+        let m = &file.machine;
+        let _ = writeln!(
+            md,
+            "## {name}\n\n`{}`\n\n{} CPUs ({}), {:.1} GiB, {}; servers on CPU {:?}, load generators on CPU {:?}.\n",
+            file.command,
+            m.cpus,
+            m.cpu_model,
+            m.memory_bytes as f64 / (1u64 << 30) as f64,
+            m.kernel,
+            file.gateway_cpus,
+            file.loadgen_cpus
+        );
+        let mut records = file.records.clone();
+        records.sort_by(|a, b| (a.size, &a.phase, a.target).cmp(&(b.size, &b.phase, b.target)));
+        let scenario = records.first().map(|r| r.scenario.clone()).unwrap_or_default();
+        md.push_str(&match scenario.as_str() {
+            "idle" => idle_table(&records),
+            "storm" => storm_table(&records),
+            _ => publish_table(&records),
+        });
+        md.push('\n');
+        for r in &records {
+            for n in &r.notes {
+                let _ = writeln!(md, "- {} {} {} {}: {n}", r.target.name(), r.scenario, r.size, r.phase);
+            }
+        }
+        md.push('\n');
+        all.extend(records);
+    }
+    std::fs::write(dir.join("summary.md"), md).context(|| format!("write {}/summary.md", dir.display()))?;
+    let charts = [
+        ("latency-vs-subscribers.svg", latency_chart(&all)),
+        ("throughput-vs-subscribers.svg", throughput_chart(&all)),
+        ("rss-vs-connections.svg", rss_chart(&all)),
+    ];
+    for (name, chart) in charts {
+        std::fs::write(dir.join(name), chart.to_svg()).context(|| format!("write {name}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,677 @@
+//! The four scenarios (idle, fanout, channels, storm) and what they measure. Each
+//! runs every selected server back to back at each size: start the server pinned to
+//! the gateway CPUs, spawn the load-generator fleet pinned to the others, measure,
+//! stop both. Every step is bounded in time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::BenchError;
+use crate::fleet::{FleetPlan, LoadGenFleet};
+use crate::http_client;
+use crate::proc_stats::{self, ProcessSample};
+use crate::publisher::{run_publisher, PublishLoad, PublishProgress};
+use crate::record::ScenarioRecord;
+use crate::servers::{ServerKind, ServerOptions, ServerUnderTest};
+
+/// Options shared by every scenario.
+#[derive(Debug, Clone)]
+pub struct Harness {
+    /// How to start the servers.
+    pub servers: ServerOptions,
+    /// Servers to measure, in order.
+    pub targets: Vec<ServerKind>,
+    /// CPUs of the load generators (and of this process).
+    pub loadgen_cpus: Vec<usize>,
+    /// Most sockets per load-generator process.
+    pub per_worker: usize,
+    /// Connects per second in total.
+    pub connect_rate: f64,
+    /// Upgrades in flight per worker.
+    pub max_in_flight: usize,
+    /// Bound on one server's run at one size.
+    pub time_limit: Duration,
+    /// Where results go.
+    pub out_dir: PathBuf,
+    /// Count a run as failed when a connection did not subscribe or a delivery is
+    /// missing (for the smoke test; a loaded full run may lose slow consumers).
+    pub strict: bool,
+}
+
+/// Fanout and channels publishing knobs.
+#[derive(Debug, Clone)]
+pub struct PublishKnobs {
+    /// Fixed rate, publications per second (0 skips the fixed-rate phase).
+    pub rate: f64,
+    /// Seconds of the fixed-rate phase.
+    pub fixed_seconds: f64,
+    /// Seconds of the max-rate phase (0 skips it).
+    pub max_seconds: f64,
+    /// Publications per request.
+    pub batch: usize,
+    /// Concurrent HTTP connections of the publisher.
+    pub http_connections: usize,
+    /// Size of `data`, bytes.
+    pub payload_bytes: usize,
+    /// Most publications per phase.
+    pub max_publications: u64,
+}
+
+/// One scenario at one size, to run against each server.
+enum Job<'k> {
+    Idle(usize),
+    Publish {
+        scenario: &'static str,
+        conns: usize,
+        channels: usize,
+        knobs: &'k PublishKnobs,
+    },
+    Storm(usize),
+}
+
+/// Figures a scenario run produced, and whether anything failed.
+#[derive(Default)]
+pub struct Outcome {
+    /// Records, one per server, size and phase.
+    pub records: Vec<ScenarioRecord>,
+    /// Server runs that failed.
+    pub failures: usize,
+}
+
+fn progress_line(tag: &str, fleet: &LoadGenFleet, server: &ServerUnderTest, total: usize) {
+    let s = server.sample();
+    eprintln!(
+        "[{tag}] subscribed {}/{total}, delivered {}, server RSS {:.1} MiB, server CPU {:.1} s",
+        fleet.subscribed(),
+        fleet.delivered(),
+        s.rss_bytes as f64 / 1048576.0,
+        s.cpu_seconds
+    );
+}
+
+impl Harness {
+    fn plan(&self, server: &ServerUnderTest, connections: usize, prefix: &str, channels: usize) -> FleetPlan {
+        FleetPlan {
+            targets: server.ws.clone(),
+            path: "/ws".into(),
+            connections,
+            channel_prefix: prefix.into(),
+            channels,
+            per_worker: self.per_worker,
+            connect_rate: self.connect_rate,
+            max_in_flight: self.max_in_flight,
+            attempts: 5,
+            cpus: self.loadgen_cpus.clone(),
+            deadline: self.time_limit + Duration::from_secs(30),
+        }
+    }
+
+    async fn run_job(&self, server: &ServerUnderTest, job: &Job<'_>) -> Result<Vec<ScenarioRecord>, BenchError> {
+        match job {
+            Job::Idle(n) => self.idle_once(server, *n).await,
+            Job::Publish {
+                scenario,
+                conns,
+                channels,
+                knobs,
+            } => self.publish_scenario(server, scenario, *conns, *channels, knobs).await,
+            Job::Storm(n) => self.storm_once(server, *n).await,
+        }
+    }
+
+    async fn for_each_server(&self, scenario: &str, size: usize, outcome: &mut Outcome, job: Job<'_>) {
+        for &target in &self.targets {
+            eprintln!("== {scenario} {size} on {} ==", target.name());
+            let server = match ServerUnderTest::start(target, &self.servers) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("!! {scenario} {size} {}: {e}", target.name());
+                    outcome.failures += 1;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(self.time_limit, self.run_job(&server, &job)).await {
+                Ok(Ok(records)) => {
+                    for r in &records {
+                        eprintln!("   {}", summary_line(r));
+                        if let Some(problem) = self.strict.then(|| strict_problem(r)).flatten() {
+                            eprintln!("!! {scenario} {size} {}: {problem}", target.name());
+                            outcome.failures += 1;
+                        }
+                    }
+                    outcome.records.extend(records);
+                }
+                Ok(Err(e)) => {
+                    eprintln!("!! {scenario} {size} {}: {e}", target.name());
+                    for line in server.log_tail().iter().rev().take(5) {
+                        eprintln!("   server log: {line}");
+                    }
+                    outcome.failures += 1;
+                }
+                Err(_) => {
+                    eprintln!(
+                        "!! {scenario} {size} {}: time limit of {:?} reached",
+                        target.name(),
+                        self.time_limit
+                    );
+                    outcome.failures += 1;
+                }
+            }
+            server.stop();
+        }
+    }
+
+    /// Idle: N subscribed idle connections; memory per connection and connect rate.
+    pub async fn idle(&self, sizes: &[usize]) -> Outcome {
+        let mut outcome = Outcome::default();
+        for &n in sizes {
+            self.for_each_server("idle", n, &mut outcome, Job::Idle(n)).await;
+        }
+        outcome
+    }
+
+    async fn idle_once(&self, server: &ServerUnderTest, n: usize) -> Result<Vec<ScenarioRecord>, BenchError> {
+        let mut rec = ScenarioRecord::new("idle", server.kind, n, "connect");
+        // Let the server finish starting (Node's workers load modules) before the baseline.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let kernel0 = proc_stats::sample_kernel_memory();
+        let before = server.sample();
+        let redis0 = server.sample_redis();
+        let mut fleet = LoadGenFleet::spawn(&self.plan(server, n, "idle-", (n / 10).max(1)))?;
+        let tag = format!("idle {n} {}", server.kind.name());
+        let mut series = vec![(0.0, before.rss_bytes as f64)];
+        let ready = fleet
+            .wait_ready(self.time_limit, |f| {
+                let rss = server.sample().rss_bytes as f64;
+                series.push((f.subscribed() as f64, rss));
+                progress_line(&tag, f, server, n);
+            })
+            .await?;
+        // Settle: let allocators and lazy per-connection work finish before reading.
+        fleet.pump(Duration::from_secs(2)).await?;
+        let after = server.sample();
+        let redis1 = server.sample_redis();
+        let kernel1 = proc_stats::sample_kernel_memory();
+        let report = fleet.report(Duration::from_secs(10)).await?;
+        let conns = ready.subscribed.max(1) as f64;
+        series.push((ready.subscribed as f64, after.rss_bytes as f64));
+        rec.series = series;
+        rec.set("connections", ready.subscribed as f64);
+        rec.set("failed_attempts", ready.failures.failed_attempts() as f64);
+        rec.set("refused", ready.failures.refused as f64);
+        rec.set("gave_up", ready.failures.gave_up as f64);
+        rec.set("connect_seconds", ready.connect_seconds);
+        rec.set(
+            "connect_rate",
+            ready.subscribed as f64 / ready.connect_seconds.max(1e-9),
+        );
+        rec.set("rss_before_bytes", before.rss_bytes as f64);
+        rec.set("rss_after_bytes", after.rss_bytes as f64);
+        rec.set(
+            "rss_per_connection",
+            (after.rss_bytes as f64 - before.rss_bytes as f64) / conns,
+        );
+        rec.set(
+            "redis_rss_per_connection",
+            (redis1.rss_bytes as f64 - redis0.rss_bytes as f64) / conns,
+        );
+        rec.set(
+            "kernel_slab_per_connection",
+            (kernel1.slab_bytes as f64 - kernel0.slab_bytes as f64) / conns,
+        );
+        rec.set(
+            "kernel_socket_slabs_per_connection",
+            (kernel1.socket_slab_bytes as f64 - kernel0.socket_slab_bytes as f64) / conns,
+        );
+        rec.set(
+            "kernel_tcp_buffers_per_connection",
+            (kernel1.tcp_buffer_bytes as f64 - kernel0.tcp_buffer_bytes as f64) / conns,
+        );
+        rec.set("loadgen_rss_per_connection", report.rss_bytes as f64 / conns);
+        rec.set("server_cpu_seconds_connecting", after.cpu_seconds - before.cpu_seconds);
+        rec.set("loadgen_processes", fleet.worker_count() as f64);
+        rec.limited_by = format!("connect pacing at {:.0}/s", self.connect_rate);
+        if ready.failures.failed_attempts() > 0 {
+            rec.notes.push(format!("connect failures: {:?}", ready.failures));
+        }
+        fleet.shutdown();
+        Ok(vec![rec])
+    }
+
+    /// Fanout: one channel with S subscribers; fixed-rate and max-rate phases.
+    pub async fn fanout(&self, sizes: &[usize], knobs: &PublishKnobs) -> Outcome {
+        let mut outcome = Outcome::default();
+        for &s in sizes {
+            let job = Job::Publish {
+                scenario: "fanout",
+                conns: s,
+                channels: 1,
+                knobs,
+            };
+            self.for_each_server("fanout", s, &mut outcome, job).await;
+        }
+        outcome
+    }
+
+    /// Channels: `channels` channels × `per_channel` subscribers, random publishes.
+    pub async fn channels(&self, channels: usize, per_channel: usize, knobs: &PublishKnobs) -> Outcome {
+        let mut outcome = Outcome::default();
+        // The floor has no channels (every socket gets every publication), so it has
+        // no figure to give here; its fanout figures are the per-delivery floor.
+        let mut harness = self.clone();
+        harness.targets.retain(|t| *t != ServerKind::Floor);
+        if harness.targets.len() < self.targets.len() {
+            eprintln!("channels: the floor server has no channels; skipping it (see its fanout figures)");
+        }
+        let conns = channels * per_channel;
+        let job = Job::Publish {
+            scenario: "channels",
+            conns,
+            channels,
+            knobs,
+        };
+        harness.for_each_server("channels", conns, &mut outcome, job).await;
+        outcome
+    }
+
+    async fn publish_scenario(
+        &self,
+        server: &ServerUnderTest,
+        scenario: &str,
+        conns: usize,
+        channels: usize,
+        knobs: &PublishKnobs,
+    ) -> Result<Vec<ScenarioRecord>, BenchError> {
+        let prefix = format!("{scenario}-");
+        let mut fleet = LoadGenFleet::spawn(&self.plan(server, conns, &prefix, channels))?;
+        let tag = format!("{scenario} {conns} {}", server.kind.name());
+        let ready = fleet
+            .wait_ready(self.time_limit, |f| progress_line(&tag, f, server, conns))
+            .await?;
+        if ready.subscribed < conns {
+            eprintln!(
+                "[{tag}] only {} of {conns} subscribed: {:?}",
+                ready.subscribed, ready.failures
+            );
+        }
+        fleet.pump(Duration::from_secs(1)).await?;
+        let mut records = Vec::new();
+        let per_publication = (ready.subscribed as u64).div_ceil(channels.max(1) as u64).max(1);
+        let phases = [
+            ("fixed", Some(knobs.rate), knobs.fixed_seconds),
+            ("max", None, knobs.max_seconds),
+        ];
+        for (phase, rate, seconds) in phases {
+            if seconds <= 0.0 || rate.is_some_and(|r| r <= 0.0) {
+                continue;
+            }
+            let load = PublishLoad {
+                rate,
+                duration: Duration::from_secs_f64(seconds),
+                max_publications: knobs.max_publications,
+                batch: knobs.batch,
+                http_connections: knobs.http_connections,
+                payload_bytes: knobs.payload_bytes,
+                channel_prefix: prefix.clone(),
+                channels,
+                deliveries_per_publication: per_publication,
+                window_deliveries: (per_publication * 4).max(50_000),
+            };
+            let mut rec = ScenarioRecord::new(scenario, server.kind, conns, phase);
+            rec.set("subscribed", ready.subscribed as f64);
+            rec.set("channels", channels as f64);
+            self.publish_phase(server, &mut fleet, load, &mut rec, &tag).await?;
+            records.push(rec);
+        }
+        fleet.shutdown();
+        Ok(records)
+    }
+
+    async fn publish_phase(
+        &self,
+        server: &ServerUnderTest,
+        fleet: &mut LoadGenFleet,
+        load: PublishLoad,
+        rec: &mut ScenarioRecord,
+        tag: &str,
+    ) -> Result<(), BenchError> {
+        fleet.broadcast(crate::worker_protocol::WorkerCommand::Reset)?;
+        // Longer than one progress interval, so no pre-reset count is still in flight.
+        fleet.pump(Duration::from_millis(300)).await?;
+        let metrics0 = scrape(server).await;
+        let window = CpuWindow::start(server, fleet);
+        let progress = Arc::new(PublishProgress::default());
+        let fixed = load.rate.is_some();
+        let publisher = tokio::spawn(run_publisher(server.admin, load.clone(), progress.clone()));
+        let mut next_line = Instant::now() + Duration::from_secs(1);
+        while !publisher.is_finished() {
+            fleet.pump(Duration::from_millis(50)).await?;
+            progress.delivered.store(fleet.delivered(), Ordering::Relaxed);
+            if Instant::now() >= next_line {
+                next_line += Duration::from_secs(1);
+                eprintln!(
+                    "[{tag} {}] published {}, delivered {}",
+                    rec.phase,
+                    progress.published.load(Ordering::Relaxed),
+                    fleet.delivered()
+                );
+            }
+        }
+        let outcome = publisher
+            .await
+            .map_err(|e| BenchError::Options(format!("publisher task failed: {e}")))??;
+        // Drain: wait for the last deliveries (or until they stop coming for 2 s).
+        let expected = outcome.published * load.deliveries_per_publication;
+        let drain_until = Instant::now() + Duration::from_secs(15);
+        let mut last_count = fleet.delivered();
+        let mut last_change = Instant::now();
+        while fleet.delivered() < expected && Instant::now() < drain_until {
+            fleet.pump(Duration::from_millis(50)).await?;
+            if fleet.delivered() != last_count {
+                last_count = fleet.delivered();
+                last_change = Instant::now();
+            } else if last_change.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        }
+        let wall = window.finish(server, fleet, rec);
+        let metrics1 = scrape(server).await;
+        let report = fleet.report(Duration::from_secs(10)).await?;
+        let latency = report.latency.summary();
+        rec.latency = Some(latency);
+        rec.set("published", outcome.published as f64);
+        rec.set("publish_requests", outcome.requests as f64);
+        rec.set("publish_errors", outcome.errors as f64);
+        rec.set("publish_seconds", outcome.seconds);
+        rec.set("publications_per_second", outcome.published as f64 / wall);
+        rec.set("expected_deliveries", expected as f64);
+        rec.set("delivered", report.delivered as f64);
+        rec.set("missing_deliveries", expected as f64 - report.delivered as f64);
+        rec.set("deliveries_per_second", report.delivered as f64 / wall);
+        let server_cpu = rec.get("server_cpu_seconds").unwrap_or(0.0);
+        let stack_cpu = server_cpu + rec.get("redis_cpu_seconds").unwrap_or(0.0);
+        rec.set(
+            "deliveries_per_server_cpu_second",
+            report.delivered as f64 / server_cpu.max(1e-9),
+        );
+        rec.set(
+            "deliveries_per_stack_cpu_second",
+            report.delivered as f64 / stack_cpu.max(1e-9),
+        );
+        rec.set("closed_by_server", report.failures.closed_by_server as f64);
+        for (k, v) in metric_deltas(&metrics0, &metrics1) {
+            rec.set(&format!("metric:{k}"), v);
+        }
+        if let Ok(first) = progress.first_error.lock() {
+            if let Some(e) = first.as_ref() {
+                rec.notes.push(format!("first publish error: {e}"));
+            }
+        }
+        if report.failures.closed_by_server > 0 {
+            rec.notes.push(format!(
+                "{} connections closed by the server during the run",
+                report.failures.closed_by_server
+            ));
+        }
+        rec.limited_by = judge_limit(rec, if fixed { Pace::Fixed } else { Pace::Window });
+        Ok(())
+    }
+
+    /// Storm: N clients drop at once and reconnect; time until all are subscribed again.
+    pub async fn storm(&self, sizes: &[usize]) -> Outcome {
+        let mut outcome = Outcome::default();
+        for &n in sizes {
+            self.for_each_server("storm", n, &mut outcome, Job::Storm(n)).await;
+        }
+        outcome
+    }
+
+    async fn storm_once(&self, server: &ServerUnderTest, n: usize) -> Result<Vec<ScenarioRecord>, BenchError> {
+        let mut rec = ScenarioRecord::new("storm", server.kind, n, "storm");
+        let mut fleet = LoadGenFleet::spawn(&self.plan(server, n, "storm-", (n / 10).max(1)))?;
+        let tag = format!("storm {n} {}", server.kind.name());
+        let ready = fleet
+            .wait_ready(self.time_limit, |f| progress_line(&tag, f, server, n))
+            .await?;
+        fleet.pump(Duration::from_secs(1)).await?;
+        let window = CpuWindow::start(server, &fleet);
+        let metrics0 = scrape(server).await;
+        let storm = fleet
+            .storm(self.time_limit, |f| progress_line(&tag, f, server, n))
+            .await?;
+        let wall = window.finish(server, &fleet, &mut rec);
+        let metrics1 = scrape(server).await;
+        rec.set("connections", ready.subscribed as f64);
+        rec.set("resubscribed", storm.resubscribed as f64);
+        rec.set("storm_seconds", storm.seconds);
+        rec.set("reconnect_rate", storm.resubscribed as f64 / storm.seconds.max(1e-9));
+        rec.set("refused", storm.failures.refused as f64);
+        rec.set("io_errors", storm.failures.io_errors as f64);
+        rec.set("timeouts", storm.failures.timeouts as f64);
+        rec.set("protocol_errors", storm.failures.protocol_errors as f64);
+        rec.set("gave_up", storm.failures.gave_up as f64);
+        rec.set("measured_wall_seconds", wall);
+        for (k, v) in metric_deltas(&metrics0, &metrics1) {
+            rec.set(&format!("metric:{k}"), v);
+        }
+        rec.limited_by = judge_limit(&rec, Pace::Reconnects);
+        fleet.shutdown();
+        Ok(vec![rec])
+    }
+}
+
+/// CPU readings at the start of a measured window.
+struct CpuWindow {
+    at: Instant,
+    server: ProcessSample,
+    redis: ProcessSample,
+    loadgen: ProcessSample,
+    harness: ProcessSample,
+    machine: f64,
+}
+
+impl CpuWindow {
+    fn start(server: &ServerUnderTest, fleet: &LoadGenFleet) -> CpuWindow {
+        CpuWindow {
+            at: Instant::now(),
+            server: server.sample(),
+            redis: server.sample_redis(),
+            loadgen: fleet.sample(),
+            harness: proc_stats::sample_process(std::process::id() as i32),
+            machine: proc_stats::machine_busy_seconds(),
+        }
+    }
+
+    /// Records CPU figures for the window into `rec`; returns its wall seconds.
+    fn finish(&self, server: &ServerUnderTest, fleet: &LoadGenFleet, rec: &mut ScenarioRecord) -> f64 {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        let s = server.sample().cpu_seconds - self.server.cpu_seconds;
+        let r = server.sample_redis().cpu_seconds - self.redis.cpu_seconds;
+        let l = fleet.sample().cpu_seconds - self.loadgen.cpu_seconds;
+        let h = proc_stats::sample_process(std::process::id() as i32).cpu_seconds - self.harness.cpu_seconds;
+        let m = proc_stats::machine_busy_seconds() - self.machine;
+        let server_cores = server_cpu_count(server) as f64;
+        let loadgen_cores = fleet_cpu_count() as f64;
+        rec.set("wall_seconds", wall);
+        rec.set("server_cpu_seconds", s);
+        rec.set("redis_cpu_seconds", r);
+        rec.set("loadgen_cpu_seconds", l);
+        rec.set("harness_cpu_seconds", h);
+        rec.set("server_cpu_util", (s + r) / wall / server_cores);
+        rec.set("loadgen_cpu_util", (l + h) / wall / loadgen_cores);
+        let others = (m - s - r - l - h).max(0.0);
+        rec.set(
+            "other_cpu_util",
+            others / wall / crate::cpu_pinning::online_cpus() as f64,
+        );
+        wall
+    }
+}
+
+fn server_cpu_count(server: &ServerUnderTest) -> usize {
+    affinity_count(server.pids().first().copied().unwrap_or(0))
+}
+
+fn fleet_cpu_count() -> usize {
+    affinity_count(0)
+}
+
+/// CPUs in a process's affinity mask (0: this process).
+fn affinity_count(pid: i32) -> usize {
+    // SAFETY: an all-zero cpu_set_t is valid; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return 1;
+    }
+    // SAFETY: CPU_COUNT reads the set we own.
+    (unsafe { libc::CPU_COUNT(&set) } as usize).max(1)
+}
+
+/// What set the pace of a measured window when no core was saturated.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// A fixed publish rate.
+    Fixed,
+    /// Max-rate publishing: HTTP round trips and the undelivered-frames window.
+    Window,
+    /// A reconnect storm: handshake round trips, backoff after refusals.
+    Reconnects,
+}
+
+/// What limited a publishing or storm figure, judged from CPU use in the window.
+fn judge_limit(rec: &ScenarioRecord, pace: Pace) -> String {
+    let server = rec.get("server_cpu_util").unwrap_or(0.0);
+    let loadgen = rec.get("loadgen_cpu_util").unwrap_or(0.0);
+    let others = rec.get("other_cpu_util").unwrap_or(0.0);
+    let pct = |x: f64| format!("{:.0}%", x * 100.0);
+    let mut why = if server >= 0.85 {
+        format!("server CPU ({} of its cores)", pct(server))
+    } else if loadgen >= 0.85 {
+        format!("load-generator CPU ({} of its cores)", pct(loadgen))
+    } else {
+        let pace = match pace {
+            Pace::Fixed => "the offered rate",
+            Pace::Window => "publish round trips and the delivery window",
+            Pace::Reconnects => "handshake round trips and retry backoff",
+        };
+        format!(
+            "{pace} (no core saturated: server {}, loadgen {})",
+            pct(server),
+            pct(loadgen)
+        )
+    };
+    if others >= 0.15 {
+        why.push_str(&format!("; other processes used {} of the machine", pct(others)));
+    }
+    why
+}
+
+/// Series of the servers' /metrics whose changes a record keeps.
+const METRIC_PREFIXES: &[&str] = &[
+    "shardcast_messages_delivered_total",
+    "shardcast_messages_dropped_total",
+    "shardcast_disconnections_total",
+    "shardcast_connections_refused_total",
+    "shardcast_client_errors_total",
+    "shardcast_fanout_duration_seconds_sum",
+    "shardcast_fanout_duration_seconds_count",
+    "floor_closed_full_total",
+];
+
+/// The server's /metrics as series → value (empty for servers without it).
+async fn scrape(server: &ServerUnderTest) -> BTreeMap<String, f64> {
+    if server.kind == ServerKind::Node {
+        return BTreeMap::new();
+    }
+    let Ok(text) = http_client::get(server.admin, "/metrics").await else {
+        return BTreeMap::new();
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse::<f64>().ok()?))
+        })
+        .collect()
+}
+
+/// Non-zero changes of the kept series between two scrapes.
+fn metric_deltas(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .filter(|(k, _)| METRIC_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d != 0.0)
+        .collect()
+}
+
+/// Why a record fails the smoke test's checks, if it does.
+fn strict_problem(r: &ScenarioRecord) -> Option<String> {
+    let size = r.size as f64;
+    let count = |k: &str| r.get(k).unwrap_or(0.0);
+    match r.scenario.as_str() {
+        "idle" if count("connections") < size => Some(format!("only {} of {size} subscribed", count("connections"))),
+        "storm" if count("resubscribed") < size => Some(format!("only {} of {size} came back", count("resubscribed"))),
+        "fanout" | "channels" if count("subscribed") < size => {
+            Some(format!("only {} of {size} subscribed", count("subscribed")))
+        }
+        "fanout" | "channels" if count("delivered") <= 0.0 || count("missing_deliveries") != 0.0 => Some(format!(
+            "{} delivered, {} missing (published {})",
+            count("delivered"),
+            count("missing_deliveries"),
+            count("published")
+        )),
+        _ => None,
+    }
+}
+
+/// One line per record for the console.
+pub fn summary_line(r: &ScenarioRecord) -> String {
+    let f = |k: &str| r.get(k).unwrap_or(f64::NAN);
+    match r.scenario.as_str() {
+        "idle" => format!(
+            "{} idle {}: {:.0} subscribed, {:.0} B/conn server RSS, {:.0} B/conn kernel slab, {:.0} conn/s",
+            r.target.name(),
+            r.size,
+            f("connections"),
+            f("rss_per_connection"),
+            f("kernel_socket_slabs_per_connection"),
+            f("connect_rate")
+        ),
+        "storm" => format!(
+            "{} storm {}: {:.0} back in {:.2} s, refused {:.0}, errors {:.0}, gave up {:.0} [{}]",
+            r.target.name(),
+            r.size,
+            f("resubscribed"),
+            f("storm_seconds"),
+            f("refused"),
+            f("io_errors") + f("timeouts"),
+            f("gave_up"),
+            r.limited_by
+        ),
+        _ => {
+            let l = r.latency.unwrap_or_default();
+            format!(
+                "{} {} {} {}: {:.0} deliveries/s, {:.0} per server CPU-s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, missing {:.0} [{}]",
+                r.target.name(),
+                r.scenario,
+                r.size,
+                r.phase,
+                f("deliveries_per_second"),
+                f("deliveries_per_server_cpu_second"),
+                l.p50_ms,
+                l.p99_ms,
+                l.p999_ms,
+                l.max_ms,
+                f("missing_deliveries"),
+                r.limited_by
+            )
+        }
+    }
+}
