@@ -195,6 +195,16 @@ interface Connection {
   inbound?: Promise<void>;
 }
 
+/**
+ * Marks a promise as handled, so that a caller who fires and forgets a
+ * subscribe or unsubscribe does not get an unhandled-rejection crash (Node.js)
+ * when the client closes first; a caller who awaits still sees the rejection.
+ */
+function markHandled<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
+}
+
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 
@@ -377,9 +387,11 @@ export class ShardcastClient {
       if (this.isConnected()) this.sendSubscribe(entry);
     }
     const waitingEntry = entry;
-    return new Promise<Subscription>((resolve, reject) => {
-      waitingEntry.waiters.push({ handler: typedHandler, resolve: () => resolve(subscription), reject });
-    });
+    return markHandled(
+      new Promise<Subscription>((resolve, reject) => {
+        waitingEntry.waiters.push({ handler: typedHandler, resolve: () => resolve(subscription), reject });
+      }),
+    );
   }
 
   /**
@@ -389,7 +401,7 @@ export class ShardcastClient {
   unsubscribe(channel: string): Promise<void> {
     const entry = this.channels.get(channel);
     if (!entry) return Promise.resolve();
-    return this.dropChannel(entry);
+    return markHandled(this.dropChannel(entry));
   }
 
   /**
@@ -570,7 +582,18 @@ export class ShardcastClient {
   /** Gives up on a socket the client no longer trusts (no welcome in time, heartbeat lost). */
   private abortConnection(connection: Connection, reason: string): void {
     if (connection.finished) return;
-    this.abandon(connection, CloseCode.NORMAL, reason);
+    const { socket } = connection as { socket: WebSocketLike & { terminate?: () => void } };
+    if (typeof socket.terminate === 'function') {
+      // The `ws` package would otherwise wait up to 30 s for a close frame from a peer that is gone.
+      this.finish(connection);
+      try {
+        socket.terminate();
+      } catch {
+        // Dropping it is all that was wanted.
+      }
+    } else {
+      this.abandon(connection, CloseCode.NORMAL, reason);
+    }
     // Reported as 1006 (no close frame received), as when the platform notices a dead peer itself.
     this.failPending(connection, new ConnectionLostError(CloseCode.ABNORMAL, reason));
     this.afterLoss(CloseCode.ABNORMAL, reason, connection);
@@ -907,7 +930,7 @@ export class ShardcastClient {
         entry.waiters = entry.waiters.filter((w) => w.handler !== handler);
         for (const waiter of cancelled) waiter.reject(new SubscriptionCancelledError(channel));
         if (entry.handlers.size > 0) return Promise.resolve();
-        return this.dropChannel(entry);
+        return markHandled(this.dropChannel(entry));
       },
     };
   }

@@ -644,6 +644,25 @@ describe('timeouts and heartbeat', () => {
     client.close();
   });
 
+  it('terminates a dead socket at once where the platform can (the ws package)', async () => {
+    class TerminableWebSocket extends FakeWebSocket {
+      terminated = false;
+      terminate(): void {
+        this.terminated = true;
+        this.readyState = 3;
+      }
+    }
+    const { client } = makeClient({ WebSocket: TerminableWebSocket, heartbeat: { intervalMs: 1_000, timeoutMs: 500 } });
+    await flush();
+    const socket = FakeWebSocket.last as TerminableWebSocket;
+    socket.accept();
+    await vi.advanceTimersByTimeAsync(1_500);
+    expect(socket.terminated).toBe(true);
+    expect(socket.closedByClient).toBeUndefined();
+    expect(client.state).toBe('reconnecting');
+    client.close();
+  });
+
   it('counts any frame as a sign of life', async () => {
     const { client } = makeClient({ heartbeat: { intervalMs: 1_000, timeoutMs: 500 } });
     await flush();
@@ -772,6 +791,18 @@ describe('close()', () => {
     expect(eventsNamed(events, 'closed')).toEqual([{ code: undefined, reason: 'client closed' }]);
     await vi.advanceTimersByTimeAsync(60_000);
     expect(FakeWebSocket.instances).toHaveLength(1);
+  });
+
+  it('does not leave unhandled rejections behind for subscribes nobody awaited', async () => {
+    const { client } = makeClient();
+    await flush();
+    FakeWebSocket.last.accept();
+    void client.subscribe('a', () => undefined);
+    void client.subscribe('b', () => undefined);
+    client.close();
+    // vitest fails the run on an unhandled rejection; give one the chance to surface.
+    await flush();
+    expect(client.subscribedChannels).toEqual([]);
   });
 
   it('keeps acknowledged subscriptions for a later connect()', async () => {
