@@ -16,6 +16,7 @@ import {
   HandlerError,
   HandshakeRejectedError,
   InvalidChannelError,
+  MessageTooLargeError,
   NotConnectedError,
   ProtocolError,
   RequestTimeoutError,
@@ -24,7 +25,16 @@ import {
   SubscriptionCancelledError,
   TokenProviderError,
 } from './errors';
-import { CloseCode, validateChannel, type ClientFrame, type Encoding, type ServerFrame, type WelcomeFrame } from './protocol';
+import {
+  CloseCode,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  utf8Length,
+  validateChannel,
+  type ClientFrame,
+  type Encoding,
+  type ServerFrame,
+  type WelcomeFrame,
+} from './protocol';
 import {
   FATAL_HANDSHAKE_STATUSES,
   httpStatusFromError,
@@ -89,6 +99,12 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** How long `publish`, `unsubscribe` and `ping` wait for their reply, in milliseconds (default 10 000). */
   requestTimeoutMs?: number;
+  /**
+   * The gateway's maximum message size in bytes (default 65 536, the gateway's
+   * default). Larger publishes are refused locally: the gateway would close with
+   * 1009, after which the client does not reconnect.
+   */
+  maxMessageBytes?: number;
   /** Connect from the constructor (default true); otherwise call {@link ShardcastClient.connect}. */
   autoConnect?: boolean;
   /** Source of randomness for the backoff jitter (tests pass a fixed one). */
@@ -226,6 +242,7 @@ export class ShardcastClient {
   private readonly heartbeatOptions: false | HeartbeatOptions;
   private readonly connectTimeoutMs: number;
   private readonly requestTimeoutMs: number;
+  private readonly maxMessageBytes: number;
   private readonly random: () => number;
   private readonly events: TypedEmitter<ClientEvents>;
 
@@ -265,6 +282,7 @@ export class ShardcastClient {
     this.heartbeatOptions = options.heartbeat ?? {};
     this.connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     this.random = options.random ?? Math.random;
     this.events = new TypedEmitter<ClientEvents>((error, event) => this.reportListenerError(error, String(event)));
     if (options.autoConnect ?? true) {
@@ -763,10 +781,10 @@ export class ShardcastClient {
     return id;
   }
 
-  private sendFrame(connection: Connection, frame: ClientFrame): boolean {
+  private sendFrame(connection: Connection, frame: ClientFrame, encoded?: string | Uint8Array): boolean {
     if (connection.finished || connection.socket.readyState !== ReadyState.OPEN) return false;
     try {
-      connection.socket.send(connection.codec.encodeClient(frame));
+      connection.socket.send(encoded ?? connection.codec.encodeClient(frame));
       return true;
     } catch (cause) {
       this.reportError(new ShardcastError(`cannot send ${frame.op}`, { cause }));
@@ -781,6 +799,15 @@ export class ShardcastClient {
       return Promise.reject(this.currentState === 'closed' ? new ClientClosedError() : new NotConnectedError(frame.op));
     }
     const id = this.takeRequestId();
+    const fullFrame = { ...frame, id };
+    let encoded: string | Uint8Array;
+    try {
+      encoded = connection.codec.encodeClient(fullFrame);
+    } catch (cause) {
+      return Promise.reject(new TypeError(`${frame.op}: cannot encode the frame (${String(cause)})`));
+    }
+    const size = typeof encoded === 'string' ? utf8Length(encoded) : encoded.length;
+    if (size > this.maxMessageBytes) return Promise.reject(new MessageTooLargeError(size, this.maxMessageBytes));
     return new Promise<ServerFrame>((resolve, reject) => {
       const pending: PendingRequest = {
         op: frame.op,
@@ -794,7 +821,7 @@ export class ShardcastClient {
         reject(new RequestTimeoutError(frame.op, this.requestTimeoutMs));
       }, this.requestTimeoutMs);
       this.pending.set(id, pending);
-      if (!this.sendFrame(connection, { ...frame, id })) {
+      if (!this.sendFrame(connection, fullFrame, encoded)) {
         clearTimeout(pending.timer);
         this.pending.delete(id);
         reject(new NotConnectedError(frame.op));

@@ -160,3 +160,22 @@ export class HandshakeRejectedError extends ShardcastError {
     this.status = status;
   }
 }
+
+/**
+ * A frame larger than the gateway's maximum message size; refused before sending,
+ * because the gateway would close the connection with 1009 and, as the protocol
+ * says, the client must not reconnect after that.
+ */
+export class MessageTooLargeError extends ShardcastError {
+  override readonly name: string = 'MessageTooLargeError';
+  /** The encoded frame's size in bytes. */
+  readonly size: number;
+  /** The limit it exceeds. */
+  readonly limit: number;
+
+  constructor(size: number, limit: number) {
+    super(`frame of ${size} bytes exceeds the maximum message size of ${limit} bytes`);
+    this.size = size;
+    this.limit = limit;
+  }
+}

@@ -24,6 +24,7 @@ export {
   HandlerError,
   HandshakeRejectedError,
   InvalidChannelError,
+  MessageTooLargeError,
   NotConnectedError,
   ProtocolError,
   RequestTimeoutError,
@@ -35,6 +36,7 @@ export {
 export {
   CloseCode,
   DEFAULT_MAX_CHANNEL_LENGTH,
+  DEFAULT_MAX_MESSAGE_BYTES,
   ERROR_CODES,
   parseRetryMs,
   PROTOCOL_VERSION,

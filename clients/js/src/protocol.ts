@@ -186,6 +186,9 @@ export function parseRetryMs(reason: string | undefined | null): number | undefi
   return Number.isSafeInteger(value) ? value : undefined;
 }
 
+/** The gateway's default maximum size of one client message, in bytes (`--max-message-bytes`). */
+export const DEFAULT_MAX_MESSAGE_BYTES = 65_536;
+
 /** Default and recommended maximum channel-name length in bytes. */
 export const DEFAULT_MAX_CHANNEL_LENGTH = 128;
 
@@ -212,7 +215,8 @@ export function validateChannel(
   return undefined;
 }
 
-function utf8Length(text: string): number {
+/** The length of a string in UTF-8 bytes. */
+export function utf8Length(text: string): number {
   let bytes = 0;
   for (let i = 0; i < text.length; i++) {
     const unit = text.charCodeAt(i);

@@ -8,6 +8,7 @@ import WebSocket from 'ws';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import {
   HandshakeRejectedError,
+  MessageTooLargeError,
   NotConnectedError,
   ServerError,
   ShardcastClient,
@@ -120,6 +121,9 @@ it('publishes from a client where the gateway allows it', async () => {
     await publisher.publish('chat:room-1', { from: 'publisher', text: 'hi' });
     await waitFor(() => received.length === 1, 'the client publication');
     expect(received).toEqual([{ from: 'publisher', text: 'hi' }]);
+    // Above the gateway's 64 KiB limit: refused locally, so the gateway has no 1009 to close with.
+    await expect(publisher.publish('chat:room-1', 'x'.repeat(70_000))).rejects.toBeInstanceOf(MessageTooLargeError);
+    expect(publisher.state).toBe('connected');
   } finally {
     await gateway.stop();
   }

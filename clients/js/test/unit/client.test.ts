@@ -9,6 +9,7 @@ import {
   HandlerError,
   HandshakeRejectedError,
   InvalidChannelError,
+  MessageTooLargeError,
   NotConnectedError,
   NoWebSocketError,
   RequestTimeoutError,
@@ -753,6 +754,30 @@ describe('requests', () => {
     const published = client.publish('news', 1);
     FakeWebSocket.last.serverClose(1011, 'oops');
     await expect(published).rejects.toEqual(new ConnectionLostError(1011, 'oops'));
+    client.close();
+  });
+
+  it('refuses a publish above the maximum message size before sending it', async () => {
+    const { client } = makeClient({ maxMessageBytes: 1_000 });
+    await flush();
+    const socket = FakeWebSocket.last;
+    socket.accept();
+    const error = await client.publish('news', 'é'.repeat(500)).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(MessageTooLargeError);
+    expect(error).toMatchObject({ limit: 1_000 });
+    expect((error as MessageTooLargeError).size).toBeGreaterThan(1_000);
+    expect(socket.framesWithOp('publish')).toHaveLength(0);
+    const ok = client.publish('news', 'é'.repeat(400));
+    socket.receive({ type: 'ack', id: socket.framesWithOp('publish')[0]?.id });
+    await expect(ok).resolves.toBeUndefined();
+    client.close();
+  });
+
+  it('refuses to publish null', async () => {
+    const { client } = makeClient();
+    await flush();
+    FakeWebSocket.last.accept();
+    await expect(client.publish('news', null)).rejects.toBeInstanceOf(TypeError);
     client.close();
   });
 
