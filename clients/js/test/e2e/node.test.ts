@@ -15,7 +15,6 @@ import {
   type ClientEvents,
   type ClientOptions,
   type Encoding,
-  type WebSocketConstructor,
 } from '../../dist/index.js';
 import { Gateway, killAllGateways, restartOnSamePort, waitFor } from './gateway';
 
@@ -24,7 +23,7 @@ const clients: ShardcastClient[] = [];
 function makeClient(url: string, options: Partial<ClientOptions> = {}): ShardcastClient {
   const client = new ShardcastClient({
     url,
-    WebSocket: WebSocket as unknown as WebSocketConstructor,
+    WebSocket,
     reconnect: { initialDelayMs: 100, maxDelayMs: 500 },
     connectTimeoutMs: 2_000,
     requestTimeoutMs: 3_000,
@@ -105,6 +104,28 @@ it('stops instead of retrying when the gateway answers the upgrade with 404 (wro
     expect(errors[0]).toBeInstanceOf(HandshakeRejectedError);
     expect(errors[0]).toMatchObject({ status: 404 });
     expect(connecting).toHaveLength(1);
+  } finally {
+    await gateway.stop();
+  }
+});
+
+it('backs off while the gateway refuses connections (503 at max-connections) and gets in once there is room', async () => {
+  const gateway = await Gateway.start({ args: ['--max-connections', '1'] });
+  try {
+    const first = makeClient(gateway.wsUrl);
+    await waitFor(() => first.state === 'connected', 'the first connection');
+    const second = makeClient(gateway.wsUrl, { reconnect: { initialDelayMs: 100, maxDelayMs: 200 } });
+    const disconnected = record(second, 'disconnected');
+    const errors = record(second, 'error');
+    await waitFor(() => disconnected.length >= 2, 'two refused attempts');
+    expect(disconnected.every((d) => !d.wasConnected && d.willReconnect)).toBe(true);
+    // A 503 is a reason to wait, not to give up.
+    expect(errors.filter((e) => e instanceof HandshakeRejectedError)).toEqual([]);
+    first.close();
+    const received: unknown[] = [];
+    await second.subscribe('news', (data) => received.push(data));
+    expect(await gateway.publish('news', 'room at last')).toBe(1);
+    await waitFor(() => received.length === 1, 'the publication');
   } finally {
     await gateway.stop();
   }
@@ -196,7 +217,7 @@ it('works from the CommonJS build too', async () => {
     const client = new cjs.ShardcastClient({
       url: gateway.wsUrl,
       encoding: 'msgpack',
-      WebSocket: WebSocket as unknown as WebSocketConstructor,
+      WebSocket,
     });
     clients.push(client as unknown as ShardcastClient);
     const received: unknown[] = [];
