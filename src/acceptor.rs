@@ -31,11 +31,17 @@ const REFUSAL_RETRY_AFTER_SECS: u64 = 2;
 
 /// What the acceptor needs.
 pub struct Acceptor {
+    /// The public port's listener.
     pub listener: TcpListener,
+    /// Where accepted sockets go.
     pub shards: Vec<ShardHandle>,
+    /// Socket counts per shard and the draining flag.
     pub state: Arc<GatewayState>,
+    /// Descriptor headroom.
     pub budget: Arc<FdBudget>,
+    /// Accepted and refused counters.
     pub metrics: Arc<Metrics>,
+    /// `--max-connections` (0: no cap).
     pub max_connections: usize,
 }
 

@@ -35,13 +35,21 @@ const MAX_BATCH: usize = 1000;
 
 /// What the admin API needs.
 pub struct AdminContext {
+    /// `--api-key`: required on `/api/*` when set.
     pub api_key: Option<String>,
+    /// `--max-message-bytes`: the largest `data` a publish may carry.
     pub max_message_bytes: usize,
+    /// `--max-channel-len`.
     pub max_channel_len: usize,
+    /// The publish path (router and broker).
     pub publisher: Publisher,
+    /// Readiness and connection counts.
     pub state: Arc<GatewayState>,
+    /// What `/metrics` renders.
     pub metrics: Arc<Metrics>,
+    /// Descriptor headroom, for `/api/stats` and a fresh gauge on scrape.
     pub budget: Arc<FdBudget>,
+    /// What `/api/cluster` serves.
     pub cluster: Arc<ClusterView>,
 }
 

@@ -142,10 +142,20 @@ pub enum ConfigError {
     Args(#[from] clap::Error),
     /// The TOML file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
     /// The TOML file is not valid TOML or has a value of a type we cannot pass on.
     #[error("config file {path}: {message}")]
-    File { path: PathBuf, message: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong in it.
+        message: String,
+    },
     /// Values that each parse but do not make sense together.
     #[error("invalid configuration: {0}")]
     Invalid(String),

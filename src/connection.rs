@@ -69,7 +69,12 @@ pub enum Phase {
     Open,
     /// Our close frame is queued or sent; waiting for the flush and the client's reply
     /// until `deadline` (shard clock, in deciseconds).
-    Closing { deadline: u32, reply_received: bool },
+    Closing {
+        /// When to give up on the client (shard clock, deciseconds).
+        deadline: u32,
+        /// Whether the client's close frame arrived.
+        reply_received: bool,
+    },
     /// Done: the task removes it at its next poll.
     Dead,
 }

@@ -33,7 +33,12 @@ const MONITOR_PERIOD: Duration = Duration::from_millis(250);
 pub enum GatewayError {
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The bind or listen error.
+        source: std::io::Error,
+    },
     /// A shard thread could not be started.
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),

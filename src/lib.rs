@@ -21,6 +21,8 @@
 //! Threads talk only through flume channels and atomics; nothing on the publish
 //! path takes a lock.
 
+#![warn(missing_docs)]
+
 pub mod acceptor;
 pub mod admin;
 pub mod broker;

@@ -43,20 +43,29 @@ impl Source {
 pub enum RouterCommand {
     /// A shard gained its first (`active`) or lost its last subscriber of a channel.
     Interest {
+        /// The shard's index.
         shard: usize,
+        /// The channel.
         channel: Arc<str>,
+        /// Gained its first subscriber (true) or lost its last (false).
         active: bool,
     },
     /// Deliver a publication to this instance's subscribers; `reply` gets the count.
     Publish {
+        /// The channel.
         channel: Arc<str>,
+        /// The data.
         payload: Payload,
+        /// Who published it.
         source: Source,
+        /// Gets the number of local subscribers reached, if the publisher waits for it.
         reply: Option<flume::Sender<usize>>,
     },
     /// A broker subscription finished.
     BrokerSubscribed {
+        /// The channel.
         channel: Arc<str>,
+        /// The broker's answer.
         result: Result<(), BrokerError>,
     },
 }

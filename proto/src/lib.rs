@@ -7,6 +7,8 @@
 //! so an encoding change shows up as a vector mismatch instead of a silent
 //! incompatibility between the two ends.
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -111,25 +113,33 @@ impl ErrorCode {
 pub enum ClientFrame {
     /// Start receiving `message` frames of a channel; answered by `ack` or `error`.
     Subscribe {
+        /// The request id, echoed in the reply.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The channel.
         channel: String,
     },
     /// Stop receiving a channel; answered by `ack` or `error`.
     Unsubscribe {
+        /// The request id, echoed in the reply.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The channel.
         channel: String,
     },
     /// Publish `data` to a channel, where the gateway allows client publishing.
     Publish {
+        /// The request id, echoed in the reply.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The channel.
         channel: String,
+        /// The payload, any JSON value.
         data: Value,
     },
     /// Application-level heartbeat (browsers cannot see WebSocket pings); answered by `pong`.
     Ping {
+        /// The request id, echoed in the reply.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
@@ -247,26 +257,33 @@ pub enum ServerFrame {
     },
     /// A request succeeded.
     Ack {
+        /// The id of the request this answers, if it had one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
     /// A request failed; the connection stays open.
     Error {
+        /// The id of the request this answers, if it had one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// What failed, for code.
         code: ErrorCode,
+        /// What failed, for a person.
         message: String,
     },
     /// Reply to a client `ping`.
     Pong {
+        /// The id of the request this answers, if it had one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
     /// A publication on a subscribed channel.
     Message {
+        /// The channel it was published to.
         channel: String,
         /// Per channel and gateway instance, +1 for each publication delivered.
         seq: u64,
+        /// The payload.
         data: Value,
     },
     /// A frame type this version does not know (sent by a newer gateway); clients ignore it.
@@ -348,7 +365,10 @@ pub enum ChannelNameError {
     Empty,
     /// The name is longer than the gateway's limit (in bytes).
     #[error("channel name is longer than {max} bytes")]
-    TooLong { max: usize },
+    TooLong {
+        /// The limit.
+        max: usize,
+    },
     /// The name contains a byte outside `[A-Za-z0-9_.:@/=+-]`.
     #[error("channel name has a character outside [A-Za-z0-9_.:@/=+-]")]
     BadCharacter,

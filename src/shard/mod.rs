@@ -41,11 +41,16 @@ pub enum ShardCommand {
     Deliver(Arc<Publication>),
     /// The router registered (or failed to register) this shard's interest in a channel.
     InterestConfirmed {
+        /// The channel.
         channel: Arc<str>,
+        /// Ok, or the error to answer the waiting subscribers with.
         result: Result<(), shardcast_proto::ErrorCode>,
     },
     /// Close every connection with "going away", spread over the window.
-    Drain { window: Duration },
+    Drain {
+        /// The time over which the closes are spread.
+        window: Duration,
+    },
     /// Stop the shard's loop (its remaining sockets are dropped).
     Stop,
 }
@@ -71,10 +76,15 @@ impl ShardHandle {
 
 /// What a shard needs from the rest of the gateway.
 pub struct ShardDeps {
+    /// Limits and timeouts.
     pub config: Arc<Config>,
+    /// Where interest changes go.
     pub router: RouterHandle,
+    /// For client publishes.
     pub publisher: Publisher,
+    /// Shared metrics; the shard resolves its labelled series once.
     pub metrics: Arc<Metrics>,
+    /// Connection counts and the draining flag.
     pub state: Arc<GatewayState>,
 }
 

@@ -62,13 +62,23 @@ pub fn pong_frame(payload: &[u8]) -> Bytes {
 #[derive(Debug, PartialEq)]
 pub enum Incoming<'a> {
     /// A whole data message (fragments already joined); text is valid UTF-8.
-    Message { binary: bool, payload: &'a [u8] },
+    Message {
+        /// A binary (not text) message.
+        binary: bool,
+        /// The unmasked payload.
+        payload: &'a [u8],
+    },
     /// A ping to answer with a pong carrying the same payload.
     Ping(&'a [u8]),
     /// A pong (an answer to our keep-alive ping).
     Pong,
     /// The client's close frame; `code` is `None` for an empty close.
-    Close { code: Option<u16>, reason: &'a str },
+    Close {
+        /// The close code, if the frame had one.
+        code: Option<u16>,
+        /// The close reason (UTF-8, possibly empty).
+        reason: &'a str,
+    },
 }
 
 /// A client broke the framing rules; each maps to the close code the gateway sends.
@@ -116,7 +126,9 @@ pub struct Fragments {
 /// Whether the caller wants more frames after the one just handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
+    /// Read on.
     Continue,
+    /// Stop after this frame (the connection is closing).
     Stop,
 }
 

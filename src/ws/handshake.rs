@@ -22,9 +22,17 @@ pub enum PublicRequest {
         echo_subprotocol: bool,
     },
     /// `GET /health/live` or `GET /health/ready`, for load balancers that probe the public port.
-    Health { ready_probe: bool },
+    Health {
+        /// `/health/ready` (true) or `/health/live` (false).
+        ready_probe: bool,
+    },
     /// Anything else: answered with this status and message, then closed.
-    Reject { status: u16, message: &'static str },
+    Reject {
+        /// The HTTP status.
+        status: u16,
+        /// The error message in the JSON body.
+        message: &'static str,
+    },
 }
 
 /// The paths the public port serves WebSockets on.
