@@ -1,0 +1,398 @@
+//! The application's handle on a gateway connection: [`ClientBuilder`] with the
+//! client's settings, and [`Client`], whose methods turn into commands for the
+//! driver task and wait for its answers (with timeouts where the protocol has a reply).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use shardcast_proto::{validate_channel, Encoding};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::backoff::ReconnectPolicy;
+use crate::driver::{Command, Config, Driver, HeartbeatTiming};
+use crate::error::{BoxError, Error, Result};
+use crate::event::{ConnectionState, EventStream, Observers};
+use crate::subscription::Subscription;
+use crate::transport::{self, Welcome};
+
+/// Supplies the token for the next connect attempt, or `None` to connect without one.
+///
+/// Called before every connect, so it can refresh short-lived credentials. The
+/// token travels as a query parameter (`?token=`, see [`ClientBuilder::token_param`]).
+/// The gateway does not check tokens yet; the hook exists so that authentication
+/// can be turned on later without changing application code.
+pub type TokenProvider =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<Option<String>, BoxError>> + Send>> + Send + Sync>;
+
+/// The client-side heartbeat, for dead connections the operating system has not
+/// noticed (a peer that vanished without closing TCP): after `interval` with
+/// nothing received the client sends a protocol `ping`; after `timeout` more with
+/// still nothing received it drops the connection and reconnects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Run the heartbeat at all (default true).
+    pub enabled: bool,
+    /// Quiet time before a ping (default: the welcome's `ping_interval_ms`, 25 s on a default gateway).
+    pub interval: Option<Duration>,
+    /// Further quiet time after the ping before giving up (default: the interval).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            enabled: true,
+            interval: None,
+            timeout: None,
+        }
+    }
+}
+
+/// Settings of a [`Client`]; start with [`Client::builder`].
+pub struct ClientBuilder {
+    url: String,
+    encoding: Encoding,
+    reconnect: ReconnectPolicy,
+    heartbeat: Heartbeat,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    close_timeout: Duration,
+    token: Option<TokenProvider>,
+    token_param: String,
+    websocket: WebSocketConfig,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("encoding", &self.encoding)
+            .field("reconnect", &self.reconnect)
+            .field("heartbeat", &self.heartbeat)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<provider>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    fn new(url: impl Into<String>) -> Self {
+        ClientBuilder {
+            url: url.into(),
+            encoding: Encoding::Json,
+            reconnect: ReconnectPolicy::default(),
+            heartbeat: Heartbeat::default(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(3),
+            token: None,
+            token_param: "token".to_owned(),
+            websocket: WebSocketConfig::default(),
+        }
+    }
+
+    /// The frame encoding (default JSON). Payloads arrive as the same JSON values either way.
+    pub fn encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// The reconnect policy (default: 500 ms base, 30 s cap, doubling, forever).
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// The heartbeat settings (default: on, sized by the gateway's ping interval).
+    pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// How long one connect attempt may take, TCP connect to `welcome` (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long `publish` and `ping` wait for their reply (default 10 s). Also bounds a
+    /// single send to a gateway that stopped reading.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long a close handshake may take before the socket is dropped (default 3 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// A token provider called before every connect; see [`TokenProvider`].
+    pub fn token_provider<F>(self, provider: F) -> Self
+    where
+        F: Fn() -> Option<String> + Send + Sync + 'static,
+    {
+        self.token_provider_async(move || std::future::ready(Ok::<_, BoxError>(provider())))
+    }
+
+    /// An asynchronous token provider (for example one that refreshes over HTTP). An
+    /// error fails that connect attempt, which then backs off like any other failure.
+    pub fn token_provider_async<F, Fut, E>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<String>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.token = Some(Arc::new(move || {
+            let token = provider();
+            Box::pin(async move { token.await.map_err(Into::into) })
+        }));
+        self
+    }
+
+    /// The query parameter that carries the token (default `token`).
+    pub fn token_param(mut self, name: impl Into<String>) -> Self {
+        self.token_param = name.into();
+        self
+    }
+
+    /// Low-level WebSocket settings (message size limits, buffer sizes). The default
+    /// accepts messages up to 64 MiB; the protocol asks for at least 4 × the gateway's
+    /// maximum message size.
+    pub fn websocket_config(mut self, config: WebSocketConfig) -> Self {
+        self.websocket = config;
+        self
+    }
+
+    /// Starts the client: it connects in the background and keeps reconnecting.
+    /// Must be called inside a Tokio runtime.
+    pub fn build(self) -> Result<Client> {
+        self.build_with_events().map(|(client, _)| client)
+    }
+
+    /// Like [`build`](Self::build), with an event stream that sees every event from the
+    /// first `Connecting` on (a stream taken later with [`Client::events`] may miss that).
+    pub fn build_with_events(self) -> Result<(Client, EventStream)> {
+        transport::validate_url(&self.url)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let config = Arc::new(Config {
+            url: self.url,
+            encoding: self.encoding,
+            reconnect: self.reconnect,
+            heartbeat: self.heartbeat.enabled.then_some(HeartbeatTiming {
+                interval: self.heartbeat.interval,
+                timeout: self.heartbeat.timeout,
+            }),
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            close_timeout: self.close_timeout,
+            token: self.token,
+            token_param: self.token_param,
+            websocket: self.websocket,
+        });
+        let observers = Arc::new(Observers::new());
+        let events = observers.listen();
+        let (commands, receiver) = mpsc::unbounded_channel();
+        runtime.spawn(Driver::new(config.clone(), observers.clone(), receiver).run());
+        let client = Client {
+            commands,
+            observers,
+            encoding: config.encoding,
+            request_timeout: config.request_timeout,
+        };
+        Ok((client, events))
+    }
+}
+
+/// Ids of subscriptions, unique in the process, so that an unsubscribe names exactly one.
+static NEXT_SUBSCRIPTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A client of a shardcast gateway: one logical connection that survives the loss of
+/// any particular WebSocket.
+///
+/// Cheap to clone; clones share the connection. The connection is closed when
+/// [`close`](Self::close) is called, or once every clone and every
+/// [`Subscription`] is dropped.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), shardcast_client::Error> {
+/// use futures_util::StreamExt;
+///
+/// let client = shardcast_client::Client::connect("ws://127.0.0.1:8000/ws")?;
+/// let mut news = client.subscribe("news").await?;
+/// while let Some(message) = news.next().await {
+///     println!("{} #{}: {}", message.channel, message.seq, message.data);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    observers: Arc<Observers>,
+    encoding: Encoding,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("state", &self.state())
+            .field("encoding", &self.encoding)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Settings for a client of the gateway endpoint `url` (`ws://host:port/ws`).
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(url)
+    }
+
+    /// A client with the default settings; shorthand for `Client::builder(url).build()`.
+    pub fn connect(url: impl Into<String>) -> Result<Client> {
+        Client::builder(url).build()
+    }
+
+    /// Subscribes to a channel. Resolves once the gateway acknowledged the
+    /// subscription, so every publication accepted after that is delivered; while
+    /// disconnected it waits for the next connection (wrap it in a timeout if that
+    /// should not be indefinite). Several subscriptions may share a channel: the
+    /// gateway is asked once. After a reconnect the channel is subscribed again by itself.
+    ///
+    /// Fails with [`Error::InvalidChannel`] before sending anything for a name the
+    /// protocol forbids, [`Error::Server`] if the gateway refuses (for example
+    /// `too_many_channels`), and [`Error::Closed`] if the client stops first.
+    pub async fn subscribe(&self, channel: impl Into<String>) -> Result<Subscription> {
+        let channel = channel.into();
+        // The length limit is the gateway's configuration, so only the charset is checked here.
+        validate_channel(&channel, usize::MAX).map_err(|source| Error::InvalidChannel {
+            channel: channel.clone(),
+            source,
+        })?;
+        let id = NEXT_SUBSCRIPTION_ID.fetch_add(1, Ordering::Relaxed);
+        let (messages, receiver) = mpsc::unbounded_channel();
+        let (done, reply) = oneshot::channel();
+        self.command(Command::Subscribe {
+            channel: channel.clone(),
+            subscription: id,
+            messages,
+            done,
+        })?;
+        // Built before the wait, so that a caller who gives up (drops this future)
+        // still unsubscribes, through the subscription's Drop.
+        let subscription = Subscription::new(channel, id, receiver, self.commands.clone());
+        match reply.await {
+            Ok(Ok(())) => Ok(subscription),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(self.observers.closed_error()),
+        }
+    }
+
+    /// Publishes `data` (any value that serialises to JSON, `null` included) through the
+    /// WebSocket, and waits for the gateway's ack. The gateway allows this only when
+    /// started with `--allow-client-publish`; otherwise this fails with
+    /// [`Error::Server`] with code `forbidden`. The usual way to publish is the HTTP API
+    /// ([`AdminClient`](crate::AdminClient)). Not queued while disconnected:
+    /// fails with [`Error::NotConnected`].
+    pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<()> {
+        validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
+            channel: channel.to_owned(),
+            source,
+        })?;
+        let data = serde_json::to_value(data)?;
+        let (done, reply) = oneshot::channel();
+        self.command(Command::Publish {
+            channel: channel.to_owned(),
+            data,
+            done,
+        })?;
+        self.reply("publish", reply).await
+    }
+
+    /// Sends a protocol `ping` and returns the round-trip time.
+    pub async fn ping(&self) -> Result<Duration> {
+        let started = Instant::now();
+        let (done, reply) = oneshot::channel();
+        self.command(Command::Ping { done })?;
+        self.reply("ping", reply).await?;
+        Ok(started.elapsed())
+    }
+
+    /// Closes the connection (close code 1000) and stops reconnecting; returns once
+    /// the client has stopped. Subscription streams end. Safe to call more than once.
+    pub async fn close(&self) {
+        let (done, stopped) = oneshot::channel();
+        if self.commands.send(Command::Close { done }).is_ok() {
+            let _ = stopped.await;
+        }
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        self.observers.state()
+    }
+
+    /// A watch on the connection state, for waiting on changes.
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.observers.watch_state()
+    }
+
+    /// Waits until the client is connected; fails with [`Error::Closed`] if it stops instead.
+    pub async fn wait_connected(&self) -> Result<()> {
+        let mut states = self.observers.watch_state();
+        let state = states
+            .wait_for(|s| matches!(s, ConnectionState::Connected | ConnectionState::Closed))
+            .await
+            .map(|s| *s)
+            .unwrap_or(ConnectionState::Closed);
+        match state {
+            ConnectionState::Connected => Ok(()),
+            _ => Err(self.observers.closed_error()),
+        }
+    }
+
+    /// Why the client stopped ([`Error::Closed`] with the close code and reason), once
+    /// it has; `None` while it runs.
+    pub fn stop_reason(&self) -> Option<Error> {
+        self.observers.stop_reason()
+    }
+
+    /// A stream of the events from now on; see [`ClientBuilder::build_with_events`] to
+    /// see them from the start.
+    pub fn events(&self) -> EventStream {
+        self.observers.listen()
+    }
+
+    /// What the current (or last) connection's `welcome` said, if one arrived.
+    pub fn welcome(&self) -> Option<Welcome> {
+        self.observers.welcome()
+    }
+
+    /// The encoding this client asks for.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    fn command(&self, command: Command) -> Result<()> {
+        self.commands.send(command).map_err(|_| self.observers.closed_error())
+    }
+
+    async fn reply(&self, op: &'static str, reply: oneshot::Receiver<Result<()>>) -> Result<()> {
+        match tokio::time::timeout(self.request_timeout, reply).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.observers.closed_error()),
+            Err(_) => Err(Error::Timeout {
+                op,
+                timeout: self.request_timeout,
+            }),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The crate's one error type. Every fallible call of the client, the admin API
+//! client and the token hook reports an [`Error`]; the variants tell the cases
+//! apart and carry the protocol's [`ErrorCode`] and close codes where there are
+//! any, so callers can match on them instead of parsing messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardcast_proto::{ChannelNameError, ErrorCode};
+
+/// A boxed error from user code (a token provider).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in this crate.
+///
+/// `Clone` so that one failure (for example a refused subscription shared by
+/// several [`Subscription`](crate::Subscription)s) can be handed to every waiter.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The gateway or admin URL cannot be used.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A channel name the protocol does not allow; nothing was sent.
+    #[error("invalid channel name {channel:?}: {source}")]
+    InvalidChannel {
+        /// The refused name.
+        channel: String,
+        /// What is wrong with it.
+        #[source]
+        source: ChannelNameError,
+    },
+
+    /// The gateway answered a WebSocket request with an `error` frame.
+    #[error("the gateway refused {op}: {}: {message}", code.as_str())]
+    Server {
+        /// The operation that was refused (`subscribe`, `publish`, ...).
+        op: &'static str,
+        /// The protocol's error code.
+        code: ErrorCode,
+        /// The gateway's human-readable detail (not stable; do not parse it).
+        message: String,
+        /// The channel the request named, if it named one.
+        channel: Option<String>,
+    },
+
+    /// The admin HTTP API answered with an error status.
+    #[error("the admin API answered HTTP {status}: {}: {message}", code.as_str())]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The protocol's error code from the body (`Unknown` if the body had none).
+        code: ErrorCode,
+        /// The body's message, or the body itself when it was not the API's error shape.
+        message: String,
+    },
+
+    /// A request got no reply in time.
+    #[error("no reply to {op} within {timeout:?}")]
+    Timeout {
+        /// The operation that timed out.
+        op: &'static str,
+        /// How long the client waited.
+        timeout: Duration,
+    },
+
+    /// The operation needs an open connection and there is none. Publishes and
+    /// pings are not queued while disconnected: sent later, they could surprise.
+    #[error("cannot {op}: not connected")]
+    NotConnected {
+        /// The operation.
+        op: &'static str,
+    },
+
+    /// The connection closed while a request was waiting for its reply.
+    #[error("connection lost while waiting for the reply to {op} (close {code}: {reason})")]
+    ConnectionLost {
+        /// The operation that was waiting.
+        op: &'static str,
+        /// The WebSocket close code (1006 when the connection ended without one).
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+
+    /// The client has stopped: closed by the application, or after a close code
+    /// or HTTP refusal after which the protocol says not to reconnect.
+    #[error("client closed{}", closed_detail(*.code, reason))]
+    Closed {
+        /// The close code that stopped the client; `None` when the application closed it.
+        code: Option<u16>,
+        /// Why it stopped.
+        reason: String,
+    },
+
+    /// The subscription was cancelled (unsubscribed) before the gateway acknowledged it.
+    #[error("subscription to {channel} was cancelled before it was acknowledged")]
+    Cancelled {
+        /// The channel.
+        channel: String,
+    },
+
+    /// The gateway answered the WebSocket upgrade with an HTTP status that means
+    /// the request itself is wrong (400, 404, 405, 426, 431), so retrying is pointless.
+    #[error("the gateway refused the WebSocket upgrade with HTTP {status}: {body}")]
+    HandshakeRejected {
+        /// The HTTP status.
+        status: u16,
+        /// The response body, for people.
+        body: String,
+    },
+
+    /// The token provider failed; the connect attempt counts as failed.
+    #[error("token provider failed: {0}")]
+    TokenProvider(#[source] Arc<dyn std::error::Error + Send + Sync + 'static>),
+
+    /// The peer said something this client cannot understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// A socket-level failure (connect, read, write).
+    #[error("I/O error: {0}")]
+    Io(#[source] Arc<std::io::Error>),
+
+    /// The data to publish could not be turned into JSON.
+    #[error("cannot serialise the data as JSON: {0}")]
+    Serialize(#[source] Arc<serde_json::Error>),
+
+    /// The client needs a Tokio runtime and was built outside one.
+    #[error("the client must be built inside a Tokio runtime")]
+    NoRuntime,
+}
+
+fn closed_detail(code: Option<u16>, reason: &str) -> String {
+    match (code, reason.is_empty()) {
+        (Some(code), true) => format!(" after close code {code}"),
+        (Some(code), false) => format!(" after close code {code}: {reason}"),
+        (None, true) => String::new(),
+        (None, false) => format!(": {reason}"),
+    }
+}
+
+impl Error {
+    /// The protocol error code this error carries, if it came from the gateway.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server { code, .. } | Error::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(e: std::io::Error) -> Self {
+        Error::Io(Arc::new(e))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::io(e)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Serialize(Arc::new(e))
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

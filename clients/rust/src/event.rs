@@ -1,0 +1,215 @@
+//! What the application can observe about the connection: the current
+//! [`ConnectionState`] and the stream of [`ClientEvent`]s, plus the fan-out that
+//! delivers each event to every [`EventStream`].
+
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use shardcast_proto::{Encoding, ErrorCode};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::Error;
+use crate::transport::Welcome;
+
+/// Where the client is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionState {
+    /// A WebSocket is being opened (or the token fetched); no welcome yet.
+    Connecting,
+    /// The gateway's welcome arrived; requests can be sent.
+    Connected,
+    /// The connection was lost; the next attempt starts after a delay.
+    Reconnecting,
+    /// Stopped for good: closed by the application, or after a close code or HTTP
+    /// refusal after which the protocol says not to reconnect.
+    Closed,
+}
+
+/// Something that happened to the connection, in order.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A connect attempt starts: `attempt` is 0 for the first connect, n for the n-th retry.
+    Connecting {
+        /// Consecutive failed attempts before this one.
+        attempt: u32,
+    },
+    /// The gateway's welcome arrived.
+    Connected {
+        /// The gateway instance's id (for logs; derive no behaviour from it).
+        node: String,
+        /// The shard of that instance that owns the connection.
+        shard: u32,
+        /// The gateway's ping interval, which sizes the client's heartbeat.
+        ping_interval: Duration,
+        /// The encoding the gateway chose.
+        encoding: Encoding,
+    },
+    /// A connection closed, or a connect attempt failed.
+    Disconnected {
+        /// The close code; 1006 when there was no close frame (a dropped or failed connection).
+        code: u16,
+        /// The close reason, or what went wrong.
+        reason: String,
+        /// Whether the connection had been welcomed.
+        was_connected: bool,
+        /// Whether the client will try again.
+        will_reconnect: bool,
+    },
+    /// The next attempt is scheduled.
+    Reconnecting {
+        /// Retry number (1 for the first retry after a loss).
+        attempt: u32,
+        /// The wait before it, backoff and hints included.
+        delay: Duration,
+        /// The gateway's hint (close reason `retry_ms` or HTTP `Retry-After`), if any.
+        retry_hint: Option<Duration>,
+    },
+    /// A channel's subscription was acknowledged: the first time, or again after a reconnect.
+    Subscribed {
+        /// The channel.
+        channel: String,
+        /// True when this re-subscribes after a reconnect. Publications made while the
+        /// client was disconnected are lost (at-most-once delivery).
+        resubscribed: bool,
+    },
+    /// The gateway refused a subscription for good (for example `too_many_channels`
+    /// after a reconnect); that channel's subscription streams end.
+    SubscribeRefused {
+        /// The channel.
+        channel: String,
+        /// The protocol's error code.
+        code: ErrorCode,
+        /// The gateway's detail.
+        message: String,
+    },
+    /// The client stopped for good; no further events follow.
+    Closed {
+        /// The close code that stopped it (1006 for a refused upgrade or a last failed
+        /// attempt, which had no close frame); `None` when the application closed it.
+        code: Option<u16>,
+        /// Why it stopped.
+        reason: String,
+    },
+}
+
+/// Events of one client, as a [`Stream`]; created by
+/// [`Client::events`](crate::Client::events). Unbounded: events are rare, and a
+/// listener that never reads only holds a few small values. Ends after
+/// [`ClientEvent::Closed`].
+#[derive(Debug)]
+pub struct EventStream {
+    receiver: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the client has stopped and every event was read.
+    pub async fn recv(&mut self) -> Option<ClientEvent> {
+        self.receiver.recv().await
+    }
+}
+
+impl Stream for EventStream {
+    type Item = ClientEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ClientEvent>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+/// The state and the event listeners, shared by the client handles and the driver task.
+#[derive(Debug)]
+pub(crate) struct Observers {
+    state: watch::Sender<ConnectionState>,
+    listeners: Mutex<Vec<mpsc::UnboundedSender<ClientEvent>>>,
+    welcome: Mutex<Option<Welcome>>,
+    /// The close code and reason that stopped the client, once it has stopped.
+    stopped: Mutex<Option<(Option<u16>, String)>>,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (each
+/// critical section here is a single assignment or push).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Observers {
+    pub(crate) fn new() -> Self {
+        Observers {
+            state: watch::Sender::new(ConnectionState::Connecting),
+            listeners: Mutex::new(Vec::new()),
+            welcome: Mutex::new(None),
+            stopped: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn welcome(&self) -> Option<Welcome> {
+        lock(&self.welcome).clone()
+    }
+
+    pub(crate) fn set_welcome(&self, welcome: Welcome) {
+        *lock(&self.welcome) = Some(welcome);
+    }
+
+    /// The error for calls made after the client stopped.
+    pub(crate) fn closed_error(&self) -> Error {
+        self.stop_reason().unwrap_or(Error::Closed {
+            code: None,
+            reason: "client closed".to_owned(),
+        })
+    }
+
+    /// Why the client stopped, once it has.
+    pub(crate) fn stop_reason(&self) -> Option<Error> {
+        let (code, reason) = lock(&self.stopped).clone()?;
+        Some(Error::Closed { code, reason })
+    }
+
+    pub(crate) fn set_stopped(&self, code: Option<u16>, reason: &str) {
+        *lock(&self.stopped) = Some((code, reason.to_owned()));
+    }
+
+    pub(crate) fn state(&self) -> ConnectionState {
+        *self.state.borrow()
+    }
+
+    pub(crate) fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.subscribe()
+    }
+
+    pub(crate) fn set_state(&self, state: ConnectionState) {
+        self.state.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+    }
+
+    /// A new listener; after the client closed, its stream ends at once.
+    pub(crate) fn listen(&self) -> EventStream {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut listeners = self.lock_listeners();
+        // Checked under the lock: the driver sets Closed before it emits the last
+        // event, so a listener added here either gets that event or is never added.
+        if self.state() != ConnectionState::Closed {
+            listeners.push(sender);
+        }
+        EventStream { receiver }
+    }
+
+    pub(crate) fn emit(&self, event: ClientEvent) {
+        let mut listeners = self.lock_listeners();
+        listeners.retain(|l| l.send(event.clone()).is_ok());
+        if matches!(event, ClientEvent::Closed { .. }) {
+            // Dropping the senders ends every stream after this last event.
+            listeners.clear();
+        }
+    }
+
+    fn lock_listeners(&self) -> MutexGuard<'_, Vec<mpsc::UnboundedSender<ClientEvent>>> {
+        lock(&self.listeners)
+    }
+}

@@ -1,0 +1,128 @@
+//! The application's side of one subscription: the [`Message`] type and the
+//! [`Subscription`] stream, which ends the subscription when it is dropped.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::driver::Command;
+use crate::error::Result;
+
+/// One publication on a subscribed channel.
+///
+/// Serialises as `{"channel":..,"seq":..,"data":..}`, the shape of the protocol's
+/// `message` frame without its `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// The channel it was published on.
+    pub channel: String,
+    /// +1 per publication delivered on this channel by this gateway instance. Only
+    /// meaningful within one unbroken subscription: it restarts or jumps after a reconnect.
+    pub seq: u64,
+    /// The published JSON value (MessagePack payloads are decoded into the same model).
+    pub data: Value,
+}
+
+impl Message {
+    /// Deserialises the payload into an application type.
+    pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.data)
+    }
+}
+
+/// The publications of one channel, as a [`Stream`] of [`Message`]s.
+///
+/// Returned by [`Client::subscribe`](crate::Client::subscribe) once the gateway
+/// acknowledged the subscription, so every publication accepted after that point
+/// arrives here. After a reconnect the client subscribes the channel again by
+/// itself; publications made while it was disconnected are lost (the protocol
+/// delivers at most once), which [`ClientEvent::Subscribed`](crate::ClientEvent)
+/// with `resubscribed: true` marks.
+///
+/// Messages are buffered until read: a subscription that is kept but never read
+/// grows without bound, so drop the ones you no longer read. Dropping it
+/// unsubscribes (on the gateway too, once no other subscription holds the channel).
+///
+/// The stream ends when the client stops for good (closed by the application or
+/// by a close code that forbids reconnecting) or when the gateway refuses the
+/// channel on a re-subscribe.
+#[derive(Debug)]
+pub struct Subscription {
+    channel: String,
+    id: u64,
+    messages: mpsc::UnboundedReceiver<Message>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Set by [`Subscription::unsubscribe`], so that `Drop` does not ask twice.
+    released: bool,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        channel: String,
+        id: u64,
+        messages: mpsc::UnboundedReceiver<Message>,
+        commands: mpsc::UnboundedSender<Command>,
+    ) -> Self {
+        Subscription {
+            channel,
+            id,
+            messages,
+            commands,
+            released: false,
+        }
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next message; `None` once the stream has ended (see the type's docs).
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.messages.recv().await
+    }
+
+    /// Ends this subscription and waits until the gateway acknowledged the
+    /// unsubscribe (at once when other subscriptions still hold the channel or
+    /// the client is disconnected). No message of the channel arrives here after this.
+    pub async fn unsubscribe(mut self) -> Result<()> {
+        self.released = true;
+        let (done, reply) = oneshot::channel();
+        let command = Command::Unsubscribe {
+            channel: self.channel.clone(),
+            subscription: self.id,
+            done: Some(done),
+        };
+        if self.commands.send(command).is_err() {
+            // The client has stopped, which unsubscribed everything.
+            return Ok(());
+        }
+        reply.await.unwrap_or(Ok(()))
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.messages.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.released {
+            // Fails only when the client has stopped, which unsubscribed everything.
+            let _ = self.commands.send(Command::Unsubscribe {
+                channel: std::mem::take(&mut self.channel),
+                subscription: self.id,
+                done: None,
+            });
+        }
+    }
+}
