@@ -67,7 +67,6 @@ function optionalId(frame: Record<string, unknown>): number | undefined {
   const id = frame.id;
   if (id === undefined || id === null) return undefined;
   if (typeof id === 'number' && Number.isInteger(id) && id >= 0) return id;
-  if (typeof id === 'bigint' && Number(id) >= 0) return Number(id);
   throw new ProtocolError(`server frame has a bad id: ${String(id)}`);
 }
 
@@ -80,7 +79,6 @@ function requireString(frame: Record<string, unknown>, field: string): string {
 function requireNumber(frame: Record<string, unknown>, field: string): number {
   const value = frame[field];
   if (typeof value === 'number' && Number.isFinite(value)) return value;
-  if (typeof value === 'bigint') return Number(value);
   throw new ProtocolError(`server frame lacks numeric field \`${field}\``);
 }
 
