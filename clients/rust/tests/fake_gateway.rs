@@ -1,0 +1,229 @@
+//! The client against a scripted fake gateway (tokio-tungstenite's server side),
+//! for behaviour a real gateway does not show on demand: the token provider's
+//! query parameter on every connect, a failing provider, a subscribe refused as
+//! `unavailable` and retried, unknown frame types, and the heartbeat's `ping` op.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{wait_event, within};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use shardcast_client::{Client, ClientEvent, ConnectionState, ReconnectPolicy};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+
+fn quick_policy() -> ReconnectPolicy {
+    ReconnectPolicy {
+        initial_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(100),
+        ..ReconnectPolicy::default()
+    }
+}
+
+/// Accepts one WebSocket, echoing the JSON subprotocol; returns it with the request's path and query.
+// The callback's result type is tungstenite's, large error variant included.
+#[allow(clippy::result_large_err)]
+async fn accept(listener: &TcpListener) -> (Ws, String) {
+    let (stream, _) = within("a connection", listener.accept()).await.expect("accept");
+    let uri = Arc::new(Mutex::new(String::new()));
+    let seen = uri.clone();
+    let ws = tokio_tungstenite::accept_hdr_async(stream, move |request: &Request, mut response: Response| {
+        *seen.lock().expect("lock") = request.uri().to_string();
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "shardcast.v1.json".parse().expect("header"));
+        Ok(response)
+    })
+    .await
+    .expect("upgrade");
+    let uri = uri.lock().expect("lock").clone();
+    (ws, uri)
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::Text(frame.to_string().into())).await.expect("send");
+}
+
+async fn welcome(ws: &mut Ws, ping_interval_ms: u64) {
+    send(
+        ws,
+        json!({"type": "welcome", "version": 1, "node": "fake", "shard": 0, "ping_interval_ms": ping_interval_ms}),
+    )
+    .await;
+}
+
+/// The next client frame, as JSON.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match within("a client frame", ws.next()).await {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).expect("JSON frame"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a client frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn token_provider_is_called_on_every_connect() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws?app=demo", listener.local_addr().expect("addr"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let (client, mut events) = Client::builder(url)
+        .reconnect(quick_policy())
+        .token_provider(move || Some(format!("tok {}", counter.fetch_add(1, Ordering::SeqCst) + 1)))
+        .build_with_events()
+        .expect("client");
+
+    let (mut ws, uri) = accept(&listener).await;
+    assert_eq!(uri, "/ws?app=demo&token=tok%201");
+    welcome(&mut ws, 25_000).await;
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "going away; retry_ms=0".into(),
+    }))
+    .await
+    .expect("close");
+    // Ending the TCP connection after the close handshake, as a gateway does.
+    drop(ws);
+
+    let (mut ws, uri) = accept(&listener).await;
+    assert_eq!(
+        uri, "/ws?app=demo&token=tok%202",
+        "a fresh token for the new connection"
+    );
+    welcome(&mut ws, 25_000).await;
+    within("connect", client.wait_connected()).await.expect("connected");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    drop(ws);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_failing_token_provider_fails_only_that_attempt() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let (client, mut events) = Client::builder(url)
+        .reconnect(quick_policy())
+        .token_provider_async(move || {
+            let call = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call == 0 {
+                    Err("the token service is down")
+                } else {
+                    Ok(Some("fresh".to_owned()))
+                }
+            }
+        })
+        .build_with_events()
+        .expect("client");
+    let failed = wait_event(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
+    assert!(
+        matches!(&failed, ClientEvent::Disconnected { reason, will_reconnect: true, .. }
+            if reason.contains("token provider failed") && reason.contains("the token service is down")),
+        "{failed:?}"
+    );
+    let (mut ws, uri) = accept(&listener).await;
+    assert_eq!(uri, "/ws?token=fresh");
+    welcome(&mut ws, 25_000).await;
+    within("connect", client.wait_connected()).await.expect("connected");
+    drop(ws);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn unavailable_subscribe_is_retried_and_unknown_frames_are_ignored() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let client = Client::builder(url).reconnect(quick_policy()).build().expect("client");
+    let subscribing = tokio::spawn({
+        let client = client.clone();
+        async move { client.subscribe("prices").await }
+    });
+
+    let (mut ws, _) = accept(&listener).await;
+    welcome(&mut ws, 25_000).await;
+    let first = recv(&mut ws).await;
+    assert_eq!(
+        (first["op"].as_str(), first["channel"].as_str()),
+        (Some("subscribe"), Some("prices"))
+    );
+    // Frames from a newer protocol revision, and an error the client cannot pin on a request.
+    send(&mut ws, json!({"type": "from_the_future", "id": first["id"]})).await;
+    send(
+        &mut ws,
+        json!({"type": "error", "code": "bad_request", "message": "no id"}),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!({"type": "error", "id": first["id"], "code": "unavailable", "message": "broker down"}),
+    )
+    .await;
+
+    // The same channel is asked for again, with a new id, after a backoff.
+    let retry = recv(&mut ws).await;
+    assert_eq!(
+        (retry["op"].as_str(), retry["channel"].as_str()),
+        (Some("subscribe"), Some("prices"))
+    );
+    assert_ne!(retry["id"], first["id"]);
+    send(&mut ws, json!({"type": "ack", "id": retry["id"]})).await;
+    let mut prices = within("subscribe", subscribing)
+        .await
+        .expect("task")
+        .expect("subscribed");
+    send(
+        &mut ws,
+        json!({"type": "message", "channel": "prices", "seq": 1, "data": 1.0825, "extra": "ignored"}),
+    )
+    .await;
+    let message = within("message", prices.next()).await.expect("open");
+    assert_eq!((message.seq, message.data), (1, json!(1.0825)));
+    assert_eq!(client.state(), ConnectionState::Connected);
+    drop(ws);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn heartbeat_sends_protocol_pings_and_drops_a_silent_peer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    // The default heartbeat takes its interval from the welcome.
+    let (client, mut events) = Client::builder(url)
+        .reconnect(quick_policy())
+        .build_with_events()
+        .expect("client");
+    let (mut ws, _) = accept(&listener).await;
+    welcome(&mut ws, 200).await;
+    for _ in 0..3 {
+        let ping = recv(&mut ws).await;
+        assert_eq!(ping["op"], "ping", "{ping}");
+        assert!(ping["id"].is_u64(), "{ping}");
+        send(&mut ws, json!({"type": "pong", "id": ping["id"]})).await;
+    }
+    assert_eq!(client.state(), ConnectionState::Connected, "answered pings keep it up");
+
+    // Now the peer reads but never answers: the client gives up after interval + timeout.
+    let silent = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+    let lost = wait_event(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
+    assert!(
+        matches!(&lost, ClientEvent::Disconnected { code: 1006, reason, will_reconnect: true, .. } if reason.contains("heartbeat timeout")),
+        "{lost:?}"
+    );
+    silent.abort();
+    client.close().await;
+}
