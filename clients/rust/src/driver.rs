@@ -537,9 +537,15 @@ impl Driver {
     }
 
     async fn serve_connection(&mut self, connection: &mut Connection) -> End {
-        // Subscriptions do not survive a connection: ask again for every channel.
-        let channels: Vec<String> = self.channels.keys().cloned().collect();
-        for channel in channels {
+        // Subscriptions do not survive a connection: ask again for every channel, in
+        // the order the application first asked for them.
+        let mut channels: Vec<(u64, String)> = self
+            .channels
+            .iter()
+            .map(|(channel, entry)| (entry.generation, channel.clone()))
+            .collect();
+        channels.sort_unstable();
+        for (_, channel) in channels {
             self.send_subscribe(connection, &channel).await;
         }
         let idle = Instant::now() + NEVER;

@@ -53,20 +53,21 @@ impl Sub {
         Sub { child, stdout, stderr }
     }
 
-    /// Reads status lines until one equals `line`.
-    async fn wait_status(&mut self, line: &str) {
+    /// Reads status lines until each of `lines` has appeared, in any order.
+    async fn wait_status(&mut self, lines: &[&str]) {
+        let mut missing: Vec<&str> = lines.to_vec();
         let mut seen = Vec::new();
-        let found = tokio::time::timeout(common::WAIT, async {
-            while let Ok(Some(status)) = self.stderr.next_line().await {
-                if status == line {
-                    return true;
-                }
+        let _ = tokio::time::timeout(common::WAIT, async {
+            while !missing.is_empty() {
+                let Ok(Some(status)) = self.stderr.next_line().await else {
+                    return;
+                };
+                missing.retain(|line| *line != status);
                 seen.push(status);
             }
-            false
         })
         .await;
-        assert_eq!(found, Ok(true), "no status line {line:?}; saw {seen:?}");
+        assert!(missing.is_empty(), "no status line {missing:?}; saw {seen:?}");
     }
 
     async fn message(&mut self) -> Value {
@@ -94,8 +95,7 @@ async fn pub_reaches_a_running_sub_as_json_lines() {
             "--encoding",
             encoding,
         ]);
-        sub.wait_status("subscribed: news").await;
-        sub.wait_status("subscribed: other").await;
+        sub.wait_status(&["subscribed: news", "subscribed: other"]).await;
 
         let published = run(cli(&["--admin", &admin, "pub", "news", r#"{"text":"hi","n":1}"#])).await;
         assert!(published.status.success(), "{}", text(&published.stderr));
@@ -127,11 +127,11 @@ async fn sub_reconnects_across_a_gateway_restart() {
     let mut gateway = Gateway::start_at(&listen, &["--drain-window", "200ms"]);
     let url = gateway.ws_url();
     let mut sub = Sub::spawn(&["sub", "news", "--url", &url]);
-    sub.wait_status("subscribed: news").await;
+    sub.wait_status(&["subscribed: news"]).await;
 
     assert_eq!(gateway.terminate(), Some(0));
     let gateway = Gateway::start_at(&listen, &[]);
-    sub.wait_status("resubscribed: news (messages published while disconnected are lost)")
+    sub.wait_status(&["resubscribed: news (messages published while disconnected are lost)"])
         .await;
     let published = run(cli(&["pub", "news", "42", "--admin", &gateway.admin_url()])).await;
     assert!(published.status.success(), "{}", text(&published.stderr));
