@@ -65,7 +65,11 @@ pub struct ClientBuilder {
     token: Option<TokenProvider>,
     token_param: String,
     websocket: WebSocketConfig,
+    max_message_bytes: usize,
 }
+
+/// The gateway's default maximum message size (`--max-message-bytes`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 65_536;
 
 impl std::fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,6 +80,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("heartbeat", &self.heartbeat)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
             .field("token", &self.token.as_ref().map(|_| "<provider>"))
             .finish_non_exhaustive()
     }
@@ -94,6 +99,7 @@ impl ClientBuilder {
             token: None,
             token_param: "token".to_owned(),
             websocket: WebSocketConfig::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -163,6 +169,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The gateway's maximum message size in bytes (default 65 536, the gateway's
+    /// default). Larger publishes fail with [`Error::MessageTooLarge`] without being
+    /// sent: the gateway would close with 1009, after which the client does not reconnect.
+    pub fn max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = limit;
+        self
+    }
+
     /// Low-level WebSocket settings (message size limits, buffer sizes). The default
     /// accepts messages up to 64 MiB; the protocol asks for at least 4 × the gateway's
     /// maximum message size.
@@ -196,6 +210,7 @@ impl ClientBuilder {
             token: self.token,
             token_param: self.token_param,
             websocket: self.websocket,
+            max_message_bytes: self.max_message_bytes,
         });
         let observers = Arc::new(Observers::new());
         let events = observers.listen();
@@ -301,7 +316,9 @@ impl Client {
     /// started with `--allow-client-publish`; otherwise this fails with
     /// [`Error::Server`] with code `forbidden`. The usual way to publish is the HTTP API
     /// ([`AdminClient`](crate::AdminClient)). Not queued while disconnected:
-    /// fails with [`Error::NotConnected`].
+    /// fails with [`Error::NotConnected`]. A frame above
+    /// [`max_message_bytes`](ClientBuilder::max_message_bytes) fails with
+    /// [`Error::MessageTooLarge`] without being sent.
     pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<()> {
         validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
             channel: channel.to_owned(),

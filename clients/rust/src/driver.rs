@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, warn};
 
 use crate::backoff::{ReconnectDecision, ReconnectPolicy};
@@ -69,6 +70,7 @@ pub(crate) struct Config {
     pub token: Option<TokenProvider>,
     pub token_param: String,
     pub websocket: WebSocketConfig,
+    pub max_message_bytes: usize,
 }
 
 /// Heartbeat settings; `None` fields default from the welcome's `ping_interval_ms`.
@@ -660,23 +662,27 @@ impl Driver {
             },
             Command::Publish { channel, data, done } => {
                 let id = self.take_request_id();
+                let frame = ClientFrame::Publish {
+                    id: Some(id),
+                    channel: channel.clone(),
+                    data,
+                };
+                let message = transport::encode(connection.encoding, &frame);
+                let (size, limit) = (message.len(), self.config.max_message_bytes);
+                if size > limit {
+                    // Sent, it would get close 1009 and end the client for good.
+                    let _ = done.send(Err(Error::MessageTooLarge { size, limit }));
+                    return;
+                }
                 connection.track(
                     id,
                     Pending::Request {
                         op: "publish",
-                        channel: Some(channel.clone()),
+                        channel: Some(channel),
                         done,
                     },
                 );
-                self.send(
-                    connection,
-                    ClientFrame::Publish {
-                        id: Some(id),
-                        channel,
-                        data,
-                    },
-                )
-                .await;
+                self.send_message(connection, message).await;
             }
             Command::Ping { done } => {
                 let id = self.take_request_id();
@@ -703,10 +709,14 @@ impl Driver {
     }
 
     async fn send(&self, connection: &mut Connection, frame: ClientFrame) {
+        let message = transport::encode(connection.encoding, &frame);
+        self.send_message(connection, message).await;
+    }
+
+    async fn send_message(&self, connection: &mut Connection, message: WsMessage) {
         if connection.broken.is_some() {
             return;
         }
-        let message = transport::encode(connection.encoding, &frame);
         // A peer that stopped reading would block this send forever, and with it the
         // heartbeat that is meant to notice such a peer; the request timeout bounds it.
         match tokio::time::timeout(self.config.request_timeout, connection.ws.send(message)).await {

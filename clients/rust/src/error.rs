@@ -89,6 +89,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A frame larger than the gateway's maximum message size, refused before sending:
+    /// the gateway would close with 1009, after which the client must not reconnect.
+    #[error("frame of {size} bytes exceeds the maximum message size of {limit} bytes")]
+    MessageTooLarge {
+        /// The encoded frame's size in bytes.
+        size: usize,
+        /// The configured limit ([`ClientBuilder::max_message_bytes`](crate::ClientBuilder::max_message_bytes)).
+        limit: usize,
+    },
+
     /// The client has stopped: closed by the application, or after a close code
     /// or HTTP refusal after which the protocol says not to reconnect.
     #[error("client closed{}", closed_detail(*.code, reason))]

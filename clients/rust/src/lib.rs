@@ -45,7 +45,7 @@ mod transport;
 
 pub use admin::{AdminClient, ClusterView, InstanceInfo, InstanceStats, PublishReceipt};
 pub use backoff::{parse_retry_after, ReconnectDecision, ReconnectPolicy, StopReason, FATAL_HANDSHAKE_STATUSES};
-pub use client::{Client, ClientBuilder, Heartbeat, TokenProvider};
+pub use client::{Client, ClientBuilder, Heartbeat, TokenProvider, DEFAULT_MAX_MESSAGE_BYTES};
 pub use error::{BoxError, Error, Result};
 pub use event::{ClientEvent, ConnectionState, EventStream};
 pub use shardcast_proto as proto;

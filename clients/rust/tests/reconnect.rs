@@ -104,7 +104,8 @@ async fn no_reconnect_after_message_too_big() {
         .expect("client");
     let mut news = within("subscribe", client.subscribe("news")).await.expect("subscribed");
 
-    // A frame above the gateway's limit: close 1009, which the protocol says not to retry.
+    // A frame above the gateway's limit (which the client was not told about, so its
+    // local check at the default 64 KiB lets it through): close 1009, not to be retried.
     let big = "x".repeat(1024);
     match within("publish", client.publish("news", &big)).await {
         Err(Error::ConnectionLost { code: 1009, .. }) => {}
@@ -305,5 +306,26 @@ async fn subscribe_before_the_gateway_exists() {
         .await
         .expect("publish");
     assert_eq!(within("message", early.next()).await.expect("open").data, json!("hi"));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn oversized_publish_is_refused_locally_when_the_limit_is_known() {
+    let gateway = Gateway::start(&["--max-message-bytes", "128", "--allow-client-publish"]);
+    let client = Client::builder(gateway.ws_url())
+        .max_message_bytes(128)
+        .build()
+        .expect("client");
+    let mut news = within("subscribe", client.subscribe("news")).await.expect("subscribed");
+    match within("publish", client.publish("news", &"x".repeat(1024))).await {
+        Err(Error::MessageTooLarge { size, limit: 128 }) => assert!(size > 1024, "{size}"),
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    // Nothing was sent: the connection is intact and small publishes still go through.
+    within("publish", client.publish("news", &"small"))
+        .await
+        .expect("publish");
+    assert_eq!(within("message", news.next()).await.expect("open").data, json!("small"));
+    assert_eq!(client.state(), ConnectionState::Connected);
     client.close().await;
 }
