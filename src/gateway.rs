@@ -102,6 +102,8 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         threads.push(thread);
     }
     metrics.fd_limit.set(fd_limit as i64);
+    metrics.fd_reserve.set(config.fd_reserve as i64);
+    metrics.max_connections.set(config.max_connections as i64);
     let cluster = ClusterView::new(
         registry,
         state.clone(),

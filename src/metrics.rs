@@ -6,6 +6,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use shardcast_proto::ErrorCode;
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -54,6 +55,12 @@ pub struct Metrics {
     pub cluster_connections: IntGauge,
     /// Live instances, by their heartbeats.
     pub cluster_instances: IntGauge,
+    /// Always 1; its labels carry the version, so dashboards can follow a rollout.
+    pub build_info: IntGaugeVec,
+    /// `--fd-reserve`: the headroom below which upgrades are refused.
+    pub fd_reserve: IntGauge,
+    /// `--max-connections` (0: no cap).
+    pub max_connections: IntGauge,
     /// Time from a publication reaching a shard to its last local subscriber write.
     pub fanout_duration: Histogram,
 }
@@ -126,6 +133,15 @@ impl Metrics {
                 )
                 .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
             )?,
+            build_info: gauge_vec("build_info", "Always 1; labelled with the gateway's version.", &["version"])?,
+            fd_reserve: IntGauge::with_opts(opts(
+                "fd_reserve",
+                "Configured descriptor reserve: upgrades are refused below this headroom.",
+            ))?,
+            max_connections: IntGauge::with_opts(opts(
+                "max_connections",
+                "Configured connection cap (0: none).",
+            ))?,
             redis_reconnects: IntCounter::with_opts(opts(
                 "redis_reconnects_total",
                 "Redis connections re-established after a loss.",
@@ -150,6 +166,7 @@ impl Metrics {
         };
         m.register_all()?;
         m.touch_known_labels();
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Ok(m)
     }
 
@@ -173,6 +190,9 @@ impl Metrics {
         r.register(Box::new(self.broker_up.clone()))?;
         r.register(Box::new(self.ready.clone()))?;
         r.register(Box::new(self.fanout_duration.clone()))?;
+        r.register(Box::new(self.build_info.clone()))?;
+        r.register(Box::new(self.fd_reserve.clone()))?;
+        r.register(Box::new(self.max_connections.clone()))?;
         r.register(Box::new(self.redis_reconnects.clone()))?;
         r.register(Box::new(self.redis_messages_received.clone()))?;
         r.register(Box::new(self.redis_subscriptions.clone()))?;
@@ -213,6 +233,11 @@ impl Metrics {
         }
         for reason in ["slow_consumer", "bad_payload", "broker_lag"] {
             self.messages_dropped.with_label_values(&[reason]);
+        }
+        let protocol_codes = ErrorCode::ALL_SENT.iter().map(|c| c.as_str());
+        let framing_codes = ["protocol_error", "invalid_utf8", "message_too_big", "unauthorized"];
+        for code in protocol_codes.chain(framing_codes) {
+            self.client_errors.with_label_values(&[code]);
         }
     }
 

@@ -89,6 +89,19 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code a gateway of this version sends.
+    pub const ALL_SENT: [ErrorCode; 9] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownOp,
+        ErrorCode::BadChannel,
+        ErrorCode::TooManyChannels,
+        ErrorCode::NotSubscribed,
+        ErrorCode::Forbidden,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
     /// The snake_case name used on the wire and as a metric label.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -78,15 +78,15 @@ pub(super) async fn drain(core: Rc<ShardCore>, window: Duration) {
     let start = Instant::now();
     let mut done = 0usize;
     for step in 1..=steps {
-        let until = keys.len() * step / steps;
+        // Rounded up, so the first batch goes at once: a nearly empty instance is
+        // done in one tick instead of waiting out the window.
+        let until = (keys.len() * step).div_ceil(steps);
         if until > done {
             let deadline = core.after(core.config.close_timeout);
             let mut conns = core.conns.borrow_mut();
-            for (i, &key) in keys[done..until].iter().enumerate() {
+            for &key in &keys[done..until] {
                 if let Some(conn) = conns.get_mut(key) {
-                    // A small spread on top of the batching, so clients closed in
-                    // the same batch do not come back in the same millisecond.
-                    let retry_ms = ((done + i) as u64 * 7919) % 1000;
+                    let retry_ms = retry_jitter_ms(core.id, conn.id);
                     let reason = close::reason_with_retry("going away", retry_ms);
                     conn.close(close::GOING_AWAY, &reason, Disconnect::GoingAway, deadline);
                 }
@@ -98,4 +98,15 @@ pub(super) async fn drain(core: Rc<ShardCore>, window: Duration) {
         }
         sleep_until((start + TICK * step as u32).into()).await;
     }
+}
+
+/// A spread of up to a second on top of the batching, so clients closed in the same
+/// tick (on any shard) do not all come back in the same millisecond. A hash of the
+/// shard and connection ids: cheap, and different for every connection.
+fn retry_jitter_ms(shard: usize, conn: u64) -> u64 {
+    let mut x = conn ^ ((shard as u64) << 48) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x % 1000
 }
