@@ -208,7 +208,7 @@ async fn heartbeat_sends_protocol_pings_and_drops_a_silent_peer() {
         .build_with_events()
         .expect("client");
     let (mut ws, _) = accept(&listener).await;
-    welcome(&mut ws, 200).await;
+    welcome(&mut ws, 400).await;
     for _ in 0..3 {
         let ping = recv(&mut ws).await;
         assert_eq!(ping["op"], "ping", "{ping}");

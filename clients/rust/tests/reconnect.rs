@@ -204,14 +204,14 @@ async fn a_quiet_healthy_connection_survives_the_heartbeat() {
     let (client, mut events) = Client::builder(gateway.ws_url())
         .heartbeat(Heartbeat {
             enabled: true,
-            interval: Some(Duration::from_millis(100)),
-            timeout: Some(Duration::from_millis(200)),
+            interval: Some(Duration::from_millis(200)),
+            timeout: Some(Duration::from_secs(1)),
         })
         .build_with_events()
         .expect("client");
     within("connect", client.wait_connected()).await.expect("connected");
     // Many heartbeat periods with no traffic but the heartbeat's own pings and pongs.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(client.state(), ConnectionState::Connected);
     while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(10), events.recv()).await {
         assert!(
