@@ -1,0 +1,368 @@
+//! The properties shardcast's decoders must keep on any input, one function per fuzz
+//! target. Each takes raw bytes and panics on a violation, so the same code serves
+//! libFuzzer (fuzz/fuzz_targets/*) and the main crate's tests, which replay the
+//! checked-in corpus (fuzz/corpus/<target>/) and proptest inputs through it
+//! (tests/properties.rs includes this file as a module).
+//!
+//! What is fed where, as the gateway does it:
+//! - client frames: `shardcast_proto::decode_client` (JSON and MessagePack);
+//! - Redis payloads: `shardcast_proto::redis::decode_redis_payload`, then JSON validation;
+//! - WebSocket bytes: `shardcast::ws::frame::read_frames`, whole and in pieces;
+//! - the upgrade request: `shardcast::ws::handshake::parse_request`;
+//! - the HTTP publish body: deserialized as src/admin.rs does, then encoded as a
+//!   `message` frame in both encodings, as a fan-out does.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use shardcast::publication::Payload;
+use shardcast::ws::frame::{read_frames, Flow, Fragments, FrameError, Incoming};
+use shardcast::ws::handshake::{parse_request, upgrade_response, PublicRequest, WsPaths};
+use shardcast_proto::redis::{decode_redis_payload, encode_redis_payload, raw_payload_json, RedisPayload};
+use shardcast_proto::{
+    decode_client, decode_server, encode_client, encode_message, validate_channel, ClientFrame, Encoding, ErrorCode,
+    ServerFrame,
+};
+
+/// A JSON client frame: decoding never panics, and what decodes survives a round
+/// trip through both encodings unchanged (the JSON data model is shared).
+pub fn decode_client_json(data: &[u8]) {
+    check_client_frame(Encoding::Json, data);
+}
+
+/// A MessagePack client frame: as for JSON.
+pub fn decode_client_msgpack(data: &[u8]) {
+    check_client_frame(Encoding::MsgPack, data);
+}
+
+fn check_client_frame(encoding: Encoding, data: &[u8]) {
+    match decode_client(encoding, data) {
+        Ok(frame) => {
+            for target in Encoding::ALL {
+                let bytes = encode_client(target, &frame);
+                let back = decode_client(target, &bytes)
+                    .unwrap_or_else(|e| panic!("re-encoded {frame:?} in {target:?} does not decode: {e}"));
+                assert!(
+                    same_frame(&frame, &back),
+                    "{encoding:?} frame changed through {target:?}: {frame:?} -> {back:?}"
+                );
+            }
+        }
+        Err(e) => {
+            // Only the two documented codes come out of the decoder (PROTOCOL.md 4.3).
+            assert!(
+                matches!(e.code, ErrorCode::BadRequest | ErrorCode::UnknownOp),
+                "unexpected decode error code {:?}",
+                e.code
+            );
+            // The error message goes back to the client in an error frame: it must
+            // stay bounded whatever the input (an unknown op is cut to 64 characters).
+            assert!(e.message.len() <= 1024, "error message of {} bytes", e.message.len());
+        }
+    }
+}
+
+/// Frames equal, except that floats may differ in the last bits after a trip
+/// through decimal text (serde_json parses fast, not always correctly rounded).
+fn same_frame(a: &ClientFrame, b: &ClientFrame) -> bool {
+    match (a, b) {
+        (
+            ClientFrame::Publish { id, channel, data },
+            ClientFrame::Publish {
+                id: id2,
+                channel: channel2,
+                data: data2,
+            },
+        ) => id == id2 && channel == channel2 && same_value(data, data2),
+        _ => a == b,
+    }
+}
+
+/// Decoded equality of JSON values, with floats compared to a relative 1e-15.
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-15 * x.abs().max(y.abs()),
+            _ => false,
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// A Redis payload: the three forms are told apart exactly as specified, the
+/// gateway's own envelope round-trips, and a raw payload always becomes deliverable
+/// JSON whose base64 gives the bytes back.
+pub fn redis_payload(data: &[u8]) {
+    match decode_redis_payload(data) {
+        Ok(RedisPayload::Json {
+            origin: Some(origin),
+            json,
+        }) => {
+            assert_eq!(data[0], b'@');
+            assert!(!origin.contains(' '), "origin {origin:?} holds the separator");
+            assert_eq!(encode_redis_payload(origin, json), data, "envelope does not round-trip");
+            let _ = Payload::from_json(json);
+        }
+        Ok(RedisPayload::Json { origin: None, json }) => {
+            assert!(
+                !matches!(data[0], b'@' | b'!'),
+                "a marked payload decoded as plain JSON"
+            );
+            assert_eq!(json.as_bytes(), data);
+            let _ = Payload::from_json(json);
+        }
+        Ok(RedisPayload::Raw(raw)) => {
+            assert_eq!(data[0], b'!');
+            assert_eq!(&data[1..], raw);
+            let json = raw_payload_json(raw);
+            let payload = Payload::from_json(&json).expect("a raw payload is always deliverable");
+            let value: Value = serde_json::from_str(payload.json().get()).expect("valid JSON");
+            let b64 = value["$bin"].as_str().expect("$bin is a string");
+            assert_eq!(base64_decode(b64).as_deref(), Some(raw), "base64 of a raw payload");
+        }
+        Err(_) if data.is_empty() => {}
+        Err(e) => assert!(
+            matches!(data[0], b'@') || std::str::from_utf8(data).is_err(),
+            "{e} for a payload that is neither marked nor invalid UTF-8"
+        ),
+    }
+}
+
+/// RFC 4648 base64 with padding, strict; `None` on anything malformed.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let sextet = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    if text.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    for chunk in text.as_bytes().chunks(4) {
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        let mut n = 0u32;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | u32::from(sextet(c)?);
+        }
+        n <<= 6 * pad as u32;
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    Some(out)
+}
+
+/// What `read_frames` handed to its caller, owned, to compare two runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Message { binary: bool, payload: Vec<u8> },
+    Ping(Vec<u8>),
+    Pong,
+    Close { code: Option<u16>, reason: String },
+}
+
+impl Event {
+    fn from_incoming(ev: Incoming<'_>) -> Event {
+        match ev {
+            Incoming::Message { binary, payload } => Event::Message {
+                binary,
+                payload: payload.to_vec(),
+            },
+            Incoming::Ping(p) => Event::Ping(p.to_vec()),
+            Incoming::Pong => Event::Pong,
+            Incoming::Close { code, reason } => Event::Close {
+                code,
+                reason: reason.to_owned(),
+            },
+        }
+    }
+}
+
+/// Reads a byte stream the way a shard does (src/shard/task.rs `process_input`):
+/// each read is appended to what was left incomplete, complete frames are handed
+/// on, the rest is kept. Stops at a close frame or an error.
+pub fn read_in_pieces(stream: &[u8], cuts: &[usize], max_message: usize) -> (Vec<Event>, Option<FrameError>) {
+    let mut events = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut fragments: Option<Box<Fragments>> = None;
+    let mut start = 0;
+    let ends = cuts.iter().copied().filter(|&c| c < stream.len()).chain([stream.len()]);
+    for end in ends {
+        if end <= start {
+            continue;
+        }
+        pending.extend_from_slice(&stream[start..end]);
+        start = end;
+        let mut closed = false;
+        let result = read_frames(&mut pending, &mut fragments, max_message, |ev| {
+            let ev = Event::from_incoming(ev);
+            closed = matches!(ev, Event::Close { .. });
+            events.push(ev);
+            if closed {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        });
+        match result {
+            Ok(used) => {
+                assert!(used <= pending.len(), "consumed {used} of {} bytes", pending.len());
+                pending.drain(..used);
+            }
+            Err(e) => return (events, Some(e)),
+        }
+        if closed {
+            break;
+        }
+    }
+    (events, None)
+}
+
+/// WebSocket bytes from a client: the reader never panics, never hands on what the
+/// RFC or the size limit forbids, and gives the same messages and the same verdict
+/// whether the bytes arrive at once or cut into pieces anywhere.
+///
+/// Input layout: byte 0 picks the size limit, bytes 1..4 pick up to three cut
+/// points, the rest is the stream.
+pub fn ws_frames(data: &[u8]) {
+    if data.len() < 4 {
+        return;
+    }
+    let max_message = 16 + usize::from(data[0]) * 8;
+    let stream = &data[4..];
+    let cuts: Vec<usize> = data[1..4]
+        .iter()
+        .map(|&b| usize::from(b) * stream.len() / 256)
+        .collect();
+    let mut sorted = cuts.clone();
+    sorted.sort_unstable();
+    let whole = read_in_pieces(stream, &[], max_message);
+    let pieces = read_in_pieces(stream, &sorted, max_message);
+    assert_eq!(whole, pieces, "cutting the stream at {sorted:?} changed what was read");
+    let one_byte_cuts: Vec<usize> = (1..stream.len().min(64)).collect();
+    let bytewise = read_in_pieces(stream, &one_byte_cuts, max_message);
+    assert_eq!(
+        whole, bytewise,
+        "reading the first bytes one at a time changed what was read"
+    );
+    for ev in &whole.0 {
+        match ev {
+            Event::Message { binary, payload } => {
+                assert!(payload.len() <= max_message, "a message above the limit got through");
+                assert!(
+                    *binary || std::str::from_utf8(payload).is_ok(),
+                    "invalid UTF-8 text got through"
+                );
+            }
+            Event::Ping(p) => assert!(p.len() <= 125, "control frame above 125 bytes"),
+            Event::Pong => {}
+            Event::Close { code: None, .. } => {}
+            Event::Close { code: Some(c), .. } => assert!(
+                matches!(c, 1000..=1003 | 1007..=1011 | 3000..=4999),
+                "close code {c} accepted"
+            ),
+        }
+    }
+}
+
+/// Paths as the conformance setup configures them: protocol `/ws`, echo `/echo`.
+const PATHS: WsPaths<'static> = WsPaths {
+    protocol: "/ws",
+    echo: Some("/echo"),
+};
+
+/// The upgrade request head: parsing never panics; bytes after a complete head do
+/// not change the answer (the gateway discards them); an accepted upgrade yields a
+/// well-formed 101 whose headers nothing in the request can break.
+pub fn upgrade_request(data: &[u8]) {
+    let Ok(parsed) = parse_request(data, PATHS) else {
+        return;
+    };
+    let Some(request) = parsed else {
+        return;
+    };
+    let mut longer = data.to_vec();
+    longer.extend_from_slice(b"\x81\x85garbage after the head\r\n\r\n");
+    assert_eq!(
+        parse_request(&longer, PATHS).ok().flatten().as_ref(),
+        Some(&request),
+        "trailing bytes changed the answer"
+    );
+    match request {
+        PublicRequest::Upgrade {
+            key,
+            encoding,
+            echo_subprotocol,
+            ..
+        } => {
+            let response = upgrade_response(&key, encoding, echo_subprotocol);
+            let text = std::str::from_utf8(&response).expect("the 101 response is ASCII");
+            assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+            assert!(text.ends_with("\r\n\r\n"));
+            assert_eq!(
+                text.matches("\r\n\r\n").count(),
+                1,
+                "the request split the response: {text:?}"
+            );
+            assert_eq!(
+                text.contains("Sec-WebSocket-Protocol"),
+                echo_subprotocol,
+                "subprotocol echoed only when asked"
+            );
+        }
+        PublicRequest::Health { .. } => {}
+        PublicRequest::Reject { status, .. } => {
+            assert!(matches!(status, 400 | 404 | 405 | 426 | 431), "status {status}");
+        }
+    }
+}
+
+/// One item of an HTTP publish body, deserialized exactly as src/admin.rs does.
+#[derive(Deserialize)]
+struct PublishItem {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+/// The HTTP publish body: parsed like the admin API parses it; every accepted item's
+/// data becomes a `message` frame that both encodings decode to the same value.
+pub fn publish_body(data: &[u8]) {
+    let batch = data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let items: Vec<PublishItem> = if batch {
+        match serde_json::from_slice(data) {
+            Ok(items) => items,
+            Err(_) => return,
+        }
+    } else {
+        match serde_json::from_slice::<PublishItem>(data) {
+            Ok(item) => vec![item],
+            Err(_) => return,
+        }
+    };
+    for item in items {
+        if validate_channel(&item.channel, shardcast_proto::DEFAULT_MAX_CHANNEL_LEN).is_err() {
+            continue;
+        }
+        let expected: Value = serde_json::from_str(item.data.get()).expect("RawValue holds valid JSON");
+        let payload = Payload::from_raw(item.data);
+        for encoding in Encoding::ALL {
+            let frame = encode_message(encoding, &item.channel, 7, payload.json());
+            match decode_server(encoding, &frame) {
+                Ok(ServerFrame::Message { channel, seq, data }) => {
+                    assert_eq!((channel.as_str(), seq), (item.channel.as_str(), 7));
+                    assert!(
+                        same_value(&data, &expected),
+                        "{encoding:?} delivers {data} for {expected}"
+                    );
+                }
+                other => panic!("{encoding:?} message frame decodes as {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Property tests of the wire protocol crate: every frame either side can build
+//! survives both encodings unchanged, the fan-out's fast `message` encoder agrees
+//! with the generic one, the decoders refuse garbage with the documented codes and
+//! never panic, and the channel-name, retry-hint and Redis-payload rules hold for
+//! any input, not only the vectors.
+
+use proptest::prelude::*;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use shardcast_proto::close::{reason_with_retry, retry_ms};
+use shardcast_proto::redis::{base64, decode_redis_payload, encode_redis_payload, RedisPayload};
+use shardcast_proto::{
+    decode_client, decode_server, encode_client, encode_message, encode_server, validate_channel, ChannelNameError,
+    ClientFrame, Encoding, ErrorCode, ServerFrame,
+};
+
+/// JSON values of every kind; floats are finite (the JSON data model has no NaN).
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-1e300f64..1e300).prop_map(Value::from),
+        "\\PC{0,16}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map("\\PC{0,8}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn channel() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.:@/=+-]{1,128}"
+}
+
+fn client_frame() -> impl Strategy<Value = ClientFrame> {
+    let id = proptest::option::of(any::<u64>());
+    prop_oneof![
+        (id.clone(), channel()).prop_map(|(id, channel)| ClientFrame::Subscribe { id, channel }),
+        (id.clone(), "\\PC{0,20}").prop_map(|(id, channel)| ClientFrame::Unsubscribe { id, channel }),
+        (id.clone(), channel(), json_value()).prop_map(|(id, channel, data)| ClientFrame::Publish {
+            id,
+            channel,
+            data
+        }),
+        id.prop_map(|id| ClientFrame::Ping { id }),
+    ]
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        Just(ErrorCode::BadRequest),
+        Just(ErrorCode::UnknownOp),
+        Just(ErrorCode::BadChannel),
+        Just(ErrorCode::TooManyChannels),
+        Just(ErrorCode::NotSubscribed),
+        Just(ErrorCode::Forbidden),
+        Just(ErrorCode::PayloadTooLarge),
+        Just(ErrorCode::Unavailable),
+        Just(ErrorCode::Internal),
+    ]
+}
+
+fn server_frame() -> impl Strategy<Value = ServerFrame> {
+    let id = proptest::option::of(any::<u64>());
+    prop_oneof![
+        (any::<u32>(), "\\PC{0,20}", any::<u32>(), any::<u64>()).prop_map(
+            |(version, node, shard, ping_interval_ms)| {
+                ServerFrame::Welcome {
+                    version,
+                    node,
+                    shard,
+                    ping_interval_ms,
+                }
+            }
+        ),
+        id.clone().prop_map(|id| ServerFrame::Ack { id }),
+        (id.clone(), error_code(), "\\PC{0,40}").prop_map(|(id, code, message)| ServerFrame::Error {
+            id,
+            code,
+            message
+        }),
+        id.prop_map(|id| ServerFrame::Pong { id }),
+        (channel(), any::<u64>(), json_value()).prop_map(|(channel, seq, data)| ServerFrame::Message {
+            channel,
+            seq,
+            data
+        }),
+    ]
+}
+
+/// Decoded equality, floats to a relative 1e-15 (decimal text is not always
+/// rounded back to the same bits by serde_json's fast float parser).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-15 * x.abs().max(y.abs()),
+            _ => false,
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn same_client(a: &ClientFrame, b: &ClientFrame) -> bool {
+    match (a, b) {
+        (
+            ClientFrame::Publish { id, channel, data },
+            ClientFrame::Publish {
+                id: i2,
+                channel: c2,
+                data: d2,
+            },
+        ) => id == i2 && channel == c2 && same_value(data, d2),
+        _ => a == b,
+    }
+}
+
+fn same_server(a: &ServerFrame, b: &ServerFrame) -> bool {
+    match (a, b) {
+        (
+            ServerFrame::Message { channel, seq, data },
+            ServerFrame::Message {
+                channel: c2,
+                seq: s2,
+                data: d2,
+            },
+        ) => channel == c2 && seq == s2 && same_value(data, d2),
+        _ => a == b,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn client_frames_survive_both_encodings(frame in client_frame()) {
+        for enc in Encoding::ALL {
+            let back = decode_client(enc, &encode_client(enc, &frame)).expect("own encoding decodes");
+            prop_assert!(same_client(&frame, &back), "{:?}: {:?} -> {:?}", enc, frame, back);
+        }
+    }
+
+    #[test]
+    fn server_frames_survive_both_encodings(frame in server_frame()) {
+        for enc in Encoding::ALL {
+            let back = decode_server(enc, &encode_server(enc, &frame)).expect("own encoding decodes");
+            prop_assert!(same_server(&frame, &back), "{:?}: {:?} -> {:?}", enc, frame, back);
+        }
+    }
+
+    #[test]
+    fn fast_message_encoder_agrees_with_the_generic_one(channel in channel(), seq in any::<u64>(), data in json_value()) {
+        // The API hands the publisher's own text on; whitespace in it must not matter.
+        let text = serde_json::to_string_pretty(&data).unwrap();
+        let raw: Box<RawValue> = serde_json::from_str(&text).unwrap();
+        let generic = ServerFrame::Message { channel: channel.clone(), seq, data };
+        for enc in Encoding::ALL {
+            let fast = decode_server(enc, &encode_message(enc, &channel, seq, &raw)).expect("decodes");
+            prop_assert!(same_server(&generic, &fast), "{:?}: {:?} vs {:?}", enc, generic, fast);
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_documented_code(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        for enc in Encoding::ALL {
+            if let Err(e) = decode_client(enc, &bytes) {
+                prop_assert!(matches!(e.code, ErrorCode::BadRequest | ErrorCode::UnknownOp));
+            }
+            let _ = decode_server(enc, &bytes);
+        }
+    }
+
+    #[test]
+    fn unknown_ops_echo_the_id(op in "[a-z_]{1,80}", id in any::<u64>()) {
+        prop_assume!(!["subscribe", "unsubscribe", "publish", "ping"].contains(&op.as_str()));
+        let frame = serde_json::json!({"op": op, "id": id}).to_string();
+        let e = decode_client(Encoding::Json, frame.as_bytes()).unwrap_err();
+        prop_assert_eq!((e.code, e.id), (ErrorCode::UnknownOp, Some(id)));
+        prop_assert!(e.message.len() < 100, "the echoed op is cut: {}", e.message);
+    }
+
+    #[test]
+    fn channel_names_follow_the_documented_rule(name in "\\PC{0,140}|[A-Za-z0-9_.:@/=+ -]{0,140}", max in 1usize..140) {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "_.:@/=+-".contains(c);
+        let expected = if name.is_empty() {
+            Err(ChannelNameError::Empty)
+        } else if name.len() > max {
+            Err(ChannelNameError::TooLong { max })
+        } else if !name.chars().all(allowed) {
+            Err(ChannelNameError::BadCharacter)
+        } else {
+            Ok(())
+        };
+        prop_assert_eq!(validate_channel(&name, max), expected);
+    }
+
+    #[test]
+    fn retry_hints_round_trip(text in "\\PC{0,60}", ms in any::<u64>()) {
+        prop_assert_eq!(retry_ms(&reason_with_retry(&text, ms)), Some(ms));
+    }
+
+    #[test]
+    fn gateway_envelopes_round_trip(origin in "[!-~]{1,40}", data in json_value()) {
+        let json = data.to_string();
+        let bytes = encode_redis_payload(&origin, &json);
+        prop_assert_eq!(
+            decode_redis_payload(&bytes),
+            Ok(RedisPayload::Json { origin: Some(origin.as_str()), json: json.as_str() })
+        );
+    }
+
+    #[test]
+    fn base64_has_the_rfc_length(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let text = base64(&bytes);
+        prop_assert_eq!(text.len(), bytes.len().div_ceil(3) * 4);
+        prop_assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)));
+    }
+}
