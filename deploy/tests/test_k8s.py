@@ -208,13 +208,26 @@ def test_ingress_annotations():
     assert by_kind(BASE, "Ingress")["spec"]["ingressClassName"] == "nginx"
 
 
+def test_redis_url_from_a_secret():
+    """Every pod gets SHARDCAST_REDIS from the `shardcast-redis` Secret (a URL
+    may carry a password), and it is required: a pod without a shared broker
+    would deliver a publish only to its own clients."""
+    env = {e["name"]: e for e in CONTAINER["env"]}
+    ref = env["SHARDCAST_REDIS"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("shardcast-redis", "url")
+    assert not ref.get("optional", False)
+    assert "SHARDCAST_REDIS_URL" not in env
+
+
 def test_dev_overlay_adds_redis():
     dev = rendered("overlays/dev")
     assert by_kind(dev, "Deployment", "shardcast-redis")
     svc = by_kind(dev, "Service", "shardcast-redis")
     gw = by_kind(dev, "Deployment", "shardcast")
     c = next(c for c in gw["spec"]["template"]["spec"]["containers"] if c["name"] == "shardcast")
-    url = env_of(c)["SHARDCAST_REDIS_URL"]
+    ref = next(e for e in c["env"] if e["name"] == "SHARDCAST_REDIS")["valueFrom"]["secretKeyRef"]
+    secret = by_kind(dev, "Secret", ref["name"])
+    url = secret["stringData"][ref["key"]]
     assert url == f"redis://{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"
     assert all(o["metadata"].get("namespace") == "shardcast-dev" for o in dev if o["kind"] != "Namespace")
     # The base has no Redis of its own: production points at a real one.

@@ -1,8 +1,13 @@
-"""deploy/docker/nginx.conf for real: nginx (Debian's) runs the file, with only
-its upstream addresses and listen port rewritten to loopback, in front of
-three real gateways. Checks the WebSocket upgrade through the proxy,
-stickiness (hash $remote_addr consistent) and failover when the chosen gateway
-drains."""
+"""The Compose stack's nginx for real: the production configuration
+(deploy/nginx/nginx.conf) rendered by the script the Compose nginx runs at
+start (deploy/docker/nginx-upstreams.sh, upstreams set to three real gateways
+on loopback), with only its listen line and worker sizes changed for the test,
+run by Debian's nginx. Checks the WebSocket upgrade through the proxy, that a
+publish on one gateway reaches a client of another through Redis, stickiness
+(hash $remote_addr consistent) and failover when the chosen gateway drains.
+
+tests/load_balancer.rs tests the same file with the same markers; this check
+covers the Compose rendering path."""
 
 from __future__ import annotations
 
@@ -14,25 +19,27 @@ import time
 
 import pytest
 
-from helpers import DEPLOY, WAIT, WsClient, free_port, run, tool
-
-CONF = DEPLOY / "docker" / "nginx.conf"
+from helpers import (WAIT, WsClient, free_port, marked_block, render_nginx_conf,
+                     replace_marked_block, run, tool, wait_ready,
+                     wait_redis_subscribed)
 
 
 @pytest.fixture
-def nginx_front(gateway_factory, tmp_path):
+def nginx_front(gateway_factory, redis_url, tmp_path):
     nginx = tool("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
     if not nginx:
         pytest.skip("nginx not installed (Debian package nginx-light)")
-    gateways = {f"gateway-{i}": gateway_factory(env={"SHARDCAST_NODE_ID": f"gateway-{i}"})
+    gateways = {f"gateway-{i}": gateway_factory(env={"SHARDCAST_NODE_ID": f"gateway-{i}",
+                                                     "SHARDCAST_REDIS": redis_url,
+                                                     "SHARDCAST_REDIS_PREFIX": "nginx-test:"})
                 for i in (1, 2, 3)}
-    conf = CONF.read_text()
-    for name, gw in gateways.items():
-        conf, n = re.subn(rf"\b{name}:8000\b", gw.ws, conf)
-        assert n == 1
+    for gw in gateways.values():
+        wait_ready(gw)
+    conf = render_nginx_conf([gw.ws for gw in gateways.values()], tmp_path / "rendered.conf")
+    assert marked_block(conf, "upstreams") == [
+        f"server {gw.ws} max_fails=1 fail_timeout=10s;" for gw in gateways.values()]
     port = free_port()
-    conf, n = re.subn(r"^(\s*)listen\s+\d+;", rf"\1listen 127.0.0.1:{port};", conf, flags=re.M)
-    assert n == 1
+    conf = replace_marked_block(conf, "listen", [f"        listen 127.0.0.1:{port};"])
     # Smaller limits for the test process; everything else as shipped.
     conf = conf.replace("worker_processes auto;", "worker_processes 1;")
     conf = re.sub(r"worker_rlimit_nofile \d+;", "worker_rlimit_nofile 4096;", conf)
@@ -82,7 +89,10 @@ def test_sticky_websocket_through_nginx(nginx_front):
     node = c.recv_json()["node"]
     c.send_text('{"op":"subscribe","id":1,"channel":"lb"}')
     assert c.recv_json() == {"type": "ack", "id": 1}
-    status, _ = gateways[node].post("/api/publish", {"channel": "lb", "data": "hi"})
+    wait_redis_subscribed(gateways[node])
+    # Published on another gateway: it crosses Redis to the client's gateway.
+    other = next(name for name in gateways if name != node)
+    status, _ = gateways[other].post("/api/publish", {"channel": "lb", "data": "hi"})
     assert status == 200
     assert c.recv_json()["data"] == "hi"
     c.close()
