@@ -8,9 +8,10 @@
 #
 # Non-interactive and idempotent; meant for root on a fresh Debian 12 machine.
 # It installs what is missing: Debian packages (prometheus for promtool and the
-# server, nginx-light, python3-venv) and pinned Python tools into a virtualenv
-# at $SHARDCAST_DEPLOY_VENV (default ~/.cache/shardcast-deploy/venv). Prints
-# PASS/FAIL per check and exits non-zero if any check fails.
+# server, redis-server for the broker, nginx-light, python3-venv) and pinned
+# Python tools into a virtualenv at $SHARDCAST_DEPLOY_VENV (default
+# ~/.cache/shardcast-deploy/venv). Prints PASS/FAIL per check and exits
+# non-zero if any check fails.
 set -euo pipefail
 
 DEPLOY="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,15 +30,31 @@ need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv python3-pip)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv python3-pip)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   mapfile -t need_apt < <(printf '%s\n' "${need_apt[@]}" | sort -u)
   log "apt-get install ${need_apt[*]}"
   apt-get update -qq
-  # The packages' services are not started: there is no init system here, and
-  # the checks start their own processes on loopback ports.
+  # The packages' services are not wanted (the checks start their own processes
+  # on loopback ports; Prometheus would listen on every interface): a
+  # policy-rc.d that denies every start keeps invoke-rc.d and
+  # deb-systemd-invoke from starting them, and goes away after the install.
+  # An existing policy-rc.d is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    own_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  if [ "$own_policy" = 1 ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
 fi
 export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 
