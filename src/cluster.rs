@@ -94,8 +94,11 @@ impl ClusterView {
         view
     }
 
-    /// The last snapshot.
+    /// The last snapshot; without Redis, the cluster is this instance, read now.
     pub fn snapshot(&self) -> Arc<ClusterSnapshot> {
+        if matches!(self.registry, ClusterRegistry::Local) {
+            self.store(vec![self.me()], true);
+        }
         self.snapshot
             .lock()
             .map(|s| s.clone())
