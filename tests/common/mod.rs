@@ -609,3 +609,234 @@ impl Gateway {
             .unwrap_or_default()
     }
 }
+
+// ---------------------------------------------------------------------------
+// Hardening helpers (tests/faults_*.rs, tests/abuse.rs, tests/soak.rs): a lean raw
+// WebSocket client for thousands of sockets, nginx in front of gateways, and the
+// process readings a soak or a fault test compares.
+// ---------------------------------------------------------------------------
+
+/// The upgrade request the lean clients send (no subprotocol: JSON).
+pub fn upgrade_request(addr: SocketAddr) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// Connects from `source` (any port), upgrades, and reads up to the end of the welcome
+/// frame; returns the socket, ready for frames. Errors instead of panicking, so a
+/// caller opening thousands can count failures. The welcome is found by its bytes,
+/// not parsed: this client exists to be cheap.
+pub async fn lean_connect(gw: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let mut stream = socket.connect(gw).await?;
+    stream.write_all(upgrade_request(gw).as_bytes()).await?;
+    // 101 head (129 bytes) + welcome frame (about 90 bytes): read until the welcome
+    // JSON object closes.
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            let head = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_owned();
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, head));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if !buf.starts_with(b"HTTP/1.1 101") && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_owned();
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, head));
+        }
+        if buf.ends_with(b"}") && buf.windows(9).any(|w| w == b"\"welcome\"") {
+            return Ok(stream);
+        }
+    }
+}
+
+/// A masked client text frame.
+pub fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![0x81];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Reads one unmasked server frame from a plain socket: (opcode, payload).
+pub async fn read_server_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    stream.read_exact(&mut h).await?;
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            stream.read_exact(&mut b).await?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            stream.read_exact(&mut b).await?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await?;
+    Ok((h[0] & 0x0f, payload))
+}
+
+/// Reads frames until a close frame; returns its code (None if the socket ended first).
+pub async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> Option<u16> {
+    tokio::time::timeout(limit, async {
+        loop {
+            match read_server_frame(stream).await {
+                Ok((8, p)) if p.len() >= 2 => return Some(u16::from_be_bytes([p[0], p[1]])),
+                Ok((8, _)) => return Some(1005),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Sum of a per-shard gauge (`shardcast_connections`, `shardcast_subscriptions`) over all shards.
+pub fn sum_series(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// What /proc says about a process: resident memory, open descriptors, threads.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcSample {
+    pub rss_bytes: u64,
+    pub fds: usize,
+    pub threads: usize,
+}
+
+pub fn proc_sample(pid: i32) -> ProcSample {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    ProcSample {
+        rss_bytes: field("VmRSS:") * 1024,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        threads: field("Threads:") as usize,
+    }
+}
+
+/// nginx running deploy/nginx/nginx.conf (upstreams and listen address rewritten to
+/// loopback, as tests/load_balancer.rs does); killed on drop.
+pub struct Nginx {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    pub fn start(upstreams: &[SocketAddr]) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("shardcast-nginx-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/nginx.conf"))
+            .expect("nginx.conf");
+        let servers: Vec<String> = upstreams
+            .iter()
+            .map(|u| format!("        server {u} max_fails=1 fail_timeout=10s;"))
+            .collect();
+        let config = replace_marked(&shipped, "upstreams", &servers);
+        let config = replace_marked(&config, "listen", &[format!("        listen {addr};")]);
+        // The shipped file asks for 262144 descriptors per worker; a test process may hold 20000.
+        let config = config.replace("worker_rlimit_nofile 262144;", "worker_rlimit_nofile 8192;");
+        let config = config.replace("worker_processes auto;", "worker_processes 1;");
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, config).unwrap();
+        let globals = format!(
+            "daemon off; pid {}/nginx.pid; error_log {}/error.log;",
+            dir.display(),
+            dir.display()
+        );
+        let mut child = Command::new("nginx")
+            .args([
+                "-p",
+                dir.to_str().unwrap(),
+                "-c",
+                path.to_str().unwrap(),
+                "-g",
+                &globals,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (apt-get install nginx)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nginx exited: {status}");
+            }
+            assert!(start.elapsed() < WAIT, "nginx did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, addr, dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Replaces the lines between `# BEGIN name` and `# END name` with `lines`.
+fn replace_marked(config: &str, name: &str, lines: &[String]) -> String {
+    let (begin, end) = (format!("# BEGIN {name}"), format!("# END {name}"));
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in config.lines() {
+        if line.trim() == begin {
+            skipping = true;
+            out.push(line.to_owned());
+            out.extend(lines.iter().cloned());
+        } else if line.trim() == end {
+            skipping = false;
+            out.push(line.to_owned());
+        } else if !skipping {
+            out.push(line.to_owned());
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// Percentile (0-100) of a set of durations, by nearest rank.
+pub fn percentile(samples: &mut [Duration], pct: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((pct / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+// --- end of hardening helpers ---

@@ -1,0 +1,196 @@
+//! Fault injection: one of three gateway instances killed with SIGKILL (no drain, no
+//! close frames) behind nginx running deploy/nginx/nginx.conf. Its clients see their
+//! connection end, reconnect through nginx with backoff, land on the remaining
+//! instances and re-subscribe within a stated bound; the other clients notice nothing.
+//!
+//! The reconnect loop here follows PROTOCOL.md section 12 (full-jitter backoff) with
+//! a shorter base and cap so the test stays short. It should become the Rust client
+//! crate (clients/rust) once that lands.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+use shardcast_proto::{Encoding, ServerFrame};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
+
+/// Every client of the killed instance is back and re-subscribed within this.
+const RECOVERY_BOUND: Duration = Duration::from_secs(5);
+/// Backoff base and cap of the test's reconnect loop (PROTOCOL.md recommends 500 ms / 30 s).
+const BACKOFF_BASE_MS: u64 = 100;
+const BACKOFF_CAP_MS: u64 = 2000;
+
+fn source(i: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, 40 + i])
+}
+
+/// One WebSocket through the proxy from a chosen source address (nginx hashes on it).
+async fn connect_via(proxy: SocketAddr, from: IpAddr) -> Result<Client, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket.bind(SocketAddr::new(from, 0)).map_err(|e| e.to_string())?;
+    let stream = socket.connect(proxy).await.map_err(|e| e.to_string())?;
+    let req = format!("ws://{proxy}/ws").into_client_request().unwrap();
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .map_err(|_| "upgrade timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    Ok(Client::after_upgrade(ws, Encoding::Json).await)
+}
+
+/// Connects and subscribes, retrying with full-jitter backoff; returns the client and
+/// how many attempts failed first.
+async fn reconnect(proxy: SocketAddr, from: IpAddr, channel: &str, seed: u64) -> (Client, u32) {
+    let mut failures = 0u32;
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let start = Instant::now();
+    loop {
+        match connect_via(proxy, from).await {
+            Ok(mut c) => {
+                c.subscribe(1, channel).await;
+                return (c, failures);
+            }
+            Err(e) => {
+                assert!(start.elapsed() < WAIT, "no reconnect after {failures} attempts: {e}");
+                // xorshift: a little jitter without a dependency.
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let ceiling = BACKOFF_CAP_MS.min(BACKOFF_BASE_MS << failures.min(10));
+                tokio::time::sleep(Duration::from_millis(rng % (ceiling + 1))).await;
+                failures += 1;
+            }
+        }
+    }
+}
+
+/// Waits for the end of a connection whose server died; any data before it is skipped.
+async fn expect_connection_end(c: &mut Client) {
+    loop {
+        match tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("connection ends in time")
+        {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_gateway_clients_come_back_through_nginx_on_the_others() {
+    let redis = RedisServer::start();
+    let args = [
+        "--redis",
+        &redis.url(),
+        "--heartbeat-interval",
+        "300ms",
+        "--instance-ttl",
+        "1s",
+    ];
+    let mut gws: Vec<Option<Gateway>> = (0..3).map(|_| Some(Gateway::start(&args))).collect();
+    for gw in gws.iter().flatten() {
+        gw.wait_ready(200).await;
+    }
+    let upstreams: Vec<SocketAddr> = gws.iter().flatten().map(|g| g.ws).collect();
+    let proxy = Nginx::start(&upstreams);
+
+    // Three clients from each of 16 source addresses.
+    let mut clients: Vec<(u8, Client)> = Vec::new();
+    for i in 0..16u8 {
+        for _ in 0..3 {
+            let mut c = connect_via(proxy.addr, source(i)).await.expect("connect through nginx");
+            c.subscribe(1, "feed").await;
+            clients.push((i, c));
+        }
+    }
+    let victim_node = clients[0].1.node.clone();
+    let victim = gws
+        .iter()
+        .position(|g| g.as_ref().is_some_and(|g| g.node_id_from_logs() == victim_node))
+        .expect("the first client's gateway");
+    let on_victim = clients.iter().filter(|(_, c)| c.node == victim_node).count();
+    assert!(
+        on_victim >= 3 && on_victim < clients.len(),
+        "{on_victim} clients on the victim"
+    );
+
+    let publisher_index = (victim + 1) % 3;
+    gws[publisher_index]
+        .as_ref()
+        .unwrap()
+        .publish("feed", json!("before"))
+        .await;
+    for (_, c) in clients.iter_mut() {
+        assert!(matches!(c.recv().await, ServerFrame::Message { .. }));
+    }
+
+    // SIGKILL: no close frame, no drain; nginx sees the upstream sockets die.
+    let killed = gws[victim].take().unwrap();
+    let killed_at = Instant::now();
+    killed.signal(libc::SIGKILL);
+
+    // Every client of the victim runs its own reconnect loop, all at once, as a fleet would.
+    let (moved, stayed): (Vec<_>, Vec<_>) = clients.into_iter().partition(|(_, c)| c.node == victim_node);
+    let proxy_addr = proxy.addr;
+    let outcomes = futures_util::future::join_all(moved.into_iter().enumerate().map(|(k, (i, mut c))| async move {
+        expect_connection_end(&mut c).await;
+        drop(c);
+        let (again, failed) = reconnect(proxy_addr, source(i), "feed", k as u64 + 1).await;
+        (i, again, failed, killed_at.elapsed())
+    }))
+    .await;
+    let mut clients = stayed;
+    let mut recoveries = Vec::new();
+    let mut retries = 0u32;
+    for (i, again, failed, took) in outcomes {
+        assert_ne!(again.node, victim_node, "back on a live instance");
+        recoveries.push(took);
+        retries += failed;
+        clients.push((i, again));
+    }
+    let slowest = recoveries.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "{on_victim} clients re-subscribed elsewhere; slowest {slowest:?} after the kill, {retries} failed attempts"
+    );
+    assert!(
+        slowest < RECOVERY_BOUND,
+        "clients back after {slowest:?}, bound {RECOVERY_BOUND:?}"
+    );
+    drop(killed);
+
+    // Everyone, moved or not, gets the next publication exactly once.
+    let publisher = gws[publisher_index].as_ref().unwrap();
+    publisher.publish("feed", json!("after")).await;
+    for (_, c) in clients.iter_mut() {
+        match c.recv().await {
+            ServerFrame::Message { data, .. } => assert_eq!(data, json!("after")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(c.roundtrip(7).await.is_empty(), "no duplicate");
+    }
+    // The clients that stayed were never disconnected.
+    for gw in gws.iter().flatten() {
+        assert_eq!(sum_series(&gw.metrics().await, "shardcast_disconnections_total"), 0.0);
+    }
+    // The dead instance leaves the cluster view once its heartbeat expires.
+    let start = Instant::now();
+    loop {
+        let view: serde_json::Value =
+            serde_json::from_str(&publisher.http("GET", "/api/cluster", None).await.1).unwrap();
+        if view["instances"].as_array().map(Vec::len) == Some(2) && view["total_connections"] == clients.len() {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "cluster view did not converge: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
