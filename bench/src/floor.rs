@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use slab::Slab;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::LocalSet;
 
 use crate::error::{BenchError, IoContext};
@@ -43,7 +43,9 @@ pub struct FloorOptions {
 
 enum LoopCommand {
     Adopt(std::net::TcpStream),
-    Broadcast(Arc<[u8]>),
+    /// A frame for every socket; the sender, when given, hears when it was written,
+    /// so the API answers after the fan-out and the floor never queues publications.
+    Broadcast(Arc<[u8]>, Option<oneshot::Sender<()>>),
 }
 
 /// Counters shared by the loops and the API.
@@ -121,7 +123,7 @@ async fn event_loop(mut rx: mpsc::UnboundedReceiver<LoopCommand>, counters: Arc<
                 let _ = stream.set_nodelay(true);
                 tokio::task::spawn_local(serve_socket(Rc::new(stream), sockets.clone(), counters.clone()));
             }
-            LoopCommand::Broadcast(frame) => {
+            LoopCommand::Broadcast(frame, written) => {
                 let mut full = Vec::new();
                 for (key, s) in sockets.borrow().iter() {
                     match s.try_write(&frame) {
@@ -136,6 +138,9 @@ async fn event_loop(mut rx: mpsc::UnboundedReceiver<LoopCommand>, counters: Arc<
                         shutdown(&s);
                         counters.closed_full.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                if let Some(written) = written {
+                    let _ = written.send(());
                 }
             }
         }
@@ -288,7 +293,7 @@ async fn serve_api_connection(
             }
         }
         let (status, body) = if head.starts_with("POST /api/publish ") {
-            publish(&buf[head_end..head_end + len], &loops, &counters, &seq)
+            publish(&buf[head_end..head_end + len], &loops, &counters, &seq).await
         } else if head.starts_with("GET /metrics ") {
             (
                 200,
@@ -312,7 +317,7 @@ async fn serve_api_connection(
     }
 }
 
-fn publish(
+async fn publish(
     body: &[u8],
     loops: &[mpsc::UnboundedSender<LoopCommand>],
     counters: &FloorCounters,
@@ -335,7 +340,9 @@ fn publish(
             )
         }
     };
-    for item in items {
+    let last = items.len().saturating_sub(1);
+    let mut written = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
         let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
         let channel = serde_json::to_string(&item.channel).unwrap_or_default();
         let text = format!(
@@ -344,8 +351,16 @@ fn publish(
         );
         let frame: Arc<[u8]> = ws_frame::encode_frame(opcode::TEXT, text.as_bytes(), None).into();
         for l in loops {
-            let _ = l.send(LoopCommand::Broadcast(frame.clone()));
+            let done = (i == last).then(|| {
+                let (tx, rx) = oneshot::channel();
+                written.push(rx);
+                tx
+            });
+            let _ = l.send(LoopCommand::Broadcast(frame.clone(), done));
         }
+    }
+    for rx in written {
+        let _ = rx.await;
     }
     let subscribers = counters.sockets.load(Ordering::Relaxed);
     (200, format!(r#"{{"ok":true,"subscribers":{subscribers}}}"#))

@@ -169,6 +169,10 @@ struct PublishArgs {
     /// Fixed publish rate, publications per second (0 skips the fixed-rate phase).
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
+    /// Fixed rate given as deliveries per second instead: the publication rate is this
+    /// divided by the subscribers per channel, so every size gets the same load.
+    #[arg(long)]
+    offered_deliveries: Option<f64>,
     /// Seconds of fixed-rate publishing.
     #[arg(long, default_value_t = 8.0)]
     fixed_seconds: f64,
@@ -193,6 +197,7 @@ impl PublishArgs {
     fn knobs(&self) -> PublishKnobs {
         PublishKnobs {
             rate: self.rate,
+            offered_deliveries: self.offered_deliveries,
             fixed_seconds: self.fixed_seconds,
             max_seconds: self.max_seconds,
             batch: self.batch.clamp(1, 1000),

@@ -13,7 +13,7 @@ use crate::servers::ServerKind;
 fn fmt(v: Option<f64>, digits: usize) -> String {
     match v {
         Some(v) if v.abs() >= 1e6 => format!("{:.2}M", v / 1e6),
-        Some(v) if v.abs() >= 1e4 => format!("{:.0}k", v / 1e3),
+        Some(v) if v.abs() >= 1e4 => format!("{:.1}k", v / 1e3),
         Some(v) => format!("{v:.digits$}"),
         None => "–".into(),
     }

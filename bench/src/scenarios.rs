@@ -48,6 +48,8 @@ pub struct Harness {
 pub struct PublishKnobs {
     /// Fixed rate, publications per second (0 skips the fixed-rate phase).
     pub rate: f64,
+    /// When set, the fixed rate is this many deliveries per second (overrides `rate`).
+    pub offered_deliveries: Option<f64>,
     /// Seconds of the fixed-rate phase.
     pub fixed_seconds: f64,
     /// Seconds of the max-rate phase (0 skips it).
@@ -302,8 +304,11 @@ impl Harness {
         fleet.pump(Duration::from_secs(1)).await?;
         let mut records = Vec::new();
         let per_publication = (ready.subscribed as u64).div_ceil(channels.max(1) as u64).max(1);
+        let fixed_rate = knobs
+            .offered_deliveries
+            .map_or(knobs.rate, |d| d / per_publication as f64);
         let phases = [
-            ("fixed", Some(knobs.rate), knobs.fixed_seconds),
+            ("fixed", Some(fixed_rate), knobs.fixed_seconds),
             ("max", None, knobs.max_seconds),
         ];
         for (phase, rate, seconds) in phases {
@@ -324,6 +329,10 @@ impl Harness {
             };
             let mut rec = ScenarioRecord::new(scenario, server.kind, conns, phase);
             rec.set("subscribed", ready.subscribed as f64);
+            if let Some(rate) = rate {
+                rec.set("offered_publications_per_second", rate);
+                rec.set("offered_deliveries_per_second", rate * per_publication as f64);
+            }
             rec.set("channels", channels as f64);
             self.publish_phase(server, &mut fleet, load, &mut rec, &tag).await?;
             records.push(rec);
