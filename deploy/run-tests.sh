@@ -104,7 +104,7 @@ checks=(
   "hadolint (Dockerfile lint)|test_docker.py::test_hadolint"
   "image: health probe script, Dockerfile, build context|test_docker.py --deselect test_docker.py::test_hadolint"
   "compose: docker-compose config + gateway settings|test_compose.py"
-  "nginx: compose LB config in front of 3 real gateways|test_nginx.py"
+  "nginx: production LB config as Compose renders it, 3 real gateways|test_nginx.py"
   "k8s: kustomize render + schema validation + consistency|test_k8s.py"
   "grafana: dashboard structure|test_grafana.py"
   "config drift: SHARDCAST_* vars vs shardcast --help|test_config.py"

@@ -12,18 +12,22 @@ import socket
 import threading
 import time
 
-from helpers import WAIT, WsClient, WsClosed
+from helpers import WAIT, WsClient, WsClosed, wait_ready
 from test_k8s import CONTAINER, duration_seconds, env_of
 
 CLIENTS = 20
 
 
-def test_sigterm_drains_within_the_grace_period(gateway_factory):
+def test_sigterm_drains_within_the_grace_period(gateway_factory, redis_url):
     env = {k: v for k, v in env_of(CONTAINER).items()
            if v is not None and k not in ("SHARDCAST_LISTEN", "SHARDCAST_ADMIN_LISTEN")}
+    # The Deployment reads the Redis URL from a Secret: a real Redis here.
+    env["SHARDCAST_REDIS"] = redis_url
     drain = duration_seconds(env["SHARDCAST_DRAIN_WINDOW"])
     close_timeout = duration_seconds(env["SHARDCAST_CLOSE_TIMEOUT"])
     gw = gateway_factory(env=env)
+    assert gw.broker == "redis"
+    wait_ready(gw)
     clients = [WsClient(gw.ws, timeout=drain + close_timeout + WAIT) for _ in range(CLIENTS)]
     for c in clients:
         assert c.recv_json()["type"] == "welcome"

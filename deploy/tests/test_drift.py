@@ -2,10 +2,12 @@
 named by the dashboard, the alert rules, the prometheus-adapter rule or the
 HPA must be exported by the real binary on /metrics.
 
-Then a real Prometheus (Debian's `prometheus`, if installed) scrapes a real
-gateway and evaluates every dashboard query, the adapter's query and the alert
-rules, so label names (pod, namespace, shard, reason...) are checked too, not
-only metric names.
+The gateways run as deployed: two of them on a real redis-server (Debian's
+`redis-server`), so the broker, Redis and cluster-view series carry real
+values. Then a real Prometheus (Debian's `prometheus`) scrapes both and
+evaluates every dashboard query, the adapter's query and the alert rules, so
+label names (pod, namespace, shard, reason...) are checked too, not only
+metric names.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pytest
 import yaml
 
 from helpers import (DEPLOY, WAIT, WsClient, exported_metrics, free_port, is_exported,
-                     metric_tokens, tool)
+                     metric_tokens, metric_value, start_gateway, tool, wait_metric, wait_ready,
+                     wait_redis_subscribed)
 from test_prometheus import dashboard_queries
 
 DASHBOARD = DEPLOY / "grafana" / "shardcast.json"
@@ -28,35 +31,76 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 ADAPTER = DEPLOY / "prometheus" / "adapter-rules.yaml"
 HPA = DEPLOY / "k8s" / "base" / "hpa.yaml"
 
+# Series the Redis broker and the cluster view add; all must be on /metrics.
+REDIS_SERIES = ("shardcast_broker_up", "shardcast_redis_reconnects_total",
+                "shardcast_redis_messages_received_total", "shardcast_redis_subscriptions",
+                "shardcast_cluster_connections", "shardcast_cluster_instances")
 
-def exercise(gw) -> None:
-    """Makes the gateway create the series that appear only after their first
-    event: a client error (shardcast_client_errors_total{code}) and a
-    publication delivered to a subscriber."""
-    c = WsClient(gw.ws)
+
+def start_pair(factory, redis_url: str, prefix: str) -> tuple:
+    """Two gateways sharing one Redis (under their own channel prefix, so
+    other checks on the same Redis do not show up in their cluster view)."""
+    env = {"SHARDCAST_REDIS": redis_url, "SHARDCAST_REDIS_PREFIX": prefix}
+    pair = (factory(env=env), factory(env=env))
+    for gw in pair:
+        assert gw.broker == "redis", gw.broker
+        wait_ready(gw)
+    for gw in pair:
+        wait_metric(gw, "shardcast_cluster_instances", lambda v: v == 2)
+    return pair
+
+
+def exercise(publisher, subscriber) -> WsClient:
+    """Makes every counter move: a client error, and a publication made on one
+    gateway that crosses Redis to a subscriber of the other. Returns the
+    subscriber's client, still connected and subscribed (close it)."""
+    c = WsClient(subscriber.ws)
     try:
         assert c.recv_json()["type"] == "welcome"
         c.send_text('{"op":"teleport","id":1}')
         assert c.recv_json()["type"] == "error"
         c.send_text('{"op":"subscribe","id":2,"channel":"drift"}')
         assert c.recv_json()["type"] == "ack"
-        status, _ = gw.post("/api/publish", {"channel": "drift", "data": {"n": 1}})
+        wait_redis_subscribed(subscriber)
+        status, _ = publisher.post("/api/publish", {"channel": "drift", "data": {"n": 1}})
         assert status == 200
         assert c.recv_json()["type"] == "message"
-    finally:
+    except BaseException:
         c.close()
+        raise
+    return c
 
 
 @pytest.fixture(scope="module")
-def scrape():
-    from helpers import start_gateway
-    gw = start_gateway()
+def scrape(redis_url):
+    started = []
+
+    def factory(**kw):
+        started.append(start_gateway(**kw))
+        return started[-1]
+
     try:
-        exercise(gw)
-        text = gw.metrics()
+        publisher, subscriber = start_pair(factory, redis_url, "drift-scrape:")
+        client = exercise(publisher, subscriber)
+        wait_metric(subscriber, "shardcast_redis_messages_received_total", lambda v: v >= 1)
+        # Both gateways' heartbeats carry the subscriber's connection.
+        wait_metric(publisher, "shardcast_cluster_connections", lambda v: v == 1)
+        texts = [gw.metrics() for gw in (publisher, subscriber)]
+        client.close()
     finally:
-        gw.stop()
-    return exported_metrics(text)
+        for gw in started:
+            gw.stop()
+    sub = texts[1]
+    assert metric_value(sub, "shardcast_broker_up") == 1
+    assert metric_value(sub, "shardcast_cluster_instances") == 2
+    assert metric_value(sub, "shardcast_redis_subscriptions") >= 1
+    assert metric_value(sub, "shardcast_redis_messages_received_total") >= 1
+    names, histograms = set(), set()
+    for text in texts:
+        n, h = exported_metrics(text)
+        names |= n
+        histograms |= h
+    return names, histograms
 
 
 def adapter_rules() -> list[dict]:
@@ -81,7 +125,9 @@ def test_binary_exports_the_expected_families(scrape):
     names, histograms = scrape
     print(f"/metrics: {len([n for n in names if n.startswith('shardcast_')])} series names, "
           f"histograms {sorted(histograms)}")
-    assert {"shardcast_connections", "shardcast_fd_headroom", "shardcast_ready"} <= names
+    assert {"shardcast_connections", "shardcast_fd_headroom", "shardcast_ready",
+            "shardcast_fd_reserve", "shardcast_max_connections", "shardcast_build_info",
+            *REDIS_SERIES} <= names
     assert "shardcast_shard_loop_lag_seconds" in histograms
 
 
@@ -141,14 +187,16 @@ def prom_query(base: str, expr: str) -> dict:
         return json.load(r)
 
 
-def test_live_prometheus(gateway_factory, tmp_path):
+def test_live_prometheus(gateway_factory, redis_url, tmp_path):
     prometheus = tool("prometheus")
     if not prometheus:
         pytest.skip("prometheus server not installed (Debian package `prometheus`)")
     import shutil
     import subprocess
-    gw = gateway_factory()
-    exercise(gw)
+    pair = start_pair(gateway_factory, redis_url, "drift-live:")
+    # A subscriber stays connected throughout, so the connection, subscription
+    # and cluster gauges are not all zero.
+    client = exercise(*pair)
     shutil.copy(ALERTS, tmp_path / "alerts.yaml")
     port = free_port()
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
@@ -157,7 +205,8 @@ def test_live_prometheus(gateway_factory, tmp_path):
         "scrape_configs": [{
             "job_name": "shardcast",
             "static_configs": [{"targets": [gw.admin],
-                                "labels": {"namespace": "drift", "pod": "gw-0"}}]}],
+                                "labels": {"namespace": "drift", "pod": f"gw-{i}"}}
+                               for i, gw in enumerate(pair)]}],
     }))
     proc = subprocess.Popen(
         [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -172,14 +221,15 @@ def test_live_prometheus(gateway_factory, tmp_path):
             assert proc.poll() is None, proc.stderr.read()
             try:
                 res = prom_query(base, 'count_over_time(up{job="shardcast"}[1m])')
-                if res["data"]["result"] and float(res["data"]["result"][0]["value"][1]) >= 4:
+                if (len(res["data"]["result"]) == 2
+                        and min(float(r["value"][1]) for r in res["data"]["result"]) >= 4):
                     break
             except OSError:
                 pass
             assert time.monotonic() < deadline, "Prometheus did not scrape the gateway in time"
             time.sleep(0.5)
         # Publish once more between scrapes so rates are non-zero.
-        exercise(gw)
+        exercise(*pair).close()
         time.sleep(2.5)
 
         empty = []
@@ -212,6 +262,7 @@ def test_live_prometheus(gateway_factory, tmp_path):
         print(f"live: {len(dashboard_queries())} dashboard queries returned data; "
               f"{len(rules)} alert rules evaluate; adapter query ok")
     finally:
+        client.close()
         proc.terminate()
         try:
             proc.wait(timeout=10)
