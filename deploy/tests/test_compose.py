@@ -76,6 +76,10 @@ def test_gateways(config):
         assert seconds(svc["stop_grace_period"]) >= drain + 3 + 5
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        # All three share the stack's Redis (the drift check starts the binary
+        # with these values, the URL swapped for a loopback redis-server).
+        assert env["SHARDCAST_REDIS"] == "redis://redis:6379"
+        assert "SHARDCAST_REDIS_URL" not in env
         assert svc["build"]["dockerfile"] == "deploy/docker/Dockerfile"
         assert Path(svc["build"]["context"]).resolve() == DEPLOY.parent
         for port in svc.get("ports", []):
