@@ -239,11 +239,16 @@ def start_redis(workdir: Path) -> Redis:
 
 
 def wait_ready(gw: "Gateway", timeout: float = WAIT) -> None:
-    """Waits for /health/ready 200 (with Redis: connected and subscribed)."""
+    """Waits until the gateway is ready (with Redis: connected and subscribed).
+
+    Both /health/ready and the shardcast_ready gauge must say so: for the first
+    few hundred milliseconds after start /health/ready answers 200 before the
+    broker has been checked, then 503 until Redis is verified, while the gauge
+    is only set once the broker has been checked."""
     deadline = time.monotonic() + timeout
     while True:
         status, body = gw.get("/health/ready")
-        if status == 200:
+        if status == 200 and metric_value(gw.metrics(), "shardcast_ready") == 1:
             return
         assert time.monotonic() < deadline, f"gateway not ready after {timeout}s: {body}"
         time.sleep(0.05)
