@@ -75,6 +75,8 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     let (router_handle, router_rx) = RouterHandle::channel();
     let (broker, registry) = make_broker(&config, &state, BrokerSink::new(router_handle.clone()), &metrics)?;
     let publisher = Publisher::new(router_handle.clone(), broker.clone());
+    // Not ready until the broker says so (a Redis broker starts disconnected).
+    state.set_broker_up(broker.is_ready());
 
     let ws_listener = bind(config.listen)?;
     let admin_listener = bind(config.admin_listen)?;

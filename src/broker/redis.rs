@@ -82,6 +82,10 @@ impl RedisBroker {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
         let fail = |e: fred::error::Error| BrokerError::Failed(format!("redis configuration: {e}"));
+        if settings.url.starts_with("rediss://") {
+            // This build's Redis client has no TLS; failing here beats a silent plain connection.
+            return Err(BrokerError::Failed("rediss:// (TLS) is not supported by this build".into()));
+        }
         let config = if settings.cluster {
             Config::from_url_clustered(&settings.url)
         } else {
@@ -369,12 +373,16 @@ async fn count_reconnects(
     metrics: Arc<Metrics>,
 ) {
     let mut reconnects = subscriber.reconnect_rx();
+    // The first connection to each server is not a reconnect.
+    let mut seen = HashSet::new();
     loop {
         match reconnects.recv().await {
             Ok(server) => {
                 resync.store(true, Ordering::Release);
                 in_sync.store(false, Ordering::Release);
-                metrics.redis_reconnects.inc();
+                if !seen.insert(server.to_string()) {
+                    metrics.redis_reconnects.inc();
+                }
                 info!(%server, "redis connection (re)established");
             }
             Err(RecvError::Lagged(_)) => resync.store(true, Ordering::Release),
