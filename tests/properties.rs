@@ -21,8 +21,11 @@ use serde_json::{json, Value};
 use shardcast::ws::handshake::{parse_request, PublicRequest, WsPaths};
 use shardcast_proto::Encoding;
 
+/// A fuzz target's property check.
+type Check = fn(&[u8]);
+
 /// Every fuzz target by name, with its check.
-const TARGETS: [(&str, fn(&[u8])); 6] = [
+const TARGETS: [(&str, Check); 6] = [
     ("decode_client_json", checks::decode_client_json),
     ("decode_client_msgpack", checks::decode_client_msgpack),
     ("redis_payload", checks::redis_payload),
@@ -44,7 +47,7 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn check_fn(target: &str) -> fn(&[u8]) {
+fn check_fn(target: &str) -> Check {
     TARGETS
         .iter()
         .find(|(name, _)| *name == target)
