@@ -26,6 +26,14 @@ fn advantage(shardcast: Option<f64>, baseline: Option<f64>, higher_is_better: bo
     (r.is_finite() && r > 0.0).then_some(r)
 }
 
+/// The server column: "shardcast ×3 (Redis)" for multi-gateway runs.
+fn server_name(r: &ScenarioRecord) -> String {
+    match r.get("gateways") {
+        Some(g) if g > 1.0 => format!("{} ×{g:.0} via Redis", r.target.name()),
+        _ => r.target.name().to_owned(),
+    }
+}
+
 fn find<'a>(records: &'a [ScenarioRecord], like: &ScenarioRecord, target: ServerKind) -> Option<&'a ScenarioRecord> {
     records
         .iter()
@@ -55,7 +63,7 @@ fn idle_table(records: &[ScenarioRecord]) -> String {
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.size,
-            r.target.name(),
+            server_name(r),
             fmt(r.get("connections"), 0),
             fmt(r.get("rss_per_connection"), 0),
             fmt(r.get("kernel_socket_slabs_per_connection"), 0),
@@ -97,7 +105,7 @@ fn publish_table(records: &[ScenarioRecord]) -> String {
             "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             r.size,
             r.phase,
-            r.target.name(),
+            server_name(r),
             fmt(r.get("deliveries_per_second"), 0),
             fmt(r.get("deliveries_per_server_cpu_second"), 0),
             if r.target == ServerKind::Node {
@@ -136,7 +144,7 @@ fn storm_table(records: &[ScenarioRecord]) -> String {
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.size,
-            r.target.name(),
+            server_name(r),
             fmt(r.get("resubscribed"), 0),
             fmt(r.get("storm_seconds"), 2),
             fmt(r.get("refused"), 0),
@@ -150,6 +158,11 @@ fn storm_table(records: &[ScenarioRecord]) -> String {
         );
     }
     out
+}
+
+/// Charts compare single-process servers; multi-gateway runs stay in the tables.
+fn single_gateway(r: &ScenarioRecord) -> bool {
+    r.get("gateways").unwrap_or(1.0) <= 1.0
 }
 
 fn color(t: ServerKind) -> &'static str {
@@ -169,6 +182,7 @@ fn latency_chart(records: &[ScenarioRecord]) -> LineChart {
         let rs: Vec<&ScenarioRecord> = records
             .iter()
             .filter(|r| r.scenario == "fanout" && r.phase == "fixed" && r.target == target)
+            .filter(|r| single_gateway(r))
             .collect();
         if rs.is_empty() {
             continue;
@@ -210,6 +224,7 @@ fn throughput_chart(records: &[ScenarioRecord]) -> LineChart {
         let points: Vec<(f64, f64)> = records
             .iter()
             .filter(|r| r.scenario == "fanout" && r.phase == "max" && r.target == target)
+            .filter(|r| single_gateway(r))
             .filter_map(|r| Some((r.size as f64, r.get(key)? / 1e3)))
             .collect();
         if !points.is_empty() {
@@ -237,6 +252,7 @@ fn rss_chart(records: &[ScenarioRecord]) -> LineChart {
         let best = records
             .iter()
             .filter(|r| r.scenario == "idle" && r.target == target && !r.series.is_empty())
+            .filter(|r| single_gateway(r))
             .max_by_key(|r| r.size);
         if let Some(r) = best {
             series.push(Series {

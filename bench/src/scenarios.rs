@@ -138,7 +138,14 @@ impl Harness {
                 }
             };
             match tokio::time::timeout(self.time_limit, self.run_job(&server, &job)).await {
-                Ok(Ok(records)) => {
+                Ok(Ok(mut records)) => {
+                    let gateways = match target {
+                        ServerKind::Shardcast => self.servers.gateways.max(1),
+                        _ => 1,
+                    };
+                    for r in &mut records {
+                        r.set("gateways", gateways as f64);
+                    }
                     for r in &records {
                         eprintln!("   {}", summary_line(r));
                         if let Some(problem) = self.strict.then(|| strict_problem(r)).flatten() {

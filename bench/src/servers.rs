@@ -131,6 +131,30 @@ fn redis_ping(addr: SocketAddr) -> bool {
     matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
+/// Polls `GET /health/ready` until it answers 200 (10 s at most).
+fn wait_ready(admin: SocketAddr) -> Result<(), BenchError> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(200)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let request = format!("GET /health/ready HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+            let mut head = [0u8; 16];
+            if s.write_all(request.as_bytes()).is_ok()
+                && matches!(s.read(&mut head), Ok(n) if head[..n].starts_with(b"HTTP/1.1 200"))
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > until {
+            return Err(BenchError::Launch {
+                what: "shardcast".into(),
+                message: format!("{admin}/health/ready not 200 within 10 s"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A free loopback port (for servers that cannot report the port they bound).
 fn free_port() -> Result<u16, BenchError> {
     let l = TcpListener::bind("127.0.0.1:0").context(|| "find a free port".into())?;
@@ -183,6 +207,9 @@ impl ServerUnderTest {
                     }
                     cmd.args(&opts.shardcast_args);
                     let (ws, admin) = server.spawn_and_wait(cmd, "shardcast", &opts.cpus)?;
+                    // With a broker the gateway listens before it is ready (it refuses
+                    // upgrades until Redis answers): measure from readiness on.
+                    wait_ready(admin)?;
                     server.ws.push(ws);
                     if i == 0 {
                         server.admin = admin;
