@@ -135,6 +135,10 @@ struct CommonArgs {
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
+    /// Node cluster workers (0: one per gateway CPU); above 19k connections Node needs
+    /// several, as each process holds at most 20,000 descriptors.
+    #[arg(long, default_value_t = 0)]
+    node_workers: usize,
     /// CPUs for the server under test (shards / Node workers = their count).
     #[arg(long, default_value = "0")]
     gateway_cpus: String,
@@ -236,6 +240,7 @@ impl CommonArgs {
                 via_redis: self.via_redis,
                 node_dir: self.node_dir.clone(),
                 redis_server: self.redis_server.clone(),
+                node_workers: self.node_workers,
                 cpus: gateway_cpus,
             },
             targets: self.targets.clone(),

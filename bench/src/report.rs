@@ -81,7 +81,8 @@ fn publish_table(records: &[ScenarioRecord]) -> String {
     );
     for r in records {
         let sc = find(records, r, ServerKind::Shardcast);
-        // Against Node the whole stack (workers and their Redis) is the denominator.
+        // Against Node the whole stack (workers and their Redis) is the denominator, and
+        // so is shardcast's with its Redis (equal to its server figure without one).
         let key = |t: ServerKind| match t {
             ServerKind::Node => "deliveries_per_stack_cpu_second",
             _ => "deliveries_per_server_cpu_second",
@@ -91,7 +92,7 @@ fn publish_table(records: &[ScenarioRecord]) -> String {
             t => {
                 fmt(
                     advantage(
-                        sc.and_then(|s| s.get("deliveries_per_server_cpu_second")),
+                        sc.and_then(|s| s.get("deliveries_per_stack_cpu_second")),
                         r.get(key(t)),
                         true,
                     ),
@@ -108,7 +109,7 @@ fn publish_table(records: &[ScenarioRecord]) -> String {
             server_name(r),
             fmt(r.get("deliveries_per_second"), 0),
             fmt(r.get("deliveries_per_server_cpu_second"), 0),
-            if r.target == ServerKind::Node {
+            if r.get("redis_cpu_seconds").unwrap_or(0.0) > 0.0 {
                 fmt(r.get("deliveries_per_stack_cpu_second"), 0)
             } else {
                 String::new()

@@ -53,6 +53,8 @@ pub struct ServerOptions {
     pub node_dir: PathBuf,
     /// The redis-server binary.
     pub redis_server: String,
+    /// Node cluster workers (0: one per server CPU).
+    pub node_workers: usize,
     /// CPUs the servers are pinned to (the number of shards/workers follows it).
     pub cpus: Vec<usize>,
 }
@@ -241,7 +243,13 @@ impl ServerUnderTest {
                 cmd.arg(script)
                     .env("WS_PORT", free_port()?.to_string())
                     .env("ADMIN_PORT", free_port()?.to_string())
-                    .env("WORKERS", &shards)
+                    .env(
+                        "WORKERS",
+                        match opts.node_workers {
+                            0 => shards.clone(),
+                            n => n.to_string(),
+                        },
+                    )
                     .env("REDIS_URL", redis.url());
                 server.redis = Some(redis);
                 let (ws, admin) = server.spawn_and_wait(cmd, "node", &opts.cpus)?;
