@@ -95,6 +95,14 @@ fn regression_publish_number_out_of_range() {
     assert!(replay("regressions", "publish_body") > 0);
 }
 
+#[test]
+#[ignore = "gateway weakness: serde_json's decode errors quote the offending input, so an error frame can \
+            echo up to --max-message-bytes of a client's message back (unknown ops are cut to 64 characters; \
+            other decode errors are not)"]
+fn regression_decode_error_messages_stay_short() {
+    assert!(replay("regressions", "decode_client_json") > 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
