@@ -55,11 +55,24 @@ struct FloorCounters {
     closed_full: AtomicU64,
 }
 
-/// Runs the floor server until killed.
+/// Runs the floor server until killed, announcing its addresses on stderr.
 pub fn run_floor(opts: FloorOptions) -> Result<(), BenchError> {
+    let ws = std::net::TcpListener::bind(opts.listen).context(|| format!("bind {}", opts.listen))?;
+    let admin = std::net::TcpListener::bind(opts.admin_listen).context(|| format!("bind {}", opts.admin_listen))?;
+    let ws_addr = ws.local_addr().context(|| "local_addr".into())?;
+    let admin_addr = admin.local_addr().context(|| "local_addr".into())?;
+    eprintln!(
+        "{}",
+        serde_json::json!({"message": "listening", "ws": ws_addr.to_string(), "admin": admin_addr.to_string()})
+    );
+    serve_floor(ws, admin, opts.threads)
+}
+
+/// Serves WebSockets on `ws` and the publish API on `admin` until the process ends.
+pub fn serve_floor(ws: std::net::TcpListener, admin: std::net::TcpListener, threads: usize) -> Result<(), BenchError> {
     let counters = Arc::new(FloorCounters::default());
     let mut loops = Vec::new();
-    for i in 0..opts.threads.max(1) {
+    for i in 0..threads.max(1) {
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = counters.clone();
         std::thread::Builder::new()
@@ -82,18 +95,12 @@ pub fn run_floor(opts: FloorOptions) -> Result<(), BenchError> {
         .build()
         .context(|| "build the floor runtime".into())?;
     runtime.block_on(async move {
-        let ws = TcpListener::bind(opts.listen)
-            .await
-            .context(|| format!("bind {}", opts.listen))?;
-        let admin = TcpListener::bind(opts.admin_listen)
-            .await
-            .context(|| format!("bind {}", opts.admin_listen))?;
-        let ws_addr = ws.local_addr().context(|| "local_addr".into())?;
-        let admin_addr = admin.local_addr().context(|| "local_addr".into())?;
-        eprintln!(
-            "{}",
-            serde_json::json!({"message": "listening", "ws": ws_addr.to_string(), "admin": admin_addr.to_string()})
-        );
+        let into_tokio = |l: std::net::TcpListener| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        };
+        let ws = into_tokio(ws).context(|| "register the WebSocket listener".into())?;
+        let admin = into_tokio(admin).context(|| "register the API listener".into())?;
         let loops = Arc::new(loops);
         tokio::spawn(serve_api(admin, loops.clone(), counters.clone()));
         let mut next = 0usize;
@@ -364,4 +371,45 @@ async fn publish(
     }
     let subscribers = counters.sockets.load(Ordering::Relaxed);
     (200, format!(r#"{{"ok":true,"subscribers":{subscribers}}}"#))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http_client::ApiClient;
+    use crate::loadgen::extract_timestamp;
+    use crate::ws_client::WsClient;
+
+    /// The harness end to end in one process: the load generator's client upgrades on
+    /// the floor, gets welcome and ack, and receives a publication with its timestamp.
+    #[tokio::test]
+    async fn floor_serves_the_load_generator_client() {
+        let ws = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (ws_addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
+        std::thread::spawn(move || serve_floor(ws, admin, 1));
+
+        let mut client = WsClient::connect(ws_addr, None, "/ws", "shardcast.v1.json")
+            .await
+            .unwrap();
+        let welcome = client.next_frame().await.unwrap();
+        assert!(client.payload(&welcome).starts_with(br#"{"type":"welcome""#));
+        client
+            .send_text(br#"{"op":"subscribe","id":1,"channel":"c"}"#)
+            .await
+            .unwrap();
+        let ack = client.next_frame().await.unwrap();
+        assert_eq!(client.payload(&ack), ACK);
+
+        let mut api = ApiClient::connect(admin_addr).await.unwrap();
+        let (status, body) = api
+            .request("POST", "/api/publish", br#"{"channel":"c","data":{"t":42,"n":0}}"#)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let message = client.next_frame().await.unwrap();
+        let payload = client.payload(&message);
+        assert!(payload.starts_with(br#"{"type":"message","channel":"c","seq":1"#));
+        assert_eq!(extract_timestamp(payload), Some(42));
+    }
 }
