@@ -220,7 +220,8 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
         return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &msg);
     }
     // Validate the whole batch first, so a bad item publishes nothing.
-    for item in &items {
+    let mut payloads = Vec::with_capacity(items.len());
+    for item in items {
         if let Err(e) = validate_channel(&item.channel, ctx.max_channel_len) {
             return api_error(
                 ctx,
@@ -233,16 +234,18 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             let msg = format!("data larger than {} bytes", ctx.max_message_bytes);
             return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &msg);
         }
+        match Payload::from_raw(item.data) {
+            Ok(p) => payloads.push((Arc::<str>::from(item.channel), p)),
+            Err(e) => {
+                let msg = format!("{}: unusable data: {e}", item.channel);
+                return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &msg);
+            }
+        }
     }
-    let mut results = Vec::with_capacity(items.len());
+    let mut results = Vec::with_capacity(payloads.len());
     let mut failed = None;
-    for item in items {
-        let channel: Arc<str> = Arc::from(item.channel);
-        match ctx
-            .publisher
-            .publish(channel.clone(), Payload::from_raw(item.data), Source::Api)
-            .await
-        {
+    for (channel, payload) in payloads {
+        match ctx.publisher.publish(channel.clone(), payload, Source::Api).await {
             Ok(n) => results.push(json!({"channel": &*channel, "subscribers": n})),
             Err(e) => {
                 results.push(json!({"channel": &*channel, "subscribers": e.reached, "error": e.to_string()}));

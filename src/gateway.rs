@@ -105,6 +105,13 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     }
     metrics.fd_limit.set(fd_limit as i64);
     metrics.fd_reserve.set(config.fd_reserve as i64);
+    // Counted now that listeners and shard runtimes exist, so the gauges are right
+    // from the first scrape, before the monitor's first round.
+    if let Ok(open) = count_open_fds() {
+        budget.record_count(open);
+        metrics.open_fds.set(open as i64);
+        metrics.fd_headroom.set(budget.headroom() as i64);
+    }
     metrics.max_connections.set(config.max_connections as i64);
     let cluster = ClusterView::new(
         registry,

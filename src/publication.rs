@@ -18,19 +18,24 @@ pub struct Payload(Arc<RawValue>);
 impl Payload {
     /// Validates JSON text and wraps it.
     pub fn from_json(text: &str) -> Result<Payload, serde_json::Error> {
-        let raw: Box<RawValue> = serde_json::from_str(text)?;
-        Ok(Payload(Arc::from(raw)))
+        Payload::from_raw(serde_json::from_str(text)?)
     }
 
-    /// Wraps a value that is already parsed.
-    pub fn from_value(value: &serde_json::Value) -> Payload {
-        let raw = serde_json::value::to_raw_value(value).unwrap_or_else(|_| null_raw());
-        Payload(Arc::from(raw))
+    /// Wraps a value that is already parsed (from a MessagePack client, whose nesting
+    /// serde_json's own limit has not seen).
+    pub fn from_value(value: &serde_json::Value) -> Result<Payload, serde_json::Error> {
+        Payload::from_raw(serde_json::value::to_raw_value(value)?)
     }
 
     /// Wraps a raw JSON value taken from a larger document.
-    pub fn from_raw(raw: Box<RawValue>) -> Payload {
-        Payload(Arc::from(raw))
+    ///
+    /// Refuses what subscribers could not decode although it is valid JSON text:
+    /// numbers beyond f64 (`1e400`) and nesting deeper than serde_json's limit of
+    /// 128. Both would reach MessagePack subscribers as `null` and break JSON
+    /// clients built on serde_json. The check walks the text without allocating.
+    pub fn from_raw(raw: Box<RawValue>) -> Result<Payload, serde_json::Error> {
+        serde_json::from_str::<serde::de::IgnoredAny>(raw.get())?;
+        Ok(Payload(Arc::from(raw)))
     }
 
     /// The JSON text.
@@ -47,11 +52,6 @@ impl Payload {
     pub fn is_empty(&self) -> bool {
         self.0.get().is_empty()
     }
-}
-
-fn null_raw() -> Box<RawValue> {
-    // "null" is valid JSON; this cannot fail.
-    RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable!("null is valid JSON"))
 }
 
 /// Where a local delivery's count goes: the publisher waiting for "how many

@@ -349,8 +349,12 @@ pub fn publish_body(data: &[u8]) {
         if validate_channel(&item.channel, shardcast_proto::DEFAULT_MAX_CHANNEL_LEN).is_err() {
             continue;
         }
-        let expected: Value = serde_json::from_str(item.data.get()).expect("RawValue holds valid JSON");
-        let payload = Payload::from_raw(item.data);
+        // The gateway refuses what subscribers could not decode (numbers beyond f64,
+        // nesting past 128); an accepted payload must reach both encodings intact.
+        let Ok(payload) = Payload::from_raw(item.data) else {
+            continue;
+        };
+        let expected: Value = serde_json::from_str(payload.json().get()).expect("an accepted payload parses");
         for encoding in Encoding::ALL {
             let frame = encode_message(encoding, &item.channel, 7, payload.json());
             match decode_server(encoding, &frame) {

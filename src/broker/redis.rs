@@ -84,7 +84,9 @@ impl RedisBroker {
         let fail = |e: fred::error::Error| BrokerError::Failed(format!("redis configuration: {e}"));
         if settings.url.starts_with("rediss://") {
             // This build's Redis client has no TLS; failing here beats a silent plain connection.
-            return Err(BrokerError::Failed("rediss:// (TLS) is not supported by this build".into()));
+            return Err(BrokerError::Failed(
+                "rediss:// (TLS) is not supported by this build".into(),
+            ));
         }
         let config = if settings.cluster {
             Config::from_url_clustered(&settings.url)

@@ -167,8 +167,11 @@ impl ShardCore {
         let Some(conn_id) = self.conns.borrow().get(key).map(|c| c.id) else {
             return;
         };
+        let payload = match Payload::from_value(&data) {
+            Ok(p) => p,
+            Err(e) => return self.reply_error(key, id, ErrorCode::BadRequest, &format!("unusable data: {e}")),
+        };
         let publisher = self.publisher.clone();
-        let payload = Payload::from_value(&data);
         let Some(core) = self.me.upgrade() else {
             return;
         };

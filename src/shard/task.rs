@@ -24,7 +24,7 @@ use crate::ws::handshake::{
 };
 
 /// How many reads one poll may do before yielding to the shard's other tasks.
-const READS_PER_POLL: usize = 16;
+const READS_PER_POLL: usize = 4;
 
 /// Runs the HTTP upgrade on an adopted socket and, if it succeeds, registers the
 /// connection and starts its task.
@@ -151,8 +151,11 @@ impl Future for ConnectionTask {
 
 /// What the write half and the phase say before reading.
 enum Step {
+    /// Go on and read.
     Read,
+    /// The connection is finished: remove it.
     Remove,
+    /// Someone else removed it already.
     Gone,
 }
 
@@ -193,8 +196,11 @@ impl ShardCore {
             let (state, n) = read_state;
             self.process_input(key, &mut scratch[..n], state);
         }
-        // Fairness: let the shard's other connections run before reading more.
-        cx.waker().wake_by_ref();
+        // Fairness: a plain self-wake would put this task back in the shard's run
+        // queue ahead of the I/O driver, so a flooding client could be polled over
+        // and over while other sockets' events and the timers wait. yield_now defers
+        // the wake-up until the driver has run.
+        let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
         Poll::Pending
     }
 

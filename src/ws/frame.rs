@@ -225,7 +225,8 @@ fn check_header(
             let Some(frag) = fragments else {
                 return Err(FrameError::Protocol("continuation without a message"));
             };
-            if frag.buf.len() as u64 + len > max_message as u64 {
+            // A 64-bit length can overflow the sum; saturate rather than wrap past the check.
+            if (frag.buf.len() as u64).saturating_add(len) > max_message as u64 {
                 return Err(FrameError::TooBig(max_message));
             }
         }
