@@ -15,7 +15,7 @@ use crate::cpu_pinning;
 use crate::error::{BenchError, IoContext};
 use crate::latency::LatencyRecorder;
 use crate::proc_stats::{self, ProcessSample};
-use crate::worker_protocol::{FailureCounts, WorkerCommand, WorkerEvent, WorkerSpec};
+use crate::worker_protocol::{FailureCounts, WireProtocol, WorkerCommand, WorkerEvent, WorkerSpec};
 
 /// Source addresses available: 127.0.0.2 ..= 127.0.0.254.
 const SOURCE_POOL: std::ops::RangeInclusive<u8> = 2..=254;
@@ -27,6 +27,8 @@ pub struct FleetPlan {
     pub targets: Vec<SocketAddr>,
     /// WebSocket path.
     pub path: String,
+    /// What the clients speak.
+    pub protocol: WireProtocol,
     /// Total connections.
     pub connections: usize,
     /// Channel name prefix.
@@ -118,7 +120,11 @@ impl LoadGenFleet {
                 index,
                 targets: plan.targets.clone(),
                 path: plan.path.clone(),
-                subprotocol: "shardcast.v1.json".into(),
+                subprotocol: match plan.protocol {
+                    WireProtocol::Shardcast => "shardcast.v1.json".into(),
+                    WireProtocol::SocketIo => String::new(),
+                },
+                protocol: plan.protocol,
                 first_connection: first,
                 connections,
                 channel_prefix: plan.channel_prefix.clone(),

@@ -23,7 +23,7 @@ use crate::cpu_pinning;
 use crate::error::{BenchError, IoContext};
 use crate::latency::LatencyRecorder;
 use crate::proc_stats;
-use crate::worker_protocol::{FailureCounts, WorkerCommand, WorkerEvent, WorkerSpec};
+use crate::worker_protocol::{FailureCounts, WireProtocol, WorkerCommand, WorkerEvent, WorkerSpec};
 use crate::ws_client::WsClient;
 
 /// Connections that share one source address before the next address is used.
@@ -159,7 +159,11 @@ impl SharedContext {
     }
 
     fn on_message(&self, payload: &[u8]) {
-        if !payload.starts_with(b"{\"type\":\"message\"") {
+        let prefix: &[u8] = match self.spec.protocol {
+            WireProtocol::Shardcast => b"{\"type\":\"message\"",
+            WireProtocol::SocketIo => b"42[\"message\"",
+        };
+        if !payload.starts_with(prefix) {
             return;
         }
         let now = monotonic_ns();
@@ -338,7 +342,17 @@ async fn run_connection(ctx: Rc<SharedContext>, local: usize, mut storms: watch:
                 let storm_came = loop {
                     tokio::select! {
                         frame = client.next_frame() => match frame {
-                            Ok(frame) => ctx.on_message(client.payload(&frame)),
+                            Ok(frame) => {
+                                let payload = client.payload(&frame);
+                                // Engine.IO's heartbeat is a text frame "2" that must be
+                                // answered with "3", or the server drops the client.
+                                let engine_ping = ctx.spec.protocol == WireProtocol::SocketIo && payload == b"2";
+                                ctx.on_message(payload);
+                                if engine_ping && client.send_text(b"3").await.is_err() {
+                                    ctx.state.borrow_mut().failures.closed_by_server += 1;
+                                    break false;
+                                }
+                            }
                             Err(_) => {
                                 ctx.state.borrow_mut().failures.closed_by_server += 1;
                                 break false;
@@ -415,6 +429,50 @@ async fn connect_and_subscribe(
     channel: &str,
 ) -> Result<WsClient, BenchError> {
     let mut client = WsClient::connect(target, source, &spec.path, &spec.subprotocol).await?;
+    match spec.protocol {
+        WireProtocol::Shardcast => subscribe_shardcast(&mut client, channel).await?,
+        WireProtocol::SocketIo => subscribe_socket_io(&mut client, channel).await?,
+    }
+    Ok(client)
+}
+
+/// Socket.IO: Engine.IO open, namespace connect, then a `subscribe` event with ack id 0.
+async fn subscribe_socket_io(client: &mut WsClient, channel: &str) -> Result<(), BenchError> {
+    let expect = |client: &WsClient, frame: &crate::ws_client::ReceivedFrame, prefix: &[u8], what: &str| {
+        let payload = client.payload(frame);
+        if payload.starts_with(prefix) {
+            Ok(())
+        } else {
+            Err(BenchError::Protocol(format!(
+                "expected {what}, got {:?}",
+                String::from_utf8_lossy(&payload[..payload.len().min(80)])
+            )))
+        }
+    };
+    let open = client.next_frame().await?;
+    expect(client, &open, b"0{", "Engine.IO open")?;
+    client.send_text(b"40").await?;
+    let connected = client.next_frame().await?;
+    expect(client, &connected, b"40", "Socket.IO connect")?;
+    let event = serde_json::to_string(&("subscribe", channel))?;
+    client.send_text(format!("420{event}").as_bytes()).await?;
+    loop {
+        let frame = client.next_frame().await?;
+        let payload = client.payload(&frame);
+        if payload == b"2" {
+            client.send_text(b"3").await?;
+        } else if payload.starts_with(b"430") {
+            return if payload.windows(9).any(|w| w == b"\"ok\":true") {
+                Ok(())
+            } else {
+                Err(BenchError::Protocol("subscribe refused".into()))
+            };
+        }
+    }
+}
+
+/// shardcast's protocol: welcome, then `subscribe` answered by `ack`.
+async fn subscribe_shardcast(client: &mut WsClient, channel: &str) -> Result<(), BenchError> {
     let frame = client.next_frame().await?;
     match decode_server(Encoding::Json, client.payload(&frame)) {
         Ok(ServerFrame::Welcome { .. }) => {}
@@ -428,7 +486,7 @@ async fn connect_and_subscribe(
     loop {
         let frame = client.next_frame().await?;
         match decode_server(Encoding::Json, client.payload(&frame)) {
-            Ok(ServerFrame::Ack { id: Some(1) }) => return Ok(client),
+            Ok(ServerFrame::Ack { id: Some(1) }) => return Ok(()),
             Ok(ServerFrame::Error { code, message, .. }) => {
                 return Err(BenchError::Protocol(format!("subscribe refused: {code:?} {message}")))
             }

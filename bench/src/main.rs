@@ -115,7 +115,7 @@ enum Command {
 #[derive(Args, Clone)]
 struct CommonArgs {
     /// Servers to measure, in order.
-    #[arg(long, value_delimiter = ',', default_value = "shardcast,floor,node")]
+    #[arg(long, value_delimiter = ',', default_value = "shardcast,floor,node,socketio")]
     targets: Vec<ServerKind>,
     /// The shardcast binary.
     #[arg(long, default_value = "target/release/shardcast")]

@@ -84,7 +84,7 @@ fn publish_table(records: &[ScenarioRecord]) -> String {
         // Against Node the whole stack (workers and their Redis) is the denominator, and
         // so is shardcast's with its Redis (equal to its server figure without one).
         let key = |t: ServerKind| match t {
-            ServerKind::Node => "deliveries_per_stack_cpu_second",
+            ServerKind::Node | ServerKind::SocketIo => "deliveries_per_stack_cpu_second",
             _ => "deliveries_per_server_cpu_second",
         };
         let adv = match r.target {
@@ -161,6 +161,14 @@ fn storm_table(records: &[ScenarioRecord]) -> String {
     out
 }
 
+/// Every server, in chart order.
+const ALL_SERVERS: [ServerKind; 4] = [
+    ServerKind::Shardcast,
+    ServerKind::Floor,
+    ServerKind::Node,
+    ServerKind::SocketIo,
+];
+
 /// Charts compare single-process servers; multi-gateway runs stay in the tables.
 fn single_gateway(r: &ScenarioRecord) -> bool {
     r.get("gateways").unwrap_or(1.0) <= 1.0
@@ -171,6 +179,7 @@ fn color(t: ServerKind) -> &'static str {
         ServerKind::Shardcast => "#1f77b4",
         ServerKind::Floor => "#2ca02c",
         ServerKind::Node => "#d62728",
+        ServerKind::SocketIo => "#9467bd",
     }
 }
 
@@ -179,7 +188,7 @@ type PercentileOf = fn(&crate::latency::LatencySummary) -> f64;
 
 fn latency_chart(records: &[ScenarioRecord]) -> LineChart {
     let mut series = Vec::new();
-    for target in [ServerKind::Shardcast, ServerKind::Floor, ServerKind::Node] {
+    for target in ALL_SERVERS {
         let rs: Vec<&ScenarioRecord> = records
             .iter()
             .filter(|r| r.scenario == "fanout" && r.phase == "fixed" && r.target == target)
@@ -216,8 +225,8 @@ fn latency_chart(records: &[ScenarioRecord]) -> LineChart {
 
 fn throughput_chart(records: &[ScenarioRecord]) -> LineChart {
     let mut series = Vec::new();
-    for target in [ServerKind::Shardcast, ServerKind::Floor, ServerKind::Node] {
-        let key = if target == ServerKind::Node {
+    for target in ALL_SERVERS {
+        let key = if matches!(target, ServerKind::Node | ServerKind::SocketIo) {
             "deliveries_per_stack_cpu_second"
         } else {
             "deliveries_per_server_cpu_second"
@@ -248,7 +257,7 @@ fn throughput_chart(records: &[ScenarioRecord]) -> LineChart {
 
 fn rss_chart(records: &[ScenarioRecord]) -> LineChart {
     let mut series = Vec::new();
-    for target in [ServerKind::Shardcast, ServerKind::Floor, ServerKind::Node] {
+    for target in ALL_SERVERS {
         // The largest idle run has the most samples along the way.
         let best = records
             .iter()

@@ -100,7 +100,8 @@ impl Harness {
     fn plan(&self, server: &ServerUnderTest, connections: usize, prefix: &str, channels: usize) -> FleetPlan {
         FleetPlan {
             targets: server.ws.clone(),
-            path: "/ws".into(),
+            path: server.kind.ws_path().into(),
+            protocol: server.kind.wire_protocol(),
             connections,
             channel_prefix: prefix.into(),
             channels,
@@ -602,7 +603,7 @@ const METRIC_PREFIXES: &[&str] = &[
 
 /// The server's /metrics as series → value (empty for servers without it).
 async fn scrape(server: &ServerUnderTest) -> BTreeMap<String, f64> {
-    if server.kind == ServerKind::Node {
+    if matches!(server.kind, ServerKind::Node | ServerKind::SocketIo) {
         return BTreeMap::new();
     }
     let Ok(text) = http_client::get(server.admin, "/metrics").await else {

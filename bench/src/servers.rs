@@ -25,6 +25,10 @@ pub enum ServerKind {
     Floor,
     /// Node.js `ws` in a cluster, fanning out through Redis pub/sub.
     Node,
+    /// Socket.IO 4 in a cluster with the Redis adapter (its own wire protocol).
+    #[value(name = "socketio")]
+    #[serde(rename = "socketio")]
+    SocketIo,
 }
 
 impl ServerKind {
@@ -34,6 +38,23 @@ impl ServerKind {
             ServerKind::Shardcast => "shardcast",
             ServerKind::Floor => "floor",
             ServerKind::Node => "node",
+            ServerKind::SocketIo => "socketio",
+        }
+    }
+
+    /// The WebSocket path its clients upgrade on.
+    pub fn ws_path(self) -> &'static str {
+        match self {
+            ServerKind::SocketIo => "/socket.io/?EIO=4&transport=websocket",
+            _ => "/ws",
+        }
+    }
+
+    /// What its clients speak.
+    pub fn wire_protocol(self) -> crate::worker_protocol::WireProtocol {
+        match self {
+            ServerKind::SocketIo => crate::worker_protocol::WireProtocol::SocketIo,
+            _ => crate::worker_protocol::WireProtocol::Shardcast,
         }
     }
 }
@@ -227,9 +248,12 @@ impl ServerUnderTest {
                 server.ws.push(ws);
                 server.admin = admin;
             }
-            ServerKind::Node => {
+            ServerKind::Node | ServerKind::SocketIo => {
                 let redis = RedisServer::start(&opts.redis_server, &opts.cpus)?;
-                let script = opts.node_dir.join("server.js");
+                let script = opts.node_dir.join(match kind {
+                    ServerKind::SocketIo => "socketio.js",
+                    _ => "server.js",
+                });
                 if !opts.node_dir.join("node_modules").is_dir() {
                     return Err(BenchError::Launch {
                         what: "node baseline".into(),
@@ -252,7 +276,7 @@ impl ServerUnderTest {
                     )
                     .env("REDIS_URL", redis.url());
                 server.redis = Some(redis);
-                let (ws, admin) = server.spawn_and_wait(cmd, "node", &opts.cpus)?;
+                let (ws, admin) = server.spawn_and_wait(cmd, kind.name(), &opts.cpus)?;
                 server.ws.push(ws);
                 server.admin = admin;
             }

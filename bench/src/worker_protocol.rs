@@ -8,6 +8,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::latency::LatencyBuckets;
 
+/// What the clients speak on top of WebSocket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireProtocol {
+    /// shardcast's JSON protocol (welcome, subscribe → ack, `message` frames); the
+    /// floor and the `ws` Node baseline speak it too.
+    #[default]
+    Shardcast,
+    /// Socket.IO v4 over Engine.IO v4 (open `0{..}`, connect `40`, events `42[..]`,
+    /// acks `43..`, server pings `2` answered by `3`).
+    SocketIo,
+}
+
 /// Everything one worker process needs to open and run its share of connections.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerSpec {
@@ -17,8 +30,11 @@ pub struct WorkerSpec {
     pub targets: Vec<SocketAddr>,
     /// WebSocket path.
     pub path: String,
-    /// Subprotocol offered.
+    /// Subprotocol offered (empty: none).
     pub subprotocol: String,
+    /// What the clients speak.
+    #[serde(default)]
+    pub protocol: WireProtocol,
     /// Global index of this worker's first connection.
     pub first_connection: usize,
     /// Connections this worker opens.

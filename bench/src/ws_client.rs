@@ -70,10 +70,14 @@ impl WsClient {
     }
 
     async fn upgrade(&mut self, target: SocketAddr, path: &str, subprotocol: &str) -> Result<(), BenchError> {
+        let protocol = if subprotocol.is_empty() {
+            String::new()
+        } else {
+            format!("Sec-WebSocket-Protocol: {subprotocol}\r\n")
+        };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
         );
         self.stream
             .write_all(request.as_bytes())
