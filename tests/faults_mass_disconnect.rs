@@ -4,9 +4,11 @@
 //!
 //! The clients are lean raw sockets (not tokio-tungstenite) bound to source addresses
 //! 127.0.0.2-127.0.0.9, so neither process comes near the 20,000-descriptor limit
-//! and no single source address runs short of ports. The bound on new clients'
-//! connect-to-welcome latency during the teardown is generous for a shared 2-core
-//! machine running a debug build: p99 under 500 ms.
+//! and no single source address runs short of ports. The bounds on new clients'
+//! connect-to-welcome latency during the teardown: the median within milliseconds
+//! (under 50 ms), and p99 under 1 s, generous for a shared 2-core machine running a
+//! debug build (measured here: p50 about 1 ms, p99 250-470 ms, the tail being probes
+//! that land on a shard while it removes its 7,500 connections).
 
 mod common;
 
@@ -20,9 +22,11 @@ use common::*;
 const CLIENTS: usize = 15_000;
 /// Connections opened at the same time while filling the gateway.
 const OPENING_CONCURRENCY: usize = 250;
-/// Probe clients connect every PROBE_EVERY while the teardown runs.
+/// Each of PROBERS probe clients connects every PROBE_EVERY while the teardown runs.
+const PROBERS: usize = 3;
 const PROBE_EVERY: Duration = Duration::from_millis(10);
-const P99_BOUND: Duration = Duration::from_millis(500);
+const P50_BOUND: Duration = Duration::from_millis(50);
+const P99_BOUND: Duration = Duration::from_secs(1);
 
 fn source(i: usize) -> IpAddr {
     IpAddr::from([127, 0, 0, 2 + (i % 8) as u8])
@@ -56,30 +60,37 @@ async fn new_clients_are_admitted_while_15k_disconnect_at_once() {
         .wait_metric("shardcast_connections_accepted_total", |v| v >= CLIENTS as f64)
         .await;
     assert_eq!(connected, CLIENTS as f64);
-    assert_eq!(sum_series(&gw.metrics().await, "shardcast_connections"), CLIENTS as f64);
+    let start = Instant::now();
+    while sum_series(&gw.metrics().await, "shardcast_connections") < CLIENTS as f64 {
+        assert!(start.elapsed() < WAIT, "the shards did not register every connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rss_full = gw.rss();
 
     // Probes: a new client every PROBE_EVERY, before, during and after the mass close.
     let stop = Arc::new(AtomicBool::new(false));
-    let probes = {
-        let stop = stop.clone();
-        let addr = gw.ws;
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                let probe = tokio::time::timeout(WAIT, lean_connect(addr, None)).await;
-                latencies.push((start, start.elapsed(), matches!(probe, Ok(Ok(_)))));
-                tokio::time::sleep(PROBE_EVERY).await;
-            }
-            latencies
+    let probes: Vec<_> = (0..PROBERS)
+        .map(|_| {
+            let stop = stop.clone();
+            let addr = gw.ws;
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    let probe = tokio::time::timeout(WAIT, lean_connect(addr, None)).await;
+                    latencies.push((start, start.elapsed(), matches!(probe, Ok(Ok(_)))));
+                    tokio::time::sleep(PROBE_EVERY).await;
+                }
+                latencies
+            })
         })
-    };
+        .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // All 15,000 close at once (FIN from every client).
+    // Closed on a blocking thread, so the probes' runtime is not the one busy closing.
     let closing = Instant::now();
-    drop(clients);
+    tokio::task::spawn_blocking(move || drop(clients)).await.unwrap();
     let dropped_in = closing.elapsed();
     let start = Instant::now();
     let torn_down_in = loop {
@@ -95,7 +106,10 @@ async fn new_clients_are_admitted_while_15k_disconnect_at_once() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
-    let samples = probes.await.unwrap();
+    let mut samples = Vec::new();
+    for p in probes {
+        samples.extend(p.await.unwrap());
+    }
 
     let failed = samples.iter().filter(|(_, _, ok)| !ok).count();
     let mut during: Vec<Duration> = samples
@@ -116,7 +130,8 @@ async fn new_clients_are_admitted_while_15k_disconnect_at_once() {
         all.len()
     );
     assert_eq!(failed, 0, "new clients were refused during the teardown");
-    assert!(during.len() >= 5, "too few probes landed in the teardown window");
+    assert!(during.len() >= 10, "too few probes landed in the teardown window");
+    assert!(p50 < P50_BOUND, "median connect-to-welcome {p50:?} during the teardown");
     assert!(p99 < P99_BOUND, "p99 connect-to-welcome {p99:?} during the teardown");
 
     let metrics = gw.metrics().await;
