@@ -772,8 +772,10 @@ impl Nginx {
         let config = config.replace("worker_processes auto;", "worker_processes 1;");
         let path = dir.join("nginx.conf");
         std::fs::write(&path, config).unwrap();
+        // One process, no master: killing the child on drop then leaves no orphaned
+        // worker behind (a SIGKILLed master does not take its workers with it).
         let globals = format!(
-            "daemon off; pid {}/nginx.pid; error_log {}/error.log;",
+            "daemon off; master_process off; pid {}/nginx.pid; error_log {}/error.log;",
             dir.display(),
             dir.display()
         );
