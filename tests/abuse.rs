@@ -12,7 +12,11 @@
 //! - request and ping floods from a client that does not read its replies: its
 //!   bounded outbound queue overflows and it is closed with 4000,
 //!   `disconnections_total{reason="slow_consumer"}`;
-//! - a frame header announcing a huge message: 1009 at once, before any payload.
+//! - a request flood does not stall the other clients of the flooder's shard;
+//! - a frame header announcing a huge message, or a continuation whose length
+//!   overflows: 1009 at once, before any payload;
+//! - publications subscribers could not decode (numbers beyond f64, nesting past 128
+//!   levels): refused (ignored tests until the gateway's check covers them).
 
 mod common;
 
@@ -292,18 +296,19 @@ async fn ping_rtt(s: &mut TcpStream, id: u64) -> Duration {
     start.elapsed()
 }
 
+/// A client pipelining requests without pause once kept its connection task ahead of
+/// every I/O wake-up and timer of its shard (other clients waited 5.8 s for a pong on
+/// a debug build, and the flooder's close timeout never fired); the bounds are
+/// generous for a shared 2-core machine (measured since the fix: 44-107 ms, cut off
+/// after 2.2-2.5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: one client flooding requests starves the other connections and the timers of its \
-            shard: a connection task re-wakes itself (src/shard/task.rs, READS_PER_POLL) and stays ahead of \
-            I/O wake-ups and the driver in the LocalSet queue; other clients' pings took 5.8 s (debug) and \
-            0.42 s (release), and the flooder's close timeout does not fire while it floods"]
 async fn a_flooding_client_does_not_stall_the_other_clients_of_its_shard() {
-    const BOUND: Duration = Duration::from_millis(250);
+    const BOUND: Duration = Duration::from_millis(500);
     let gw = Gateway::start(&["--shards", "1", "--max-queue-bytes", "65536", "--close-timeout", "1s"]);
     let mut bystander = lean_connect(gw.ws, None).await.unwrap();
     let mut flooder = non_reader(&gw).await;
     let ping_request = masked_text(br#"{"op":"ping","id":12345}"#);
-    let flood_for = Duration::from_secs(4);
+    let flood_for = Duration::from_secs(6);
     let flooding = async {
         let burst: Vec<u8> = ping_request
             .iter()
@@ -332,7 +337,7 @@ async fn a_flooding_client_does_not_stall_the_other_clients_of_its_shard() {
     eprintln!("bystander's worst ping round trip {worst:?}; the flooder was cut off after {flooded_for:?}");
     assert!(worst < BOUND, "a bystander waited {worst:?} for a pong");
     assert!(
-        flooded_for < Duration::from_secs(3),
+        flooded_for < Duration::from_secs(5),
         "the flooder was still accepted {flooded_for:?} into its flood, past its close timeout"
     );
 }
@@ -354,11 +359,9 @@ async fn a_frame_announcing_a_huge_message_is_refused_before_its_payload() {
     );
 }
 
+/// Found by fuzzing (fuzz/corpus/ws_frames/continuation-length-overflow): the size
+/// check once added a 64-bit length to the buffered size and could wrap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: check_header (src/ws/frame.rs) adds a continuation frame's 64-bit length to the \
-            bytes already buffered without overflow checking; debug builds panic in the shard (the socket \
-            is then never closed), release builds wrap, pass the 1009 check and buffer everything the \
-            client sends (100 MiB sent -> +102 MB RSS)"]
 async fn a_continuation_whose_length_overflows_is_refused_with_1009() {
     let gw = Gateway::start(&[]);
     let rss_before = gw.rss();
@@ -384,4 +387,45 @@ async fn a_continuation_whose_length_overflows_is_refused_with_1009() {
         growth < 8 << 20,
         "the gateway buffered {growth} bytes of an impossible frame"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gateway bug: Payload::from_raw (src/publication.rs) checks with serde's IgnoredAny, which \
+            serde_json skips without converting numbers, so 1e400 is still accepted (200); JSON \
+            subscribers get 1e400, which serde_json clients cannot decode, MessagePack subscribers get nil"]
+async fn the_api_refuses_numbers_beyond_f64() {
+    let gw = Gateway::start(&[]);
+    let mut sub = gw.connect(Encoding::MsgPack).await;
+    sub.subscribe(1, "n").await;
+    let (status, text) = gw
+        .http("POST", "/api/publish", Some(r#"{"channel":"n","data":1e400}"#))
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(sub.roundtrip(2).await.is_empty(), "nothing was delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gateway bug: the IgnoredAny check in Payload::from_raw does not apply serde_json's recursion \
+            limit either: a MessagePack client publish nested 200 deep is acknowledged, and JSON \
+            subscribers then get a frame serde_json cannot decode"]
+async fn a_client_publish_nested_past_128_levels_is_refused() {
+    let gw = Gateway::start(&["--allow-client-publish"]);
+    let mut publisher = gw.connect(Encoding::MsgPack).await;
+    let mut data = json!(1);
+    for _ in 0..200 {
+        data = json!([data]);
+    }
+    publisher
+        .send(&shardcast_proto::ClientFrame::Publish {
+            id: Some(5),
+            channel: "news".into(),
+            data,
+        })
+        .await;
+    match publisher.recv().await {
+        shardcast_proto::ServerFrame::Error { id, code, .. } => {
+            assert_eq!((id, code), (Some(5), shardcast_proto::ErrorCode::BadRequest))
+        }
+        other => panic!("expected bad_request, got {other:?}"),
+    }
 }

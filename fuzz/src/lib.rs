@@ -38,6 +38,14 @@ pub fn decode_client_msgpack(data: &[u8]) {
 fn check_client_frame(encoding: Encoding, data: &[u8]) {
     match decode_client(encoding, data) {
         Ok(frame) => {
+            // A client publish whose data subscribers could not decode is answered
+            // `bad_request` by the gateway (src/shard/session.rs); only what it accepts
+            // must survive both encodings.
+            if let ClientFrame::Publish { data, .. } = &frame {
+                if Payload::from_value(data).is_err() {
+                    return;
+                }
+            }
             for target in Encoding::ALL {
                 let bytes = encode_client(target, &frame);
                 let back = decode_client(target, &bytes)
