@@ -32,9 +32,10 @@ impl Payload {
     /// Refuses what subscribers could not decode although it is valid JSON text:
     /// numbers beyond f64 (`1e400`) and nesting deeper than serde_json's limit of
     /// 128. Both would reach MessagePack subscribers as `null` and break JSON
-    /// clients built on serde_json. The check walks the text without allocating.
+    /// clients built on serde_json. Only a full parse applies both rules (skipping
+    /// a value, as `IgnoredAny` does, checks neither); it runs once per publication.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Payload, serde_json::Error> {
-        serde_json::from_str::<serde::de::IgnoredAny>(raw.get())?;
+        serde_json::from_str::<serde_json::Value>(raw.get())?;
         Ok(Payload(Arc::from(raw)))
     }
 

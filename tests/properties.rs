@@ -75,25 +75,16 @@ fn fuzz_corpus_replays_clean() {
 }
 
 #[test]
-#[ignore = "gateway bug: a MessagePack publish nested deeper than serde_json's 128 levels passes \
-            Payload::from_value (its IgnoredAny check applies no recursion limit), and its JSON form \
-            cannot be decoded"]
 fn regression_msgpack_data_deeper_than_json_allows() {
     assert!(replay("regressions", "decode_client_msgpack") > 0);
 }
 
 #[test]
-#[ignore = "gateway bug: the publish API accepts numbers outside the f64 range (1e400): Payload::from_raw's \
-            IgnoredAny check does not convert numbers; MessagePack subscribers get null and serde_json \
-            clients cannot decode the JSON frame"]
 fn regression_publish_number_out_of_range() {
     assert!(replay("regressions", "publish_body") > 0);
 }
 
 #[test]
-#[ignore = "gateway weakness: serde_json's decode errors quote the offending input, so an error frame can \
-            echo up to --max-message-bytes of a client's message back (unknown ops are cut to 64 characters; \
-            other decode errors are not)"]
 fn regression_decode_error_messages_stay_short() {
     assert!(replay("regressions", "decode_client_json") > 0);
 }

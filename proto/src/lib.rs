@@ -199,13 +199,22 @@ pub struct DecodeError {
     pub message: String,
 }
 
+/// Longest error message sent back: decoders quote the input they choke on, and an
+/// error frame must not echo a client's whole message back to it.
+const MAX_ERROR_MESSAGE: usize = 160;
+
 impl DecodeError {
     fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
-        DecodeError {
-            id,
-            code,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE {
+            let mut end = MAX_ERROR_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
         }
+        DecodeError { id, code, message }
     }
 }
 
