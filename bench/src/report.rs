@@ -26,10 +26,11 @@ fn advantage(shardcast: Option<f64>, baseline: Option<f64>, higher_is_better: bo
     (r.is_finite() && r > 0.0).then_some(r)
 }
 
-/// The server column: "shardcast ×3 (Redis)" for multi-gateway runs.
+/// The server column: "shardcast ×3 via Redis", "node ×3 workers" for multi-process runs.
 fn server_name(r: &ScenarioRecord) -> String {
     match r.get("gateways") {
-        Some(g) if g > 1.0 => format!("{} ×{g:.0} via Redis", r.target.name()),
+        Some(g) if g > 1.0 && r.target == ServerKind::Shardcast => format!("shardcast ×{g:.0} via Redis"),
+        Some(g) if g > 1.0 => format!("{} ×{g:.0} workers", r.target.name()),
         _ => r.target.name().to_owned(),
     }
 }

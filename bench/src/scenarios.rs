@@ -140,9 +140,15 @@ impl Harness {
             };
             match tokio::time::timeout(self.time_limit, self.run_job(&server, &job)).await {
                 Ok(Ok(mut records)) => {
+                    // Server processes sharing the clients: shardcast gateways or
+                    // Node workers (charts compare single-process runs only).
                     let gateways = match target {
                         ServerKind::Shardcast => self.servers.gateways.max(1),
-                        _ => 1,
+                        ServerKind::Node | ServerKind::SocketIo => match self.servers.node_workers {
+                            0 => self.servers.cpus.len(),
+                            n => n,
+                        },
+                        ServerKind::Floor => 1,
                     };
                     for r in &mut records {
                         r.set("gateways", gateways as f64);
