@@ -40,4 +40,7 @@ for suite in clients/js/run-tests.sh deploy/run-tests.sh; do
     bash "$suite"
   fi
 done
+step "benchmark harness smoke test (bench/run --quick: it works, not how fast)"
+bash bench/run --quick
+
 step "all tests passed"

@@ -36,6 +36,9 @@ const PROBE_PREFIX: &str = "#probe#";
 /// A probe slower than this counts as failed, so the keeper is never stuck long.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Pub/sub messages fred may hold for the receiver before it reports `Lagged`.
+const SUBSCRIBER_BUFFER: usize = 8192;
+
 /// How often the reconciler checks that the subscriptions match the connection.
 const RECONCILE_PERIOD: Duration = Duration::from_millis(200);
 
@@ -97,12 +100,7 @@ impl RedisBroker {
         let mut builder = Builder::from_config(config);
         builder
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .with_performance_config(|p| {
-                // fred's default of 32 would drop messages under any burst (as
-                // `Lagged`); this is memory only while a burst is in flight.
-                p.broadcast_channel_capacity = 1 << 16;
-                p.default_command_timeout = COMMAND_TIMEOUT;
-            })
+            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
             .with_connection_config(|c| {
                 c.connection_timeout = COMMAND_TIMEOUT;
                 c.internal_command_timeout = COMMAND_TIMEOUT;
@@ -111,6 +109,11 @@ impl RedisBroker {
                 c.max_command_attempts = 1;
             });
         let publisher = builder.build().map_err(fail)?;
+        // fred's default of 32 pub/sub messages in flight would drop messages (as
+        // `Lagged`) under any burst. The capacity is allocated up front for each of
+        // the client's event channels, so it is raised on the subscriber only, and
+        // only as far as a burst needs: the receiver just hands messages on.
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
         let subscriber = builder.build_subscriber_client().map_err(fail)?;
         publisher.connect();
         subscriber.connect();
