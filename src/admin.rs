@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -244,8 +245,16 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     }
     let mut results = Vec::with_capacity(payloads.len());
     let mut failed = None;
-    for (channel, payload) in payloads {
-        match ctx.publisher.publish(channel.clone(), payload, Source::Api).await {
+    // All items in flight at once: join_all polls them first in order, so the router
+    // and the broker receive them in the batch's order, and the batch costs one
+    // round trip instead of one per item.
+    let outcomes = join_all(payloads.into_iter().map(|(channel, payload)| async move {
+        let outcome = ctx.publisher.publish(channel.clone(), payload, Source::Api).await;
+        (channel, outcome)
+    }))
+    .await;
+    for (channel, outcome) in outcomes {
+        match outcome {
             Ok(n) => results.push(json!({"channel": &*channel, "subscribers": n})),
             Err(e) => {
                 results.push(json!({"channel": &*channel, "subscribers": e.reached, "error": e.to_string()}));
