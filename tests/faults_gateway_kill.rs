@@ -3,9 +3,9 @@
 //! connection end, reconnect through nginx with backoff, land on the remaining
 //! instances and re-subscribe within a stated bound; the other clients notice nothing.
 //!
-//! The reconnect loop here follows PROTOCOL.md section 12 (full-jitter backoff) with
-//! a shorter base and cap so the test stays short. It should become the Rust client
-//! crate (clients/rust) once that lands.
+//! Two fleets: raw clients with a reconnect loop of the test's own (so they can come
+//! from many source addresses and spread over the instances), and the project's Rust
+//! client (clients/rust), whose own reconnect, backoff and re-subscribe do the work.
 
 mod common;
 
@@ -193,4 +193,83 @@ async fn killed_gateway_clients_come_back_through_nginx_on_the_others() {
         assert!(start.elapsed() < WAIT, "cluster view did not converge: {view}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_clients_reconnect_and_resubscribe_through_nginx_after_a_kill() {
+    use shardcast_client::{Client as RustClient, ReconnectPolicy};
+    const CLIENTS: usize = 20;
+    let redis = RedisServer::start();
+    let args = ["--redis", &redis.url()];
+    let mut gws: Vec<Option<Gateway>> = (0..3).map(|_| Some(Gateway::start(&args))).collect();
+    for gw in gws.iter().flatten() {
+        gw.wait_ready(200).await;
+    }
+    let proxy = Nginx::start(&gws.iter().flatten().map(|g| g.ws).collect::<Vec<_>>());
+    let url = format!("ws://{}/ws", proxy.addr);
+    let policy = ReconnectPolicy {
+        initial_delay: Duration::from_millis(BACKOFF_BASE_MS),
+        max_delay: Duration::from_millis(BACKOFF_CAP_MS),
+        ..ReconnectPolicy::default()
+    };
+    let mut fleet = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = RustClient::builder(url.as_str())
+            .reconnect(policy.clone())
+            .build()
+            .expect("client");
+        let sub = tokio::time::timeout(WAIT, client.subscribe("feed"))
+            .await
+            .expect("subscribed in time")
+            .expect("subscribe");
+        fleet.push((client, sub));
+    }
+    // One source address: nginx's hash puts the whole fleet on one instance.
+    let victim_node = fleet[0].0.welcome().expect("welcome").node;
+    assert!(fleet
+        .iter()
+        .all(|(c, _)| c.welcome().map(|w| w.node) == Some(victim_node.clone())));
+    let victim = gws
+        .iter()
+        .position(|g| g.as_ref().is_some_and(|g| g.node_id_from_logs() == victim_node))
+        .expect("the fleet's gateway");
+    let killed = gws[victim].take().unwrap();
+    let killed_at = Instant::now();
+    killed.signal(libc::SIGKILL);
+
+    // Publish on a survivor until every subscription has received one: that is when
+    // each client is back, through nginx, on a live instance and re-subscribed.
+    let survivor = gws.iter().flatten().next().unwrap();
+    let mut pending: Vec<_> = fleet.iter_mut().map(|(_, s)| s).collect();
+    let mut n = 0;
+    while !pending.is_empty() {
+        assert!(
+            killed_at.elapsed() < RECOVERY_BOUND,
+            "{} clients not back after {RECOVERY_BOUND:?}",
+            pending.len()
+        );
+        n += 1;
+        survivor.publish("feed", json!({"after": n})).await;
+        // All subscriptions listen at once, so one round costs 100 ms, not 100 ms each.
+        let rounds = futures_util::future::join_all(pending.into_iter().map(|sub| async move {
+            let got = tokio::time::timeout(Duration::from_millis(100), sub.recv()).await;
+            (matches!(got, Ok(Some(m)) if m.data.get("after").is_some()), sub)
+        }))
+        .await;
+        pending = rounds
+            .into_iter()
+            .filter(|(back, _)| !back)
+            .map(|(_, sub)| sub)
+            .collect();
+    }
+    let recovered = killed_at.elapsed();
+    eprintln!("{CLIENTS} Rust clients back and re-subscribed {recovered:?} after the kill");
+    for (client, _) in &fleet {
+        assert_ne!(
+            client.welcome().map(|w| w.node),
+            Some(victim_node.clone()),
+            "on a live instance"
+        );
+    }
+    drop(killed);
 }

@@ -1,4 +1,5 @@
-//! The load-balancer configs in deploy/, run for real in front of real gateways:
+//! The load-balancer configs in deploy/, run for real in front of real gateways
+//! (nginx through the harness's `Nginx`, HAProxy here):
 //! nginx (stickiness by client address) and HAProxy (stickiness by cookie, active
 //! readiness checks). The files are used as shipped, with only the marked
 //! upstream and listen lines rewritten to loopback ports.
@@ -16,33 +17,11 @@ use shardcast_proto::{close, Encoding, ServerFrame};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// Replaces the lines between `# BEGIN name` and `# END name` with `lines`.
-fn rewrite(config: &str, name: &str, lines: &[String]) -> String {
-    let begin = format!("# BEGIN {name}");
-    let end = format!("# END {name}");
-    let mut out = Vec::new();
-    let mut skipping = false;
-    for line in config.lines() {
-        if line.trim() == begin {
-            skipping = true;
-            out.push(line.to_owned());
-            out.extend(lines.iter().cloned());
-        } else if line.trim() == end {
-            skipping = false;
-            out.push(line.to_owned());
-        } else if !skipping {
-            out.push(line.to_owned());
-        }
-    }
-    assert!(!skipping, "unterminated marker {name}");
-    out.join("\n") + "\n"
-}
-
 fn deploy_file(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("deploy config")
 }
 
-/// A load-balancer process killed on drop.
+/// The HAProxy process, stopped on drop.
 struct Proxy {
     child: Child,
     addr: SocketAddr,
@@ -83,39 +62,6 @@ fn wait_listening(addr: SocketAddr, child: &mut Child) {
     }
 }
 
-fn start_nginx(gateways: &[&Gateway]) -> Proxy {
-    let dir = scratch_dir("nginx");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let upstreams: Vec<String> = gateways
-        .iter()
-        .map(|g| format!("        server {} max_fails=1 fail_timeout=10s;", g.ws))
-        .collect();
-    let config = rewrite(&deploy_file("deploy/nginx/nginx.conf"), "upstreams", &upstreams);
-    let config = rewrite(&config, "listen", &[format!("        listen {addr};")]);
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, config).unwrap();
-    let globals = format!(
-        "daemon off; pid {}/nginx.pid; error_log {}/error.log;",
-        dir.display(),
-        dir.display()
-    );
-    let mut child = Command::new("nginx")
-        .args([
-            "-p",
-            dir.to_str().unwrap(),
-            "-c",
-            path.to_str().unwrap(),
-            "-g",
-            &globals,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx (apt-get install nginx)");
-    wait_listening(addr, &mut child);
-    Proxy { child, addr, dir }
-}
-
 fn start_haproxy(gateways: &[&Gateway]) -> Proxy {
     let dir = scratch_dir("haproxy");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -124,8 +70,8 @@ fn start_haproxy(gateways: &[&Gateway]) -> Proxy {
         .enumerate()
         .map(|(i, g)| format!("    server gw{i} {} cookie gw{i}", g.ws))
         .collect();
-    let config = rewrite(&deploy_file("deploy/haproxy/haproxy.cfg"), "servers", &servers);
-    let config = rewrite(&config, "bind", &[format!("    bind {addr}")]);
+    let config = replace_marked(&deploy_file("deploy/haproxy/haproxy.cfg"), "servers", &servers);
+    let config = replace_marked(&config, "bind", &[format!("    bind {addr}")]);
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
     let check = Command::new("haproxy")
@@ -192,7 +138,7 @@ async fn nginx_keeps_clients_sticky_and_moves_them_when_a_gateway_leaves() {
     for gw in gws.iter().flatten() {
         gw.wait_ready(200).await;
     }
-    let proxy = start_nginx(&gws.iter().flatten().collect::<Vec<_>>());
+    let proxy = Nginx::start(&gws.iter().flatten().map(|g| g.ws).collect::<Vec<_>>());
 
     // Two clients from each of 12 source addresses: both land on the same gateway.
     let mut clients: Vec<(u8, Client)> = Vec::new();

@@ -813,7 +813,7 @@ impl Drop for Nginx {
 }
 
 /// Replaces the lines between `# BEGIN name` and `# END name` with `lines`.
-fn replace_marked(config: &str, name: &str, lines: &[String]) -> String {
+pub fn replace_marked(config: &str, name: &str, lines: &[String]) -> String {
     let (begin, end) = (format!("# BEGIN {name}"), format!("# END {name}"));
     let mut out = Vec::new();
     let mut skipping = false;
