@@ -15,11 +15,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use shardcast_proto::{Encoding, ServerFrame};
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use shardcast_proto::ServerFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::MaybeTlsStream;
 
 /// Every client of the killed instance is back and re-subscribed within this.
 const RECOVERY_BOUND: Duration = Duration::from_secs(5);
@@ -31,22 +28,6 @@ fn source(i: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, 40 + i])
 }
 
-/// One WebSocket through the proxy from a chosen source address (nginx hashes on it).
-async fn connect_via(proxy: SocketAddr, from: IpAddr) -> Result<Client, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket.bind(SocketAddr::new(from, 0)).map_err(|e| e.to_string())?;
-    let stream = socket.connect(proxy).await.map_err(|e| e.to_string())?;
-    let req = format!("ws://{proxy}/ws").into_client_request().unwrap();
-    let (ws, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
-    )
-    .await
-    .map_err(|_| "upgrade timed out".to_owned())?
-    .map_err(|e| e.to_string())?;
-    Ok(Client::after_upgrade(ws, Encoding::Json).await)
-}
-
 /// Connects and subscribes, retrying with full-jitter backoff; returns the client and
 /// how many attempts failed first.
 async fn reconnect(proxy: SocketAddr, from: IpAddr, channel: &str, seed: u64) -> (Client, u32) {
@@ -54,8 +35,8 @@ async fn reconnect(proxy: SocketAddr, from: IpAddr, channel: &str, seed: u64) ->
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let start = Instant::now();
     loop {
-        match connect_via(proxy, from).await {
-            Ok(mut c) => {
+        match connect_via(proxy, from, None).await {
+            Ok((mut c, _)) => {
                 c.subscribe(1, channel).await;
                 return (c, failures);
             }
@@ -108,7 +89,9 @@ async fn killed_gateway_clients_come_back_through_nginx_on_the_others() {
     let mut clients: Vec<(u8, Client)> = Vec::new();
     for i in 0..16u8 {
         for _ in 0..3 {
-            let mut c = connect_via(proxy.addr, source(i)).await.expect("connect through nginx");
+            let (mut c, _) = connect_via(proxy.addr, source(i), None)
+                .await
+                .expect("connect through nginx");
             c.subscribe(1, "feed").await;
             clients.push((i, c));
         }

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use shardcast_proto::{close, Encoding, ServerFrame};
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use shardcast_proto::{close, ServerFrame};
 
 fn deploy_file(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("deploy config")
@@ -93,29 +91,12 @@ fn start_haproxy(gateways: &[&Gateway]) -> Proxy {
     Proxy { child, addr, dir }
 }
 
-/// Connects through a proxy from a chosen source address, optionally with a cookie;
-/// returns the client and the cookie the proxy set, if any.
-async fn connect_via(proxy: SocketAddr, source: IpAddr, cookie: Option<&str>) -> (Client, Option<String>) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(source, 0)).unwrap();
-    let stream = socket.connect(proxy).await.expect("connect to proxy");
-    let mut req = format!("ws://{proxy}/ws").into_client_request().unwrap();
-    if let Some(c) = cookie {
-        req.headers_mut().insert("Cookie", c.parse().unwrap());
-    }
-    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, MaybeTls::Plain(stream)))
+/// Connects through a proxy, failing the test if it cannot.
+async fn via(proxy: SocketAddr, source: IpAddr, cookie: Option<&str>) -> (Client, Option<String>) {
+    connect_via(proxy, source, cookie)
         .await
-        .expect("upgrade in time")
-        .expect("upgrade through the proxy");
-    let set_cookie = resp
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").to_owned());
-    (Client::after_upgrade(ws, Encoding::Json).await, set_cookie)
+        .expect("upgrade through the proxy")
 }
-
-use tokio_tungstenite::MaybeTlsStream as MaybeTls;
 
 fn source(i: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, 10 + i])
@@ -143,8 +124,8 @@ async fn nginx_keeps_clients_sticky_and_moves_them_when_a_gateway_leaves() {
     // Two clients from each of 12 source addresses: both land on the same gateway.
     let mut clients: Vec<(u8, Client)> = Vec::new();
     for i in 0..12u8 {
-        let (mut a, _) = connect_via(proxy.addr, source(i), None).await;
-        let (mut b, _) = connect_via(proxy.addr, source(i), None).await;
+        let (mut a, _) = via(proxy.addr, source(i), None).await;
+        let (mut b, _) = via(proxy.addr, source(i), None).await;
         assert_eq!(a.node, b.node, "same source address, same gateway");
         a.subscribe(1, "lb").await;
         b.subscribe(1, "lb").await;
@@ -175,7 +156,7 @@ async fn nginx_keeps_clients_sticky_and_moves_them_when_a_gateway_leaves() {
         }
         let (code, _) = c.expect_close().await;
         assert_eq!(code, close::GOING_AWAY);
-        let (mut again, _) = connect_via(proxy.addr, source(*i), None).await;
+        let (mut again, _) = via(proxy.addr, source(*i), None).await;
         assert_ne!(again.node, leaving_node, "reconnected to a remaining gateway");
         again.subscribe(1, "lb").await;
         *c = again;
@@ -217,12 +198,12 @@ async fn haproxy_sticks_by_cookie_and_skips_a_draining_gateway() {
     // Wait for HAProxy's checks to see both servers up (rise 2 at 1 s intervals).
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
-    let (first, cookie) = connect_via(proxy.addr, source(0), None).await;
+    let (first, cookie) = via(proxy.addr, source(0), None).await;
     let cookie = cookie.expect("HAProxy sets its server cookie on the upgrade response");
     assert!(cookie.starts_with("SCSERVER="), "{cookie}");
     let mut keep = vec![first];
     for _ in 0..4 {
-        let (c, _) = connect_via(proxy.addr, source(1), Some(&cookie)).await;
+        let (c, _) = via(proxy.addr, source(1), Some(&cookie)).await;
         assert_eq!(c.node, keep[0].node, "the cookie pins the gateway");
         keep.push(c);
     }
@@ -235,7 +216,7 @@ async fn haproxy_sticks_by_cookie_and_skips_a_draining_gateway() {
     };
     pinned.signal(libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (moved, _) = connect_via(proxy.addr, source(1), Some(&cookie)).await;
+    let (moved, _) = via(proxy.addr, source(1), Some(&cookie)).await;
     assert_ne!(
         moved.node, keep[0].node,
         "a draining gateway gets no new clients, cookie or not"

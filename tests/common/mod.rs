@@ -842,3 +842,35 @@ pub fn percentile(samples: &mut [Duration], pct: f64) -> Duration {
     samples[rank.clamp(1, samples.len()) - 1]
 }
 // --- end of hardening helpers ---
+
+/// Upgrades through a proxy from a chosen source address (load balancers hash on
+/// it), optionally sending a cookie; returns the client and the cookie the proxy set.
+pub async fn connect_via(
+    proxy: SocketAddr,
+    from: std::net::IpAddr,
+    cookie: Option<&str>,
+) -> Result<(Client, Option<String>), String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket.bind(SocketAddr::new(from, 0)).map_err(|e| e.to_string())?;
+    let stream = socket.connect(proxy).await.map_err(|e| e.to_string())?;
+    let mut req = format!("ws://{proxy}/ws")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if let Some(c) = cookie {
+        req.headers_mut()
+            .insert("Cookie", c.parse().map_err(|_| "bad cookie".to_owned())?);
+    }
+    let (ws, resp) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .map_err(|_| "upgrade timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let set_cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").to_owned());
+    Ok((Client::after_upgrade(ws, Encoding::Json).await, set_cookie))
+}
