@@ -191,6 +191,14 @@ impl ChannelTable {
         matches!(channel.state, ChannelState::Active).then_some(&channel.subscribers)
     }
 
+    /// Every live (confirmed) channel with its subscriber lists.
+    pub fn active_channels(&self) -> impl Iterator<Item = (&str, &[Vec<Subscriber>; 2])> {
+        self.channels
+            .iter()
+            .filter(|(_, c)| matches!(c.state, ChannelState::Active))
+            .map(|(_, c)| (&*c.name, &c.subscribers))
+    }
+
     /// Every subscription of a channel (for failing a pending channel).
     pub fn subscriptions_of(&self, name: &str) -> Vec<Subscriber> {
         self.by_name

@@ -61,6 +61,8 @@ pub enum RouterCommand {
         /// Gets the number of local subscribers reached, if the publisher waits for it.
         reply: Option<flume::Sender<usize>>,
     },
+    /// The broker may have lost publications of every channel.
+    Gap,
     /// A broker subscription finished.
     BrokerSubscribed {
         /// The channel.
@@ -96,6 +98,11 @@ impl RouterHandle {
             source: Source::Broker,
             reply: None,
         });
+    }
+
+    /// The broker may have lost publications: tell every subscriber.
+    pub fn gap(&self) {
+        let _ = self.tx.send(RouterCommand::Gap);
     }
 
     /// Delivers a publication locally and waits for the number of subscribers reached.
@@ -193,6 +200,15 @@ pub async fn run(
                             }
                         });
                     }
+                }
+            }
+            RouterCommand::Gap => {
+                warn!(
+                    channels = routes.len(),
+                    "telling subscribers that publications may have been missed"
+                );
+                for shard in &shards {
+                    let _ = shard.send(ShardCommand::Gap);
                 }
             }
             RouterCommand::BrokerSubscribed { channel, result } => {

@@ -204,6 +204,19 @@ async fn redis_outage_keeps_sockets_and_recovers() {
 
     redis.restart();
     gw.wait_ready(200).await;
+    // Publications made through other instances during the outage never reached this
+    // one: each subscribed channel gets a gap frame on the open connection.
+    let mut gaps = vec![c.recv().await, c.recv().await];
+    gaps.sort_by_key(|f| format!("{f:?}"));
+    assert_eq!(
+        gaps,
+        vec![
+            ServerFrame::Gap { channel: "late".into() },
+            ServerFrame::Gap {
+                channel: "ticker".into()
+            }
+        ]
+    );
 
     assert_eq!(
         redis.cli(&["PUBLISH", "shardcast:ticker", "3"]),

@@ -308,6 +308,14 @@ pub enum ServerFrame {
         /// The payload.
         data: Value,
     },
+    /// Publications of a subscribed channel may have been missed just before this
+    /// frame, on an open connection: the gateway instance lost its broker (Redis)
+    /// subscription for a while. A client that must not miss messages re-reads its
+    /// source of truth for the channel.
+    Gap {
+        /// The channel that may have a gap.
+        channel: String,
+    },
     /// A frame type this version does not know (sent by a newer gateway); clients ignore it.
     #[serde(other)]
     Unknown,

@@ -85,6 +85,7 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 data: json!({"text": "hello", "n": 1}),
             },
         ),
+        ("gap", ServerFrame::Gap { channel: "news".into() }),
         (
             "message_scalar",
             ServerFrame::Message {

@@ -58,4 +58,10 @@ impl BrokerSink {
     pub fn deliver(&self, channel: Arc<str>, payload: Payload) {
         self.0.deliver_remote(channel, payload);
     }
+
+    /// Publications from other instances may have been lost (the broker's subscription
+    /// was down, or its receiver fell behind): every subscriber is told, per channel.
+    pub fn gap(&self) {
+        self.0.gap();
+    }
 }

@@ -123,7 +123,7 @@ impl RedisBroker {
         tokio::spawn(receive(
             subscriber.message_rx(),
             settings.clone(),
-            sink,
+            sink.clone(),
             metrics.clone(),
         ));
         let resync = Arc::new(AtomicBool::new(false));
@@ -143,6 +143,9 @@ impl RedisBroker {
                 wanted: HashSet::new(),
                 complete: false,
                 resync,
+                synced_once: false,
+                lost: false,
+                sink: sink.clone(),
                 in_sync: in_sync.clone(),
                 metrics,
             }
@@ -238,6 +241,13 @@ struct SubscriptionKeeper {
     complete: bool,
     /// Set by the reconnect listener: some connection is new, re-subscribe all.
     resync: Arc<AtomicBool>,
+    /// Whether the subscriptions were ever verified (the first sync is no gap).
+    synced_once: bool,
+    /// The subscriptions were lost since the last verification: what other instances
+    /// published meanwhile never reached this one, and subscribers must be told.
+    lost: bool,
+    /// Where the gap is announced.
+    sink: BrokerSink,
     in_sync: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
@@ -264,16 +274,20 @@ impl SubscriptionKeeper {
     async fn reconcile(&mut self) {
         if !self.subscriber.is_connected() || !self.publisher.is_connected() {
             self.complete = false;
+            self.lost |= self.synced_once;
             self.in_sync.store(false, Ordering::Release);
             return;
         }
         if self.resync.swap(false, Ordering::AcqRel) {
             self.complete = false;
+            self.lost |= self.synced_once;
         }
         if self.complete && self.probe().await {
             self.in_sync.store(true, Ordering::Release);
             return;
         }
+        // Subscriptions missing on a live connection (a reconnect not yet reported).
+        self.lost |= self.synced_once && self.complete;
         self.in_sync.store(false, Ordering::Release);
         let mut all: Vec<Arc<str>> = self.wanted.iter().cloned().collect();
         if !all.is_empty() {
@@ -285,6 +299,13 @@ impl SubscriptionKeeper {
         self.send(all, true).await;
         let verified = self.complete && self.probe().await;
         self.in_sync.store(verified, Ordering::Release);
+        if verified {
+            if std::mem::take(&mut self.lost) {
+                // Re-subscribed first, so every publication after the gap frame arrives.
+                self.sink.gap();
+            }
+            self.synced_once = true;
+        }
     }
 
     /// Publishes to the probe channel; true if this instance's subscriber got it.
@@ -383,9 +404,10 @@ async fn count_reconnects(
     loop {
         match reconnects.recv().await {
             Ok(server) => {
-                resync.store(true, Ordering::Release);
-                in_sync.store(false, Ordering::Release);
+                // A first connection is the keeper's initial sync, not a loss.
                 if !seen.insert(server.to_string()) {
+                    resync.store(true, Ordering::Release);
+                    in_sync.store(false, Ordering::Release);
                     metrics.redis_reconnects.inc();
                 }
                 info!(%server, "redis connection (re)established");
@@ -421,6 +443,7 @@ async fn receive(
             Err(RecvError::Lagged(n)) => {
                 lagged.inc_by(n);
                 error!(lost = n, "redis messages were lost: the receiver fell behind");
+                sink.gap();
                 continue;
             }
             Err(RecvError::Closed) => return,

@@ -46,6 +46,8 @@ pub enum ShardCommand {
         /// Ok, or the error to answer the waiting subscribers with.
         result: Result<(), shardcast_proto::ErrorCode>,
     },
+    /// Tell every subscriber of every channel that publications may have been missed.
+    Gap,
     /// Close every connection with "going away", spread over the window.
     Drain {
         /// The time over which the closes are spread.
@@ -109,6 +111,7 @@ pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::t
                         tokio::task::spawn_local(task::handshake(core.clone(), stream, peer));
                     }
                     ShardCommand::Deliver(publication) => core.fan_out(&publication),
+                    ShardCommand::Gap => core.announce_gap(),
                     ShardCommand::InterestConfirmed { channel, result } => core.interest_confirmed(&channel, result),
                     ShardCommand::Drain { window } => {
                         core.draining.set(true);
@@ -245,6 +248,34 @@ impl ShardCore {
         self.shard_metrics.delivered.inc_by(reached as u64);
         self.shard_metrics.fanout.observe(start.elapsed().as_secs_f64());
         publication.shard_done(reached);
+    }
+
+    /// Sends a `gap` frame to every subscriber of every live channel on this shard,
+    /// each channel's frame built once per encoding.
+    fn announce_gap(&self) {
+        let table = self.table.borrow();
+        let mut conns = self.conns.borrow_mut();
+        let limit = self.config.max_queue_bytes;
+        let deadline = self.after(self.config.close_timeout);
+        for (name, lists) in table.active_channels() {
+            for enc in Encoding::ALL {
+                let list = &lists[enc.index()];
+                if list.is_empty() {
+                    continue;
+                }
+                let gap = ServerFrame::Gap {
+                    channel: name.to_owned(),
+                };
+                let frame = data_frame(enc, &encode_server(enc, &gap));
+                for s in list {
+                    if let Some(conn) = conns.get_mut(s.conn as usize) {
+                        if conn.send(&frame, limit) == Sent::Overflow {
+                            self.close_slow_consumer(conn, deadline);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Closes a connection whose queue overflowed with the slow-consumer code; what

@@ -140,6 +140,11 @@ export interface ClientEvents {
   closed: { code: number | undefined; reason: string };
   /** A channel's subscription was acknowledged, the first time or again after a reconnect. */
   subscribed: { channel: string; resubscribed: boolean };
+  /**
+   * Publications of a subscribed channel may have been missed on this open
+   * connection (PROTOCOL.md 9.3): re-read the source of truth if every message matters.
+   */
+  gap: { channel: string };
   /** Something went wrong that no promise reports: a refused re-subscribe, a bad frame, a throwing handler. */
   error: ShardcastError;
 }
@@ -558,6 +563,9 @@ export class ShardcastClient {
       case 'pong':
       case 'error':
         this.handleReply(frame);
+        return;
+      case 'gap':
+        this.events.emit('gap', { channel: frame.channel });
         return;
       case 'welcome':
         // A second welcome is unexpected but harmless.

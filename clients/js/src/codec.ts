@@ -117,6 +117,8 @@ export function toServerFrame(value: unknown): ServerFrame | null {
         seq: requireNumber(value, 'seq'),
         data: value.data,
       };
+    case 'gap':
+      return { type: 'gap', channel: requireString(value, 'channel') };
     default:
       if (typeof value.type === 'string') return null;
       throw new ProtocolError('server frame lacks string field `type`');

@@ -51,6 +51,7 @@ export {
   type ErrorCode,
   type ErrorFrame,
   type MessageFrame,
+  type GapFrame,
   type PingFrame,
   type PongFrame,
   type PublishFrame,

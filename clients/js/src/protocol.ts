@@ -129,8 +129,18 @@ export interface MessageFrame {
   data: unknown;
 }
 
+/**
+ * Publications of a subscribed channel may have been missed just before this frame,
+ * on an open connection (the gateway lost its Redis subscription for a while; see
+ * PROTOCOL.md 9.3). A client that must not miss messages re-reads its source of truth.
+ */
+export interface GapFrame {
+  type: 'gap';
+  channel: string;
+}
+
 /** A frame the gateway sends. */
-export type ServerFrame = WelcomeFrame | AckFrame | ErrorFrame | PongFrame | MessageFrame;
+export type ServerFrame = WelcomeFrame | AckFrame | ErrorFrame | PongFrame | MessageFrame | GapFrame;
 
 /** WebSocket close codes the gateway sends (RFC 6455 meanings in 1000-1015, shardcast's own in 4000-4099). */
 export const CloseCode = Object.freeze({

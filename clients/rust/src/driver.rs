@@ -764,6 +764,10 @@ impl Driver {
                 );
             }
             ServerFrame::Error { id, code, message } => self.on_reply(connection, id, Err((code, message))),
+            ServerFrame::Gap { channel } => {
+                warn!(channel, "the gateway reports that publications may have been missed");
+                self.observers.emit(ClientEvent::Gap { channel });
+            }
             // A second welcome is unexpected but harmless; unknown frame types are ignored (section 2).
             ServerFrame::Welcome { .. } | ServerFrame::Unknown => {}
         }

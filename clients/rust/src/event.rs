@@ -68,6 +68,13 @@ pub enum ClientEvent {
         /// The gateway's hint (close reason `retry_ms` or HTTP `Retry-After`), if any.
         retry_hint: Option<Duration>,
     },
+    /// The gateway reports that publications of a subscribed channel may have been
+    /// missed on this (still open) connection (PROTOCOL.md 9.3): re-read the
+    /// application's source of truth for it if every message matters.
+    Gap {
+        /// The channel.
+        channel: String,
+    },
     /// A channel's subscription was acknowledged: the first time, or again after a reconnect.
     Subscribed {
         /// The channel.
