@@ -32,7 +32,7 @@ function makeClient(options: Partial<ClientOptions> = {}): { client: ShardcastCl
     ...options,
   });
   const events: Recorded[] = [];
-  for (const name of ['state', 'connecting', 'connected', 'disconnected', 'reconnecting', 'closed', 'subscribed', 'error'] as const) {
+  for (const name of ['state', 'connecting', 'connected', 'disconnected', 'reconnecting', 'closed', 'subscribed', 'gap', 'error'] as const) {
     client.on(name, (payload) => events.push({ event: name, payload } as Recorded));
   }
   return { client, events };
@@ -376,6 +376,19 @@ describe('subscriptions', () => {
     socket.receive({ type: 'presence', who: 'someone' });
     socket.receive({ type: 'welcome', version: 1, node: 'n', shard: 0, ping_interval_ms: 25_000 });
     socket.receive({ type: 'presence', who: 'someone' });
+    expect(client.state).toBe('connected');
+    expect(eventsNamed(events, 'error')).toHaveLength(0);
+    client.close();
+  });
+
+  it('reports a gap frame as a gap event and stays connected', async () => {
+    const { client, events } = makeClient();
+    await flush();
+    const socket = FakeWebSocket.last;
+    socket.open();
+    socket.receive({ type: 'welcome', version: 1, node: 'n', shard: 0, ping_interval_ms: 25_000 });
+    socket.receive({ type: 'gap', channel: 'news' });
+    expect(eventsNamed(events, 'gap')).toEqual([{ channel: 'news' }]);
     expect(client.state).toBe('connected');
     expect(eventsNamed(events, 'error')).toHaveLength(0);
     client.close();
