@@ -43,6 +43,13 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let mut signals = match ShutdownSignals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot install signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         let gw = match gateway::start(config, fd_limit).await {
             Ok(gw) => gw,
             Err(e) => {
@@ -50,7 +57,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let signal = wait_for_signal().await;
+        let signal = signals.recv().await;
         info!(signal, "shutting down");
         gw.shutdown().await;
         ExitCode::SUCCESS
@@ -68,15 +75,27 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the process can still be killed; just run.
-        std::future::pending::<()>().await;
-        return "none";
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT handlers. Installed before the gateway announces it is
+/// listening: a signal that arrives before its handler would kill the process
+/// outright, without a drain (an orchestrator may stop a pod right after start).
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
