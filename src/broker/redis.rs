@@ -219,6 +219,17 @@ impl Broker for RedisBroker {
     }
 }
 
+/// What a probe publication found out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// Our subscriber got it: the subscriptions are in place.
+    Received,
+    /// Redis delivered it to nobody: our subscriber connection has lost them.
+    NotReceived,
+    /// No answer (timeout, error): nothing learned.
+    Failed,
+}
+
 /// Owns the set of wanted channels and keeps the subscriber connection subscribed
 /// to exactly that set. One task, so SUBSCRIBE and UNSUBSCRIBE of a channel are
 /// never reordered.
@@ -282,12 +293,19 @@ impl SubscriptionKeeper {
             self.complete = false;
             self.lost |= self.synced_once;
         }
-        if self.complete && self.probe().await {
+        let probe = if self.complete {
+            self.probe().await
+        } else {
+            Probe::Failed
+        };
+        if probe == Probe::Received {
             self.in_sync.store(true, Ordering::Release);
             return;
         }
-        // Subscriptions missing on a live connection (a reconnect not yet reported).
-        self.lost |= self.synced_once && self.complete;
+        // Redis answered that nobody got the probe: this connection lost its
+        // subscriptions (a reconnect not reported yet). A probe that merely failed or
+        // was slow proves nothing, and must not announce a gap.
+        self.lost |= self.synced_once && probe == Probe::NotReceived;
         self.in_sync.store(false, Ordering::Release);
         let mut all: Vec<Arc<str>> = self.wanted.iter().cloned().collect();
         if !all.is_empty() {
@@ -297,7 +315,7 @@ impl SubscriptionKeeper {
         all.push(self.probe_channel.clone());
         self.complete = true;
         self.send(all, true).await;
-        let verified = self.complete && self.probe().await;
+        let verified = self.complete && self.probe().await == Probe::Received;
         self.in_sync.store(verified, Ordering::Release);
         if verified {
             if std::mem::take(&mut self.lost) {
@@ -308,8 +326,8 @@ impl SubscriptionKeeper {
         }
     }
 
-    /// Publishes to the probe channel; true if this instance's subscriber got it.
-    async fn probe(&self) -> bool {
+    /// Publishes to the probe channel and says whether this instance's subscriber got it.
+    async fn probe(&self) -> Probe {
         let topic = format!("{}{}", self.prefix, self.probe_channel);
         let publish = async {
             let receivers: Result<i64, _> = if self.cluster {
@@ -319,7 +337,11 @@ impl SubscriptionKeeper {
             };
             receivers
         };
-        matches!(tokio::time::timeout(PROBE_TIMEOUT, publish).await, Ok(Ok(n)) if n >= 1)
+        match tokio::time::timeout(PROBE_TIMEOUT, publish).await {
+            Ok(Ok(n)) if n >= 1 => Probe::Received,
+            Ok(Ok(_)) => Probe::NotReceived,
+            _ => Probe::Failed,
+        }
     }
 
     async fn apply(&mut self, batch: Vec<SubscriptionCommand>) {
