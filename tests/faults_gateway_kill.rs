@@ -78,10 +78,7 @@ async fn killed_gateway_clients_come_back_through_nginx_on_the_others() {
         "--instance-ttl",
         "1s",
     ];
-    let mut gws: Vec<Option<Gateway>> = (0..3).map(|_| Some(Gateway::start(&args))).collect();
-    for gw in gws.iter().flatten() {
-        gw.wait_ready(200).await;
-    }
+    let mut gws = ready_gateways(3, &args).await;
     let upstreams: Vec<SocketAddr> = gws.iter().flatten().map(|g| g.ws).collect();
     let proxy = Nginx::start(&upstreams);
 
@@ -184,10 +181,7 @@ async fn rust_clients_reconnect_and_resubscribe_through_nginx_after_a_kill() {
     const CLIENTS: usize = 20;
     let redis = RedisServer::start();
     let args = ["--redis", &redis.url()];
-    let mut gws: Vec<Option<Gateway>> = (0..3).map(|_| Some(Gateway::start(&args))).collect();
-    for gw in gws.iter().flatten() {
-        gw.wait_ready(200).await;
-    }
+    let mut gws = ready_gateways(3, &args).await;
     let proxy = Nginx::start(&gws.iter().flatten().map(|g| g.ws).collect::<Vec<_>>());
     let url = format!("ws://{}/ws", proxy.addr);
     let policy = ReconnectPolicy {

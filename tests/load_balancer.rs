@@ -115,10 +115,7 @@ async fn nginx_keeps_clients_sticky_and_moves_them_when_a_gateway_leaves() {
         "--drain-window",
         "500ms",
     ];
-    let mut gws: Vec<Option<Gateway>> = (0..3).map(|_| Some(Gateway::start(&args))).collect();
-    for gw in gws.iter().flatten() {
-        gw.wait_ready(200).await;
-    }
+    let mut gws = ready_gateways(3, &args).await;
     let proxy = Nginx::start(&gws.iter().flatten().map(|g| g.ws).collect::<Vec<_>>());
 
     // Two clients from each of 12 source addresses: both land on the same gateway.

@@ -874,3 +874,13 @@ pub async fn connect_via(
         .map(|v| v.split(';').next().unwrap_or("").to_owned());
     Ok((Client::after_upgrade(ws, Encoding::Json).await, set_cookie))
 }
+
+/// Starts `n` gateways with the same arguments and waits until each is ready. Each is
+/// an `Option` so a test can take one out to stop or kill it.
+pub async fn ready_gateways(n: usize, args: &[&str]) -> Vec<Option<Gateway>> {
+    let gws: Vec<Option<Gateway>> = (0..n).map(|_| Some(Gateway::start(args))).collect();
+    for gw in gws.iter().flatten() {
+        gw.wait_ready(200).await;
+    }
+    gws
+}
