@@ -11,17 +11,18 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::acceptor::Acceptor;
+use crate::admin::cluster::ClusterView;
 use crate::admin::{self, AdminContext};
+use crate::admission::acceptor::Acceptor;
+use crate::admission::fd_budget::{count_open_fds, resident_memory_bytes, FdBudget};
+use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
-use crate::broker::{Broker, BrokerError, BrokerSink};
-use crate::cluster::{ClusterRegistry, ClusterView};
+use crate::broker::{Broker, BrokerError, BrokerMetrics, BrokerSink};
 use crate::config::Config;
-use crate::fd_budget::{count_open_fds, resident_memory_bytes, FdBudget};
+use crate::fanout::publisher::Publisher;
+use crate::fanout::router::{self, RouterHandle};
 use crate::metrics::Metrics;
-use crate::publisher::Publisher;
-use crate::router::{self, RouterHandle};
 use crate::shard::{self, ShardCommand, ShardDeps, ShardHandle};
 use crate::state::GatewayState;
 
@@ -73,7 +74,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     let state = Arc::new(GatewayState::new(config.node_id(), shard_count));
     let budget = Arc::new(FdBudget::new(fd_limit, config.fd_reserve));
     let (router_handle, router_rx) = RouterHandle::channel();
-    let (broker, registry) = make_broker(&config, &state, BrokerSink::new(router_handle.clone()), &metrics)?;
+    let BrokerParts { broker, instances } = make_broker(&config, &state, Arc::new(router_handle.clone()), &metrics)?;
     let publisher = Publisher::new(router_handle.clone(), broker.clone());
     // Not ready until the broker says so (a Redis broker starts disconnected).
     state.set_broker_up(broker.is_ready());
@@ -114,7 +115,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     }
     metrics.max_connections.set(config.max_connections as i64);
     let cluster = ClusterView::new(
-        registry,
+        instances,
         state.clone(),
         metrics.clone(),
         ws_addr,
@@ -225,15 +226,26 @@ impl RunningGateway {
     }
 }
 
-/// The broker and cluster registry the configuration asks for.
+/// What connects an instance to the others.
+struct BrokerParts {
+    broker: Arc<dyn Broker>,
+    instances: Box<dyn InstanceRegistry>,
+}
+
+/// The broker and instance registry the configuration asks for.
 fn make_broker(
     config: &Config,
     state: &GatewayState,
-    sink: BrokerSink,
-    metrics: &Arc<Metrics>,
-) -> Result<(Arc<dyn Broker>, ClusterRegistry), GatewayError> {
+    sink: Arc<dyn BrokerSink>,
+    metrics: &Metrics,
+) -> Result<BrokerParts, GatewayError> {
     let Some(url) = &config.redis else {
-        return Ok((Arc::new(InProcessBroker::standalone(sink)), ClusterRegistry::Local));
+        // Nobody else to reach: what other instances publish never comes, so the sink goes unused.
+        drop(sink);
+        return Ok(BrokerParts {
+            broker: Arc::new(InProcessBroker::standalone()),
+            instances: Box::new(LocalInstances),
+        });
     };
     let settings = RedisSettings {
         url: url.clone(),
@@ -242,12 +254,20 @@ fn make_broker(
         origin: state.node_id.clone(),
         max_payload: config.max_message_bytes,
     };
-    let broker = RedisBroker::start(settings, sink, metrics.clone())?;
-    let registry = ClusterRegistry::Redis {
-        client: broker.client(),
-        tag: format!("{{{}}}", config.redis_prefix),
-    };
-    Ok((broker, registry))
+    let broker = RedisBroker::start(settings, sink, broker_metrics(metrics))?;
+    let instances = Box::new(broker.instances());
+    Ok(BrokerParts { broker, instances })
+}
+
+/// The series of the registry that a broker updates.
+fn broker_metrics(metrics: &Metrics) -> BrokerMetrics {
+    BrokerMetrics {
+        received: metrics.redis_messages_received.clone(),
+        dropped_bad_payload: metrics.messages_dropped.with_label_values(&["bad_payload"]),
+        dropped_lagged: metrics.messages_dropped.with_label_values(&["broker_lag"]),
+        reconnects: metrics.redis_reconnects.clone(),
+        subscriptions: metrics.redis_subscriptions.clone(),
+    }
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {

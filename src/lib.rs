@@ -2,40 +2,44 @@
 //!
 //! # Layout
 //!
-//! Layers, from the socket up; each knows only the one below it:
+//! The layers, from the socket down; each imports only from layers below it:
 //!
-//! - [`ws`]: the WebSocket transport (upgrade, RFC 6455 frames) over raw sockets.
-//! - [`connection`]: one connection's record: its socket, its bounded outbound queue.
-//! - [`channel_table`]: a shard's channel-to-subscribers index.
-//! - [`shard`]: one thread and event loop owning connections and a channel table;
-//!   it runs the protocol ([`shardcast_proto`]) on its connections' frames.
-//! - [`router`]: which shards want which channel; numbers and routes publications.
-//! - [`broker`]: how instances share publications (in-process, or Redis).
-//! - [`publisher`]: the one path every publish takes (local router + broker).
+//! - [`admission`]: the public listener; refuses what the descriptor budget or the
+//!   connection cap cannot take, and hands the rest to a shard.
+//! - [`shard`]: one thread and event loop owning connections
+//!   ([`shard::connection`]) and a channel index ([`shard::channel_table`]); it
+//!   runs the protocol ([`shardcast_proto`]) on its connections' frames.
+//! - [`fanout`]: the publish path: the [`fanout::publisher`] every publish takes,
+//!   the [`fanout::router`] that knows which shards want which channel, and the
+//!   [`fanout::publication`] built once and shared by every subscriber. The router
+//!   reaches the shards through a trait the shard layer implements.
+//! - [`broker`]: how instances share publications (in-process, Redis, Redis
+//!   Cluster) and find each other ([`broker::instances`]). It knows channels and
+//!   payloads only, and emits [`broker::BrokerEvent`]s to a sink the router
+//!   implements.
 //!
-//! Around them: [`acceptor`] (admission and hand-off to shards), [`admin`] (HTTP
-//! API, health, metrics), [`cluster`] (live instances and their connection counts), [`fd_budget`] (descriptor headroom), [`metrics`],
-//! [`state`] (lock-free shared counters), [`config`], and [`gateway`], which
-//! assembles an instance and drains it.
+//! Beside them, used by any layer and importing none: [`ws`] (the WebSocket
+//! transport: upgrade and RFC 6455 frames over raw sockets), [`payload`] (a
+//! publication's validated data), [`metrics`], [`state`] (lock-free shared
+//! counters) and [`config`]. On top: [`admin`] (the admin port: HTTP API, health,
+//! metrics, the cluster view) and [`gateway`], which wires an instance together
+//! and drains it.
 //!
-//! Threads talk only through flume channels and atomics; nothing on the publish
-//! path takes a lock.
+//! Threads talk only through flume channels and atomics. Nothing on the publish
+//! path takes a lock of ours (flume's queues synchronise internally): the
+//! in-process broker is a thread fed by a channel, and a standalone gateway's
+//! broker does nothing at all.
 
 #![warn(missing_docs)]
 
-pub mod acceptor;
 pub mod admin;
+pub mod admission;
 pub mod broker;
-pub mod channel_table;
-pub mod cluster;
 pub mod config;
-pub mod connection;
-pub mod fd_budget;
+pub mod fanout;
 pub mod gateway;
 pub mod metrics;
-pub mod publication;
-pub mod publisher;
-pub mod router;
+pub mod payload;
 pub mod shard;
 pub mod state;
 pub mod ws;

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
+use shardcast::admission::fd_budget::raise_nofile_limit;
 use shardcast::config::{Config, ConfigError, LogFormat};
-use shardcast::fd_budget::raise_nofile_limit;
 use shardcast::gateway;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;

@@ -15,7 +15,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use shardcast::publication::Payload;
+use shardcast::payload::Payload;
 use shardcast::ws::frame::{read_frames, Flow, Fragments, FrameError, Incoming};
 use shardcast::ws::handshake::{parse_request, upgrade_response, PublicRequest, WsPaths};
 use shardcast_proto::redis::{decode_redis_payload, encode_redis_payload, raw_payload_json, RedisPayload};

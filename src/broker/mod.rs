@@ -1,11 +1,14 @@
-//! The broker seam: how instances share publications. A broker knows channels and
-//! payloads only; it never sees connections or shards. The router subscribes a
-//! channel on the broker while any local socket wants it, and the broker hands what
-//! other instances publish to a [`BrokerSink`].
+//! The broker seam: how instances share publications. The lowest layer: a broker
+//! knows channels and payloads only and imports nothing of the gateway above it
+//! (no shard, router, frame or WebSocket type). The router subscribes a channel on
+//! the broker while any local socket wants it, and the broker hands what other
+//! instances publish, as [`BrokerEvent`]s, to a [`BrokerSink`] that the layer above
+//! implements.
 //!
 //! A broker never echoes an instance's own publications back to it: the instance
 //! that takes a publish delivers locally itself, so no subscriber gets it twice.
 
+pub mod instances;
 pub mod memory;
 pub mod redis;
 
@@ -13,8 +16,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::publication::Payload;
-use crate::router::RouterHandle;
+use prometheus::{IntCounter, IntGauge};
+
+use crate::payload::Payload;
 
 /// A broker operation in flight.
 pub type BrokerFuture = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
@@ -44,24 +48,57 @@ pub trait Broker: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-/// Where a broker delivers what other instances published.
+/// What a broker hands up to the instance. Non-exhaustive: history and presence
+/// add their own events here, and whoever consumes them must say what it does with
+/// an event it does not know.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BrokerEvent {
+    /// Another instance published on a channel this instance subscribed.
+    Publication {
+        /// The channel.
+        channel: Arc<str>,
+        /// The data.
+        payload: Payload,
+    },
+    /// Publications from other instances may have been lost (the broker's
+    /// subscription was down, or its receiver fell behind), on any channel.
+    Gap,
+}
+
+/// Where a broker delivers its events: implemented by the layer above (the
+/// router), so the broker never names it. Called from the broker's own tasks and
+/// threads, so it must only hand the event on, never block.
+pub trait BrokerSink: Send + Sync + 'static {
+    /// Takes one event.
+    fn event(&self, event: BrokerEvent);
+}
+
+/// The metric series a broker updates, resolved by whoever owns the registry, so
+/// the broker depends on prometheus's types and nothing of the gateway's.
 #[derive(Clone)]
-pub struct BrokerSink(RouterHandle);
+pub struct BrokerMetrics {
+    /// Messages received from Redis (probe messages excluded).
+    pub received: IntCounter,
+    /// Payloads dropped as malformed or oversized.
+    pub dropped_bad_payload: IntCounter,
+    /// Messages lost because the receiver fell behind.
+    pub dropped_lagged: IntCounter,
+    /// Reconnects of the subscriber connection.
+    pub reconnects: IntCounter,
+    /// Channels this instance wants subscribed.
+    pub subscriptions: IntGauge,
+}
 
-impl BrokerSink {
-    /// A sink feeding the given router.
-    pub fn new(router: RouterHandle) -> BrokerSink {
-        BrokerSink(router)
-    }
-
-    /// Hands over one publication received from another instance.
-    pub fn deliver(&self, channel: Arc<str>, payload: Payload) {
-        self.0.deliver_remote(channel, payload);
-    }
-
-    /// Publications from other instances may have been lost (the broker's subscription
-    /// was down, or its receiver fell behind): every subscriber is told, per channel.
-    pub fn gap(&self) {
-        self.0.gap();
+impl BrokerMetrics {
+    /// Series registered nowhere: for brokers built outside a gateway (tests).
+    pub fn unregistered() -> Result<BrokerMetrics, prometheus::Error> {
+        Ok(BrokerMetrics {
+            received: IntCounter::new("received", "received")?,
+            dropped_bad_payload: IntCounter::new("dropped_bad_payload", "dropped")?,
+            dropped_lagged: IntCounter::new("dropped_lagged", "dropped")?,
+            reconnects: IntCounter::new("reconnects", "reconnects")?,
+            subscriptions: IntGauge::new("subscriptions", "subscriptions")?,
+        })
     }
 }

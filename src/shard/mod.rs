@@ -1,13 +1,29 @@
 //! A shard: one thread, one single-threaded tokio runtime, and everything that
-//! belongs to the connections it was handed: their records, its channel table, a
-//! scratch read buffer. Nothing here is shared with another thread; the only ways
-//! in are the [`ShardCommand`]s on its flume channel.
+//! belongs to the connections it was handed: their records ([`connection`]), its
+//! channel index ([`channel_table`]), a scratch read buffer. Nothing here is shared
+//! with another thread; the only ways in are the [`ShardCommand`]s on its flume
+//! channel.
+//!
+//! # The borrowing rule
+//!
+//! Everything that changes lives in one [`ShardState`] behind one `RefCell`, and the
+//! only place that borrows it is [`ShardCore::with`], called by the entry points
+//! alone: a command from the channel, a connection task's poll, a tick of the
+//! upkeep, a spawned task's continuation. Each runs one operation on a [`Shard`]
+//! view (the immutable [`ShardEnv`] plus `&mut ShardState`), and nothing reachable
+//! from a `Shard` can reach the `RefCell` again: the view holds no `ShardCore`, and
+//! the only handle back to it ([`Spawner`]) runs its continuation in a new task,
+//! never inside the operation. A double borrow, which would panic and take the
+//! shard's thread and all its sockets down, cannot be written.
 
+pub mod channel_table;
+pub mod connection;
 mod session;
 mod task;
 mod upkeep;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -19,16 +35,16 @@ use shardcast_proto::{encode_server, Encoding, ServerFrame};
 use slab::Slab;
 use tracing::{debug, error};
 
-use crate::channel_table::ChannelTable;
 use crate::config::Config;
-use crate::connection::{Connection, Disconnect, Sent};
+use crate::fanout::publication::Publication;
+use crate::fanout::publisher::Publisher;
+use crate::fanout::router::{RouterHandle, ShardMail, ShardMailbox};
 use crate::metrics::Metrics;
-use crate::publication::Publication;
-use crate::publisher::Publisher;
-use crate::router::RouterHandle;
 use crate::state::GatewayState;
 use crate::ws::frame::data_frame;
 use crate::ws::handshake::WsPaths;
+use channel_table::ChannelTable;
+use connection::{Connection, Disconnect, Sent};
 
 /// Size of the per-shard read buffer every connection reads into.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -76,6 +92,17 @@ impl ShardHandle {
     }
 }
 
+impl ShardMailbox for ShardHandle {
+    fn send_mail(&self, mail: ShardMail) -> bool {
+        let cmd = match mail {
+            ShardMail::Publication(p) => ShardCommand::Deliver(p),
+            ShardMail::InterestConfirmed { channel, result } => ShardCommand::InterestConfirmed { channel, result },
+            ShardMail::Gap => ShardCommand::Gap,
+        };
+        self.send(cmd).is_ok()
+    }
+}
+
 /// What a shard needs from the rest of the gateway.
 pub struct ShardDeps {
     /// Limits and timeouts.
@@ -103,18 +130,20 @@ pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::t
         };
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
-            let core = Rc::new_cyclic(|me| ShardCore::new(id, deps, me.clone()));
+            let core = Rc::new_cyclic(|me| ShardCore::new(id, deps, Spawner(me.clone())));
             tokio::task::spawn_local(upkeep::run(core.clone()));
             while let Ok(cmd) = rx.recv_async().await {
                 match cmd {
                     ShardCommand::Adopt(stream, peer) => {
                         tokio::task::spawn_local(task::handshake(core.clone(), stream, peer));
                     }
-                    ShardCommand::Deliver(publication) => core.fan_out(&publication),
-                    ShardCommand::Gap => core.announce_gap(),
-                    ShardCommand::InterestConfirmed { channel, result } => core.interest_confirmed(&channel, result),
+                    ShardCommand::Deliver(publication) => core.with(|shard| shard.fan_out(&publication)),
+                    ShardCommand::Gap => core.with(|shard| shard.announce_gap()),
+                    ShardCommand::InterestConfirmed { channel, result } => {
+                        core.with(|shard| shard.interest_confirmed(&channel, result))
+                    }
                     ShardCommand::Drain { window } => {
-                        core.draining.set(true);
+                        core.with(|shard| shard.st.draining = true);
                         tokio::task::spawn_local(upkeep::drain(core.clone(), window));
                     }
                     ShardCommand::Stop => break,
@@ -136,29 +165,66 @@ struct ShardMetrics {
     lag: Histogram,
 }
 
-/// Everything one shard owns. Lives on the shard thread behind an `Rc`; the
-/// `RefCell`s are never held across an await.
-pub struct ShardCore {
+/// Starts tasks that continue an operation later, with the shard in hand. The one
+/// way back from a [`Shard`] to its [`ShardCore`]: the continuation runs in its own
+/// task, after the operation that spawned it has released the state.
+pub(crate) struct Spawner(Weak<ShardCore>);
+
+impl Spawner {
+    /// Runs `continuation` in a new task on this shard (if the shard still exists).
+    pub(crate) fn spawn<F, Fut>(&self, continuation: F)
+    where
+        F: FnOnce(Rc<ShardCore>) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let me = self.0.clone();
+        tokio::task::spawn_local(async move {
+            if let Some(core) = me.upgrade() {
+                continuation(core).await;
+            }
+        });
+    }
+}
+
+/// What a shard knows and never changes after it starts.
+pub struct ShardEnv {
     id: usize,
     config: Arc<Config>,
-    conns: RefCell<Slab<Connection>>,
-    table: RefCell<ChannelTable>,
-    scratch: RefCell<Box<[u8]>>,
     router: RouterHandle,
     publisher: Publisher,
     metrics: Arc<Metrics>,
     shard_metrics: ShardMetrics,
     state: Arc<GatewayState>,
     started: Instant,
-    next_id: Cell<u64>,
-    draining: Cell<bool>,
     welcome: [Bytes; 2],
-    /// This core's own `Rc`, for tasks it spawns.
-    me: Weak<ShardCore>,
+    spawner: Spawner,
+}
+
+/// Everything about a shard that changes: borrowed once per operation (see the
+/// module's borrowing rule).
+pub struct ShardState {
+    conns: Slab<Connection>,
+    table: ChannelTable,
+    scratch: Box<[u8]>,
+    next_id: u64,
+    draining: bool,
+}
+
+/// One shard, shared by its tasks on the shard thread behind an `Rc`.
+pub struct ShardCore {
+    env: ShardEnv,
+    state: RefCell<ShardState>,
+}
+
+/// One operation's access to a shard: the environment, and the state borrowed
+/// mutably for the operation's length.
+pub(crate) struct Shard<'a> {
+    env: &'a ShardEnv,
+    st: &'a mut ShardState,
 }
 
 impl ShardCore {
-    fn new(id: usize, deps: ShardDeps, me: Weak<ShardCore>) -> ShardCore {
+    fn new(id: usize, deps: ShardDeps, spawner: Spawner) -> ShardCore {
         let label = id.to_string();
         let m = &deps.metrics;
         let shard_metrics = ShardMetrics {
@@ -179,24 +245,39 @@ impl ShardCore {
             data_frame(enc, &encode_server(enc, &frame))
         });
         ShardCore {
-            id,
-            config: deps.config,
-            conns: RefCell::new(Slab::new()),
-            table: RefCell::new(ChannelTable::new()),
-            scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
-            router: deps.router,
-            publisher: deps.publisher,
-            metrics: deps.metrics,
-            shard_metrics,
-            state: deps.state,
-            started: Instant::now(),
-            next_id: Cell::new(1),
-            draining: Cell::new(false),
-            welcome,
-            me,
+            env: ShardEnv {
+                id,
+                config: deps.config,
+                router: deps.router,
+                publisher: deps.publisher,
+                metrics: deps.metrics,
+                shard_metrics,
+                state: deps.state,
+                started: Instant::now(),
+                welcome,
+                spawner,
+            },
+            state: RefCell::new(ShardState {
+                conns: Slab::new(),
+                table: ChannelTable::new(),
+                scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
+                next_id: 1,
+                draining: false,
+            }),
         }
     }
 
+    /// Runs one operation on the shard: the only place its state is borrowed.
+    fn with<R>(&self, operation: impl FnOnce(&mut Shard<'_>) -> R) -> R {
+        let mut st = self.state.borrow_mut();
+        operation(&mut Shard {
+            env: &self.env,
+            st: &mut st,
+        })
+    }
+}
+
+impl ShardEnv {
     /// The WebSocket paths of the public port.
     fn ws_paths(&self) -> WsPaths<'_> {
         WsPaths {
@@ -215,67 +296,9 @@ impl ShardCore {
         self.now().saturating_add((d.as_millis() / 100) as u32 + 1)
     }
 
-    /// Writes one publication to every local subscriber of its channel: the same
-    /// frame bytes for every subscriber of an encoding, no allocation per subscriber.
-    fn fan_out(&self, publication: &Publication) {
-        let start = Instant::now();
-        let table = self.table.borrow();
-        let Some(lists) = table.subscribers(&publication.channel) else {
-            publication.shard_done(0);
-            return;
-        };
-        let mut conns = self.conns.borrow_mut();
-        let limit = self.config.max_queue_bytes;
-        let deadline = self.after(self.config.close_timeout);
-        let mut reached = 0usize;
-        for enc in Encoding::ALL {
-            let list = &lists[enc.index()];
-            if list.is_empty() {
-                continue;
-            }
-            let frame = publication.frame(enc);
-            for s in list {
-                let Some(conn) = conns.get_mut(s.conn as usize) else {
-                    continue;
-                };
-                match conn.send(frame, limit) {
-                    Sent::Written | Sent::Queued => reached += 1,
-                    Sent::Overflow => self.close_slow_consumer(conn, deadline),
-                    Sent::Closed => {}
-                }
-            }
-        }
-        self.shard_metrics.delivered.inc_by(reached as u64);
-        self.shard_metrics.fanout.observe(start.elapsed().as_secs_f64());
-        publication.shard_done(reached);
-    }
-
-    /// Sends a `gap` frame to every subscriber of every live channel on this shard,
-    /// each channel's frame built once per encoding.
-    fn announce_gap(&self) {
-        let table = self.table.borrow();
-        let mut conns = self.conns.borrow_mut();
-        let limit = self.config.max_queue_bytes;
-        let deadline = self.after(self.config.close_timeout);
-        for (name, lists) in table.active_channels() {
-            for enc in Encoding::ALL {
-                let list = &lists[enc.index()];
-                if list.is_empty() {
-                    continue;
-                }
-                let gap = ServerFrame::Gap {
-                    channel: name.to_owned(),
-                };
-                let frame = data_frame(enc, &encode_server(enc, &gap));
-                for s in list {
-                    if let Some(conn) = conns.get_mut(s.conn as usize) {
-                        if conn.send(&frame, limit) == Sent::Overflow {
-                            self.close_slow_consumer(conn, deadline);
-                        }
-                    }
-                }
-            }
-        }
+    /// When a close started now must be complete.
+    fn close_deadline(&self) -> u32 {
+        self.after(self.config.close_timeout)
     }
 
     /// Closes a connection whose queue overflowed with the slow-consumer code; what
@@ -290,27 +313,94 @@ impl ShardCore {
         self.shard_metrics.dropped_slow.inc_by(dropped as u64);
     }
 
-    /// Removes a finished connection and everything it held.
-    fn remove(&self, key: usize) {
-        let Some(conn) = self.conns.borrow_mut().try_remove(key) else {
+    /// Queues `frame` for `conn` under the queue limit; an overflow closes it.
+    fn send_or_close(&self, conn: &mut Connection, frame: &Bytes, deadline: u32) -> Sent {
+        let sent = conn.send(frame, self.config.max_queue_bytes);
+        if sent == Sent::Overflow {
+            self.close_slow_consumer(conn, deadline);
+        }
+        sent
+    }
+}
+
+impl Shard<'_> {
+    /// Writes one publication to every local subscriber of its channel: the same
+    /// frame bytes for every subscriber of an encoding, no allocation per subscriber.
+    fn fan_out(&mut self, publication: &Publication) {
+        let env = self.env;
+        let start = Instant::now();
+        let ShardState { table, conns, .. } = &mut *self.st;
+        let Some(lists) = table.subscribers(&publication.channel) else {
+            publication.shard_done(0);
             return;
         };
-        let mut emptied = Vec::new();
-        {
-            let mut table = self.table.borrow_mut();
-            emptied.extend(conn.subs.iter().filter_map(|sub| table.unsubscribe(*sub)));
-            self.shard_metrics.subscriptions.set(table.subscription_count() as i64);
+        let deadline = env.close_deadline();
+        let mut reached = 0usize;
+        for enc in Encoding::ALL {
+            let list = &lists[enc.index()];
+            if list.is_empty() {
+                continue;
+            }
+            let frame = publication.frame(enc);
+            for s in list {
+                if let Some(conn) = conns.get_mut(s.conn as usize) {
+                    if matches!(env.send_or_close(conn, frame, deadline), Sent::Written | Sent::Queued) {
+                        reached += 1;
+                    }
+                }
+            }
         }
-        for channel in emptied {
-            self.channel_emptied(channel);
+        env.shard_metrics.delivered.inc_by(reached as u64);
+        env.shard_metrics.fanout.observe(start.elapsed().as_secs_f64());
+        publication.shard_done(reached);
+    }
+
+    /// Sends a `gap` frame to every subscriber of every live channel on this shard,
+    /// each channel's frame built once per encoding.
+    fn announce_gap(&mut self) {
+        let env = self.env;
+        let ShardState { table, conns, .. } = &mut *self.st;
+        let deadline = env.close_deadline();
+        for (name, lists) in table.active_channels() {
+            for enc in Encoding::ALL {
+                let list = &lists[enc.index()];
+                if list.is_empty() {
+                    continue;
+                }
+                let gap = ServerFrame::Gap {
+                    channel: name.to_owned(),
+                };
+                let frame = data_frame(enc, &encode_server(enc, &gap));
+                for s in list {
+                    if let Some(conn) = conns.get_mut(s.conn as usize) {
+                        env.send_or_close(conn, &frame, deadline);
+                    }
+                }
+            }
         }
+    }
+
+    /// Removes a finished connection and everything it held.
+    fn remove(&mut self, key: usize) {
+        let env = self.env;
+        let Some(conn) = self.st.conns.try_remove(key) else {
+            return;
+        };
+        for sub in &conn.subs {
+            if let Some(channel) = self.st.table.unsubscribe(*sub) {
+                self.channel_emptied(channel);
+            }
+        }
+        env.shard_metrics
+            .subscriptions
+            .set(self.st.table.subscription_count() as i64);
         let why = conn.disconnect.unwrap_or(Disconnect::Eof);
-        self.metrics.disconnections.with_label_values(&[why.label()]).inc();
-        self.shard_metrics.connections.dec();
-        self.state.add_connection(self.id, -1);
-        self.state.add_socket(self.id, -1);
+        env.metrics.disconnections.with_label_values(&[why.label()]).inc();
+        env.shard_metrics.connections.dec();
+        env.state.add_connection(env.id, -1);
+        env.state.add_socket(env.id, -1);
         debug!(
-            shard = self.id,
+            shard = env.id,
             conn = conn.id,
             reason = why.label(),
             "connection closed"

@@ -16,8 +16,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::ShardCore;
-use crate::connection::{Connection, Disconnect, Phase, ReadState};
+use super::connection::{Connection, Disconnect, Phase, ReadState};
+use super::{Shard, ShardCore};
 use crate::ws::frame::read_frames;
 use crate::ws::handshake::{
     error_body, http_response, parse_request, upgrade_response, PublicRequest, WsPaths, MAX_REQUEST_HEAD,
@@ -37,39 +37,48 @@ pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, 
         }
     };
     let Some((stream, encoding, echo)) = upgraded else {
-        core.state.add_socket(core.id, -1);
+        core.env.state.add_socket(core.env.id, -1);
         return;
     };
-    let id = core.next_id.get();
-    core.next_id.set(id + 1);
-    let mut conn = Connection::new(id, stream, encoding, core.now());
-    conn.echo = echo;
-    if !echo {
-        conn.send(&core.welcome[encoding.index()], usize::MAX);
-    }
-    if core.draining.get() {
-        // The upgrade finished just as the drain began: this socket missed the batch.
-        let deadline = core.after(core.config.close_timeout);
-        let reason = shardcast_proto::close::reason_with_retry("going away", 0);
-        conn.close(
-            shardcast_proto::close::GOING_AWAY,
-            &reason,
-            Disconnect::GoingAway,
-            deadline,
-        );
-    }
-    let key = core.conns.borrow_mut().insert(conn);
-    core.shard_metrics.connections.inc();
-    core.state.add_connection(core.id, 1);
-    debug!(shard = core.id, conn = id, %peer, ?encoding, "connection open");
+    let (key, id) = core.with(|shard| shard.adopt(stream, encoding, echo));
+    debug!(shard = core.env.id, conn = id, %peer, ?encoding, "connection open");
     tokio::task::spawn_local(ConnectionTask { core, key, id });
+}
+
+impl Shard<'_> {
+    /// Registers an upgraded socket; returns its slab key and id.
+    fn adopt(&mut self, stream: TcpStream, encoding: Encoding, echo: bool) -> (usize, u64) {
+        let env = self.env;
+        let id = self.st.next_id;
+        self.st.next_id += 1;
+        let mut conn = Connection::new(id, stream, encoding, env.now());
+        conn.echo = echo;
+        if !echo {
+            conn.send(&env.welcome[encoding.index()], usize::MAX);
+        }
+        if self.st.draining {
+            // The upgrade finished just as the drain began: this socket missed the batch.
+            let reason = shardcast_proto::close::reason_with_retry("going away", 0);
+            conn.close(
+                shardcast_proto::close::GOING_AWAY,
+                &reason,
+                Disconnect::GoingAway,
+                env.close_deadline(),
+            );
+        }
+        let key = self.st.conns.insert(conn);
+        env.shard_metrics.connections.inc();
+        env.state.add_connection(env.id, 1);
+        (key, id)
+    }
 }
 
 /// Reads the request head and answers it; returns the socket if it is now a
 /// WebSocket, with its encoding and whether it is an echo connection.
 async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, Encoding, bool)> {
-    let refused = |reason: &str| core.metrics.connections_refused.with_label_values(&[reason]).inc();
-    let head = tokio::time::timeout(core.config.handshake_timeout, read_head(&stream, core.ws_paths())).await;
+    let env = &core.env;
+    let refused = |reason: &str| env.metrics.connections_refused.with_label_values(&[reason]).inc();
+    let head = tokio::time::timeout(env.config.handshake_timeout, read_head(&stream, env.ws_paths())).await;
     let response = match head {
         Err(_) => {
             refused("handshake_timeout");
@@ -79,7 +88,7 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, 
             refused("bad_handshake");
             http_response(status, None, &error_body("bad_request", "malformed HTTP request"))
         }
-        Ok(Ok(PublicRequest::Upgrade { .. })) if core.draining.get() || core.state.is_draining() => {
+        Ok(Ok(PublicRequest::Upgrade { .. })) if core.with(|shard| shard.st.draining) || env.state.is_draining() => {
             refused("draining");
             http_response(503, Some(5), &error_body("unavailable", "this instance is draining"))
         }
@@ -96,8 +105,8 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, 
             };
         }
         Ok(Ok(PublicRequest::Health { ready_probe })) => {
-            let up = !ready_probe || core.state.is_ready();
-            let body = serde_json::json!({ "ok": up, "node": core.state.node_id }).to_string();
+            let up = !ready_probe || env.state.is_ready();
+            let body = serde_json::json!({ "ok": up, "node": env.state.node_id }).to_string();
             http_response(if up { 200 } else { 503 }, None, &body)
         }
         Ok(Ok(PublicRequest::Reject { status, message })) => {
@@ -145,7 +154,7 @@ impl Future for ConnectionTask {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let ConnectionTask { core, key, id } = &*self;
-        core.poll_connection(*key, *id, cx)
+        core.with(|shard| shard.poll_connection(*key, *id, cx))
     }
 }
 
@@ -159,8 +168,9 @@ enum Step {
     Gone,
 }
 
-impl ShardCore {
-    fn poll_connection(&self, key: usize, id: u64, cx: &mut Context<'_>) -> Poll<()> {
+impl Shard<'_> {
+    fn poll_connection(&mut self, key: usize, id: u64, cx: &mut Context<'_>) -> Poll<()> {
+        let env = self.env;
         for _ in 0..READS_PER_POLL {
             match self.poll_writes(key, id, cx) {
                 Step::Read => {}
@@ -170,31 +180,39 @@ impl ShardCore {
                 }
                 Step::Gone => return Poll::Ready(()),
             }
-            let mut scratch = self.scratch.borrow_mut();
-            let read_state = {
-                let mut conns = self.conns.borrow_mut();
-                let Some(conn) = conns.get_mut(key) else {
-                    return Poll::Ready(());
-                };
-                match conn.poll_read(cx, &mut scratch) {
-                    Poll::Pending => return Poll::Pending,
+            // The scratch buffer leaves the state while the frames read into it are
+            // handled (they need the state); it is put back after.
+            let mut scratch = std::mem::take(&mut self.st.scratch);
+            let read = match self.st.conns.get_mut(key) {
+                None => None,
+                Some(conn) => match conn.poll_read(cx, &mut scratch) {
+                    Poll::Pending => {
+                        self.st.scratch = scratch;
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Ok(0)) => {
                         conn.die(Disconnect::Eof);
-                        continue;
+                        Some(None)
                     }
                     Poll::Ready(Err(_)) => {
                         conn.die(Disconnect::IoError);
-                        continue;
+                        Some(None)
                     }
                     Poll::Ready(Ok(n)) => {
-                        conn.last_seen = self.now();
+                        conn.last_seen = env.now();
                         conn.pinged = false;
-                        (conn.read.take(), n)
+                        Some(Some((conn.read.take(), n)))
                     }
-                }
+                },
             };
-            let (state, n) = read_state;
-            self.process_input(key, &mut scratch[..n], state);
+            let Some(read) = read else {
+                self.st.scratch = scratch;
+                return Poll::Ready(());
+            };
+            if let Some((state, n)) = read {
+                self.process_input(key, &mut scratch[..n], state);
+            }
+            self.st.scratch = scratch;
         }
         // Fairness: a plain self-wake would put this task back in the shard's run
         // queue ahead of the I/O driver, so a flooding client could be polled over
@@ -205,9 +223,8 @@ impl ShardCore {
     }
 
     /// Flushes the queue and checks the phase.
-    fn poll_writes(&self, key: usize, id: u64, cx: &mut Context<'_>) -> Step {
-        let mut conns = self.conns.borrow_mut();
-        let Some(conn) = conns.get_mut(key).filter(|c| c.id == id) else {
+    fn poll_writes(&mut self, key: usize, id: u64, cx: &mut Context<'_>) -> Step {
+        let Some(conn) = self.st.conns.get_mut(key).filter(|c| c.id == id) else {
             return Step::Gone;
         };
         if conn.phase == Phase::Dead {
@@ -228,8 +245,9 @@ impl ShardCore {
 
     /// Parses the frames in freshly read bytes (joined to any incomplete frame kept
     /// from before) and handles each; keeps what is still incomplete.
-    fn process_input(&self, key: usize, data: &mut [u8], state: Option<Box<ReadState>>) {
-        let max = self.config.max_message_bytes;
+    fn process_input(&mut self, key: usize, data: &mut [u8], state: Option<Box<ReadState>>) {
+        let env = self.env;
+        let max = env.config.max_message_bytes;
         // Only a connection with an incomplete frame or message owns a buffer.
         let (mut pending, mut fragments) = match state {
             Some(s) => (s.pending, s.fragments),
@@ -249,8 +267,7 @@ impl ShardCore {
             }
             r
         };
-        let mut conns = self.conns.borrow_mut();
-        let Some(conn) = conns.get_mut(key) else {
+        let Some(conn) = self.st.conns.get_mut(key) else {
             return;
         };
         match result {
@@ -261,14 +278,13 @@ impl ShardCore {
                 }
             }
             Err(e) => {
-                self.metrics.client_errors.with_label_values(&[e.label()]).inc();
+                env.metrics.client_errors.with_label_values(&[e.label()]).inc();
                 let why = match e.close_code() {
                     shardcast_proto::close::MESSAGE_TOO_BIG => Disconnect::MessageTooBig,
                     shardcast_proto::close::INVALID_PAYLOAD => Disconnect::InvalidPayload,
                     _ => Disconnect::ProtocolError,
                 };
-                let deadline = self.after(self.config.close_timeout);
-                conn.close(e.close_code(), &e.to_string(), why, deadline);
+                conn.close(e.close_code(), &e.to_string(), why, env.close_deadline());
             }
         }
     }

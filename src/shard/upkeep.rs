@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use shardcast_proto::close;
 use tokio::time::sleep_until;
 
-use super::ShardCore;
-use crate::connection::{Disconnect, Phase};
+use super::connection::{Disconnect, Phase};
+use super::{Shard, ShardCore};
 use crate::ws::frame::ping_frame;
 
 /// How often the shard checks its lag and sweeps its connections.
@@ -26,25 +26,25 @@ pub(super) async fn run(core: Rc<ShardCore>) {
         let deadline = tokio::time::Instant::now() + TICK;
         sleep_until(deadline).await;
         let lag = tokio::time::Instant::now().saturating_duration_since(deadline);
-        core.shard_metrics.lag.observe(lag.as_secs_f64());
+        core.env.shard_metrics.lag.observe(lag.as_secs_f64());
         tick = tick.wrapping_add(1);
         if tick % TICKS_PER_SWEEP == 0 {
-            core.sweep();
+            core.with(|shard| shard.sweep());
         }
     }
 }
 
-impl ShardCore {
+impl Shard<'_> {
     /// Pings connections that have been quiet for a ping interval, closes those
     /// quiet past the idle timeout, and ends closings that ran out of time.
-    fn sweep(&self) {
-        let now = self.now();
-        let ping_after = (self.config.ping_interval.as_millis() / 100) as u32;
-        let idle_after = (self.config.idle_timeout.as_millis() / 100) as u32;
-        let close_deadline = self.after(self.config.close_timeout);
+    fn sweep(&mut self) {
+        let env = self.env;
+        let now = env.now();
+        let ping_after = (env.config.ping_interval.as_millis() / 100) as u32;
+        let idle_after = (env.config.idle_timeout.as_millis() / 100) as u32;
+        let close_deadline = env.close_deadline();
         let ping = ping_frame();
-        let mut conns = self.conns.borrow_mut();
-        for (_, conn) in conns.iter_mut() {
+        for (_, conn) in self.st.conns.iter_mut() {
             match conn.phase {
                 Phase::Open => {
                     let quiet = now.saturating_sub(conn.last_seen);
@@ -57,7 +57,7 @@ impl ShardCore {
                         );
                     } else if quiet >= ping_after && !conn.pinged {
                         conn.pinged = true;
-                        conn.send(&ping, self.config.max_queue_bytes);
+                        conn.send(&ping, env.config.max_queue_bytes);
                     }
                 }
                 Phase::Closing { deadline, .. } if now >= deadline => {
@@ -73,7 +73,7 @@ impl ShardCore {
 /// Closes every connection with "going away", in equal batches over `window`, so
 /// the clients of a draining instance reconnect elsewhere gradually.
 pub(super) async fn drain(core: Rc<ShardCore>, window: Duration) {
-    let keys: Vec<usize> = core.conns.borrow().iter().map(|(k, _)| k).collect();
+    let keys: Vec<usize> = core.with(|shard| shard.st.conns.iter().map(|(k, _)| k).collect());
     let steps = (window.as_millis() / TICK.as_millis()).max(1) as usize;
     let start = Instant::now();
     let mut done = 0usize;
@@ -82,21 +82,28 @@ pub(super) async fn drain(core: Rc<ShardCore>, window: Duration) {
         // done in one tick instead of waiting out the window.
         let until = (keys.len() * step).div_ceil(steps);
         if until > done {
-            let deadline = core.after(core.config.close_timeout);
-            let mut conns = core.conns.borrow_mut();
-            for &key in &keys[done..until] {
-                if let Some(conn) = conns.get_mut(key) {
-                    let retry_ms = retry_jitter_ms(core.id, conn.id);
-                    let reason = close::reason_with_retry("going away", retry_ms);
-                    conn.close(close::GOING_AWAY, &reason, Disconnect::GoingAway, deadline);
-                }
-            }
+            core.with(|shard| shard.close_going_away(&keys[done..until]));
             done = until;
         }
         if done == keys.len() {
             break;
         }
         sleep_until((start + TICK * step as u32).into()).await;
+    }
+}
+
+impl Shard<'_> {
+    /// Closes these connections with "going away" and a retry hint each.
+    fn close_going_away(&mut self, keys: &[usize]) {
+        let env = self.env;
+        let deadline = env.close_deadline();
+        for &key in keys {
+            if let Some(conn) = self.st.conns.get_mut(key) {
+                let retry_ms = retry_jitter_ms(env.id, conn.id);
+                let reason = close::reason_with_retry("going away", retry_ms);
+                conn.close(close::GOING_AWAY, &reason, Disconnect::GoingAway, deadline);
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::fd_budget::FdBudget;
+use super::fd_budget::FdBudget;
 use crate::metrics::Metrics;
 use crate::shard::{ShardCommand, ShardHandle};
 use crate::state::GatewayState;

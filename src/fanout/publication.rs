@@ -1,59 +1,14 @@
-//! What travels from a publisher to the shards: the payload, and one publication
-//! whose WebSocket frame is built at most once per encoding and then shared, as the
-//! same bytes, by every shard and every subscriber.
+//! What travels from the router to the shards: one publication whose WebSocket
+//! frame is built at most once per encoding and then shared, as the same bytes, by
+//! every shard and every subscriber; and the report that sums its deliveries.
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use shardcast_proto::{encode_message, Encoding};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::payload::Payload;
 use crate::ws::frame::data_frame;
-
-/// A publication's data: a JSON value kept as its validated text, so relaying it
-/// never re-parses it (only the MessagePack encoding parses it, once).
-#[derive(Clone, Debug)]
-pub struct Payload(Arc<RawValue>);
-
-impl Payload {
-    /// Validates JSON text and wraps it.
-    pub fn from_json(text: &str) -> Result<Payload, serde_json::Error> {
-        Payload::from_raw(serde_json::from_str(text)?)
-    }
-
-    /// Wraps a value that is already parsed (from a MessagePack client, whose nesting
-    /// serde_json's own limit has not seen).
-    pub fn from_value(value: &serde_json::Value) -> Result<Payload, serde_json::Error> {
-        Payload::from_raw(serde_json::value::to_raw_value(value)?)
-    }
-
-    /// Wraps a raw JSON value taken from a larger document.
-    ///
-    /// Refuses what subscribers could not decode although it is valid JSON text:
-    /// numbers beyond f64 (`1e400`) and nesting deeper than serde_json's limit of
-    /// 128. Both would reach MessagePack subscribers as `null` and break JSON
-    /// clients built on serde_json. Only a full parse applies both rules (skipping
-    /// a value, as `IgnoredAny` does, checks neither); it runs once per publication.
-    pub fn from_raw(raw: Box<RawValue>) -> Result<Payload, serde_json::Error> {
-        serde_json::from_str::<serde_json::Value>(raw.get())?;
-        Ok(Payload(Arc::from(raw)))
-    }
-
-    /// The JSON text.
-    pub fn json(&self) -> &RawValue {
-        &self.0
-    }
-
-    /// Length of the JSON text in bytes (what size limits apply to).
-    pub fn len(&self) -> usize {
-        self.0.get().len()
-    }
-
-    /// Whether the JSON text is empty (never, for a valid value).
-    pub fn is_empty(&self) -> bool {
-        self.0.get().is_empty()
-    }
-}
 
 /// Where a local delivery's count goes: the publisher waiting for "how many
 /// subscribers did this reach". Each shard adds its count; the last one sends the sum.

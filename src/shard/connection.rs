@@ -16,7 +16,7 @@ use bytes::Bytes;
 use shardcast_proto::Encoding;
 use tokio::net::TcpStream;
 
-use crate::channel_table::SubscriptionKey;
+use super::channel_table::SubscriptionKey;
 use crate::ws::frame::{close_frame, Fragments};
 
 /// Why a connection ended, as reported in `shardcast_disconnections_total`.

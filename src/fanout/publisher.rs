@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use super::router::{RouterHandle, Source};
 use crate::broker::{Broker, BrokerError};
-use crate::publication::Payload;
-use crate::router::{RouterHandle, Source};
+use crate::payload::Payload;
 
 /// A publish that reached this instance's subscribers but not the broker.
 #[derive(Debug, thiserror::Error)]

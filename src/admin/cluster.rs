@@ -1,36 +1,21 @@
 //! The cluster view: which instances are alive and how many connections each holds.
 //!
-//! Each instance writes a heartbeat record to Redis with a TTL and reads everyone
-//! else's; a killed instance's record expires and it drops out. `/api/cluster` and
-//! the `shardcast_cluster_*` gauges serve the last snapshot, so a cluster query
-//! never waits on another instance (nor on Redis) and cannot hang.
-//!
-//! Keys share one hash tag, `{<prefix>}`, so they live in one slot and the
-//! commands work unchanged on Redis Cluster.
+//! Every interval this instance heartbeats through the broker's
+//! [`InstanceRegistry`] and keeps what it read as a snapshot; a killed instance's
+//! record expires and it drops out. `/api/cluster` and the `shardcast_cluster_*`
+//! gauges serve the last snapshot, so a cluster query never waits on another
+//! instance (nor on Redis) and cannot hang.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fred::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::warn;
 
+use crate::broker::instances::{InstanceInfo, InstanceRegistry};
 use crate::metrics::Metrics;
 use crate::state::GatewayState;
-
-/// One instance as its heartbeat describes it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InstanceInfo {
-    /// The instance's id.
-    pub node: String,
-    /// Its WebSocket address.
-    pub ws: String,
-    /// Its open WebSocket connections.
-    pub connections: usize,
-    /// When it wrote this, in milliseconds since the Unix epoch.
-    pub at_ms: u64,
-}
 
 /// The last known state of the cluster.
 #[derive(Debug, Clone, Serialize)]
@@ -43,22 +28,9 @@ pub struct ClusterSnapshot {
     pub fresh: bool,
 }
 
-/// Where instances find each other.
-pub enum ClusterRegistry {
-    /// No Redis: the cluster is this instance.
-    Local,
-    /// Heartbeats in Redis.
-    Redis {
-        /// The Redis command client.
-        client: Client,
-        /// Key prefix, a hash tag such as `{shardcast:}`.
-        tag: String,
-    },
-}
-
 /// The cluster view of one instance, kept fresh by [`ClusterView::run`].
 pub struct ClusterView {
-    registry: ClusterRegistry,
+    registry: Box<dyn InstanceRegistry>,
     state: Arc<GatewayState>,
     metrics: Arc<Metrics>,
     ws: SocketAddr,
@@ -70,7 +42,7 @@ pub struct ClusterView {
 impl ClusterView {
     /// A view over the given registry.
     pub fn new(
-        registry: ClusterRegistry,
+        registry: Box<dyn InstanceRegistry>,
         state: Arc<GatewayState>,
         metrics: Arc<Metrics>,
         ws: SocketAddr,
@@ -96,7 +68,7 @@ impl ClusterView {
 
     /// The last snapshot; without Redis, the cluster is this instance, read now.
     pub fn snapshot(&self) -> Arc<ClusterSnapshot> {
-        if matches!(self.registry, ClusterRegistry::Local) {
+        if self.registry.is_local() {
             self.store(vec![self.me()], true);
         }
         self.snapshot
@@ -109,7 +81,7 @@ impl ClusterView {
     pub async fn run(self: Arc<Self>) {
         loop {
             let me = self.me();
-            match self.refresh(&me).await {
+            match self.registry.heartbeat(&me, self.ttl).await {
                 Ok(instances) => self.store(instances, true),
                 Err(e) => {
                     warn!(error = %e, "cluster heartbeat failed");
@@ -126,16 +98,8 @@ impl ClusterView {
 
     /// Removes this instance's heartbeat, so the others stop counting it at once.
     pub async fn leave(&self) {
-        let ClusterRegistry::Redis { client, tag } = &self.registry else {
-            return;
-        };
-        let node = self.state.node_id.as_str();
-        let removed = tokio::time::timeout(Duration::from_secs(1), async {
-            let _: Result<i64, _> = client.del(format!("{tag}instance:{node}")).await;
-            let _: Result<i64, _> = client.srem(format!("{tag}instances"), node).await;
-        })
-        .await;
-        if removed.is_err() {
+        let removed = tokio::time::timeout(Duration::from_secs(1), self.registry.leave(&self.state.node_id)).await;
+        if !matches!(removed, Ok(Ok(()))) {
             warn!("could not remove this instance's heartbeat; it expires with its TTL");
         }
     }
@@ -163,39 +127,6 @@ impl ClusterView {
             Ok(mut s) => *s = snapshot,
             Err(p) => *p.into_inner() = snapshot,
         }
-    }
-
-    /// Writes this instance's heartbeat and reads every live one.
-    async fn refresh(&self, me: &InstanceInfo) -> Result<Vec<InstanceInfo>, fred::error::Error> {
-        let ClusterRegistry::Redis { client, tag } = &self.registry else {
-            return Ok(vec![me.clone()]);
-        };
-        let members_key = format!("{tag}instances");
-        let key = |node: &str| format!("{tag}instance:{node}");
-        let record = serde_json::to_string(me).unwrap_or_default();
-        let ttl_ms = self.ttl.as_millis() as i64;
-        let () = client
-            .set(key(&me.node), record, Some(Expiration::PX(ttl_ms)), None, false)
-            .await?;
-        let _: i64 = client.sadd(&members_key, me.node.as_str()).await?;
-        let members: Vec<String> = client.smembers(&members_key).await?;
-        if members.is_empty() {
-            return Ok(vec![me.clone()]);
-        }
-        let keys: Vec<String> = members.iter().map(|m| key(m)).collect();
-        let records: Vec<Option<String>> = client.mget(keys).await?;
-        let mut live = Vec::with_capacity(members.len());
-        let mut expired = Vec::new();
-        for (member, record) in members.into_iter().zip(records) {
-            match record.and_then(|r| serde_json::from_str::<InstanceInfo>(&r).ok()) {
-                Some(info) => live.push(info),
-                None => expired.push(member),
-            }
-        }
-        if !expired.is_empty() {
-            let _: i64 = client.srem(&members_key, expired).await?;
-        }
-        Ok(live)
     }
 }
 

@@ -13,10 +13,32 @@ use std::sync::Arc;
 use shardcast_proto::ErrorCode;
 use tracing::{debug, warn};
 
-use crate::broker::{Broker, BrokerError};
+use super::publication::{DeliveryReport, Publication};
+use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerSink};
 use crate::metrics::Metrics;
-use crate::publication::{DeliveryReport, Payload, Publication};
-use crate::shard::{ShardCommand, ShardHandle};
+use crate::payload::Payload;
+
+/// What the router sends a shard.
+pub enum ShardMail {
+    /// Write this publication to the shard's subscribers of its channel.
+    Publication(Arc<Publication>),
+    /// The router registered (or failed to register) the shard's interest in a channel.
+    InterestConfirmed {
+        /// The channel.
+        channel: Arc<str>,
+        /// Ok, or the error to answer the waiting subscribers with.
+        result: Result<(), ErrorCode>,
+    },
+    /// Publications may have been missed on every channel: tell every subscriber.
+    Gap,
+}
+
+/// A shard as the router sees it: somewhere to send [`ShardMail`]. The shard layer
+/// implements it, so the router never names the shard's own types.
+pub trait ShardMailbox: Send + 'static {
+    /// Sends mail; false if the shard has stopped.
+    fn send_mail(&self, mail: ShardMail) -> bool;
+}
 
 /// Where a publication came from, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,21 +112,6 @@ impl RouterHandle {
         let _ = self.tx.send(RouterCommand::Interest { shard, channel, active });
     }
 
-    /// A publication from another instance.
-    pub fn deliver_remote(&self, channel: Arc<str>, payload: Payload) {
-        let _ = self.tx.send(RouterCommand::Publish {
-            channel,
-            payload,
-            source: Source::Broker,
-            reply: None,
-        });
-    }
-
-    /// The broker may have lost publications: tell every subscriber.
-    pub fn gap(&self) {
-        let _ = self.tx.send(RouterCommand::Gap);
-    }
-
     /// Delivers a publication locally and waits for the number of subscribers reached.
     pub async fn publish_local(&self, channel: Arc<str>, payload: Payload, source: Source) -> usize {
         let (reply, done) = flume::bounded(1);
@@ -118,6 +125,22 @@ impl RouterHandle {
             return 0;
         }
         done.recv_async().await.unwrap_or(0)
+    }
+}
+
+/// The router consumes what the broker emits.
+impl BrokerSink for RouterHandle {
+    fn event(&self, event: BrokerEvent) {
+        let cmd = match event {
+            BrokerEvent::Publication { channel, payload } => RouterCommand::Publish {
+                channel,
+                payload,
+                source: Source::Broker,
+                reply: None,
+            },
+            BrokerEvent::Gap => RouterCommand::Gap,
+        };
+        let _ = self.tx.send(cmd);
     }
 }
 
@@ -136,10 +159,10 @@ struct Route {
 }
 
 /// Runs the router until every handle is dropped.
-pub async fn run(
+pub async fn run<S: ShardMailbox>(
     rx: flume::Receiver<RouterCommand>,
     me: RouterHandle,
-    shards: Vec<ShardHandle>,
+    shards: Vec<S>,
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
 ) {
@@ -208,7 +231,7 @@ pub async fn run(
                     "telling subscribers that publications may have been missed"
                 );
                 for shard in &shards {
-                    let _ = shard.send(ShardCommand::Gap);
+                    shard.send_mail(ShardMail::Gap);
                 }
             }
             RouterCommand::BrokerSubscribed { channel, result } => {
@@ -259,8 +282,7 @@ pub async fn run(
                 let report = reply.map(|r| DeliveryReport::new(targets.count_ones() as usize, r));
                 let publication = Arc::new(Publication::new(channel, route.seq, payload, report));
                 for shard in bits(targets) {
-                    let cmd = ShardCommand::Deliver(publication.clone());
-                    if shards[shard].send(cmd).is_err() {
+                    if !shards[shard].send_mail(ShardMail::Publication(publication.clone())) {
                         debug!(shard, "shard gone; publication not delivered there");
                         publication.shard_done(0);
                     }
@@ -271,8 +293,8 @@ pub async fn run(
     }
 }
 
-fn confirm(shard: &ShardHandle, channel: Arc<str>, result: Result<(), ErrorCode>) {
-    let _ = shard.send(ShardCommand::InterestConfirmed { channel, result });
+fn confirm(shard: &impl ShardMailbox, channel: Arc<str>, result: Result<(), ErrorCode>) {
+    shard.send_mail(ShardMail::InterestConfirmed { channel, result });
 }
 
 fn bits(mask: u64) -> impl Iterator<Item = usize> {

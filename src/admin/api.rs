@@ -23,12 +23,12 @@ use shardcast_proto::{validate_channel, ErrorCode};
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::cluster::ClusterView;
-use crate::fd_budget::FdBudget;
+use super::cluster::ClusterView;
+use crate::admission::fd_budget::FdBudget;
+use crate::fanout::publisher::Publisher;
+use crate::fanout::router::Source;
 use crate::metrics::Metrics;
-use crate::publication::Payload;
-use crate::publisher::Publisher;
-use crate::router::Source;
+use crate::payload::Payload;
 use crate::state::GatewayState;
 
 /// Most publications one batch request may carry.

@@ -1,0 +1,367 @@
+//! The broker contract: one set of cases, written once, run against every broker
+//! implementation: the in-process bus (two joined instances), Redis, and Redis
+//! Cluster (three masters). Each case takes two instances, `a` and `b`, on the same
+//! implementation. A broker feature (history, presence) adds its cases here.
+//!
+//! A case that an implementation cannot exercise (an in-process bus has no
+//! connection to lose) says so through [`Fixture::outage`] returning false, and the
+//! suite prints which cases were not applicable instead of passing them silently.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use shardcast::broker::memory::InProcessBus;
+use shardcast::broker::redis::{RedisBroker, RedisSettings};
+use shardcast::broker::{Broker, BrokerEvent, BrokerMetrics, BrokerSink};
+use shardcast::payload::Payload;
+
+/// How long a case waits for something that must not arrive.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// A sink that queues every event for the case to read.
+struct EventQueue(flume::Sender<BrokerEvent>);
+
+impl BrokerSink for EventQueue {
+    fn event(&self, event: BrokerEvent) {
+        let _ = self.0.send(event);
+    }
+}
+
+/// One instance: its broker and what it emitted.
+struct Instance {
+    broker: Arc<dyn Broker>,
+    events: flume::Receiver<BrokerEvent>,
+}
+
+fn event_queue() -> (Arc<dyn BrokerSink>, flume::Receiver<BrokerEvent>) {
+    let (tx, rx) = flume::unbounded();
+    (Arc::new(EventQueue(tx)), rx)
+}
+
+impl Instance {
+    /// The next publication on `channel` within `limit`, skipping gaps and other channels.
+    async fn publication(&self, channel: &str, limit: Duration) -> Option<Payload> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.events.recv_async()).await {
+                Ok(Ok(BrokerEvent::Publication { channel: c, payload })) if &*c == channel => return Some(payload),
+                Ok(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits for a gap event within `limit`.
+    async fn gap(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Ok(Ok(BrokerEvent::Gap)) = tokio::time::timeout(left, self.events.recv_async()).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn wait_ready(&self, ready: bool) {
+        let start = Instant::now();
+        while self.broker.is_ready() != ready {
+            assert!(
+                start.elapsed() < WAIT * 3,
+                "{} never became ready={ready}",
+                self.broker.kind()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn drain(&self) {
+        while self.events.try_recv().is_ok() {}
+    }
+}
+
+/// Two instances on one implementation, and what the implementation can do to them.
+struct Fixture {
+    a: Instance,
+    b: Instance,
+    redis: Vec<RedisServer>,
+}
+
+impl Fixture {
+    fn in_process() -> Fixture {
+        let bus = InProcessBus::new().expect("bus thread");
+        let join = || {
+            let (sink, events) = event_queue();
+            Instance {
+                broker: Arc::new(bus.join(sink)),
+                events,
+            }
+        };
+        Fixture {
+            a: join(),
+            b: join(),
+            redis: Vec::new(),
+        }
+    }
+
+    async fn redis(servers: Vec<RedisServer>, cluster: bool) -> Fixture {
+        let url = servers[0].url();
+        let start = |origin: &str| {
+            let (sink, events) = event_queue();
+            let settings = RedisSettings {
+                url: url.clone(),
+                cluster,
+                prefix: "contract:".into(),
+                origin: origin.into(),
+                max_payload: 64 * 1024,
+            };
+            let metrics = BrokerMetrics::unregistered().expect("metrics");
+            let broker: Arc<dyn Broker> = RedisBroker::start(settings, sink, metrics).expect("redis broker");
+            Instance { broker, events }
+        };
+        let fixture = Fixture {
+            a: start("node-a"),
+            b: start("node-b"),
+            redis: servers,
+        };
+        fixture.a.wait_ready(true).await;
+        fixture.b.wait_ready(true).await;
+        fixture
+    }
+
+    /// Cuts every instance off the broker and brings it back with no data; false
+    /// if the implementation has no connection to lose.
+    async fn outage(&mut self) -> bool {
+        if self.redis.is_empty() {
+            return false;
+        }
+        for server in &mut self.redis {
+            server.kill();
+        }
+        self.a.wait_ready(false).await;
+        for server in &mut self.redis {
+            server.restart();
+        }
+        if self.redis.len() > 1 {
+            // A restarted cluster node keeps its nodes.conf: wait until it serves again.
+            wait_cluster_ok(&self.redis);
+        }
+        true
+    }
+
+    /// Subscribes `b` to `channel` and waits until `a`'s publications reach it (a
+    /// broker may take a subscription asynchronously); what was sent to settle is
+    /// drained.
+    async fn subscribed(&self, channel: &str) {
+        self.b.broker.subscribe(Arc::from(channel)).await.expect("subscribe");
+        let start = Instant::now();
+        loop {
+            publish(&self.a, channel, r#""settle""#).await;
+            if self.b.publication(channel, Duration::from_millis(100)).await.is_some() {
+                break;
+            }
+            assert!(start.elapsed() < WAIT * 3, "{channel} never subscribed");
+        }
+        tokio::time::sleep(QUIET).await;
+        self.b.drain();
+    }
+}
+
+async fn publish(from: &Instance, channel: &str, json: &str) {
+    let payload = Payload::from_json(json).expect("valid json");
+    from.broker.publish(Arc::from(channel), payload).await.expect("publish");
+}
+
+// ---- the cases ----
+
+async fn other_instances_receive(f: &mut Fixture) {
+    f.subscribed("contract.receive").await;
+    publish(&f.a, "contract.receive", r#"{"n":1}"#).await;
+    let got = f.b.publication("contract.receive", WAIT).await.expect("b receives");
+    assert_eq!(got.json().get(), r#"{"n":1}"#);
+}
+
+async fn no_echo_of_own_publication(f: &mut Fixture) {
+    f.a.broker
+        .subscribe(Arc::from("contract.echo"))
+        .await
+        .expect("subscribe");
+    f.subscribed("contract.echo").await;
+    f.a.drain();
+    publish(&f.a, "contract.echo", r#""mine""#).await;
+    assert!(f.b.publication("contract.echo", WAIT).await.is_some(), "b receives");
+    assert!(
+        f.a.publication("contract.echo", QUIET).await.is_none(),
+        "{}: an instance received its own publication",
+        f.a.broker.kind()
+    );
+}
+
+async fn unsubscribe_stops_delivery(f: &mut Fixture) {
+    f.subscribed("contract.unsub").await;
+    f.b.broker
+        .unsubscribe(Arc::from("contract.unsub"))
+        .await
+        .expect("unsubscribe");
+    // The unsubscribe may be applied asynchronously too: after a settling pause,
+    // nothing may arrive.
+    tokio::time::sleep(QUIET).await;
+    f.b.drain();
+    for i in 0..5 {
+        publish(&f.a, "contract.unsub", &i.to_string()).await;
+    }
+    assert!(
+        f.b.publication("contract.unsub", QUIET).await.is_none(),
+        "{}: delivered after unsubscribe",
+        f.b.broker.kind()
+    );
+}
+
+async fn payload_forms_round_trip(f: &mut Fixture) {
+    f.subscribed("contract.forms").await;
+    let long = format!("\"{}\"", "x".repeat(32 * 1024));
+    let forms = [
+        r#"{"a":[1,2.5,-3e10,true,false,null],"b":{"c":"d"}}"#,
+        r#""unicode: é ✓ 𝄞 \" \\ \n""#,
+        "0",
+        "-1.5e-7",
+        "null",
+        "[]",
+        r#"[[[[[[[[[[1]]]]]]]]]]"#,
+        long.as_str(),
+    ];
+    for json in forms {
+        publish(&f.a, "contract.forms", json).await;
+    }
+    for json in forms {
+        let got = f.b.publication("contract.forms", WAIT).await.expect("delivered");
+        assert_eq!(
+            got.json().get(),
+            json,
+            "{}: payload changed in transit",
+            f.b.broker.kind()
+        );
+    }
+}
+
+async fn readiness_follows_connection(f: &mut Fixture) -> bool {
+    assert!(f.a.broker.is_ready() && f.b.broker.is_ready(), "ready when connected");
+    if !f.outage().await {
+        return false;
+    }
+    f.a.wait_ready(true).await;
+    f.b.wait_ready(true).await;
+    true
+}
+
+async fn gap_after_outage_then_delivery(f: &mut Fixture) -> bool {
+    f.subscribed("contract.gap").await;
+    if !f.outage().await {
+        return false;
+    }
+    assert!(f.b.gap(WAIT * 3).await, "{}: no gap after an outage", f.b.broker.kind());
+    f.a.wait_ready(true).await;
+    f.b.wait_ready(true).await;
+    // Re-subscribed before the gap was announced: a publication now arrives.
+    let start = Instant::now();
+    loop {
+        publish(&f.a, "contract.gap", r#""after""#).await;
+        if f.b
+            .publication("contract.gap", Duration::from_millis(200))
+            .await
+            .is_some()
+        {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no delivery after the outage");
+    }
+    true
+}
+
+/// Runs every case against fixtures made by `make`, one fixture per case so that a
+/// case's outage cannot disturb the next.
+async fn run_contract<F, Fut>(name: &str, make: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Fixture>,
+{
+    other_instances_receive(&mut make().await).await;
+    no_echo_of_own_publication(&mut make().await).await;
+    unsubscribe_stops_delivery(&mut make().await).await;
+    payload_forms_round_trip(&mut make().await).await;
+    let mut not_applicable = Vec::new();
+    if !readiness_follows_connection(&mut make().await).await {
+        not_applicable.push("readiness_follows_connection (outage)");
+    }
+    if !gap_after_outage_then_delivery(&mut make().await).await {
+        not_applicable.push("gap_after_outage_then_delivery");
+    }
+    if !not_applicable.is_empty() {
+        eprintln!("{name}: not applicable (no connection to lose): {not_applicable:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_in_process() {
+    run_contract("in-process", || async { Fixture::in_process() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_redis() {
+    run_contract("redis", || async {
+        Fixture::redis(vec![RedisServer::start()], false).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_redis_cluster() {
+    run_contract("redis-cluster", || async {
+        Fixture::redis(start_redis_cluster(), true).await
+    })
+    .await;
+}
+
+/// Three Redis Cluster masters, no replicas, slots assigned and the cluster ok.
+fn start_redis_cluster() -> Vec<RedisServer> {
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            RedisServer::start_with(
+                free_port(),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_cluster_ok(&nodes);
+    nodes
+}
+
+/// Waits until every node reports `cluster_state:ok`.
+fn wait_cluster_ok(nodes: &[RedisServer]) {
+    let start = Instant::now();
+    while !nodes
+        .iter()
+        .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    {
+        assert!(start.elapsed() < WAIT * 2, "cluster did not become ok");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
