@@ -1,6 +1,7 @@
 """A small kustomize renderer for the subset deploy/k8s uses, for machines
 without kubectl/kustomize: `resources` (files and directories), `components`,
-`patches` (strategic-merge patch files), `namespace`.
+`patches` (strategic-merge patch files), `namespace`, and `configMapGenerator`
+with files and a fixed name (`options.disableNameSuffixHash: true`).
 
 When kubectl is available, deploy/tests/test_k8s.py renders with
 `kubectl kustomize` as well and checks both give the same objects, so this file
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-SUPPORTED = {"apiVersion", "kind", "resources", "components", "patches", "namespace"}
+SUPPORTED = {"apiVersion", "kind", "resources", "components", "patches", "namespace",
+             "configMapGenerator"}
 # Kinds that have no namespace (of the ones this project uses).
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
@@ -81,6 +83,7 @@ def render(directory: str | Path, _kind: str = "Kustomization") -> list[dict]:
             objects.extend(render(target))
         else:
             objects.extend(_load_docs(target))
+    objects.extend(_generate_config_maps(directory, spec.get("configMapGenerator", [])))
     for comp in spec.get("components", []):
         objects = _apply_component((directory / comp).resolve(), objects)
     objects = _apply_patches(directory, spec.get("patches", []), objects)
@@ -108,7 +111,32 @@ def _apply_component(directory: Path, objects: list[dict]) -> list[dict]:
     objects = list(objects)
     for res in spec.get("resources", []):
         objects.extend(_load_docs(directory / res))
+    objects.extend(_generate_config_maps(directory, spec.get("configMapGenerator", [])))
     return _apply_patches(directory, spec.get("patches", []), objects)
+
+
+def _generate_config_maps(directory: Path, generators: list) -> list[dict]:
+    """ConfigMaps from `configMapGenerator` entries with `files` (KEY=PATH or
+    PATH) and a fixed name: kustomize's name hash is not reproduced here."""
+    out = []
+    for gen in generators:
+        extra = set(gen) - {"name", "namespace", "files", "options"}
+        options = gen.get("options", {})
+        if extra or set(options) - {"disableNameSuffixHash", "labels"}:
+            raise Unsupported(f"configMapGenerator fields outside the supported subset: {gen}")
+        if options.get("disableNameSuffixHash") is not True:
+            raise Unsupported(f"configMapGenerator {gen['name']}: needs options.disableNameSuffixHash: true")
+        data = {}
+        for entry in gen.get("files", []):
+            key, _, path = entry.rpartition("=")
+            data[key or Path(path).name] = (directory / path).read_text()
+        metadata = {"name": gen["name"]}
+        if "namespace" in gen:
+            metadata["namespace"] = gen["namespace"]
+        if options.get("labels"):
+            metadata["labels"] = dict(options["labels"])
+        out.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
+    return out
 
 
 def _apply_patches(directory: Path, patches: list, objects: list[dict]) -> list[dict]:

@@ -112,7 +112,7 @@ def test_build_context_keeps_what_the_build_needs():
     patterns = [line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     needed = ["Cargo.toml", "Cargo.lock", "src/main.rs", "proto/Cargo.toml",
-              "clients/rust/Cargo.toml", "deploy/docker/healthcheck.sh"]
+              "clients/rust/Cargo.toml", "deploy/docker/healthcheck.sh", "LICENSE"]
     for path in needed:
         assert (REPO / path).exists(), path
         assert not ignored(path, patterns), f"{path} is excluded from the build context"
@@ -125,6 +125,19 @@ def test_build_context_keeps_what_the_build_needs():
             src = [a for a in line.split()[1:] if not a.startswith("--")][0]
             if src != ".":
                 assert (REPO / src).exists(), src
+
+
+def test_image_ships_the_license():
+    """The runtime stage carries the repository's LICENSE (Apache-2.0, as the
+    crates declare) and says so in the OCI label."""
+    lines = dockerfile_lines()
+    runtime = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")):]
+    assert "COPY LICENSE /usr/share/doc/shardcast/LICENSE" in runtime
+    assert 'LABEL org.opencontainers.image.licenses="Apache-2.0"' in runtime
+    assert re.search(r'^license = "Apache-2.0"$', (REPO / "Cargo.toml").read_text(), re.M)
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
 
 
 def test_healthcheck_script_is_executable():

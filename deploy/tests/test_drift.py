@@ -28,7 +28,7 @@ from test_prometheus import dashboard_queries
 
 DASHBOARD = DEPLOY / "grafana" / "shardcast.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
-ADAPTER = DEPLOY / "prometheus" / "adapter-rules.yaml"
+ADAPTER = DEPLOY / "k8s" / "components" / "prometheus-adapter" / "adapter-rules.yaml"
 HPA = DEPLOY / "k8s" / "base" / "hpa.yaml"
 
 # Series the Redis broker and the cluster view add; all must be on /metrics.
@@ -159,7 +159,7 @@ def test_hpa_metrics_are_served(scrape):
     for name in hpa_metric_names():
         assert name in produced or is_exported(name, names, histograms), (
             f"HPA metric {name} is neither exported by the gateway nor produced by "
-            f"deploy/prometheus/adapter-rules.yaml")
+            f"{ADAPTER.relative_to(DEPLOY.parent)}")
 
 
 def test_drift_check_catches_a_bogus_name(scrape):

@@ -32,6 +32,8 @@ def by_kind(objs: list[dict], kind: str, name: str | None = None) -> dict:
 
 
 BASE = rendered("base")
+ADAPTER_CONFIG = "shardcast-adapter-rules"
+ADAPTER_RULES = K8S / "components" / "prometheus-adapter" / "adapter-rules.yaml"
 DEPLOYMENT = by_kind(BASE, "Deployment", "shardcast")
 POD = DEPLOYMENT["spec"]["template"]["spec"]
 CONTAINER = next(c for c in POD["containers"] if c["name"] == "shardcast")
@@ -71,7 +73,7 @@ def test_kubectl_kustomize_agrees(target):
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS, ids=lambda v: v or "latest")
-@pytest.mark.parametrize("target", ["base", "overlays/dev"])
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t or "k8s")
 def test_schema_valid(target, version):
     kv = pytest.importorskip("kubernetes_validate")
     version = version or kv.latest_version()
@@ -229,6 +231,164 @@ def test_dev_overlay_adds_redis():
     secret = by_kind(dev, "Secret", ref["name"])
     url = secret["stringData"][ref["key"]]
     assert url == f"redis://{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"
-    assert all(o["metadata"].get("namespace") == "shardcast-dev" for o in dev if o["kind"] != "Namespace")
+    # Everything in shardcast-dev, but the adapter's configuration, which lives
+    # in the adapter's namespace (test_adapter_rules_come_with_the_overlays).
+    assert all(o["metadata"].get("namespace") == "shardcast-dev" for o in dev
+               if o["kind"] != "Namespace" and o["metadata"]["name"] != ADAPTER_CONFIG)
     # The base has no Redis of its own: production points at a real one.
     assert not [o for o in BASE if "redis" in o["metadata"]["name"]]
+
+
+# ---------------------------------------------------------------------------
+# Admin port access: the NetworkPolicy, evaluated for the sources that matter.
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A label selector (matchLabels only; {} selects everything)."""
+    if set(selector) - {"matchLabels"}:
+        raise NotImplementedError(f"selector outside matchLabels: {selector}")
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def admits(policy: dict, container: dict, port: int, ns_labels: dict, same_namespace: bool,
+           pod_labels: dict | None = None) -> bool:
+    """Whether `policy` lets a pod with `pod_labels`, in a namespace labelled
+    `ns_labels` (the gateway's own one if `same_namespace`), reach `port` of a
+    gateway pod it selects: NetworkPolicy ingress semantics for the fields used
+    here (rules are OR-ed; no `ports` means every port, no `from` every source;
+    a peer's namespaceSelector and podSelector are AND-ed; a peer without
+    namespaceSelector means the policy's own namespace)."""
+    names = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    for rule in policy["spec"].get("ingress", []):
+        ports = [names.get(p["port"], p["port"]) for p in rule.get("ports", [])]
+        assert all(p.get("protocol", "TCP") == "TCP" and "endPort" not in p for p in rule.get("ports", []))
+        if ports and port not in ports:
+            continue
+        peers = rule.get("from", [])
+        if not peers:
+            return True
+        for peer in peers:
+            if set(peer) - {"namespaceSelector", "podSelector"}:
+                raise NotImplementedError(f"peer outside the evaluated subset: {peer}")
+            ns_ok = (selects(peer["namespaceSelector"], ns_labels) if "namespaceSelector" in peer
+                     else same_namespace)
+            pod_ok = selects(peer.get("podSelector", {}), pod_labels or {})
+            if ns_ok and pod_ok:
+                return True
+    return False
+
+
+PUBLISHER_NS = {"shardcast.io/publisher": "true"}
+PROMETHEUS_NS = {"shardcast.io/prometheus": "true"}
+
+
+def test_network_policy_guards_the_admin_port():
+    """8001 (publish API, metrics) only from the namespaces labelled for
+    publishers and Prometheus; 8000 (WebSocket) from anywhere, as before."""
+    policy = by_kind(BASE, "NetworkPolicy", "shardcast")
+    gateway = DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
+    assert selects(policy["spec"]["podSelector"], gateway), "the policy does not select the gateway pods"
+    ports = {p["name"]: p["containerPort"] for p in CONTAINER["ports"]}
+    ws, admin = ports["ws"], ports["admin"]
+    assert (ws, admin) == (8000, 8001)
+    other = {"kubernetes.io/metadata.name": "default"}
+    # The WebSocket port: every source.
+    for ns, same in ((other, False), ({}, True), (PUBLISHER_NS, False)):
+        assert admits(policy, CONTAINER, ws, ns, same), f"port {ws} refused from {ns}"
+    # The admin port: the labelled namespaces, any pod in them.
+    for ns in (PUBLISHER_NS, PROMETHEUS_NS, {**other, **PUBLISHER_NS}):
+        assert admits(policy, CONTAINER, admin, ns, False, {"app": "anything"}), f"port {admin} refused from {ns}"
+    # ... and nothing else: not other namespaces, not the gateway's own
+    # unlabelled namespace, not a label with another value.
+    for ns, same in ((other, False), ({}, True), ({"shardcast.io/publisher": "false"}, False),
+                     ({"shardcast.io/prometheus": "yes"}, False)):
+        assert not admits(policy, CONTAINER, admin, ns, same, gateway), f"port {admin} admitted from {ns}"
+    # Every container port is named by a rule: a port the policy forgets is closed.
+    ruled = {names for rule in policy["spec"]["ingress"] for names in
+             (ports.get(p["port"], p["port"]) for p in rule["ports"])}
+    assert ruled == set(ports.values())
+    # Egress stays open (Redis, DNS).
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_network_policy_labels_are_documented():
+    """The namespace labels an operator must set are the ones deploy/README.md
+    tells them to set."""
+    readme = (DEPLOY / "README.md").read_text()
+    for labels in (PUBLISHER_NS, PROMETHEUS_NS):
+        for key, value in labels.items():
+            assert f"{key}={value}" in readme, f"deploy/README.md does not say to set {key}={value}"
+
+
+def test_network_policy_does_not_select_redis():
+    """The dev Redis is reached by the gateways on its own port: the gateway
+    policy must not select it."""
+    dev = rendered("overlays/dev")
+    policy = by_kind(dev, "NetworkPolicy", "shardcast")
+    redis = by_kind(dev, "Deployment", "shardcast-redis")["spec"]["template"]["metadata"]["labels"]
+    assert not selects(policy["spec"]["podSelector"], redis)
+    # The dev namespace is a publisher namespace: its own pods may publish.
+    ns = by_kind(dev, "Namespace", "shardcast-dev")["metadata"]["labels"]
+    c = next(c for c in by_kind(dev, "Deployment", "shardcast")["spec"]["template"]["spec"]["containers"]
+             if c["name"] == "shardcast")
+    assert admits(policy, c, 8001, ns, True)
+
+
+# ---------------------------------------------------------------------------
+# The publish API key.
+
+def api_key_ref(objs: list[dict]) -> dict:
+    gw = by_kind(objs, "Deployment", "shardcast")
+    c = next(c for c in gw["spec"]["template"]["spec"]["containers"] if c["name"] == "shardcast")
+    return next(e for e in c["env"] if e["name"] == "SHARDCAST_API_KEY")["valueFrom"]["secretKeyRef"]
+
+
+def test_api_key_is_required():
+    """The base will not start a pod without the API key Secret: an open
+    publish API is one label away from every namespace."""
+    ref = api_key_ref(BASE)
+    assert (ref["name"], ref["key"]) == ("shardcast-api-key", "api-key")
+    assert ref.get("optional", False) is False
+    # No Secret in the base is optional.
+    optional = [e["name"] for e in CONTAINER["env"]
+                if e.get("valueFrom", {}).get("secretKeyRef", {}).get("optional")]
+    assert not optional, f"optional Secrets in the base: {optional}"
+    assert api_key_ref(rendered("")) == ref
+
+
+def test_dev_overlay_makes_the_api_key_optional():
+    ref = api_key_ref(rendered("overlays/dev"))
+    assert (ref["name"], ref["key"], ref.get("optional")) == ("shardcast-api-key", "api-key", True)
+
+
+# ---------------------------------------------------------------------------
+# The HPA's connections metric: the adapter configuration comes with the overlays.
+
+def test_components_are_kustomize_components():
+    for kfile in sorted((K8S / "components").glob("*/kustomization.yaml")):
+        spec = yaml.safe_load(kfile.read_text())
+        assert (spec["apiVersion"], spec["kind"]) == ("kustomize.config.k8s.io/v1alpha1", "Component"), kfile
+
+
+@pytest.mark.parametrize("target", ["", "overlays/dev"], ids=["k8s", "overlays/dev"])
+def test_adapter_rules_come_with_the_overlays(target):
+    """`kubectl apply -k` of either overlay ships the prometheus-adapter
+    configuration that serves the HPA's pods metric: the rule file, verbatim,
+    as config.yaml of a ConfigMap in the adapter's namespace."""
+    objs = rendered(target)
+    cm = by_kind(objs, "ConfigMap", ADAPTER_CONFIG)
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["data"] == {"config.yaml": ADAPTER_RULES.read_text()}
+    produced = {r["name"]["as"] for r in yaml.safe_load(cm["data"]["config.yaml"])["rules"]}
+    hpa = by_kind(objs, "HorizontalPodAutoscaler")
+    wanted = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert wanted and wanted <= produced, f"HPA metrics {wanted}, adapter serves {produced}"
+    # The gateway's namespace comes from the adapter rule's labels, whatever it is.
+    rule = yaml.safe_load(cm["data"]["config.yaml"])["rules"][0]
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"},
+                                              "pod": {"resource": "pod"}}
+
+
+def test_base_alone_has_no_adapter_config():
+    """The component is what adds it (base/ stays applicable on its own)."""
+    assert not [o for o in BASE if o["kind"] == "ConfigMap"]

@@ -13,15 +13,29 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import socket
 import subprocess
 import time
 
 import pytest
 
-from helpers import (WAIT, WsClient, free_port, marked_block, render_nginx_conf,
+from helpers import (NGINX_PROD, WAIT, WsClient, free_port, marked_block, render_nginx_conf,
                      replace_marked_block, run, tool, wait_ready,
                      wait_redis_subscribed)
+
+# The descriptor hard limit of the machines the shipped nginx.conf is sized for
+# (deploy/README.md, "Kernel tuning"): worker_rlimit_nofile must not exceed it.
+SIZED_FOR_HARD_NOFILE = 20000
+
+
+def shipped_worker_limits() -> tuple[int, int]:
+    """(worker_rlimit_nofile, worker_connections) of deploy/nginx/nginx.conf."""
+    conf = NGINX_PROD.read_text()
+    nofile = re.search(r"^worker_rlimit_nofile (\d+);", conf, re.M)
+    connections = re.search(r"^\s*worker_connections (\d+);", conf, re.M)
+    assert nofile and connections, "nginx.conf sets no worker_rlimit_nofile / worker_connections"
+    return int(nofile.group(1)), int(connections.group(1))
 
 
 @pytest.fixture
@@ -40,16 +54,24 @@ def nginx_front(gateway_factory, redis_url, tmp_path):
         f"server {gw.ws} max_fails=1 fail_timeout=10s;" for gw in gateways.values()]
     port = free_port()
     conf = replace_marked_block(conf, "listen", [f"        listen 127.0.0.1:{port};"])
-    # Smaller limits for the test process; everything else as shipped.
+    # One worker for the test; its limits as shipped, unless this process may
+    # not hold that many descriptors (then nginx would log the setrlimit alert
+    # test_no_alert_in_the_error_log looks for).
     conf = conf.replace("worker_processes auto;", "worker_processes 1;")
-    conf = re.sub(r"worker_rlimit_nofile \d+;", "worker_rlimit_nofile 4096;", conf)
-    conf = re.sub(r"worker_connections \d+;", "worker_connections 1024;", conf)
+    nofile, connections = shipped_worker_limits()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < nofile:
+        print(f"hard RLIMIT_NOFILE {hard} < shipped worker_rlimit_nofile {nofile}: scaled down")
+        conf = re.sub(r"worker_rlimit_nofile \d+;", f"worker_rlimit_nofile {hard};", conf)
+        conf = re.sub(r"worker_connections \d+;",
+                      f"worker_connections {hard * connections // nofile};", conf)
     (tmp_path / "nginx.conf").write_text(conf)
     (tmp_path / "logs").mkdir()
     globals_ = (f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/logs/error.log; "
                 "daemon off; master_process on;")
     test = run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", globals_])
     assert test.returncode == 0, test.stderr
+    assert not re.search(r"\[(warn|alert|crit|emerg)\]", test.stderr), test.stderr
     proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
                              "-g", globals_], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -62,7 +84,7 @@ def nginx_front(gateway_factory, redis_url, tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "nginx did not start listening"
                 time.sleep(0.05)
-        yield f"127.0.0.1:{port}", gateways
+        yield f"127.0.0.1:{port}", gateways, tmp_path / "logs" / "error.log"
     finally:
         proc.terminate()
         try:
@@ -83,7 +105,7 @@ def node_of(front: str) -> str:
 
 
 def test_sticky_websocket_through_nginx(nginx_front):
-    front, gateways = nginx_front
+    front, gateways, _ = nginx_front
     # The upgrade passes through, and a message flows end to end.
     c = WsClient(front)
     node = c.recv_json()["node"]
@@ -118,3 +140,24 @@ def test_sticky_websocket_through_nginx(nginx_front):
     moved = {node_of(front) for _ in range(4)}
     assert len(moved) == 1 and node not in moved, f"after draining {node}: {moved}"
     print(f"sticky on {node}; after its drain, clients move to {moved.pop()}")
+
+
+def test_worker_limits_fit_the_hard_limit():
+    """nginx can raise its descriptor limit only up to the hard limit it starts
+    with; past it every worker logs `setrlimit(RLIMIT_NOFILE) failed` and keeps
+    the inherited limit. Every connection (client and upstream side) takes a
+    descriptor, plus a few of the worker's own."""
+    nofile, connections = shipped_worker_limits()
+    assert nofile <= SIZED_FOR_HARD_NOFILE, f"worker_rlimit_nofile {nofile} > {SIZED_FOR_HARD_NOFILE}"
+    assert connections + 128 <= nofile, f"worker_connections {connections} leaves no margin under {nofile}"
+
+
+def test_no_alert_in_the_error_log(nginx_front):
+    """After a WebSocket went through the worker (so it has started and set its
+    limits), nginx has logged no alert: in particular no setrlimit failure."""
+    front, _, error_log = nginx_front
+    node_of(front)
+    log = error_log.read_text()
+    assert "setrlimit" not in log, log
+    assert not re.search(r"\[(alert|crit|emerg)\]", log), log
+    print(f"error log: {len(log.splitlines())} lines, no alert")
