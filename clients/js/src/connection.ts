@@ -282,6 +282,9 @@ export class Connection {
     this.lastWelcome = welcome;
     this.setState('connected');
     this.events.emit('connected', { welcome, encoding: session.codec.encoding });
+    // A 'connected' listener may have closed the client: a heartbeat timer would then
+    // keep a finished socket's process alive, and subscribes would go to the next socket.
+    if (session.finished) return;
     this.startHeartbeat(session, welcome);
     this.hooks.welcomed();
   }
