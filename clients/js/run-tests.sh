@@ -2,9 +2,10 @@
 # The JavaScript client's whole test run, from a fresh Debian machine as root,
 # non-interactive and idempotent: installs Chromium (Debian's package) if it is
 # missing and the npm dependencies from package-lock.json, builds the gateway
-# unless $SHARDCAST_BIN names one, builds and type-checks the package, then runs
-# the unit, Node end-to-end and browser end-to-end tests. Exits non-zero on any
-# failure. The last line is "js: N passed, N failed".
+# unless $SHARDCAST_BIN names one, builds and type-checks the package, checks
+# what its npm tarball would hold, then runs the unit, Node end-to-end (the
+# README's code blocks included) and browser end-to-end tests. Exits non-zero on
+# any failure. The last line is "js: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")"
 package_dir="$PWD"
@@ -60,6 +61,14 @@ npm run --silent build >/dev/null
 
 step "type check"
 npm run --silent typecheck
+
+step "package contents"
+# What `npm publish` would ship: the builds, the README and the licence text.
+npm pack --dry-run --json 2>/dev/null | node -e '
+  const [pack] = JSON.parse(require("fs").readFileSync(0, "utf8"));
+  const files = new Set(pack.files.map((file) => file.path));
+  const missing = ["LICENSE", "README.md", "dist/index.js", "dist/index.cjs", "dist/index.d.ts"].filter((f) => !files.has(f));
+  if (missing.length) { console.error(`clients/js: the npm package lacks ${missing.join(", ")}`); process.exit(1); }'
 
 step "tests (unit, Node e2e, browser e2e)"
 results="$(mktemp -d)"

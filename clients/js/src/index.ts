@@ -4,35 +4,22 @@
  * imports comes from here; the modules behind it are internal layout.
  */
 
-export {
-  ShardcastClient,
-  type ClientEvents,
-  type ClientOptions,
-  type ConnectionState,
-  type HeartbeatOptions,
-  type MessageHandler,
-  type ReceivedMessage,
-  type Subscription,
-  type TokenProvider,
-} from './client';
+export { ShardcastClient } from './client';
+export type {
+  ClientEvents,
+  ClientOptions,
+  ConnectionState,
+  HeartbeatOptions,
+  MessageHandler,
+  ReceivedMessage,
+  Subscription,
+  TokenProvider,
+} from './types';
 export { backoffDelay, decideReconnect, DEFAULT_RECONNECT, type ReconnectDecision, type ReconnectOptions } from './backoff';
 export { codecFor, jsonCodec, msgpackCodec, toServerFrame, type Codec, type FramePayload } from './codec';
 export type { Unsubscribe } from './emitter';
-export {
-  ClientClosedError,
-  ConnectionLostError,
-  HandlerError,
-  HandshakeRejectedError,
-  InvalidChannelError,
-  MessageTooLargeError,
-  NotConnectedError,
-  ProtocolError,
-  RequestTimeoutError,
-  ServerError,
-  ShardcastError,
-  SubscriptionCancelledError,
-  TokenProviderError,
-} from './errors';
+// Every class of ./errors is public: the typed errors are part of the API.
+export * from './errors';
 export {
   CloseCode,
   DEFAULT_MAX_CHANNEL_LENGTH,

@@ -101,6 +101,20 @@ describe('connecting', () => {
     client.close();
   });
 
+  it('leaves no timer running when a connected listener closes the client', async () => {
+    const { client } = makeClient();
+    const subscribed = client.subscribe('news', () => undefined);
+    client.once('connected', () => client.close());
+    await flush();
+    const socket = FakeWebSocket.last;
+    socket.accept();
+    expect(client.state).toBe('closed');
+    expect(socket.frames()).toEqual([]);
+    await expect(subscribed).rejects.toBeInstanceOf(ClientClosedError);
+    // A Node.js process with nothing else to do exits at once.
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
   it('explains a missing WebSocket implementation', () => {
     const saved = (globalThis as { WebSocket?: unknown }).WebSocket;
     delete (globalThis as { WebSocket?: unknown }).WebSocket;

@@ -1,0 +1,123 @@
+/**
+ * The client's public types: its options, its connection states, its events and
+ * their payloads, and the subscription objects and handlers of `subscribe()`.
+ * Types only, so every other module of the client can use them.
+ */
+
+import type { ReconnectOptions } from './backoff';
+import type { ShardcastError } from './errors';
+import type { Encoding, WelcomeFrame } from './protocol';
+import type { WebSocketConstructor } from './transport';
+
+/** Where the client is in its life. */
+export type ConnectionState =
+  /** Created with `autoConnect: false` and `connect()` not called yet. */
+  | 'idle'
+  /** A WebSocket is being opened (or the token fetched); no welcome yet. */
+  | 'connecting'
+  /** The gateway's welcome arrived; requests can be sent. */
+  | 'connected'
+  /** The connection was lost; a timer will start the next attempt. */
+  | 'reconnecting'
+  /** Stopped: by `close()`, by a close code or HTTP refusal that forbids reconnecting, or after the last attempt. */
+  | 'closed';
+
+/** Returns the token to connect with, or nothing to connect without one. Called before every connect. */
+export type TokenProvider = () => string | null | undefined | Promise<string | null | undefined>;
+
+/**
+ * Client-side heartbeat, for dead connections the platform has not noticed
+ * (browsers cannot see WebSocket pings): after `intervalMs` with nothing received
+ * the client sends an application `ping`; after `timeoutMs` more with still
+ * nothing received it drops the connection and reconnects.
+ */
+export interface HeartbeatOptions {
+  /** Quiet time before a ping, in milliseconds (default: the welcome's `ping_interval_ms`). */
+  intervalMs?: number;
+  /** Further quiet time after the ping before giving up, in milliseconds (default: the interval). */
+  timeoutMs?: number;
+}
+
+/** Options of {@link ShardcastClient}. */
+export interface ClientOptions {
+  /** The gateway's WebSocket endpoint, e.g. `wss://rt.example.com/ws`. */
+  url: string;
+  /** Frame encoding (default `json`). */
+  encoding?: Encoding;
+  /** A WebSocket class to use instead of the platform's global one (required on Node.js before 22: pass the `ws` package). */
+  WebSocket?: WebSocketConstructor;
+  /**
+   * Supplies a token before every connect; it is sent as the `token` query parameter
+   * (see `tokenParam`). The gateway does not check tokens yet: this hook exists so
+   * authentication can be turned on later without changing application code.
+   */
+  token?: TokenProvider;
+  /** Name of the query parameter that carries the token (default `token`). */
+  tokenParam?: string;
+  /** Reconnect policy; `false` turns automatic reconnecting off. */
+  reconnect?: boolean | Partial<ReconnectOptions>;
+  /** Heartbeat settings; `false` turns the client-side heartbeat off. */
+  heartbeat?: false | HeartbeatOptions;
+  /** How long opening a socket may take until the welcome arrives, in milliseconds (default 10 000). */
+  connectTimeoutMs?: number;
+  /** How long `publish`, `unsubscribe` and `ping` wait for their reply, in milliseconds (default 10 000). */
+  requestTimeoutMs?: number;
+  /**
+   * The gateway's maximum message size in bytes (default 65 536, the gateway's
+   * default). Larger publishes are refused locally: the gateway would close with
+   * 1009, after which the client does not reconnect.
+   */
+  maxMessageBytes?: number;
+  /** Connect from the constructor (default true); otherwise call {@link ShardcastClient.connect}. */
+  autoConnect?: boolean;
+  /** Source of randomness for the backoff jitter (tests pass a fixed one). */
+  random?: () => number;
+}
+
+/** Details of a publication, passed to handlers next to its data. */
+export interface ReceivedMessage<T = unknown> {
+  /** The channel it was published on. */
+  channel: string;
+  /** Per channel and gateway instance, +1 for each publication delivered; unrelated across connections. */
+  seq: number;
+  /** The published data. */
+  data: T;
+}
+
+/** Called with every publication on a subscribed channel. */
+export type MessageHandler<T = unknown> = (data: T, message: ReceivedMessage<T>) => void;
+
+/** The events a client emits, with their payloads. */
+export interface ClientEvents {
+  /** Every state change. */
+  state: { state: ConnectionState; previous: ConnectionState };
+  /** A connect attempt starts; `attempt` is 0 for the first connect, n for the n-th retry. */
+  connecting: { attempt: number };
+  /** The gateway's welcome arrived. */
+  connected: { welcome: WelcomeFrame; encoding: Encoding };
+  /** A socket closed (or failed to open); `wasConnected` tells whether it had been welcomed. */
+  disconnected: { code: number; reason: string; wasConnected: boolean; willReconnect: boolean };
+  /** The next attempt is scheduled: retry number `attempt`, after `delayMs`. */
+  reconnecting: { attempt: number; delayMs: number; code: number; reason: string; retryHintMs: number | undefined };
+  /** The client stopped for good (until `connect()` is called again). */
+  closed: { code: number | undefined; reason: string };
+  /** A channel's subscription was acknowledged, the first time or again after a reconnect. */
+  subscribed: { channel: string; resubscribed: boolean };
+  /**
+   * Publications of a subscribed channel may have been missed on this open
+   * connection (PROTOCOL.md 9.3): re-read the source of truth if every message matters.
+   */
+  gap: { channel: string };
+  /** Something went wrong that no promise reports: a refused re-subscribe, a bad frame, a throwing handler. */
+  error: ShardcastError;
+}
+
+/** One application-level subscription, as returned by {@link ShardcastClient.subscribe}. */
+export interface Subscription {
+  /** The channel. */
+  readonly channel: string;
+  /** Whether this subscription's handler is still registered (false after `unsubscribe()` or a refused re-subscribe). */
+  readonly active: boolean;
+  /** Removes this handler; the channel is unsubscribed on the gateway when its last handler goes. */
+  unsubscribe(): Promise<void>;
+}
