@@ -7,10 +7,15 @@ mod common;
 
 use std::process::{Output, Stdio};
 
-use common::{cli_bin, free_port, within, Gateway};
+use common::{free_port, within, Gateway};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+/// The CLI binary built with this crate (this test needs the `cli` feature).
+fn cli_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shardcast-cli")
+}
 
 /// A `shardcast-cli` command with no API key from the test's environment.
 fn cli(args: &[&str]) -> Command {
