@@ -204,7 +204,13 @@ impl AdminClient {
 
     /// One request on a connection of its own, closed after the answer.
     async fn exchange(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes)> {
-        let stream = TcpStream::connect(&self.authority).await?;
+        let stream = TcpStream::connect(&self.authority).await.map_err(|e| {
+            // The OS's message ("Connection refused") does not say what was unreachable.
+            Error::io(std::io::Error::new(
+                e.kind(),
+                format!("cannot reach the admin API at {}: {e}", self.authority),
+            ))
+        })?;
         stream.set_nodelay(true)?;
         let (mut sender, connection) = http1::Builder::new()
             .title_case_headers(true)
@@ -416,6 +422,9 @@ mod tests {
             listener.local_addr().expect("addr").port()
         };
         let client = AdminClient::new(&format!("http://127.0.0.1:{port}")).expect("url");
-        assert!(matches!(client.stats().await, Err(Error::Io(_))));
+        let error = client.stats().await.expect_err("nothing listens");
+        assert!(matches!(error, Error::Io(_)), "{error:?}");
+        let expected = format!("cannot reach the admin API at 127.0.0.1:{port}: ");
+        assert!(error.to_string().contains(&expected), "{error}");
     }
 }
