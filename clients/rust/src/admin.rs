@@ -2,18 +2,21 @@
 //! (`POST /api/publish`), the instance's stats (`GET /api/stats`) and the cluster
 //! view (`GET /api/cluster`), with the optional API key.
 //!
-//! The HTTP side is a deliberately small HTTP/1.1 client: one request per TCP
+//! The HTTP side is hyper's HTTP/1.1 client connection: one request per TCP
 //! connection (`Connection: close`), plain `http://` only (the admin port is meant
-//! to stay private to the backend, so it has no TLS), response heads parsed with
-//! `httparse`, bodies by `Content-Length`, chunked encoding or end of stream.
+//! to stay private to the backend, so it has no TLS).
 
 use std::time::Duration;
 
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper::{header, Method, Request};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use shardcast_proto::{validate_channel, ErrorCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
@@ -170,61 +173,105 @@ impl AdminClient {
             source,
         })?;
         let body = serde_json::to_vec(&PublishBody { channel, data })?;
-        let answer = self.request("POST", "/api/publish", Some(&body)).await?;
+        let answer = self.request(Method::POST, "/api/publish", Some(body)).await?;
         parse_json(&answer)
     }
 
     /// This instance's connection and channel counts.
     pub async fn stats(&self) -> Result<InstanceStats> {
-        parse_json(&self.request("GET", "/api/stats", None).await?)
+        parse_json(&self.request(Method::GET, "/api/stats", None).await?)
     }
 
     /// The cluster's instances and their connection counts.
     pub async fn cluster(&self) -> Result<ClusterView> {
-        parse_json(&self.request("GET", "/api/cluster", None).await?)
+        parse_json(&self.request(Method::GET, "/api/cluster", None).await?)
     }
 
     /// Sends one request and returns the body of a 2xx answer; other statuses become
     /// [`Error::Api`] with the body's error code.
-    async fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
-        let exchange = async {
-            let mut stream = TcpStream::connect(&self.authority).await?;
-            stream.set_nodelay(true)?;
-            let head = self.request_head(method, path, body.map(<[u8]>::len));
-            let mut request = head.into_bytes();
-            request.extend_from_slice(body.unwrap_or_default());
-            stream.write_all(&request).await?;
-            read_response(&mut stream).await
-        };
-        let response = tokio::time::timeout(self.timeout, exchange)
+    async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes> {
+        let (status, body) = tokio::time::timeout(self.timeout, self.exchange(method, path, body))
             .await
             .map_err(|_| Error::Timeout {
                 op: "admin API request",
                 timeout: self.timeout,
             })??;
-        if (200..300).contains(&response.status) {
-            return Ok(response.body);
+        if (200..300).contains(&status) {
+            return Ok(body);
         }
-        Err(api_error(response.status, &response.body))
+        Err(api_error(status, &body))
     }
 
-    fn request_head(&self, method: &str, path: &str, content_length: Option<usize>) -> String {
-        let mut head = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: shardcast-client/{}\r\n",
-            self.base_path,
-            self.authority,
-            env!("CARGO_PKG_VERSION"),
-        );
-        if let Some(length) = content_length {
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {length}\r\n"
-            ));
+    /// One request on a connection of its own, closed after the answer.
+    async fn exchange(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes)> {
+        let stream = TcpStream::connect(&self.authority).await.map_err(|e| {
+            // The OS's message ("Connection refused") does not say what was unreachable.
+            Error::io(std::io::Error::new(
+                e.kind(),
+                format!("cannot reach the admin API at {}: {e}", self.authority),
+            ))
+        })?;
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) = http1::Builder::new()
+            .title_case_headers(true)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_error)?;
+        let request = self.build_request(method, path, body)?;
+        let exchange = async {
+            let response = sender.send_request(request).await.map_err(http_error)?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<hyper::Error>() {
+                    Ok(e) => http_error(*e),
+                    Err(_) => Error::Protocol("HTTP response too large".to_owned()),
+                })?;
+            Ok((status, body.to_bytes()))
+        };
+        // The connection future moves the bytes; it runs alongside the exchange in this
+        // task, so nothing outlives the call.
+        tokio::pin!(connection);
+        tokio::select! {
+            result = exchange => result,
+            Err(e) = &mut connection => Err(http_error(e)),
+        }
+    }
+
+    fn build_request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base_path))
+            .header(header::HOST, &self.authority)
+            .header(header::CONNECTION, "close")
+            .header(header::ACCEPT, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("shardcast-client/", env!("CARGO_PKG_VERSION")),
+            );
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
         }
         if let Some(key) = &self.api_key {
-            head.push_str(&format!("Authorization: Bearer {key}\r\n"));
+            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
         }
-        head.push_str("\r\n");
-        head
+        request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Error::Protocol(format!("cannot build the admin API request: {e}")))
+    }
+}
+
+/// A failed HTTP exchange: a socket error stays an I/O error, anything else is the
+/// peer not speaking HTTP as expected.
+fn http_error(e: hyper::Error) -> Error {
+    let io = std::error::Error::source(&e).and_then(|source| source.downcast_ref::<std::io::Error>());
+    match io {
+        Some(io) => Error::io(std::io::Error::new(io.kind(), e.to_string())),
+        None if e.is_incomplete_message() => {
+            Error::Protocol("the connection closed before a complete HTTP response".to_owned())
+        }
+        None => Error::Protocol(format!("admin API HTTP exchange failed: {e}")),
     }
 }
 
@@ -263,118 +310,10 @@ fn api_error(status: u16, body: &[u8]) -> Error {
     }
 }
 
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-}
-
-/// Reads one HTTP/1.1 response: head, then a body framed by `Content-Length`, by
-/// chunked encoding, or by the end of the connection.
-async fn read_response(stream: &mut TcpStream) -> Result<Response> {
-    let mut buffer = Vec::with_capacity(1024);
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&buffer) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let status = response.code.unwrap_or(0);
-                let header = |name: &str| {
-                    response
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-                };
-                let content_length = header("content-length");
-                let chunked = header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-                // 1xx answers (100 Continue) precede the real one.
-                if (100..200).contains(&status) {
-                    buffer.drain(..head_len);
-                    continue;
-                }
-                let mut rest = buffer.split_off(head_len);
-                let body = if chunked {
-                    read_chunked(stream, rest).await?
-                } else if let Some(length) = content_length {
-                    let length: usize = length
-                        .parse()
-                        .map_err(|_| Error::Protocol(format!("bad Content-Length {length:?}")))?;
-                    if length > MAX_RESPONSE_BYTES {
-                        return Err(Error::Protocol(format!("response of {length} bytes is too large")));
-                    }
-                    while rest.len() < length {
-                        if read_more(stream, &mut rest).await? == 0 {
-                            return Err(Error::Protocol("response body ended early".to_owned()));
-                        }
-                    }
-                    rest.truncate(length);
-                    rest
-                } else {
-                    while read_more(stream, &mut rest).await? > 0 {}
-                    rest
-                };
-                return Ok(Response { status, body });
-            }
-            Ok(httparse::Status::Partial) => {
-                if read_more(stream, &mut buffer).await? == 0 {
-                    return Err(Error::Protocol(
-                        "the connection closed before a complete HTTP response".to_owned(),
-                    ));
-                }
-            }
-            Err(e) => return Err(Error::Protocol(format!("malformed HTTP response: {e}"))),
-        }
-    }
-}
-
-/// Appends what the socket has to `buffer`; 0 at the end of the stream.
-async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<usize> {
-    if buffer.len() >= MAX_RESPONSE_BYTES {
-        return Err(Error::Protocol("HTTP response too large".to_owned()));
-    }
-    let mut chunk = [0u8; 8192];
-    let n = stream.read(&mut chunk).await?;
-    buffer.extend_from_slice(&chunk[..n]);
-    Ok(n)
-}
-
-/// Decodes a chunked body; `pending` holds bytes already read past the head.
-async fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = loop {
-            if let Some(at) = pending.windows(2).position(|w| w == b"\r\n") {
-                break at;
-            }
-            if read_more(stream, &mut pending).await? == 0 {
-                return Err(Error::Protocol("chunked body ended early".to_owned()));
-            }
-        };
-        let size_text = String::from_utf8_lossy(&pending[..line_end]).into_owned();
-        let size_hex = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| Error::Protocol(format!("bad chunk size {size_text:?}")))?;
-        pending.drain(..line_end + 2);
-        if size == 0 {
-            // Trailers, if any, are not needed.
-            return Ok(body);
-        }
-        if body.len() + size > MAX_RESPONSE_BYTES {
-            return Err(Error::Protocol("HTTP response too large".to_owned()));
-        }
-        while pending.len() < size + 2 {
-            if read_more(stream, &mut pending).await? == 0 {
-                return Err(Error::Protocol("chunked body ended early".to_owned()));
-            }
-        }
-        body.extend_from_slice(&pending[..size]);
-        pending.drain(..size + 2);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     #[test]
@@ -483,6 +422,9 @@ mod tests {
             listener.local_addr().expect("addr").port()
         };
         let client = AdminClient::new(&format!("http://127.0.0.1:{port}")).expect("url");
-        assert!(matches!(client.stats().await, Err(Error::Io(_))));
+        let error = client.stats().await.expect_err("nothing listens");
+        assert!(matches!(error, Error::Io(_)), "{error:?}");
+        let expected = format!("cannot reach the admin API at 127.0.0.1:{port}: ");
+        assert!(error.to_string().contains(&expected), "{error}");
     }
 }

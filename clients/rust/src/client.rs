@@ -18,16 +18,8 @@ use crate::driver::{Command, Config, Driver, HeartbeatTiming};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{ConnectionState, EventStream, Observers};
 use crate::subscription::Subscription;
+use crate::token::TokenProvider;
 use crate::transport::{self, Welcome};
-
-/// Supplies the token for the next connect attempt, or `None` to connect without one.
-///
-/// Called before every connect, so it can refresh short-lived credentials. The
-/// token travels as a query parameter (`?token=`, see [`ClientBuilder::token_param`]).
-/// The gateway does not check tokens yet; the hook exists so that authentication
-/// can be turned on later without changing application code.
-pub type TokenProvider =
-    Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<Option<String>, BoxError>> + Send>> + Send + Sync>;
 
 /// The client-side heartbeat, for dead connections the operating system has not
 /// noticed (a peer that vanished without closing TCP): after `interval` with

@@ -40,17 +40,21 @@ mod client;
 mod driver;
 mod error;
 mod event;
+mod message;
 mod subscription;
+mod token;
 mod transport;
 
 pub use admin::{AdminClient, ClusterView, InstanceInfo, InstanceStats, PublishReceipt};
 pub use backoff::{parse_retry_after, ReconnectDecision, ReconnectPolicy, StopReason, FATAL_HANDSHAKE_STATUSES};
-pub use client::{Client, ClientBuilder, Heartbeat, TokenProvider, DEFAULT_MAX_MESSAGE_BYTES};
+pub use client::{Client, ClientBuilder, Heartbeat, DEFAULT_MAX_MESSAGE_BYTES};
 pub use error::{BoxError, Error, Result};
 pub use event::{ClientEvent, ConnectionState, EventStream};
+pub use message::Message;
 pub use shardcast_proto as proto;
 pub use shardcast_proto::{Encoding, ErrorCode};
-pub use subscription::{Message, Subscription};
+pub use subscription::Subscription;
+pub use token::TokenProvider;
 pub use transport::Welcome;
 
 #[cfg(test)]

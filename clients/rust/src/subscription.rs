@@ -1,39 +1,15 @@
-//! The application's side of one subscription: the [`Message`] type and the
-//! [`Subscription`] stream, which ends the subscription when it is dropped.
+//! The application's side of one subscription: the [`Subscription`] stream of
+//! [`Message`]s, which ends the subscription when it is dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::Command;
 use crate::error::Result;
-
-/// One publication on a subscribed channel.
-///
-/// Serialises as `{"channel":..,"seq":..,"data":..}`, the shape of the protocol's
-/// `message` frame without its `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    /// The channel it was published on.
-    pub channel: String,
-    /// +1 per publication delivered on this channel by this gateway instance. Only
-    /// meaningful within one unbroken subscription: it restarts or jumps after a reconnect.
-    pub seq: u64,
-    /// The published JSON value (MessagePack payloads are decoded into the same model).
-    pub data: Value,
-}
-
-impl Message {
-    /// Deserialises the payload into an application type.
-    pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        T::deserialize(&self.data)
-    }
-}
+use crate::message::Message;
 
 /// The publications of one channel, as a [`Stream`] of [`Message`]s.
 ///

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use shardcast_proto::{decode_server, encode_client, ClientFrame, Encoding, ServerFrame};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -103,23 +104,13 @@ pub(crate) fn with_query_param(url: &str, name: &str, value: &str) -> String {
     };
     format!(
         "{base}{separator}{}={}{fragment}",
-        percent_encode(name),
-        percent_encode(value)
+        utf8_percent_encode(name, NOT_UNRESERVED),
+        utf8_percent_encode(value, NOT_UNRESERVED)
     )
 }
 
-/// RFC 3986 percent-encoding of everything but the unreserved characters.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
+/// RFC 3986: everything but the unreserved characters is percent-encoded.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Opens a WebSocket to `url`, offering `encoding`'s subprotocol, and waits for the
 /// `welcome` frame. The caller bounds the whole attempt with its connect timeout.

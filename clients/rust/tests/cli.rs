@@ -1,16 +1,22 @@
 //! The `shardcast-cli` binary against a real gateway: `sub` prints what `pub`
 //! publishes as JSON lines (and survives a gateway restart), `stats` prints the
 //! instance's and the cluster's figures, the API key comes from the environment,
-//! and failures exit non-zero with a message.
+//! failures exit non-zero with one clear message, `pub` refuses broken JSON
+//! unless `--raw`, and the help lists the global options once.
 
 mod common;
 
 use std::process::{Output, Stdio};
 
-use common::{cli_bin, free_port, within, Gateway};
+use common::{free_port, within, Gateway};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+/// The CLI binary built with this crate (this test needs the `cli` feature).
+fn cli_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shardcast-cli")
+}
 
 /// A `shardcast-cli` command with no API key from the test's environment.
 fn cli(args: &[&str]) -> Command {
@@ -223,4 +229,106 @@ async fn failures_exit_non_zero_with_a_message() {
         .await
         .expect("output");
     assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[tokio::test]
+async fn pub_refuses_broken_json_unless_raw() {
+    let gateway = Gateway::start(&[]);
+    let admin = gateway.admin_url();
+    let mut sub = Sub::spawn(&["sub", "news", "--count", "1", "--url", &gateway.ws_url()]);
+    sub.wait_status(&["subscribed: news"]).await;
+
+    let refused = run(cli(&["pub", "news", "{bad json", "--admin", &admin])).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let message = text(&refused.stderr);
+    assert!(
+        message.contains("not valid JSON") && message.contains("--raw"),
+        "{message}"
+    );
+    assert!(
+        refused.stdout.is_empty(),
+        "nothing published: {}",
+        text(&refused.stdout)
+    );
+
+    let published = run(cli(&["pub", "news", "{bad json", "--raw", "--admin", &admin])).await;
+    assert!(published.status.success(), "{}", text(&published.stderr));
+    // The first message the subscriber sees is the --raw one: the refused one never went out.
+    assert_eq!(
+        sub.message().await,
+        json!({"channel": "news", "seq": 1, "data": "{bad json"})
+    );
+    let status = within("sub to exit", sub.child.wait()).await.expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_refused_admin_connection_names_the_address() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let output = run(cli(&["stats", "--admin", &format!("http://{address}")])).await;
+    assert_eq!(output.status.code(), Some(1));
+    let message = text(&output.stderr);
+    assert!(
+        message.contains(&format!("cannot reach the admin API at {address}: ")),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+}
+
+#[tokio::test]
+async fn a_wrong_websocket_path_is_one_clear_message() {
+    let gateway = Gateway::start(&[]);
+    let wrong_path = format!("ws://{}/nope", gateway.ws);
+    let output = run(cli(&["sub", "news", "--url", &wrong_path])).await;
+    assert_eq!(output.status.code(), Some(1));
+    let message = text(&output.stderr);
+    let about_404: Vec<&str> = message.lines().filter(|line| line.contains("404")).collect();
+    assert_eq!(about_404.len(), 1, "{message}");
+    assert!(
+        about_404[0].starts_with("shardcast-cli: the gateway refused the WebSocket upgrade with HTTP 404"),
+        "{message}"
+    );
+    // 1006 (no close frame) is the client's bookkeeping, not news to the user.
+    assert!(!message.contains("1006"), "{message}");
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_api_key_says_unauthorized() {
+    let gateway = Gateway::start(&["--api-key", "s3cret"]);
+    let admin = gateway.admin_url();
+    for args in [
+        vec!["pub", "news", "1", "--admin", &admin],
+        vec!["stats", "--admin", &admin, "--api-key", "wrong"],
+    ] {
+        let output = run(cli(&args)).await;
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let message = text(&output.stderr);
+        assert!(
+            message.starts_with("shardcast-cli: unauthorized: missing or wrong API key"),
+            "{args:?}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn global_options_are_listed_once_in_the_help() {
+    let top = run(cli(&["--help"])).await;
+    assert!(top.status.success());
+    let top = text(&top.stdout);
+    assert!(top.contains("--admin <URL>") && top.contains("--log <FILTER>"), "{top}");
+    for subcommand in ["sub", "pub", "stats"] {
+        let help = run(cli(&[subcommand, "--help"])).await;
+        assert!(help.status.success(), "{}", text(&help.stderr));
+        let help = text(&help.stdout);
+        for global in [
+            "--url <URL>",
+            "--admin <URL>",
+            "--api-key <",
+            "--encoding <",
+            "--log <FILTER>",
+        ] {
+            assert!(!help.contains(global), "{subcommand} --help repeats {global}: {help}");
+        }
+        assert!(help.contains("see `shardcast-cli --help`"), "{help}");
+    }
 }

@@ -8,10 +8,13 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use shardcast_client::{AdminClient, Client, ClientEvent, ClusterView, Encoding, Error};
+
+/// A client stop with this code had no close frame behind it: the reason says it all.
+const ABNORMAL_CLOSURE: u16 = 1006;
 
 /// Command-line client of a shardcast WebSocket gateway.
 #[derive(Debug, Parser)]
@@ -74,13 +77,18 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Publish through the admin HTTP API. DATA is sent as JSON if it parses as JSON,
-    /// otherwise as a JSON string; `-` reads it from standard input.
+    /// Publish through the admin HTTP API. DATA is sent as JSON when it is JSON and
+    /// as a JSON string when it is plain text; text that starts like JSON (`{`, `[`
+    /// or `"`) but does not parse is refused unless --raw is given. `-` reads DATA
+    /// from standard input.
     Pub {
         /// The channel.
         channel: String,
         /// The payload.
         data: String,
+        /// Send DATA as a JSON string, as it is, even when it is (or looks like) JSON.
+        #[arg(long)]
+        raw: bool,
     },
     /// Print the instance's stats (JSON), or with --cluster every instance's connection count.
     Stats {
@@ -94,7 +102,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -106,7 +117,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Sub { channels, count, quiet } => subscribe(&cli, channels, *count, *quiet).await,
-            Command::Pub { channel, data } => publish(&cli, channel, data).await,
+            Command::Pub { channel, data, raw } => publish(&cli, channel, data, *raw).await,
             Command::Stats { cluster, json } => stats(&cli, *cluster, *json).await,
         }
     });
@@ -117,6 +128,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The argument parser, with the global options listed once, in the top-level help,
+/// instead of again in every subcommand's.
+fn command() -> clap::Command {
+    let mut command = Cli::command();
+    // Each subcommand gets its own hidden copy of every global option: clap then does
+    // not copy the visible one in, parsing still accepts them after the subcommand
+    // (`pub news 1 --admin URL`), and the subcommand's help leaves them out.
+    let globals: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| arg.is_global_set())
+        .map(|arg| arg.clone().hide(true))
+        .collect();
+    let names: Vec<String> = command.get_subcommands().map(|sub| sub.get_name().to_owned()).collect();
+    for name in names {
+        command = command.mut_subcommand(name, |sub| {
+            sub.args(globals.iter().cloned()).after_help(
+                "Global options (--url, --admin, --api-key, --encoding, --log): see `shardcast-cli --help`.",
+            )
+        });
+    }
+    command
 }
 
 fn init_logging(filter: &str) {
@@ -133,11 +167,43 @@ fn init_logging(filter: &str) {
 #[derive(Debug, thiserror::Error)]
 enum CliError {
     #[error(transparent)]
-    Client(#[from] Error),
+    Client(Error),
+    /// The admin API refused the API key (or its absence).
+    #[error(
+        "unauthorized: missing or wrong API key (give it with --api-key or SHARDCAST_API_KEY; \
+         the admin API answered HTTP {status} {code})"
+    )]
+    Unauthorized { status: u16, code: &'static str },
+    /// The client stopped without a close frame (the upgrade was refused, the URL is
+    /// unusable): the reason is the whole story, the code 1006 only noise.
+    #[error("{0}")]
+    Stopped(String),
+    #[error("DATA starts like JSON but is not valid JSON ({0}); pass --raw to publish it as a string")]
+    InvalidJson(serde_json::Error),
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
     #[error("cannot read the data from standard input: {0}")]
     Input(std::io::Error),
+}
+
+impl From<Error> for CliError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Api {
+                status: status @ 401,
+                code,
+                ..
+            } => CliError::Unauthorized {
+                status,
+                code: code.as_str(),
+            },
+            Error::Closed {
+                code: Some(ABNORMAL_CLOSURE),
+                reason,
+            } => CliError::Stopped(reason),
+            error => CliError::Client(error),
+        }
+    }
 }
 
 async fn subscribe(cli: &Cli, channels: &[String], count: Option<u64>, quiet: bool) -> Result<(), CliError> {
@@ -161,7 +227,7 @@ async fn subscribe(cli: &Cli, channels: &[String], count: Option<u64>, quiet: bo
             let Some(message) = messages.next().await else {
                 // Every stream ended: the client stopped for good (a close code after
                 // which the protocol says not to reconnect, or a refused channel).
-                return Err(CliError::Client(client.stop_reason().unwrap_or(Error::Closed {
+                return Err(CliError::from(client.stop_reason().unwrap_or(Error::Closed {
                     code: None,
                     reason: "every subscription ended".to_owned(),
                 })));
@@ -208,20 +274,24 @@ fn describe(url: &str, event: &ClientEvent) -> Option<String> {
         ClientEvent::SubscribeRefused { channel, code, message } => {
             format!("subscription refused: {channel}: {}: {message}", code.as_str())
         }
+        // A failed attempt that is not retried ends the command with an error line
+        // that says why; repeating it here would say it twice.
+        ClientEvent::Disconnected {
+            was_connected: false,
+            will_reconnect: false,
+            ..
+        } => return None,
         ClientEvent::Disconnected { code, reason, .. } => format!("disconnected: {code} {reason}"),
         ClientEvent::Reconnecting { attempt, delay, .. } => {
             format!("reconnecting in {} ms (attempt {attempt})", delay.as_millis())
         }
-        ClientEvent::Closed { code: None, .. } => return None,
-        ClientEvent::Closed {
-            code: Some(code),
-            reason,
-        } => format!("stopped after close {code}: {reason}"),
+        // The command ends with an error line that gives the stop's code and reason.
+        ClientEvent::Closed { .. } => return None,
         _ => return None,
     })
 }
 
-async fn publish(cli: &Cli, channel: &str, data: &str) -> Result<(), CliError> {
+async fn publish(cli: &Cli, channel: &str, data: &str, raw: bool) -> Result<(), CliError> {
     let admin = AdminClient::new(&cli.admin)?.api_key(cli.api_key.clone());
     let data = if data == "-" {
         let mut text = String::new();
@@ -230,7 +300,7 @@ async fn publish(cli: &Cli, channel: &str, data: &str) -> Result<(), CliError> {
     } else {
         data.to_owned()
     };
-    let payload = json_or_string(&data).map_err(Error::from)?;
+    let payload = payload(&data, raw)?;
     let receipt = admin.publish_json(channel, &payload).await?;
     println!(
         "{}",
@@ -240,10 +310,17 @@ async fn publish(cli: &Cli, channel: &str, data: &str) -> Result<(), CliError> {
 }
 
 /// The payload as given when it is JSON (kept byte for byte), else as a JSON string.
-fn json_or_string(data: &str) -> Result<Box<RawValue>, serde_json::Error> {
+/// Text that starts like an object, array or string but does not parse is a typo
+/// more often than a message, so it is refused unless `raw` asks for a string anyway.
+fn payload(data: &str, raw: bool) -> Result<Box<RawValue>, CliError> {
+    let as_string = || serde_json::value::to_raw_value(data).map_err(|e| CliError::from(Error::from(e)));
+    if raw {
+        return as_string();
+    }
     match RawValue::from_string(data.trim().to_owned()) {
-        Ok(raw) => Ok(raw),
-        Err(_) => serde_json::value::to_raw_value(data),
+        Ok(json) => Ok(json),
+        Err(e) if data.trim_start().starts_with(['{', '[', '"']) => Err(CliError::InvalidJson(e)),
+        Err(_) => as_string(),
     }
 }
 
@@ -305,19 +382,50 @@ fn cluster_table(view: &ClusterView) -> String {
 mod tests {
     use super::*;
 
+    fn sent(data: &str, raw: bool) -> String {
+        payload(data, raw).expect("a payload").get().to_owned()
+    }
+
     #[test]
     fn data_is_json_when_it_parses_and_a_string_otherwise() {
-        assert_eq!(json_or_string(r#"{"b":1,"a":2}"#).unwrap().get(), r#"{"b":1,"a":2}"#);
-        assert_eq!(json_or_string(" 42 ").unwrap().get(), "42");
-        assert_eq!(json_or_string("null").unwrap().get(), "null");
-        assert_eq!(json_or_string("hello world").unwrap().get(), r#""hello world""#);
-        assert_eq!(json_or_string(r#"{"broken""#).unwrap().get(), r#""{\"broken\"""#);
-        assert_eq!(json_or_string("").unwrap().get(), r#""""#);
+        assert_eq!(sent(r#"{"b":1,"a":2}"#, false), r#"{"b":1,"a":2}"#);
+        assert_eq!(sent(" 42 ", false), "42");
+        assert_eq!(sent("null", false), "null");
+        assert_eq!(sent("hello world", false), r#""hello world""#);
+        assert_eq!(sent("", false), r#""""#);
+        // Starts like JSON, is not: refused, unless --raw.
+        for broken in [r#"{"broken""#, "{bad json", " [1,", r#""unterminated"#] {
+            assert!(
+                matches!(payload(broken, false), Err(CliError::InvalidJson(_))),
+                "{broken}"
+            );
+        }
+        assert_eq!(sent(r#"{"broken""#, true), r#""{\"broken\"""#);
+        assert_eq!(sent("42", true), r#""42""#);
+    }
+
+    #[test]
+    fn global_options_are_listed_once() {
+        command().debug_assert();
+        let mut command = command();
+        let top = command.render_long_help().to_string();
+        assert!(top.contains("--admin") && top.contains("--log"), "{top}");
+        let sub = command
+            .find_subcommand_mut("sub")
+            .expect("sub")
+            .render_long_help()
+            .to_string();
+        assert!(!sub.contains("--admin <URL>") && sub.contains("--count"), "{sub}");
+        assert!(sub.contains("see `shardcast-cli --help`"), "{sub}");
+        // Still accepted after the subcommand.
+        let matches = command
+            .try_get_matches_from(["shardcast-cli", "pub", "news", "1", "--admin", "http://h:1"])
+            .expect("parse");
+        assert_eq!(Cli::from_arg_matches(&matches).expect("cli").admin, "http://h:1");
     }
 
     #[test]
     fn the_arguments_parse() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
         let cli = Cli::parse_from([
             "shardcast-cli",

@@ -72,11 +72,6 @@ pub fn gateway_bin() -> &'static Path {
     })
 }
 
-/// The CLI binary built with this crate.
-pub fn cli_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_shardcast-cli")
-}
-
 /// A free TCP port on loopback (bound and released; good enough for test servers).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,66 @@
+//! What the driver is told: the [`Command`]s that client handles and subscriptions
+//! send it, and the [`Config`] it is started with.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use shardcast_proto::Encoding;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::backoff::ReconnectPolicy;
+use crate::error::Result;
+use crate::message::Message;
+use crate::token::TokenProvider;
+
+/// What a client handle or subscription asks of the driver.
+pub(crate) enum Command {
+    /// Add a subscription to a channel; `done` fires when the gateway acknowledged the channel.
+    Subscribe {
+        channel: String,
+        subscription: u64,
+        messages: mpsc::UnboundedSender<Message>,
+        done: oneshot::Sender<Result<()>>,
+    },
+    /// Remove a subscription; the channel is unsubscribed on the gateway when its last one goes.
+    Unsubscribe {
+        channel: String,
+        subscription: u64,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    Publish {
+        channel: String,
+        data: Value,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Ping {
+        done: oneshot::Sender<Result<()>>,
+    },
+    /// Close the connection and stop; `done` fires once stopped.
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The client's settings, fixed when it is built.
+pub(crate) struct Config {
+    pub url: String,
+    pub encoding: Encoding,
+    pub reconnect: ReconnectPolicy,
+    /// `None` turns the heartbeat off.
+    pub heartbeat: Option<HeartbeatTiming>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub close_timeout: Duration,
+    pub token: Option<TokenProvider>,
+    pub token_param: String,
+    pub websocket: WebSocketConfig,
+    pub max_message_bytes: usize,
+}
+
+/// Heartbeat settings; `None` fields default from the welcome's `ping_interval_ms`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeartbeatTiming {
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+}

@@ -1,0 +1,189 @@
+//! One open WebSocket to the gateway: [`Connection`] sends frames (bounded in time),
+//! keeps the requests in flight on it, runs the heartbeat's clock, and closes with
+//! the close handshake. [`End`] and [`Loss`] say why a connection or attempt ended.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use shardcast_proto::{ClientFrame, Encoding};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::command::HeartbeatTiming;
+use super::requests::RequestTable;
+use crate::error::Error;
+use crate::transport::{self, Welcome, WsStream};
+
+/// Far enough ahead to mean "never" for a timer, near enough not to overflow `Instant`.
+pub(crate) const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Why a connection (or an attempt at one) ended.
+pub(crate) struct Loss {
+    pub code: u16,
+    pub reason: String,
+    pub retry_after: Option<Duration>,
+    /// When the lost connection got its welcome; `None` for a failed attempt.
+    pub welcomed_at: Option<Instant>,
+}
+
+pub(crate) enum End {
+    /// The connection or attempt was lost; the policy decides what next.
+    Lost(Loss),
+    /// The application closed the client (or dropped every handle).
+    ClientClosed,
+    /// The request itself is wrong: stop without retrying.
+    Fatal(Error),
+}
+
+/// What the heartbeat asks for at a timer tick.
+pub(crate) enum HeartbeatStep {
+    /// Nothing to do yet.
+    Wait,
+    /// The connection has been quiet for the interval: send a ping.
+    Ping,
+    /// Nothing arrived within the timeout after the ping: the connection is dead.
+    Dead(String),
+}
+
+/// The state of one open connection.
+pub(crate) struct Connection {
+    pub ws: WsStream,
+    pub encoding: Encoding,
+    pub requests: RequestTable,
+    pub welcomed_at: Instant,
+    /// Earliest `retry_at` of any channel, if any.
+    pub retry_wakeup: Option<Instant>,
+    /// Set when a send failed; the connection is treated as lost.
+    pub broken: Option<String>,
+    last_received: Instant,
+    /// (interval, timeout) of the heartbeat, if it runs.
+    heartbeat: Option<(Duration, Duration)>,
+    /// A heartbeat ping went out and nothing has arrived since.
+    pinged: bool,
+    heartbeat_check: Instant,
+    /// Bounds a single send.
+    send_timeout: Duration,
+}
+
+impl Connection {
+    /// A connection that just got `welcome`; `heartbeat` is `None` when it is turned off.
+    pub(crate) fn new(
+        ws: WsStream,
+        welcome: &Welcome,
+        heartbeat: Option<HeartbeatTiming>,
+        send_timeout: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        let heartbeat = heartbeat.and_then(|timing| {
+            let interval = timing.interval.unwrap_or(welcome.ping_interval);
+            // A gateway announcing no ping interval gives nothing to size the timeout by.
+            (!interval.is_zero()).then(|| (interval, timing.timeout.unwrap_or(interval)))
+        });
+        Connection {
+            ws,
+            encoding: welcome.encoding,
+            requests: RequestTable::default(),
+            welcomed_at: now,
+            retry_wakeup: None,
+            broken: None,
+            last_received: now,
+            heartbeat,
+            pinged: false,
+            heartbeat_check: now + heartbeat.map_or(NEVER, |(interval, _)| interval),
+            send_timeout,
+        }
+    }
+
+    /// Something arrived: anything at all proves the connection alive, pings and pongs included.
+    pub(crate) fn received(&mut self) {
+        self.last_received = Instant::now();
+        self.pinged = false;
+    }
+
+    /// When the connection's timer should fire next; `idle` if nothing is scheduled.
+    pub(crate) fn next_wakeup(&self, idle: Instant) -> Instant {
+        let heartbeat = if self.heartbeat.is_some() {
+            self.heartbeat_check
+        } else {
+            idle
+        };
+        self.retry_wakeup.map_or(heartbeat, |at| at.min(heartbeat))
+    }
+
+    /// Advances the heartbeat at `now`. The pong to a ping is not awaited as such:
+    /// any frame that arrives clears the ping.
+    pub(crate) fn heartbeat_step(&mut self, now: Instant) -> HeartbeatStep {
+        let Some((interval, timeout)) = self.heartbeat else {
+            return HeartbeatStep::Wait;
+        };
+        if now < self.heartbeat_check {
+            return HeartbeatStep::Wait;
+        }
+        let quiet = now.saturating_duration_since(self.last_received);
+        if !self.pinged {
+            if quiet >= interval {
+                self.pinged = true;
+                self.heartbeat_check = now + timeout;
+                return HeartbeatStep::Ping;
+            }
+            self.heartbeat_check = self.last_received + interval;
+        } else if quiet >= interval + timeout {
+            return HeartbeatStep::Dead(format!("heartbeat timeout: nothing received for {quiet:?}"));
+        } else {
+            self.heartbeat_check = self.last_received + interval + timeout;
+        }
+        HeartbeatStep::Wait
+    }
+
+    pub(crate) async fn send(&mut self, frame: ClientFrame) {
+        let message = transport::encode(self.encoding, &frame);
+        self.send_message(message).await;
+    }
+
+    pub(crate) async fn send_message(&mut self, message: WsMessage) {
+        if self.broken.is_some() {
+            return;
+        }
+        // A peer that stopped reading would block this send forever, and with it the
+        // heartbeat that is meant to notice such a peer; the request timeout bounds it.
+        match tokio::time::timeout(self.send_timeout, self.ws.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.broken = Some(format!("send failed: {e}")),
+            Err(_) => self.broken = Some("send timed out: the gateway stopped reading".to_owned()),
+        }
+    }
+
+    /// Closes the connection from this side, with the close handshake, bounded in time.
+    pub(crate) async fn close(&mut self, limit: Duration) {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "client closed".into(),
+        };
+        let ws = &mut self.ws;
+        let _ = tokio::time::timeout(limit, async {
+            let _ = ws.close(Some(frame)).await;
+            // The gateway echoes the close and then ends the TCP connection.
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+
+    /// After the gateway's close frame: lets the WebSocket send its close reply and see
+    /// the TCP connection end, bounded in time.
+    pub(crate) async fn finish_close(&mut self, limit: Duration) {
+        let ws = &mut self.ws;
+        let _ = tokio::time::timeout(limit, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    }
+
+    /// A loss of this connection with the given close code and reason.
+    pub(crate) fn lost(&self, code: u16, reason: String) -> End {
+        End::Lost(Loss {
+            code,
+            reason,
+            retry_after: None,
+            welcomed_at: Some(self.welcomed_at),
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! Requests that wait for the gateway's reply: request ids ([`RequestIds`]), what
+//! each request in flight on a connection waits for ([`Pending`]), and the table
+//! that matches replies to them by id ([`RequestTable`]).
+
+use std::collections::HashMap;
+
+use shardcast_proto::ErrorCode;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+
+/// `pending` entries kept before abandoned ones are pruned.
+const PRUNE_FLOOR: usize = 256;
+
+/// Hands out request ids; they outlive a connection.
+pub(crate) struct RequestIds {
+    next: u64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds { next: 1 }
+    }
+}
+
+impl RequestIds {
+    pub(crate) fn take(&mut self) -> u64 {
+        let id = self.next;
+        // Ids only need to be distinct among requests in flight.
+        self.next = self.next.checked_add(1).unwrap_or(1);
+        id
+    }
+}
+
+/// A request on the current connection that waits for its reply.
+pub(crate) enum Pending {
+    Subscribe {
+        channel: String,
+        generation: u64,
+    },
+    Unsubscribe {
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    Request {
+        op: &'static str,
+        channel: Option<String>,
+        done: oneshot::Sender<Result<()>>,
+    },
+}
+
+impl Pending {
+    /// Whether nobody waits for the reply any more (the caller timed out or gave up).
+    fn abandoned(&self) -> bool {
+        match self {
+            Pending::Request { done, .. } => done.is_closed(),
+            Pending::Unsubscribe { done } => done.as_ref().map_or(true, |d| d.is_closed()),
+            Pending::Subscribe { .. } => false,
+        }
+    }
+
+    /// Answers the caller of an unsubscribe, publish or ping with the gateway's reply.
+    /// A subscribe's reply belongs to its channel, so it is not answered here.
+    pub(crate) fn answer(self, result: Result<(), (ErrorCode, String)>) {
+        match self {
+            Pending::Unsubscribe { done } => {
+                let result = match result {
+                    // Gone on the gateway already: the goal is reached either way.
+                    Ok(()) | Err((ErrorCode::NotSubscribed, _)) => Ok(()),
+                    Err((code, message)) => Err(Error::Server {
+                        op: "unsubscribe",
+                        code,
+                        message,
+                        channel: None,
+                    }),
+                };
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+            Pending::Request { op, channel, done } => {
+                let _ = done.send(result.map_err(|(code, message)| Error::Server {
+                    op,
+                    code,
+                    message,
+                    channel,
+                }));
+            }
+            Pending::Subscribe { .. } => {}
+        }
+    }
+}
+
+/// How a connection ended, for the requests it leaves unanswered.
+pub(crate) enum Unanswered<'a> {
+    /// The connection was lost with this close code and reason.
+    Lost { code: u16, reason: &'a str },
+    /// The application closed the client.
+    Closed,
+}
+
+/// The requests in flight on one connection, by id.
+pub(crate) struct RequestTable {
+    pending: HashMap<u64, Pending>,
+    /// Abandoned entries are pruned once `pending` grows past this.
+    prune_at: usize,
+}
+
+impl Default for RequestTable {
+    fn default() -> Self {
+        RequestTable {
+            pending: HashMap::new(),
+            prune_at: PRUNE_FLOOR,
+        }
+    }
+}
+
+impl RequestTable {
+    pub(crate) fn track(&mut self, id: u64, pending: Pending) {
+        if self.pending.len() >= self.prune_at {
+            self.pending.retain(|_, p| !p.abandoned());
+            // Doubling keeps pruning amortised when every entry is still wanted.
+            self.prune_at = (self.pending.len() * 2).max(PRUNE_FLOOR);
+        }
+        self.pending.insert(id, pending);
+    }
+
+    /// The request a reply with this id answers, if anyone still waits for it.
+    pub(crate) fn take(&mut self, id: Option<u64>) -> Option<Pending> {
+        id.and_then(|id| self.pending.remove(&id))
+    }
+
+    /// Ends every request still unanswered when the connection ends: they get no
+    /// reply any more (section 5).
+    pub(crate) fn end_all(&mut self, how: Unanswered<'_>) {
+        for (_, pending) in self.pending.drain() {
+            let lost = |op| match how {
+                Unanswered::Lost { code, reason } => Error::ConnectionLost {
+                    op,
+                    code,
+                    reason: reason.to_owned(),
+                },
+                Unanswered::Closed => Error::Closed {
+                    code: None,
+                    reason: "client closed".to_owned(),
+                },
+            };
+            match pending {
+                Pending::Request { op, done, .. } => {
+                    let _ = done.send(Err(lost(op)));
+                }
+                // An unsubscribe is complete once the connection is gone.
+                Pending::Unsubscribe { done: Some(done) } => {
+                    let _ = done.send(Ok(()));
+                }
+                Pending::Unsubscribe { done: None } | Pending::Subscribe { .. } => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! [`Message`]: one publication delivered on a subscribed channel.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One publication on a subscribed channel.
+///
+/// Serialises as `{"channel":..,"seq":..,"data":..}`, the shape of the protocol's
+/// `message` frame without its `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// The channel it was published on.
+    pub channel: String,
+    /// +1 per publication delivered on this channel by this gateway instance. Only
+    /// meaningful within one unbroken subscription: it restarts or jumps after a reconnect.
+    pub seq: u64,
+    /// The published JSON value (MessagePack payloads are decoded into the same model).
+    pub data: Value,
+}
+
+impl Message {
+    /// Deserialises the payload into an application type.
+    pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.data)
+    }
+}
