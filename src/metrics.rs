@@ -231,11 +231,11 @@ impl Metrics {
         for source in ["api", "client", "broker"] {
             self.messages_published.with_label_values(&[source]);
         }
-        for reason in ["slow_consumer", "bad_payload", "broker_lag"] {
+        for reason in ["slow_consumer", "bad_payload", "broker_lag", "encode_failed"] {
             self.messages_dropped.with_label_values(&[reason]);
         }
         let protocol_codes = ErrorCode::ALL_SENT.iter().map(|c| c.as_str());
-        let framing_codes = ["protocol_error", "invalid_utf8", "message_too_big", "unauthorized"];
+        let framing_codes = ["protocol_error", "invalid_utf8", "message_too_big"];
         for code in protocol_codes.chain(framing_codes) {
             self.client_errors.with_label_values(&[code]);
         }

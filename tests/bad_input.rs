@@ -37,6 +37,7 @@ async fn request_errors_keep_the_connection_open() {
         c.send(&ClientFrame::Subscribe {
             id: Some(6),
             channel: bad.into(),
+            token: None,
         })
         .await;
         expect_error(&mut c, Some(6), ErrorCode::BadChannel).await;
@@ -52,6 +53,7 @@ async fn request_errors_keep_the_connection_open() {
     c.send(&ClientFrame::Subscribe {
         id: Some(10),
         channel: "three".into(),
+        token: None,
     })
     .await;
     expect_error(&mut c, Some(10), ErrorCode::TooManyChannels).await;

@@ -121,7 +121,7 @@ async fn unsubscribe_stops_delivery_and_empty_channels_reach_zero() {
         channel: "weather".into(),
     })
     .await;
-    assert_eq!(c.recv().await, ServerFrame::Ack { id: Some(2) });
+    assert_eq!(c.recv().await, ServerFrame::ack(Some(2)));
     assert_eq!(gw.publish("weather", json!("rain")).await["subscribers"], 0);
     assert!(c.roundtrip(3).await.is_empty(), "nothing arrives after unsubscribe");
     assert_eq!(
@@ -213,7 +213,7 @@ async fn client_publish_is_off_by_default_and_works_when_allowed() {
         data: json!({"hi": true}),
     })
     .await;
-    assert_eq!(a.recv().await, ServerFrame::Ack { id: Some(7) });
+    assert_eq!(a.recv().await, ServerFrame::ack(Some(7)));
     assert_eq!(
         b.recv().await,
         ServerFrame::Message {

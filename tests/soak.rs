@@ -68,7 +68,7 @@ struct Sample {
 async fn request(c: &mut Client, frame: ClientFrame) -> bool {
     let id = frame.id();
     let bytes = shardcast_proto::encode_client(Encoding::Json, &frame);
-    let text = String::from_utf8(bytes).expect("JSON is UTF-8");
+    let text = String::from_utf8(bytes.expect("encodes")).expect("JSON is UTF-8");
     if c.ws.send(Message::Text(text.into())).await.is_err() {
         return false;
     }
@@ -79,7 +79,7 @@ async fn request(c: &mut Client, frame: ClientFrame) -> bool {
         };
         let Message::Text(t) = msg else { continue };
         match shardcast_proto::decode_server(Encoding::Json, t.as_bytes()) {
-            Ok(ServerFrame::Ack { id: got }) | Ok(ServerFrame::Pong { id: got }) if got == id => return true,
+            Ok(ServerFrame::Ack { id: got, .. }) | Ok(ServerFrame::Pong { id: got }) if got == id => return true,
             Ok(ServerFrame::Error { id: got, code, .. }) if got == id => {
                 panic!("request {id:?} refused: {code:?}")
             }
@@ -133,6 +133,7 @@ async fn churn(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>, received: Arc
                         ClientFrame::Subscribe {
                             id,
                             channel: format!("room-{room}"),
+                            token: None,
                         },
                     )
                     .await

@@ -481,12 +481,14 @@ async fn subscribe_shardcast(client: &mut WsClient, channel: &str) -> Result<(),
     let subscribe = ClientFrame::Subscribe {
         id: Some(1),
         channel: channel.to_owned(),
+        token: None,
     };
-    client.send_text(&encode_client(Encoding::Json, &subscribe)).await?;
+    let bytes = encode_client(Encoding::Json, &subscribe).map_err(|e| BenchError::Protocol(e.to_string()))?;
+    client.send_text(&bytes).await?;
     loop {
         let frame = client.next_frame().await?;
         match decode_server(Encoding::Json, client.payload(&frame)) {
-            Ok(ServerFrame::Ack { id: Some(1) }) => return Ok(()),
+            Ok(ServerFrame::Ack { id: Some(1), .. }) => return Ok(()),
             Ok(ServerFrame::Error { code, message, .. }) => {
                 return Err(BenchError::Protocol(format!("subscribe refused: {code:?} {message}")))
             }

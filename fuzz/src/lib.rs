@@ -47,7 +47,7 @@ fn check_client_frame(encoding: Encoding, data: &[u8]) {
                 }
             }
             for target in Encoding::ALL {
-                let bytes = encode_client(target, &frame);
+                let bytes = encode_client(target, &frame).expect("a decoded frame encodes");
                 let back = decode_client(target, &bytes)
                     .unwrap_or_else(|e| panic!("re-encoded {frame:?} in {target:?} does not decode: {e}"));
                 assert!(
@@ -364,7 +364,8 @@ pub fn publish_body(data: &[u8]) {
         };
         let expected: Value = serde_json::from_str(payload.json().get()).expect("an accepted payload parses");
         for encoding in Encoding::ALL {
-            let frame = encode_message(encoding, &item.channel, 7, payload.json());
+            let frame =
+                encode_message(encoding, &item.channel, 7, payload.json()).expect("an accepted payload encodes");
             match decode_server(encoding, &frame) {
                 Ok(ServerFrame::Message { channel, seq, data }) => {
                     assert_eq!((channel.as_str(), seq), (item.channel.as_str(), 7));

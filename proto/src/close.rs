@@ -25,12 +25,21 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 pub const SLOW_CONSUMER: u16 = 4000;
 /// Nothing was received from the client (not even a pong) within the idle timeout.
 pub const IDLE_TIMEOUT: u16 = 4001;
+/// The connection's token expired without a refresh: fetch a new token, then reconnect.
+pub const TOKEN_EXPIRED: u16 = 4002;
+/// No token where one is required, or the token (or its refresh) was refused: do not
+/// reconnect with the same token.
+pub const UNAUTHORIZED: u16 = 4003;
+/// An operator disconnected this user: do not reconnect.
+pub const DISCONNECTED: u16 = 4004;
+/// The user already holds the maximum number of connections: reconnect with backoff.
+pub const TOO_MANY_CONNECTIONS: u16 = 4005;
 
 /// Whether a client should reconnect automatically after this close code.
 pub fn should_reconnect(code: u16) -> bool {
     !matches!(
         code,
-        POLICY_VIOLATION | PROTOCOL_ERROR | INVALID_PAYLOAD | MESSAGE_TOO_BIG
+        POLICY_VIOLATION | PROTOCOL_ERROR | INVALID_PAYLOAD | MESSAGE_TOO_BIG | UNAUTHORIZED | DISCONNECTED
     )
 }
 

@@ -83,6 +83,12 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or unexpected failure on the gateway.
     Internal,
+    /// The request needs an identity the connection lacks, or its token was refused.
+    Unauthorized,
+    /// The channel rules do not let this identity subscribe or publish here.
+    PermissionDenied,
+    /// Too many requests of this kind in a short time.
+    RateLimited,
     /// A code this version of the crate does not know (sent by a newer gateway).
     #[serde(other)]
     Unknown,
@@ -90,7 +96,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a gateway of this version sends.
-    pub const ALL_SENT: [ErrorCode; 9] = [
+    pub const ALL_SENT: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::BadChannel,
@@ -100,6 +106,9 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Unauthorized,
+        ErrorCode::PermissionDenied,
+        ErrorCode::RateLimited,
     ];
 
     /// The snake_case name used on the wire and as a metric label.
@@ -114,6 +123,9 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -131,6 +143,9 @@ pub enum ClientFrame {
         id: Option<u64>,
         /// The channel.
         channel: String,
+        /// A subscription token for a channel the connection token does not grant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// Stop receiving a channel; answered by `ack` or `error`.
     Unsubscribe {
@@ -156,6 +171,38 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// Authenticates the connection (the client's first frame); answered by `welcome`.
+    Connect {
+        /// The request id, echoed in the welcome.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The connection token.
+        token: String,
+        /// The client library's name, for logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The client library's version, for logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+    },
+    /// Replaces the connection token (same user) before it expires; answered by `ack`.
+    Refresh {
+        /// The request id, echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The new connection token.
+        token: String,
+    },
+    /// Replaces a subscription token before it expires; answered by `ack`.
+    SubRefresh {
+        /// The request id, echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel held by subscription token.
+        channel: String,
+        /// The new subscription token.
+        token: String,
+    },
 }
 
 impl ClientFrame {
@@ -165,7 +212,10 @@ impl ClientFrame {
             ClientFrame::Subscribe { id, .. }
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. }
-            | ClientFrame::Ping { id } => *id,
+            | ClientFrame::Ping { id }
+            | ClientFrame::Connect { id, .. }
+            | ClientFrame::Refresh { id, .. }
+            | ClientFrame::SubRefresh { id, .. } => *id,
         }
     }
 }
@@ -180,6 +230,9 @@ struct LooseClientFrame {
     channel: Option<String>,
     #[serde(default, deserialize_with = "present")]
     data: Option<Value>,
+    token: Option<String>,
+    name: Option<String>,
+    version: Option<String>,
 }
 
 /// Reads a field that is present, so that `"data": null` is `Some(Null)`, not missing.
@@ -232,10 +285,28 @@ pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, De
         .ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `op`"))?;
     let channel =
         |c: Option<String>| c.ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `channel`"));
+    let token =
+        |t: Option<String>| t.ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `token`"));
     match op.as_str() {
         "subscribe" => Ok(ClientFrame::Subscribe {
             id,
             channel: channel(loose.channel)?,
+            token: loose.token,
+        }),
+        "connect" => Ok(ClientFrame::Connect {
+            id,
+            token: token(loose.token)?,
+            name: loose.name,
+            version: loose.version,
+        }),
+        "refresh" => Ok(ClientFrame::Refresh {
+            id,
+            token: token(loose.token)?,
+        }),
+        "sub_refresh" => Ok(ClientFrame::SubRefresh {
+            id,
+            channel: channel(loose.channel)?,
+            token: token(loose.token)?,
         }),
         "unsubscribe" => Ok(ClientFrame::Unsubscribe {
             id,
@@ -258,8 +329,32 @@ pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, De
 }
 
 /// Encodes a client frame (what a client library sends).
-pub fn encode_client(encoding: Encoding, frame: &ClientFrame) -> Vec<u8> {
+pub fn encode_client(encoding: Encoding, frame: &ClientFrame) -> Result<Vec<u8>, EncodeError> {
     encode(encoding, frame)
+}
+
+/// A frame that could not be encoded. Never an empty frame on the wire instead:
+/// the caller counts and logs it and sends nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode a {encoding:?} frame: {message}")]
+pub struct EncodeError {
+    /// The encoding that failed.
+    pub encoding: Encoding,
+    /// The serializer's message.
+    pub message: String,
+}
+
+/// Why the gateway ended one subscription (`unsubscribed` frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsubscribeCode {
+    /// The subscription token expired without a `sub_refresh`.
+    TokenExpired,
+    /// An operator ended it, or a refreshed connection token no longer grants it.
+    PermissionDenied,
+    /// A code this version of the crate does not know (sent by a newer gateway).
+    #[serde(other)]
+    Unknown,
 }
 
 /// A frame the gateway sends.
@@ -276,12 +371,24 @@ pub enum ServerFrame {
         shard: u32,
         /// How often the gateway pings, so a client can size its own dead-peer timeout.
         ping_interval_ms: u64,
+        /// The `connect` request this answers, if it answers one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The connection's user (the token's `sub`); none when anonymous.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// When the connection's token expires (Unix seconds); none when it does not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     /// A request succeeded.
     Ack {
         /// The id of the request this answers, if it had one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// For `refresh` and `sub_refresh`: when the new token expires (Unix seconds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     /// A request failed; the connection stays open.
     Error {
@@ -316,14 +423,30 @@ pub enum ServerFrame {
         /// The channel that may have a gap.
         channel: String,
     },
+    /// The gateway ended one subscription; the connection stays open.
+    Unsubscribed {
+        /// The channel.
+        channel: String,
+        /// Why.
+        code: UnsubscribeCode,
+        /// Why, for a person.
+        message: String,
+    },
     /// A frame type this version does not know (sent by a newer gateway); clients ignore it.
     #[serde(other)]
     Unknown,
 }
 
+impl ServerFrame {
+    /// A plain `ack` of the request `id`.
+    pub fn ack(id: Option<u64>) -> ServerFrame {
+        ServerFrame::Ack { id, expires_at: None }
+    }
+}
+
 /// Encodes a server frame. Message frames on the gateway's hot path go through
 /// [`encode_message`] instead, which does not need the payload parsed.
-pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
+pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Result<Vec<u8>, EncodeError> {
     encode(encoding, frame)
 }
 
@@ -351,7 +474,7 @@ struct MessageFrameJson<'a> {
 /// For JSON the payload bytes are copied verbatim, never re-parsed; for MessagePack they
 /// are parsed once and transcoded. The result is identical to encoding
 /// [`ServerFrame::Message`] with the same fields.
-pub fn encode_message(encoding: Encoding, channel: &str, seq: u64, data: &RawValue) -> Vec<u8> {
+pub fn encode_message(encoding: Encoding, channel: &str, seq: u64, data: &RawValue) -> Result<Vec<u8>, EncodeError> {
     match encoding {
         Encoding::Json => encode(
             encoding,
@@ -363,9 +486,10 @@ pub fn encode_message(encoding: Encoding, channel: &str, seq: u64, data: &RawVal
             },
         ),
         Encoding::MsgPack => {
-            // RawValue only ever holds valid JSON, so this parse cannot fail; fall back to
-            // null rather than panic should that invariant ever break.
-            let data: Value = serde_json::from_str(data.get()).unwrap_or(Value::Null);
+            let data: Value = serde_json::from_str(data.get()).map_err(|e| EncodeError {
+                encoding,
+                message: e.to_string(),
+            })?;
             encode(
                 encoding,
                 &ServerFrame::Message {
@@ -378,12 +502,11 @@ pub fn encode_message(encoding: Encoding, channel: &str, seq: u64, data: &RawVal
     }
 }
 
-fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Vec<u8> {
-    // Both serializers only fail on maps with non-string keys or on writer errors; our
-    // types have neither, and a Vec writer cannot fail.
+fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Result<Vec<u8>, EncodeError> {
+    let fail = |message: String| EncodeError { encoding, message };
     match encoding {
-        Encoding::Json => serde_json::to_vec(value).unwrap_or_default(),
-        Encoding::MsgPack => rmp_serde::to_vec_named(value).unwrap_or_default(),
+        Encoding::Json => serde_json::to_vec(value).map_err(|e| fail(e.to_string())),
+        Encoding::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| fail(e.to_string())),
     }
 }
 
@@ -399,8 +522,8 @@ pub enum ChannelNameError {
         /// The limit.
         max: usize,
     },
-    /// The name contains a byte outside `[A-Za-z0-9_.:@/=+-]`.
-    #[error("channel name has a character outside [A-Za-z0-9_.:@/=+-]")]
+    /// The name contains a byte outside `[A-Za-z0-9_.:@/=+#-]`, or starts with `#`.
+    #[error("channel name has a character outside [A-Za-z0-9_.:@/=+#-] or starts with #")]
     BadCharacter,
 }
 
@@ -415,8 +538,10 @@ pub fn validate_channel(name: &str, max_len: usize) -> Result<(), ChannelNameErr
     if name.len() > max_len {
         return Err(ChannelNameError::TooLong { max: max_len });
     }
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_.:@/=+-".contains(&b);
-    if name.bytes().all(allowed) {
+    // `#` is the user boundary of the channel rules; never first, so no channel can
+    // collide with the gateway's internal Redis probe channel (`#probe#...`).
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_.:@/=+#-".contains(&b);
+    if !name.starts_with('#') && name.bytes().all(allowed) {
         Ok(())
     } else {
         Err(ChannelNameError::BadCharacter)

@@ -11,7 +11,7 @@ use shardcast_proto::close::{reason_with_retry, retry_ms};
 use shardcast_proto::redis::{base64, decode_redis_payload, encode_redis_payload, RedisPayload};
 use shardcast_proto::{
     decode_client, decode_server, encode_client, encode_message, encode_server, validate_channel, ChannelNameError,
-    ClientFrame, Encoding, ErrorCode, ServerFrame,
+    ClientFrame, Encoding, ErrorCode, ServerFrame, UnsubscribeCode,
 };
 
 /// JSON values of every kind; floats are finite (the JSON data model has no NaN).
@@ -40,7 +40,26 @@ fn channel() -> impl Strategy<Value = String> {
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     let id = proptest::option::of(any::<u64>());
     prop_oneof![
-        (id.clone(), channel()).prop_map(|(id, channel)| ClientFrame::Subscribe { id, channel }),
+        (id.clone(), channel(), proptest::option::of("\\PC{0,40}"))
+            .prop_map(|(id, channel, token)| ClientFrame::Subscribe { id, channel, token }),
+        (id.clone(), "\\PC{0,40}").prop_map(|(id, token)| ClientFrame::Refresh { id, token }),
+        (id.clone(), channel(), "\\PC{0,40}").prop_map(|(id, channel, token)| ClientFrame::SubRefresh {
+            id,
+            channel,
+            token
+        }),
+        (
+            id.clone(),
+            "\\PC{0,40}",
+            proptest::option::of("\\PC{0,20}"),
+            proptest::option::of("\\PC{0,20}")
+        )
+            .prop_map(|(id, token, name, version)| ClientFrame::Connect {
+                id,
+                token,
+                name,
+                version
+            }),
         (id.clone(), "\\PC{0,20}").prop_map(|(id, channel)| ClientFrame::Unsubscribe { id, channel }),
         (id.clone(), channel(), json_value()).prop_map(|(id, channel, data)| ClientFrame::Publish {
             id,
@@ -62,23 +81,41 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::PayloadTooLarge),
         Just(ErrorCode::Unavailable),
         Just(ErrorCode::Internal),
+        Just(ErrorCode::Unauthorized),
+        Just(ErrorCode::PermissionDenied),
+        Just(ErrorCode::RateLimited),
     ]
 }
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
     let id = proptest::option::of(any::<u64>());
     prop_oneof![
-        (any::<u32>(), "\\PC{0,20}", any::<u32>(), any::<u64>()).prop_map(
-            |(version, node, shard, ping_interval_ms)| {
+        (
+            (any::<u32>(), "\\PC{0,20}", any::<u32>(), any::<u64>()),
+            (
+                id.clone(),
+                proptest::option::of("\\PC{0,20}"),
+                proptest::option::of(any::<u64>())
+            )
+        )
+            .prop_map(|((version, node, shard, ping_interval_ms), (id, user, expires_at))| {
                 ServerFrame::Welcome {
                     version,
                     node,
                     shard,
                     ping_interval_ms,
+                    id,
+                    user,
+                    expires_at,
                 }
-            }
-        ),
-        id.clone().prop_map(|id| ServerFrame::Ack { id }),
+            }),
+        (id.clone(), proptest::option::of(any::<u64>()))
+            .prop_map(|(id, expires_at)| ServerFrame::Ack { id, expires_at }),
+        (channel(), "\\PC{0,40}").prop_map(|(channel, message)| ServerFrame::Unsubscribed {
+            channel,
+            code: UnsubscribeCode::TokenExpired,
+            message
+        }),
         (id.clone(), error_code(), "\\PC{0,40}").prop_map(|(id, code, message)| ServerFrame::Error {
             id,
             code,
@@ -143,7 +180,7 @@ proptest! {
     #[test]
     fn client_frames_survive_both_encodings(frame in client_frame()) {
         for enc in Encoding::ALL {
-            let back = decode_client(enc, &encode_client(enc, &frame)).expect("own encoding decodes");
+            let back = decode_client(enc, &encode_client(enc, &frame).expect("encodes")).expect("own encoding decodes");
             prop_assert!(same_client(&frame, &back), "{:?}: {:?} -> {:?}", enc, frame, back);
         }
     }
@@ -151,7 +188,7 @@ proptest! {
     #[test]
     fn server_frames_survive_both_encodings(frame in server_frame()) {
         for enc in Encoding::ALL {
-            let back = decode_server(enc, &encode_server(enc, &frame)).expect("own encoding decodes");
+            let back = decode_server(enc, &encode_server(enc, &frame).expect("encodes")).expect("own encoding decodes");
             prop_assert!(same_server(&frame, &back), "{:?}: {:?} -> {:?}", enc, frame, back);
         }
     }
@@ -163,7 +200,7 @@ proptest! {
         let raw: Box<RawValue> = serde_json::from_str(&text).unwrap();
         let generic = ServerFrame::Message { channel: channel.clone(), seq, data };
         for enc in Encoding::ALL {
-            let fast = decode_server(enc, &encode_message(enc, &channel, seq, &raw)).expect("decodes");
+            let fast = decode_server(enc, &encode_message(enc, &channel, seq, &raw).expect("encodes")).expect("decodes");
             prop_assert!(same_server(&generic, &fast), "{:?}: {:?} vs {:?}", enc, generic, fast);
         }
     }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use shardcast_proto::{encode_message, Encoding};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use tracing::error;
 
 use crate::payload::Payload;
 use crate::ws::frame::data_frame;
@@ -48,7 +49,7 @@ pub struct Publication {
     pub seq: u64,
     /// The data.
     pub payload: Payload,
-    frames: [OnceLock<Bytes>; 2],
+    frames: [OnceLock<Option<Bytes>>; 2],
     report: Option<DeliveryReport>,
 }
 
@@ -64,12 +65,21 @@ impl Publication {
         }
     }
 
-    /// The complete WebSocket frame for an encoding, built by whichever shard asks first.
-    pub fn frame(&self, encoding: Encoding) -> &Bytes {
-        self.frames[encoding.index()].get_or_init(|| {
-            let body = encode_message(encoding, &self.channel, self.seq, self.payload.json());
-            data_frame(encoding, &body)
-        })
+    /// The complete WebSocket frame for an encoding, built by whichever shard asks
+    /// first; none if it cannot be encoded (logged once here; each shard counts the
+    /// deliveries it could not make).
+    pub fn frame(&self, encoding: Encoding) -> Option<&Bytes> {
+        self.frames[encoding.index()]
+            .get_or_init(
+                || match encode_message(encoding, &self.channel, self.seq, self.payload.json()) {
+                    Ok(body) => Some(data_frame(encoding, &body)),
+                    Err(e) => {
+                        error!(channel = %self.channel, error = %e, "cannot encode a publication; not delivered");
+                        None
+                    }
+                },
+            )
+            .as_ref()
     }
 
     /// Called by each shard after its fan-out.

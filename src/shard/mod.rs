@@ -161,6 +161,7 @@ struct ShardMetrics {
     subscriptions: IntGauge,
     delivered: IntCounter,
     dropped_slow: IntCounter,
+    dropped_encode: IntCounter,
     fanout: Histogram,
     lag: Histogram,
 }
@@ -196,7 +197,6 @@ pub struct ShardEnv {
     shard_metrics: ShardMetrics,
     state: Arc<GatewayState>,
     started: Instant,
-    welcome: [Bytes; 2],
     spawner: Spawner,
 }
 
@@ -232,18 +232,10 @@ impl ShardCore {
             subscriptions: m.subscriptions.with_label_values(&[&label]),
             delivered: m.messages_delivered.clone(),
             dropped_slow: m.messages_dropped.with_label_values(&["slow_consumer"]),
+            dropped_encode: m.messages_dropped.with_label_values(&["encode_failed"]),
             fanout: m.fanout_duration.clone(),
             lag: m.shard_loop_lag.with_label_values(&[&label]),
         };
-        let welcome = Encoding::ALL.map(|enc| {
-            let frame = ServerFrame::Welcome {
-                version: shardcast_proto::PROTOCOL_VERSION,
-                node: deps.state.node_id.clone(),
-                shard: id as u32,
-                ping_interval_ms: deps.config.ping_interval.as_millis() as u64,
-            };
-            data_frame(enc, &encode_server(enc, &frame))
-        });
         ShardCore {
             env: ShardEnv {
                 id,
@@ -254,7 +246,6 @@ impl ShardCore {
                 shard_metrics,
                 state: deps.state,
                 started: Instant::now(),
-                welcome,
                 spawner,
             },
             state: RefCell::new(ShardState {
@@ -294,6 +285,39 @@ impl ShardEnv {
     /// A deadline `d` from now on the shard clock.
     fn after(&self, d: Duration) -> u32 {
         self.now().saturating_add((d.as_millis() / 100) as u32 + 1)
+    }
+
+    /// A server frame as a WebSocket frame; none if it cannot be encoded, which is
+    /// counted and logged (an empty frame never goes on the wire).
+    fn encode(&self, encoding: Encoding, frame: &ServerFrame) -> Option<Bytes> {
+        match encode_server(encoding, frame) {
+            Ok(body) => Some(data_frame(encoding, &body)),
+            Err(e) => {
+                self.shard_metrics.dropped_encode.inc();
+                error!(shard = self.id, error = %e, "cannot encode a frame; not sent");
+                None
+            }
+        }
+    }
+
+    /// The `welcome` for a new connection.
+    fn welcome(
+        &self,
+        encoding: Encoding,
+        id: Option<u64>,
+        user: Option<String>,
+        expires_at: Option<u64>,
+    ) -> Option<Bytes> {
+        let frame = ServerFrame::Welcome {
+            version: shardcast_proto::PROTOCOL_VERSION,
+            node: self.state.node_id.clone(),
+            shard: self.id as u32,
+            ping_interval_ms: self.config.ping_interval.as_millis() as u64,
+            id,
+            user,
+            expires_at,
+        };
+        self.encode(encoding, &frame)
     }
 
     /// When a close started now must be complete.
@@ -341,7 +365,10 @@ impl Shard<'_> {
             if list.is_empty() {
                 continue;
             }
-            let frame = publication.frame(enc);
+            let Some(frame) = publication.frame(enc) else {
+                env.shard_metrics.dropped_encode.inc_by(list.len() as u64);
+                continue;
+            };
             for s in list {
                 if let Some(conn) = conns.get_mut(s.conn as usize) {
                     if matches!(env.send_or_close(conn, frame, deadline), Sent::Written | Sent::Queued) {
@@ -370,7 +397,9 @@ impl Shard<'_> {
                 let gap = ServerFrame::Gap {
                     channel: name.to_owned(),
                 };
-                let frame = data_frame(enc, &encode_server(enc, &gap));
+                let Some(frame) = env.encode(enc, &gap) else {
+                    continue;
+                };
                 for s in list {
                     if let Some(conn) = conns.get_mut(s.conn as usize) {
                         env.send_or_close(conn, &frame, deadline);

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardcast_proto::{decode_client, encode_server, validate_channel, ClientFrame, ErrorCode, ServerFrame};
+use shardcast_proto::{decode_client, validate_channel, ClientFrame, ErrorCode, ServerFrame};
 
 use super::channel_table::{Emptied, Joined, PendingAck};
 use super::connection::Phase;
 use super::{Shard, ShardState};
 use crate::fanout::router::Source;
 use crate::payload::Payload;
-use crate::ws::frame::{data_frame, pong_frame, server_frame, Flow, Incoming};
+use crate::ws::frame::{pong_frame, server_frame, Flow, Incoming};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 impl Shard<'_> {
@@ -67,10 +67,18 @@ impl Shard<'_> {
 
     fn on_request(&mut self, key: usize, frame: ClientFrame) {
         match frame {
-            ClientFrame::Subscribe { id, channel } => self.subscribe(key, id, &channel),
+            ClientFrame::Subscribe { id, channel, .. } => self.subscribe(key, id, &channel),
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(key, id, &channel),
             ClientFrame::Publish { id, channel, data } => self.client_publish(key, id, channel, data),
             ClientFrame::Ping { id } => self.reply_frame(key, &ServerFrame::Pong { id }),
+            ClientFrame::Connect { id, .. } | ClientFrame::Refresh { id, .. } | ClientFrame::SubRefresh { id, .. } => {
+                self.reply_error(
+                    key,
+                    id,
+                    ErrorCode::Unauthorized,
+                    "this gateway has no token key configured",
+                )
+            }
         }
     }
 
@@ -92,7 +100,7 @@ impl Shard<'_> {
             // Already subscribed: the ack must still wait if the channel is pending,
             // since an ack promises that every later publication arrives.
             if !table.add_pending_ack(channel, pending) {
-                self.reply_frame(key, &ServerFrame::Ack { id });
+                self.reply_frame(key, &ServerFrame::ack(id));
             }
             return;
         }
@@ -114,7 +122,7 @@ impl Shard<'_> {
             Joined::Pending => {
                 table.add_pending_ack(channel, pending);
             }
-            Joined::Active => self.reply_frame(key, &ServerFrame::Ack { id }),
+            Joined::Active => self.reply_frame(key, &ServerFrame::ack(id)),
         }
     }
 
@@ -135,7 +143,7 @@ impl Shard<'_> {
         if let Some(channel) = emptied {
             self.channel_emptied(channel);
         }
-        self.reply_frame(key, &ServerFrame::Ack { id });
+        self.reply_frame(key, &ServerFrame::ack(id));
     }
 
     fn client_publish(&mut self, key: usize, id: Option<u64>, channel: String, data: serde_json::Value) {
@@ -166,7 +174,7 @@ impl Shard<'_> {
                     return;
                 }
                 match result {
-                    Ok(_) => shard.reply_frame(key, &ServerFrame::Ack { id }),
+                    Ok(_) => shard.reply_frame(key, &ServerFrame::ack(id)),
                     Err(e) => shard.reply_error(key, id, ErrorCode::Unavailable, &e.to_string()),
                 }
             });
@@ -179,7 +187,7 @@ impl Shard<'_> {
     pub(super) fn channel_emptied(&mut self, channel: Emptied) {
         self.env.router.interest(self.env.id, channel.name, false);
         for ack in channel.pending {
-            self.reply_to(ack, &ServerFrame::Ack { id: ack.request });
+            self.reply_to(ack, &ServerFrame::ack(ack.request));
         }
     }
 
@@ -189,7 +197,7 @@ impl Shard<'_> {
         let code = match result {
             Ok(()) => {
                 for ack in acks {
-                    self.reply_to(ack, &ServerFrame::Ack { id: ack.request });
+                    self.reply_to(ack, &ServerFrame::ack(ack.request));
                 }
                 return;
             }
@@ -238,7 +246,9 @@ impl Shard<'_> {
         let Some(encoding) = self.st.conns.get(key).map(|c| c.encoding) else {
             return;
         };
-        self.reply(key, data_frame(encoding, &encode_server(encoding, frame)));
+        if let Some(bytes) = self.env.encode(encoding, frame) {
+            self.reply(key, bytes);
+        }
     }
 
     /// Queues a reply frame under the same queue limit as publications, so a client

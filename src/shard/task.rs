@@ -54,7 +54,9 @@ impl Shard<'_> {
         let mut conn = Connection::new(id, stream, encoding, env.now());
         conn.echo = echo;
         if !echo {
-            conn.send(&env.welcome[encoding.index()], usize::MAX);
+            if let Some(welcome) = env.welcome(encoding, None, None, None) {
+                conn.send(&welcome, usize::MAX);
+            }
         }
         if self.st.draining {
             // The upgrade finished just as the drain began: this socket missed the batch.

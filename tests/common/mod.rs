@@ -282,7 +282,8 @@ impl Client {
     }
 
     pub async fn send(&mut self, frame: &ClientFrame) {
-        self.send_raw(encode_client(self.encoding, frame)).await;
+        self.send_raw(encode_client(self.encoding, frame).expect("encodes"))
+            .await;
     }
 
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
@@ -334,13 +335,10 @@ impl Client {
         self.send(&ClientFrame::Subscribe {
             id: Some(id),
             channel: channel.into(),
+            token: None,
         })
         .await;
-        assert_eq!(
-            self.recv().await,
-            ServerFrame::Ack { id: Some(id) },
-            "subscribe {channel}"
-        );
+        assert_eq!(self.recv().await, ServerFrame::ack(Some(id)), "subscribe {channel}");
     }
 
     /// Sends a protocol ping and waits for its pong, proving the connection is healthy

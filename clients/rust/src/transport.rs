@@ -146,6 +146,7 @@ pub(crate) async fn open(url: &str, encoding: Encoding, config: WebSocketConfig)
                 node,
                 shard,
                 ping_interval_ms,
+                ..
             }) => {
                 break Welcome {
                     version,
@@ -250,9 +251,9 @@ pub(crate) fn decode(encoding: Encoding, message: WsMessage) -> Incoming {
 }
 
 /// Encodes a client frame as the WebSocket message its encoding travels in.
-pub(crate) fn encode(encoding: Encoding, frame: &ClientFrame) -> WsMessage {
-    let bytes = encode_client(encoding, frame);
-    match encoding {
+pub(crate) fn encode(encoding: Encoding, frame: &ClientFrame) -> Result<WsMessage, Error> {
+    let bytes = encode_client(encoding, frame).map_err(|e| Error::Protocol(e.to_string()))?;
+    Ok(match encoding {
         // serde_json only writes UTF-8, so this conversion does not fail in practice;
         // falling back to a binary frame keeps the bytes rather than panicking.
         Encoding::Json => match String::from_utf8(bytes) {
@@ -260,7 +261,7 @@ pub(crate) fn encode(encoding: Encoding, frame: &ClientFrame) -> WsMessage {
             Err(e) => WsMessage::Binary(e.into_bytes().into()),
         },
         Encoding::MsgPack => WsMessage::Binary(bytes.into()),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -337,12 +338,12 @@ mod tests {
             let value = &entry["value"];
             // Built through the proto types the client sends, from the vector's fields.
             let frame: ClientFrame = serde_json::from_value(value.clone()).expect("frame from value");
-            let json = match encode(Encoding::Json, &frame) {
+            let json = match encode(Encoding::Json, &frame).expect("encodes") {
                 WsMessage::Text(t) => serde_json::from_str::<Value>(&t).expect("JSON"),
                 other => panic!("JSON frames travel as text, got {other:?}"),
             };
             assert_eq!(&json, value, "{}", entry["name"]);
-            let msgpack = match encode(Encoding::MsgPack, &frame) {
+            let msgpack = match encode(Encoding::MsgPack, &frame).expect("encodes") {
                 WsMessage::Binary(b) => rmp_serde::from_slice::<Value>(&b).expect("MessagePack"),
                 other => panic!("MessagePack frames travel as binary, got {other:?}"),
             };

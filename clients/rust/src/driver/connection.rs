@@ -138,8 +138,11 @@ impl Connection {
     }
 
     pub(crate) async fn send(&mut self, frame: ClientFrame) {
-        let message = transport::encode(self.encoding, &frame);
-        self.send_message(message).await;
+        match transport::encode(self.encoding, &frame) {
+            Ok(message) => self.send_message(message).await,
+            // Not sent at all rather than sent empty; the request then times out.
+            Err(e) => tracing::error!(error = %e, "cannot encode a frame; not sent"),
+        }
     }
 
     pub(crate) async fn send_message(&mut self, message: WsMessage) {

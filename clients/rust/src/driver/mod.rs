@@ -377,7 +377,13 @@ impl Driver {
                     channel: channel.clone(),
                     data,
                 };
-                let message = transport::encode(connection.encoding, &frame);
+                let message = match transport::encode(connection.encoding, &frame) {
+                    Ok(message) => message,
+                    Err(e) => {
+                        let _ = done.send(Err(e));
+                        return;
+                    }
+                };
                 let (size, limit) = (message.len(), self.config.max_message_bytes);
                 if size > limit {
                     // Sent, it would get close 1009 and end the client for good.
@@ -426,6 +432,7 @@ impl Driver {
         let frame = ClientFrame::Subscribe {
             id: Some(id),
             channel: channel.to_owned(),
+            token: None,
         };
         connection.send(frame).await;
     }
@@ -433,7 +440,7 @@ impl Driver {
     async fn on_frame(&mut self, connection: &mut Connection, frame: ServerFrame) {
         match frame {
             ServerFrame::Message { channel, seq, data } => self.channels.dispatch(Message { channel, seq, data }),
-            ServerFrame::Ack { id } | ServerFrame::Pong { id } => self.on_reply(connection, id, Ok(())),
+            ServerFrame::Ack { id, .. } | ServerFrame::Pong { id } => self.on_reply(connection, id, Ok(())),
             ServerFrame::Error {
                 id: None,
                 code,
@@ -450,6 +457,11 @@ impl Driver {
             ServerFrame::Gap { channel } => {
                 warn!(channel, "the gateway reports that publications may have been missed");
                 self.observers.emit(ClientEvent::Gap { channel });
+            }
+            ServerFrame::Unsubscribed { channel, code, message } => {
+                // Authentication support (issue #11) surfaces this on the subscription;
+                // until then it is logged.
+                warn!(channel, ?code, message, "the gateway ended a subscription");
             }
             // A second welcome is unexpected but harmless; unknown frame types are ignored (section 2).
             ServerFrame::Welcome { .. } | ServerFrame::Unknown => {}
