@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 use shardcast_proto::Encoding;
+use shardcast_testkit::ws_frame::{encode_frame, encode_header, opcode, CLIENT_MASK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -273,8 +274,7 @@ async fn request_and_ping_floods_without_reading_are_cut_off_as_slow_consumers()
     let mut pings = non_reader(&gw).await;
     let ping_request = masked_text(br#"{"op":"ping","id":12345}"#);
     // A WebSocket ping with 100 bytes of payload: each is answered by a 102-byte pong.
-    let mut ws_ping = vec![0x89, 0x80 | 100, 1, 2, 3, 4];
-    ws_ping.extend(std::iter::repeat_n(0x55u8, 100));
+    let ws_ping = encode_frame(opcode::PING, &[0x55; 100], Some(CLIENT_MASK));
     let (a, b) = tokio::join!(
         flood(&mut requests, &ping_request, FLOOD_BYTES),
         flood(&mut pings, &ws_ping, FLOOD_BYTES)
@@ -291,9 +291,7 @@ async fn request_and_ping_floods_without_reading_are_cut_off_as_slow_consumers()
     // What the kernel still holds for them ends with the 4000 close; answering it ends the connection.
     for s in [&mut requests, &mut pings] {
         assert_eq!(read_until_close(s, WAIT).await, Some(4000));
-        let mut reply = vec![0x88, 0x82, 0, 0, 0, 0];
-        reply.extend_from_slice(&4000u16.to_be_bytes());
-        s.write_all(&reply).await.unwrap();
+        s.write_all(&close_frame(4000)).await.unwrap();
     }
     let closed = gw
         .wait_metric("shardcast_disconnections_total{reason=\"slow_consumer\"}", |v| v >= 2.0)
@@ -366,9 +364,7 @@ async fn a_flooding_client_does_not_stall_the_other_clients_of_its_shard() {
 async fn a_frame_announcing_a_huge_message_is_refused_before_its_payload() {
     let gw = Gateway::start(&[]);
     let mut raw = RawClient::connect(gw.ws).await;
-    let mut header = vec![0x82, 0x80 | 127];
-    header.extend_from_slice(&(1u64 << 62).to_be_bytes());
-    header.extend_from_slice(&[9, 9, 9, 9]);
+    let header = encode_header(0x82, 1 << 62, Some([9, 9, 9, 9]));
     raw.stream.write_all(&header).await.unwrap();
     assert_eq!(raw.expect_close().await, 1009);
     assert_eq!(
@@ -387,9 +383,7 @@ async fn a_continuation_whose_length_overflows_is_refused_with_1009() {
     let rss_before = gw.rss();
     let mut raw = RawClient::connect(gw.ws).await;
     raw.send_frame(0x01, b"abc", true).await;
-    let mut header = vec![0x80, 0x80 | 127];
-    header.extend_from_slice(&(u64::MAX - 2).to_be_bytes());
-    header.extend_from_slice(&[1, 2, 3, 4]);
+    let header = encode_header(0x80, u64::MAX - 2, Some([1, 2, 3, 4]));
     raw.stream.write_all(&header).await.unwrap();
     // What follows would be the "payload": the gateway must not keep it.
     let chunk = vec![0u8; 1 << 20];

@@ -16,6 +16,7 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 use shardcast_proto::ServerFrame;
+use shardcast_testkit::xorshift::XorShift;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Every client of the killed instance is back and re-subscribed within this.
@@ -32,7 +33,7 @@ fn source(i: u8) -> IpAddr {
 /// how many attempts failed first.
 async fn reconnect(proxy: SocketAddr, from: IpAddr, channel: &str, seed: u64) -> (Client, u32) {
     let mut failures = 0u32;
-    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rng = XorShift::for_stream(seed);
     let start = Instant::now();
     loop {
         match connect_via(proxy, from, None).await {
@@ -42,12 +43,8 @@ async fn reconnect(proxy: SocketAddr, from: IpAddr, channel: &str, seed: u64) ->
             }
             Err(e) => {
                 assert!(start.elapsed() < WAIT, "no reconnect after {failures} attempts: {e}");
-                // xorshift: a little jitter without a dependency.
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
                 let ceiling = BACKOFF_CAP_MS.min(BACKOFF_BASE_MS << failures.min(10));
-                tokio::time::sleep(Duration::from_millis(rng % (ceiling + 1))).await;
+                tokio::time::sleep(Duration::from_millis(rng.below(ceiling + 1))).await;
                 failures += 1;
             }
         }

@@ -20,6 +20,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use shardcast::ws::handshake::{parse_request, PublicRequest, WsPaths};
 use shardcast_proto::Encoding;
+use shardcast_testkit::ws_frame::{encode_frame, encode_raw, opcode, FIN};
 
 /// A fuzz target's property check.
 type Check = fn(&[u8]);
@@ -155,31 +156,12 @@ fn sent_message() -> impl Strategy<Value = Sent> {
     )
 }
 
-/// A masked client frame with any of the three length encodings.
-fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![first];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
 /// The bytes a client sends for these messages, and the events a server must read.
 fn client_stream(messages: &[Sent], mask: [u8; 4]) -> (Vec<u8>, Vec<Event>) {
     let mut bytes = Vec::new();
     let mut expected = Vec::new();
     for m in messages {
-        let opcode = if m.binary { 0x2 } else { 0x1 };
+        let first_opcode = if m.binary { opcode::BINARY } else { opcode::TEXT };
         // Text may be cut inside a UTF-8 sequence: only the whole message must be valid.
         let size = m.payload.len().div_ceil(m.fragments).max(1);
         let pieces: Vec<&[u8]> = if m.payload.is_empty() {
@@ -188,11 +170,11 @@ fn client_stream(messages: &[Sent], mask: [u8; 4]) -> (Vec<u8>, Vec<Event>) {
             m.payload.chunks(size).collect()
         };
         for (i, piece) in pieces.iter().enumerate() {
-            let first = if i == 0 { opcode } else { 0x0 };
-            let fin = if i + 1 == pieces.len() { 0x80 } else { 0 };
-            bytes.extend(client_frame(first | fin, piece, mask));
+            let op = if i == 0 { first_opcode } else { opcode::CONTINUATION };
+            let fin = if i + 1 == pieces.len() { FIN } else { 0 };
+            bytes.extend(encode_raw(op | fin, piece, Some(mask)));
             if m.ping_inside && i == 0 && pieces.len() > 1 {
-                bytes.extend(client_frame(0x89, b"between", mask));
+                bytes.extend(encode_frame(opcode::PING, b"between", Some(mask)));
                 expected.push(Event::Ping(b"between".to_vec()));
             }
         }
@@ -201,7 +183,7 @@ fn client_stream(messages: &[Sent], mask: [u8; 4]) -> (Vec<u8>, Vec<Event>) {
             payload: m.payload.clone(),
         });
     }
-    bytes.extend(client_frame(0x88, &[0x03, 0xe8, b'o', b'k'], mask));
+    bytes.extend(encode_frame(opcode::CLOSE, &[0x03, 0xe8, b'o', b'k'], Some(mask)));
     expected.push(Event::Close {
         code: Some(1000),
         reason: "ok".into(),
