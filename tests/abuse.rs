@@ -27,7 +27,7 @@ use serde_json::json;
 use shardcast_proto::Encoding;
 use shardcast_testkit::ws_frame::{encode_frame, encode_header, opcode, CLIENT_MASK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// Waits until the peer closes the socket (EOF or reset); returns when it happened.
 async fn wait_closed(stream: &mut TcpStream, limit: Duration) -> Option<Instant> {
@@ -238,10 +238,7 @@ async fn subscribe_flood_is_bounded_by_the_channel_limit() {
 /// A client socket that reads nothing: a small receive buffer so the gateway's
 /// replies back up into its outbound queue quickly.
 async fn non_reader(gw: &Gateway) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(gw.ws).await.unwrap();
-    let mut raw = RawClient::upgrade(stream, gw.ws).await;
+    let mut raw = RawClient::connect_with_receive_buffer(gw.ws, 4096).await;
     raw.send_frame(0x81, br#"{"op":"ping","id":0}"#, true).await;
     assert_eq!(raw.read_frame().await.1, br#"{"type":"pong","id":0}"#.to_vec());
     raw.stream
@@ -280,11 +277,7 @@ async fn request_and_ping_floods_without_reading_are_cut_off_as_slow_consumers()
         flood(&mut pings, &ws_ping, FLOOD_BYTES)
     );
     eprintln!("flooders sent {a} and {b} bytes");
-    let dropped = gw
-        .wait_metric("shardcast_messages_dropped_total{reason=\"slow_consumer\"}", |v| {
-            v > 0.0
-        })
-        .await;
+    let dropped = gw.wait_slow_consumer_drops().await;
     assert!(dropped > 0.0, "their queued replies were dropped and counted");
     let growth = gw.rss().saturating_sub(rss_before);
     assert!(growth < 32 << 20, "gateway RSS grew by {growth} bytes");

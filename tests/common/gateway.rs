@@ -162,6 +162,15 @@ impl Gateway {
         }
     }
 
+    /// Waits until the gateway has dropped messages queued for a slow consumer;
+    /// returns how many (0 if none within the wait).
+    pub async fn wait_slow_consumer_drops(&self) -> f64 {
+        self.wait_metric("shardcast_messages_dropped_total{reason=\"slow_consumer\"}", |v| {
+            v > 0.0
+        })
+        .await
+    }
+
     pub async fn connect(&self, encoding: Encoding) -> Client {
         Client::connect(self.ws, encoding).await
     }
@@ -208,4 +217,11 @@ pub async fn ready_gateways(n: usize, args: &[&str]) -> Vec<Option<Gateway>> {
         gw.wait_ready(200).await;
     }
     gws
+}
+
+/// The index of the (still running) gateway whose node id is `node`.
+pub fn index_of_node(gateways: &[Option<Gateway>], node: &str) -> Option<usize> {
+    gateways
+        .iter()
+        .position(|g| g.as_ref().is_some_and(|g| g.node_id_from_logs() == node))
 }

@@ -3,11 +3,9 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use super::deploy_config::replace_marked;
-use super::server_process::free_port;
-use super::WAIT;
+use super::deploy_config::{deploy_file, replace_marked};
+use super::server_process::{free_port, scratch_dir, wait_listening};
 
 /// nginx running deploy/nginx/nginx.conf (upstreams and listen address rewritten to
 /// loopback, as tests/load_balancer.rs does); killed on drop.
@@ -19,11 +17,9 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(upstreams: &[SocketAddr]) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("shardcast-nginx-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("nginx");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/nginx.conf"))
-            .expect("nginx.conf");
+        let shipped = deploy_file("deploy/nginx/nginx.conf");
         let servers: Vec<String> = upstreams
             .iter()
             .map(|u| format!("        server {u} max_fails=1 fail_timeout=10s;"))
@@ -55,14 +51,7 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx (apt-get install nginx)");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("nginx exited: {status}");
-            }
-            assert!(start.elapsed() < WAIT, "nginx did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(addr, &mut child);
         Nginx { child, addr, dir }
     }
 }

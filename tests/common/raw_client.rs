@@ -23,6 +23,14 @@ impl RawClient {
         RawClient::upgrade(TcpStream::connect(addr).await.expect("connect"), addr).await
     }
 
+    /// Connects with a small kernel receive buffer (`bytes`), so that once the client
+    /// stops reading, what the gateway sends backs up into its outbound queue quickly.
+    pub async fn connect_with_receive_buffer(addr: SocketAddr, bytes: u32) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        RawClient::upgrade(socket.connect(addr).await.expect("connect"), addr).await
+    }
+
     /// Upgrades an already connected socket.
     pub async fn upgrade(mut stream: TcpStream, addr: SocketAddr) -> RawClient {
         stream.write_all(upgrade_request(addr).as_bytes()).await.unwrap();
