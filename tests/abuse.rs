@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 use shardcast_proto::Encoding;
+use shardcast_testkit::ws_frame::{encode_frame, encode_header, opcode, CLIENT_MASK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// Waits until the peer closes the socket (EOF or reset); returns when it happened.
 async fn wait_closed(stream: &mut TcpStream, limit: Duration) -> Option<Instant> {
@@ -237,10 +238,7 @@ async fn subscribe_flood_is_bounded_by_the_channel_limit() {
 /// A client socket that reads nothing: a small receive buffer so the gateway's
 /// replies back up into its outbound queue quickly.
 async fn non_reader(gw: &Gateway) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(gw.ws).await.unwrap();
-    let mut raw = RawClient::upgrade(stream, gw.ws).await;
+    let mut raw = RawClient::connect_with_receive_buffer(gw.ws, 4096).await;
     raw.send_frame(0x81, br#"{"op":"ping","id":0}"#, true).await;
     assert_eq!(raw.read_frame().await.1, br#"{"type":"pong","id":0}"#.to_vec());
     raw.stream
@@ -273,27 +271,20 @@ async fn request_and_ping_floods_without_reading_are_cut_off_as_slow_consumers()
     let mut pings = non_reader(&gw).await;
     let ping_request = masked_text(br#"{"op":"ping","id":12345}"#);
     // A WebSocket ping with 100 bytes of payload: each is answered by a 102-byte pong.
-    let mut ws_ping = vec![0x89, 0x80 | 100, 1, 2, 3, 4];
-    ws_ping.extend(std::iter::repeat_n(0x55u8, 100));
+    let ws_ping = encode_frame(opcode::PING, &[0x55; 100], Some(CLIENT_MASK));
     let (a, b) = tokio::join!(
         flood(&mut requests, &ping_request, FLOOD_BYTES),
         flood(&mut pings, &ws_ping, FLOOD_BYTES)
     );
     eprintln!("flooders sent {a} and {b} bytes");
-    let dropped = gw
-        .wait_metric("shardcast_messages_dropped_total{reason=\"slow_consumer\"}", |v| {
-            v > 0.0
-        })
-        .await;
+    let dropped = gw.wait_slow_consumer_drops().await;
     assert!(dropped > 0.0, "their queued replies were dropped and counted");
     let growth = gw.rss().saturating_sub(rss_before);
     assert!(growth < 32 << 20, "gateway RSS grew by {growth} bytes");
     // What the kernel still holds for them ends with the 4000 close; answering it ends the connection.
     for s in [&mut requests, &mut pings] {
         assert_eq!(read_until_close(s, WAIT).await, Some(4000));
-        let mut reply = vec![0x88, 0x82, 0, 0, 0, 0];
-        reply.extend_from_slice(&4000u16.to_be_bytes());
-        s.write_all(&reply).await.unwrap();
+        s.write_all(&close_frame(4000)).await.unwrap();
     }
     let closed = gw
         .wait_metric("shardcast_disconnections_total{reason=\"slow_consumer\"}", |v| v >= 2.0)
@@ -366,9 +357,7 @@ async fn a_flooding_client_does_not_stall_the_other_clients_of_its_shard() {
 async fn a_frame_announcing_a_huge_message_is_refused_before_its_payload() {
     let gw = Gateway::start(&[]);
     let mut raw = RawClient::connect(gw.ws).await;
-    let mut header = vec![0x82, 0x80 | 127];
-    header.extend_from_slice(&(1u64 << 62).to_be_bytes());
-    header.extend_from_slice(&[9, 9, 9, 9]);
+    let header = encode_header(0x82, 1 << 62, Some([9, 9, 9, 9]));
     raw.stream.write_all(&header).await.unwrap();
     assert_eq!(raw.expect_close().await, 1009);
     assert_eq!(
@@ -387,9 +376,7 @@ async fn a_continuation_whose_length_overflows_is_refused_with_1009() {
     let rss_before = gw.rss();
     let mut raw = RawClient::connect(gw.ws).await;
     raw.send_frame(0x01, b"abc", true).await;
-    let mut header = vec![0x80, 0x80 | 127];
-    header.extend_from_slice(&(u64::MAX - 2).to_be_bytes());
-    header.extend_from_slice(&[1, 2, 3, 4]);
+    let header = encode_header(0x80, u64::MAX - 2, Some([1, 2, 3, 4]));
     raw.stream.write_all(&header).await.unwrap();
     // What follows would be the "payload": the gateway must not keep it.
     let chunk = vec![0u8; 1 << 20];

@@ -147,7 +147,7 @@ impl Fixture {
         }
         if self.redis.len() > 1 {
             // A restarted cluster node keeps its nodes.conf: wait until it serves again.
-            wait_cluster_ok(&self.redis);
+            RedisServer::wait_cluster_ok(&self.redis);
         }
         true
     }
@@ -320,48 +320,7 @@ async fn contract_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_redis_cluster() {
     run_contract("redis-cluster", || async {
-        Fixture::redis(start_redis_cluster(), true).await
+        Fixture::redis(RedisServer::start_cluster(), true).await
     })
     .await;
-}
-
-/// Three Redis Cluster masters, no replicas, slots assigned and the cluster ok.
-fn start_redis_cluster() -> Vec<RedisServer> {
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            RedisServer::start_with(
-                free_port(),
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ],
-            )
-        })
-        .collect();
-    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-    let out = std::process::Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("redis-cli --cluster create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    wait_cluster_ok(&nodes);
-    nodes
-}
-
-/// Waits until every node reports `cluster_state:ok`.
-fn wait_cluster_ok(nodes: &[RedisServer]) {
-    let start = Instant::now();
-    while !nodes
-        .iter()
-        .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-    {
-        assert!(start.elapsed() < WAIT * 2, "cluster did not become ok");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

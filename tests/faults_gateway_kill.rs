@@ -16,6 +16,7 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 use shardcast_proto::ServerFrame;
+use shardcast_testkit::xorshift::XorShift;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Every client of the killed instance is back and re-subscribed within this.
@@ -32,7 +33,7 @@ fn source(i: u8) -> IpAddr {
 /// how many attempts failed first.
 async fn reconnect(proxy: SocketAddr, from: IpAddr, channel: &str, seed: u64) -> (Client, u32) {
     let mut failures = 0u32;
-    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rng = XorShift::for_stream(seed);
     let start = Instant::now();
     loop {
         match connect_via(proxy, from, None).await {
@@ -42,12 +43,8 @@ async fn reconnect(proxy: SocketAddr, from: IpAddr, channel: &str, seed: u64) ->
             }
             Err(e) => {
                 assert!(start.elapsed() < WAIT, "no reconnect after {failures} attempts: {e}");
-                // xorshift: a little jitter without a dependency.
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
                 let ceiling = BACKOFF_CAP_MS.min(BACKOFF_BASE_MS << failures.min(10));
-                tokio::time::sleep(Duration::from_millis(rng % (ceiling + 1))).await;
+                tokio::time::sleep(Duration::from_millis(rng.below(ceiling + 1))).await;
                 failures += 1;
             }
         }
@@ -69,18 +66,9 @@ async fn expect_connection_end(c: &mut Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_gateway_clients_come_back_through_nginx_on_the_others() {
-    let redis = RedisServer::start();
-    let args = [
-        "--redis",
-        &redis.url(),
-        "--heartbeat-interval",
-        "300ms",
-        "--instance-ttl",
-        "1s",
-    ];
-    let mut gws = ready_gateways(3, &args).await;
-    let upstreams: Vec<SocketAddr> = gws.iter().flatten().map(|g| g.ws).collect();
-    let proxy = Nginx::start(&upstreams);
+    let mut cluster = ProxiedCluster::start(3, &FAST_HEARTBEATS).await;
+    let proxy = &cluster.nginx;
+    let gws = &mut cluster.gateways;
 
     // Three clients from each of 16 source addresses.
     let mut clients: Vec<(u8, Client)> = Vec::new();
@@ -94,10 +82,7 @@ async fn killed_gateway_clients_come_back_through_nginx_on_the_others() {
         }
     }
     let victim_node = clients[0].1.node.clone();
-    let victim = gws
-        .iter()
-        .position(|g| g.as_ref().is_some_and(|g| g.node_id_from_logs() == victim_node))
-        .expect("the first client's gateway");
+    let victim = index_of_node(gws, &victim_node).expect("the first client's gateway");
     let on_victim = clients.iter().filter(|(_, c)| c.node == victim_node).count();
     assert!(
         on_victim >= 3 && on_victim < clients.len(),
@@ -179,10 +164,9 @@ async fn killed_gateway_clients_come_back_through_nginx_on_the_others() {
 async fn rust_clients_reconnect_and_resubscribe_through_nginx_after_a_kill() {
     use shardcast_client::{Client as RustClient, ReconnectPolicy};
     const CLIENTS: usize = 20;
-    let redis = RedisServer::start();
-    let args = ["--redis", &redis.url()];
-    let mut gws = ready_gateways(3, &args).await;
-    let proxy = Nginx::start(&gws.iter().flatten().map(|g| g.ws).collect::<Vec<_>>());
+    let mut cluster = ProxiedCluster::start(3, &[]).await;
+    let proxy = &cluster.nginx;
+    let gws = &mut cluster.gateways;
     let url = format!("ws://{}/ws", proxy.addr);
     let policy = ReconnectPolicy {
         initial_delay: Duration::from_millis(BACKOFF_BASE_MS),
@@ -206,10 +190,7 @@ async fn rust_clients_reconnect_and_resubscribe_through_nginx_after_a_kill() {
     assert!(fleet
         .iter()
         .all(|(c, _)| c.welcome().map(|w| w.node) == Some(victim_node.clone())));
-    let victim = gws
-        .iter()
-        .position(|g| g.as_ref().is_some_and(|g| g.node_id_from_logs() == victim_node))
-        .expect("the fleet's gateway");
+    let victim = index_of_node(gws, &victim_node).expect("the fleet's gateway");
     let killed = gws[victim].take().unwrap();
     let killed_at = Instant::now();
     killed.signal(libc::SIGKILL);

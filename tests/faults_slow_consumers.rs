@@ -174,9 +174,7 @@ async fn slow_half_is_cut_off_and_the_readers_keep_their_latency() {
     // The slow half: every one closed with 4000, its backlog dropped and counted.
     let codes = futures_util::future::join_all(slow.iter_mut().map(|s| async move {
         let code = read_until_close(s, WAIT).await;
-        let mut reply = vec![0x88, 0x82, 0, 0, 0, 0];
-        reply.extend_from_slice(&4000u16.to_be_bytes());
-        let _ = s.write_all(&reply).await;
+        let _ = s.write_all(&close_frame(4000)).await;
         code
     }))
     .await;

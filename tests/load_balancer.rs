@@ -7,17 +7,13 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
 use shardcast_proto::{close, ServerFrame};
-
-fn deploy_file(path: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("deploy config")
-}
 
 /// The HAProxy process, stopped on drop.
 struct Proxy {
@@ -40,23 +36,6 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shardcast-{name}-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn wait_listening(addr: SocketAddr, child: &mut Child) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("load balancer exited: {status}");
-        }
-        assert!(start.elapsed() < WAIT, "load balancer did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -104,19 +83,9 @@ fn source(i: u8) -> IpAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_keeps_clients_sticky_and_moves_them_when_a_gateway_leaves() {
-    let redis = RedisServer::start();
-    let args = [
-        "--redis",
-        &redis.url(),
-        "--heartbeat-interval",
-        "300ms",
-        "--instance-ttl",
-        "1s",
-        "--drain-window",
-        "500ms",
-    ];
-    let mut gws = ready_gateways(3, &args).await;
-    let proxy = Nginx::start(&gws.iter().flatten().map(|g| g.ws).collect::<Vec<_>>());
+    let mut cluster = ProxiedCluster::start(3, &[&FAST_HEARTBEATS[..], &["--drain-window", "500ms"]].concat()).await;
+    let proxy = &cluster.nginx;
+    let gws = &mut cluster.gateways;
 
     // Two clients from each of 12 source addresses: both land on the same gateway.
     let mut clients: Vec<(u8, Client)> = Vec::new();
@@ -140,10 +109,7 @@ async fn nginx_keeps_clients_sticky_and_moves_them_when_a_gateway_leaves() {
 
     // Drain the gateway holding the first client; its clients come back through nginx elsewhere.
     let leaving_node = clients[0].1.node.clone();
-    let leaving = gws
-        .iter()
-        .position(|g| g.as_ref().is_some_and(|g| g.node_id_from_logs() == leaving_node))
-        .expect("the first client's gateway");
+    let leaving = index_of_node(gws, &leaving_node).expect("the first client's gateway");
     let mut leaving_gw = gws[leaving].take().unwrap();
     leaving_gw.signal(libc::SIGTERM);
     let mut moved = 0;

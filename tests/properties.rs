@@ -19,7 +19,9 @@ use checks::{read_in_pieces, Event};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use shardcast::ws::handshake::{parse_request, PublicRequest, WsPaths};
+use shardcast_proto::testing;
 use shardcast_proto::Encoding;
+use shardcast_testkit::ws_frame::{encode_frame, encode_raw, opcode, FIN};
 
 /// A fuzz target's property check.
 type Check = fn(&[u8]);
@@ -111,25 +113,10 @@ proptest! {
     }
 }
 
-/// JSON values of every kind, a few levels deep.
+/// JSON values of every kind, any finite float included: the checks must hold at
+/// the edges of f64 too.
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(Value::from),
-        "\\PC{0,12}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 32, 6, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::btree_map("\\PC{0,6}", inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    testing::json_value(any::<f64>().prop_filter("finite", |f| f.is_finite()))
 }
 
 /// One message a client sends: its type, payload, how many frames it is cut into,
@@ -155,31 +142,12 @@ fn sent_message() -> impl Strategy<Value = Sent> {
     )
 }
 
-/// A masked client frame with any of the three length encodings.
-fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![first];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
 /// The bytes a client sends for these messages, and the events a server must read.
 fn client_stream(messages: &[Sent], mask: [u8; 4]) -> (Vec<u8>, Vec<Event>) {
     let mut bytes = Vec::new();
     let mut expected = Vec::new();
     for m in messages {
-        let opcode = if m.binary { 0x2 } else { 0x1 };
+        let first_opcode = if m.binary { opcode::BINARY } else { opcode::TEXT };
         // Text may be cut inside a UTF-8 sequence: only the whole message must be valid.
         let size = m.payload.len().div_ceil(m.fragments).max(1);
         let pieces: Vec<&[u8]> = if m.payload.is_empty() {
@@ -188,11 +156,11 @@ fn client_stream(messages: &[Sent], mask: [u8; 4]) -> (Vec<u8>, Vec<Event>) {
             m.payload.chunks(size).collect()
         };
         for (i, piece) in pieces.iter().enumerate() {
-            let first = if i == 0 { opcode } else { 0x0 };
-            let fin = if i + 1 == pieces.len() { 0x80 } else { 0 };
-            bytes.extend(client_frame(first | fin, piece, mask));
+            let op = if i == 0 { first_opcode } else { opcode::CONTINUATION };
+            let fin = if i + 1 == pieces.len() { FIN } else { 0 };
+            bytes.extend(encode_raw(op | fin, piece, Some(mask)));
             if m.ping_inside && i == 0 && pieces.len() > 1 {
-                bytes.extend(client_frame(0x89, b"between", mask));
+                bytes.extend(encode_frame(opcode::PING, b"between", Some(mask)));
                 expected.push(Event::Ping(b"between".to_vec()));
             }
         }
@@ -201,7 +169,7 @@ fn client_stream(messages: &[Sent], mask: [u8; 4]) -> (Vec<u8>, Vec<Event>) {
             payload: m.payload.clone(),
         });
     }
-    bytes.extend(client_frame(0x88, &[0x03, 0xe8, b'o', b'k'], mask));
+    bytes.extend(encode_frame(opcode::CLOSE, &[0x03, 0xe8, b'o', b'k'], Some(mask)));
     expected.push(Event::Close {
         code: Some(1000),
         reason: "ok".into(),

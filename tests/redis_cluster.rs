@@ -4,51 +4,13 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
-
 use common::*;
 use serde_json::json;
 use shardcast_proto::{Encoding, ServerFrame};
 
-fn start_cluster() -> Vec<RedisServer> {
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            RedisServer::start_with(
-                free_port(),
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ],
-            )
-        })
-        .collect();
-    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-    let out = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("redis-cli --cluster create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let start = Instant::now();
-    while !nodes
-        .iter()
-        .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-    {
-        assert!(start.elapsed() < WAIT, "cluster did not become ok");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    nodes
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_pubsub_reaches_both_instances() {
-    let nodes = start_cluster();
+    let nodes = RedisServer::start_cluster();
     let url = format!("redis://127.0.0.1:{}", nodes[0].port);
     let args = ["--redis", url.as_str(), "--redis-cluster"];
     let gws = [Gateway::start(&args), Gateway::start(&args)];

@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use shardcast_proto::{close, Encoding};
-use tokio::net::TcpSocket;
 
 const MESSAGES: usize = 4000;
 const BATCH: usize = 100;
@@ -21,10 +20,7 @@ async fn slow_consumer_is_closed_and_fast_one_gets_everything() {
 
     // The slow client: a raw socket with a small receive buffer, which stops reading
     // right after its subscription is acknowledged.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(gw.ws).await.unwrap();
-    let mut slow = RawClient::upgrade(stream, gw.ws).await;
+    let mut slow = RawClient::connect_with_receive_buffer(gw.ws, 4096).await;
     slow.send_frame(0x81, br#"{"op":"subscribe","id":1,"channel":"firehose"}"#, true)
         .await;
     assert_eq!(slow.read_frame().await.1, br#"{"type":"ack","id":1}"#.to_vec());
@@ -60,11 +56,7 @@ async fn slow_consumer_is_closed_and_fast_one_gets_everything() {
     let (seen, _fast) = reader.await.unwrap();
     assert_eq!(seen, MESSAGES, "the fast subscriber got every message");
 
-    let dropped = gw
-        .wait_metric("shardcast_messages_dropped_total{reason=\"slow_consumer\"}", |v| {
-            v > 0.0
-        })
-        .await;
+    let dropped = gw.wait_slow_consumer_drops().await;
     assert!(dropped > 0.0, "the slow consumer's backlog was dropped and counted");
     let rss_growth = gw.rss().saturating_sub(rss_before);
     assert!(rss_growth < 48 << 20, "gateway RSS grew by {rss_growth} bytes");

@@ -21,6 +21,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use shardcast_proto::{ClientFrame, Encoding, ServerFrame};
+use shardcast_testkit::xorshift::XorShift;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Connections that stay subscribed for the whole run, besides the churners.
@@ -36,22 +37,6 @@ fn soak_duration() -> Duration {
         .and_then(|v| v.parse().ok())
         .unwrap_or(45u64);
     Duration::from_secs(secs.max(15))
-}
-
-/// A small xorshift generator: churn decisions without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// One reading of the gateway.
@@ -107,7 +92,7 @@ async fn drain(c: &mut Client, received: &AtomicU64) -> bool {
 /// One churner: connect, subscribe to a few channels, churn them, publish now and
 /// then, leave (cleanly or by dropping the socket), repeat until `stop`.
 async fn churn(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>, received: Arc<AtomicU64>) -> u64 {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = XorShift::for_stream(seed);
     let mut sessions = 0;
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut c) = Client::try_connect(addr, Encoding::Json).await else {
@@ -221,7 +206,7 @@ async fn soak_shows_no_upward_trend() {
         let stop = stop.clone();
         let targets = [gw.admin, peer.admin];
         tokio::spawn(async move {
-            let mut rng = Rng(7);
+            let mut rng = XorShift::new(7);
             let mut published = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let body = json!({"channel": format!("room-{}", rng.below(CHANNELS)), "data": {"n": published}});

@@ -7,64 +7,24 @@
 // so the same load generator drives it. It does the same per-connection work as the
 // gateway: validates channel names, caps subscriptions, pings, closes slow consumers.
 //
-// Environment: WS_PORT, ADMIN_PORT, WORKERS, REDIS_URL. Prints one JSON line
-// {"message":"listening","ws":...,"admin":...} on stderr once every worker listens.
+// Process model and environment: cluster.js; admin API: publish_api.js.
 
 const cluster = require('node:cluster');
 const http = require('node:http');
 const os = require('node:os');
 const { WebSocketServer } = require('ws');
 const Redis = require('ioredis');
+const { runCluster, listen, REDIS_URL } = require('./cluster');
+const { createPublishApi, MAX_MESSAGE_BYTES, CHANNEL_RE } = require('./publish_api');
 
-const WS_PORT = Number(process.env.WS_PORT || 8000);
-const ADMIN_PORT = Number(process.env.ADMIN_PORT || 8001);
-const WORKERS = Number(process.env.WORKERS || os.availableParallelism());
-const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
-const HOST = '127.0.0.1';
 const PING_INTERVAL_MS = 25000;
 const MAX_CHANNELS_PER_CONNECTION = 128;
 const MAX_QUEUE_BYTES = 1024 * 1024;
-const MAX_MESSAGE_BYTES = 65536;
-const MAX_BATCH = 1000;
-const CHANNEL_RE = /^[A-Za-z0-9_.:@/=+-]{1,128}$/;
 const SUBPROTOCOL = 'shardcast.v1.json';
 
-if (cluster.isPrimary) {
-  runPrimary();
-} else {
-  runWorker().catch((e) => {
-    console.error(JSON.stringify({ message: 'worker failed', error: String(e) }));
-    process.exit(1);
-  });
-}
-
-function runPrimary() {
-  let listening = 0;
-  let stopping = false;
-  for (let i = 0; i < WORKERS; i++) cluster.fork();
-  cluster.on('message', (_worker, msg) => {
-    if (msg === 'listening' && ++listening === WORKERS) {
-      console.error(JSON.stringify({ message: 'listening', ws: `${HOST}:${WS_PORT}`, admin: `${HOST}:${ADMIN_PORT}` }));
-    }
-  });
-  cluster.on('exit', (_worker, code, signal) => {
-    if (!stopping) {
-      console.error(JSON.stringify({ message: 'worker exited', code, signal }));
-      process.exit(1);
-    }
-  });
-  const stop = () => {
-    stopping = true;
-    for (const w of Object.values(cluster.workers)) w.kill('SIGKILL');
-    setTimeout(() => process.exit(0), 200);
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-}
+runCluster(runWorker);
 
 async function runWorker() {
-  // A worker never outlives its primary (which may be killed with SIGKILL).
-  process.on('disconnect', () => process.exit(0));
   const pub = new Redis(REDIS_URL, { enableAutoPipelining: true });
   const sub = new Redis(REDIS_URL);
   await Promise.all([pub.ping(), sub.ping()]);
@@ -199,42 +159,13 @@ async function runWorker() {
     }
   }, PING_INTERVAL_MS).unref();
 
-  const admin = http.createServer((req, res) => {
-    const send = (status, obj) => {
-      const body = JSON.stringify(obj);
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-      res.end(body);
-    };
-    if (req.method === 'GET' && req.url === '/api/stats') {
-      return send(200, { node, connections: sockets.size, channels: local.size });
-    }
-    if (req.method !== 'POST' || req.url !== '/api/publish') {
-      return send(404, { ok: false, error: { code: 'bad_request', message: 'no such endpoint' } });
-    }
-    const chunks = [];
-    let size = 0;
-    req.on('data', (c) => {
-      size += c.length;
-      if (size > 16 * MAX_MESSAGE_BYTES + (1 << 20)) req.destroy();
-      else chunks.push(c);
-    });
-    req.on('end', () => {
-      let body;
-      try {
-        body = JSON.parse(Buffer.concat(chunks));
-      } catch {
-        return send(400, { ok: false, error: { code: 'bad_request', message: 'invalid JSON' } });
-      }
-      const batch = Array.isArray(body);
-      const items = batch ? body : [body];
-      if (items.length > MAX_BATCH) {
-        return send(413, { ok: false, error: { code: 'payload_too_large', message: 'batch too large' } });
-      }
+  const admin = createPublishApi({
+    routes: {
+      'GET /api/stats': (send) => send(200, { node, connections: sockets.size, channels: local.size }),
+    },
+    publish: (items, batch, send) => {
       const payloads = [];
       for (const it of items) {
-        if (!it || typeof it.channel !== 'string' || !CHANNEL_RE.test(it.channel) || it.data === undefined) {
-          return send(400, { ok: false, error: { code: 'bad_channel', message: 'bad item' } });
-        }
         const data = JSON.stringify(it.data);
         if (data.length > MAX_MESSAGE_BYTES) {
           return send(413, { ok: false, error: { code: 'payload_too_large', message: 'data too large' } });
@@ -249,12 +180,8 @@ async function runWorker() {
             : send(200, { ok: true, subscribers: counts[0] }),
         (e) => send(503, { ok: false, error: { code: 'unavailable', message: String(e) } }),
       );
-    });
+    },
   });
 
-  await Promise.all([
-    new Promise((resolve) => wsHttp.listen({ port: WS_PORT, host: HOST, backlog: 4096 }, resolve)),
-    new Promise((resolve) => admin.listen({ port: ADMIN_PORT, host: HOST, backlog: 511 }, resolve)),
-  ]);
-  process.send('listening');
+  await listen(wsHttp, admin);
 }

@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::LocalSet;
 
 use crate::error::{BenchError, IoContext};
-use crate::ws_frame::{self, find_head_end, header_value, opcode, parse_header};
+use shardcast_testkit::http_head::{find_head_end, header_value};
+use shardcast_testkit::ws_frame::{self, opcode, parse_header};
 
 /// Sent on every new connection: the fields the load generator checks.
 const WELCOME: &[u8] = br#"{"type":"welcome","version":1,"node":"floor","shard":0,"ping_interval_ms":0}"#;

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{BenchError, IoContext};
-use crate::ws_frame::{find_head_end, header_value};
+use shardcast_testkit::http_head::{find_head_end, header_value};
 
 /// One keep-alive connection to an admin API.
 pub struct ApiClient {

@@ -21,7 +21,6 @@ mod scenarios;
 mod servers;
 mod worker_protocol;
 mod ws_client;
-mod ws_frame;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

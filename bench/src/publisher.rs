@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shardcast_testkit::xorshift::XorShift;
 use tokio::time::Instant;
 
 use crate::clock::monotonic_ns;
@@ -66,18 +67,6 @@ pub struct PublishOutcome {
     pub seconds: f64,
 }
 
-/// A small deterministic generator for channel picks (no dependency needed for this).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Builds one request body: a single publication or a JSON array of `count`.
 pub fn publish_body(load: &PublishLoad, first: u64, count: usize, rng: &mut impl FnMut() -> u64) -> Vec<u8> {
     let pad = "x".repeat(load.payload_bytes.saturating_sub(40));
@@ -127,7 +116,7 @@ pub async fn run_publisher(
         let next_slot = next_slot.clone();
         let requests = requests.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (task as u64 + 1));
+            let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15 ^ (task as u64 + 1));
             let batch = load.batch.max(1) as u64;
             loop {
                 if progress.stop.load(Ordering::Relaxed) {
@@ -158,7 +147,7 @@ pub async fn run_publisher(
                     break;
                 }
                 let count = batch.min(load.max_publications - slot) as usize;
-                let body = publish_body(&load, slot, count, &mut || rng.next());
+                let body = publish_body(&load, slot, count, &mut || rng.next_u64());
                 requests.fetch_add(1, Ordering::Relaxed);
                 match client.request("POST", "/api/publish", &body).await {
                     Ok((200, _)) => {

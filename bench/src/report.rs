@@ -41,25 +41,41 @@ fn find<'a>(records: &'a [ScenarioRecord], like: &ScenarioRecord, target: Server
         .find(|r| r.target == target && r.size == like.size && r.phase == like.phase && r.scenario == like.scenario)
 }
 
+/// The "shardcast advantage" cell of a row: shardcast's `shardcast_key` figure from
+/// its row of the same size and phase against this row's `key`; empty on shardcast's
+/// own rows.
+fn advantage_cell(
+    records: &[ScenarioRecord],
+    r: &ScenarioRecord,
+    (shardcast_key, key): (&str, &str),
+    higher_is_better: bool,
+    digits: usize,
+) -> String {
+    if r.target == ServerKind::Shardcast {
+        return String::new();
+    }
+    let sc = find(records, r, ServerKind::Shardcast);
+    fmt(
+        advantage(sc.and_then(|s| s.get(shardcast_key)), r.get(key), higher_is_better),
+        digits,
+    ) + "×"
+}
+
+/// The deliveries-per-CPU figure comparable across servers: for the Node baselines
+/// the whole stack (workers and their Redis) is the denominator.
+fn deliveries_per_cpu_key(t: ServerKind) -> &'static str {
+    match t {
+        ServerKind::Node | ServerKind::SocketIo => "deliveries_per_stack_cpu_second",
+        _ => "deliveries_per_server_cpu_second",
+    }
+}
+
 fn idle_table(records: &[ScenarioRecord]) -> String {
     let mut out = String::from(
         "| connections | server | subscribed | server RSS / conn (B) | kernel socket slabs / conn (B) | kernel TCP buffers / conn (B) | connect rate (/s) | shardcast advantage (RSS) |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
-        let sc = find(records, r, ServerKind::Shardcast);
-        let adv = match r.target {
-            ServerKind::Shardcast => "".into(),
-            _ => {
-                fmt(
-                    advantage(
-                        sc.and_then(|s| s.get("rss_per_connection")),
-                        r.get("rss_per_connection"),
-                        false,
-                    ),
-                    1,
-                ) + "×"
-            }
-        };
+        let adv = advantage_cell(records, r, ("rss_per_connection", "rss_per_connection"), false, 1);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -81,26 +97,9 @@ fn publish_table(records: &[ScenarioRecord]) -> String {
         "| size | phase | server | deliveries/s | deliveries / server CPU-s | incl. Redis | p50 ms | p99 ms | p99.9 ms | max ms | missing | shardcast advantage (per CPU-s) | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
-        let sc = find(records, r, ServerKind::Shardcast);
-        // Against Node the whole stack (workers and their Redis) is the denominator, and
-        // so is shardcast's with its Redis (equal to its server figure without one).
-        let key = |t: ServerKind| match t {
-            ServerKind::Node | ServerKind::SocketIo => "deliveries_per_stack_cpu_second",
-            _ => "deliveries_per_server_cpu_second",
-        };
-        let adv = match r.target {
-            ServerKind::Shardcast => "".into(),
-            t => {
-                fmt(
-                    advantage(
-                        sc.and_then(|s| s.get("deliveries_per_stack_cpu_second")),
-                        r.get(key(t)),
-                        true,
-                    ),
-                    2,
-                ) + "×"
-            }
-        };
+        // shardcast's side counts its Redis too (equal to its server figure without one).
+        let keys = ("deliveries_per_stack_cpu_second", deliveries_per_cpu_key(r.target));
+        let adv = advantage_cell(records, r, keys, true, 2);
         let l = r.latency.unwrap_or_default();
         let _ = writeln!(
             out,
@@ -132,16 +131,7 @@ fn storm_table(records: &[ScenarioRecord]) -> String {
         "| connections | server | back and subscribed | seconds | refused (503) | I/O errors + timeouts | gave up | shardcast advantage (time) | limited by |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
-        let sc = find(records, r, ServerKind::Shardcast);
-        let adv = match r.target {
-            ServerKind::Shardcast => "".into(),
-            _ => {
-                fmt(
-                    advantage(sc.and_then(|s| s.get("storm_seconds")), r.get("storm_seconds"), false),
-                    2,
-                ) + "×"
-            }
-        };
+        let adv = advantage_cell(records, r, ("storm_seconds", "storm_seconds"), false, 2);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -227,11 +217,7 @@ fn latency_chart(records: &[ScenarioRecord]) -> LineChart {
 fn throughput_chart(records: &[ScenarioRecord]) -> LineChart {
     let mut series = Vec::new();
     for target in ALL_SERVERS {
-        let key = if matches!(target, ServerKind::Node | ServerKind::SocketIo) {
-            "deliveries_per_stack_cpu_second"
-        } else {
-            "deliveries_per_server_cpu_second"
-        };
+        let key = deliveries_per_cpu_key(target);
         let points: Vec<(f64, f64)> = records
             .iter()
             .filter(|r| r.scenario == "fanout" && r.phase == "max" && r.target == target)

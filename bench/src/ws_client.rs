@@ -14,11 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::error::{BenchError, IoContext};
-use crate::ws_frame::{self, opcode, parse_header};
+use shardcast_testkit::http_head::{find_head_end, upgrade_request};
+use shardcast_testkit::ws_frame::{self, opcode, parse_header, CLIENT_MASK};
 
-/// Clients must mask; the value does not matter to a server, so one fixed key keeps
-/// the frames reproducible.
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 /// Spare buffer space ensured before each read.
 const READ_CHUNK: usize = 4096;
 /// A drained buffer larger than this is given back, so a burst does not leave every
@@ -70,21 +68,14 @@ impl WsClient {
     }
 
     async fn upgrade(&mut self, target: SocketAddr, path: &str, subprotocol: &str) -> Result<(), BenchError> {
-        let protocol = if subprotocol.is_empty() {
-            String::new()
-        } else {
-            format!("Sec-WebSocket-Protocol: {subprotocol}\r\n")
-        };
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
-        );
+        let offered = (!subprotocol.is_empty()).then_some(subprotocol);
+        let request = upgrade_request(target, path, offered);
         self.stream
             .write_all(request.as_bytes())
             .await
             .context(|| "send upgrade request".into())?;
         let head_end = loop {
-            if let Some(end) = ws_frame::find_head_end(&self.buf) {
+            if let Some(end) = find_head_end(&self.buf) {
                 break end;
             }
             if self.buf.len() > 16 * 1024 {
@@ -115,7 +106,7 @@ impl WsClient {
 
     /// Sends one text frame.
     pub async fn send_text(&mut self, payload: &[u8]) -> Result<(), BenchError> {
-        let frame = ws_frame::encode_frame(opcode::TEXT, payload, Some(MASK));
+        let frame = ws_frame::encode_frame(opcode::TEXT, payload, Some(CLIENT_MASK));
         self.stream.write_all(&frame).await.context(|| "send frame".into())
     }
 
@@ -140,7 +131,7 @@ impl WsClient {
                         opcode::TEXT | opcode::BINARY => return Ok(ReceivedFrame { range: payload }),
                         opcode::PING => {
                             let body = self.buf[payload].to_vec();
-                            let pong = ws_frame::encode_frame(opcode::PONG, &body, Some(MASK));
+                            let pong = ws_frame::encode_frame(opcode::PONG, &body, Some(CLIENT_MASK));
                             self.stream.write_all(&pong).await.context(|| "send pong".into())?;
                         }
                         opcode::PONG => {}

@@ -19,6 +19,7 @@ use shardcast::payload::Payload;
 use shardcast::ws::frame::{read_frames, Flow, Fragments, FrameError, Incoming};
 use shardcast::ws::handshake::{parse_request, upgrade_response, PublicRequest, WsPaths};
 use shardcast_proto::redis::{decode_redis_payload, encode_redis_payload, raw_payload_json, RedisPayload};
+use shardcast_proto::testing::{same_client_frame, same_value};
 use shardcast_proto::{
     decode_client, decode_server, encode_client, encode_message, validate_channel, ClientFrame, Encoding, ErrorCode,
     ServerFrame,
@@ -50,8 +51,10 @@ fn check_client_frame(encoding: Encoding, data: &[u8]) {
                 let bytes = encode_client(target, &frame).expect("a decoded frame encodes");
                 let back = decode_client(target, &bytes)
                     .unwrap_or_else(|e| panic!("re-encoded {frame:?} in {target:?} does not decode: {e}"));
+                // Floats may differ in their last bit after a trip through decimal
+                // text (serde_json parses fast, not always correctly rounded).
                 assert!(
-                    same_frame(&frame, &back),
+                    same_client_frame(&frame, &back),
                     "{encoding:?} frame changed through {target:?}: {frame:?} -> {back:?}"
                 );
             }
@@ -67,37 +70,6 @@ fn check_client_frame(encoding: Encoding, data: &[u8]) {
             // stay bounded whatever the input (an unknown op is cut to 64 characters).
             assert!(e.message.len() <= 1024, "error message of {} bytes", e.message.len());
         }
-    }
-}
-
-/// Frames equal, except that floats may differ in the last bits after a trip
-/// through decimal text (serde_json parses fast, not always correctly rounded).
-fn same_frame(a: &ClientFrame, b: &ClientFrame) -> bool {
-    match (a, b) {
-        (
-            ClientFrame::Publish { id, channel, data },
-            ClientFrame::Publish {
-                id: id2,
-                channel: channel2,
-                data: data2,
-            },
-        ) => id == id2 && channel == channel2 && same_value(data, data2),
-        _ => a == b,
-    }
-}
-
-/// Decoded equality of JSON values, with floats compared to a relative 1e-15.
-pub fn same_value(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => match (x.as_f64(), y.as_f64()) {
-            (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-15 * x.abs().max(y.abs()),
-            _ => false,
-        },
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y)),
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
-        }
-        _ => a == b,
     }
 }
 

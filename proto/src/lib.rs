@@ -15,6 +15,8 @@ use serde_json::Value;
 
 pub mod close;
 pub mod redis;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// Protocol version carried by the subprotocol names and the welcome frame.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -9,28 +9,15 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use shardcast_proto::close::{reason_with_retry, retry_ms};
 use shardcast_proto::redis::{base64, decode_redis_payload, encode_redis_payload, RedisPayload};
+use shardcast_proto::testing::{self, same_client_frame, same_server_frame};
 use shardcast_proto::{
     decode_client, decode_server, encode_client, encode_message, encode_server, validate_channel, ChannelNameError,
     ClientFrame, Encoding, ErrorCode, ServerFrame, UnsubscribeCode,
 };
 
-/// JSON values of every kind; floats are finite (the JSON data model has no NaN).
+/// JSON values of every kind, floats within ±1e300 (clear of the edge of f64's range).
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        (-1e300f64..1e300).prop_map(Value::from),
-        "\\PC{0,16}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::btree_map("\\PC{0,8}", inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    testing::json_value(-1e300f64..1e300)
 }
 
 fn channel() -> impl Strategy<Value = String> {
@@ -130,50 +117,6 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
     ]
 }
 
-/// Decoded equality, floats to a relative 1e-15 (decimal text is not always
-/// rounded back to the same bits by serde_json's fast float parser).
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => match (x.as_f64(), y.as_f64()) {
-            (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-15 * x.abs().max(y.abs()),
-            _ => false,
-        },
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y)),
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
-fn same_client(a: &ClientFrame, b: &ClientFrame) -> bool {
-    match (a, b) {
-        (
-            ClientFrame::Publish { id, channel, data },
-            ClientFrame::Publish {
-                id: i2,
-                channel: c2,
-                data: d2,
-            },
-        ) => id == i2 && channel == c2 && same_value(data, d2),
-        _ => a == b,
-    }
-}
-
-fn same_server(a: &ServerFrame, b: &ServerFrame) -> bool {
-    match (a, b) {
-        (
-            ServerFrame::Message { channel, seq, data },
-            ServerFrame::Message {
-                channel: c2,
-                seq: s2,
-                data: d2,
-            },
-        ) => channel == c2 && seq == s2 && same_value(data, d2),
-        _ => a == b,
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -181,7 +124,7 @@ proptest! {
     fn client_frames_survive_both_encodings(frame in client_frame()) {
         for enc in Encoding::ALL {
             let back = decode_client(enc, &encode_client(enc, &frame).expect("encodes")).expect("own encoding decodes");
-            prop_assert!(same_client(&frame, &back), "{:?}: {:?} -> {:?}", enc, frame, back);
+            prop_assert!(same_client_frame(&frame, &back), "{:?}: {:?} -> {:?}", enc, frame, back);
         }
     }
 
@@ -189,7 +132,7 @@ proptest! {
     fn server_frames_survive_both_encodings(frame in server_frame()) {
         for enc in Encoding::ALL {
             let back = decode_server(enc, &encode_server(enc, &frame).expect("encodes")).expect("own encoding decodes");
-            prop_assert!(same_server(&frame, &back), "{:?}: {:?} -> {:?}", enc, frame, back);
+            prop_assert!(same_server_frame(&frame, &back), "{:?}: {:?} -> {:?}", enc, frame, back);
         }
     }
 
@@ -201,7 +144,7 @@ proptest! {
         let generic = ServerFrame::Message { channel: channel.clone(), seq, data };
         for enc in Encoding::ALL {
             let fast = decode_server(enc, &encode_message(enc, &channel, seq, &raw).expect("encodes")).expect("decodes");
-            prop_assert!(same_server(&generic, &fast), "{:?}: {:?} vs {:?}", enc, generic, fast);
+            prop_assert!(same_server_frame(&generic, &fast), "{:?}: {:?} vs {:?}", enc, generic, fast);
         }
     }
 
