@@ -284,6 +284,10 @@ fn markers_are_read_strictly() {
     ] {
         assert!(parse_marker(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn an_excerpt_is_the_marked_lines_or_the_file_after_its_header() {
     let excerpt = "//! Header.\n\nfn main() {\n    let a = 1;\n    // README: begin\n    let b = a;\n\n    drop(b);\n    // README: end\n}\n";
     assert_eq!(readme_excerpt(excerpt), Ok("let b = a;\n\ndrop(b);\n".into()));
     assert_eq!(
@@ -464,6 +468,7 @@ struct Step {
     output: Vec<String>,
 }
 
+/// The steps of a transcript block, in order.
 fn transcript_steps(block: &Block) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     for (index, line) in block.text.lines().enumerate() {
