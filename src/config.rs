@@ -129,9 +129,50 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_LOG", default_value = "info")]
     pub log: String,
 
-    /// TOML file with any of the options above (flag names as keys).
+    /// Shared secret for HS256/384/512 connection and subscription tokens.
+    #[arg(long, env = "SHARDCAST_TOKEN_HMAC_SECRET", hide_env_values = true)]
+    pub token_hmac_secret: Option<String>,
+
+    /// PEM file with the public key for RS256/PS256 (RSA) or ES256 (EC) tokens.
+    #[arg(long, env = "SHARDCAST_TOKEN_PUBLIC_KEY")]
+    pub token_public_key: Option<PathBuf>,
+
+    /// Accepted token algorithms, comma-separated (e.g. HS256,RS256); default: one per configured key.
+    #[arg(long, env = "SHARDCAST_TOKEN_ALGORITHMS", value_delimiter = ',')]
+    pub token_algorithms: Vec<String>,
+
+    /// Required `aud` claim of tokens.
+    #[arg(long, env = "SHARDCAST_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// Required `iss` claim of tokens.
+    #[arg(long, env = "SHARDCAST_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// Clock leeway for the `exp`, `nbf` and `iat` claims.
+    #[arg(long, env = "SHARDCAST_TOKEN_LEEWAY", default_value = "5s", value_parser = parse_duration)]
+    pub token_leeway: Duration,
+
+    /// Allow connections without a token; default: true when no token key is configured, false otherwise.
+    #[arg(long, env = "SHARDCAST_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: Option<bool>,
+
+    /// What separates a channel's namespace from the rest of its name (`team:7.chat` is in `team`).
+    #[arg(long, env = "SHARDCAST_NAMESPACE_SEPARATOR", default_value = ":")]
+    pub namespace_separator: String,
+
+    /// Subscribes one connection may make per second (`error` `rate_limited` beyond); 0 means no limit.
+    #[arg(long, env = "SHARDCAST_SUBSCRIBE_RATE", default_value_t = 0)]
+    pub subscribe_rate: u32,
+
+    /// TOML file with any of the options above (flag names as keys) and the channel
+    /// rules (`[namespaces."<name>"]` tables).
     #[arg(long, env = "SHARDCAST_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// The `[namespaces]` tables of the config file, as written (read by the auth layer).
+    #[arg(skip)]
+    pub namespaces: toml::Table,
 }
 
 /// A configuration that could not be loaded.
@@ -178,13 +219,16 @@ impl Config {
         let config = match &first.config {
             None => first,
             Some(path) => {
+                let (file, namespaces) = file_args(path)?;
                 let mut merged = vec![args.first().cloned().unwrap_or_else(|| "shardcast".into())];
-                merged.extend(file_args(path)?);
+                merged.extend(file);
                 merged.extend(args.iter().skip(1).cloned());
                 let matches = Config::command()
                     .args_override_self(true)
                     .try_get_matches_from(merged)?;
-                Config::from_arg_matches(&matches)?
+                let mut config = Config::from_arg_matches(&matches)?;
+                config.namespaces = namespaces;
+                config
             }
         };
         config.validate()?;
@@ -234,8 +278,9 @@ impl Config {
 }
 
 /// Turns a TOML file into `--flag=value` arguments, skipping keys whose environment
-/// variable is set (the environment outranks the file).
-fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
+/// variable is set (the environment outranks the file); the `namespaces` table is
+/// returned as it is.
+fn file_args(path: &PathBuf) -> Result<(Vec<OsString>, toml::Table), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.clone(),
         source,
@@ -246,7 +291,20 @@ fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
     })?;
     let command = Config::command();
     let mut out = Vec::new();
+    let mut namespaces = toml::Table::new();
     for (key, value) in table {
+        if key == "namespaces" {
+            namespaces = match value {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::File {
+                        path: path.clone(),
+                        message: "`namespaces` must be a table of tables".into(),
+                    })
+                }
+            };
+            continue;
+        }
         let flag = key.replace('_', "-");
         let arg = command
             .get_arguments()
@@ -256,6 +314,20 @@ fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
                 message: format!("unknown key `{key}`"),
             })?;
         if arg.get_env().is_some_and(|env| std::env::var_os(env).is_some()) {
+            continue;
+        }
+        if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            // A switch takes no value: `true` sets it, `false` leaves the default.
+            match value {
+                toml::Value::Boolean(true) => out.push(OsString::from(format!("--{flag}"))),
+                toml::Value::Boolean(false) => {}
+                other => {
+                    return Err(ConfigError::File {
+                        path: path.clone(),
+                        message: format!("`{key}` is a switch: true or false, not {other}"),
+                    })
+                }
+            }
             continue;
         }
         let value = match value {
@@ -272,7 +344,7 @@ fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
         };
         out.push(OsString::from(format!("--{flag}={value}")));
     }
-    Ok(out)
+    Ok((out, namespaces))
 }
 
 /// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
@@ -303,6 +375,24 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn switches_in_the_file_take_booleans() {
+        let dir = std::env::temp_dir().join(format!("shardcast-config-switch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "allow-client-publish = true\n[namespaces.team]\nsubscribe = \"granted\"\n",
+        )
+        .expect("write");
+        let c = Config::load_from(["shardcast", "--config", path.to_str().expect("utf-8")]).expect("loads");
+        assert!(c.allow_client_publish);
+        assert!(c.namespaces.contains_key("team"));
+        std::fs::write(&path, "allow-client-publish = 1\n").expect("write");
+        assert!(Config::load_from(["shardcast", "--config", path.to_str().expect("utf-8")]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::admin::cluster::ClusterView;
 use crate::admin::{self, AdminContext};
 use crate::admission::acceptor::Acceptor;
 use crate::admission::fd_budget::{count_open_fds, resident_memory_bytes, FdBudget};
+use crate::auth::{AuthError, Authenticator, ChannelRules, NamespaceRules, TokenVerifier, VerifierSettings};
 use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
@@ -46,6 +47,9 @@ pub enum GatewayError {
     /// The broker could not be set up (bad Redis URL).
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The authentication settings are unusable (bad key, unknown algorithm, bad rules).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// Metric registration failed (a programming error).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -73,6 +77,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     let shard_count = config.shard_count();
     let state = Arc::new(GatewayState::new(config.node_id(), shard_count));
     let budget = Arc::new(FdBudget::new(fd_limit, config.fd_reserve));
+    let auth = Arc::new(authenticator(&config)?);
     let (router_handle, router_rx) = RouterHandle::channel();
     let BrokerParts { broker, instances } = make_broker(&config, &state, Arc::new(router_handle.clone()), &metrics)?;
     let publisher = Publisher::new(router_handle.clone(), broker.clone());
@@ -99,6 +104,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
             publisher: publisher.clone(),
             metrics: metrics.clone(),
             state: state.clone(),
+            auth: auth.clone(),
         };
         let (handle, thread) = shard::spawn(id, deps).map_err(GatewayError::Thread)?;
         shards.push(handle);
@@ -224,6 +230,52 @@ impl RunningGateway {
     pub fn state(&self) -> &Arc<GatewayState> {
         &self.state
     }
+}
+
+/// Token verification and channel rules from the configuration.
+fn authenticator(config: &Config) -> Result<Authenticator, AuthError> {
+    let public_key_pem = match &config.token_public_key {
+        None => None,
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| AuthError::Config(format!("cannot read --token-public-key {}: {e}", path.display())))?,
+        ),
+    };
+    let has_key = config.token_hmac_secret.is_some() || public_key_pem.is_some();
+    let verifier = if has_key {
+        Some(TokenVerifier::new(&VerifierSettings {
+            hmac_secret: config.token_hmac_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            public_key_pem,
+            algorithms: config.token_algorithms.clone(),
+            audience: config.token_audience.clone(),
+            issuer: config.token_issuer.clone(),
+            leeway_secs: config.token_leeway.as_secs(),
+        })?)
+    } else {
+        None
+    };
+    let mut namespaces = std::collections::HashMap::new();
+    for (name, table) in &config.namespaces {
+        let rules: NamespaceRules = table
+            .clone()
+            .try_into()
+            .map_err(|e| AuthError::Config(format!("[namespaces.{name:?}]: {e}")))?;
+        namespaces.insert(name.clone(), rules);
+    }
+    let rules = ChannelRules::new(&config.namespace_separator, namespaces);
+    let auth = Authenticator::new(verifier, config.allow_anonymous, rules);
+    match auth.verifier() {
+        Some(v) => info!(
+            algorithms = ?v.algorithms(),
+            anonymous = auth.allows_anonymous(),
+            "client tokens are verified"
+        ),
+        None if !auth.allows_anonymous() => {
+            warn!("anonymous connections are refused and no token key is configured: nobody can connect")
+        }
+        None => {}
+    }
+    Ok(auth)
 }
 
 /// What connects an instance to the others.

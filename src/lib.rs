@@ -34,6 +34,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod fanout;

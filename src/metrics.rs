@@ -31,6 +31,8 @@ pub struct Metrics {
     pub messages_dropped: IntCounterVec,
     /// Client requests answered with an error or close, by code.
     pub client_errors: IntCounterVec,
+    /// Authentication and permission refusals, by reason.
+    pub auth_refusals: IntCounterVec,
     /// Open file descriptors of the process.
     pub open_fds: IntGauge,
     /// RLIMIT_NOFILE (soft) of the process.
@@ -109,6 +111,11 @@ impl Metrics {
                 "Client requests answered with an error frame or an error close, by code.",
                 &["code"],
             )?,
+            auth_refusals: counter_vec(
+                "auth_refusals_total",
+                "Refused tokens, subscribes and client publishes, by reason (expired, invalid, missing, query_token, permission_denied, rate_limited).",
+                &["reason"],
+            )?,
             open_fds: IntGauge::with_opts(opts("open_fds", "Open file descriptors."))?,
             fd_limit: IntGauge::with_opts(opts("fd_limit", "RLIMIT_NOFILE soft limit."))?,
             fd_headroom: IntGauge::with_opts(opts("fd_headroom", "File descriptors left before the limit."))?,
@@ -182,6 +189,7 @@ impl Metrics {
         r.register(Box::new(self.messages_delivered.clone()))?;
         r.register(Box::new(self.messages_dropped.clone()))?;
         r.register(Box::new(self.client_errors.clone()))?;
+        r.register(Box::new(self.auth_refusals.clone()))?;
         r.register(Box::new(self.open_fds.clone()))?;
         r.register(Box::new(self.fd_limit.clone()))?;
         r.register(Box::new(self.fd_headroom.clone()))?;
@@ -211,6 +219,8 @@ impl Metrics {
             "draining",
             "bad_handshake",
             "handshake_timeout",
+            "unauthorized",
+            "token_in_url",
         ] {
             self.connections_refused.with_label_values(&[reason]);
         }
@@ -225,6 +235,8 @@ impl Metrics {
             "invalid_payload",
             "going_away",
             "close_timeout",
+            "unauthorized",
+            "token_expired",
         ] {
             self.disconnections.with_label_values(&[reason]);
         }
@@ -233,6 +245,16 @@ impl Metrics {
         }
         for reason in ["slow_consumer", "bad_payload", "broker_lag", "encode_failed"] {
             self.messages_dropped.with_label_values(&[reason]);
+        }
+        for reason in [
+            "expired",
+            "invalid",
+            "missing",
+            "query_token",
+            "permission_denied",
+            "rate_limited",
+        ] {
+            self.auth_refusals.with_label_values(&[reason]);
         }
         let protocol_codes = ErrorCode::ALL_SENT.iter().map(|c| c.as_str());
         let framing_codes = ["protocol_error", "invalid_utf8", "message_too_big"];

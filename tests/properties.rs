@@ -237,6 +237,7 @@ proptest! {
                 key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
                 encoding: preferred.unwrap_or(Encoding::Json),
                 echo_subprotocol: !offered.is_empty(),
+                bearer: None,
             }),
         }
         checks::upgrade_request(head.as_bytes());

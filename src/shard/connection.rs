@@ -17,6 +17,7 @@ use shardcast_proto::Encoding;
 use tokio::net::TcpStream;
 
 use super::channel_table::SubscriptionKey;
+use crate::auth::Identity;
 use crate::ws::frame::{close_frame, Fragments};
 
 /// Why a connection ended, as reported in `shardcast_disconnections_total`.
@@ -42,6 +43,10 @@ pub enum Disconnect {
     GoingAway,
     /// It did not answer our close frame in time.
     CloseTimeout,
+    /// No token where one is required, or its token (or refresh) was refused.
+    Unauthorized,
+    /// Its token expired without a refresh.
+    TokenExpired,
 }
 
 impl Disconnect {
@@ -58,6 +63,8 @@ impl Disconnect {
             Disconnect::InvalidPayload => "invalid_payload",
             Disconnect::GoingAway => "going_away",
             Disconnect::CloseTimeout => "close_timeout",
+            Disconnect::Unauthorized => "unauthorized",
+            Disconnect::TokenExpired => "token_expired",
         }
     }
 }
@@ -127,6 +134,28 @@ pub struct Connection {
     pub pinged: bool,
     /// An echo connection (conformance testing): messages come back as sent.
     pub echo: bool,
+    /// Whether the `welcome` went out (false while a required `connect` is awaited).
+    pub greeted: bool,
+    /// Whether the client's first frame was handled (`connect` must be it).
+    pub first_frame_done: bool,
+    /// Shard clock (deciseconds) when the connection opened.
+    pub opened: u32,
+    /// Subscribes in the current one-second window, and that window's start (shard clock).
+    pub subscribe_window: (u32, u16),
+    /// The identity, for a connection that authenticated (boxed: an anonymous
+    /// connection pays one pointer).
+    pub auth: Option<Box<ConnectionAuth>>,
+}
+
+/// What an authenticated connection carries.
+#[derive(Debug)]
+pub struct ConnectionAuth {
+    /// Who it is.
+    pub identity: Identity,
+    /// Whether it authenticated with an `Authorization` header on the upgrade.
+    pub by_header: bool,
+    /// Subscriptions held by subscription token, with the token's expiry (Unix seconds).
+    pub sub_tokens: Vec<(SubscriptionKey, u64)>,
 }
 
 impl Connection {
@@ -147,7 +176,23 @@ impl Connection {
             last_seen: now,
             pinged: false,
             echo: false,
+            greeted: true,
+            first_frame_done: false,
+            opened: now,
+            subscribe_window: (now, 0),
+            auth: None,
         }
+    }
+
+    /// The connection's auth record, created (anonymous) if it has none yet.
+    pub fn auth_mut(&mut self) -> &mut ConnectionAuth {
+        self.auth.get_or_insert_with(|| {
+            Box::new(ConnectionAuth {
+                identity: crate::auth::ANONYMOUS.clone(),
+                by_header: false,
+                sub_tokens: Vec::new(),
+            })
+        })
     }
 
     /// Sends a frame: straight to the socket when nothing is queued, else behind the

@@ -18,6 +18,7 @@
 
 pub mod channel_table;
 pub mod connection;
+mod identity;
 mod session;
 mod task;
 mod upkeep;
@@ -35,6 +36,7 @@ use shardcast_proto::{encode_server, Encoding, ServerFrame};
 use slab::Slab;
 use tracing::{debug, error};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::fanout::publication::Publication;
 use crate::fanout::publisher::Publisher;
@@ -115,6 +117,8 @@ pub struct ShardDeps {
     pub metrics: Arc<Metrics>,
     /// Connection counts and the draining flag.
     pub state: Arc<GatewayState>,
+    /// Token verification and channel rules.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Starts shard `id` on its own thread.
@@ -196,6 +200,7 @@ pub struct ShardEnv {
     metrics: Arc<Metrics>,
     shard_metrics: ShardMetrics,
     state: Arc<GatewayState>,
+    auth: Arc<Authenticator>,
     started: Instant,
     spawner: Spawner,
 }
@@ -245,6 +250,7 @@ impl ShardCore {
                 metrics: deps.metrics,
                 shard_metrics,
                 state: deps.state,
+                auth: deps.auth,
                 started: Instant::now(),
                 spawner,
             },

@@ -10,6 +10,7 @@ use shardcast_proto::{decode_client, validate_channel, ClientFrame, ErrorCode, S
 use super::channel_table::{Emptied, Joined, PendingAck};
 use super::connection::Phase;
 use super::{Shard, ShardState};
+use crate::auth::{Refusal, ANONYMOUS};
 use crate::fanout::router::Source;
 use crate::payload::Payload;
 use crate::ws::frame::{pong_frame, server_frame, Flow, Incoming};
@@ -66,23 +67,32 @@ impl Shard<'_> {
     }
 
     fn on_request(&mut self, key: usize, frame: ClientFrame) {
+        let Some(conn) = self.st.conns.get_mut(key) else {
+            return;
+        };
+        let first = !std::mem::replace(&mut conn.first_frame_done, true);
+        let greeted = conn.greeted;
         match frame {
-            ClientFrame::Subscribe { id, channel, .. } => self.subscribe(key, id, &channel),
+            ClientFrame::Connect { id, token, .. } => self.connect(key, id, &token, first),
+            other if !greeted => {
+                self.env.metrics.auth_refusals.with_label_values(&["missing"]).inc();
+                self.reply_error(
+                    key,
+                    other.id(),
+                    ErrorCode::Unauthorized,
+                    "this gateway requires a token: send op connect first",
+                )
+            }
+            ClientFrame::Refresh { id, token } => self.refresh(key, id, &token),
+            ClientFrame::SubRefresh { id, channel, token } => self.sub_refresh(key, id, &channel, &token),
+            ClientFrame::Subscribe { id, channel, token } => self.subscribe(key, id, &channel, token.as_deref()),
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(key, id, &channel),
             ClientFrame::Publish { id, channel, data } => self.client_publish(key, id, channel, data),
             ClientFrame::Ping { id } => self.reply_frame(key, &ServerFrame::Pong { id }),
-            ClientFrame::Connect { id, .. } | ClientFrame::Refresh { id, .. } | ClientFrame::SubRefresh { id, .. } => {
-                self.reply_error(
-                    key,
-                    id,
-                    ErrorCode::Unauthorized,
-                    "this gateway has no token key configured",
-                )
-            }
         }
     }
 
-    fn subscribe(&mut self, key: usize, id: Option<u64>, channel: &str) {
+    fn subscribe(&mut self, key: usize, id: Option<u64>, channel: &str, token: Option<&str>) {
         let env = self.env;
         if let Err(e) = validate_channel(channel, env.config.max_channel_len) {
             return self.reply_error(key, id, ErrorCode::BadChannel, &e.to_string());
@@ -104,6 +114,15 @@ impl Shard<'_> {
             }
             return;
         }
+        if !env.subscribe_allowed_now(conn) {
+            env.metrics.auth_refusals.with_label_values(&["rate_limited"]).inc();
+            let msg = format!("at most {} subscribes per second", env.config.subscribe_rate);
+            return self.reply_error(key, id, ErrorCode::RateLimited, &msg);
+        }
+        let grant = match env.permit_subscribe(conn.auth.as_deref(), channel, token) {
+            Ok(grant) => grant,
+            Err((code, why)) => return self.refuse(key, id, code, why),
+        };
         if conn.subs.len() >= env.config.max_channels_per_connection {
             let msg = format!(
                 "at most {} subscriptions per connection",
@@ -113,6 +132,9 @@ impl Shard<'_> {
         }
         let (sub, joined) = table.subscribe(channel, key as u32, conn.encoding);
         conn.subs.push(sub);
+        if let Some(expires_at) = grant {
+            conn.auth_mut().sub_tokens.push((sub, expires_at));
+        }
         env.shard_metrics.subscriptions.set(table.subscription_count() as i64);
         match joined {
             Joined::FirstOnShard => {
@@ -135,6 +157,9 @@ impl Shard<'_> {
             return self.reply_error(key, id, ErrorCode::NotSubscribed, "not subscribed to this channel");
         };
         let sub = conn.subs.swap_remove(pos);
+        if let Some(auth) = &mut conn.auth {
+            auth.sub_tokens.retain(|(s, _)| *s != sub);
+        }
         let emptied = table.unsubscribe(sub);
         self.env
             .shard_metrics
@@ -159,9 +184,14 @@ impl Shard<'_> {
         if let Err(e) = validate_channel(&channel, env.config.max_channel_len) {
             return self.reply_error(key, id, ErrorCode::BadChannel, &e.to_string());
         }
-        let Some(conn_id) = self.st.conns.get(key).map(|c| c.id) else {
+        let Some(conn) = self.st.conns.get(key) else {
             return;
         };
+        let conn_id = conn.id;
+        let who = conn.auth.as_ref().map_or(&ANONYMOUS, |a| &a.identity);
+        if let Err(Refusal(why)) = env.auth.rules().may_publish(who, &channel) {
+            return self.refuse(key, id, ErrorCode::PermissionDenied, why);
+        }
         let payload = match Payload::from_value(&data) {
             Ok(p) => p,
             Err(e) => return self.reply_error(key, id, ErrorCode::BadRequest, &format!("unusable data: {e}")),
@@ -230,7 +260,18 @@ impl Shard<'_> {
         }
     }
 
-    fn reply_error(&mut self, key: usize, id: Option<u64>, code: ErrorCode, message: &str) {
+    /// Answers a request refused by the auth layer, counted by reason.
+    pub(super) fn refuse(&mut self, key: usize, id: Option<u64>, code: ErrorCode, why: &str) {
+        let reason = match code {
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::RateLimited => "rate_limited",
+            _ => "invalid",
+        };
+        self.env.metrics.auth_refusals.with_label_values(&[reason]).inc();
+        self.reply_error(key, id, code, why);
+    }
+
+    pub(super) fn reply_error(&mut self, key: usize, id: Option<u64>, code: ErrorCode, message: &str) {
         self.env.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
         self.reply_frame(
             key,
@@ -242,7 +283,7 @@ impl Shard<'_> {
         );
     }
 
-    fn reply_frame(&mut self, key: usize, frame: &ServerFrame) {
+    pub(super) fn reply_frame(&mut self, key: usize, frame: &ServerFrame) {
         let Some(encoding) = self.st.conns.get(key).map(|c| c.encoding) else {
             return;
         };
@@ -253,7 +294,7 @@ impl Shard<'_> {
 
     /// Queues a reply frame under the same queue limit as publications, so a client
     /// that sends requests without reading the replies is a slow consumer too.
-    fn reply(&mut self, key: usize, frame: Bytes) {
+    pub(super) fn reply(&mut self, key: usize, frame: Bytes) {
         let env = self.env;
         if let Some(conn) = self.st.conns.get_mut(key) {
             env.send_or_close(conn, &frame, env.close_deadline());

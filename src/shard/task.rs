@@ -16,11 +16,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::connection::{Connection, Disconnect, Phase, ReadState};
+use super::connection::{Connection, ConnectionAuth, Disconnect, Phase, ReadState};
 use super::{Shard, ShardCore};
+use crate::auth::Identity;
 use crate::ws::frame::read_frames;
 use crate::ws::handshake::{
-    error_body, http_response, parse_request, upgrade_response, PublicRequest, WsPaths, MAX_REQUEST_HEAD,
+    error_body, http_response, parse_request, upgrade_response, PublicRequest, WsPaths, MAX_REQUEST_HEAD, TOKEN_IN_URL,
 };
 
 /// How many reads one poll may do before yielding to the shard's other tasks.
@@ -36,25 +37,45 @@ pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, 
             None
         }
     };
-    let Some((stream, encoding, echo)) = upgraded else {
+    let Some(Upgraded {
+        stream,
+        encoding,
+        echo,
+        identity,
+    }) = upgraded
+    else {
         core.env.state.add_socket(core.env.id, -1);
         return;
     };
-    let (key, id) = core.with(|shard| shard.adopt(stream, encoding, echo));
+    let (key, id) = core.with(|shard| shard.adopt(stream, encoding, echo, identity));
     debug!(shard = core.env.id, conn = id, %peer, ?encoding, "connection open");
     tokio::task::spawn_local(ConnectionTask { core, key, id });
 }
 
 impl Shard<'_> {
-    /// Registers an upgraded socket; returns its slab key and id.
-    fn adopt(&mut self, stream: TcpStream, encoding: Encoding, echo: bool) -> (usize, u64) {
+    /// Registers an upgraded socket; returns its slab key and id. The `welcome`
+    /// goes out at once unless a token is required and the upgrade carried none:
+    /// then it answers the `connect` frame.
+    fn adopt(&mut self, stream: TcpStream, encoding: Encoding, echo: bool, identity: Option<Identity>) -> (usize, u64) {
         let env = self.env;
         let id = self.st.next_id;
         self.st.next_id += 1;
         let mut conn = Connection::new(id, stream, encoding, env.now());
         conn.echo = echo;
-        if !echo {
-            if let Some(welcome) = env.welcome(encoding, None, None, None) {
+        if let Some(identity) = identity {
+            conn.auth = Some(Box::new(ConnectionAuth {
+                identity,
+                by_header: true,
+                sub_tokens: Vec::new(),
+            }));
+        }
+        conn.greeted = echo || conn.auth.is_some() || env.auth.allows_anonymous();
+        if !echo && conn.greeted {
+            let (user, expires_at) = match &conn.auth {
+                Some(a) => (Some(a.identity.user.clone()), a.identity.expires_at),
+                None => (None, None),
+            };
+            if let Some(welcome) = env.welcome(encoding, None, user, expires_at) {
                 conn.send(&welcome, usize::MAX);
             }
         }
@@ -75,9 +96,19 @@ impl Shard<'_> {
     }
 }
 
+/// A socket that is now a WebSocket.
+struct Upgraded {
+    stream: TcpStream,
+    encoding: Encoding,
+    /// An echo connection (conformance testing).
+    echo: bool,
+    /// The identity from an `Authorization: Bearer` header.
+    identity: Option<Identity>,
+}
+
 /// Reads the request head and answers it; returns the socket if it is now a
-/// WebSocket, with its encoding and whether it is an echo connection.
-async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, Encoding, bool)> {
+/// WebSocket.
+async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
     let env = &core.env;
     let refused = |reason: &str| env.metrics.connections_refused.with_label_values(&[reason]).inc();
     let head = tokio::time::timeout(env.config.handshake_timeout, read_head(&stream, env.ws_paths())).await;
@@ -99,10 +130,28 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, 
             key,
             encoding,
             echo_subprotocol,
+            bearer,
         })) => {
+            let identity = match bearer.map(|token| env.auth.connect(&token)) {
+                None => None,
+                Some(Ok(identity)) => Some(identity),
+                Some(Err(e)) => {
+                    refused("unauthorized");
+                    env.metrics.auth_refusals.with_label_values(&[e.label()]).inc();
+                    let response = http_response(401, None, &error_body("unauthorized", &e.to_string()));
+                    let _ = stream.write_all(&response).await;
+                    let _ = stream.shutdown().await;
+                    return None;
+                }
+            };
             let response = upgrade_response(&key, encoding, echo_subprotocol);
             return match stream.write_all(&response).await {
-                Ok(()) => Some((stream, encoding, echo)),
+                Ok(()) => Some(Upgraded {
+                    stream,
+                    encoding,
+                    echo,
+                    identity,
+                }),
                 Err(_) => None,
             };
         }
@@ -110,6 +159,11 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, 
             let up = !ready_probe || env.state.is_ready();
             let body = serde_json::json!({ "ok": up, "node": env.state.node_id }).to_string();
             http_response(if up { 200 } else { 503 }, None, &body)
+        }
+        Ok(Ok(PublicRequest::TokenInUrl)) => {
+            refused("token_in_url");
+            env.metrics.auth_refusals.with_label_values(&["query_token"]).inc();
+            http_response(400, None, &error_body("bad_request", TOKEN_IN_URL))
         }
         Ok(Ok(PublicRequest::Reject { status, message })) => {
             refused("bad_handshake");

@@ -29,7 +29,10 @@ pub(super) async fn run(core: Rc<ShardCore>) {
         core.env.shard_metrics.lag.observe(lag.as_secs_f64());
         tick = tick.wrapping_add(1);
         if tick % TICKS_PER_SWEEP == 0 {
-            core.with(|shard| shard.sweep());
+            core.with(|shard| {
+                shard.sweep();
+                shard.expire_identities();
+            });
         }
     }
 }

@@ -20,12 +20,17 @@ pub enum PublicRequest {
         encoding: Encoding,
         /// Whether the client named a subprotocol (if so, the response must echo one).
         echo_subprotocol: bool,
+        /// The token of an `Authorization: Bearer <token>` header, if any.
+        bearer: Option<String>,
     },
     /// `GET /health/live` or `GET /health/ready`, for load balancers that probe the public port.
     Health {
         /// `/health/ready` (true) or `/health/live` (false).
         ready_probe: bool,
     },
+    /// An upgrade with a credential in the query string: refused (400), since URLs
+    /// end up in access logs.
+    TokenInUrl,
     /// Anything else: answered with this status and message, then closed.
     Reject {
         /// The HTTP status.
@@ -51,8 +56,8 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
     if req.parse(buf)?.is_partial() {
         return Ok(None);
     }
-    let path = req.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if req.method != Some("GET") {
         return Ok(Some(PublicRequest::Reject {
             status: 405,
@@ -69,6 +74,9 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
                 message: "not found",
             }))
         }
+    }
+    if carries_token(query) {
+        return Ok(Some(PublicRequest::TokenInUrl));
     }
     let header = |name: &str| {
         req.headers
@@ -114,12 +122,40 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
             }
         },
     };
+    let bearer = match header("authorization") {
+        None => None,
+        Some(value) => match value.trim().split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+                Some(token.trim().to_owned())
+            }
+            _ => {
+                return Ok(Some(PublicRequest::Reject {
+                    status: 400,
+                    message: "the Authorization header must be `Bearer <token>`",
+                }))
+            }
+        },
+    };
     Ok(Some(PublicRequest::Upgrade {
         echo: Some(path) == paths.echo,
         key,
         encoding,
         echo_subprotocol,
+        bearer,
     }))
+}
+
+/// The message of the 400 answer to [`PublicRequest::TokenInUrl`].
+pub const TOKEN_IN_URL: &str = "tokens are not accepted in the URL (it ends up in access logs): send it in the first frame (op connect) or in an Authorization: Bearer header";
+
+/// Whether a query string carries a parameter that looks like a credential.
+fn carries_token(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or("");
+        ["token", "access_token", "jwt", "auth", "authorization"]
+            .iter()
+            .any(|t| name.eq_ignore_ascii_case(t))
+    })
 }
 
 /// The `101 Switching Protocols` response for an accepted upgrade.
@@ -142,6 +178,8 @@ pub fn http_response(status: u16, retry_after_secs: Option<u64>, body: &str) -> 
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        429 => "Too Many Requests",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
@@ -180,6 +218,33 @@ mod tests {
     const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
     #[test]
+    fn bearer_tokens_are_read_and_url_tokens_refused() {
+        let with_header = format!("{UPGRADE}Authorization: Bearer abc.def.ghi\r\n\r\n");
+        assert!(matches!(
+            parse_request(with_header.as_bytes(), WS).unwrap(),
+            Some(PublicRequest::Upgrade { bearer: Some(ref t), .. }) if t == "abc.def.ghi"
+        ));
+        let basic = format!("{UPGRADE}Authorization: Basic Zm9vOmJhcg==\r\n\r\n");
+        assert!(matches!(
+            parse_request(basic.as_bytes(), WS).unwrap(),
+            Some(PublicRequest::Reject { status: 400, .. })
+        ));
+        for query in ["token=x", "a=1&access_token=x", "JWT=x", "auth"] {
+            let req = UPGRADE.replacen("GET /ws ", &format!("GET /ws?{query} "), 1) + "\r\n";
+            assert_eq!(
+                parse_request(req.as_bytes(), WS).unwrap(),
+                Some(PublicRequest::TokenInUrl),
+                "{query}"
+            );
+        }
+        let harmless = UPGRADE.replacen("GET /ws ", "GET /ws?tokens_left=3 ", 1) + "\r\n";
+        assert!(matches!(
+            parse_request(harmless.as_bytes(), WS).unwrap(),
+            Some(PublicRequest::Upgrade { .. })
+        ));
+    }
+
+    #[test]
     fn upgrade_with_and_without_subprotocol() {
         let plain = format!("{UPGRADE}\r\n");
         assert_eq!(
@@ -188,7 +253,8 @@ mod tests {
                 echo: false,
                 key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
                 encoding: Encoding::Json,
-                echo_subprotocol: false
+                echo_subprotocol: false,
+                bearer: None,
             })
         );
         let mp = format!("{UPGRADE}Sec-WebSocket-Protocol: foo, shardcast.v1.msgpack\r\n\r\n");

@@ -1,0 +1,542 @@
+//! Client authentication against the real binary (PROTOCOL.md section 18), with
+//! tokens minted by PyJWT (a library nobody here wrote) from keys generated in the
+//! test: HS256, RS256 and ES256 accepted, by `connect` frame and by header; every
+//! refusal with its documented code and its metric; channel-escape attempts;
+//! subscription tokens; refresh over the open socket and expiry without one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{json, Value};
+use shardcast_proto::{ClientFrame, Encoding, ErrorCode, ServerFrame, UnsubscribeCode};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const SECRET: &str = "a-test-secret-of-reasonable-length";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+}
+
+/// Keys made for this test run: an RSA and an EC key pair, as PEM files.
+struct Keys {
+    dir: PathBuf,
+}
+
+impl Keys {
+    fn generate() -> Keys {
+        let dir = std::env::temp_dir().join(format!("shardcast-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("key dir");
+        let script = r#"
+import sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa, ec
+d = sys.argv[1]
+for name, key in (("rsa", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+                  ("ec", ec.generate_private_key(ec.SECP256R1()))):
+    open(f"{d}/{name}.key", "wb").write(key.private_bytes(serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    open(f"{d}/{name}.pub", "wb").write(key.public_key().public_bytes(serialization.Encoding.PEM,
+        serialization.PublicFormat.SubjectPublicKeyInfo))
+"#;
+        python(script, &[dir.to_str().expect("utf-8 path")]);
+        Keys { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().expect("utf-8 path").to_owned()
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 (tests/run.sh installs PyJWT[crypto])");
+    assert!(
+        out.status.success(),
+        "python failed (is PyJWT[crypto] installed? tests/run.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+}
+
+/// A token signed by PyJWT: `key` is the HMAC secret, or a private-key PEM file.
+fn mint(alg: &str, key: &str, claims: Value) -> String {
+    let script = r#"
+import sys, json, jwt
+alg, key, claims = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if alg == "HS256-with-public-key":
+    # PyJWT itself refuses to HMAC with a PEM key, so the attack is made by hand.
+    import base64, hashlib, hmac
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + b"." + b64(json.dumps(claims).encode())
+    print((signing + b"." + b64(hmac.new(open(key, "rb").read(), signing, hashlib.sha256).digest())).decode())
+    sys.exit(0)
+if alg == "none":
+    key = None
+elif not alg.startswith("HS") or key.endswith(".key") or key.endswith(".pub"):
+    key = open(key, "rb").read()
+print(jwt.encode(claims, key, algorithm=alg))
+"#;
+    python(script, &[alg, key, &claims.to_string()])
+}
+
+fn hs(claims: Value) -> String {
+    mint("HS256", SECRET, claims)
+}
+
+/// A WebSocket whose welcome is not read yet, optionally with an Authorization header.
+async fn open(gw: &Gateway, bearer: Option<&str>) -> Client {
+    let mut req = format!("ws://{}/ws", gw.ws).into_client_request().expect("request");
+    if let Some(token) = bearer {
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().expect("header"));
+    }
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("in time")
+        .expect("upgrade");
+    Client {
+        ws,
+        encoding: Encoding::Json,
+        shard: 0,
+        node: String::new(),
+    }
+}
+
+/// Sends `connect` and returns the welcome that answers it (or panics).
+async fn connect(c: &mut Client, token: &str) -> (Option<String>, Option<u64>) {
+    c.send(&ClientFrame::Connect {
+        id: Some(1),
+        token: token.into(),
+        name: Some("auth-test".into()),
+        version: None,
+    })
+    .await;
+    match c.recv().await {
+        ServerFrame::Welcome {
+            id: Some(1),
+            user,
+            expires_at,
+            ..
+        } => (user, expires_at),
+        other => panic!("expected the welcome answering connect, got {other:?}"),
+    }
+}
+
+async fn subscribe(c: &mut Client, id: u64, channel: &str, token: Option<String>) -> ServerFrame {
+    c.send(&ClientFrame::Subscribe {
+        id: Some(id),
+        channel: channel.into(),
+        token,
+    })
+    .await;
+    c.recv().await
+}
+
+/// A WebSocket upgrade by hand, for the HTTP answers a client library hides.
+async fn upgrade_request(gw: &Gateway, path: &str, authorization: Option<&str>) -> (u16, String) {
+    let mut headers = vec![
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    if let Some(value) = authorization {
+        headers.push(("Authorization", value));
+    }
+    http(gw.ws, "GET", path, None, &headers).await
+}
+
+fn denied(frame: &ServerFrame, code: ErrorCode) -> bool {
+    matches!(frame, ServerFrame::Error { code: c, .. } if *c == code)
+}
+
+fn rules_file(dir: &Path) -> String {
+    let path = dir.join("rules.toml");
+    std::fs::write(
+        &path,
+        r#"
+allow-client-publish = true
+
+[namespaces.""]
+subscribe = "anyone"
+
+[namespaces.team]
+subscribe = "granted"
+publish = "granted"
+
+[namespaces.notifications]
+subscribe = "granted"
+user_limited = true
+
+[namespaces.private]
+subscribe = "granted"
+"#,
+    )
+    .expect("rules file");
+    path.to_str().expect("utf-8").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hs256_by_connect_frame_and_by_header() {
+    let gw = Gateway::start(&["--token-hmac-secret", SECRET]);
+    let exp = now() + 300;
+    let token = hs(json!({"sub": "42", "exp": exp}));
+
+    let mut c = open(&gw, None).await;
+    let (user, expires_at) = connect(&mut c, &token).await;
+    assert_eq!((user.as_deref(), expires_at), (Some("42"), Some(exp)));
+    assert_eq!(subscribe(&mut c, 2, "news", None).await, ServerFrame::ack(Some(2)));
+
+    let mut h = open(&gw, Some(&token)).await;
+    match h.recv().await {
+        ServerFrame::Welcome { id: None, user, .. } => assert_eq!(user.as_deref(), Some("42")),
+        other => panic!("expected a welcome at once, got {other:?}"),
+    }
+    // A connection authenticated by header cannot `connect` again.
+    h.send(&ClientFrame::Connect {
+        id: Some(9),
+        token: token.clone(),
+        name: None,
+        version: None,
+    })
+    .await;
+    assert!(denied(&h.recv().await, ErrorCode::BadRequest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_and_es256_with_public_keys() {
+    let keys = Keys::generate();
+    for (alg, name) in [("RS256", "rsa"), ("PS256", "rsa"), ("ES256", "ec")] {
+        let public = keys.path(&format!("{name}.pub"));
+        let gw = Gateway::start(&["--token-public-key", &public, "--token-algorithms", alg]);
+        let token = mint(
+            alg,
+            &keys.path(&format!("{name}.key")),
+            json!({"sub": "u-7", "exp": now() + 60}),
+        );
+        let mut c = open(&gw, None).await;
+        assert_eq!(connect(&mut c, &token).await.0.as_deref(), Some("u-7"), "{alg}");
+    }
+}
+
+/// Connects with `token` in a connect frame and returns the close code.
+async fn refused_code(gw: &Gateway, token: &str) -> u16 {
+    let mut c = open(gw, None).await;
+    c.send(&ClientFrame::Connect {
+        id: Some(1),
+        token: token.into(),
+        name: None,
+        version: None,
+    })
+    .await;
+    c.expect_close().await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_unusable_tokens_are_refused_with_their_codes() {
+    let keys = Keys::generate();
+    let gw = Gateway::start(&[
+        "--token-hmac-secret",
+        SECRET,
+        "--token-audience",
+        "shardcast",
+        "--token-issuer",
+        "https://issuer.test",
+        "--token-leeway",
+        "0s",
+        "--max-message-bytes",
+        "200000",
+    ]);
+    let good = json!({"sub": "42", "exp": now() + 60, "aud": "shardcast", "iss": "https://issuer.test"});
+    let with = |patch: Value| {
+        let mut claims = good.clone();
+        for (k, v) in patch.as_object().expect("object") {
+            claims[k] = v.clone();
+        }
+        claims
+    };
+    let mut c = open(&gw, None).await;
+    connect(&mut c, &hs(good.clone())).await;
+
+    let bad_signature = mint("HS256", "another-secret-entirely-wrong", good.clone());
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("bad signature", bad_signature, 4003),
+        ("expired", hs(with(json!({"exp": now() - 30}))), 4002),
+        ("not yet valid", hs(with(json!({"nbf": now() + 600}))), 4003),
+        ("issued in the future", hs(with(json!({"iat": now() + 600}))), 4003),
+        ("alg none", mint("none", "", good.clone()), 4003),
+        ("wrong aud", hs(with(json!({"aud": "someone-else"}))), 4003),
+        ("wrong iss", hs(with(json!({"iss": "https://evil.test"}))), 4003),
+        ("garbage", "not.a.token".into(), 4003),
+        ("100 KB", "x".repeat(100 * 1024), 4003),
+    ];
+    for (name, token, code) in &cases {
+        assert_eq!(refused_code(&gw, token).await, *code, "{name}");
+    }
+    // HS256 "signed" with the RSA public key, against a gateway holding only that key.
+    let rsa_gw = Gateway::start(&["--token-public-key", &keys.path("rsa.pub")]);
+    let confused = mint(
+        "HS256-with-public-key",
+        &keys.path("rsa.pub"),
+        json!({"sub": "42", "exp": now() + 60}),
+    );
+    assert_eq!(
+        refused_code(&rsa_gw, &confused).await,
+        4003,
+        "HS256 with the RSA public key"
+    );
+    assert!(rsa_gw.metric("shardcast_auth_refusals_total{reason=\"invalid\"}").await >= 1.0);
+
+    // Header tokens are refused before the upgrade, with 401.
+    let bearer = format!("Bearer {}", cases[0].1);
+    let (status, body) = upgrade_request(&gw, "/ws", Some(&bearer)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("unauthorized"), "{body}");
+    // A token in the query string is refused, saying why.
+    let (status, body) = upgrade_request(&gw, "/ws?token=abc", None).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("access logs"), "{body}");
+
+    let expired = gw.metric("shardcast_auth_refusals_total{reason=\"expired\"}").await;
+    let invalid = gw.metric("shardcast_auth_refusals_total{reason=\"invalid\"}").await;
+    let query = gw.metric("shardcast_auth_refusals_total{reason=\"query_token\"}").await;
+    assert_eq!((expired, query), (1.0, 1.0));
+    assert!(invalid >= 9.0, "invalid refusals counted: {invalid}");
+    // Nothing of any token reached the logs.
+    let logs = gw.logs.lock().expect("logs").join("\n");
+    assert!(!logs.contains(&hs(good.clone())[..40]), "a token was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_where_one_is_required() {
+    let gw = Gateway::start(&["--token-hmac-secret", SECRET, "--handshake-timeout", "1s"]);
+    let mut c = open(&gw, None).await;
+    // No welcome before connect; a request before it is refused.
+    c.send(&ClientFrame::Ping { id: Some(3) }).await;
+    assert!(denied(&c.recv().await, ErrorCode::Unauthorized));
+    let started = Instant::now();
+    assert_eq!(c.expect_close().await.0, 4003);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(gw.metric("shardcast_auth_refusals_total{reason=\"missing\"}").await >= 2.0);
+    // Anonymous stays possible where the operator allows it, as for version 1 clients.
+    let open_gw = Gateway::start(&["--token-hmac-secret", SECRET, "--allow-anonymous", "true"]);
+    let mut anon = open_gw.connect(Encoding::Json).await;
+    anon.subscribe(1, "news").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_escapes_are_denied() {
+    let dir = std::env::temp_dir().join(format!("shardcast-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let gw = Gateway::start(&["--token-hmac-secret", SECRET, "--config", &rules_file(&dir)]);
+    let token = hs(json!({"sub": "42", "exp": now() + 120, "channels": ["team:7", "team:8.*"], "publish": ["team:7"]}));
+    let mut c = open(&gw, None).await;
+    connect(&mut c, &token).await;
+
+    assert_eq!(
+        subscribe(&mut c, 1, "notifications:#42", None).await,
+        ServerFrame::ack(Some(1))
+    );
+    assert!(denied(
+        &subscribe(&mut c, 2, "notifications:#43", None).await,
+        ErrorCode::PermissionDenied
+    ));
+    assert!(denied(
+        &subscribe(&mut c, 3, "notifications:#42#x", None).await,
+        ErrorCode::PermissionDenied
+    ));
+    assert_eq!(subscribe(&mut c, 4, "team:7", None).await, ServerFrame::ack(Some(4)));
+    assert!(
+        denied(
+            &subscribe(&mut c, 5, "team:70", None).await,
+            ErrorCode::PermissionDenied
+        ),
+        "no prefix match"
+    );
+    assert!(denied(
+        &subscribe(&mut c, 6, "team:7x", None).await,
+        ErrorCode::PermissionDenied
+    ));
+    assert_eq!(
+        subscribe(&mut c, 7, "team:8.chat", None).await,
+        ServerFrame::ack(Some(7))
+    );
+    assert!(denied(
+        &subscribe(&mut c, 8, "team:8.", None).await,
+        ErrorCode::PermissionDenied
+    ));
+    assert!(denied(
+        &subscribe(&mut c, 9, "private:report", None).await,
+        ErrorCode::PermissionDenied
+    ));
+
+    // Subscription tokens: for this channel and user only, and not expired.
+    let sub_token = |sub: &str, channel: &str, exp: u64| hs(json!({"sub": sub, "channel": channel, "exp": exp}));
+    let other_channel = sub_token("42", "private:other", now() + 60);
+    assert!(denied(
+        &subscribe(&mut c, 10, "private:report", Some(other_channel)).await,
+        ErrorCode::PermissionDenied
+    ));
+    let other_user = sub_token("43", "private:report", now() + 60);
+    assert!(denied(
+        &subscribe(&mut c, 11, "private:report", Some(other_user)).await,
+        ErrorCode::PermissionDenied
+    ));
+    let expired = sub_token("42", "private:report", now() - 60);
+    assert!(denied(
+        &subscribe(&mut c, 12, "private:report", Some(expired)).await,
+        ErrorCode::Unauthorized
+    ));
+    let good = sub_token("42", "private:report", now() + 60);
+    assert_eq!(
+        subscribe(&mut c, 13, "private:report", Some(good)).await,
+        ServerFrame::ack(Some(13))
+    );
+
+    // Client publish needs the claim.
+    for (id, channel, ok) in [(20, "team:7", true), (21, "team:8.chat", false)] {
+        c.send(&ClientFrame::Publish {
+            id: Some(id),
+            channel: channel.into(),
+            data: json!("hi"),
+        })
+        .await;
+        let reply = loop {
+            match c.recv().await {
+                ServerFrame::Message { .. } => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(!denied(&reply, ErrorCode::PermissionDenied), ok, "{channel}: {reply:?}");
+    }
+    assert!(
+        gw.metric("shardcast_auth_refusals_total{reason=\"permission_denied\"}")
+            .await
+            >= 9.0
+    );
+
+    // An anonymous connection never owns a user channel.
+    let anon_gw = Gateway::start(&["--config", &rules_file(&dir)]);
+    let mut anon = anon_gw.connect(Encoding::Json).await;
+    assert!(denied(
+        &subscribe(&mut anon, 1, "notifications:#", None).await,
+        ErrorCode::PermissionDenied
+    ));
+    assert!(denied(
+        &subscribe(&mut anon, 2, "team:7", None).await,
+        ErrorCode::PermissionDenied
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_keeps_the_connection_and_expiry_closes_it() {
+    let dir = std::env::temp_dir().join(format!("shardcast-refresh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let gw = Gateway::start(&[
+        "--token-hmac-secret",
+        SECRET,
+        "--token-leeway",
+        "0s",
+        "--config",
+        &rules_file(&dir),
+    ]);
+    let short = |channels: Value| hs(json!({"sub": "42", "exp": now() + 3, "channels": channels}));
+    let mut c = open(&gw, None).await;
+    connect(&mut c, &short(json!(["team:7"]))).await;
+    assert_eq!(subscribe(&mut c, 1, "team:7", None).await, ServerFrame::ack(Some(1)));
+    // Refreshed every 1.5 s with a new 3-second token, it lives past 10 s.
+    let started = Instant::now();
+    let mut id = 10;
+    while started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        id += 1;
+        c.send(&ClientFrame::Refresh {
+            id: Some(id),
+            token: short(json!(["team:7"])),
+        })
+        .await;
+        match c.recv().await {
+            ServerFrame::Ack {
+                id: Some(got),
+                expires_at: Some(exp),
+            } => {
+                assert_eq!(got, id);
+                assert!(exp > now());
+            }
+            other => panic!("refresh not acknowledged: {other:?}"),
+        }
+    }
+    // A refresh whose grants no longer cover a subscription ends that subscription.
+    c.send(&ClientFrame::Refresh {
+        id: Some(99),
+        token: short(json!([])),
+    })
+    .await;
+    match c.recv().await {
+        ServerFrame::Unsubscribed { channel, code, .. } => {
+            assert_eq!((channel.as_str(), code), ("team:7", UnsubscribeCode::PermissionDenied))
+        }
+        other => panic!("expected unsubscribed, got {other:?}"),
+    }
+    assert!(matches!(c.recv().await, ServerFrame::Ack { id: Some(99), .. }));
+    // Not refreshed again: closed with 4002 once the token expires.
+    let (code, _) = c.expect_close().await;
+    assert_eq!(code, 4002);
+    // A refresh for another user is refused with 4003.
+    let mut d = open(&gw, None).await;
+    connect(&mut d, &short(json!([]))).await;
+    d.send(&ClientFrame::Refresh {
+        id: Some(2),
+        token: hs(json!({"sub": "43", "exp": now() + 60})),
+    })
+    .await;
+    assert_eq!(d.expect_close().await.0, 4003);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_token_expiry_ends_that_subscription_only() {
+    let dir = std::env::temp_dir().join(format!("shardcast-subexp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let gw = Gateway::start(&[
+        "--token-hmac-secret",
+        SECRET,
+        "--token-leeway",
+        "0s",
+        "--config",
+        &rules_file(&dir),
+    ]);
+    let mut c = open(&gw, None).await;
+    connect(&mut c, &hs(json!({"sub": "42", "exp": now() + 120}))).await;
+    let sub_token = hs(json!({"sub": "42", "channel": "private:a", "exp": now() + 2}));
+    assert_eq!(
+        subscribe(&mut c, 1, "private:a", Some(sub_token)).await,
+        ServerFrame::ack(Some(1))
+    );
+    assert_eq!(subscribe(&mut c, 2, "news", None).await, ServerFrame::ack(Some(2)));
+    match c.recv().await {
+        ServerFrame::Unsubscribed { channel, code, .. } => {
+            assert_eq!((channel.as_str(), code), ("private:a", UnsubscribeCode::TokenExpired))
+        }
+        other => panic!("expected unsubscribed, got {other:?}"),
+    }
+    // The connection and its other subscription go on.
+    gw.publish("news", json!(1)).await;
+    assert!(matches!(c.recv().await, ServerFrame::Message { ref channel, .. } if channel == "news"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
