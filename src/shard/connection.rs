@@ -130,21 +130,51 @@ pub struct Connection {
     pub subs: Vec<SubscriptionKey>,
     /// Shard clock (deciseconds) of the last byte received.
     pub last_seen: u32,
-    /// Whether a keep-alive ping went out since the last byte received.
-    pub pinged: bool,
-    /// An echo connection (conformance testing): messages come back as sent.
-    pub echo: bool,
-    /// Whether the `welcome` went out (false while a required `connect` is awaited).
-    pub greeted: bool,
-    /// Whether the client's first frame was handled (`connect` must be it).
-    pub first_frame_done: bool,
-    /// Shard clock (deciseconds) when the connection opened.
-    pub opened: u32,
-    /// Subscribes in the current one-second window, and that window's start (shard clock).
-    pub subscribe_window: (u32, u16),
+    /// Small yes/no facts, packed in one byte (see [`ConnectionFlags`]).
+    pub flags: ConnectionFlags,
+    /// Start (shard clock) of the current one-second subscribe window; until the
+    /// connection is greeted, when it opened (it cannot subscribe before that).
+    pub window_start: u32,
+    /// Subscribes in the current window.
+    pub window_subscribes: u16,
     /// The identity, for a connection that authenticated (boxed: an anonymous
     /// connection pays one pointer).
     pub auth: Option<Box<ConnectionAuth>>,
+}
+
+/// Yes/no facts about a connection, one bit each: the record of an idle connection
+/// is most of an idle gateway's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionFlags(u8);
+
+impl ConnectionFlags {
+    /// A keep-alive ping went out since the last byte received.
+    pub const PINGED: u8 = 1;
+    /// An echo connection (conformance testing): messages come back as sent.
+    pub const ECHO: u8 = 2;
+    /// The `welcome` went out (not yet, while a required `connect` is awaited).
+    pub const GREETED: u8 = 4;
+    /// The client's first frame was handled (`connect` must be it).
+    pub const FIRST_FRAME_DONE: u8 = 8;
+
+    /// Whether `bit` is set.
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// Sets or clears `bit`.
+    pub fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+
+    /// Whether the `welcome` went out.
+    pub fn greeted(self) -> bool {
+        self.has(Self::GREETED)
+    }
 }
 
 /// What an authenticated connection carries.
@@ -174,12 +204,9 @@ impl Connection {
             read: None,
             subs: Vec::new(),
             last_seen: now,
-            pinged: false,
-            echo: false,
-            greeted: true,
-            first_frame_done: false,
-            opened: now,
-            subscribe_window: (now, 0),
+            flags: ConnectionFlags(ConnectionFlags::GREETED),
+            window_start: now,
+            window_subscribes: 0,
             auth: None,
         }
     }
@@ -375,5 +402,16 @@ impl Connection {
         if let Some(w) = &self.waker {
             w.wake_by_ref();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection is mostly this record: keep an eye on its size
+    /// (README's idle-memory figure, at most 1 KiB per subscribed socket).
+    #[test]
+    fn the_record_stays_small() {
+        let size = std::mem::size_of::<super::Connection>();
+        assert!(size <= 168, "Connection grew to {size} bytes");
     }
 }

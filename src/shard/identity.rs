@@ -6,7 +6,7 @@
 
 use shardcast_proto::{close, ErrorCode, ServerFrame, UnsubscribeCode};
 
-use super::connection::{Connection, ConnectionAuth, Disconnect, Phase};
+use super::connection::{Connection, ConnectionAuth, ConnectionFlags, Disconnect, Phase};
 use super::{Shard, ShardEnv, ShardState};
 use crate::auth::{unix_now, AuthError, Identity, Refusal, SubscriptionRefusal, ANONYMOUS};
 
@@ -21,15 +21,14 @@ impl ShardEnv {
             return true;
         }
         let now = self.now();
-        let (start, count) = &mut conn.subscribe_window;
-        if now.saturating_sub(*start) >= 10 {
-            *start = now;
-            *count = 0;
+        if now.saturating_sub(conn.window_start) >= 10 {
+            conn.window_start = now;
+            conn.window_subscribes = 0;
         }
-        if u32::from(*count) >= limit {
+        if u32::from(conn.window_subscribes) >= limit {
             return false;
         }
-        *count = count.saturating_add(1);
+        conn.window_subscribes = conn.window_subscribes.saturating_add(1);
         true
     }
 
@@ -101,7 +100,7 @@ impl Shard<'_> {
             by_header: false,
             sub_tokens: Vec::new(),
         }));
-        conn.greeted = true;
+        conn.flags.set(ConnectionFlags::GREETED, true);
         let user = (!user.is_empty()).then_some(user);
         if let Some(welcome) = env.welcome(conn.encoding, id, user, expires_at) {
             self.reply(key, welcome);
@@ -247,8 +246,8 @@ impl Shard<'_> {
             if conn.phase != Phase::Open {
                 continue;
             }
-            if !conn.greeted {
-                if now.saturating_sub(conn.opened) >= connect_within {
+            if !conn.flags.greeted() {
+                if now.saturating_sub(conn.window_start) >= connect_within {
                     env.close_unauthorized(conn, &AuthError::Missing);
                 }
                 continue;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use shardcast_proto::{decode_client, validate_channel, ClientFrame, ErrorCode, ServerFrame};
 
 use super::channel_table::{Emptied, Joined, PendingAck};
-use super::connection::Phase;
+use super::connection::{ConnectionFlags, Phase};
 use super::{Shard, ShardState};
 use crate::auth::{Refusal, ANONYMOUS};
 use crate::fanout::router::Source;
@@ -22,7 +22,7 @@ impl Shard<'_> {
         match ev {
             Incoming::Message { binary, payload } => {
                 let (encoding, echo) = match self.st.conns.get(key) {
-                    Some(c) if c.phase == Phase::Open => (c.encoding, c.echo),
+                    Some(c) if c.phase == Phase::Open => (c.encoding, c.flags.has(ConnectionFlags::ECHO)),
                     // A closing connection's data is ignored (RFC 6455 5.5.1).
                     _ => return Flow::Continue,
                 };
@@ -70,8 +70,9 @@ impl Shard<'_> {
         let Some(conn) = self.st.conns.get_mut(key) else {
             return;
         };
-        let first = !std::mem::replace(&mut conn.first_frame_done, true);
-        let greeted = conn.greeted;
+        let first = !conn.flags.has(ConnectionFlags::FIRST_FRAME_DONE);
+        conn.flags.set(ConnectionFlags::FIRST_FRAME_DONE, true);
+        let greeted = conn.flags.greeted();
         match frame {
             ClientFrame::Connect { id, token, .. } => self.connect(key, id, &token, first),
             other if !greeted => {

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::connection::{Connection, ConnectionAuth, Disconnect, Phase, ReadState};
+use super::connection::{Connection, ConnectionAuth, ConnectionFlags, Disconnect, Phase, ReadState};
 use super::{Shard, ShardCore};
 use crate::auth::Identity;
 use crate::ws::frame::read_frames;
@@ -61,7 +61,7 @@ impl Shard<'_> {
         let id = self.st.next_id;
         self.st.next_id += 1;
         let mut conn = Connection::new(id, stream, encoding, env.now());
-        conn.echo = echo;
+        conn.flags.set(ConnectionFlags::ECHO, echo);
         if let Some(identity) = identity {
             conn.auth = Some(Box::new(ConnectionAuth {
                 identity,
@@ -69,8 +69,9 @@ impl Shard<'_> {
                 sub_tokens: Vec::new(),
             }));
         }
-        conn.greeted = echo || conn.auth.is_some() || env.auth.allows_anonymous();
-        if !echo && conn.greeted {
+        let greeted = echo || conn.auth.is_some() || env.auth.allows_anonymous();
+        conn.flags.set(ConnectionFlags::GREETED, greeted);
+        if !echo && greeted {
             let (user, expires_at) = match &conn.auth {
                 Some(a) => (Some(a.identity.user.clone()), a.identity.expires_at),
                 None => (None, None),
@@ -256,7 +257,7 @@ impl Shard<'_> {
                     }
                     Poll::Ready(Ok(n)) => {
                         conn.last_seen = env.now();
-                        conn.pinged = false;
+                        conn.flags.set(ConnectionFlags::PINGED, false);
                         Some(Some((conn.read.take(), n)))
                     }
                 },

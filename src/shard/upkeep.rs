@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use shardcast_proto::close;
 use tokio::time::sleep_until;
 
-use super::connection::{Disconnect, Phase};
+use super::connection::{ConnectionFlags, Disconnect, Phase};
 use super::{Shard, ShardCore};
 use crate::ws::frame::ping_frame;
 
@@ -58,8 +58,8 @@ impl Shard<'_> {
                             Disconnect::IdleTimeout,
                             close_deadline,
                         );
-                    } else if quiet >= ping_after && !conn.pinged {
-                        conn.pinged = true;
+                    } else if quiet >= ping_after && !conn.flags.has(ConnectionFlags::PINGED) {
+                        conn.flags.set(ConnectionFlags::PINGED, true);
                         conn.send(&ping, env.config.max_queue_bytes);
                     }
                 }
