@@ -96,9 +96,9 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<(TcpStream, 
             echo,
             key,
             encoding,
-            echo_subprotocol,
+            subprotocol,
         })) => {
-            let response = upgrade_response(&key, encoding, echo_subprotocol);
+            let response = upgrade_response(&key, subprotocol.as_deref());
             return match stream.write_all(&response).await {
                 Ok(()) => Some((stream, encoding, echo)),
                 Err(_) => None,
