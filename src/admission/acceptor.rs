@@ -9,17 +9,16 @@
 //! queued in the backlog of another. A hand-off is one flume send per connection,
 //! nothing next to the upgrade that follows.
 
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::io::{Read, Write};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use super::fd_budget::FdBudget;
+use super::fd_budget::{FdBudget, RefusedSocket};
 use crate::metrics::Metrics;
 use crate::shard::{ShardCommand, ShardHandle};
 use crate::state::GatewayState;
@@ -61,7 +60,7 @@ impl Acceptor {
                 Ok((stream, peer)) => {
                     if let Some(reason) = self.refusal_reason() {
                         self.metrics.connections_refused.with_label_values(&[reason]).inc();
-                        refusals.refuse(stream, reason);
+                        refusals.refuse(stream, self.budget.refused_socket(), reason);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
@@ -143,7 +142,7 @@ impl Refusals {
     /// client's stack. Up to [`MAX_REFUSALS_IN_FLIGHT`] sockets linger a moment
     /// for the rest of their request; past that (each holds a descriptor, which
     /// may be what is short) the socket is closed now, answered all the same.
-    fn refuse(&self, stream: TcpStream, reason: &'static str) {
+    fn refuse(&self, stream: TcpStream, descriptor: RefusedSocket, reason: &'static str) {
         let Some((_, response)) = self.responses.iter().find(|(r, _)| *r == reason) else {
             return;
         };
@@ -171,6 +170,7 @@ impl Refusals {
                 .await;
             }
             lingering.fetch_sub(1, Ordering::Relaxed);
+            drop(descriptor);
         });
     }
 }
