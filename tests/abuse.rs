@@ -464,7 +464,7 @@ async fn client_publishes_hold_the_documented_nesting_limit() {
                 })
                 .await;
             match (depth <= deepest, publisher.recv().await) {
-                (true, shardcast_proto::ServerFrame::Ack { id: got }) => assert_eq!(got, Some(id)),
+                (true, shardcast_proto::ServerFrame::Ack { id: got, .. }) => assert_eq!(got, Some(id)),
                 (false, shardcast_proto::ServerFrame::Error { code, .. }) => {
                     assert_eq!(code, shardcast_proto::ErrorCode::BadRequest)
                 }
