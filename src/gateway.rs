@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::admin::cluster::ClusterView;
 use crate::admin::{self, AdminContext};
 use crate::admission::acceptor::Acceptor;
-use crate::admission::fd_budget::{count_open_fds, resident_memory_bytes, FdBudget};
+use crate::admission::fd_budget::{resident_memory_bytes, FdBudget};
 use crate::auth::{AuthError, Authenticator, ChannelRules, NamespaceRules, TokenVerifier, VerifierSettings};
 use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
@@ -76,7 +76,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     let metrics = Arc::new(Metrics::new()?);
     let shard_count = config.shard_count();
     let state = Arc::new(GatewayState::new(config.node_id(), shard_count));
-    let budget = Arc::new(FdBudget::new(fd_limit, config.fd_reserve));
+    let budget = Arc::new(FdBudget::new(fd_limit, config.fd_reserve, state.clone()));
     let auth = Arc::new(authenticator(&config)?);
     let (router_handle, router_rx) = RouterHandle::channel();
     let BrokerParts { broker, instances } = make_broker(&config, &state, Arc::new(router_handle.clone()), &metrics)?;
@@ -114,8 +114,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     metrics.fd_reserve.set(config.fd_reserve as i64);
     // Counted now that listeners and shard runtimes exist, so the gauges are right
     // from the first scrape, before the monitor's first round.
-    if let Ok(open) = count_open_fds() {
-        budget.record_count(open);
+    if let Ok(open) = budget.rescan() {
         metrics.open_fds.set(open as i64);
         metrics.fd_headroom.set(budget.headroom() as i64);
     }
@@ -335,9 +334,9 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 /// Keeps the descriptor count, memory and broker-health gauges current.
 async fn monitor(state: Arc<GatewayState>, budget: Arc<FdBudget>, metrics: Arc<Metrics>, broker: Arc<dyn Broker>) {
     loop {
-        if let Ok(Ok(open)) = tokio::task::spawn_blocking(count_open_fds).await {
-            budget.record_count(open);
-            metrics.open_fds.set(open as i64);
+        let scan = budget.clone();
+        if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || scan.rescan()).await {
+            metrics.open_fds.set(budget.estimated_open() as i64);
             metrics.fd_headroom.set(budget.headroom() as i64);
         }
         if let Some(rss) = resident_memory_bytes() {

@@ -1,6 +1,8 @@
 //! The `shardcast` binary: load the configuration, set up logging and the
 //! descriptor limit, run the gateway until SIGTERM or SIGINT, then drain.
 
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
 use shardcast::admission::fd_budget::raise_nofile_limit;
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let ws_path = config.ws_path.clone();
         let gw = match gateway::start(config, fd_limit).await {
             Ok(gw) => gw,
             Err(e) => {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        announce(gw.ws_addr, &ws_path, gw.admin_addr);
         let signal = signals.recv().await;
         info!(signal, "shutting down");
         gw.shutdown().await;
@@ -64,10 +68,32 @@ fn main() -> ExitCode {
     })
 }
 
+/// Tells a person on stdout where to connect, as URLs to paste (the logs, on
+/// stderr, have the bound addresses for machines).
+fn announce(ws: SocketAddr, ws_path: &str, admin: SocketAddr) {
+    // Not println!: a closed stdout (`shardcast | head -1`) must not panic the gateway.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "WebSocket: ws://{}{ws_path}", reachable(ws));
+    let _ = writeln!(out, "Admin API: http://{}/", reachable(admin));
+    let _ = out.flush();
+}
+
+/// The address a local client connects to: a wildcard bind is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    }
+}
+
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: escape codes in a file or a log
+    // collector are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

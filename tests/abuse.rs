@@ -15,8 +15,8 @@
 //! - a request flood does not stall the other clients of the flooder's shard;
 //! - a frame header announcing a huge message, or a continuation whose length
 //!   overflows: 1009 at once, before any payload;
-//! - publications subscribers could not decode (numbers beyond f64, nesting past 128
-//!   levels): refused (ignored tests until the gateway's check covers them).
+//! - publications subscribers could not decode (numbers beyond f64, nesting of 128
+//!   levels or more): refused, exactly at the limits PROTOCOL.md 13.1 documents.
 
 mod common;
 
@@ -396,37 +396,67 @@ async fn a_continuation_whose_length_overflows_is_refused_with_1009() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_refuses_numbers_beyond_f64() {
-    let gw = Gateway::start(&[]);
-    let mut sub = gw.connect(Encoding::MsgPack).await;
-    sub.subscribe(1, "n").await;
-    let (status, text) = gw
-        .http("POST", "/api/publish", Some(r#"{"channel":"n","data":1e400}"#))
-        .await;
-    assert_eq!(status, 400, "{text}");
-    assert!(sub.roundtrip(2).await.is_empty(), "nothing was delivered");
+/// `data` nested `depth` arrays deep around a 1 (`nested(2)` is `[[1]]`).
+fn nested(depth: usize) -> serde_json::Value {
+    (0..depth).fold(json!(1), |inner, _| json!([inner]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_publish_nested_past_128_levels_is_refused() {
-    let gw = Gateway::start(&["--allow-client-publish"]);
-    let mut publisher = gw.connect(Encoding::MsgPack).await;
-    let mut data = json!(1);
-    for _ in 0..200 {
-        data = json!([data]);
-    }
-    publisher
-        .send(&shardcast_proto::ClientFrame::Publish {
-            id: Some(5),
-            channel: "news".into(),
-            data,
-        })
-        .await;
-    match publisher.recv().await {
-        shardcast_proto::ServerFrame::Error { id, code, .. } => {
-            assert_eq!((id, code), (Some(5), shardcast_proto::ErrorCode::BadRequest))
+async fn the_api_holds_the_documented_data_limits_at_their_boundaries() {
+    let gw = Gateway::start(&[]);
+    let mut sub = gw.connect(Encoding::MsgPack).await;
+    sub.subscribe(1, "n").await;
+    let publish = |body: String| {
+        let gw = &gw;
+        async move { gw.http("POST", "/api/publish", Some(&body)).await }
+    };
+    // PROTOCOL.md 13.1: numbers within the double range, nesting at most 127.
+    let accepted = [json!(1e308), json!(-1.7976931348623157e308), nested(127)];
+    for data in &accepted {
+        let (status, text) = publish(json!({"channel": "n", "data": data}).to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        match sub.recv().await {
+            shardcast_proto::ServerFrame::Message { data: got, .. } => assert_eq!(&got, data),
+            other => panic!("expected the publication, got {other:?}"),
         }
-        other => panic!("expected bad_request, got {other:?}"),
+    }
+    let deep = nested(128).to_string();
+    for body in [
+        r#"{"channel":"n","data":1e400}"#.to_owned(),
+        r#"{"channel":"n","data":[-1.8e308]}"#.to_owned(),
+        format!(r#"{{"channel":"n","data":{deep}}}"#),
+        // A batch is validated whole: the good first item is not published either.
+        format!(r#"[{{"channel":"n","data":1}},{{"channel":"n","data":{deep}}}]"#),
+    ] {
+        let (status, text) = publish(body).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("bad_request"), "{text}");
+    }
+    assert!(sub.roundtrip(2).await.is_empty(), "nothing refused was delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_publishes_hold_the_documented_nesting_limit() {
+    let gw = Gateway::start(&["--allow-client-publish"]);
+    // A JSON frame is nested as a whole (its own object is a level); a MessagePack
+    // frame's data is checked alone. Past the limit by far, too (200).
+    for (encoding, deepest) in [(Encoding::Json, 126), (Encoding::MsgPack, 127)] {
+        let mut publisher = gw.connect(encoding).await;
+        for (id, depth) in [(1, deepest), (2, deepest + 1), (3, 200)] {
+            publisher
+                .send(&shardcast_proto::ClientFrame::Publish {
+                    id: Some(id),
+                    channel: "news".into(),
+                    data: nested(depth),
+                })
+                .await;
+            match (depth <= deepest, publisher.recv().await) {
+                (true, shardcast_proto::ServerFrame::Ack { id: got, .. }) => assert_eq!(got, Some(id)),
+                (false, shardcast_proto::ServerFrame::Error { code, .. }) => {
+                    assert_eq!(code, shardcast_proto::ErrorCode::BadRequest)
+                }
+                (ok, other) => panic!("{encoding:?} depth {depth}: accepted {ok} expected, got {other:?}"),
+            }
+        }
     }
 }

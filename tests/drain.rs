@@ -61,3 +61,45 @@ async fn sigterm_drains_within_the_window() {
     assert_eq!(code, Some(0), "exit status after drain");
     assert!(start.elapsed() < Duration::from_secs(4));
 }
+
+/// PROTOCOL.md 3.5: a drain closes the public port at once (a probe there is
+/// refused, as a new client is), while the admin port answers ready 503
+/// `"draining":true` and live 200 for the whole drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_instance_is_told_apart_on_the_admin_port() {
+    let mut gw = Gateway::start(&["--drain-window", "2s"]);
+    assert_eq!(http(gw.ws, "GET", "/health/ready", None, &[]).await.0, 200);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(gw.connect(Encoding::Json).await);
+    }
+    let start = Instant::now();
+    gw.signal(libc::SIGTERM);
+    loop {
+        match tokio::net::TcpStream::connect(gw.ws).await {
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                break;
+            }
+            Ok(_) => assert!(
+                start.elapsed() < Duration::from_millis(500),
+                "public port still open {:?} into the drain",
+                start.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The admin port tells the drain apart from a crash until the drain is over.
+    let mut probes = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let (status, body) = gw.http("GET", "/health/ready", None).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("\"draining\":true"), "{body}");
+        assert_eq!(gw.http("GET", "/health/live", None).await.0, 200);
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(probes >= 5, "only {probes} probes answered");
+    drop(clients);
+    assert_eq!(gw.wait_exit(Duration::from_secs(6)), Some(0));
+}

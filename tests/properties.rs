@@ -225,7 +225,8 @@ proptest! {
         }
         head.push_str("\r\n");
         let paths = WsPaths { protocol: "/ws", echo: None };
-        let preferred = offered.iter().find_map(|t| Encoding::from_subprotocol(t));
+        let chosen = offered.iter().find(|t| Encoding::from_subprotocol(t).is_some());
+        let preferred = chosen.and_then(|t| Encoding::from_subprotocol(t));
         let parsed = parse_request(head.as_bytes(), paths).expect("parses").expect("complete");
         match (offered.is_empty(), preferred) {
             (false, None) => {
@@ -236,7 +237,7 @@ proptest! {
                 echo: false,
                 key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
                 encoding: preferred.unwrap_or(Encoding::Json),
-                echo_subprotocol: !offered.is_empty(),
+                subprotocol: chosen.map(|t| t.trim().to_owned()),
                 bearer: None,
             }),
         }

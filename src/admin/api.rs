@@ -102,8 +102,9 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             )
         }
         (&Method::GET, "/metrics") => {
-            // The monitor refreshes this a few times a second; a scrape gets the
-            // estimate as of now, including sockets admitted since the last count.
+            // The descriptor count as of now, sockets opened and closed since the
+            // monitor's last scan included.
+            ctx.metrics.open_fds.set(ctx.budget.estimated_open() as i64);
             ctx.metrics.fd_headroom.set(ctx.budget.headroom() as i64);
             let mut resp = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
             resp.headers_mut()

@@ -1,10 +1,17 @@
 //! The cluster view: which instances are alive and how many connections each holds.
 //!
 //! Every interval this instance heartbeats through the broker's
-//! [`InstanceRegistry`] and keeps what it read as a snapshot; a killed instance's
-//! record expires and it drops out. `/api/cluster` and the `shardcast_cluster_*`
-//! gauges serve the last snapshot, so a cluster query never waits on another
-//! instance (nor on Redis) and cannot hang.
+//! [`InstanceRegistry`] and keeps what it read as a snapshot. `/api/cluster` and the
+//! `shardcast_cluster_*` gauges serve the last snapshot, so a cluster query never
+//! waits on another instance (nor on Redis) and cannot hang.
+//!
+//! A killed instance's record stays in the registry until its TTL runs out (3 s by
+//! default), while its clients are already reconnecting to the others and counted
+//! there. So an instance whose heartbeat is overdue by more than one interval
+//! (its record older than two intervals when read) is left out of the totals at
+//! once and listed as `overdue` until the record expires. This compares the
+//! writer's clock (`at_ms`) with the reader's: instances' clocks must agree to well
+//! within an interval (NTP does).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +31,9 @@ pub struct ClusterSnapshot {
     pub instances: Vec<InstanceInfo>,
     /// Their connections, summed.
     pub total_connections: usize,
+    /// Instances whose record is still there but whose heartbeat is overdue (most
+    /// likely dead); not in `instances` nor in the total.
+    pub overdue: Vec<InstanceInfo>,
     /// False when the last refresh failed (Redis unreachable): the figures are old.
     pub fresh: bool,
 }
@@ -59,6 +69,7 @@ impl ClusterView {
             snapshot: Mutex::new(Arc::new(ClusterSnapshot {
                 instances: Vec::new(),
                 total_connections: 0,
+                overdue: Vec::new(),
                 fresh: false,
             })),
         });
@@ -85,11 +96,14 @@ impl ClusterView {
                 Ok(instances) => self.store(instances, true),
                 Err(e) => {
                     warn!(error = %e, "cluster heartbeat failed");
-                    let mut old = self.snapshot().instances.clone();
-                    // Whatever else is stale, this instance's own figure is current.
-                    old.retain(|i| i.node != me.node);
-                    old.push(me);
-                    self.store(old, false);
+                    // Nothing new was read, so no record is overdue that was not
+                    // before: the old figures stay, marked stale, and this
+                    // instance's own figure is current.
+                    let old = self.snapshot();
+                    let mut instances = old.instances.clone();
+                    instances.retain(|i| i.node != me.node);
+                    instances.push(me);
+                    self.publish(instances, old.overdue.clone(), false);
                 }
             }
             tokio::time::sleep(self.interval).await;
@@ -113,14 +127,26 @@ impl ClusterView {
         }
     }
 
-    fn store(&self, mut instances: Vec<InstanceInfo>, fresh: bool) {
+    /// Stores what a heartbeat read: leaves out the instances overdue by more than
+    /// one interval (never this one).
+    fn store(&self, instances: Vec<InstanceInfo>, fresh: bool) {
+        let cutoff = now_ms().saturating_sub(2 * self.interval.as_millis() as u64);
+        let (instances, overdue) = instances
+            .into_iter()
+            .partition(|i| i.at_ms >= cutoff || i.node == self.state.node_id);
+        self.publish(instances, overdue, fresh);
+    }
+
+    fn publish(&self, mut instances: Vec<InstanceInfo>, mut overdue: Vec<InstanceInfo>, fresh: bool) {
         instances.sort_by(|a, b| a.node.cmp(&b.node));
+        overdue.sort_by(|a, b| a.node.cmp(&b.node));
         let total_connections = instances.iter().map(|i| i.connections).sum();
         self.metrics.cluster_connections.set(total_connections as i64);
         self.metrics.cluster_instances.set(instances.len() as i64);
         let snapshot = Arc::new(ClusterSnapshot {
             instances,
             total_connections,
+            overdue,
             fresh,
         });
         match self.snapshot.lock() {

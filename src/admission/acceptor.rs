@@ -9,22 +9,28 @@
 //! queued in the backlog of another. A hand-off is one flume send per connection,
 //! nothing next to the upgrade that follows.
 
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use super::fd_budget::FdBudget;
+use super::fd_budget::{FdBudget, RefusedSocket};
 use crate::metrics::Metrics;
 use crate::shard::{ShardCommand, ShardHandle};
 use crate::state::GatewayState;
-use crate::ws::handshake::{error_body, http_response};
+use crate::ws::handshake::{error_body, http_response, MAX_REQUEST_HEAD};
 
-/// Refusals answered at the same time; past this a refused socket is just closed.
+/// Refused sockets left open at the same time to read the rest of their request
+/// (so that closing them does not reset the connection); past this a refused
+/// socket is closed right after its answer.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
+/// The reasons [`Acceptor::refusal_reason`] gives.
+const REFUSAL_REASONS: [&str; 3] = ["draining", "max_connections", "fd_headroom"];
 
 /// Seconds a refused client is told to wait (`Retry-After`).
 const REFUSAL_RETRY_AFTER_SECS: u64 = 2;
@@ -48,13 +54,13 @@ pub struct Acceptor {
 impl Acceptor {
     /// Accepts until the task is dropped (which closes the listener).
     pub async fn run(self) {
-        let refusals = Arc::new(AtomicUsize::new(0));
+        let refusals = Refusals::new();
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     if let Some(reason) = self.refusal_reason() {
                         self.metrics.connections_refused.with_label_values(&[reason]).inc();
-                        refuse(stream, reason, &refusals);
+                        refusals.refuse(stream, self.budget.refused_socket(), reason);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
@@ -103,25 +109,83 @@ impl Acceptor {
     }
 }
 
-/// Answers a refused socket with 503 and Retry-After, off the accept loop.
-fn refuse(mut stream: TcpStream, reason: &'static str, in_flight: &Arc<AtomicUsize>) {
-    if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSALS_IN_FLIGHT {
-        in_flight.fetch_sub(1, Ordering::Relaxed);
-        return;
+/// The 503 every refused socket gets, built once per reason.
+struct Refusals {
+    responses: Vec<(&'static str, Vec<u8>)>,
+    /// Sockets lingering for their request to arrive, bounded by
+    /// [`MAX_REFUSALS_IN_FLIGHT`].
+    lingering: Arc<AtomicUsize>,
+}
+
+impl Refusals {
+    fn new() -> Refusals {
+        let responses = REFUSAL_REASONS
+            .iter()
+            .map(|&reason| {
+                let body = error_body("unavailable", &format!("connection refused: {reason}"));
+                (reason, http_response(503, Some(REFUSAL_RETRY_AFTER_SECS), &body))
+            })
+            .collect();
+        Refusals {
+            responses,
+            lingering: Arc::new(AtomicUsize::new(0)),
+        }
     }
-    let in_flight = in_flight.clone();
-    tokio::spawn(async move {
-        let body = error_body("unavailable", &format!("connection refused: {reason}"));
-        let response = http_response(503, Some(REFUSAL_RETRY_AFTER_SECS), &body);
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            // Read the request first: closing with unread input would reset the
-            // connection and the client would never see the 503.
-            let mut head = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut head)).await;
-            let _ = stream.write_all(&response).await;
-            let _ = stream.shutdown().await;
-        })
-        .await;
-        in_flight.fetch_sub(1, Ordering::Relaxed);
-    });
+
+    /// Answers a refused socket with 503 and Retry-After at once, without waiting
+    /// for its request: a fresh socket's send buffer always takes the response, so
+    /// one non-blocking write delivers it however many refusals come at once.
+    ///
+    /// Then the write side is shut (FIN after the response) and whatever part of
+    /// the request has arrived is read off, because closing with unread input
+    /// resets the connection, and a reset can overtake the response in the
+    /// client's stack. Up to [`MAX_REFUSALS_IN_FLIGHT`] sockets linger a moment
+    /// for the rest of their request; past that (each holds a descriptor, which
+    /// may be what is short) the socket is closed now, answered all the same.
+    fn refuse(&self, stream: TcpStream, descriptor: RefusedSocket, reason: &'static str) {
+        let Some((_, response)) = self.responses.iter().find(|(r, _)| *r == reason) else {
+            return;
+        };
+        let Ok(mut stream) = stream.into_std() else {
+            return;
+        };
+        if !matches!(stream.write(response), Ok(n) if n == response.len()) {
+            return;
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        if drain_input(&mut stream) {
+            return;
+        }
+        if self.lingering.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSALS_IN_FLIGHT {
+            self.lingering.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let lingering = self.lingering.clone();
+        tokio::spawn(async move {
+            if let Ok(mut stream) = TcpStream::from_std(stream) {
+                let mut sink = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                })
+                .await;
+            }
+            lingering.fetch_sub(1, Ordering::Relaxed);
+            drop(descriptor);
+        });
+    }
+}
+
+/// Reads off what has arrived on a non-blocking socket; true once the peer has
+/// finished sending (EOF or an error), so the socket can close without a reset.
+fn drain_input(stream: &mut std::net::TcpStream) -> bool {
+    let mut sink = [0u8; 1024];
+    for _ in 0..(MAX_REQUEST_HEAD / sink.len()) {
+        match stream.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    false
 }

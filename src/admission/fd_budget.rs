@@ -2,11 +2,18 @@
 //! descriptors, and admitting a new socket only while enough stay free for the
 //! process to keep working (logs, Redis reconnects, the admin port, refusals).
 //!
-//! Counting `/proc/self/fd` costs a directory scan, so it runs a few times a second
-//! off the hot path; between scans each admitted socket is added to the last count.
-//! Closes are only seen at the next scan, which errs on the safe side.
+//! The count follows the sockets as they come and go: the shards' socket count
+//! ([`GatewayState::total_sockets`], which a shard lowers as it closes one) and the
+//! refused sockets still open ([`RefusedSocket`]), on top of a baseline of every
+//! other descriptor (listeners, runtimes, Redis, log files). Counting
+//! `/proc/self/fd` costs a directory scan, so it runs a few times a second off the
+//! hot path and only corrects that baseline; admission and the gauges never wait
+//! for it, so they are right the moment a flood ends.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::state::GatewayState;
 
 /// The process's descriptor limit, before and after raising it.
 #[derive(Debug, Clone, Copy)]
@@ -66,25 +73,41 @@ pub fn resident_memory_bytes() -> Option<u64> {
 pub struct FdBudget {
     limit: usize,
     reserve: usize,
-    counted: AtomicUsize,
-    admitted_since: AtomicUsize,
+    state: Arc<GatewayState>,
+    /// Open descriptors that are neither a shard's socket nor a refused one, as of
+    /// the last scan.
+    baseline: AtomicIsize,
+    /// Refused sockets not closed yet.
+    refused: AtomicUsize,
 }
 
 impl FdBudget {
-    /// A budget for `limit` descriptors keeping `reserve` of them free.
-    pub fn new(limit: usize, reserve: usize) -> FdBudget {
-        FdBudget {
+    /// A budget for `limit` descriptors keeping `reserve` of them free, following
+    /// the shards' sockets in `state`.
+    pub fn new(limit: usize, reserve: usize, state: Arc<GatewayState>) -> FdBudget {
+        let budget = FdBudget {
             limit,
             reserve,
-            counted: AtomicUsize::new(count_open_fds().unwrap_or(0)),
-            admitted_since: AtomicUsize::new(0),
-        }
+            state,
+            baseline: AtomicIsize::new(0),
+            refused: AtomicUsize::new(0),
+        };
+        let _ = budget.rescan();
+        budget
     }
 
-    /// Records a fresh count of open descriptors.
+    /// Counts `/proc/self/fd` and corrects the baseline with it; returns the count.
+    /// Blocking (a directory scan): call it off the async threads.
+    pub fn rescan(&self) -> std::io::Result<usize> {
+        let open = count_open_fds()?;
+        self.record_count(open);
+        Ok(open)
+    }
+
+    /// Records a count of open descriptors taken just now.
     pub fn record_count(&self, open: usize) {
-        self.counted.store(open, Ordering::Relaxed);
-        self.admitted_since.store(0, Ordering::Relaxed);
+        let sockets = self.state.total_sockets() + self.refused.load(Ordering::Relaxed);
+        self.baseline.store(open as isize - sockets as isize, Ordering::Relaxed);
     }
 
     /// The descriptor limit this budget works against.
@@ -92,9 +115,10 @@ impl FdBudget {
         self.limit
     }
 
-    /// Open descriptors by the last count plus the sockets admitted since.
+    /// Open descriptors now: the baseline plus the sockets open at this moment.
     pub fn estimated_open(&self) -> usize {
-        self.counted.load(Ordering::Relaxed) + self.admitted_since.load(Ordering::Relaxed)
+        let sockets = self.state.total_sockets() + self.refused.load(Ordering::Relaxed);
+        (self.baseline.load(Ordering::Relaxed) + sockets as isize).max(0) as usize
     }
 
     /// Descriptors left before the limit, by the current estimate.
@@ -102,13 +126,27 @@ impl FdBudget {
         self.limit.saturating_sub(self.estimated_open())
     }
 
-    /// Takes one descriptor for a new socket if the reserve stays intact.
+    /// Whether one more socket may be handed to a shard with the reserve intact.
+    /// The socket is counted once the shard owns it ([`GatewayState::add_socket`]).
     pub fn try_admit(&self) -> bool {
-        if self.headroom() <= self.reserve {
-            return false;
-        }
-        self.admitted_since.fetch_add(1, Ordering::Relaxed);
-        true
+        self.headroom() > self.reserve
+    }
+
+    /// Counts a refused socket until the returned guard is dropped with it.
+    pub fn refused_socket(self: &Arc<Self>) -> RefusedSocket {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        RefusedSocket(self.clone())
+    }
+}
+
+/// A refused socket's descriptor, counted while the guard lives; drop it with the
+/// socket.
+#[derive(Debug)]
+pub struct RefusedSocket(Arc<FdBudget>);
+
+impl Drop for RefusedSocket {
+    fn drop(&mut self) {
+        self.0.refused.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -117,18 +155,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admits_until_the_reserve() {
-        let b = FdBudget::new(100, 10);
+    fn follows_sockets_between_scans() {
+        let state = Arc::new(GatewayState::new("n".into(), 2));
+        let b = Arc::new(FdBudget::new(100, 10, state.clone()));
         b.record_count(85);
-        assert!(b.try_admit());
-        assert!(b.try_admit());
-        assert!(b.try_admit());
-        assert!(b.try_admit());
+        for shard in [0, 1, 0, 1] {
+            assert!(b.try_admit());
+            state.add_socket(shard, 1);
+        }
         assert_eq!(b.headroom(), 11);
         assert!(b.try_admit());
+        state.add_socket(0, 1);
         assert!(!b.try_admit());
-        b.record_count(50);
+        // A refused socket holds a descriptor until it is closed.
+        let refused = b.refused_socket();
+        assert_eq!(b.estimated_open(), 91);
+        drop(refused);
+        // Closes count at once, not at the next scan.
+        state.add_socket(1, -1);
+        state.add_socket(0, -1);
+        assert_eq!(b.estimated_open(), 88);
         assert!(b.try_admit());
+        // A scan corrects the baseline and keeps the sockets.
+        b.record_count(50);
+        assert_eq!(b.estimated_open(), 50);
+        state.add_socket(1, 1);
+        assert_eq!(b.estimated_open(), 51);
     }
 
     #[test]

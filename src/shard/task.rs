@@ -130,7 +130,7 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
             echo,
             key,
             encoding,
-            echo_subprotocol,
+            subprotocol,
             bearer,
         })) => {
             let identity = match bearer.map(|token| env.auth.connect(&token)) {
@@ -145,7 +145,7 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
                     return None;
                 }
             };
-            let response = upgrade_response(&key, encoding, echo_subprotocol);
+            let response = upgrade_response(&key, subprotocol.as_deref());
             return match stream.write_all(&response).await {
                 Ok(()) => Some(Upgraded {
                     stream,

@@ -18,8 +18,9 @@ pub enum PublicRequest {
         key: String,
         /// The encoding picked from the client's subprotocols.
         encoding: Encoding,
-        /// Whether the client named a subprotocol (if so, the response must echo one).
-        echo_subprotocol: bool,
+        /// The subprotocol token the encoding was picked by, exactly as the client
+        /// spelled it (the response echoes it); `None` when the client offered none.
+        subprotocol: Option<String>,
         /// The token of an `Authorization: Bearer <token>` header, if any.
         bearer: Option<String>,
     },
@@ -110,10 +111,14 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
             message: "missing Sec-WebSocket-Key",
         }));
     };
-    let (encoding, echo_subprotocol) = match header("sec-websocket-protocol") {
-        None => (Encoding::Json, false),
-        Some(list) => match list.split(',').find_map(Encoding::from_subprotocol) {
-            Some(enc) => (enc, true),
+    let (encoding, subprotocol) = match header("sec-websocket-protocol") {
+        None => (Encoding::Json, None),
+        Some(list) => match list
+            .split(',')
+            .map(str::trim)
+            .find_map(|token| Some((Encoding::from_subprotocol(token)?, token)))
+        {
+            Some((enc, token)) => (enc, Some(token.to_owned())),
             None => {
                 return Ok(Some(PublicRequest::Reject {
                     status: 400,
@@ -140,7 +145,7 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
         echo: Some(path) == paths.echo,
         key,
         encoding,
-        echo_subprotocol,
+        subprotocol,
         bearer,
     }))
 }
@@ -158,15 +163,18 @@ fn carries_token(query: &str) -> bool {
     })
 }
 
-/// The `101 Switching Protocols` response for an accepted upgrade.
-pub fn upgrade_response(key: &str, encoding: Encoding, echo_subprotocol: bool) -> Vec<u8> {
+/// The `101 Switching Protocols` response for an accepted upgrade; `subprotocol` is
+/// the client's chosen token as it sent it. RFC 6455 4.2.2 has the server select
+/// one of the client's own values, and strict clients (Python `websockets`) compare
+/// the echo byte for byte, so a token offered as `Shardcast.V1.Json` comes back so.
+pub fn upgrade_response(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
     );
-    if echo_subprotocol {
+    if let Some(token) = subprotocol {
         out.push_str("Sec-WebSocket-Protocol: ");
-        out.push_str(encoding.subprotocol());
+        out.push_str(token);
         out.push_str("\r\n");
     }
     out.push_str("\r\n");
@@ -253,18 +261,18 @@ mod tests {
                 echo: false,
                 key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
                 encoding: Encoding::Json,
-                echo_subprotocol: false,
+                subprotocol: None,
                 bearer: None,
             })
         );
-        let mp = format!("{UPGRADE}Sec-WebSocket-Protocol: foo, shardcast.v1.msgpack\r\n\r\n");
+        let mp = format!("{UPGRADE}Sec-WebSocket-Protocol: foo, Shardcast.V1.MsgPack \r\n\r\n");
         assert!(matches!(
             parse_request(mp.as_bytes(), WS).unwrap(),
             Some(PublicRequest::Upgrade {
                 encoding: Encoding::MsgPack,
-                echo_subprotocol: true,
+                subprotocol: Some(token),
                 ..
-            })
+            }) if token == "Shardcast.V1.MsgPack"
         ));
         let bad = format!("{UPGRADE}Sec-WebSocket-Protocol: foo\r\n\r\n");
         assert!(matches!(
@@ -276,7 +284,7 @@ mod tests {
 
     #[test]
     fn accept_key_matches_the_rfc_example() {
-        let resp = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", Encoding::Json, false)).unwrap();
+        let resp = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }
 
