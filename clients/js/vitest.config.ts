@@ -2,9 +2,14 @@
 // fake WebSocket with fake timers), `e2e-node` (the real gateway binary and the
 // `ws` package; also the README's code blocks, run as pasted) and `e2e-browser` (the real gateway and headless Debian
 // Chromium driven by playwright-core). Every test is bounded in time.
+import { readFileSync } from 'node:fs';
 import { defineConfig } from 'vitest/config';
 
+// As in tsup.config.ts: the version the client names in its connect frame.
+const { version } = JSON.parse(readFileSync(new URL('./package.json', import.meta.url), 'utf8')) as { version: string };
+
 export default defineConfig({
+  define: { __SHARDCAST_CLIENT_VERSION__: JSON.stringify(version) },
   test: {
     projects: [
       {

@@ -13,6 +13,9 @@ export type {
   MessageHandler,
   ReceivedMessage,
   Subscription,
+  SubscriptionEvents,
+  SubscriptionState,
+  SubscriptionTokenProvider,
   TokenProvider,
 } from './types';
 export { backoffDelay, decideReconnect, DEFAULT_RECONNECT, type ReconnectDecision, type ReconnectOptions } from './backoff';
@@ -57,7 +60,6 @@ export {
   httpStatusFromError,
   NoWebSocketError,
   ReadyState,
-  withQueryParam,
   type WebSocketConstructor,
   type WebSocketLike,
 } from './transport';
