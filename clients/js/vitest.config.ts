@@ -13,6 +13,7 @@ export default defineConfig({
   test: {
     projects: [
       {
+        extends: true,
         test: {
           name: 'unit',
           include: ['test/unit/**/*.test.ts'],
@@ -21,6 +22,7 @@ export default defineConfig({
         },
       },
       {
+        extends: true,
         test: {
           name: 'e2e-node',
           include: ['test/e2e/node.test.ts', 'test/e2e/readme.test.ts'],
@@ -30,6 +32,7 @@ export default defineConfig({
         },
       },
       {
+        extends: true,
         test: {
           name: 'e2e-browser',
           include: ['test/e2e/browser.test.ts'],
