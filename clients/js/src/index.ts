@@ -21,7 +21,7 @@ export type {
 export { backoffDelay, decideReconnect, DEFAULT_RECONNECT, type ReconnectDecision, type ReconnectOptions } from './backoff';
 export { codecFor, jsonCodec, msgpackCodec, toServerFrame, type Codec, type FramePayload } from './codec';
 export type { Unsubscribe } from './emitter';
-// Every class of ./errors is public: the typed errors are part of the API.
+// Everything in ./errors is public: the typed errors (and the code-to-class mapping) are part of the API.
 export * from './errors';
 export {
   CloseCode,
