@@ -357,15 +357,16 @@ export class ChannelTable {
     // Any other refusal is final for this channel (bad name, too many channels, permission denied):
     // retrying would be refused again.
     this.channels.delete(entry.channel);
-    const emitters = Array.from(entry.handlers.values());
-    entry.handlers.clear();
     const waiters = entry.waiters;
     entry.waiters = [];
+    // Subscriptions handed out earlier (this was a re-subscribe) hear it on their own events.
+    const waiting = new Set(waiters.map((waiter) => waiter.handler));
+    const emitters = Array.from(entry.handlers).flatMap(([handler, emitter]) => (waiting.has(handler) ? [] : [emitter]));
+    entry.handlers.clear();
     for (const waiter of waiters) waiter.reject(error);
-    if (waiters.length > 0) return;
-    // A re-subscribe nobody awaits: its subscriptions hear it, and so does the client.
     for (const emitter of emitters) emitter.emit('error', error);
-    this.reportError(error);
+    // A re-subscribe nobody awaits: the client hears it too.
+    if (waiters.length === 0) this.reportError(error);
   }
 
   /** Sends the entry's subscribe again after a backoff delay (after `unavailable`, or a failed token fetch). */
