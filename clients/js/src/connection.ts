@@ -12,7 +12,14 @@
 import { decideReconnect, type ReconnectOptions } from './backoff';
 import type { Codec, FramePayload } from './codec';
 import type { TypedEmitter } from './emitter';
-import { refreshDelayMs, type ConnectionCredentials } from './credentials';
+import {
+  lifetimeOf,
+  refreshDelayMs,
+  remainingMs,
+  type ConnectionCredentials,
+  type HeldToken,
+  type TokenLifetime,
+} from './credentials';
 import {
   AuthenticationError,
   ClientClosedError,
@@ -68,13 +75,13 @@ export interface SocketSession {
   /** Ordering chain, used only once a Blob payload has to be read asynchronously. */
   inbound?: Promise<void>;
   /** The token this socket authenticates with, sent in a `connect` frame once it opens. */
-  token?: string;
+  token?: HeldToken;
   /** The id of that `connect` frame: the welcome that answers it carries it. */
   connectId?: number;
   /** The anonymous welcome a gateway that allows anonymous connections sends before it reads the `connect`. */
   anonymousWelcome?: WelcomeFrame;
-  /** When the connection's token expires (Unix seconds), from the welcome or the last refresh. */
-  expiresAt?: number;
+  /** The lifetime of the connection's token, from the welcome or the last refresh. */
+  lifetime?: TokenLifetime;
   refreshTimer?: ReturnType<typeof setTimeout>;
 }
 
@@ -206,7 +213,7 @@ export class Connection {
     const generation = ++this.generation;
     this.setState('connecting');
     this.events.emit('connecting', { attempt: this.failures });
-    let token: string | undefined;
+    let token: HeldToken | undefined;
     if (settings.credentials.configured) {
       try {
         token = await settings.credentials.forConnect(Date.now());
@@ -266,7 +273,7 @@ export class Connection {
     this.send(session, {
       op: 'connect',
       id: session.connectId,
-      token: session.token,
+      token: session.token.token,
       name: CLIENT_NAME,
       ...(CLIENT_VERSION === undefined ? {} : { version: CLIENT_VERSION }),
     });
@@ -373,7 +380,7 @@ export class Connection {
     // keep a finished socket's process alive, and subscribes would go to the next socket.
     if (session.finished) return;
     this.startHeartbeat(session, welcome);
-    this.scheduleRefresh(session, welcome.expires_at);
+    this.scheduleRefresh(session, session.token && lifetimeOf(session.token, welcome.expires_at));
     this.hooks.welcomed();
   }
 
@@ -583,15 +590,16 @@ export class Connection {
 
   // ---- token refresh ----
 
-  /** Plans the refresh of the token that expires at `expiresAt` (none if it does not, or if no new token can be had). */
-  private scheduleRefresh(session: SocketSession, expiresAt: number | undefined): void {
+  /** Plans the refresh of the token with this lifetime (none if it does not expire, or if no new token can be had). */
+  private scheduleRefresh(session: SocketSession, lifetime: TokenLifetime | undefined): void {
     if (session.refreshTimer !== undefined) clearTimeout(session.refreshTimer);
     session.refreshTimer = undefined;
-    session.expiresAt = expiresAt;
+    session.lifetime = lifetime;
     const { credentials, random } = this.settings;
-    credentials.setExpiry(expiresAt);
-    if (expiresAt === undefined || !credentials.renewable) return;
-    session.refreshTimer = setTimeout(() => void this.refresh(session), refreshDelayMs(expiresAt, Date.now(), random));
+    credentials.setLifetime(lifetime);
+    if (lifetime === undefined || !credentials.renewable) return;
+    const delayMs = refreshDelayMs(remainingMs(lifetime, Date.now()), random);
+    session.refreshTimer = setTimeout(() => void this.refresh(session), delayMs);
   }
 
   /**
@@ -605,29 +613,31 @@ export class Connection {
       if (session.finished) return;
       this.hooks.reportError(error);
       // Past the expiry there is nothing left to save: the gateway's close 4002 follows.
-      if (session.expiresAt !== undefined && Date.now() < session.expiresAt * 1000) this.scheduleRefresh(session, session.expiresAt);
+      const { lifetime } = session;
+      if (lifetime !== undefined && remainingMs(lifetime, Date.now()) > 0) this.scheduleRefresh(session, lifetime);
     };
-    let token: string | undefined;
+    let held: HeldToken | undefined;
     try {
-      token = await this.settings.credentials.renew();
+      held = await this.settings.credentials.renew();
     } catch (cause) {
       retry(new TokenProviderError('getToken failed for a refresh', { cause }));
       return;
     }
     if (session.finished) return;
-    if (token === undefined) {
+    if (held === undefined) {
       retry(new TokenProviderError('getToken returned no token for a refresh'));
       return;
     }
     let ack: AckFrame;
     try {
-      ack = await this.hooks.refresh(token);
+      ack = await this.hooks.refresh(held.token);
     } catch (error) {
       retry(error instanceof ShardcastError ? error : new ShardcastError('refresh failed', { cause: error }));
       return;
     }
     if (session.finished) return;
-    this.scheduleRefresh(session, ack.expires_at);
+    session.token = held;
+    this.scheduleRefresh(session, lifetimeOf(held, ack.expires_at));
     this.events.emit('refreshed', { expiresAt: ack.expires_at });
   }
 }

@@ -3,10 +3,10 @@
  * `getSubscriptionToken` for a channel's token, and keeping each held token
  * fresh with `sub_refresh` before it expires, on the schedule of connection
  * tokens. A token's expiry is the ack's `expires_at` where the gateway sends
- * one, else the token's own `exp` claim.
+ * one, else the token's own `exp` claim; it is taken to arrive with its ack.
  */
 
-import { refreshDelayMs, tokenExpiry } from './credentials';
+import { lifetimeOf, refreshDelayMs, remainingMs, type TokenLifetime } from './credentials';
 import { ShardcastError, TokenProviderError } from './errors';
 import type { AckFrame } from './protocol';
 import type { RequestTable } from './requests';
@@ -14,8 +14,8 @@ import type { SubscriptionTokenProvider } from './types';
 
 /** The subscription tokens of one client's channels. */
 export class SubscriptionTokens {
-  /** Per channel: the refresh timer, and the expiry it refreshes ahead of. */
-  private readonly held = new Map<string, { expiresAt: number; timer: ReturnType<typeof setTimeout> }>();
+  /** Per channel: the refresh timer, and the lifetime of the token it refreshes ahead of. */
+  private readonly held = new Map<string, { lifetime: TokenLifetime; timer: ReturnType<typeof setTimeout> }>();
 
   constructor(
     private readonly provider: SubscriptionTokenProvider | undefined,
@@ -42,7 +42,7 @@ export class SubscriptionTokens {
 
   /** A subscribe with `token` was acknowledged: plans the token's refresh. */
   track(channel: string, token: string, ack: AckFrame): void {
-    this.schedule(channel, ack.expires_at ?? tokenExpiry(token));
+    this.schedule(channel, lifetimeOf({ token, receivedAtMs: Date.now() }, ack.expires_at));
   }
 
   /** The channel's subscription is over: no more refreshes. */
@@ -57,11 +57,12 @@ export class SubscriptionTokens {
     for (const channel of Array.from(this.held.keys())) this.forget(channel);
   }
 
-  private schedule(channel: string, expiresAt: number | undefined): void {
+  private schedule(channel: string, lifetime: TokenLifetime | undefined): void {
     this.forget(channel);
-    if (expiresAt === undefined) return;
-    const timer = setTimeout(() => void this.refresh(channel, expiresAt), refreshDelayMs(expiresAt, Date.now(), this.random));
-    this.held.set(channel, { expiresAt, timer });
+    if (lifetime === undefined) return;
+    const delayMs = refreshDelayMs(remainingMs(lifetime, Date.now()), this.random);
+    const timer = setTimeout(() => void this.refresh(channel, lifetime), delayMs);
+    this.held.set(channel, { lifetime, timer });
   }
 
   /**
@@ -69,7 +70,7 @@ export class SubscriptionTokens {
    * sooner each time; if the token expires all the same, the gateway ends the
    * subscription with `unsubscribed` (`token_expired`).
    */
-  private async refresh(channel: string, expiresAt: number): Promise<void> {
+  private async refresh(channel: string, lifetime: TokenLifetime): Promise<void> {
     const current = this.held.get(channel);
     try {
       const token = await this.fetch(channel);
@@ -77,13 +78,13 @@ export class SubscriptionTokens {
       if (token === undefined) throw new TokenProviderError(`getSubscriptionToken returned no token to refresh ${channel}`);
       const ack = (await this.requests.request({ op: 'sub_refresh', channel, token })) as AckFrame;
       if (this.held.get(channel) !== current) return;
-      this.schedule(channel, ack.expires_at ?? tokenExpiry(token));
+      this.schedule(channel, lifetimeOf({ token, receivedAtMs: Date.now() }, ack.expires_at));
     } catch (error) {
       // Forgotten meanwhile (unsubscribed, reconnected): the failure no longer matters.
       if (this.held.get(channel) !== current) return;
       this.reportError(channel, error instanceof ShardcastError ? error : new ShardcastError('sub_refresh failed', { cause: error }));
       // Past the expiry there is nothing left to save: the gateway's `unsubscribed` follows.
-      if (Date.now() < expiresAt * 1000) this.schedule(channel, expiresAt);
+      if (remainingMs(lifetime, Date.now()) > 0) this.schedule(channel, lifetime);
       else this.forget(channel);
     }
   }

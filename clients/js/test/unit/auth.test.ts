@@ -15,7 +15,7 @@ import {
   type ClientOptions,
   type ShardcastError,
 } from '../../src/index';
-import { MIN_REFRESH_DELAY_MS, refreshDelayMs, tokenExpiry } from '../../src/credentials';
+import { MIN_REFRESH_DELAY_MS, refreshDelayMs, remainingMs, tokenTimes } from '../../src/credentials';
 import { FakeWebSocket } from './fake-websocket';
 
 const NOW_MS = Date.UTC(2026, 10, 26, 12, 0, 0);
@@ -242,6 +242,21 @@ describe('token refresh', () => {
     client.close();
   });
 
+  it('refreshes in time on a device whose clock is far ahead, going by the token’s iat', async () => {
+    // The backend's clock is two hours behind this device's: by the device's clock, every token is long expired.
+    const backendNow = NOW_S - 7200;
+    const getToken = vi.fn(async () => jwt({ sub: '42', iat: backendNow, exp: backendNow + 100 }));
+    const { client } = makeClient({ getToken });
+    await flush();
+    const socket = FakeWebSocket.last;
+    acceptConnect(socket, { expires_at: backendNow + 100 });
+    await vi.advanceTimersByTimeAsync(84_999);
+    expect(socket.framesWithOp('refresh')).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(socket.framesWithOp('refresh')).toHaveLength(1);
+    client.close();
+  });
+
   it('does not schedule a refresh without a way to get a new token, nor for a token without expiry', async () => {
     const { client } = makeClient({ token: 'static' });
     await flush();
@@ -270,32 +285,48 @@ describe('token refresh', () => {
 
 describe('refreshDelayMs', () => {
   it('is 80-90 % of the remaining lifetime with jitter', () => {
-    expect(refreshDelayMs(NOW_S + 3600, NOW_MS, () => 0)).toBe(2_880_000);
-    expect(refreshDelayMs(NOW_S + 3600, NOW_MS, () => 1)).toBe(3_240_000);
+    expect(refreshDelayMs(3_600_000, () => 0)).toBe(2_880_000);
+    expect(refreshDelayMs(3_600_000, () => 1)).toBe(3_240_000);
   });
 
   it('is never later than 10 s before expiry for tokens that live long enough', () => {
-    expect(refreshDelayMs(NOW_S + 60, NOW_MS, () => 1)).toBe(50_000);
-    expect(refreshDelayMs(NOW_S + 20, NOW_MS, () => 0)).toBe(10_000);
+    expect(refreshDelayMs(60_000, () => 1)).toBe(50_000);
+    expect(refreshDelayMs(20_000, () => 0)).toBe(10_000);
   });
 
   it('is at most half of what is left for short tokens, and never below a floor', () => {
-    expect(refreshDelayMs(NOW_S + 3, NOW_MS, () => 0.5)).toBe(1_500);
-    expect(refreshDelayMs(NOW_S + 1, NOW_MS, () => 0.5)).toBe(MIN_REFRESH_DELAY_MS);
-    expect(refreshDelayMs(NOW_S - 100, NOW_MS, () => 0.5)).toBe(MIN_REFRESH_DELAY_MS);
+    expect(refreshDelayMs(3_000, () => 0.5)).toBe(1_500);
+    expect(refreshDelayMs(1_000, () => 0.5)).toBe(MIN_REFRESH_DELAY_MS);
+    expect(refreshDelayMs(-100_000, () => 0.5)).toBe(MIN_REFRESH_DELAY_MS);
   });
 });
 
-describe('tokenExpiry', () => {
-  it('reads the exp claim of a JWT without verifying it', () => {
-    expect(tokenExpiry(jwt({ sub: '42', exp: 1798761600, info: { name: 'Ådå' } }))).toBe(1798761600);
+describe('remainingMs', () => {
+  it('counts from the token’s own iat-exp lifetime and when it arrived, whatever this device’s clock says', () => {
+    const issuedAt = NOW_S - 7200; // this device's clock is two hours ahead of the backend's
+    const lifetime = { expiresAt: issuedAt + 600, issuedAt, receivedAtMs: NOW_MS - 100_000 };
+    expect(remainingMs(lifetime, NOW_MS)).toBe(500_000);
   });
 
-  it('is undefined for tokens that are not JWTs or state no expiry', () => {
-    expect(tokenExpiry('opaque')).toBeUndefined();
-    expect(tokenExpiry('a.!!!.c')).toBeUndefined();
-    expect(tokenExpiry(jwt({ sub: '42' }))).toBeUndefined();
-    expect(tokenExpiry(jwt({ exp: 'soon' }))).toBeUndefined();
+  it('falls back to the expiry against this device’s clock', () => {
+    expect(remainingMs({ expiresAt: NOW_S + 60, issuedAt: undefined, receivedAtMs: 0 }, NOW_MS)).toBe(60_000);
+  });
+});
+
+describe('tokenTimes', () => {
+  it('reads the exp and iat claims of a JWT without verifying it', () => {
+    expect(tokenTimes(jwt({ sub: '42', exp: 1798761600, iat: 1798758000, info: { name: 'Ådå' } }))).toEqual({
+      expiresAt: 1798761600,
+      issuedAt: 1798758000,
+    });
+  });
+
+  it('is empty for tokens that are not JWTs or state no times', () => {
+    expect(tokenTimes('opaque')).toEqual({});
+    expect(tokenTimes('a.!!!.c')).toEqual({});
+    expect(tokenTimes(`a.${Buffer.from('null').toString('base64url')}.c`)).toEqual({});
+    expect(tokenTimes(jwt({ sub: '42' }))).toEqual({});
+    expect(tokenTimes(jwt({ exp: 'soon' }))).toEqual({});
   });
 });
 
@@ -410,7 +441,7 @@ describe('subscription tokens', () => {
     await vi.advanceTimersByTimeAsync(85_000);
     const [refresh] = socket.framesWithOp('sub_refresh');
     expect(refresh).toEqual({ op: 'sub_refresh', id: expect.any(Number), channel: 'private:r', token: expect.any(String) });
-    expect(tokenExpiry(refresh?.token as string)).toBe(NOW_S + 200);
+    expect(tokenTimes(refresh?.token as string).expiresAt).toBe(NOW_S + 200);
     // The ack's expires_at wins over the token's own: 100 s from now, so the next is at 85 s.
     socket.receive({ type: 'ack', id: refresh?.id, expires_at: NOW_S + 85 + 100 });
     await vi.advanceTimersByTimeAsync(85_000);
