@@ -10,8 +10,9 @@ import { DEFAULT_RECONNECT, type ReconnectOptions } from './backoff';
 import { codecFor, type Codec } from './codec';
 import { TypedEmitter, type Unsubscribe } from './emitter';
 import { Connection } from './connection';
+import { ConnectionCredentials } from './credentials';
 import { HandlerError, InvalidChannelError, ShardcastError } from './errors';
-import { CloseCode, DEFAULT_MAX_MESSAGE_BYTES, validateChannel, type Encoding, type WelcomeFrame } from './protocol';
+import { CloseCode, DEFAULT_MAX_MESSAGE_BYTES, validateChannel, type AckFrame, type Encoding, type WelcomeFrame } from './protocol';
 import { RequestTable } from './requests';
 import { ChannelTable } from './subscriptions';
 import { resolveWebSocket } from './transport';
@@ -43,6 +44,12 @@ export class ShardcastClient {
     if (!options || typeof options.url !== 'string' || options.url === '') {
       throw new TypeError('ShardcastClient: the `url` option is required');
     }
+    if (options.tokenParam !== undefined) {
+      throw new TypeError(
+        'ShardcastClient: the `tokenParam` option was removed: the gateway refuses a token in the query string ' +
+          '(HTTP 400), so the token now travels in a connect frame; pass `token` and/or `getToken` and drop `tokenParam`',
+      );
+    }
     this.codec = codecFor(options.encoding ?? 'json');
     const WebSocket = resolveWebSocket(options.WebSocket);
     const reconnect = options.reconnect ?? true;
@@ -57,8 +64,7 @@ export class ShardcastClient {
         url: options.url,
         codec: this.codec,
         WebSocket,
-        token: options.token,
-        tokenParam: options.tokenParam ?? 'token',
+        credentials: new ConnectionCredentials(options.token, options.getToken),
         reconnect: reconnectOptions,
         heartbeat: options.heartbeat ?? {},
         connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
@@ -68,11 +74,13 @@ export class ShardcastClient {
       {
         welcomed: () => this.channels.subscribeAll(),
         message: (channel, seq, data) => this.channels.dispatch(channel, seq, data),
+        unsubscribed: (frame) => this.channels.handleUnsubscribed(frame),
+        refresh: (token) => this.requests.request({ op: 'refresh', token }).then((frame) => frame as AckFrame),
         reply: (frame) => this.requests.handleReply(frame),
         lost: (session, error) => this.requests.failPending(session, error),
         reconnecting: () => this.channels.resetForNewConnection(),
         stopped: (error) => this.channels.stop(error),
-        pingId: () => this.requests.takeId(),
+        nextId: () => this.requests.takeId(),
         reportError,
       },
     );
@@ -82,7 +90,15 @@ export class ShardcastClient {
       options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
       reportError,
     );
-    this.channels = new ChannelTable(this.connection, this.requests, this.events, reconnectOptions, random, reportError);
+    this.channels = new ChannelTable(
+      this.connection,
+      this.requests,
+      this.events,
+      reconnectOptions,
+      random,
+      reportError,
+      options.getSubscriptionToken,
+    );
     if (options.autoConnect ?? true) {
       // A close() before the microtask runs wins.
       void Promise.resolve().then(() => {
@@ -151,8 +167,11 @@ export class ShardcastClient {
    * channel: the gateway is asked once, and told to unsubscribe when the last goes.
    * After a reconnect the channel is subscribed again automatically.
    *
-   * Rejects with {@link InvalidChannelError} for a name the protocol forbids,
-   * {@link ServerError} if the gateway refuses (e.g. `too_many_channels`),
+   * With `getSubscriptionToken` set, it is asked for the channel's subscription
+   * token first. Rejects with {@link InvalidChannelError} for a name the protocol
+   * forbids, {@link PermissionDeniedError} if the channel rules refuse this
+   * connection the channel, {@link UnauthorizedError} if its subscription token
+   * is refused, another {@link ServerError} if the gateway refuses otherwise (e.g. `too_many_channels`),
    * {@link SubscriptionCancelledError} if unsubscribed before the ack, and
    * {@link ClientClosedError} if the client closes first.
    */

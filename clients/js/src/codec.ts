@@ -8,7 +8,16 @@
 
 import { decodeMsgpack, decodeUtf8, encodeMsgpack } from './msgpack';
 import { ProtocolError } from './errors';
-import { toErrorCode, SUBPROTOCOLS, type ClientFrame, type Encoding, type ServerFrame } from './protocol';
+import {
+  toErrorCode,
+  SUBPROTOCOLS,
+  type AckFrame,
+  type ClientFrame,
+  type Encoding,
+  type PongFrame,
+  type ServerFrame,
+  type WelcomeFrame,
+} from './protocol';
 
 /** What a WebSocket message may carry once received: text, or bytes in some container. */
 export type FramePayload = string | ArrayBuffer | ArrayBufferView;
@@ -31,14 +40,39 @@ export interface Codec {
 
 /**
  * Rebuilds a client frame with its fields in the gateway's order (op, id,
- * channel, data) and without absent optional fields, so the encoding does not
- * depend on how the caller built the object.
+ * channel, token, data, name, version) and without absent optional fields, so
+ * the encoding does not depend on how the caller built the object.
  */
 function canonicalClientFrame(frame: ClientFrame): Record<string, unknown> {
   const out: Record<string, unknown> = { op: frame.op };
   if (frame.id !== undefined) out.id = frame.id;
-  if (frame.op !== 'ping') out.channel = frame.channel;
-  if (frame.op === 'publish') out.data = frame.data;
+  switch (frame.op) {
+    case 'subscribe':
+      out.channel = frame.channel;
+      if (frame.token !== undefined) out.token = frame.token;
+      break;
+    case 'unsubscribe':
+      out.channel = frame.channel;
+      break;
+    case 'publish':
+      out.channel = frame.channel;
+      out.data = frame.data;
+      break;
+    case 'sub_refresh':
+      out.channel = frame.channel;
+      out.token = frame.token;
+      break;
+    case 'refresh':
+      out.token = frame.token;
+      break;
+    case 'connect':
+      out.token = frame.token;
+      if (frame.name !== undefined) out.name = frame.name;
+      if (frame.version !== undefined) out.version = frame.version;
+      break;
+    case 'ping':
+      break;
+  }
   return out;
 }
 
@@ -76,6 +110,28 @@ function requireString(frame: Record<string, unknown>, field: string): string {
   return value;
 }
 
+function optionalString(frame: Record<string, unknown>, field: string): string | undefined {
+  const value = frame[field];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'string') return value;
+  throw new ProtocolError(`server frame has a non-string \`${field}\``);
+}
+
+function optionalNumber(frame: Record<string, unknown>, field: string): number | undefined {
+  const value = frame[field];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'number' && Number.isFinite(value)) return value;
+  throw new ProtocolError(`server frame has a non-numeric \`${field}\``);
+}
+
+/** Copies the optional fields that are present, so absent ones stay absent rather than `undefined`. */
+function withOptional<T extends object>(frame: T, optional: Record<string, unknown>): T {
+  for (const [key, value] of Object.entries(optional)) {
+    if (value !== undefined) (frame as Record<string, unknown>)[key] = value;
+  }
+  return frame;
+}
+
 function requireNumber(frame: Record<string, unknown>, field: string): number {
   const value = frame[field];
   if (typeof value === 'number' && Number.isFinite(value)) return value;
@@ -91,18 +147,20 @@ export function toServerFrame(value: unknown): ServerFrame | null {
   if (!isRecord(value)) throw new ProtocolError('server frame is not a map');
   switch (value.type) {
     case 'welcome':
-      return {
-        type: 'welcome',
-        version: requireNumber(value, 'version'),
-        node: requireString(value, 'node'),
-        shard: requireNumber(value, 'shard'),
-        ping_interval_ms: requireNumber(value, 'ping_interval_ms'),
-      };
+      return withOptional<WelcomeFrame>(
+        {
+          type: 'welcome',
+          version: requireNumber(value, 'version'),
+          node: requireString(value, 'node'),
+          shard: requireNumber(value, 'shard'),
+          ping_interval_ms: requireNumber(value, 'ping_interval_ms'),
+        },
+        { id: optionalId(value), user: optionalString(value, 'user'), expires_at: optionalNumber(value, 'expires_at') },
+      );
     case 'ack':
-    case 'pong': {
-      const id = optionalId(value);
-      return id === undefined ? { type: value.type } : { type: value.type, id };
-    }
+      return withOptional<AckFrame>({ type: 'ack' }, { id: optionalId(value), expires_at: optionalNumber(value, 'expires_at') });
+    case 'pong':
+      return withOptional<PongFrame>({ type: 'pong' }, { id: optionalId(value) });
     case 'error': {
       const id = optionalId(value);
       const code = toErrorCode(value.code);
@@ -119,6 +177,11 @@ export function toServerFrame(value: unknown): ServerFrame | null {
       };
     case 'gap':
       return { type: 'gap', channel: requireString(value, 'channel') };
+    case 'unsubscribed': {
+      const code = value.code === 'token_expired' || value.code === 'permission_denied' ? value.code : 'unknown';
+      const message = typeof value.message === 'string' ? value.message : '';
+      return { type: 'unsubscribed', channel: requireString(value, 'channel'), code, message };
+    }
     default:
       if (typeof value.type === 'string') return null;
       throw new ProtocolError('server frame lacks string field `type`');

@@ -1,28 +1,60 @@
 /**
  * The client's logical connection to a gateway, which survives the loss of any
  * particular WebSocket. Owns the connection state machine (idle → connecting →
- * connected → reconnecting … → closed), opening sockets (token, subprotocol,
- * connect timeout), reading and routing their frames, the reconnect schedule
- * and the heartbeat. What replies and publications mean is left to the
- * {@link ConnectionHooks} the client wires in. Behaviour follows
- * proto/PROTOCOL.md, sections 5, 10 and 12.
+ * connected → reconnecting … → closed), opening sockets (subprotocol, connect
+ * timeout), authenticating them (the `connect` frame and its welcome, the token
+ * refresh schedule, the auth close codes), reading and routing their frames, the
+ * reconnect schedule and the heartbeat. What replies and publications mean is
+ * left to the {@link ConnectionHooks} the client wires in. Behaviour follows
+ * proto/PROTOCOL.md, sections 5, 6.5, 6.6, 10, 11, 12 and 18.
  */
 
 import { decideReconnect, type ReconnectOptions } from './backoff';
 import type { Codec, FramePayload } from './codec';
 import type { TypedEmitter } from './emitter';
-import { ClientClosedError, ConnectionLostError, HandshakeRejectedError, ProtocolError, ShardcastError, TokenProviderError } from './errors';
-import { CloseCode, type ClientFrame, type ServerFrame, type WelcomeFrame } from './protocol';
+import {
+  lifetimeOf,
+  refreshDelayMs,
+  remainingMs,
+  type ConnectionCredentials,
+  type HeldToken,
+  type TokenLifetime,
+} from './credentials';
+import {
+  AuthenticationError,
+  ClientClosedError,
+  ConnectionLostError,
+  HandshakeRejectedError,
+  ProtocolError,
+  serverError,
+  ShardcastError,
+  TokenProviderError,
+} from './errors';
+import {
+  CloseCode,
+  type AckFrame,
+  type ClientFrame,
+  type ErrorFrame,
+  type ServerFrame,
+  type UnsubscribedFrame,
+  type WelcomeFrame,
+} from './protocol';
 import {
   FATAL_HANDSHAKE_STATUSES,
   httpStatusFromError,
   isBlobLike,
   ReadyState,
-  withQueryParam,
   type WebSocketConstructor,
   type WebSocketLike,
 } from './transport';
-import type { ClientEvents, ConnectionState, HeartbeatOptions, TokenProvider } from './types';
+import type { ClientEvents, ConnectionState, HeartbeatOptions } from './types';
+
+/** The client library's name in the `connect` frame, for the gateway's logs. */
+const CLIENT_NAME = 'shardcast-js';
+
+// Replaced with package.json's version by the build (tsup.config.ts) and the tests (vitest.config.ts).
+declare const __SHARDCAST_CLIENT_VERSION__: string | undefined;
+const CLIENT_VERSION = typeof __SHARDCAST_CLIENT_VERSION__ === 'string' ? __SHARDCAST_CLIENT_VERSION__ : undefined;
 
 /** One WebSocket and the state that lives and dies with it. */
 export interface SocketSession {
@@ -42,6 +74,15 @@ export interface SocketSession {
   lastError?: unknown;
   /** Ordering chain, used only once a Blob payload has to be read asynchronously. */
   inbound?: Promise<void>;
+  /** The token this socket authenticates with, sent in a `connect` frame once it opens. */
+  token?: HeldToken;
+  /** The id of that `connect` frame: the welcome that answers it carries it. */
+  connectId?: number;
+  /** The anonymous welcome a gateway that allows anonymous connections sends before it reads the `connect`. */
+  anonymousWelcome?: WelcomeFrame;
+  /** The lifetime of the connection's token, from the welcome or the last refresh. */
+  lifetime?: TokenLifetime;
+  refreshTimer?: ReturnType<typeof setTimeout>;
 }
 
 /** The client's options as the connection uses them, defaults applied. */
@@ -49,8 +90,7 @@ export interface ConnectionSettings {
   url: string;
   codec: Codec;
   WebSocket: WebSocketConstructor;
-  token: TokenProvider | undefined;
-  tokenParam: string;
+  credentials: ConnectionCredentials;
   reconnect: ReconnectOptions;
   heartbeat: false | HeartbeatOptions;
   connectTimeoutMs: number;
@@ -63,6 +103,10 @@ export interface ConnectionHooks {
   welcomed(): void;
   /** A publication arrived. */
   message(channel: string, seq: number, data: unknown): void;
+  /** The gateway ended a subscription. */
+  unsubscribed(frame: UnsubscribedFrame): void;
+  /** Sends a `refresh` with a new connection token on the current socket; resolves with its ack. */
+  refresh(token: string): Promise<AckFrame>;
   /** An ack, pong or error arrived. */
   reply(frame: ServerFrame & { type: 'ack' | 'pong' | 'error' }): void;
   /** `session` is gone: the requests sent on it are settled with `error`. */
@@ -71,8 +115,8 @@ export interface ConnectionHooks {
   reconnecting(): void;
   /** The client stops: subscribes still waiting are rejected with `error`. */
   stopped(error: ClientClosedError): void;
-  /** An id for a heartbeat ping, unique among the requests in flight. */
-  pingId(): number;
+  /** An id for a heartbeat ping or a `connect`, unique among the requests in flight. */
+  nextId(): number;
   /** Reports an error that no promise carries. */
   reportError(error: ShardcastError): void;
 }
@@ -169,11 +213,10 @@ export class Connection {
     const generation = ++this.generation;
     this.setState('connecting');
     this.events.emit('connecting', { attempt: this.failures });
-    let url = settings.url;
-    if (settings.token) {
-      let token: string | null | undefined;
+    let token: HeldToken | undefined;
+    if (settings.credentials.configured) {
       try {
-        token = await settings.token();
+        token = await settings.credentials.forConnect(Date.now());
       } catch (cause) {
         if (generation !== this.generation) return;
         this.hooks.reportError(new TokenProviderError('token provider failed', { cause }));
@@ -182,11 +225,11 @@ export class Connection {
       }
       // close() or connect() ran while the token was being fetched.
       if (generation !== this.generation) return;
-      if (token) url = withQueryParam(url, settings.tokenParam, token);
     }
     let socket: WebSocketLike;
     try {
-      socket = new settings.WebSocket(url, [settings.codec.subprotocol]);
+      // Never a token in the URL: the gateway refuses one there (URLs end up in access logs).
+      socket = new settings.WebSocket(settings.url, [settings.codec.subprotocol]);
     } catch (cause) {
       // A malformed URL throws synchronously; retrying would fail the same way forever.
       const error = new ShardcastError(`cannot open WebSocket to ${settings.url}`, { cause });
@@ -203,6 +246,7 @@ export class Connection {
       finished: false,
       lastReceivedAt: Date.now(),
       heartbeatPinged: false,
+      token,
     };
     this.current = session;
     try {
@@ -210,6 +254,7 @@ export class Connection {
     } catch {
       // Platforms without binaryType deliver Blobs, which handleRaw reads asynchronously.
     }
+    socket.onopen = () => this.handleOpen(session);
     socket.onmessage = (event: { data: unknown }) => this.handleRaw(session, event.data);
     socket.onclose = (event: { code?: number; reason?: string }) =>
       this.handleSocketClosed(session, event?.code ?? CloseCode.ABNORMAL, event?.reason ?? '');
@@ -219,6 +264,19 @@ export class Connection {
       session.lastError = event;
     };
     session.connectTimer = setTimeout(() => this.abortConnection(session, 'connect timeout'), settings.connectTimeoutMs);
+  }
+
+  /** The socket is open: a token goes in the `connect` frame, which must be the first frame (PROTOCOL.md 6.5). */
+  private handleOpen(session: SocketSession): void {
+    if (session.finished || session.token === undefined) return;
+    session.connectId = this.hooks.nextId();
+    this.send(session, {
+      op: 'connect',
+      id: session.connectId,
+      token: session.token.token,
+      name: CLIENT_NAME,
+      ...(CLIENT_VERSION === undefined ? {} : { version: CLIENT_VERSION }),
+    });
   }
 
   private handleRaw(session: SocketSession, data: unknown): void {
@@ -248,6 +306,10 @@ export class Connection {
     }
     // A frame type from a newer protocol revision: the protocol says to ignore it.
     if (frame === null) return;
+    if (!session.welcomed && session.connectId !== undefined) {
+      this.handleBeforeIdentified(session, frame);
+      return;
+    }
     if (!session.welcomed) {
       if (frame.type !== 'welcome') {
         this.hooks.reportError(new ProtocolError(`expected a welcome frame first, got ${frame.type}`));
@@ -269,10 +331,42 @@ export class Connection {
       case 'gap':
         this.events.emit('gap', { channel: frame.channel });
         return;
+      case 'unsubscribed':
+        this.hooks.unsubscribed(frame);
+        return;
       case 'welcome':
         // A second welcome is unexpected but harmless.
         return;
     }
+  }
+
+  /**
+   * A frame on a socket that sent `connect` and awaits the welcome answering it.
+   * Where the gateway allows anonymous connections, an anonymous welcome (without
+   * the connect's id) comes first: it is not the answer, only kept in case the
+   * gateway turns out not to know `connect` at all.
+   */
+  private handleBeforeIdentified(session: SocketSession, frame: ServerFrame): void {
+    if (frame.type === 'welcome') {
+      if (frame.id === session.connectId) this.handleWelcome(session, frame);
+      else session.anonymousWelcome ??= frame;
+      return;
+    }
+    if (frame.type === 'error' && frame.id === session.connectId) this.handleConnectRefused(session, frame);
+    // Anything else cannot answer a request yet: nothing but the connect has been sent.
+  }
+
+  private handleConnectRefused(session: SocketSession, frame: ErrorFrame): void {
+    if (frame.code === 'unknown_op' && session.anonymousWelcome) {
+      // A gateway from before authentication: it checks no tokens, so the anonymous connection is all there is.
+      this.hooks.reportError(
+        new ShardcastError('the gateway does not know the connect operation (no authentication); connected anonymously'),
+      );
+      this.handleWelcome(session, session.anonymousWelcome);
+      return;
+    }
+    this.hooks.reportError(serverError(frame.code, frame.message, frame.id));
+    this.abortConnection(session, `connect refused: ${frame.code}`);
   }
 
   private handleWelcome(session: SocketSession, welcome: WelcomeFrame): void {
@@ -286,6 +380,7 @@ export class Connection {
     // keep a finished socket's process alive, and subscribes would go to the next socket.
     if (session.finished) return;
     this.startHeartbeat(session, welcome);
+    this.scheduleRefresh(session, session.token && lifetimeOf(session.token, welcome.expires_at));
     this.hooks.welcomed();
   }
 
@@ -349,7 +444,9 @@ export class Connection {
     session.finished = true;
     clearTimeout(session.connectTimer);
     if (session.heartbeatTimer !== undefined) clearTimeout(session.heartbeatTimer);
+    if (session.refreshTimer !== undefined) clearTimeout(session.refreshTimer);
     const { socket } = session;
+    socket.onopen = null;
     socket.onmessage = null;
     socket.onclose = null;
     socket.onerror = null;
@@ -371,8 +468,12 @@ export class Connection {
       this.failures = 0;
     }
     this.failures++;
-    const decision = decideReconnect(code, reason, this.failures, reconnect, this.settings.random);
+    const authError = this.authenticationFailure(code, reason);
+    const decision = authError
+      ? ({ reconnect: false } as const)
+      : decideReconnect(code, reason, this.failures, reconnect, this.settings.random);
     this.events.emit('disconnected', { code, reason, wasConnected, willReconnect: decision.reconnect });
+    if (authError) this.hooks.reportError(authError);
     if (!decision.reconnect) {
       this.stop(code, reason);
       return;
@@ -391,6 +492,28 @@ export class Connection {
       this.reconnectTimer = undefined;
       void this.openConnection();
     }, decision.delayMs);
+  }
+
+  /**
+   * The error that ends the client after an authentication close code, if this is
+   * one: 4003 and 4004 never reconnect; 4002 (token expired) reconnects with a new
+   * token, so the token in hand is dropped, unless no new one can be fetched.
+   */
+  private authenticationFailure(code: number, reason: string): AuthenticationError | undefined {
+    const { credentials } = this.settings;
+    switch (code) {
+      case CloseCode.UNAUTHORIZED:
+        return new AuthenticationError(code, reason, 'the gateway refused the connection token');
+      case CloseCode.DISCONNECTED:
+        return new AuthenticationError(code, reason, 'an operator disconnected this user');
+      case CloseCode.TOKEN_EXPIRED:
+        credentials.markExpired();
+        return credentials.renewable
+          ? undefined
+          : new AuthenticationError(code, reason, 'the connection token expired and there is no getToken to fetch a new one');
+      default:
+        return undefined;
+    }
   }
 
   /** Enters the closed state; the hooks reject everything still waiting. */
@@ -449,7 +572,7 @@ export class Connection {
         if (quietMs >= intervalMs) {
           // The pong itself is not awaited: any frame that arrives clears heartbeatPinged.
           session.heartbeatPinged = true;
-          this.send(session, { op: 'ping', id: this.hooks.pingId() });
+          this.send(session, { op: 'ping', id: this.hooks.nextId() });
           session.heartbeatTimer = setTimeout(check, timeoutMs);
         } else {
           session.heartbeatTimer = setTimeout(check, intervalMs - quietMs);
@@ -463,5 +586,58 @@ export class Connection {
       session.heartbeatTimer = setTimeout(check, intervalMs + timeoutMs - quietMs);
     };
     session.heartbeatTimer = setTimeout(check, intervalMs);
+  }
+
+  // ---- token refresh ----
+
+  /** Plans the refresh of the token with this lifetime (none if it does not expire, or if no new token can be had). */
+  private scheduleRefresh(session: SocketSession, lifetime: TokenLifetime | undefined): void {
+    if (session.refreshTimer !== undefined) clearTimeout(session.refreshTimer);
+    session.refreshTimer = undefined;
+    session.lifetime = lifetime;
+    const { credentials, random } = this.settings;
+    credentials.setLifetime(lifetime);
+    if (lifetime === undefined || !credentials.renewable) return;
+    const delayMs = refreshDelayMs(remainingMs(lifetime, Date.now()), random);
+    session.refreshTimer = setTimeout(() => void this.refresh(session), delayMs);
+  }
+
+  /**
+   * Fetches a new token and sends it in a `refresh`. On failure it tries again,
+   * sooner each time (the schedule halves what is left); if the token expires all
+   * the same, the gateway closes with 4002 and the client reconnects with a new one.
+   */
+  private async refresh(session: SocketSession): Promise<void> {
+    session.refreshTimer = undefined;
+    const retry = (error: ShardcastError): void => {
+      if (session.finished) return;
+      this.hooks.reportError(error);
+      // Past the expiry there is nothing left to save: the gateway's close 4002 follows.
+      const { lifetime } = session;
+      if (lifetime !== undefined && remainingMs(lifetime, Date.now()) > 0) this.scheduleRefresh(session, lifetime);
+    };
+    let held: HeldToken | undefined;
+    try {
+      held = await this.settings.credentials.renew();
+    } catch (cause) {
+      retry(new TokenProviderError('getToken failed for a refresh', { cause }));
+      return;
+    }
+    if (session.finished) return;
+    if (held === undefined) {
+      retry(new TokenProviderError('getToken returned no token for a refresh'));
+      return;
+    }
+    let ack: AckFrame;
+    try {
+      ack = await this.hooks.refresh(held.token);
+    } catch (error) {
+      retry(error instanceof ShardcastError ? error : new ShardcastError('refresh failed', { cause: error }));
+      return;
+    }
+    if (session.finished) return;
+    session.token = held;
+    this.scheduleRefresh(session, lifetimeOf(held, ack.expires_at));
+    this.events.emit('refreshed', { expiresAt: ack.expires_at });
   }
 }

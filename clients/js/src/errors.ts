@@ -4,7 +4,7 @@
  * `instanceof` and carry the protocol's codes where there is one.
  */
 
-import type { ChannelNameProblem, ErrorCode } from './protocol';
+import type { ChannelNameProblem, ErrorCode, UnsubscribeCode } from './protocol';
 
 /** Base class of every error raised by this package. */
 export class ShardcastError extends Error {
@@ -38,6 +38,73 @@ export class ServerError extends ShardcastError {
     this.code = code;
     this.requestId = requestId;
     this.channel = channel;
+  }
+}
+
+/**
+ * The gateway's channel rules do not let this connection's identity subscribe to
+ * or publish on the channel (`permission_denied`, PROTOCOL.md 18.3), or a
+ * subscription token was for another channel or user. Retrying with the same
+ * credentials is refused again.
+ */
+export class PermissionDeniedError extends ServerError {
+  override readonly name: string = 'PermissionDeniedError';
+}
+
+/**
+ * The request needs an identity the connection does not have, or its token was
+ * refused (`unauthorized`): a subscription token that is malformed, badly signed
+ * or expired, or a `refresh` on an anonymous connection.
+ */
+export class UnauthorizedError extends ServerError {
+  override readonly name: string = 'UnauthorizedError';
+}
+
+/** The {@link ServerError} (or subclass) for an `error` frame's code. */
+export function serverError(code: ErrorCode, message: string, requestId?: number, channel?: string): ServerError {
+  switch (code) {
+    case 'permission_denied':
+      return new PermissionDeniedError(code, message, requestId, channel);
+    case 'unauthorized':
+      return new UnauthorizedError(code, message, requestId, channel);
+    default:
+      return new ServerError(code, message, requestId, channel);
+  }
+}
+
+/**
+ * The gateway closed the connection in a way that forbids reconnecting with the
+ * same credentials: 4003 (the token is missing or was refused), 4004 (an operator
+ * disconnected this user), or 4002 (the token expired) when the client has no
+ * `getToken` to fetch a new one. The client is closed; call `connect()` once the
+ * cause is fixed.
+ */
+export class AuthenticationError extends ShardcastError {
+  override readonly name: string = 'AuthenticationError';
+  /** The WebSocket close code. */
+  readonly code: number;
+  /** The WebSocket close reason (for 4003, why the token was refused). */
+  readonly reason: string;
+
+  constructor(code: number, reason: string, message: string) {
+    super(`${message} (close ${code}${reason ? `: ${reason}` : ''})`);
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+/** The gateway ended a subscription (`unsubscribed` frame) before its subscribe was acknowledged. */
+export class SubscriptionEndedError extends ShardcastError {
+  override readonly name: string = 'SubscriptionEndedError';
+  /** The channel. */
+  readonly channel: string;
+  /** Why: `token_expired`, `permission_denied`, or `unknown`. */
+  readonly code: UnsubscribeCode;
+
+  constructor(channel: string, code: UnsubscribeCode, message: string) {
+    super(`the gateway ended the subscription to ${channel}: ${code}${message ? ` (${message})` : ''}`);
+    this.channel = channel;
+    this.code = code;
   }
 }
 
@@ -122,7 +189,11 @@ export class ProtocolError extends ShardcastError {
   override readonly name: string = 'ProtocolError';
 }
 
-/** A token provider threw or rejected; the connect attempt counts as failed. */
+/**
+ * A token callback (`token`, `getToken`, `getSubscriptionToken`) threw or
+ * rejected, or could not supply a token that was needed. A connect attempt counts
+ * as failed and is retried with backoff; a refresh is retried before expiry.
+ */
 export class TokenProviderError extends ShardcastError {
   override readonly name: string = 'TokenProviderError';
 }

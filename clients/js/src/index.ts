@@ -13,12 +13,15 @@ export type {
   MessageHandler,
   ReceivedMessage,
   Subscription,
+  SubscriptionEvents,
+  SubscriptionState,
+  SubscriptionTokenProvider,
   TokenProvider,
 } from './types';
 export { backoffDelay, decideReconnect, DEFAULT_RECONNECT, type ReconnectDecision, type ReconnectOptions } from './backoff';
 export { codecFor, jsonCodec, msgpackCodec, toServerFrame, type Codec, type FramePayload } from './codec';
 export type { Unsubscribe } from './emitter';
-// Every class of ./errors is public: the typed errors are part of the API.
+// Everything in ./errors is public: the typed errors (and the code-to-class mapping) are part of the API.
 export * from './errors';
 export {
   CloseCode,
@@ -34,6 +37,7 @@ export {
   type AckFrame,
   type ChannelNameProblem,
   type ClientFrame,
+  type ConnectFrame,
   type Encoding,
   type ErrorCode,
   type ErrorFrame,
@@ -42,8 +46,12 @@ export {
   type PingFrame,
   type PongFrame,
   type PublishFrame,
+  type RefreshFrame,
   type ServerFrame,
+  type SubRefreshFrame,
   type SubscribeFrame,
+  type UnsubscribeCode,
+  type UnsubscribedFrame,
   type UnsubscribeFrame,
   type WelcomeFrame,
 } from './protocol';
@@ -52,7 +60,6 @@ export {
   httpStatusFromError,
   NoWebSocketError,
   ReadyState,
-  withQueryParam,
   type WebSocketConstructor,
   type WebSocketLike,
 } from './transport';

@@ -33,6 +33,9 @@ export type ErrorCode =
   | 'payload_too_large'
   | 'unavailable'
   | 'internal'
+  | 'unauthorized'
+  | 'permission_denied'
+  | 'rate_limited'
   | 'unknown';
 
 /** Every error code this client knows, in the order the protocol lists them. */
@@ -46,6 +49,9 @@ export const ERROR_CODES: readonly ErrorCode[] = Object.freeze([
   'payload_too_large',
   'unavailable',
   'internal',
+  'unauthorized',
+  'permission_denied',
+  'rate_limited',
   'unknown',
 ]);
 
@@ -61,6 +67,8 @@ export interface SubscribeFrame {
   op: 'subscribe';
   id?: number;
   channel: string;
+  /** A subscription token, for a channel the connection's own token does not grant (PROTOCOL.md 18.4). */
+  token?: string;
 }
 
 /** Stop receiving a channel; answered by `ack` or `error`. */
@@ -84,8 +92,42 @@ export interface PingFrame {
   id?: number;
 }
 
+/** Authenticates the connection; the client's first frame, answered by a `welcome` carrying its `id`. */
+export interface ConnectFrame {
+  op: 'connect';
+  id?: number;
+  /** The connection token (a JWT). */
+  token: string;
+  /** The client library's name, for the gateway's logs. */
+  name?: string;
+  /** The client library's version, for the gateway's logs. */
+  version?: string;
+}
+
+/** Replaces the connection's token before it expires; answered by an `ack` with the new `expires_at`. */
+export interface RefreshFrame {
+  op: 'refresh';
+  id?: number;
+  token: string;
+}
+
+/** Replaces a channel's subscription token before it expires; answered by an `ack` with the new `expires_at`. */
+export interface SubRefreshFrame {
+  op: 'sub_refresh';
+  id?: number;
+  channel: string;
+  token: string;
+}
+
 /** A request from the client to the gateway. */
-export type ClientFrame = SubscribeFrame | UnsubscribeFrame | PublishFrame | PingFrame;
+export type ClientFrame =
+  | SubscribeFrame
+  | UnsubscribeFrame
+  | PublishFrame
+  | PingFrame
+  | ConnectFrame
+  | RefreshFrame
+  | SubRefreshFrame;
 
 /** First frame on every connection. */
 export interface WelcomeFrame {
@@ -98,12 +140,20 @@ export interface WelcomeFrame {
   shard: number;
   /** How often the gateway pings, so a client can size its own dead-peer timeout. */
   ping_interval_ms: number;
+  /** The `connect` request's id, when this welcome answers one. */
+  id?: number;
+  /** The connection's user (the token's `sub`); absent for an anonymous connection. */
+  user?: string;
+  /** When the connection's token expires, in seconds since the Unix epoch; absent when it does not. */
+  expires_at?: number;
 }
 
 /** A request succeeded. */
 export interface AckFrame {
   type: 'ack';
   id?: number;
+  /** In the answer to `refresh` and `sub_refresh`: when the new token expires, in seconds since the Unix epoch. */
+  expires_at?: number;
 }
 
 /** A request failed; the connection stays open. */
@@ -139,8 +189,22 @@ export interface GapFrame {
   channel: string;
 }
 
+/**
+ * Why the gateway ended a subscription: its subscription token expired, or the
+ * connection may no longer hold the channel. `unknown` stands for a newer gateway's code.
+ */
+export type UnsubscribeCode = 'token_expired' | 'permission_denied' | 'unknown';
+
+/** The gateway ended one subscription; the connection and its other subscriptions go on. */
+export interface UnsubscribedFrame {
+  type: 'unsubscribed';
+  channel: string;
+  code: UnsubscribeCode;
+  message: string;
+}
+
 /** A frame the gateway sends. */
-export type ServerFrame = WelcomeFrame | AckFrame | ErrorFrame | PongFrame | MessageFrame | GapFrame;
+export type ServerFrame = WelcomeFrame | AckFrame | ErrorFrame | PongFrame | MessageFrame | GapFrame | UnsubscribedFrame;
 
 /** WebSocket close codes the gateway sends (RFC 6455 meanings in 1000-1015, shardcast's own in 4000-4099). */
 export const CloseCode = Object.freeze({
@@ -168,6 +232,14 @@ export const CloseCode = Object.freeze({
   SLOW_CONSUMER: 4000,
   /** Nothing was received from the client within the gateway's idle timeout. */
   IDLE_TIMEOUT: 4001,
+  /** The connection's token expired without a `refresh`: reconnect with a new token. */
+  TOKEN_EXPIRED: 4002,
+  /** No token where one is required, or the token was refused: do not reconnect with the same token. */
+  UNAUTHORIZED: 4003,
+  /** An operator disconnected this user: do not reconnect. */
+  DISCONNECTED: 4004,
+  /** The user already holds the maximum number of connections: reconnect with backoff. */
+  TOO_MANY_CONNECTIONS: 4005,
 } as const);
 
 /** Whether a client should reconnect automatically after this close code (`should_reconnect` in proto/src/close.rs). */
@@ -176,7 +248,9 @@ export function shouldReconnect(code: number): boolean {
     code === CloseCode.POLICY_VIOLATION ||
     code === CloseCode.PROTOCOL_ERROR ||
     code === CloseCode.INVALID_PAYLOAD ||
-    code === CloseCode.MESSAGE_TOO_BIG
+    code === CloseCode.MESSAGE_TOO_BIG ||
+    code === CloseCode.UNAUTHORIZED ||
+    code === CloseCode.DISCONNECTED
   );
 }
 
@@ -205,11 +279,12 @@ export const DEFAULT_MAX_CHANNEL_LENGTH = 128;
 /** Why a channel name is refused by {@link validateChannel}. */
 export type ChannelNameProblem = 'empty' | 'too_long' | 'bad_character';
 
-const CHANNEL_CHARSET = /^[A-Za-z0-9_.:@/=+-]+$/;
+// `#` (the user boundary of PROTOCOL.md 18.3) is allowed anywhere but first.
+const CHANNEL_CHARSET = /^[A-Za-z0-9_.:@/=+-][A-Za-z0-9_.:@/=+#-]*$/;
 
 /**
- * Checks a channel name against the protocol's charset (`[A-Za-z0-9_.:@/=+-]`)
- * and a length limit in bytes; returns what is wrong, or `undefined` if the
+ * Checks a channel name against the protocol's charset (`[A-Za-z0-9_.:@/=+#-]`,
+ * not starting with `#`) and a length limit in bytes; returns what is wrong, or `undefined` if the
  * name is valid. The gateway's limit is configurable, so the client only
  * enforces a length when asked to.
  */

@@ -5,8 +5,18 @@
  */
 
 import type { Connection, SocketSession } from './connection';
-import { ClientClosedError, MessageTooLargeError, NotConnectedError, RequestTimeoutError, ServerError, type ShardcastError } from './errors';
-import { utf8Length, type ClientFrame, type ServerFrame } from './protocol';
+import {
+  ClientClosedError,
+  MessageTooLargeError,
+  NotConnectedError,
+  RequestTimeoutError,
+  serverError,
+  type ShardcastError,
+} from './errors';
+import { utf8Length, type AckFrame, type ClientFrame, type ServerFrame } from './protocol';
+
+/** The requests sent with {@link RequestTable.request}: those with a reply and a timeout. */
+export type TimedRequest = ClientFrame & { op: 'publish' | 'unsubscribe' | 'ping' | 'refresh' | 'sub_refresh' };
 
 /** A request waiting for its ack, error or pong. */
 interface PendingRequest {
@@ -23,7 +33,7 @@ interface PendingRequest {
 /** The outcome callbacks of a subscribe, which has no timeout. */
 export interface SubscribeReply {
   /** The gateway acknowledged. */
-  resolve: () => void;
+  resolve: (ack: AckFrame) => void;
   /** The gateway refused. */
   reject: (error: ShardcastError) => void;
   /** The socket is gone before the reply. */
@@ -50,8 +60,8 @@ export class RequestTable {
     return id;
   }
 
-  /** Sends a request that has a reply and a timeout (publish, unsubscribe, ping). */
-  request(frame: ClientFrame & { op: 'publish' | 'unsubscribe' | 'ping' }): Promise<ServerFrame> {
+  /** Sends a request that has a reply and a timeout (publish, unsubscribe, ping, refresh, sub_refresh). */
+  request(frame: TimedRequest): Promise<ServerFrame> {
     const session = this.connection.session;
     if (!session || !this.connection.isConnected()) {
       return Promise.reject(this.connection.state === 'closed' ? new ClientClosedError() : new NotConnectedError(frame.op));
@@ -70,7 +80,7 @@ export class RequestTable {
       const pending: PendingRequest = {
         op: frame.op,
         session,
-        channel: frame.op === 'ping' ? undefined : frame.channel,
+        channel: frame.op === 'ping' || frame.op === 'refresh' ? undefined : frame.channel,
         resolve,
         reject,
       };
@@ -92,17 +102,24 @@ export class RequestTable {
    * answering is caught by the heartbeat, and the subscription is sent again on
    * the next one.
    */
-  subscribe(session: SocketSession, channel: string, reply: SubscribeReply): void {
+  subscribe(session: SocketSession, channel: string, token: string | undefined, reply: SubscribeReply): void {
     const id = this.takeId();
-    this.pending.set(id, { op: 'subscribe', session, channel, resolve: () => reply.resolve(), reject: reply.reject, abandon: reply.abandon });
+    this.pending.set(id, {
+      op: 'subscribe',
+      session,
+      channel,
+      resolve: (frame) => reply.resolve(frame.type === 'ack' ? frame : { type: 'ack', id }),
+      reject: reply.reject,
+      abandon: reply.abandon,
+    });
     // A failed send means the socket is closing; its close handler settles this request.
-    this.connection.send(session, { op: 'subscribe', id, channel });
+    this.connection.send(session, token === undefined ? { op: 'subscribe', id, channel } : { op: 'subscribe', id, channel, token });
   }
 
   /** Settles the request an ack, pong or error answers. */
   handleReply(frame: ServerFrame & { type: 'ack' | 'pong' | 'error' }): void {
     if (frame.id === undefined) {
-      if (frame.type === 'error') this.reportError(new ServerError(frame.code, frame.message));
+      if (frame.type === 'error') this.reportError(serverError(frame.code, frame.message));
       return;
     }
     const pending = this.pending.get(frame.id);
@@ -110,7 +127,7 @@ export class RequestTable {
     if (!pending) return;
     this.pending.delete(frame.id);
     clearTimeout(pending.timer);
-    if (frame.type === 'error') pending.reject(new ServerError(frame.code, frame.message, frame.id, pending.channel));
+    if (frame.type === 'error') pending.reject(serverError(frame.code, frame.message, frame.id, pending.channel));
     else pending.resolve(frame);
   }
 

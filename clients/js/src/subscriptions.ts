@@ -1,15 +1,17 @@
 /**
  * The channels the application wants: their handlers and {@link Subscription}
- * objects, subscribing and unsubscribing them on the gateway (an unsubscribe
- * never overtakes an unanswered subscribe of its channel), retrying refusals
- * with `unavailable`, subscribing every channel again on each new connection,
- * and delivering publications to the handlers. Behaviour follows
- * proto/PROTOCOL.md, sections 6 and 12.
+ * objects with their events, subscribing (with a subscription token where the
+ * application supplies one) and unsubscribing them on the gateway (an
+ * unsubscribe never overtakes an unanswered subscribe of its channel), retrying
+ * refusals with `unavailable`, subscribing every channel again on each new
+ * connection, subscriptions the gateway ends (`unsubscribed`), and delivering
+ * publications to the handlers. Behaviour follows proto/PROTOCOL.md, sections
+ * 6, 7.7, 12 and 18.4.
  */
 
 import { backoffDelay, type ReconnectOptions } from './backoff';
-import type { Connection } from './connection';
-import type { TypedEmitter } from './emitter';
+import type { Connection, SocketSession } from './connection';
+import { TypedEmitter } from './emitter';
 import {
   ConnectionLostError,
   HandlerError,
@@ -17,12 +19,21 @@ import {
   NotConnectedError,
   ServerError,
   SubscriptionCancelledError,
+  SubscriptionEndedError,
   type ClientClosedError,
   type ShardcastError,
 } from './errors';
-import { validateChannel } from './protocol';
+import { validateChannel, type AckFrame, type UnsubscribedFrame } from './protocol';
 import type { RequestTable } from './requests';
-import type { ClientEvents, MessageHandler, ReceivedMessage, Subscription } from './types';
+import { SubscriptionTokens } from './subscription-tokens';
+import type {
+  ClientEvents,
+  MessageHandler,
+  ReceivedMessage,
+  Subscription,
+  SubscriptionEvents,
+  SubscriptionTokenProvider,
+} from './types';
 
 interface SubscribeWaiter {
   handler: MessageHandler<never>;
@@ -33,7 +44,8 @@ interface SubscribeWaiter {
 /** A channel the application wants, with everything attached to it. */
 interface ChannelEntry {
   channel: string;
-  handlers: Set<MessageHandler<never>>;
+  /** Each handler with the events of its {@link Subscription}. */
+  handlers: Map<MessageHandler<never>, TypedEmitter<SubscriptionEvents>>;
   /** Acknowledged on the current connection. */
   acked: boolean;
   /** Acknowledged on some connection before; a new ack is a re-subscribe. */
@@ -44,9 +56,13 @@ interface ChannelEntry {
   inFlight: boolean;
   /** Called with the in-flight subscribe's outcome (true: acked), or false if its connection is lost first. */
   onReply: ((acked: boolean) => void)[];
-  /** Consecutive `unavailable` refusals, for the retry backoff. */
+  /** Consecutive `unavailable` refusals (and failed subscription-token fetches), for the retry backoff. */
   unavailableCount: number;
   retryTimer?: ReturnType<typeof setTimeout>;
+  /** Bumped by every subscribe sent, so the reply to a superseded one (a token fetch that outlived its socket) is ignored. */
+  attempt: number;
+  /** The subscribe in flight is still waiting for its subscription token. */
+  fetchingToken: boolean;
 }
 
 /**
@@ -64,6 +80,7 @@ export class ChannelTable {
   private readonly channels = new Map<string, ChannelEntry>();
   /** Unsubscribes that wait for their channel's in-flight subscribe; a new subscribe of the channel waits for them. */
   private readonly drops = new Map<string, Promise<void>>();
+  private readonly tokens: SubscriptionTokens;
 
   constructor(
     private readonly connection: Connection,
@@ -73,7 +90,14 @@ export class ChannelTable {
     private readonly retry: ReconnectOptions,
     private readonly random: () => number,
     private readonly reportError: (error: ShardcastError) => void,
-  ) {}
+    getSubscriptionToken: SubscriptionTokenProvider | undefined,
+  ) {
+    this.tokens = new SubscriptionTokens(getSubscriptionToken, requests, random, (channel, error) => {
+      const entry = this.channels.get(channel);
+      if (entry) this.reportChannelError(entry, error);
+      else this.reportError(error);
+    });
+  }
 
   /** The channels with at least one handler, subscribed or about to be. */
   get names(): string[] {
@@ -91,20 +115,25 @@ export class ChannelTable {
     if (entry?.handlers.has(typedHandler)) {
       return Promise.reject(new TypeError(`subscribe: this handler is already subscribed to ${channel}`));
     }
-    const subscription = this.makeSubscription(channel, typedHandler);
+    const emitter = new TypedEmitter<SubscriptionEvents>((cause, event) =>
+      this.reportError(new HandlerError(`listener for the "${String(event)}" event of ${channel} threw`, { cause })),
+    );
+    const subscription = this.makeSubscription(channel, typedHandler, emitter);
     if (entry) {
-      entry.handlers.add(typedHandler);
+      entry.handlers.set(typedHandler, emitter);
       if (entry.acked) return Promise.resolve(subscription);
     } else {
       entry = {
         channel,
-        handlers: new Set([typedHandler]),
+        handlers: new Map([[typedHandler, emitter]]),
         acked: false,
         everAcked: false,
         waiters: [],
         inFlight: false,
         onReply: [],
         unavailableCount: 0,
+        attempt: 0,
+        fetchingToken: false,
       };
       this.channels.set(channel, entry);
       if (this.connection.isConnected()) this.sendSubscribe(entry);
@@ -138,7 +167,7 @@ export class ChannelTable {
     // A publication can race an unsubscribe; nobody wants it any more.
     if (!entry) return;
     const message: ReceivedMessage<unknown> = { channel, seq, data };
-    for (const handler of Array.from(entry.handlers)) {
+    for (const handler of Array.from(entry.handlers.keys())) {
       try {
         (handler as MessageHandler<unknown>)(data, message);
       } catch (cause) {
@@ -147,14 +176,40 @@ export class ChannelTable {
     }
   }
 
+  /**
+   * The gateway ended a subscription (`unsubscribed`): the channel is forgotten,
+   * its subscriptions become inactive and hear why. The application may subscribe
+   * again (with a fresh subscription token where one is needed).
+   */
+  handleUnsubscribed(frame: UnsubscribedFrame): void {
+    const entry = this.channels.get(frame.channel);
+    this.tokens.forget(frame.channel);
+    this.events.emit('unsubscribed', { channel: frame.channel, code: frame.code, message: frame.message });
+    if (!entry) return;
+    this.channels.delete(entry.channel);
+    if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
+    const emitters = Array.from(entry.handlers.values());
+    entry.handlers.clear();
+    const waiters = entry.waiters;
+    entry.waiters = [];
+    for (const waiter of waiters) waiter.reject(new SubscriptionEndedError(entry.channel, frame.code, frame.message));
+    for (const emitter of emitters) emitter.emit('unsubscribed', { code: frame.code, message: frame.message });
+  }
+
   /** The connection is lost: nothing is acknowledged on the next one, and pending retries are moot. */
   resetForNewConnection(): void {
+    this.tokens.forgetAll();
     for (const entry of this.channels.values()) {
       entry.acked = false;
       entry.unavailableCount = 0;
       if (entry.retryTimer !== undefined) {
         clearTimeout(entry.retryTimer);
         entry.retryTimer = undefined;
+      }
+      if (entry.fetchingToken) {
+        // Its socket is gone before the subscribe was even sent.
+        entry.attempt++;
+        this.settle(entry, false);
       }
     }
   }
@@ -173,16 +228,28 @@ export class ChannelTable {
     }
   }
 
-  private makeSubscription(channel: string, handler: MessageHandler<never>): Subscription {
-    const isActive = (): boolean => this.channels.get(channel)?.handlers.has(handler) ?? false;
+  private makeSubscription(
+    channel: string,
+    handler: MessageHandler<never>,
+    emitter: TypedEmitter<SubscriptionEvents>,
+  ): Subscription {
+    const entryOf = (): ChannelEntry | undefined => {
+      const entry = this.channels.get(channel);
+      return entry?.handlers.get(handler) === emitter ? entry : undefined;
+    };
     return {
       channel,
       get active() {
-        return isActive();
+        return entryOf() !== undefined;
       },
+      get state() {
+        const entry = entryOf();
+        return entry === undefined ? 'unsubscribed' : entry.acked ? 'subscribed' : 'subscribing';
+      },
+      on: (event, listener) => emitter.on(event, listener),
       unsubscribe: () => {
-        const entry = this.channels.get(channel);
-        if (!entry || !entry.handlers.has(handler)) return Promise.resolve();
+        const entry = entryOf();
+        if (!entry) return Promise.resolve();
         entry.handlers.delete(handler);
         const cancelled = entry.waiters.filter((w) => w.handler === handler);
         entry.waiters = entry.waiters.filter((w) => w.handler !== handler);
@@ -209,29 +276,67 @@ export class ChannelTable {
       drop.then(resume, resume);
       return;
     }
-    const settle = (acked: boolean): void => {
-      entry.inFlight = false;
-      const callbacks = entry.onReply;
-      entry.onReply = [];
-      for (const callback of callbacks) callback(acked);
-    };
     entry.inFlight = true;
-    this.requests.subscribe(session, entry.channel, {
-      resolve: () => {
-        settle(true);
-        this.handleSubscribeAck(entry);
+    const attempt = ++entry.attempt;
+    if (!this.tokens.enabled) {
+      this.sendSubscribeFrame(session, entry, attempt, undefined);
+      return;
+    }
+    entry.fetchingToken = true;
+    this.tokens.fetch(entry.channel).then(
+      (token) => {
+        if (entry.attempt !== attempt) return;
+        entry.fetchingToken = false;
+        if (this.channels.get(entry.channel) !== entry || this.connection.session !== session || !this.connection.isConnected()) {
+          // Dropped, or its socket is gone: the next connection subscribes the channel again.
+          this.settle(entry, false);
+          return;
+        }
+        this.sendSubscribeFrame(session, entry, attempt, token);
+      },
+      (error: ShardcastError) => {
+        if (entry.attempt !== attempt) return;
+        entry.fetchingToken = false;
+        this.settle(entry, false);
+        if (this.channels.get(entry.channel) !== entry) return;
+        // Likely the application's backend is briefly unreachable: report it and retry like `unavailable`.
+        this.reportChannelError(entry, error);
+        this.retryLater(entry);
+      },
+    );
+  }
+
+  private sendSubscribeFrame(session: SocketSession, entry: ChannelEntry, attempt: number, token: string | undefined): void {
+    const current = (): boolean => entry.attempt === attempt;
+    this.requests.subscribe(session, entry.channel, token, {
+      resolve: (ack) => {
+        if (!current()) return;
+        this.settle(entry, true);
+        this.handleSubscribeAck(entry, ack, token);
       },
       reject: (error) => {
-        settle(false);
+        if (!current()) return;
+        this.settle(entry, false);
         this.handleSubscribeRefused(entry, error);
       },
-      abandon: () => settle(false),
+      abandon: () => {
+        if (current()) this.settle(entry, false);
+      },
     });
   }
 
-  private handleSubscribeAck(entry: ChannelEntry): void {
+  /** The in-flight subscribe has its outcome (true: acked), or is gone without one. */
+  private settle(entry: ChannelEntry, acked: boolean): void {
+    entry.inFlight = false;
+    const callbacks = entry.onReply;
+    entry.onReply = [];
+    for (const callback of callbacks) callback(acked);
+  }
+
+  private handleSubscribeAck(entry: ChannelEntry, ack: AckFrame, token: string | undefined): void {
     // The entry may have been dropped (or replaced by a new subscribe) since the request went out.
     if (this.channels.get(entry.channel) !== entry) return;
+    if (token !== undefined) this.tokens.track(entry.channel, token, ack);
     const resubscribed = entry.everAcked;
     entry.acked = true;
     entry.everAcked = true;
@@ -246,27 +351,45 @@ export class ChannelTable {
     if (this.channels.get(entry.channel) !== entry) return;
     if (error instanceof ServerError && error.code === 'unavailable') {
       // The gateway's broker is struggling: retry this subscription with backoff (section 12).
-      entry.unavailableCount++;
-      const delayMs = backoffDelay(entry.unavailableCount, this.retry, this.random);
-      entry.retryTimer = setTimeout(() => {
-        entry.retryTimer = undefined;
-        if (this.channels.get(entry.channel) === entry && this.connection.isConnected() && !entry.acked && !entry.inFlight) {
-          this.sendSubscribe(entry);
-        }
-      }, delayMs);
+      this.retryLater(entry);
       return;
     }
-    // Any other refusal is final for this channel (bad name, too many channels): retrying would be refused again.
+    // Any other refusal is final for this channel (bad name, too many channels, permission denied):
+    // retrying would be refused again.
     this.channels.delete(entry.channel);
-    entry.handlers.clear();
     const waiters = entry.waiters;
     entry.waiters = [];
+    // Subscriptions handed out earlier (this was a re-subscribe) hear it on their own events.
+    const waiting = new Set(waiters.map((waiter) => waiter.handler));
+    const emitters = Array.from(entry.handlers).flatMap(([handler, emitter]) => (waiting.has(handler) ? [] : [emitter]));
+    entry.handlers.clear();
     for (const waiter of waiters) waiter.reject(error);
+    for (const emitter of emitters) emitter.emit('error', error);
+    // A re-subscribe nobody awaits: the client hears it too.
     if (waiters.length === 0) this.reportError(error);
+  }
+
+  /** Sends the entry's subscribe again after a backoff delay (after `unavailable`, or a failed token fetch). */
+  private retryLater(entry: ChannelEntry): void {
+    entry.unavailableCount++;
+    const delayMs = backoffDelay(entry.unavailableCount, this.retry, this.random);
+    entry.retryTimer = setTimeout(() => {
+      entry.retryTimer = undefined;
+      if (this.channels.get(entry.channel) === entry && this.connection.isConnected() && !entry.acked && !entry.inFlight) {
+        this.sendSubscribe(entry);
+      }
+    }, delayMs);
+  }
+
+  /** Reports an error about a channel on its subscriptions and to the client. */
+  private reportChannelError(entry: ChannelEntry, error: ShardcastError): void {
+    for (const emitter of Array.from(entry.handlers.values())) emitter.emit('error', error);
+    this.reportError(error);
   }
 
   private dropChannel(entry: ChannelEntry): Promise<void> {
     this.channels.delete(entry.channel);
+    this.tokens.forget(entry.channel);
     entry.handlers.clear();
     if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
     const waiters = entry.waiters;

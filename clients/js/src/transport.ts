@@ -2,7 +2,7 @@
  * The platform WebSocket as the client sees it: the small structural interface
  * that the browser's WebSocket, React Native's and the `ws` package for Node.js
  * all satisfy, how an implementation is found (injected, else the global), and
- * how the connect URL gets its token parameter.
+ * what a refused upgrade's error says.
  */
 
 import { ShardcastError } from './errors';
@@ -52,18 +52,6 @@ export function resolveWebSocket(injected: WebSocketConstructor | undefined): We
   const global = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
   if (typeof global !== 'function') throw new NoWebSocketError();
   return global;
-}
-
-/**
- * Appends `name=value` to a URL's query, before any fragment. Done on the string
- * rather than with `URL`, whose React Native implementation cannot set search params.
- */
-export function withQueryParam(url: string, name: string, value: string): string {
-  const hashAt = url.indexOf('#');
-  const base = hashAt < 0 ? url : url.slice(0, hashAt);
-  const hash = hashAt < 0 ? '' : url.slice(hashAt);
-  const separator = base.includes('?') ? (base.endsWith('?') || base.endsWith('&') ? '' : '&') : '?';
-  return `${base}${separator}${encodeURIComponent(name)}=${encodeURIComponent(value)}${hash}`;
 }
 
 /** A received frame's payload that still has to be read: a Blob, where the platform ignored `binaryType`. */

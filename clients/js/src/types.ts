@@ -5,8 +5,9 @@
  */
 
 import type { ReconnectOptions } from './backoff';
+import type { Unsubscribe } from './emitter';
 import type { ShardcastError } from './errors';
-import type { Encoding, WelcomeFrame } from './protocol';
+import type { Encoding, UnsubscribeCode, WelcomeFrame } from './protocol';
 import type { WebSocketConstructor } from './transport';
 
 /** Where the client is in its life. */
@@ -22,8 +23,14 @@ export type ConnectionState =
   /** Stopped: by `close()`, by a close code or HTTP refusal that forbids reconnecting, or after the last attempt. */
   | 'closed';
 
-/** Returns the token to connect with, or nothing to connect without one. Called before every connect. */
+/** Returns a token, or nothing to go without one; may be async (fetch it from your backend). */
 export type TokenProvider = () => string | null | undefined | Promise<string | null | undefined>;
+
+/**
+ * Returns the subscription token for a channel (PROTOCOL.md 18.4), or nothing
+ * for a channel that needs none (one the connection token already grants).
+ */
+export type SubscriptionTokenProvider = (channel: string) => string | null | undefined | Promise<string | null | undefined>;
 
 /**
  * Client-side heartbeat, for dead connections the platform has not noticed
@@ -47,12 +54,30 @@ export interface ClientOptions {
   /** A WebSocket class to use instead of the platform's global one (required on Node.js before 22: pass the `ws` package). */
   WebSocket?: WebSocketConstructor;
   /**
-   * Supplies a token before every connect; it is sent as the `token` query parameter
-   * (see `tokenParam`). The gateway does not check tokens yet: this hook exists so
-   * authentication can be turned on later without changing application code.
+   * The connection token (a JWT from your backend, PROTOCOL.md 18.2), sent in a
+   * `connect` frame, the first frame after the socket opens. A string is used for
+   * the first connect (then `getToken`, if set, supplies new ones); a function is
+   * called before every connect. Returning nothing connects anonymously.
    */
-  token?: TokenProvider;
-  /** Name of the query parameter that carries the token (default `token`). */
+  token?: string | TokenProvider;
+  /**
+   * Fetches a new connection token: on connect when no usable token is held, before
+   * the token expires (the client sends a `refresh` at 80-90 % of its lifetime, never
+   * later than 10 s before expiry), and after the gateway closed with 4002 (token
+   * expired), before reconnecting.
+   */
+  getToken?: TokenProvider;
+  /**
+   * Called before every subscribe the client sends (the first and each one after a
+   * reconnect) and before a subscription token expires (for `sub_refresh`), with the
+   * channel; returns that channel's subscription token, or nothing for a channel
+   * that needs none.
+   */
+  getSubscriptionToken?: SubscriptionTokenProvider;
+  /**
+   * @deprecated Removed: the gateway refuses a token in the query string (HTTP 400),
+   * so the token travels in a `connect` frame. Setting it throws a TypeError.
+   */
   tokenParam?: string;
   /** Reconnect policy; `false` turns automatic reconnecting off. */
   reconnect?: boolean | Partial<ReconnectOptions>;
@@ -108,7 +133,32 @@ export interface ClientEvents {
    * connection (PROTOCOL.md 9.3): re-read the source of truth if every message matters.
    */
   gap: { channel: string };
+  /** The gateway ended a channel's subscription (its subscription token expired, or a permission was withdrawn). */
+  unsubscribed: { channel: string; code: UnsubscribeCode; message: string };
+  /** The connection token was refreshed without reconnecting; `expiresAt` is its new expiry (Unix seconds). */
+  refreshed: { expiresAt: number | undefined };
   /** Something went wrong that no promise reports: a refused re-subscribe, a bad frame, a throwing handler. */
+  error: ShardcastError;
+}
+
+/** Where one {@link Subscription} is. */
+export type SubscriptionState =
+  /** Waiting for the gateway's ack (after a reconnect, until the channel is subscribed again). */
+  | 'subscribing'
+  /** Acknowledged on the current connection. */
+  | 'subscribed'
+  /** Over: unsubscribed by the application, ended by the gateway, or refused on a re-subscribe. */
+  | 'unsubscribed';
+
+/** The events of one {@link Subscription}. */
+export interface SubscriptionEvents {
+  /** The gateway ended the subscription (`unsubscribed` frame); it is inactive now. */
+  unsubscribed: { code: UnsubscribeCode; message: string };
+  /**
+   * Something failed for this channel: a refused re-subscribe (a
+   * `PermissionDeniedError` or `UnauthorizedError`, after which the subscription is
+   * inactive), a failed subscription-token refresh, a throwing `getSubscriptionToken`.
+   */
   error: ShardcastError;
 }
 
@@ -116,8 +166,12 @@ export interface ClientEvents {
 export interface Subscription {
   /** The channel. */
   readonly channel: string;
-  /** Whether this subscription's handler is still registered (false after `unsubscribe()` or a refused re-subscribe). */
+  /** Whether this subscription's handler is still registered (false after `unsubscribe()`, a refused re-subscribe or an `unsubscribed` frame). */
   readonly active: boolean;
+  /** Where the subscription is. */
+  readonly state: SubscriptionState;
+  /** Adds a listener for this subscription's events; returns a function that removes it. */
+  on<K extends keyof SubscriptionEvents>(event: K, listener: (payload: SubscriptionEvents[K]) => void): Unsubscribe;
   /** Removes this handler; the channel is unsubscribed on the gateway when its last handler goes. */
   unsubscribe(): Promise<void>;
 }

@@ -3,19 +3,39 @@
 // loopback HTTP server serves a test page and the built browser bundles, the
 // page's clients (JSON and MessagePack, the browser's own WebSocket) subscribe,
 // an HTTP publish arrives, the gateway restarts on the same port, and the page
-// reconnects, re-subscribes and receives again.
+// reconnects, re-subscribes and receives again. Where the gateway binary has
+// authentication (`--token-hmac-secret`), the page also connects with 3-second
+// tokens from the server's /token (minted with `jose`) and keeps its connections
+// for 10 seconds by refreshing them.
 import { readFile, mkdir } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { SignJWT } from 'jose';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Gateway, killAllGateways, restartOnSamePort } from './gateway';
+import { Gateway, gatewayBinary, gatewaySupports, killAllGateways, restartOnSamePort } from './gateway';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const packageRoot = path.resolve(here, '../..');
 const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const TOKEN_SECRET = 'browser-e2e-secret-browser-e2e-secret';
+const authSupported = gatewaySupports('--token-hmac-secret');
+if (!authSupported) {
+  console.warn(
+    `[browser e2e] token refresh check skipped: the gateway binary ${gatewayBinary()} has no --token-hmac-secret flag ` +
+      '(it predates authentication, issue #11)',
+  );
+}
+
+/** The page's backend: a connection token for user 42 that lives 3 seconds. */
+async function mintPageToken(): Promise<string> {
+  return new SignJWT({ sub: '42' })
+    .setProtectedHeader({ alg: 'HS256' })
+    .setExpirationTime(Math.floor(Date.now() / 1000) + 3)
+    .sign(new TextEncoder().encode(TOKEN_SECRET));
+}
 
 /** What the page records in window.__shardcast for each encoding. */
 interface PageClient {
@@ -47,7 +67,15 @@ const pageLog: string[] = [];
 
 beforeAll(async () => {
   server = createServer((request, response) => {
-    const route = routes[new URL(request.url ?? '/', 'http://localhost').pathname];
+    const pathname = new URL(request.url ?? '/', 'http://localhost').pathname;
+    if (pathname === '/token') {
+      mintPageToken().then(
+        (token) => response.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'no-store' }).end(token),
+        (error: unknown) => response.writeHead(500).end(String(error)),
+      );
+      return;
+    }
+    const route = routes[pathname];
     if (!route) {
       response.writeHead(404).end();
       return;
@@ -139,6 +167,32 @@ it('receives publications in Chromium, and again after the gateway restarts', as
     // Kept for a person to look at; test-results/ is not committed.
     await mkdir(path.join(packageRoot, 'test-results'), { recursive: true });
     await page.screenshot({ path: path.join(packageRoot, 'test-results/browser.png') });
+  } finally {
+    await page.close();
+    await gateway.stop();
+  }
+});
+
+it.skipIf(!authSupported)('keeps authenticated connections alive in Chromium by refreshing 3-second tokens', async () => {
+  const gateway = await Gateway.start({ args: ['--token-hmac-secret', TOKEN_SECRET, '--allow-anonymous', 'false'] });
+  const page = await browser!.newPage();
+  page.on('console', (message) => pageLog.push(`console.${message.type()}: ${message.text()}`));
+  page.on('pageerror', (error) => pageLog.push(`pageerror: ${error.message}`));
+  try {
+    await page.goto(`${pageOrigin}/?ws=${encodeURIComponent(gateway.wsUrl)}&token=/token`, { timeout: 10_000 });
+    await waitForBoth(page, 'client.subscribed.length >= 1', 'both authenticated page clients subscribe');
+    await new Promise((resolve) => setTimeout(resolve, 10_000));
+    expect(await gateway.publish('news', 'after 10 s')).toBe(2);
+    await waitForBoth(page, 'client.messages.length >= 1', 'the publication reaches the refreshed connections');
+    const clients = await pageClients(page);
+    for (const client of Object.values(clients)) {
+      expect(client.state).toBe('connected');
+      expect(client.events.filter((e) => e.name === 'connected').map((e) => e.payload)).toEqual([
+        { node: expect.any(String), user: '42' },
+      ]);
+      expect(client.events.filter((e) => e.name === 'disconnected')).toEqual([]);
+      expect(client.events.filter((e) => e.name === 'refreshed').length).toBeGreaterThanOrEqual(3);
+    }
   } finally {
     await page.close();
     await gateway.stop();

@@ -28,6 +28,19 @@ export function gatewayBinary(): string {
   return binaryPath;
 }
 
+/**
+ * Whether the gateway binary takes a command-line flag, read from its `--help`:
+ * tests of a feature the binary may predate probe for it and skip, saying why.
+ */
+export function gatewaySupports(flag: string): boolean {
+  try {
+    const help = execFileSync(gatewayBinary(), ['--help'], { encoding: 'utf8', timeout: 30_000 });
+    return help.split(/[\s=,[\]]+/).includes(flag);
+  } catch {
+    return false;
+  }
+}
+
 const running = new Set<Gateway>();
 
 // A test worker that exits with gateways still running (a failed assertion, a

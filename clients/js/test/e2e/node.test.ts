@@ -52,7 +52,14 @@ describe.each<Encoding>(['json', 'msgpack'])('with %s frames', (encoding) => {
     const gateway = await Gateway.start();
     try {
       let tokenCalls = 0;
-      const client = makeClient(gateway.wsUrl, { encoding, token: () => `t-${++tokenCalls}` });
+      // A provider that supplies no token: called before the connect, which is then anonymous.
+      const client = makeClient(gateway.wsUrl, {
+        encoding,
+        token: () => {
+          tokenCalls++;
+          return undefined;
+        },
+      });
       const connected = record(client, 'connected');
       const received: unknown[] = [];
       await client.subscribe<{ n: number }>('news', (data, message) => received.push({ data, seq: message.seq }));

@@ -163,27 +163,33 @@ describe('connecting', () => {
 });
 
 describe('token provider', () => {
-  it('is called before every connect and its token goes into the URL', async () => {
+  it('is called before every connect and its token goes into a connect frame, never the URL', async () => {
     let calls = 0;
     const { client } = makeClient({ url: 'ws://gateway.test/ws?v=1', token: async () => `tok ${++calls}` });
     await flush();
-    expect(FakeWebSocket.last.url).toBe('ws://gateway.test/ws?v=1&token=tok%201');
-    FakeWebSocket.last.accept();
+    expect(FakeWebSocket.last.url).toBe('ws://gateway.test/ws?v=1');
+    FakeWebSocket.last.open();
+    expect(FakeWebSocket.last.framesWithOp('connect')).toMatchObject([{ token: 'tok 1' }]);
     FakeWebSocket.last.serverClose(1006);
     await vi.advanceTimersByTimeAsync(1_000);
     expect(calls).toBe(2);
-    expect(FakeWebSocket.last.url).toBe('ws://gateway.test/ws?v=1&token=tok%202');
+    expect(FakeWebSocket.last.url).toBe('ws://gateway.test/ws?v=1');
+    FakeWebSocket.last.open();
+    expect(FakeWebSocket.last.framesWithOp('connect')).toMatchObject([{ token: 'tok 2' }]);
     client.close();
   });
 
-  it('connects without a token when it returns none, under a configurable parameter name', async () => {
+  it('connects anonymously, without a connect frame, when it returns none', async () => {
     const tokens = [null, 'abc'];
-    const { client } = makeClient({ token: () => tokens.shift(), tokenParam: 'access_token' });
+    const { client } = makeClient({ token: () => tokens.shift() });
     await flush();
-    expect(FakeWebSocket.last.url).toBe('ws://gateway.test/ws');
+    FakeWebSocket.last.accept();
+    expect(client.state).toBe('connected');
+    expect(FakeWebSocket.last.frames()).toEqual([]);
     FakeWebSocket.last.serverClose(1006);
     await vi.advanceTimersByTimeAsync(1_000);
-    expect(FakeWebSocket.last.url).toBe('ws://gateway.test/ws?access_token=abc');
+    FakeWebSocket.last.open();
+    expect(FakeWebSocket.last.frames()).toMatchObject([{ op: 'connect', token: 'abc' }]);
     client.close();
   });
 
@@ -202,7 +208,8 @@ describe('token provider', () => {
     expect(error).toBeInstanceOf(TokenProviderError);
     expect(eventsNamed(events, 'reconnecting')).toMatchObject([{ attempt: 1, delayMs: 250 }]);
     await vi.advanceTimersByTimeAsync(250);
-    expect(FakeWebSocket.last.url).toBe('ws://gateway.test/ws?token=ok');
+    FakeWebSocket.last.open();
+    expect(FakeWebSocket.last.framesWithOp('connect')).toMatchObject([{ token: 'ok' }]);
     client.close();
   });
 

@@ -2,7 +2,7 @@
 // names the vectors do not cover, error-code mapping and frame shape checks.
 import { decode as msgpackDecode } from '@msgpack/msgpack';
 import { describe, expect, it } from 'vitest';
-import { jsonCodec, msgpackCodec, parseRetryMs, ProtocolError, toErrorCode, validateChannel, withQueryParam } from '../../src/index';
+import { jsonCodec, msgpackCodec, parseRetryMs, ProtocolError, toErrorCode, validateChannel } from '../../src/index';
 
 describe('parseRetryMs', () => {
   it('reads the hint at the end of a close reason', () => {
@@ -71,15 +71,6 @@ describe('server frame shape checks', () => {
     expect(() => jsonCodec.decodeServer('{"type":"message","channel":"a","seq":1}')).toThrow(ProtocolError);
     expect(() => jsonCodec.decodeServer('{"type":"welcome","version":1}')).toThrow(ProtocolError);
     expect(() => jsonCodec.decodeServer('null')).toThrow(ProtocolError);
-  });
-});
-
-describe('withQueryParam', () => {
-  it('adds a parameter with the right separator, before any fragment', () => {
-    expect(withQueryParam('ws://h/ws', 'token', 'a b')).toBe('ws://h/ws?token=a%20b');
-    expect(withQueryParam('ws://h/ws?x=1', 'token', 't')).toBe('ws://h/ws?x=1&token=t');
-    expect(withQueryParam('ws://h/ws?', 'token', 't')).toBe('ws://h/ws?token=t');
-    expect(withQueryParam('ws://h/ws#f', 'token', 't&=')).toBe('ws://h/ws?token=t%26%3D#f');
   });
 });
 
