@@ -40,9 +40,10 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_SHARDS", default_value_t = 0)]
     pub shards: usize,
 
-    /// API key for the admin publish API (`Authorization: Bearer <key>`); unset means no check.
-    #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    /// API keys for the admin API (`Authorization: Bearer <key>`), comma-separated:
+    /// any of them is accepted, so a key can be rotated without downtime. Unset means no check.
+    #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true, value_delimiter = ',')]
+    pub api_key: Vec<String>,
 
     /// Refuse new WebSocket upgrades (HTTP 503) above this many connections; 0 means no limit.
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", default_value_t = 0)]

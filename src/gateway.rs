@@ -139,7 +139,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         tokio::spawn(admin::serve(
             admin_listener,
             Arc::new(AdminContext {
-                api_key: config.api_key.clone(),
+                api_keys: config.api_key.iter().filter(|k| !k.is_empty()).cloned().collect(),
                 max_message_bytes: config.max_message_bytes,
                 max_channel_len: config.max_channel_len,
                 publisher,
@@ -163,7 +163,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         }
         .run(),
     );
-    if config.api_key.is_none() {
+    if config.api_key.iter().all(|k| k.is_empty()) {
         warn!("no API key configured: anyone who reaches the admin port can publish");
     }
     info!(

@@ -237,6 +237,7 @@ impl Metrics {
             "close_timeout",
             "unauthorized",
             "token_expired",
+            "operator",
         ] {
             self.disconnections.with_label_values(&[reason]);
         }

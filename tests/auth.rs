@@ -540,3 +540,66 @@ async fn subscription_token_expiry_ends_that_subscription_only() {
     assert!(matches!(c.recv().await, ServerFrame::Message { ref channel, .. } if channel == "news"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_disconnect_and_unsubscribe_a_user_on_every_instance() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = [
+        "--redis",
+        url.as_str(),
+        "--token-hmac-secret",
+        SECRET,
+        "--api-key",
+        "old-key,new-key",
+    ];
+    let gws = [Gateway::start(&args), Gateway::start(&args)];
+    for gw in &gws {
+        gw.wait_ready(200).await;
+    }
+    let token = |sub: &str| hs(json!({"sub": sub, "exp": now() + 120}));
+    let mut users = Vec::new();
+    for gw in &gws {
+        for sub in ["42", "7"] {
+            let mut c = open(gw, None).await;
+            connect(&mut c, &token(sub)).await;
+            assert_eq!(subscribe(&mut c, 2, "news", None).await, ServerFrame::ack(Some(2)));
+            users.push((sub, c));
+        }
+    }
+    let post = |key: &'static str, path: &'static str, body: Value| {
+        let admin = gws[0].admin;
+        async move {
+            let auth = format!("Bearer {key}");
+            http(
+                admin,
+                "POST",
+                path,
+                Some(&body.to_string()),
+                &[("Authorization", &auth)],
+            )
+            .await
+        }
+    };
+    // A wrong key is refused; either configured key works (rotation).
+    assert_eq!(post("nope", "/api/disconnect", json!({"user": "42"})).await.0, 401);
+    let (status, body) = post("old-key", "/api/unsubscribe", json!({"user": "7", "channel": "news"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["unsubscribed"], 1);
+    let (status, body) = post("new-key", "/api/disconnect", json!({"user": "42"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["disconnected"], 1);
+    for (sub, c) in &mut users {
+        if *sub == "42" {
+            assert_eq!(c.expect_close().await.0, 4004, "user 42 on every instance");
+        } else {
+            match c.recv().await {
+                ServerFrame::Unsubscribed { channel, code, .. } => {
+                    assert_eq!((channel.as_str(), code), ("news", UnsubscribeCode::PermissionDenied))
+                }
+                other => panic!("expected unsubscribed, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(post("new-key", "/api/disconnect", json!({"user": ""})).await.0, 400);
+}

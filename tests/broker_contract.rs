@@ -247,6 +247,28 @@ async fn payload_forms_round_trip(f: &mut Fixture) {
     }
 }
 
+async fn control_reaches_the_others_not_oneself(f: &mut Fixture) {
+    // Control messages need no subscription: every instance hears them from its start.
+    let payload = Payload::from_json(r#"{"op":"disconnect","user":"42"}"#).expect("json");
+    let start = Instant::now();
+    let got = loop {
+        f.a.broker.broadcast_control(payload.clone()).await.expect("broadcast");
+        let event = tokio::time::timeout(Duration::from_millis(200), f.b.events.recv_async()).await;
+        if let Ok(Ok(BrokerEvent::Control { payload })) = event {
+            break payload;
+        }
+        assert!(start.elapsed() < WAIT, "{}: control never arrived", f.b.broker.kind());
+    };
+    assert_eq!(got.json().get(), payload.json().get());
+    tokio::time::sleep(QUIET).await;
+    let echoed = f.a.events.drain().any(|e| matches!(e, BrokerEvent::Control { .. }));
+    assert!(
+        !echoed,
+        "{}: an instance received its own control message",
+        f.a.broker.kind()
+    );
+}
+
 async fn readiness_follows_connection(f: &mut Fixture) -> bool {
     assert!(f.a.broker.is_ready() && f.b.broker.is_ready(), "ready when connected");
     if !f.outage().await {
@@ -292,6 +314,7 @@ where
     no_echo_of_own_publication(&mut make().await).await;
     unsubscribe_stops_delivery(&mut make().await).await;
     payload_forms_round_trip(&mut make().await).await;
+    control_reaches_the_others_not_oneself(&mut make().await).await;
     let mut not_applicable = Vec::new();
     if !readiness_follows_connection(&mut make().await).await {
         not_applicable.push("readiness_follows_connection (outage)");

@@ -16,15 +16,18 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ring::digest::{digest, SHA256};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use shardcast_proto::{validate_channel, ErrorCode};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::debug;
 
 use super::cluster::ClusterView;
 use crate::admission::fd_budget::FdBudget;
+use crate::fanout::control::UserCommand;
 use crate::fanout::publisher::Publisher;
 use crate::fanout::router::Source;
 use crate::metrics::Metrics;
@@ -36,8 +39,8 @@ const MAX_BATCH: usize = 1000;
 
 /// What the admin API needs.
 pub struct AdminContext {
-    /// `--api-key`: required on `/api/*` when set.
-    pub api_key: Option<String>,
+    /// `--api-key`: one of them is required on `/api/*` when any is set.
+    pub api_keys: Vec<String>,
     /// `--max-message-bytes`: the largest `data` a publish may carry.
     pub max_message_bytes: usize,
     /// `--max-channel-len`.
@@ -117,16 +120,20 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             }
             match (req.method(), p) {
                 (&Method::POST, "/api/publish") => publish(ctx, req).await,
+                (&Method::POST, "/api/disconnect") => user_command(ctx, req, "disconnected").await,
+                (&Method::POST, "/api/unsubscribe") => user_command(ctx, req, "unsubscribed").await,
                 (&Method::GET, "/api/stats") => stats(ctx),
                 (&Method::GET, "/api/cluster") => {
                     let snapshot = ctx.cluster.snapshot();
                     json_reply(StatusCode::OK, serde_json::to_value(&*snapshot).unwrap_or_default())
                 }
-                (_, "/api/publish" | "/api/stats" | "/api/cluster") => error_reply(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    ErrorCode::BadRequest,
-                    "method not allowed",
-                ),
+                (_, "/api/publish" | "/api/stats" | "/api/cluster" | "/api/disconnect" | "/api/unsubscribe") => {
+                    error_reply(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        ErrorCode::BadRequest,
+                        "method not allowed",
+                    )
+                }
                 _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
             }
         }
@@ -136,7 +143,9 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
 
 /// The 401 to answer when an API key is configured and the request lacks it.
 fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
-    let key = ctx.api_key.as_ref()?;
+    if ctx.api_keys.is_empty() {
+        return None;
+    }
     let given = req
         .headers()
         .get(AUTHORIZATION)
@@ -148,7 +157,12 @@ fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
                 .map(|_| &v[7..])
         })
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+    // Every key is compared, whichever matches, so timing tells nothing about
+    // which key (or how much of one) was right.
+    let matched = ctx.api_keys.iter().fold(false, |found, key| {
+        found | constant_time_eq(given.as_bytes(), key.as_bytes())
+    });
+    if matched {
         return None;
     }
     ctx.metrics.client_errors.with_label_values(&["unauthorized"]).inc();
@@ -162,9 +176,11 @@ fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
     Some(resp)
 }
 
-/// Compares without an early exit, so response timing does not leak the key.
+/// Compares SHA-256 digests without an early exit, so response timing leaks
+/// neither the key nor its length.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (a, b) = (digest(&SHA256, a), digest(&SHA256, b));
+    bool::from(a.as_ref().ct_eq(b.as_ref()))
 }
 
 #[derive(Deserialize)]
@@ -281,6 +297,80 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             StatusCode::OK,
             json!({"ok": true, "subscribers": results[0]["subscribers"]}),
         )
+    }
+}
+
+/// The longest admin request body other than a publish.
+const MAX_COMMAND_BODY: usize = 4096;
+
+/// `POST /api/disconnect {"user"}` and `POST /api/unsubscribe {"user", "channel"}`:
+/// applied here and sent to every other instance through the broker; answers with
+/// how many connections this instance touched, under `counted`.
+async fn user_command(ctx: &AdminContext, req: Request<Incoming>, counted: &str) -> Reply {
+    let body = match Limited::new(req.into_body(), MAX_COMMAND_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let msg = format!("the body must be a JSON object of at most {MAX_COMMAND_BODY} bytes");
+            return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &msg);
+        }
+    };
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        user: String,
+        channel: Option<String>,
+    }
+    let parsed: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = format!("expected {{\"user\": ...}}: {e}");
+            return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &msg);
+        }
+    };
+    if parsed.user.is_empty() {
+        return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "`user` is empty");
+    }
+    let command = match (counted, parsed.channel) {
+        ("disconnected", None) => UserCommand::Disconnect { user: parsed.user },
+        ("unsubscribed", Some(channel)) => {
+            if let Err(e) = validate_channel(&channel, ctx.max_channel_len) {
+                return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadChannel, &e.to_string());
+            }
+            UserCommand::Unsubscribe {
+                user: parsed.user,
+                channel,
+            }
+        }
+        ("disconnected", Some(_)) => {
+            return api_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "disconnect takes no `channel`",
+            )
+        }
+        _ => {
+            return api_error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "`channel` is required",
+            )
+        }
+    };
+    match ctx.publisher.control(command).await {
+        Ok(n) => json_reply(StatusCode::OK, json!({"ok": true, counted: n})),
+        Err(e) => {
+            ctx.metrics.client_errors.with_label_values(&["unavailable"]).inc();
+            json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "ok": false,
+                    "error": {"code": ErrorCode::Unavailable.as_str(), "message": e.to_string()},
+                    counted: e.reached,
+                }),
+            )
+        }
     }
 }
 

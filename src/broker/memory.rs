@@ -25,6 +25,7 @@ enum BusCommand {
     Subscribe(u64, Arc<str>),
     Unsubscribe(u64, Arc<str>),
     Publish(u64, Arc<str>, Payload),
+    Control(u64, Payload),
 }
 
 /// A pub/sub bus shared by the in-process brokers of one process.
@@ -88,6 +89,13 @@ fn route(rx: flume::Receiver<BusCommand>) {
                     member.channels.remove(&channel);
                 }
             }
+            BusCommand::Control(from, payload) => {
+                for (_, member) in members.iter().filter(|(id, _)| **id != from) {
+                    member.sink.event(BrokerEvent::Control {
+                        payload: payload.clone(),
+                    });
+                }
+            }
             BusCommand::Publish(from, channel, payload) => {
                 for (_, member) in members
                     .iter()
@@ -148,6 +156,10 @@ impl Broker for InProcessBroker {
 
     fn publish(&self, channel: Arc<str>, payload: Payload) -> BrokerFuture {
         self.send(|id| BusCommand::Publish(id, channel, payload))
+    }
+
+    fn broadcast_control(&self, payload: Payload) -> BrokerFuture {
+        self.send(|id| BusCommand::Control(id, payload))
     }
 
     fn is_ready(&self) -> bool {

@@ -42,6 +42,10 @@ pub trait Broker: Send + Sync + 'static {
     fn unsubscribe(&self, channel: Arc<str>) -> BrokerFuture;
     /// Sends a publication to every other instance subscribed to `channel`.
     fn publish(&self, channel: Arc<str>, payload: Payload) -> BrokerFuture;
+    /// Sends a control message (opaque to the broker: an operator's command) to
+    /// every other instance, which receives it as [`BrokerEvent::Control`]. Every
+    /// instance listens for control messages from its start; none is stored.
+    fn broadcast_control(&self, payload: Payload) -> BrokerFuture;
     /// Whether the broker can take operations now (feeds readiness).
     fn is_ready(&self) -> bool;
     /// A short name for logs and metrics.
@@ -64,6 +68,11 @@ pub enum BrokerEvent {
     /// Publications from other instances may have been lost (the broker's
     /// subscription was down, or its receiver fell behind), on any channel.
     Gap,
+    /// Another instance broadcast a control message ([`Broker::broadcast_control`]).
+    Control {
+        /// The message, as sent.
+        payload: Payload,
+    },
 }
 
 /// Where a broker delivers its events: implemented by the layer above (the

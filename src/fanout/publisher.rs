@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::control::UserCommand;
 use super::router::{RouterHandle, Source};
 use crate::broker::{Broker, BrokerError};
 use crate::payload::Payload;
@@ -35,6 +36,20 @@ impl Publisher {
     pub async fn publish(&self, channel: Arc<str>, payload: Payload, source: Source) -> Result<usize, PublishError> {
         let remote = self.broker.publish(channel.clone(), payload.clone());
         let local = self.router.publish_local(channel, payload, source);
+        let (reached, remote) = tokio::join!(local, remote);
+        remote
+            .map(|()| reached)
+            .map_err(|source| PublishError { reached, source })
+    }
+
+    /// Applies an operator's command here and sends it to every other instance;
+    /// returns how many connections it touched on this instance.
+    pub async fn control(&self, command: UserCommand) -> Result<usize, PublishError> {
+        let remote = match command.to_payload() {
+            Ok(payload) => self.broker.broadcast_control(payload),
+            Err(e) => Box::pin(std::future::ready(Err(BrokerError::Failed(e.to_string())))),
+        };
+        let local = self.router.control(command);
         let (reached, remote) = tokio::join!(local, remote);
         remote
             .map(|()| reached)

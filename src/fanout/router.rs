@@ -13,6 +13,7 @@ use std::sync::Arc;
 use shardcast_proto::ErrorCode;
 use tracing::{debug, warn};
 
+use super::control::UserCommand;
 use super::publication::{DeliveryReport, Publication};
 use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerSink};
 use crate::metrics::Metrics;
@@ -31,6 +32,14 @@ pub enum ShardMail {
     },
     /// Publications may have been missed on every channel: tell every subscriber.
     Gap,
+    /// Apply an operator's command to this shard's connections; the report, if
+    /// any, is told how many connections it touched.
+    Control {
+        /// The command.
+        command: Arc<UserCommand>,
+        /// Where the shard's count goes.
+        report: Option<Arc<DeliveryReport>>,
+    },
 }
 
 /// A shard as the router sees it: somewhere to send [`ShardMail`]. The shard layer
@@ -85,6 +94,13 @@ pub enum RouterCommand {
     },
     /// The broker may have lost publications of every channel.
     Gap,
+    /// An operator's command for every shard; `reply` gets the connections touched.
+    Control {
+        /// The command.
+        command: UserCommand,
+        /// Gets the number of connections the command touched on this instance.
+        reply: Option<flume::Sender<usize>>,
+    },
     /// A broker subscription finished.
     BrokerSubscribed {
         /// The channel.
@@ -110,6 +126,20 @@ impl RouterHandle {
     /// A shard's interest in a channel changed.
     pub fn interest(&self, shard: usize, channel: Arc<str>, active: bool) {
         let _ = self.tx.send(RouterCommand::Interest { shard, channel, active });
+    }
+
+    /// Applies an operator's command on every shard and waits for the number of
+    /// connections it touched.
+    pub async fn control(&self, command: UserCommand) -> usize {
+        let (reply, done) = flume::bounded(1);
+        let cmd = RouterCommand::Control {
+            command,
+            reply: Some(reply),
+        };
+        if self.tx.send_async(cmd).await.is_err() {
+            return 0;
+        }
+        done.recv_async().await.unwrap_or(0)
     }
 
     /// Delivers a publication locally and waits for the number of subscribers reached.
@@ -139,6 +169,13 @@ impl BrokerSink for RouterHandle {
                 reply: None,
             },
             BrokerEvent::Gap => RouterCommand::Gap,
+            BrokerEvent::Control { payload } => match UserCommand::from_payload(&payload) {
+                Ok(command) => RouterCommand::Control { command, reply: None },
+                Err(e) => {
+                    warn!(error = %e, "ignored a control message this version does not understand");
+                    return;
+                }
+            },
         };
         let _ = self.tx.send(cmd);
     }
@@ -232,6 +269,21 @@ pub async fn run<S: ShardMailbox>(
                 );
                 for shard in &shards {
                     shard.send_mail(ShardMail::Gap);
+                }
+            }
+            RouterCommand::Control { command, reply } => {
+                let command = Arc::new(command);
+                let report = reply.map(|r| Arc::new(DeliveryReport::new(shards.len(), r)));
+                for shard in &shards {
+                    let mail = ShardMail::Control {
+                        command: command.clone(),
+                        report: report.clone(),
+                    };
+                    if !shard.send_mail(mail) {
+                        if let Some(report) = &report {
+                            report.shard_done(0);
+                        }
+                    }
                 }
             }
             RouterCommand::BrokerSubscribed { channel, result } => {

@@ -47,6 +47,8 @@ pub enum Disconnect {
     Unauthorized,
     /// Its token expired without a refresh.
     TokenExpired,
+    /// An operator disconnected its user.
+    Operator,
 }
 
 impl Disconnect {
@@ -65,6 +67,7 @@ impl Disconnect {
             Disconnect::CloseTimeout => "close_timeout",
             Disconnect::Unauthorized => "unauthorized",
             Disconnect::TokenExpired => "token_expired",
+            Disconnect::Operator => "operator",
         }
     }
 }

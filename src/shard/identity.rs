@@ -9,6 +9,7 @@ use shardcast_proto::{close, ErrorCode, ServerFrame, UnsubscribeCode};
 use super::connection::{Connection, ConnectionAuth, ConnectionFlags, Disconnect, Phase};
 use super::{Shard, ShardEnv, ShardState};
 use crate::auth::{unix_now, AuthError, Identity, Refusal, SubscriptionRefusal, ANONYMOUS};
+use crate::fanout::control::UserCommand;
 
 /// A refused request: its error code and a reason safe to tell the client.
 type Denied = (ErrorCode, &'static str);
@@ -227,6 +228,61 @@ impl Shard<'_> {
             message: message.to_owned(),
         };
         self.reply_frame(key, &frame);
+    }
+
+    /// Applies an operator's command; returns how many connections it touched.
+    pub(super) fn apply_control(&mut self, command: &UserCommand) -> usize {
+        let env = self.env;
+        let user = match command {
+            UserCommand::Disconnect { user } | UserCommand::Unsubscribe { user, .. } => user.as_str(),
+        };
+        // An anonymous connection is nobody's: an empty user id matches none.
+        if user.is_empty() {
+            return 0;
+        }
+        let owned_by = |conn: &Connection| {
+            conn.phase == Phase::Open && conn.auth.as_ref().is_some_and(|a| a.identity.user == user)
+        };
+        match command {
+            UserCommand::Disconnect { .. } => {
+                let deadline = env.close_deadline();
+                let mut closed = 0;
+                for (_, conn) in self.st.conns.iter_mut().filter(|(_, c)| owned_by(c)) {
+                    conn.close(
+                        close::DISCONNECTED,
+                        "disconnected by an operator",
+                        Disconnect::Operator,
+                        deadline,
+                    );
+                    closed += 1;
+                }
+                closed
+            }
+            UserCommand::Unsubscribe { channel, .. } => {
+                let ShardState { conns, table, .. } = &*self.st;
+                let ended: Vec<_> = conns
+                    .iter()
+                    .filter(|(_, c)| owned_by(c))
+                    .filter_map(|(key, c)| {
+                        let sub = c
+                            .subs
+                            .iter()
+                            .copied()
+                            .find(|&s| table.channel_of(s) == Some(channel.as_str()))?;
+                        Some((key, sub))
+                    })
+                    .collect();
+                for &(key, sub) in &ended {
+                    self.end_subscription(
+                        key,
+                        sub,
+                        UnsubscribeCode::PermissionDenied,
+                        "unsubscribed by an operator",
+                    );
+                }
+                ended.len()
+            }
+        }
     }
 
     /// From the sweep: closes connections whose token expired (4002) or that sent no

@@ -38,7 +38,8 @@ use tracing::{debug, error};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::fanout::publication::Publication;
+use crate::fanout::control::UserCommand;
+use crate::fanout::publication::{DeliveryReport, Publication};
 use crate::fanout::publisher::Publisher;
 use crate::fanout::router::{RouterHandle, ShardMail, ShardMailbox};
 use crate::metrics::Metrics;
@@ -66,6 +67,13 @@ pub enum ShardCommand {
     },
     /// Tell every subscriber of every channel that publications may have been missed.
     Gap,
+    /// Apply an operator's command to this shard's connections.
+    Control {
+        /// The command.
+        command: Arc<UserCommand>,
+        /// Told how many connections it touched.
+        report: Option<Arc<DeliveryReport>>,
+    },
     /// Close every connection with "going away", spread over the window.
     Drain {
         /// The time over which the closes are spread.
@@ -100,6 +108,7 @@ impl ShardMailbox for ShardHandle {
             ShardMail::Publication(p) => ShardCommand::Deliver(p),
             ShardMail::InterestConfirmed { channel, result } => ShardCommand::InterestConfirmed { channel, result },
             ShardMail::Gap => ShardCommand::Gap,
+            ShardMail::Control { command, report } => ShardCommand::Control { command, report },
         };
         self.send(cmd).is_ok()
     }
@@ -143,6 +152,12 @@ pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::t
                     }
                     ShardCommand::Deliver(publication) => core.with(|shard| shard.fan_out(&publication)),
                     ShardCommand::Gap => core.with(|shard| shard.announce_gap()),
+                    ShardCommand::Control { command, report } => {
+                        let touched = core.with(|shard| shard.apply_control(&command));
+                        if let Some(report) = report {
+                            report.shard_done(touched);
+                        }
+                    }
                     ShardCommand::InterestConfirmed { channel, result } => {
                         core.with(|shard| shard.interest_confirmed(&channel, result))
                     }

@@ -11,6 +11,7 @@ use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{error, info, warn};
 
+use super::CONTROL_CHANNEL;
 use crate::broker::{BrokerEvent, BrokerMetrics, BrokerSink};
 
 /// A change to the set of wanted channels.
@@ -121,6 +122,8 @@ impl SubscriptionKeeper {
         if !all.is_empty() {
             info!(channels = all.len(), "subscribing every wanted channel on redis");
         }
+        // Control messages are wanted from the start, whatever the clients want.
+        all.push(Arc::from(CONTROL_CHANNEL));
         // The probe channel last: a positive probe then vouches for all the others.
         all.push(self.probe_channel.clone());
         self.complete = true;

@@ -38,6 +38,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// protocol's channel charset, so no client channel can be mistaken for it.
 pub(crate) const PROBE_PREFIX: &str = "#probe#";
 
+/// The channel (after the prefix) control messages travel on; like the probe's, its
+/// name is outside the protocol's channel charset.
+pub(crate) const CONTROL_CHANNEL: &str = "#control";
+
 /// Pub/sub messages fred may hold for the receiver before it reports `Lagged`.
 const SUBSCRIBER_BUFFER: usize = 8192;
 
@@ -157,20 +161,9 @@ impl RedisBroker {
     }
 }
 
-impl Broker for RedisBroker {
-    fn subscribe(&self, channel: Arc<str>) -> BrokerFuture {
-        // Local delivery starts at once; the keeper subscribes on Redis as soon as it
-        // can, and until then the instance reports not ready.
-        let _ = self.commands.send(SubscriptionCommand::Subscribe(channel));
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn unsubscribe(&self, channel: Arc<str>) -> BrokerFuture {
-        let _ = self.commands.send(SubscriptionCommand::Unsubscribe(channel));
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn publish(&self, channel: Arc<str>, payload: Payload) -> BrokerFuture {
+impl RedisBroker {
+    /// PUBLISH (SPUBLISH on a cluster) of a payload, stamped with this instance's origin.
+    fn send(&self, channel: &str, payload: &Payload) -> BrokerFuture {
         if !self.publisher.is_connected() {
             return Box::pin(std::future::ready(Err(BrokerError::Unavailable(
                 "redis is not connected".into(),
@@ -188,6 +181,28 @@ impl Broker for RedisBroker {
             };
             sent.map(|_| ()).map_err(|e| BrokerError::Unavailable(e.to_string()))
         })
+    }
+}
+
+impl Broker for RedisBroker {
+    fn subscribe(&self, channel: Arc<str>) -> BrokerFuture {
+        // Local delivery starts at once; the keeper subscribes on Redis as soon as it
+        // can, and until then the instance reports not ready.
+        let _ = self.commands.send(SubscriptionCommand::Subscribe(channel));
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn unsubscribe(&self, channel: Arc<str>) -> BrokerFuture {
+        let _ = self.commands.send(SubscriptionCommand::Unsubscribe(channel));
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn publish(&self, channel: Arc<str>, payload: Payload) -> BrokerFuture {
+        self.send(&channel, &payload)
+    }
+
+    fn broadcast_control(&self, payload: Payload) -> BrokerFuture {
+        self.send(CONTROL_CHANNEL, &payload)
     }
 
     fn is_ready(&self) -> bool {

@@ -10,7 +10,7 @@ use shardcast_proto::redis::{decode_redis_payload, raw_payload_json, RedisPayloa
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{error, warn};
 
-use super::{RedisSettings, PROBE_PREFIX};
+use super::{RedisSettings, CONTROL_CHANNEL, PROBE_PREFIX};
 use crate::broker::{BrokerEvent, BrokerMetrics, BrokerSink};
 use crate::payload::Payload;
 
@@ -66,6 +66,7 @@ pub(super) async fn receive(
             Err(e) => Err(e.to_string()),
         };
         match payload {
+            Ok(payload) if channel == CONTROL_CHANNEL => sink.event(BrokerEvent::Control { payload }),
             Ok(payload) => sink.event(BrokerEvent::Publication {
                 channel: Arc::from(channel),
                 payload,
