@@ -162,6 +162,10 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_NAMESPACE_SEPARATOR", default_value = ":")]
     pub namespace_separator: String,
 
+    /// Connections one user (a token's `sub`) may hold on this instance; 0 means no limit.
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
+    pub max_connections_per_user: u32,
+
     /// Subscribes one connection may make per second (`error` `rate_limited` beyond); 0 means no limit.
     #[arg(long, env = "SHARDCAST_SUBSCRIBE_RATE", default_value_t = 0)]
     pub subscribe_rate: u32,

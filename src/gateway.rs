@@ -15,7 +15,9 @@ use crate::admin::cluster::ClusterView;
 use crate::admin::{self, AdminContext};
 use crate::admission::acceptor::Acceptor;
 use crate::admission::fd_budget::{resident_memory_bytes, FdBudget};
-use crate::auth::{AuthError, Authenticator, ChannelRules, NamespaceRules, TokenVerifier, VerifierSettings};
+use crate::auth::{
+    AuthError, Authenticator, ChannelRules, NamespaceRules, TokenVerifier, UserConnections, VerifierSettings,
+};
 use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
@@ -262,7 +264,8 @@ fn authenticator(config: &Config) -> Result<Authenticator, AuthError> {
         namespaces.insert(name.clone(), rules);
     }
     let rules = ChannelRules::new(&config.namespace_separator, namespaces);
-    let auth = Authenticator::new(verifier, config.allow_anonymous, rules);
+    let users = UserConnections::new(config.max_connections_per_user);
+    let auth = Authenticator::new(verifier, config.allow_anonymous, rules, users);
     match auth.verifier() {
         Some(v) => info!(
             algorithms = ?v.algorithms(),

@@ -113,7 +113,7 @@ impl Metrics {
             )?,
             auth_refusals: counter_vec(
                 "auth_refusals_total",
-                "Refused tokens, subscribes and client publishes, by reason (expired, invalid, missing, query_token, permission_denied, rate_limited).",
+                "Refused tokens, subscribes, client publishes and connections, by reason (expired, invalid, missing, query_token, permission_denied, rate_limited, too_many_connections).",
                 &["reason"],
             )?,
             open_fds: IntGauge::with_opts(opts("open_fds", "Open file descriptors."))?,
@@ -221,6 +221,7 @@ impl Metrics {
             "handshake_timeout",
             "unauthorized",
             "token_in_url",
+            "too_many_connections",
         ] {
             self.connections_refused.with_label_values(&[reason]);
         }
@@ -238,6 +239,7 @@ impl Metrics {
             "unauthorized",
             "token_expired",
             "operator",
+            "too_many_connections",
         ] {
             self.disconnections.with_label_values(&[reason]);
         }
@@ -254,6 +256,7 @@ impl Metrics {
             "query_token",
             "permission_denied",
             "rate_limited",
+            "too_many_connections",
         ] {
             self.auth_refusals.with_label_values(&[reason]);
         }

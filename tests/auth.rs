@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use serde_json::{json, Value};
 use shardcast_proto::{ClientFrame, Encoding, ErrorCode, ServerFrame, UnsubscribeCode};
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "a-test-secret-of-reasonable-length";
 
@@ -602,4 +604,39 @@ async fn operators_disconnect_and_unsubscribe_a_user_on_every_instance() {
         }
     }
     assert_eq!(post("new-key", "/api/disconnect", json!({"user": ""})).await.0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_holds_at_most_the_configured_connections() {
+    let gw = Gateway::start(&["--token-hmac-secret", SECRET, "--max-connections-per-user", "2"]);
+    let token = hs(json!({"sub": "42", "exp": now() + 120}));
+    let mut first = open(&gw, None).await;
+    connect(&mut first, &token).await;
+    let mut second = open(&gw, Some(&token)).await;
+    assert!(matches!(second.recv().await, ServerFrame::Welcome { .. }));
+    // The third, by frame or by header, is refused; another user is not affected.
+    assert_eq!(refused_code(&gw, &token).await, 4005);
+    assert_eq!(upgrade_request(&gw, "/ws", Some(&format!("Bearer {token}"))).await.0, 429);
+    let mut other = open(&gw, None).await;
+    connect(&mut other, &hs(json!({"sub": "7", "exp": now() + 120}))).await;
+    assert!(gw.metric("shardcast_auth_refusals_total{reason=\"too_many_connections\"}").await >= 2.0);
+    // A closed connection gives its place back.
+    first.close().await;
+    let start = Instant::now();
+    loop {
+        let mut c = open(&gw, None).await;
+        c.send(&ClientFrame::Connect {
+            id: Some(1),
+            token: token.clone(),
+            name: None,
+            version: None,
+        })
+        .await;
+        let next = tokio::time::timeout(WAIT, c.ws.next()).await.expect("an answer in time");
+        if matches!(next, Some(Ok(Message::Text(_)))) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the place was never given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

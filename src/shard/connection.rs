@@ -49,6 +49,8 @@ pub enum Disconnect {
     TokenExpired,
     /// An operator disconnected its user.
     Operator,
+    /// Its user already held the maximum number of connections.
+    UserLimit,
 }
 
 impl Disconnect {
@@ -68,6 +70,7 @@ impl Disconnect {
             Disconnect::Unauthorized => "unauthorized",
             Disconnect::TokenExpired => "token_expired",
             Disconnect::Operator => "operator",
+            Disconnect::UserLimit => "too_many_connections",
         }
     }
 }
@@ -189,6 +192,8 @@ pub struct ConnectionAuth {
     pub by_header: bool,
     /// Subscriptions held by subscription token, with the token's expiry (Unix seconds).
     pub sub_tokens: Vec<(SubscriptionKey, u64)>,
+    /// Whether it holds a place in the per-user connection count (given back on close).
+    pub counted: bool,
 }
 
 impl Connection {
@@ -221,6 +226,7 @@ impl Connection {
                 identity: crate::auth::ANONYMOUS.clone(),
                 by_header: false,
                 sub_tokens: Vec::new(),
+                counted: false,
             })
         })
     }

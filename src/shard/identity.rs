@@ -95,11 +95,26 @@ impl Shard<'_> {
             Ok(identity) => identity,
             Err(e) => return env.close_unauthorized(conn, &e),
         };
+        if !env.auth.users().acquire(&identity.user) {
+            env.metrics
+                .auth_refusals
+                .with_label_values(&["too_many_connections"])
+                .inc();
+            let reason = "this user already holds the maximum number of connections";
+            conn.close(
+                close::TOO_MANY_CONNECTIONS,
+                reason,
+                Disconnect::UserLimit,
+                env.close_deadline(),
+            );
+            return;
+        }
         let (user, expires_at) = (identity.user.clone(), identity.expires_at);
         conn.auth = Some(Box::new(ConnectionAuth {
             identity,
             by_header: false,
             sub_tokens: Vec::new(),
+            counted: true,
         }));
         conn.flags.set(ConnectionFlags::GREETED, true);
         let user = (!user.is_empty()).then_some(user);

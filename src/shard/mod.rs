@@ -444,6 +444,9 @@ impl Shard<'_> {
         env.shard_metrics
             .subscriptions
             .set(self.st.table.subscription_count() as i64);
+        if let Some(auth) = conn.auth.as_ref().filter(|a| a.counted) {
+            env.auth.users().release(&auth.identity.user);
+        }
         let why = conn.disconnect.unwrap_or(Disconnect::Eof);
         env.metrics.disconnections.with_label_values(&[why.label()]).inc();
         env.shard_metrics.connections.dec();

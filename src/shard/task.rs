@@ -67,6 +67,7 @@ impl Shard<'_> {
                 identity,
                 by_header: true,
                 sub_tokens: Vec::new(),
+                counted: true,
             }));
         }
         let greeted = echo || conn.auth.is_some() || env.auth.allows_anonymous();
@@ -135,7 +136,21 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
         })) => {
             let identity = match bearer.map(|token| env.auth.connect(&token)) {
                 None => None,
-                Some(Ok(identity)) => Some(identity),
+                Some(Ok(identity)) if env.auth.users().acquire(&identity.user) => Some(identity),
+                Some(Ok(_)) => {
+                    refused("too_many_connections");
+                    env.metrics
+                        .auth_refusals
+                        .with_label_values(&["too_many_connections"])
+                        .inc();
+                    let body = error_body(
+                        "rate_limited",
+                        "this user already holds the maximum number of connections",
+                    );
+                    let _ = stream.write_all(&http_response(429, Some(5), &body)).await;
+                    let _ = stream.shutdown().await;
+                    return None;
+                }
                 Some(Err(e)) => {
                     refused("unauthorized");
                     env.metrics.auth_refusals.with_label_values(&[e.label()]).inc();
@@ -153,7 +168,12 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
                     echo,
                     identity,
                 }),
-                Err(_) => None,
+                Err(_) => {
+                    if let Some(identity) = identity {
+                        env.auth.users().release(&identity.user);
+                    }
+                    None
+                }
             };
         }
         Ok(Ok(PublicRequest::Health { ready_probe })) => {
