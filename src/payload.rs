@@ -5,6 +5,20 @@
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
+/// Deepest nesting of arrays and objects a payload may have (`[[1]]` is 2): the
+/// `message` frame around it adds one level, and serde_json (like many parsers)
+/// reads at most 127.
+pub const MAX_DEPTH: usize = 126;
+
+/// How deeply arrays and objects nest in a value (a scalar is 0).
+fn depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// A publication's data: a JSON value kept as its validated text, so relaying it
 /// never re-parses it (only the MessagePack encoding parses it, once).
 #[derive(Clone, Debug)]
@@ -25,12 +39,16 @@ impl Payload {
     /// Wraps a raw JSON value taken from a larger document.
     ///
     /// Refuses what subscribers could not decode although it is valid JSON text:
-    /// numbers beyond f64 (`1e400`) and nesting deeper than serde_json's limit of
-    /// 128. Both would reach MessagePack subscribers as `null` and break JSON
-    /// clients built on serde_json. Only a full parse applies both rules (skipping
-    /// a value, as `IgnoredAny` does, checks neither); it runs once per publication.
+    /// numbers beyond f64 (`1e400`) and nesting deeper than [`MAX_DEPTH`]. Both
+    /// would reach MessagePack subscribers as `null` or break JSON clients built on
+    /// serde_json. Only a full parse applies both rules (skipping a value, as
+    /// `IgnoredAny` does, checks neither); it runs once per publication.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Payload, serde_json::Error> {
-        serde_json::from_str::<serde_json::Value>(raw.get())?;
+        let value = serde_json::from_str::<serde_json::Value>(raw.get())?;
+        if depth(&value) > MAX_DEPTH {
+            let msg = format!("data nested deeper than {MAX_DEPTH} levels");
+            return Err(<serde_json::Error as serde::de::Error>::custom(msg));
+        }
         Ok(Payload(Arc::from(raw)))
     }
 

@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use shardcast_proto::{ClientFrame, Encoding, ErrorCode, ServerFrame, UnsubscribeCode};
-use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -616,10 +616,17 @@ async fn a_user_holds_at_most_the_configured_connections() {
     assert!(matches!(second.recv().await, ServerFrame::Welcome { .. }));
     // The third, by frame or by header, is refused; another user is not affected.
     assert_eq!(refused_code(&gw, &token).await, 4005);
-    assert_eq!(upgrade_request(&gw, "/ws", Some(&format!("Bearer {token}"))).await.0, 429);
+    assert_eq!(
+        upgrade_request(&gw, "/ws", Some(&format!("Bearer {token}"))).await.0,
+        429
+    );
     let mut other = open(&gw, None).await;
     connect(&mut other, &hs(json!({"sub": "7", "exp": now() + 120}))).await;
-    assert!(gw.metric("shardcast_auth_refusals_total{reason=\"too_many_connections\"}").await >= 2.0);
+    assert!(
+        gw.metric("shardcast_auth_refusals_total{reason=\"too_many_connections\"}")
+            .await
+            >= 2.0
+    );
     // A closed connection gives its place back.
     first.close().await;
     let start = Instant::now();
@@ -632,7 +639,9 @@ async fn a_user_holds_at_most_the_configured_connections() {
             version: None,
         })
         .await;
-        let next = tokio::time::timeout(WAIT, c.ws.next()).await.expect("an answer in time");
+        let next = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("an answer in time");
         if matches!(next, Some(Ok(Message::Text(_)))) {
             break;
         }

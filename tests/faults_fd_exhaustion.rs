@@ -1,7 +1,7 @@
 //! Fault injection: a connection flood far past the gateway's descriptor limit.
 //!
 //! With the shipped reserve, the flood is refused at admission: upgrades get 503 with
-//! Retry-After (or a bare close once 64 refusals are in flight), every refusal is
+//! Retry-After, every refusal is
 //! counted, the process never runs out of descriptors, existing subscribers keep
 //! receiving, and new clients are admitted again as soon as the flood stops.
 //!
