@@ -15,12 +15,11 @@ use crate::admin::cluster::ClusterView;
 use crate::admin::{self, AdminContext};
 use crate::admission::acceptor::Acceptor;
 use crate::admission::fd_budget::{resident_memory_bytes, FdBudget};
-use crate::auth::{
-    AuthError, Authenticator, ChannelRules, NamespaceRules, TokenVerifier, UserConnections, VerifierSettings,
-};
+use crate::auth::{AuthError, Authenticator, ChannelRules, NamespaceRules, TokenVerifier, VerifierSettings};
 use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::broker::user_counter::{LocalUserCounter, UserCounter};
 use crate::broker::{Broker, BrokerError, BrokerMetrics, BrokerSink};
 use crate::config::Config;
 use crate::fanout::publisher::Publisher;
@@ -81,7 +80,11 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     let budget = Arc::new(FdBudget::new(fd_limit, config.fd_reserve, state.clone()));
     let auth = Arc::new(authenticator(&config)?);
     let (router_handle, router_rx) = RouterHandle::channel();
-    let BrokerParts { broker, instances } = make_broker(&config, &state, Arc::new(router_handle.clone()), &metrics)?;
+    let BrokerParts {
+        broker,
+        instances,
+        users,
+    } = make_broker(&config, &state, Arc::new(router_handle.clone()), &metrics)?;
     let publisher = Publisher::new(router_handle.clone(), broker.clone());
     // Not ready until the broker says so (a Redis broker starts disconnected).
     state.set_broker_up(broker.is_ready());
@@ -107,6 +110,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
             metrics: metrics.clone(),
             state: state.clone(),
             auth: auth.clone(),
+            users: users.clone(),
         };
         let (handle, thread) = shard::spawn(id, deps).map_err(GatewayError::Thread)?;
         shards.push(handle);
@@ -264,8 +268,7 @@ fn authenticator(config: &Config) -> Result<Authenticator, AuthError> {
         namespaces.insert(name.clone(), rules);
     }
     let rules = ChannelRules::new(&config.namespace_separator, namespaces);
-    let users = UserConnections::new(config.max_connections_per_user);
-    let auth = Authenticator::new(verifier, config.allow_anonymous, rules, users);
+    let auth = Authenticator::new(verifier, config.allow_anonymous, rules);
     match auth.verifier() {
         Some(v) => info!(
             algorithms = ?v.algorithms(),
@@ -284,6 +287,8 @@ fn authenticator(config: &Config) -> Result<Authenticator, AuthError> {
 struct BrokerParts {
     broker: Arc<dyn Broker>,
     instances: Box<dyn InstanceRegistry>,
+    /// The per-user connection count, where a limit is configured.
+    users: Option<Arc<dyn UserCounter>>,
 }
 
 /// The broker and instance registry the configuration asks for.
@@ -296,9 +301,11 @@ fn make_broker(
     let Some(url) = &config.redis else {
         // Nobody else to reach: what other instances publish never comes, so the sink goes unused.
         drop(sink);
+        let limit = config.max_connections_per_user;
         return Ok(BrokerParts {
             broker: Arc::new(InProcessBroker::standalone()),
             instances: Box::new(LocalInstances),
+            users: (limit > 0).then(|| Arc::new(LocalUserCounter::new(limit)) as Arc<dyn UserCounter>),
         });
     };
     let settings = RedisSettings {
@@ -310,7 +317,13 @@ fn make_broker(
     };
     let broker = RedisBroker::start(settings, sink, broker_metrics(metrics))?;
     let instances = Box::new(broker.instances());
-    Ok(BrokerParts { broker, instances })
+    let limit = config.max_connections_per_user;
+    let users = (limit > 0).then(|| Arc::new(broker.user_counter(limit)) as Arc<dyn UserCounter>);
+    Ok(BrokerParts {
+        broker,
+        instances,
+        users,
+    })
 }
 
 /// The series of the registry that a broker updates.

@@ -649,3 +649,61 @@ async fn a_user_holds_at_most_the_configured_connections() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_holds_across_instances_on_one_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = [
+        "--redis",
+        url.as_str(),
+        "--token-hmac-secret",
+        SECRET,
+        "--max-connections-per-user",
+        "2",
+        "--heartbeat-interval",
+        "300ms",
+        "--instance-ttl",
+        "1s",
+    ];
+    let mut gws = [Gateway::start(&args), Gateway::start(&args)];
+    for gw in &gws {
+        gw.wait_ready(200).await;
+    }
+    let token = hs(json!({"sub": "42", "exp": now() + 120}));
+    let mut on_a = open(&gws[0], None).await;
+    connect(&mut on_a, &token).await;
+    let mut on_b = open(&gws[1], None).await;
+    connect(&mut on_b, &token).await;
+    // The third, on either instance, is refused: the count is the cluster's.
+    assert_eq!(refused_code(&gws[0], &token).await, 4005);
+    assert_eq!(
+        upgrade_request(&gws[1], "/ws", Some(&format!("Bearer {token}")))
+            .await
+            .0,
+        429
+    );
+    // A killed instance's connections stop counting once its heartbeat expires.
+    gws[1].signal(libc::SIGKILL);
+    let _ = gws[1].wait_exit(WAIT);
+    drop(on_b);
+    let start = Instant::now();
+    loop {
+        let mut c = open(&gws[0], None).await;
+        c.send(&ClientFrame::Connect {
+            id: Some(1),
+            token: token.clone(),
+            name: None,
+            version: None,
+        })
+        .await;
+        let next = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("an answer in time");
+        if matches!(next, Some(Ok(Message::Text(_)))) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the dead instance's place was never freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -5,13 +5,11 @@
 //! message.
 
 pub mod rules;
-pub mod user_limit;
 pub mod verifier;
 
 use serde_json::value::RawValue;
 
 pub use rules::{ChannelRules, NamespaceRules, PublishRule, Refusal, SubscribeRule};
-pub use user_limit::UserConnections;
 pub use verifier::{unix_now, SubscriptionGrant, TokenVerifier, VerifierSettings, MAX_TOKEN_BYTES};
 
 /// Why a token or a configuration was refused.
@@ -98,35 +96,22 @@ impl Identity {
 }
 
 /// Everything the shards ask about identities: the verifier (if any key is
-/// configured), whether anonymous connections are allowed, the channel rules, and
-/// the connections each user holds.
+/// configured), whether anonymous connections are allowed, and the channel rules.
 pub struct Authenticator {
     verifier: Option<TokenVerifier>,
     anonymous: bool,
     rules: ChannelRules,
-    users: UserConnections,
 }
 
 impl Authenticator {
     /// An authenticator; `anonymous: None` means "allowed when no key is configured".
-    pub fn new(
-        verifier: Option<TokenVerifier>,
-        anonymous: Option<bool>,
-        rules: ChannelRules,
-        users: UserConnections,
-    ) -> Authenticator {
+    pub fn new(verifier: Option<TokenVerifier>, anonymous: Option<bool>, rules: ChannelRules) -> Authenticator {
         let anonymous = anonymous.unwrap_or(verifier.is_none());
         Authenticator {
             verifier,
             anonymous,
             rules,
-            users,
         }
-    }
-
-    /// Connections per user on this instance.
-    pub fn users(&self) -> &UserConnections {
-        &self.users
     }
 
     /// Whether connections without a token are allowed.

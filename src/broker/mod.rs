@@ -11,6 +11,7 @@
 pub mod instances;
 pub mod memory;
 pub mod redis;
+pub mod user_counter;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -4,12 +4,47 @@
 //! tokens, found by the shard's periodic sweep (no timer per connection). Tokens
 //! are verified here once per operation, never per message, and never logged.
 
+use std::sync::Arc;
+
 use shardcast_proto::{close, ErrorCode, ServerFrame, UnsubscribeCode};
+use tracing::warn;
 
 use super::connection::{Connection, ConnectionAuth, ConnectionFlags, Disconnect, Phase};
 use super::{Shard, ShardEnv, ShardState};
 use crate::auth::{unix_now, AuthError, Identity, Refusal, SubscriptionRefusal, ANONYMOUS};
+use crate::broker::user_counter::UserCounter;
 use crate::fanout::control::UserCommand;
+
+/// Why a connection was refused for its user's connection count.
+pub(super) const USER_LIMIT_REACHED: &str = "this user already holds the maximum number of connections";
+
+/// The outcome of asking for a place in the per-user connection count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// A place was taken; it is given back when the connection closes.
+    Taken,
+    /// The user holds the limit already.
+    Full,
+    /// Not counted: no limit, an anonymous connection, or the count could not be
+    /// reached (the connection is admitted: a broker outage must not lock every
+    /// user out; it is logged).
+    NotCounted,
+}
+
+/// Asks the per-user count for a place for one more connection of `user`.
+pub(super) async fn take_place(users: Option<&Arc<dyn UserCounter>>, user: &str) -> Place {
+    let Some(users) = users.filter(|_| !user.is_empty()) else {
+        return Place::NotCounted;
+    };
+    match users.acquire(Arc::from(user)).await {
+        Ok(true) => Place::Taken,
+        Ok(false) => Place::Full,
+        Err(e) => {
+            warn!(error = %e, "the per-user connection count is unreachable; connection admitted uncounted");
+            Place::NotCounted
+        }
+    }
+}
 
 /// A refused request: its error code and a reason safe to tell the client.
 type Denied = (ErrorCode, &'static str);
@@ -95,17 +130,42 @@ impl Shard<'_> {
             Ok(identity) => identity,
             Err(e) => return env.close_unauthorized(conn, &e),
         };
-        if !env.auth.users().acquire(&identity.user) {
+        if env.users.is_none() || identity.is_anonymous() {
+            return self.finish_connect(key, id, identity, Place::NotCounted);
+        }
+        // The place is taken through the broker (Redis, for a cluster-wide count):
+        // the welcome follows in a task of its own once it answers.
+        let conn_id = conn.id;
+        let users = env.users.clone();
+        env.spawner.spawn(move |core| async move {
+            let place = take_place(users.as_ref(), &identity.user).await;
+            core.with(|shard| {
+                if shard.st.conns.get(key).map(|c| c.id) == Some(conn_id) {
+                    shard.finish_connect(key, id, identity, place);
+                } else if let (Place::Taken, Some(users)) = (place, &users) {
+                    users.release(Arc::from(identity.user.as_str()));
+                }
+            });
+        });
+    }
+
+    /// Ends a `connect` whose per-user place is known: the welcome, or close 4005.
+    fn finish_connect(&mut self, key: usize, id: Option<u64>, identity: Identity, place: Place) {
+        let env = self.env;
+        let Some(conn) = self.st.conns.get_mut(key) else {
+            return;
+        };
+        if place == Place::Full {
             env.metrics
                 .auth_refusals
                 .with_label_values(&["too_many_connections"])
                 .inc();
-            let reason = "this user already holds the maximum number of connections";
+            let deadline = env.close_deadline();
             conn.close(
                 close::TOO_MANY_CONNECTIONS,
-                reason,
+                USER_LIMIT_REACHED,
                 Disconnect::UserLimit,
-                env.close_deadline(),
+                deadline,
             );
             return;
         }
@@ -114,7 +174,7 @@ impl Shard<'_> {
             identity,
             by_header: false,
             sub_tokens: Vec::new(),
-            counted: true,
+            counted: place == Place::Taken,
         }));
         conn.flags.set(ConnectionFlags::GREETED, true);
         let user = (!user.is_empty()).then_some(user);

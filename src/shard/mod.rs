@@ -37,6 +37,7 @@ use slab::Slab;
 use tracing::{debug, error};
 
 use crate::auth::Authenticator;
+use crate::broker::user_counter::UserCounter;
 use crate::config::Config;
 use crate::fanout::control::UserCommand;
 use crate::fanout::publication::{DeliveryReport, Publication};
@@ -128,6 +129,8 @@ pub struct ShardDeps {
     pub state: Arc<GatewayState>,
     /// Token verification and channel rules.
     pub auth: Arc<Authenticator>,
+    /// Each user's connections, where a per-user limit is configured.
+    pub users: Option<Arc<dyn UserCounter>>,
 }
 
 /// Starts shard `id` on its own thread.
@@ -216,6 +219,7 @@ pub struct ShardEnv {
     shard_metrics: ShardMetrics,
     state: Arc<GatewayState>,
     auth: Arc<Authenticator>,
+    users: Option<Arc<dyn UserCounter>>,
     started: Instant,
     spawner: Spawner,
 }
@@ -266,6 +270,7 @@ impl ShardCore {
                 shard_metrics,
                 state: deps.state,
                 auth: deps.auth,
+                users: deps.users,
                 started: Instant::now(),
                 spawner,
             },
@@ -444,8 +449,8 @@ impl Shard<'_> {
         env.shard_metrics
             .subscriptions
             .set(self.st.table.subscription_count() as i64);
-        if let Some(auth) = conn.auth.as_ref().filter(|a| a.counted) {
-            env.auth.users().release(&auth.identity.user);
+        if let (Some(auth), Some(users)) = (conn.auth.as_ref().filter(|a| a.counted), &env.users) {
+            users.release(Arc::from(auth.identity.user.as_str()));
         }
         let why = conn.disconnect.unwrap_or(Disconnect::Eof);
         env.metrics.disconnections.with_label_values(&[why.label()]).inc();

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use shardcast_proto::Encoding;
@@ -17,6 +18,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::connection::{Connection, ConnectionAuth, ConnectionFlags, Disconnect, Phase, ReadState};
+use super::identity::{take_place, Place, USER_LIMIT_REACHED};
 use super::{Shard, ShardCore};
 use crate::auth::Identity;
 use crate::ws::frame::read_frames;
@@ -56,18 +58,24 @@ impl Shard<'_> {
     /// Registers an upgraded socket; returns its slab key and id. The `welcome`
     /// goes out at once unless a token is required and the upgrade carried none:
     /// then it answers the `connect` frame.
-    fn adopt(&mut self, stream: TcpStream, encoding: Encoding, echo: bool, identity: Option<Identity>) -> (usize, u64) {
+    fn adopt(
+        &mut self,
+        stream: TcpStream,
+        encoding: Encoding,
+        echo: bool,
+        identity: Option<(Identity, bool)>,
+    ) -> (usize, u64) {
         let env = self.env;
         let id = self.st.next_id;
         self.st.next_id += 1;
         let mut conn = Connection::new(id, stream, encoding, env.now());
         conn.flags.set(ConnectionFlags::ECHO, echo);
-        if let Some(identity) = identity {
+        if let Some((identity, counted)) = identity {
             conn.auth = Some(Box::new(ConnectionAuth {
                 identity,
                 by_header: true,
                 sub_tokens: Vec::new(),
-                counted: true,
+                counted,
             }));
         }
         let greeted = echo || conn.auth.is_some() || env.auth.allows_anonymous();
@@ -104,8 +112,9 @@ struct Upgraded {
     encoding: Encoding,
     /// An echo connection (conformance testing).
     echo: bool,
-    /// The identity from an `Authorization: Bearer` header.
-    identity: Option<Identity>,
+    /// The identity from an `Authorization: Bearer` header, and whether it holds
+    /// a place in the per-user connection count.
+    identity: Option<(Identity, bool)>,
 }
 
 /// Reads the request head and answers it; returns the socket if it is now a
@@ -136,21 +145,20 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
         })) => {
             let identity = match bearer.map(|token| env.auth.connect(&token)) {
                 None => None,
-                Some(Ok(identity)) if env.auth.users().acquire(&identity.user) => Some(identity),
-                Some(Ok(_)) => {
-                    refused("too_many_connections");
-                    env.metrics
-                        .auth_refusals
-                        .with_label_values(&["too_many_connections"])
-                        .inc();
-                    let body = error_body(
-                        "rate_limited",
-                        "this user already holds the maximum number of connections",
-                    );
-                    let _ = stream.write_all(&http_response(429, Some(5), &body)).await;
-                    let _ = stream.shutdown().await;
-                    return None;
-                }
+                Some(Ok(identity)) => match take_place(env.users.as_ref(), &identity.user).await {
+                    Place::Full => {
+                        refused("too_many_connections");
+                        env.metrics
+                            .auth_refusals
+                            .with_label_values(&["too_many_connections"])
+                            .inc();
+                        let body = error_body("rate_limited", USER_LIMIT_REACHED);
+                        let _ = stream.write_all(&http_response(429, Some(5), &body)).await;
+                        let _ = stream.shutdown().await;
+                        return None;
+                    }
+                    place => Some((identity, place == Place::Taken)),
+                },
                 Some(Err(e)) => {
                     refused("unauthorized");
                     env.metrics.auth_refusals.with_label_values(&[e.label()]).inc();
@@ -169,8 +177,8 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
                     identity,
                 }),
                 Err(_) => {
-                    if let Some(identity) = identity {
-                        env.auth.users().release(&identity.user);
+                    if let (Some((identity, true)), Some(users)) = (identity, &env.users) {
+                        users.release(Arc::from(identity.user.as_str()));
                     }
                     None
                 }

@@ -12,6 +12,7 @@
 mod instances;
 mod keeper;
 mod receiver;
+mod user_counter;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ use keeper::{count_reconnects, SubscriptionCommand, SubscriptionKeeper};
 use receiver::receive;
 
 pub use instances::RedisInstances;
+pub use user_counter::RedisUserCounter;
 
 /// Timeout of one Redis command: a publish fails, rather than hangs, when Redis is gone.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -153,6 +155,16 @@ impl RedisBroker {
             settings,
             in_sync,
         }))
+    }
+
+    /// The cluster-wide per-user connection count, at most `limit` per user.
+    pub fn user_counter(&self, limit: u32) -> RedisUserCounter {
+        RedisUserCounter::new(
+            self.publisher.clone(),
+            &self.settings.prefix,
+            &self.settings.origin,
+            limit,
+        )
     }
 
     /// The instance records (heartbeats) of this cluster, on the command connection.
