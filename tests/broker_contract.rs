@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use shardcast::broker::instances::{InstanceInfo, InstanceRegistry};
 use shardcast::broker::memory::InProcessBus;
 use shardcast::broker::redis::{RedisBroker, RedisSettings};
+use shardcast::broker::user_counter::UserCounter;
 use shardcast::broker::{Broker, BrokerEvent, BrokerMetrics, BrokerSink};
 use shardcast::payload::Payload;
 
@@ -30,11 +32,15 @@ impl BrokerSink for EventQueue {
     }
 }
 
-/// One instance: its broker and what it emitted.
+/// One instance: its broker, its per-user connection count, and what it emitted.
 struct Instance {
     broker: Arc<dyn Broker>,
+    users: Arc<dyn UserCounter>,
     events: flume::Receiver<BrokerEvent>,
 }
+
+/// The per-user limit the fixtures' counters enforce.
+const USER_LIMIT: u32 = 2;
 
 fn event_queue() -> (Arc<dyn BrokerSink>, flume::Receiver<BrokerEvent>) {
     let (tx, rx) = flume::unbounded();
@@ -97,6 +103,7 @@ impl Fixture {
             let (sink, events) = event_queue();
             Instance {
                 broker: Arc::new(bus.join(sink)),
+                users: bus.user_counter(USER_LIMIT),
                 events,
             }
         };
@@ -109,7 +116,7 @@ impl Fixture {
 
     async fn redis(servers: Vec<RedisServer>, cluster: bool) -> Fixture {
         let url = servers[0].url();
-        let start = |origin: &str| {
+        let start = |origin: &'static str| {
             let (sink, events) = event_queue();
             let settings = RedisSettings {
                 url: url.clone(),
@@ -119,8 +126,26 @@ impl Fixture {
                 max_payload: 64 * 1024,
             };
             let metrics = BrokerMetrics::unregistered().expect("metrics");
-            let broker: Arc<dyn Broker> = RedisBroker::start(settings, sink, metrics).expect("redis broker");
-            Instance { broker, events }
+            let redis = RedisBroker::start(settings, sink, metrics).expect("redis broker");
+            // An instance counts as alive while its heartbeat record exists.
+            let instances = redis.instances();
+            tokio::spawn(async move {
+                let me = InstanceInfo {
+                    node: origin.into(),
+                    ws: "127.0.0.1:0".into(),
+                    connections: 0,
+                    at_ms: 0,
+                };
+                while instances.heartbeat(&me, Duration::from_secs(60)).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            let users = Arc::new(redis.user_counter(USER_LIMIT));
+            Instance {
+                broker: redis,
+                users,
+                events,
+            }
         };
         let fixture = Fixture {
             a: start("node-a"),
@@ -269,6 +294,29 @@ async fn control_reaches_the_others_not_oneself(f: &mut Fixture) {
     );
 }
 
+async fn a_user_is_counted_across_instances(f: &mut Fixture) {
+    let user: Arc<str> = Arc::from("contract-user");
+    assert!(f.a.users.acquire(user.clone()).await.expect("count"));
+    assert!(f.b.users.acquire(user.clone()).await.expect("count"));
+    assert!(
+        !f.a.users.acquire(user.clone()).await.expect("count"),
+        "{}: a third place past the limit of two",
+        f.a.broker.kind()
+    );
+    assert!(f.b.users.acquire(Arc::from("someone-else")).await.expect("count"));
+    // A place given back (asynchronously, for some) can be taken again.
+    f.b.users.release(user.clone());
+    let start = Instant::now();
+    while !f.a.users.acquire(user.clone()).await.expect("count") {
+        assert!(
+            start.elapsed() < WAIT,
+            "{}: a released place never came back",
+            f.a.broker.kind()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn readiness_follows_connection(f: &mut Fixture) -> bool {
     assert!(f.a.broker.is_ready() && f.b.broker.is_ready(), "ready when connected");
     if !f.outage().await {
@@ -315,6 +363,7 @@ where
     unsubscribe_stops_delivery(&mut make().await).await;
     payload_forms_round_trip(&mut make().await).await;
     control_reaches_the_others_not_oneself(&mut make().await).await;
+    a_user_is_counted_across_instances(&mut make().await).await;
     let mut not_applicable = Vec::new();
     if !readiness_follows_connection(&mut make().await).await {
         not_applicable.push("readiness_follows_connection (outage)");

@@ -11,10 +11,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tracing::error;
 
+use super::user_counter::LocalUserCounter;
 use super::{Broker, BrokerError, BrokerEvent, BrokerFuture, BrokerSink};
 use crate::payload::Payload;
 
@@ -32,6 +33,7 @@ enum BusCommand {
 pub struct InProcessBus {
     tx: flume::Sender<BusCommand>,
     next_id: AtomicU64,
+    users: Mutex<Option<Arc<LocalUserCounter>>>,
 }
 
 impl InProcessBus {
@@ -46,7 +48,17 @@ impl InProcessBus {
         Ok(Arc::new(InProcessBus {
             tx,
             next_id: AtomicU64::new(0),
+            users: Mutex::new(None),
         }))
+    }
+
+    /// The per-user connection count shared by every instance on this bus (made
+    /// with the first caller's `limit`).
+    pub fn user_counter(&self, limit: u32) -> Arc<LocalUserCounter> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users
+            .get_or_insert_with(|| Arc::new(LocalUserCounter::new(limit)))
+            .clone()
     }
 
     /// Joins the bus as a new instance delivering into `sink`.
