@@ -3,7 +3,8 @@
 //! HTTP server here whose answer the test changes; tokens minted by PyJWT with a
 //! `kid`. A key published later is picked up through the unknown-`kid` refetch,
 //! open connections outlive their key's removal, a never-published `kid` is
-//! refused with 4003, and a failed fetch keeps the last good set.
+//! refused with 4003, a key verifies only its own algorithm, and a failed fetch
+//! keeps the last good set.
 
 mod common;
 
@@ -21,18 +22,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
+const SECRET: &str = "a-test-secret-of-reasonable-length";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+}
+
 const OK_FETCHES: &str = "shardcast_jwks_refreshes_total{result=\"ok\"}";
 const FAILED_FETCHES: &str = "shardcast_jwks_refreshes_total{result=\"error\"}";
 
-/// RSA key pairs made for this test, by name (the name is also the `kid`): the
-/// private keys as PEM files, the public keys as JWKs.
-struct RsaKeys {
+/// Key pairs made for this test, by name (the name is also the `kid`; a name
+/// starting with `ec` is an EC P-256 key for ES256, any other an RSA key for
+/// RS256): the private keys as PEM files, the public keys as JWKs.
+struct SigningKeys {
     dir: PathBuf,
     jwks: Value,
 }
 
-impl RsaKeys {
-    fn generate(names: &[&str]) -> RsaKeys {
+impl SigningKeys {
+    fn generate(names: &[&str]) -> SigningKeys {
         static MADE: AtomicUsize = AtomicUsize::new(0);
         let n = MADE.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("shardcast-jwks-{}-{n}", std::process::id()));
@@ -40,22 +48,25 @@ impl RsaKeys {
         let script = r#"
 import sys, json
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa, ec
+from jwt.algorithms import RSAAlgorithm, ECAlgorithm
 d, out = sys.argv[1], {}
 for name in sys.argv[2:]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if name.startswith("ec"):
+        key, kind, alg = ec.generate_private_key(ec.SECP256R1()), ECAlgorithm, "ES256"
+    else:
+        key, kind, alg = rsa.generate_private_key(public_exponent=65537, key_size=2048), RSAAlgorithm, "RS256"
     open(f"{d}/{name}.key", "wb").write(key.private_bytes(serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
-    jwk.update(kid=name, use="sig", alg="RS256")
+    jwk = json.loads(kind.to_jwk(key.public_key()))
+    jwk.update(kid=name, use="sig", alg=alg)
     out[name] = jwk
 print(json.dumps(out))
 "#;
         let mut args = vec![dir.to_str().expect("utf-8 path")];
         args.extend_from_slice(names);
         let jwks = serde_json::from_str(&python(script, &args)).expect("JWKs");
-        RsaKeys { dir, jwks }
+        SigningKeys { dir, jwks }
     }
 
     /// A JWKS document with the public keys of `names`.
@@ -63,21 +74,27 @@ print(json.dumps(out))
         json!({ "keys": names.iter().map(|n| self.jwks[n].clone()).collect::<Vec<_>>() }).to_string()
     }
 
-    /// An RS256 token signed by key `name`, with `kid` `name`.
+    /// A token signed by key `name` with its algorithm, with `kid` `name`.
     fn mint(&self, name: &str, sub: &str) -> String {
+        let alg = if name.starts_with("ec") { "ES256" } else { "RS256" };
+        self.mint_as(alg, name, sub)
+    }
+
+    /// A token signed by key `name` with `alg` (PS256 with an RSA key, say).
+    fn mint_as(&self, alg: &str, name: &str, sub: &str) -> String {
         let script = r#"
 import sys, json, jwt
-key, kid, claims = open(sys.argv[1], "rb").read(), sys.argv[2], json.loads(sys.argv[3])
-print(jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid}))
+alg, key, kid, claims = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3], json.loads(sys.argv[4])
+print(jwt.encode(claims, key, algorithm=alg, headers={"kid": kid}))
 "#;
-        let exp = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() + 300;
+        let exp = now() + 300;
         let key = self.dir.join(format!("{name}.key"));
         let claims = json!({"sub": sub, "exp": exp}).to_string();
-        python(script, &[key.to_str().expect("utf-8 path"), name, &claims])
+        python(script, &[alg, key.to_str().expect("utf-8 path"), name, &claims])
     }
 }
 
-impl Drop for RsaKeys {
+impl Drop for SigningKeys {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -205,7 +222,7 @@ async fn still_open(c: &mut Client, id: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_taken_by_kid_and_rotate() {
-    let keys = RsaKeys::generate(&["a", "b", "c"]);
+    let keys = SigningKeys::generate(&["a", "b", "c"]);
     let server = KeyServer::start(keys.set(&["a"]), "/.well-known/jwks.json").await;
     let gw = Gateway::start(&["--token-jwks-url", &server.url, "--token-algorithms", "RS256"]);
     assert_eq!(gw.metric(OK_FETCHES).await, 1.0, "fetched once at start");
@@ -235,7 +252,7 @@ async fn keys_are_taken_by_kid_and_rotate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fetch_keeps_the_last_good_set_and_no_secret_is_logged() {
-    let keys = RsaKeys::generate(&["a", "z"]);
+    let keys = SigningKeys::generate(&["a", "z"]);
     let server = KeyServer::start(keys.set(&["a"]), "/keys?access=s3cret-query").await;
     let gw = Gateway::start(&[
         "--token-jwks-url",
@@ -266,6 +283,45 @@ async fn a_failed_fetch_keeps_the_last_good_set_and_no_secret_is_logged() {
     let logs = gw.logs.lock().expect("logs").join("\n");
     assert!(logs.contains("token key set fetch failed"), "failures are logged");
     assert!(!logs.contains("s3cret-query"), "the URL's query is never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_verify_only_their_own_algorithms() {
+    let keys = SigningKeys::generate(&["r", "ec1"]);
+    let server = KeyServer::start(keys.set(&["r", "ec1"]), "/jwks").await;
+    let gw = Gateway::start(&[
+        "--token-jwks-url",
+        &server.url,
+        "--token-hmac-secret",
+        SECRET,
+        "--token-algorithms",
+        "HS256,RS256,PS256,ES256",
+    ]);
+    // Algorithms of three families in one list: each token is checked against its own.
+    let hs256 = python(
+        "import sys, jwt; print(jwt.encode({'sub': 'hal', 'exp': int(sys.argv[2])}, sys.argv[1], algorithm='HS256'))",
+        &[SECRET, &(now() + 300).to_string()],
+    );
+    assert!(connect_with(&gw, &hs256).await.is_ok(), "HS256 by the secret");
+    assert!(
+        connect_with(&gw, &keys.mint("ec1", "eve")).await.is_ok(),
+        "ES256 by an EC key"
+    );
+    assert!(
+        connect_with(&gw, &keys.mint("r", "rob")).await.is_ok(),
+        "RS256 by an RSA key"
+    );
+    // The JWK says RS256: a PS256 token by the same key is refused, although PS256
+    // is configured and the signature is good.
+    assert_eq!(
+        connect_with(&gw, &keys.mint_as("PS256", "r", "rob")).await.err(),
+        Some(4003)
+    );
+    // A configured algorithm is still required: RS512 is not in the list.
+    assert_eq!(
+        connect_with(&gw, &keys.mint_as("RS512", "r", "rob")).await.err(),
+        Some(4003)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

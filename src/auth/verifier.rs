@@ -36,7 +36,10 @@ pub struct TokenVerifier {
     hmac: Option<DecodingKey>,
     public: Option<(KeyFamily, DecodingKey)>,
     jwks: Option<Arc<JwksSource>>,
-    validation: Validation,
+    /// The claim checks, one per accepted algorithm: jsonwebtoken 9 refuses a key
+    /// when any algorithm of a `Validation` is of another family, so a list that
+    /// mixes families (HS256,RS256) is checked one algorithm at a time.
+    validations: Vec<Validation>,
     leeway: u64,
 }
 
@@ -138,7 +141,6 @@ impl TokenVerifier {
             return Err(config("no token key is configured".into()));
         }
         let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
         validation.leeway = settings.leeway_secs;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -149,11 +151,19 @@ impl TokenVerifier {
         if let Some(iss) = &settings.issuer {
             validation.set_issuer(&[iss]);
         }
+        let validations = algorithms
+            .iter()
+            .map(|alg| {
+                let mut one = validation.clone();
+                one.algorithms = vec![*alg];
+                one
+            })
+            .collect();
         Ok(TokenVerifier {
             hmac,
             public,
             jwks: settings.jwks.clone(),
-            validation,
+            validations,
             leeway: settings.leeway_secs,
         })
     }
@@ -197,9 +207,11 @@ impl TokenVerifier {
             return Err(AuthError::Invalid("token larger than 8192 bytes"));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed token"))?;
-        if !self.validation.algorithms.contains(&header.alg) {
-            return Err(AuthError::Invalid("token algorithm not accepted"));
-        }
+        let validation = self
+            .validations
+            .iter()
+            .find(|v| v.algorithms.contains(&header.alg))
+            .ok_or(AuthError::Invalid("token algorithm not accepted"))?;
         // The key follows the algorithm's family: an HS* token is only ever checked
         // against the shared secret, never against a public key's bytes. With a key
         // set, a public-key token's `kid` picks the key; one without a `kid` falls
@@ -226,7 +238,7 @@ impl TokenVerifier {
             (family, _, _) => self.public.as_ref().filter(|(f, _)| *f == family).map(|(_, k)| k),
         }
         .ok_or(AuthError::Invalid("token algorithm not accepted"))?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::ImmatureSignature => AuthError::Invalid("token not yet valid (nbf)"),
             ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
@@ -244,7 +256,12 @@ impl TokenVerifier {
 
     /// The accepted algorithms, for the start-up log.
     pub fn algorithms(&self) -> Vec<String> {
-        let set: HashSet<String> = self.validation.algorithms.iter().map(|a| format!("{a:?}")).collect();
+        let set: HashSet<String> = self
+            .validations
+            .iter()
+            .flat_map(|v| &v.algorithms)
+            .map(|a| format!("{a:?}"))
+            .collect();
         let mut names: Vec<String> = set.into_iter().collect();
         names.sort();
         names
