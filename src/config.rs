@@ -138,6 +138,14 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_TOKEN_PUBLIC_KEY")]
     pub token_public_key: Option<PathBuf>,
 
+    /// URL of a JSON Web Key Set (RFC 7517) whose RSA and EC keys verify tokens by their `kid`; http:// only.
+    #[arg(long, env = "SHARDCAST_TOKEN_JWKS_URL")]
+    pub token_jwks_url: Option<String>,
+
+    /// How often the --token-jwks-url key set is fetched again (an unknown `kid` also triggers a fetch).
+    #[arg(long, env = "SHARDCAST_TOKEN_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub token_jwks_refresh: Duration,
+
     /// Accepted token algorithms, comma-separated (e.g. HS256,RS256); default: one per configured key.
     #[arg(long, env = "SHARDCAST_TOKEN_ALGORITHMS", value_delimiter = ',')]
     pub token_algorithms: Vec<String>,
@@ -259,6 +267,9 @@ impl Config {
         }
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return bad("--idle-timeout must be longer than a non-zero --ping-interval");
+        }
+        if self.token_jwks_refresh < Duration::from_secs(1) {
+            return bad("--token-jwks-refresh must be at least 1s");
         }
         Ok(())
     }

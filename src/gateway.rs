@@ -15,7 +15,9 @@ use crate::admin::cluster::ClusterView;
 use crate::admin::{self, AdminContext};
 use crate::admission::acceptor::Acceptor;
 use crate::admission::fd_budget::{resident_memory_bytes, FdBudget};
-use crate::auth::{AuthError, Authenticator, ChannelRules, NamespaceRules, TokenVerifier, VerifierSettings};
+use crate::auth::{
+    AuthError, Authenticator, ChannelRules, JwksCounters, JwksSource, NamespaceRules, TokenVerifier, VerifierSettings,
+};
 use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
@@ -78,7 +80,17 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     let shard_count = config.shard_count();
     let state = Arc::new(GatewayState::new(config.node_id(), shard_count));
     let budget = Arc::new(FdBudget::new(fd_limit, config.fd_reserve, state.clone()));
-    let auth = Arc::new(authenticator(&config)?);
+    let jwks = match &config.token_jwks_url {
+        None => None,
+        Some(url) => {
+            let counters = JwksCounters {
+                ok: metrics.jwks_refreshes.with_label_values(&["ok"]),
+                error: metrics.jwks_refreshes.with_label_values(&["error"]),
+            };
+            Some(JwksSource::start(url, config.token_jwks_refresh, counters).await?)
+        }
+    };
+    let auth = Arc::new(authenticator(&config, jwks.clone())?);
     let (router_handle, router_rx) = RouterHandle::channel();
     let BrokerParts {
         broker,
@@ -134,7 +146,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         config.instance_ttl,
     );
 
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(router::run(
             router_rx,
             router_handle,
@@ -158,6 +170,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         tokio::spawn(cluster.clone().run()),
         tokio::spawn(monitor(state.clone(), budget.clone(), metrics.clone(), broker.clone())),
     ];
+    background.extend(jwks.map(|source| tokio::spawn(source.run())));
     let acceptor = tokio::spawn(
         Acceptor {
             listener: ws_listener,
@@ -238,7 +251,7 @@ impl RunningGateway {
 }
 
 /// Token verification and channel rules from the configuration.
-fn authenticator(config: &Config) -> Result<Authenticator, AuthError> {
+fn authenticator(config: &Config, jwks: Option<Arc<JwksSource>>) -> Result<Authenticator, AuthError> {
     let public_key_pem = match &config.token_public_key {
         None => None,
         Some(path) => Some(
@@ -246,11 +259,12 @@ fn authenticator(config: &Config) -> Result<Authenticator, AuthError> {
                 .map_err(|e| AuthError::Config(format!("cannot read --token-public-key {}: {e}", path.display())))?,
         ),
     };
-    let has_key = config.token_hmac_secret.is_some() || public_key_pem.is_some();
+    let has_key = config.token_hmac_secret.is_some() || public_key_pem.is_some() || jwks.is_some();
     let verifier = if has_key {
         Some(TokenVerifier::new(&VerifierSettings {
             hmac_secret: config.token_hmac_secret.as_ref().map(|s| s.as_bytes().to_vec()),
             public_key_pem,
+            jwks,
             algorithms: config.token_algorithms.clone(),
             audience: config.token_audience.clone(),
             issuer: config.token_issuer.clone(),

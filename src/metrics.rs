@@ -33,6 +33,8 @@ pub struct Metrics {
     pub client_errors: IntCounterVec,
     /// Authentication and permission refusals, by reason.
     pub auth_refusals: IntCounterVec,
+    /// Fetches of the --token-jwks-url key set, by result (ok, error).
+    pub jwks_refreshes: IntCounterVec,
     /// Open file descriptors of the process.
     pub open_fds: IntGauge,
     /// RLIMIT_NOFILE (soft) of the process.
@@ -116,6 +118,11 @@ impl Metrics {
                 "Refused tokens, subscribes, client publishes and connections, by reason (expired, invalid, missing, query_token, permission_denied, rate_limited, too_many_connections).",
                 &["reason"],
             )?,
+            jwks_refreshes: counter_vec(
+                "jwks_refreshes_total",
+                "Fetches of the token key set (--token-jwks-url), by result (ok, error).",
+                &["result"],
+            )?,
             open_fds: IntGauge::with_opts(opts("open_fds", "Open file descriptors."))?,
             fd_limit: IntGauge::with_opts(opts("fd_limit", "RLIMIT_NOFILE soft limit."))?,
             fd_headroom: IntGauge::with_opts(opts("fd_headroom", "File descriptors left before the limit."))?,
@@ -190,6 +197,7 @@ impl Metrics {
         r.register(Box::new(self.messages_dropped.clone()))?;
         r.register(Box::new(self.client_errors.clone()))?;
         r.register(Box::new(self.auth_refusals.clone()))?;
+        r.register(Box::new(self.jwks_refreshes.clone()))?;
         r.register(Box::new(self.open_fds.clone()))?;
         r.register(Box::new(self.fd_limit.clone()))?;
         r.register(Box::new(self.fd_headroom.clone()))?;
@@ -259,6 +267,9 @@ impl Metrics {
             "too_many_connections",
         ] {
             self.auth_refusals.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error"] {
+            self.jwks_refreshes.with_label_values(&[result]);
         }
         let protocol_codes = ErrorCode::ALL_SENT.iter().map(|c| c.as_str());
         let framing_codes = ["protocol_error", "invalid_utf8", "message_too_big"];

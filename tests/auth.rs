@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -57,21 +56,6 @@ impl Drop for Keys {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 (tests/run.sh installs PyJWT[crypto])");
-    assert!(
-        out.status.success(),
-        "python failed (is PyJWT[crypto] installed? tests/run.sh installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
 }
 
 /// A token signed by PyJWT: `key` is the HMAC secret, or a private-key PEM file.

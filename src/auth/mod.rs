@@ -4,11 +4,13 @@
 //! gateway: the shard asks it, once per connect, refresh and subscribe, never per
 //! message.
 
+pub mod jwks;
 pub mod rules;
 pub mod verifier;
 
 use serde_json::value::RawValue;
 
+pub use jwks::{JwksCounters, JwksSource};
 pub use rules::{ChannelRules, NamespaceRules, PublishRule, Refusal, SubscribeRule};
 pub use verifier::{unix_now, SubscriptionGrant, TokenVerifier, VerifierSettings, MAX_TOKEN_BYTES};
 

@@ -2,9 +2,12 @@
 //! from configuration only. The token's `alg` header merely selects among the
 //! configured algorithms, and the key is chosen by the algorithm's family, so
 //! `alg: none` and an HS* token "signed" with a configured public key are refused
-//! before any signature is computed. No call leaves the process.
+//! before any signature is computed. Keys from a JWKS URL are chosen by the token's
+//! `kid` among the set already fetched ([`super::jwks`]): verifying never waits for
+//! the network.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -12,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::jwks::JwksSource;
 use super::{AuthError, Identity, Pattern};
 
 /// Longest token accepted, in bytes (checked before any parsing).
@@ -31,7 +35,11 @@ const MAX_PATTERNS: usize = 256;
 pub struct TokenVerifier {
     hmac: Option<DecodingKey>,
     public: Option<(KeyFamily, DecodingKey)>,
-    validation: Validation,
+    jwks: Option<Arc<JwksSource>>,
+    /// The claim checks, one per accepted algorithm: jsonwebtoken 9 refuses a key
+    /// when any algorithm of a `Validation` is of another family, so a list that
+    /// mixes families (HS256,RS256) is checked one algorithm at a time.
+    validations: Vec<Validation>,
     leeway: u64,
 }
 
@@ -42,8 +50,11 @@ pub struct VerifierSettings {
     pub hmac_secret: Option<Vec<u8>>,
     /// A PEM public key (RSA for RS*/PS*, EC for ES*).
     pub public_key_pem: Option<Vec<u8>>,
+    /// A key set from a JWKS URL, for RS*/PS*/ES* tokens that carry a `kid`.
+    pub jwks: Option<Arc<JwksSource>>,
     /// Accepted algorithms, by name (`HS256`, `RS256`, `PS256`, `ES256`, ...); empty
-    /// means one per configured key (HS256 for a secret, RS256 or ES256 for a key).
+    /// means one per configured key (HS256 for a secret, RS256 or ES256 for a key,
+    /// RS256 for a key set).
     pub algorithms: Vec<String>,
     /// Required `aud`, if any.
     pub audience: Option<String>,
@@ -112,11 +123,15 @@ impl TokenVerifier {
                 Some((KeyFamily::Ec, _)) => algorithms.push(Algorithm::ES256),
                 _ => {}
             }
+            if settings.jwks.is_some() && !algorithms.contains(&Algorithm::RS256) {
+                algorithms.push(Algorithm::RS256);
+            }
         }
         for alg in &algorithms {
             let keyed = match family(*alg) {
                 KeyFamily::Hmac => hmac.is_some(),
-                family => matches!(&public, Some((f, _)) if *f == family),
+                KeyFamily::Ed => false,
+                family => settings.jwks.is_some() || matches!(&public, Some((f, _)) if *f == family),
             };
             if !keyed {
                 return Err(config(format!("no key is configured for the token algorithm {alg:?}")));
@@ -126,7 +141,6 @@ impl TokenVerifier {
             return Err(config("no token key is configured".into()));
         }
         let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
         validation.leeway = settings.leeway_secs;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -137,10 +151,19 @@ impl TokenVerifier {
         if let Some(iss) = &settings.issuer {
             validation.set_issuer(&[iss]);
         }
+        let validations = algorithms
+            .iter()
+            .map(|alg| {
+                let mut one = validation.clone();
+                one.algorithms = vec![*alg];
+                one
+            })
+            .collect();
         Ok(TokenVerifier {
             hmac,
             public,
-            validation,
+            jwks: settings.jwks.clone(),
+            validations,
             leeway: settings.leeway_secs,
         })
     }
@@ -184,17 +207,38 @@ impl TokenVerifier {
             return Err(AuthError::Invalid("token larger than 8192 bytes"));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed token"))?;
-        if !self.validation.algorithms.contains(&header.alg) {
-            return Err(AuthError::Invalid("token algorithm not accepted"));
-        }
+        let validation = self
+            .validations
+            .iter()
+            .find(|v| v.algorithms.contains(&header.alg))
+            .ok_or(AuthError::Invalid("token algorithm not accepted"))?;
         // The key follows the algorithm's family: an HS* token is only ever checked
-        // against the shared secret, never against a public key's bytes.
-        let key = match family(header.alg) {
-            KeyFamily::Hmac => self.hmac.as_ref(),
-            family => self.public.as_ref().filter(|(f, _)| *f == family).map(|(_, k)| k),
+        // against the shared secret, never against a public key's bytes. With a key
+        // set, a public-key token's `kid` picks the key; one without a `kid` falls
+        // back to the PEM key, if any.
+        let jwk_keys;
+        let key = match (family(header.alg), &self.jwks, &header.kid) {
+            (KeyFamily::Hmac, _, _) => self.hmac.as_ref(),
+            (_, Some(jwks), Some(kid)) => {
+                jwk_keys = jwks.keys();
+                match jwk_keys.get(kid) {
+                    Some(jwk) if jwk.verifies(header.alg) => Some(jwk.decoding_key()),
+                    Some(_) => return Err(AuthError::Invalid("token algorithm does not fit its key")),
+                    None => {
+                        // Refused now; the refetch makes the next attempt work if
+                        // the issuer has published the key meanwhile.
+                        jwks.request_refetch();
+                        return Err(AuthError::Invalid("unknown key id (kid)"));
+                    }
+                }
+            }
+            (_, Some(_), None) if self.public.is_none() => {
+                return Err(AuthError::Invalid("token has no key id (kid)"));
+            }
+            (family, _, _) => self.public.as_ref().filter(|(f, _)| *f == family).map(|(_, k)| k),
         }
         .ok_or(AuthError::Invalid("token algorithm not accepted"))?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::ImmatureSignature => AuthError::Invalid("token not yet valid (nbf)"),
             ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
@@ -212,7 +256,12 @@ impl TokenVerifier {
 
     /// The accepted algorithms, for the start-up log.
     pub fn algorithms(&self) -> Vec<String> {
-        let set: HashSet<String> = self.validation.algorithms.iter().map(|a| format!("{a:?}")).collect();
+        let set: HashSet<String> = self
+            .validations
+            .iter()
+            .flat_map(|v| &v.algorithms)
+            .map(|a| format!("{a:?}"))
+            .collect();
         let mut names: Vec<String> = set.into_iter().collect();
         names.sort();
         names
