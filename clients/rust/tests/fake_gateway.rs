@@ -1,6 +1,6 @@
 //! The client against a scripted fake gateway (tokio-tungstenite's server side),
 //! for behaviour a real gateway does not show on demand: the token provider's
-//! query parameter on every connect, a failing provider, a subscribe refused as
+//! `Authorization` header on every connect (and never a token in the URL), a failing provider, a subscribe refused as
 //! `unavailable` and retried, unknown frame types, and the heartbeat's `ping` op.
 
 mod common;
@@ -30,15 +30,21 @@ fn quick_policy() -> ReconnectPolicy {
     }
 }
 
-/// Accepts one WebSocket, echoing the JSON subprotocol; returns it with the request's path and query.
+/// Accepts one WebSocket, echoing the JSON subprotocol; returns it with the request's
+/// path and query, and its `Authorization` header (empty if none).
 // The callback's result type is tungstenite's, large error variant included.
 #[allow(clippy::result_large_err)]
-async fn accept(listener: &TcpListener) -> (Ws, String) {
+async fn accept_with_auth(listener: &TcpListener) -> (Ws, String, String) {
     let (stream, _) = within("a connection", listener.accept()).await.expect("accept");
-    let uri = Arc::new(Mutex::new(String::new()));
-    let seen = uri.clone();
+    let seen = Arc::new(Mutex::new((String::new(), String::new())));
+    let sink = seen.clone();
     let ws = tokio_tungstenite::accept_hdr_async(stream, move |request: &Request, mut response: Response| {
-        *seen.lock().expect("lock") = request.uri().to_string();
+        let authorization = request
+            .headers()
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        *sink.lock().expect("lock") = (request.uri().to_string(), authorization.to_owned());
         response
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "shardcast.v1.json".parse().expect("header"));
@@ -46,7 +52,13 @@ async fn accept(listener: &TcpListener) -> (Ws, String) {
     })
     .await
     .expect("upgrade");
-    let uri = uri.lock().expect("lock").clone();
+    let (uri, authorization) = seen.lock().expect("lock").clone();
+    (ws, uri, authorization)
+}
+
+/// Accepts one WebSocket; returns it with the request's path and query.
+async fn accept(listener: &TcpListener) -> (Ws, String) {
+    let (ws, uri, _) = accept_with_auth(listener).await;
     (ws, uri)
 }
 
@@ -85,8 +97,9 @@ async fn token_provider_is_called_on_every_connect() {
         .build_with_events()
         .expect("client");
 
-    let (mut ws, uri) = accept(&listener).await;
-    assert_eq!(uri, "/ws?app=demo&token=tok%201");
+    let (mut ws, uri, authorization) = accept_with_auth(&listener).await;
+    assert_eq!(uri, "/ws?app=demo", "never a token in the URL");
+    assert_eq!(authorization, "Bearer tok 1");
     welcome(&mut ws, 25_000).await;
     wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
     ws.close(Some(CloseFrame {
@@ -98,11 +111,9 @@ async fn token_provider_is_called_on_every_connect() {
     // Ending the TCP connection after the close handshake, as a gateway does.
     drop(ws);
 
-    let (mut ws, uri) = accept(&listener).await;
-    assert_eq!(
-        uri, "/ws?app=demo&token=tok%202",
-        "a fresh token for the new connection"
-    );
+    let (mut ws, uri, authorization) = accept_with_auth(&listener).await;
+    assert_eq!(uri, "/ws?app=demo");
+    assert_eq!(authorization, "Bearer tok 2", "a fresh token for the new connection");
     welcome(&mut ws, 25_000).await;
     within("connect", client.wait_connected()).await.expect("connected");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -136,8 +147,8 @@ async fn a_failing_token_provider_fails_only_that_attempt() {
             if reason.contains("token provider failed") && reason.contains("the token service is down")),
         "{failed:?}"
     );
-    let (mut ws, uri) = accept(&listener).await;
-    assert_eq!(uri, "/ws?token=fresh");
+    let (mut ws, uri, authorization) = accept_with_auth(&listener).await;
+    assert_eq!((uri.as_str(), authorization.as_str()), ("/ws", "Bearer fresh"));
     welcome(&mut ws, 25_000).await;
     within("connect", client.wait_connected()).await.expect("connected");
     drop(ws);
