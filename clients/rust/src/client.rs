@@ -76,7 +76,10 @@ impl std::fmt::Debug for ClientBuilder {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("token", &self.token.as_ref().map(|_| "<token>"))
             .field("token_provider", &self.token_provider.as_ref().map(|_| "<provider>"))
-            .field("subscription_token", &self.subscription_token.as_ref().map(|_| "<provider>"))
+            .field(
+                "subscription_token",
+                &self.subscription_token.as_ref().map(|_| "<provider>"),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -111,7 +111,12 @@ impl TokenClaims {
             return TokenClaims::default();
         };
         // Fractional seconds are allowed by RFC 7519; whole seconds are precise enough here.
-        let time = |name: &str| claims.get(name).and_then(serde_json::Value::as_f64).map(|t| t.max(0.0) as u64);
+        let time = |name: &str| {
+            claims
+                .get(name)
+                .and_then(serde_json::Value::as_f64)
+                .map(|t| t.max(0.0) as u64)
+        };
         TokenClaims {
             expires_at: time("exp"),
             issued_at: time("iat"),
@@ -160,7 +165,10 @@ mod tests {
         let token = jwt(r#"{"exp":1000,"iat":940}"#);
         // The expiry is long past by this clock, but the token lives 60 s from its arrival.
         let lifetime = TokenLifetime::of(&token, None, now).expect("lifetime");
-        assert_eq!(lifetime.remaining(now + Duration::from_secs(15)), Duration::from_secs(45));
+        assert_eq!(
+            lifetime.remaining(now + Duration::from_secs(15)),
+            Duration::from_secs(45)
+        );
         assert!(TokenLifetime::of("opaque", None, now).is_none());
         let stated = TokenLifetime::of("opaque", Some(1), now).expect("the gateway's expiry");
         assert_eq!(stated.remaining(now), Duration::ZERO);

@@ -193,7 +193,10 @@ fn handshake_failure(url: &str, error: tungstenite::Error) -> AttemptFailure {
                 .unwrap_or_default();
             if status == 401 {
                 // The token was refused: the same token would be refused again.
-                return AttemptFailure::Fatal(Error::Unauthorized { code: status, reason: body });
+                return AttemptFailure::Fatal(Error::Unauthorized {
+                    code: status,
+                    reason: body,
+                });
             }
             if FATAL_HANDSHAKE_STATUSES.contains(&status) {
                 return AttemptFailure::Fatal(Error::HandshakeRejected { status, body });

@@ -27,7 +27,12 @@ fn now() -> u64 {
 
 /// An HS256 token with these claims, signed with `secret`.
 fn sign(secret: &str, claims: Value) -> String {
-    jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("sign")
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
 }
 
 /// A connection token for user 42 that lives `seconds`.
@@ -81,7 +86,9 @@ async fn a_token_in_the_header_welcomes_its_user() {
     assert_eq!(welcome.user.as_deref(), Some("42"));
     assert_eq!(welcome.expires_at, Some(exp));
     let mut news = within("subscribe", client.subscribe("news")).await.expect("subscribed");
-    within("publish", gateway.admin().publish("news", &1)).await.expect("publish");
+    within("publish", gateway.admin().publish("news", &1))
+        .await
+        .expect("publish");
     assert_eq!(within("message", news.next()).await.expect("open").data, json!(1));
     client.close().await;
 }
@@ -106,9 +113,18 @@ async fn a_refused_token_stops_the_client_without_a_retry() {
     wait_event(&mut events, |e| matches!(e, ClientEvent::Closed { .. })).await;
     assert_eq!(client.state(), ConnectionState::Closed);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the refused token is not tried again");
-    assert!(matches!(client.wait_connected().await, Err(Error::Unauthorized { code: 401, .. })));
-    assert!(matches!(client.stop_reason(), Some(Error::Unauthorized { code: 401, .. })));
-    assert!(matches!(client.subscribe("news").await, Err(Error::Unauthorized { .. })));
+    assert!(matches!(
+        client.wait_connected().await,
+        Err(Error::Unauthorized { code: 401, .. })
+    ));
+    assert!(matches!(
+        client.stop_reason(),
+        Some(Error::Unauthorized { code: 401, .. })
+    ));
+    assert!(matches!(
+        client.subscribe("news").await,
+        Err(Error::Unauthorized { .. })
+    ));
 }
 
 #[tokio::test]
@@ -140,12 +156,19 @@ async fn a_three_second_token_is_refreshed_and_the_connection_outlives_it() {
         }
     }
     assert!(refreshed >= 3, "{refreshed} refreshes in 10 s of 3-second tokens");
-    assert_eq!(calls.load(Ordering::SeqCst), refreshed + 1, "one connect, the rest refreshes");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        refreshed + 1,
+        "one connect, the rest refreshes"
+    );
     assert_eq!(client.state(), ConnectionState::Connected);
     within("publish", gateway.admin().publish("news", &"still here"))
         .await
         .expect("publish");
-    assert_eq!(within("message", news.next()).await.expect("open").data, json!("still here"));
+    assert_eq!(
+        within("message", news.next()).await.expect("open").data,
+        json!("still here")
+    );
     client.close().await;
 }
 
@@ -162,7 +185,9 @@ async fn subscription_tokens_are_sent_and_refreshed() {
         })
         .build_with_events()
         .expect("client");
-    let mut report = within("subscribe", client.subscribe("private:report")).await.expect("subscribed");
+    let mut report = within("subscribe", client.subscribe("private:report"))
+        .await
+        .expect("subscribed");
     let _news = within("subscribe", client.subscribe("news")).await.expect("subscribed");
     // The 3-second token is replaced before it expires: the subscription goes on.
     let refreshed = wait_event(&mut events, |e| matches!(e, ClientEvent::TokenRefreshed { .. })).await;
@@ -189,7 +214,10 @@ async fn permission_errors_are_surfaced_on_subscribe() {
         .token(user_token(300))
         .subscription_token_provider(|channel| match channel {
             "private:other" => Some(channel_token("private:elsewhere", 60)),
-            "private:forged" => Some(sign("not-the-secret", json!({"sub": "42", "channel": channel, "exp": now() + 60}))),
+            "private:forged" => Some(sign(
+                "not-the-secret",
+                json!({"sub": "42", "channel": channel, "exp": now() + 60}),
+            )),
             _ => None,
         })
         .build()
@@ -233,7 +261,9 @@ async fn an_expired_subscription_token_ends_the_subscription() {
         })
         .build_with_events()
         .expect("client");
-    let mut report = within("subscribe", client.subscribe("private:report")).await.expect("subscribed");
+    let mut report = within("subscribe", client.subscribe("private:report"))
+        .await
+        .expect("subscribed");
     let failed = wait_event(&mut events, |e| matches!(e, ClientEvent::TokenRefreshFailed { .. })).await;
     assert!(
         matches!(&failed, ClientEvent::TokenRefreshFailed { channel: Some(c), reason }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{wait_event, within};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use shardcast_client::{Client, ClientEvent, ConnectionState, ReconnectPolicy};
+use shardcast_client::{Client, ClientEvent, ConnectionState, Error, ReconnectPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -237,4 +237,82 @@ async fn heartbeat_sends_protocol_pings_and_drops_a_silent_peer() {
     );
     silent.abort();
     client.close().await;
+}
+
+/// Closes `ws` with `code` and `reason`, and ends the TCP connection as a gateway does.
+async fn close_with(mut ws: Ws, code: u16, reason: &str) {
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    }))
+    .await
+    .expect("close");
+    drop(ws);
+}
+
+#[tokio::test]
+async fn token_expired_reconnects_with_a_new_token_and_disconnected_stops() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let (client, mut events) = Client::builder(url)
+        .reconnect(quick_policy())
+        .token_provider(move || Some(format!("tok{}", counter.fetch_add(1, Ordering::SeqCst) + 1)))
+        .build_with_events()
+        .expect("client");
+    let (mut ws, _, authorization) = accept_with_auth(&listener).await;
+    assert_eq!(authorization, "Bearer tok1");
+    welcome(&mut ws, 25_000).await;
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    close_with(ws, 4002, "token expired").await;
+
+    // 4002: the provider is asked for a new token, and the client reconnects with it.
+    let (mut ws, _, authorization) = accept_with_auth(&listener).await;
+    assert_eq!(authorization, "Bearer tok2");
+    welcome(&mut ws, 25_000).await;
+    within("connect", client.wait_connected()).await.expect("connected");
+    close_with(ws, 4004, "disconnected by an operator").await;
+
+    // 4004: no reconnect; the client stops with an authentication error.
+    let refused = wait_event(&mut events, |e| matches!(e, ClientEvent::Unauthorized { .. })).await;
+    assert_eq!(
+        refused,
+        ClientEvent::Unauthorized {
+            code: 4004,
+            reason: "disconnected by an operator".to_owned()
+        }
+    );
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Closed { .. })).await;
+    assert!(matches!(
+        client.stop_reason(),
+        Some(Error::Unauthorized { code: 4004, .. })
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn token_expired_without_a_provider_stops() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let (client, mut events) = Client::builder(url)
+        .reconnect(quick_policy())
+        .token("fixed")
+        .build_with_events()
+        .expect("client");
+    let (mut ws, _, authorization) = accept_with_auth(&listener).await;
+    assert_eq!(authorization, "Bearer fixed");
+    welcome(&mut ws, 25_000).await;
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    close_with(ws, 4002, "token expired").await;
+    // A fixed token cannot be renewed: reconnecting with it would be refused again.
+    wait_event(&mut events, |e| {
+        matches!(e, ClientEvent::Unauthorized { code: 4002, .. })
+    })
+    .await;
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Closed { .. })).await;
+    assert!(matches!(
+        client.stop_reason(),
+        Some(Error::Unauthorized { code: 4002, .. })
+    ));
 }

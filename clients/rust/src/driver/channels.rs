@@ -277,7 +277,11 @@ impl ChannelTable {
     pub(crate) fn due_token_refreshes(&mut self, now: Instant) -> Vec<String> {
         let mut due = Vec::new();
         for (channel, entry) in &mut self.entries {
-            if let Some(token) = entry.token.as_mut().filter(|t| t.refresh_at.is_some_and(|at| at <= now)) {
+            if let Some(token) = entry
+                .token
+                .as_mut()
+                .filter(|t| t.refresh_at.is_some_and(|at| at <= now))
+            {
                 token.refresh_at = None;
                 due.push(channel.clone());
             }
@@ -324,7 +328,13 @@ impl ChannelTable {
     /// The gateway ended the channel's subscription (`unsubscribed`): every stream
     /// of the channel ends, with the reason recorded, and the channel is forgotten
     /// (a reconnect does not subscribe it again).
-    pub(crate) fn unsubscribed(&mut self, channel: &str, code: UnsubscribeCode, message: String, observers: &Observers) {
+    pub(crate) fn unsubscribed(
+        &mut self,
+        channel: &str,
+        code: UnsubscribeCode,
+        message: String,
+        observers: &Observers,
+    ) {
         if let Some(entry) = self.entries.remove(channel) {
             entry.end(&Error::Unsubscribed {
                 channel: channel.to_owned(),

@@ -391,7 +391,8 @@ impl Driver {
     /// gateway's close 4002 follows, and the client reconnects with a new token.
     fn refresh_failed(&self, connection: &mut Connection, reason: String) {
         warn!(reason, "token refresh failed");
-        self.observers.emit(ClientEvent::TokenRefreshFailed { channel: None, reason });
+        self.observers
+            .emit(ClientEvent::TokenRefreshFailed { channel: None, reason });
         let lifetime = connection
             .token_lifetime
             .filter(|l| !l.remaining(Instant::now()).is_zero());
@@ -776,7 +777,12 @@ impl Driver {
             }
             for channel in self.channels.due_token_refreshes(now) {
                 if let Some(provider) = &self.config.subscription_token {
-                    self.fetch(FetchPurpose::SubRefresh { channel: channel.clone() }, provider(channel));
+                    self.fetch(
+                        FetchPurpose::SubRefresh {
+                            channel: channel.clone(),
+                        },
+                        provider(channel),
+                    );
                 }
             }
             connection.channel_wakeup = self.channels.next_wakeup();

@@ -42,7 +42,10 @@ pub(crate) enum Pending {
         token: Option<(String, Instant)>,
     },
     /// A `refresh` of the connection's token with this token, received at that time.
-    Refresh { token: String, received_at: Instant },
+    Refresh {
+        token: String,
+        received_at: Instant,
+    },
     /// A `sub_refresh` of a channel's subscription token.
     SubRefresh {
         channel: String,
