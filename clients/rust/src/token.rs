@@ -17,10 +17,10 @@ use crate::error::BoxError;
 /// What a token hook returns: a token, `None` for none, or the hook's failure.
 pub type TokenFuture = Pin<Box<dyn Future<Output = Result<Option<String>, BoxError>> + Send>>;
 
-/// Supplies a connection token: called before every connect attempt and to
-/// [`refresh`](crate::ClientBuilder::token_provider) the token before it expires;
-/// `None` connects without one. The token travels in an `Authorization: Bearer`
-/// header on the upgrade, never in the URL.
+/// Supplies a connection token: called before every connect attempt and to refresh
+/// the token before it expires; `None` connects without one. The token travels in an
+/// `Authorization: Bearer` header on the upgrade, never in the URL. See
+/// [`ClientBuilder::token_provider_async`](crate::ClientBuilder::token_provider_async).
 pub type TokenProvider = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
 
 /// Supplies the subscription token for a channel (section 18.4): called before every

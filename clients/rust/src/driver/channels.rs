@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::requests::SubscribeRequest;
 use crate::backoff::ReconnectPolicy;
 use crate::error::{Error, Result};
 use crate::event::{ClientEvent, Observers};
@@ -193,20 +194,23 @@ impl ChannelTable {
         }
     }
 
-    /// Applies the gateway's reply to a subscribe sent with `token` (if any);
+    /// Applies the gateway's reply to subscribe `request` (request id `id`);
     /// returns when the channel's timer is next due: a retry if the gateway was
     /// `unavailable`, the token's refresh if it was acknowledged.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn subscribe_answered(
         &mut self,
-        channel: &str,
-        generation: u64,
+        request: SubscribeRequest,
         id: Option<u64>,
-        token: Option<(String, Instant)>,
         result: Result<Option<u64>, (ErrorCode, String)>,
         policy: &ReconnectPolicy,
         observers: &Observers,
     ) -> Option<Instant> {
+        let SubscribeRequest {
+            channel,
+            generation,
+            token,
+        } = request;
+        let channel = channel.as_str();
         let entry = self.entries.get_mut(channel)?;
         // The entry may have been dropped and made anew since this request went out.
         if entry.generation != generation || entry.in_flight != id {

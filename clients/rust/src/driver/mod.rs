@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 use self::channels::ChannelTable;
 pub(crate) use self::command::{Command, Config, HeartbeatTiming};
 use self::connection::{Connection, End, HeartbeatStep, Loss, NEVER};
-use self::requests::{Pending, RequestIds, Unanswered};
+use self::requests::{Pending, RequestIds, SubscribeRequest, Unanswered};
 use crate::backoff::ReconnectDecision;
 use crate::error::{BoxError, Error, Result};
 use crate::event::{ClientEvent, ConnectionState, Observers};
@@ -397,9 +397,6 @@ impl Driver {
             .token_lifetime
             .filter(|l| !l.remaining(Instant::now()).is_zero());
         self.schedule_refresh(connection, lifetime);
-        if lifetime.is_none() {
-            connection.token_lifetime = None;
-        }
     }
 
     /// Calls a token provider beside the driver; the answer arrives as a [`Fetched`].
@@ -660,11 +657,11 @@ impl Driver {
         };
         connection.requests.track(
             id,
-            Pending::Subscribe {
+            Pending::Subscribe(SubscribeRequest {
                 channel,
                 generation,
                 token: token.map(|token| (token, received_at)),
-            },
+            }),
         );
         connection.send(frame).await;
     }
@@ -710,20 +707,10 @@ impl Driver {
         // Heartbeat pongs and replies whose caller gave up have nobody waiting.
         match connection.requests.take(id) {
             None => {}
-            Some(Pending::Subscribe {
-                channel,
-                generation,
-                token,
-            }) => {
-                let at = self.channels.subscribe_answered(
-                    &channel,
-                    generation,
-                    id,
-                    token,
-                    result,
-                    &self.config.reconnect,
-                    &self.observers,
-                );
+            Some(Pending::Subscribe(request)) => {
+                let at = self
+                    .channels
+                    .subscribe_answered(request, id, result, &self.config.reconnect, &self.observers);
                 connection.wake_for_channel(at);
             }
             Some(Pending::Refresh { token, received_at }) => match result {

@@ -33,14 +33,18 @@ impl RequestIds {
     }
 }
 
+/// A subscribe on the current connection that waits for its reply.
+pub(crate) struct SubscribeRequest {
+    pub channel: String,
+    /// The generation of the channel's entry it was sent for.
+    pub generation: u64,
+    /// The subscription token it was sent with, and when that arrived.
+    pub token: Option<(String, Instant)>,
+}
+
 /// A request on the current connection that waits for its reply.
 pub(crate) enum Pending {
-    Subscribe {
-        channel: String,
-        generation: u64,
-        /// The subscription token it was sent with, and when that arrived.
-        token: Option<(String, Instant)>,
-    },
+    Subscribe(SubscribeRequest),
     /// A `refresh` of the connection's token with this token, received at that time.
     Refresh {
         token: String,
@@ -68,7 +72,7 @@ impl Pending {
         match self {
             Pending::Request { done, .. } => done.is_closed(),
             Pending::Unsubscribe { done } => done.as_ref().map_or(true, |d| d.is_closed()),
-            Pending::Subscribe { .. } | Pending::Refresh { .. } | Pending::SubRefresh { .. } => false,
+            Pending::Subscribe(_) | Pending::Refresh { .. } | Pending::SubRefresh { .. } => false,
         }
     }
 
@@ -100,7 +104,7 @@ impl Pending {
                     channel,
                 }));
             }
-            Pending::Subscribe { .. } | Pending::Refresh { .. } | Pending::SubRefresh { .. } => {}
+            Pending::Subscribe(_) | Pending::Refresh { .. } | Pending::SubRefresh { .. } => {}
         }
     }
 }
@@ -168,7 +172,7 @@ impl RequestTable {
                     let _ = done.send(Ok(()));
                 }
                 Pending::Unsubscribe { done: None }
-                | Pending::Subscribe { .. }
+                | Pending::Subscribe(_)
                 | Pending::Refresh { .. }
                 | Pending::SubRefresh { .. } => {}
             }
