@@ -60,10 +60,12 @@ impl TokenLifetime {
     /// Time left until the token expires (zero once it has). Where the token states
     /// when it was issued, its lifetime (`exp - iat`) less the time since it arrived:
     /// both ends come from the backend's clock, so a machine whose clock is off still
-    /// refreshes in time. Otherwise the expiry against this machine's clock.
+    /// refreshes in time. A second less, since both are whole seconds: a token may
+    /// have been signed up to a second after its `iat`, which matters for short ones.
+    /// Otherwise the expiry against this machine's clock.
     pub(crate) fn remaining(&self, now: Instant) -> Duration {
         match self.issued_at.filter(|&iat| self.expires_at > iat) {
-            Some(iat) => Duration::from_secs(self.expires_at - iat)
+            Some(iat) => Duration::from_secs(self.expires_at - iat - 1)
                 .saturating_sub(now.saturating_duration_since(self.received_at)),
             None => {
                 let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -163,11 +165,11 @@ mod tests {
     fn lifetime_counts_from_arrival_where_the_token_states_its_issue() {
         let now = Instant::now();
         let token = jwt(r#"{"exp":1000,"iat":940}"#);
-        // The expiry is long past by this clock, but the token lives 60 s from its arrival.
+        // The expiry is long past by this clock, but the token lives 60 s (59 s to be safe) from its arrival.
         let lifetime = TokenLifetime::of(&token, None, now).expect("lifetime");
         assert_eq!(
             lifetime.remaining(now + Duration::from_secs(15)),
-            Duration::from_secs(45)
+            Duration::from_secs(44)
         );
         assert!(TokenLifetime::of("opaque", None, now).is_none());
         let stated = TokenLifetime::of("opaque", Some(1), now).expect("the gateway's expiry");

@@ -1,6 +1,7 @@
 //! The client against a scripted fake gateway (tokio-tungstenite's server side),
 //! for behaviour a real gateway does not show on demand: the token provider's
-//! `Authorization` header on every connect (and never a token in the URL), a failing provider, a subscribe refused as
+//! `Authorization` header on every connect (and never a token in the URL), a failing provider,
+//! the authentication close codes (4002, 4004, 4005), a subscribe refused as
 //! `unavailable` and retried, unknown frame types, and the heartbeat's `ping` op.
 
 mod common;
@@ -315,4 +316,40 @@ async fn token_expired_without_a_provider_stops() {
         client.stop_reason(),
         Some(Error::Unauthorized { code: 4002, .. })
     ));
+}
+
+#[tokio::test]
+async fn too_many_connections_reconnects_with_backoff() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let (client, mut events) = Client::builder(url)
+        .reconnect(quick_policy())
+        .token("fixed")
+        .build_with_events()
+        .expect("client");
+    let (mut ws, _) = accept(&listener).await;
+    welcome(&mut ws, 25_000).await;
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    close_with(ws, 4005, "too many connections").await;
+    let lost = wait_event(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
+    assert!(
+        matches!(
+            lost,
+            ClientEvent::Disconnected {
+                code: 4005,
+                will_reconnect: true,
+                ..
+            }
+        ),
+        "{lost:?}"
+    );
+    wait_event(&mut events, |e| {
+        matches!(e, ClientEvent::Reconnecting { attempt: 1, .. })
+    })
+    .await;
+    let (mut ws, _) = accept(&listener).await;
+    welcome(&mut ws, 25_000).await;
+    within("reconnect", client.wait_connected()).await.expect("connected");
+    drop(ws);
+    client.close().await;
 }
