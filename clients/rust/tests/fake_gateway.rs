@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{wait_event, within};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use shardcast_client::{Client, ClientEvent, ConnectionState, Error, ReconnectPolicy};
+use shardcast_client::{Client, ClientEvent, ConnectionState, Error, EventStream, ReconnectPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -292,19 +292,25 @@ async fn token_expired_reconnects_with_a_new_token_and_disconnected_stops() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test]
-async fn token_expired_without_a_provider_stops() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+/// A client with the fixed token `fixed`, connected to a fake gateway on `listener`.
+async fn connected_with_a_fixed_token(listener: &TcpListener) -> (Client, EventStream, Ws) {
     let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
     let (client, mut events) = Client::builder(url)
         .reconnect(quick_policy())
         .token("fixed")
         .build_with_events()
         .expect("client");
-    let (mut ws, _, authorization) = accept_with_auth(&listener).await;
+    let (mut ws, _, authorization) = accept_with_auth(listener).await;
     assert_eq!(authorization, "Bearer fixed");
     welcome(&mut ws, 25_000).await;
     wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    (client, events, ws)
+}
+
+#[tokio::test]
+async fn token_expired_without_a_provider_stops() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (client, mut events, ws) = connected_with_a_fixed_token(&listener).await;
     close_with(ws, 4002, "token expired").await;
     // A fixed token cannot be renewed: reconnecting with it would be refused again.
     wait_event(&mut events, |e| {
@@ -321,15 +327,7 @@ async fn token_expired_without_a_provider_stops() {
 #[tokio::test]
 async fn too_many_connections_reconnects_with_backoff() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
-    let (client, mut events) = Client::builder(url)
-        .reconnect(quick_policy())
-        .token("fixed")
-        .build_with_events()
-        .expect("client");
-    let (mut ws, _) = accept(&listener).await;
-    welcome(&mut ws, 25_000).await;
-    wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    let (client, mut events, ws) = connected_with_a_fixed_token(&listener).await;
     close_with(ws, 4005, "too many connections").await;
     let lost = wait_event(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
     assert!(
