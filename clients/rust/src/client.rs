@@ -127,7 +127,8 @@ impl ClientBuilder {
     }
 
     /// How long `publish` and `ping` wait for their reply (default 10 s). Also bounds a
-    /// single send to a gateway that stopped reading.
+    /// single send to a gateway that stopped reading, and a token provider's answer
+    /// for a refresh or a subscribe.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self

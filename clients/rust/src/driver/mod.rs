@@ -399,11 +399,16 @@ impl Driver {
         self.schedule_refresh(connection, lifetime);
     }
 
-    /// Calls a token provider beside the driver; the answer arrives as a [`Fetched`].
+    /// Calls a token provider beside the driver, bounded by the request timeout (a
+    /// provider that never answers would hold a subscribe forever); the answer
+    /// arrives as a [`Fetched`].
     fn fetch(&self, purpose: FetchPurpose, token: TokenFuture) {
-        let (serial, fetches) = (self.serial, self.fetches.clone());
+        let (serial, fetches, limit) = (self.serial, self.fetches.clone(), self.config.request_timeout);
         tokio::spawn(async move {
-            let result = token.await;
+            let result = match tokio::time::timeout(limit, token).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no token within {limit:?}").into()),
+            };
             let _ = fetches.send(Fetched {
                 serial,
                 purpose,
