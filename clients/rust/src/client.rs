@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -18,7 +18,7 @@ use crate::driver::{Command, Config, Driver, HeartbeatTiming};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{ConnectionState, EventStream, Observers};
 use crate::subscription::Subscription;
-use crate::token::TokenProvider;
+use crate::token::{SubscriptionTokenProvider, TokenProvider};
 use crate::transport::{self, Welcome};
 
 /// The client-side heartbeat, for dead connections the operating system has not
@@ -54,8 +54,9 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     close_timeout: Duration,
-    token: Option<TokenProvider>,
-    token_param: String,
+    token: Option<String>,
+    token_provider: Option<TokenProvider>,
+    subscription_token: Option<SubscriptionTokenProvider>,
     websocket: WebSocketConfig,
     max_message_bytes: usize,
 }
@@ -73,7 +74,12 @@ impl std::fmt::Debug for ClientBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
-            .field("token", &self.token.as_ref().map(|_| "<provider>"))
+            .field("token", &self.token.as_ref().map(|_| "<token>"))
+            .field("token_provider", &self.token_provider.as_ref().map(|_| "<provider>"))
+            .field(
+                "subscription_token",
+                &self.subscription_token.as_ref().map(|_| "<provider>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -89,7 +95,8 @@ impl ClientBuilder {
             request_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(3),
             token: None,
-            token_param: "token".to_owned(),
+            token_provider: None,
+            subscription_token: None,
             websocket: WebSocketConfig::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
@@ -120,7 +127,8 @@ impl ClientBuilder {
     }
 
     /// How long `publish` and `ping` wait for their reply (default 10 s). Also bounds a
-    /// single send to a gateway that stopped reading.
+    /// single send to a gateway that stopped reading, and a token provider's answer
+    /// for a refresh or a subscribe.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -132,7 +140,16 @@ impl ClientBuilder {
         self
     }
 
-    /// A token provider called before every connect; see [`TokenProvider`].
+    /// A fixed connection token (PROTOCOL.md 18.2), sent as `Authorization: Bearer`
+    /// on every upgrade. It cannot be refreshed: when it expires (close 4002) the
+    /// client stops with [`Error::Unauthorized`]. For short-lived tokens use a
+    /// [provider](Self::token_provider_async), which takes precedence over this.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// A synchronous connection token provider; see [`token_provider_async`](Self::token_provider_async).
     pub fn token_provider<F>(self, provider: F) -> Self
     where
         F: Fn() -> Option<String> + Send + Sync + 'static,
@@ -140,24 +157,57 @@ impl ClientBuilder {
         self.token_provider_async(move || std::future::ready(Ok::<_, BoxError>(provider())))
     }
 
-    /// An asynchronous token provider (for example one that refreshes over HTTP). An
-    /// error fails that connect attempt, which then backs off like any other failure.
+    /// The connection token provider (the application's "get token" call to its
+    /// backend). It is called before every connect attempt, its token sent as
+    /// `Authorization: Bearer` on the upgrade (never in the URL, which the gateway
+    /// refuses), and again before the token expires: the welcome says when, and the
+    /// client sends the new token in a `refresh` at 80-90 % of the token's lifetime,
+    /// at least 10 s before expiry. After close 4002 (token expired) it reconnects
+    /// with a new token. `None` connects anonymously.
+    ///
+    /// A failure fails that connect attempt, which then backs off like any other
+    /// failure; a failed refresh is reported ([`ClientEvent::TokenRefreshFailed`](crate::ClientEvent::TokenRefreshFailed))
+    /// and tried again. A token the gateway refuses (HTTP 401, close 4003) stops the
+    /// client with [`Error::Unauthorized`] rather than retrying.
     pub fn token_provider_async<F, Fut, E>(mut self, provider: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Option<String>, E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        self.token = Some(Arc::new(move || {
+        self.token_provider = Some(Arc::new(move || {
             let token = provider();
             Box::pin(async move { token.await.map_err(Into::into) })
         }));
         self
     }
 
-    /// The query parameter that carries the token (default `token`).
-    pub fn token_param(mut self, name: impl Into<String>) -> Self {
-        self.token_param = name.into();
+    /// A synchronous subscription token provider; see
+    /// [`subscription_token_provider_async`](Self::subscription_token_provider_async).
+    pub fn subscription_token_provider<F>(self, provider: F) -> Self
+    where
+        F: Fn(&str) -> Option<String> + Send + Sync + 'static,
+    {
+        self.subscription_token_provider_async(move |channel: String| {
+            std::future::ready(Ok::<_, BoxError>(provider(&channel)))
+        })
+    }
+
+    /// The subscription token provider (PROTOCOL.md 18.4), for channels the
+    /// connection token does not grant: called with the channel before every
+    /// `subscribe` the client sends (re-subscribes after a reconnect included), and
+    /// before the token's `exp` to replace it with a `sub_refresh`. `None` subscribes
+    /// without a token. A failure fails that subscribe with [`Error::TokenProvider`].
+    pub fn subscription_token_provider_async<F, Fut, E>(mut self, provider: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<String>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.subscription_token = Some(Arc::new(move |channel| {
+            let token = provider(channel);
+            Box::pin(async move { token.await.map_err(Into::into) })
+        }));
         self
     }
 
@@ -200,7 +250,8 @@ impl ClientBuilder {
             request_timeout: self.request_timeout,
             close_timeout: self.close_timeout,
             token: self.token,
-            token_param: self.token_param,
+            token_provider: self.token_provider,
+            subscription_token: self.subscription_token,
             websocket: self.websocket,
             max_message_bytes: self.max_message_bytes,
         });
@@ -275,8 +326,12 @@ impl Client {
     /// gateway is asked once. After a reconnect the channel is subscribed again by itself.
     ///
     /// Fails with [`Error::InvalidChannel`] before sending anything for a name the
-    /// protocol forbids, [`Error::Server`] if the gateway refuses (for example
-    /// `too_many_channels`), and [`Error::Closed`] if the client stops first.
+    /// protocol forbids, [`Error::PermissionDenied`] if this identity may not
+    /// subscribe to the channel (or its subscription token is refused),
+    /// [`Error::TokenProvider`] if the subscription token provider failed,
+    /// [`Error::Server`] if the gateway refuses otherwise (for example
+    /// `too_many_channels`), and [`Error::Closed`] (or [`Error::Unauthorized`]) if
+    /// the client stops first.
     pub async fn subscribe(&self, channel: impl Into<String>) -> Result<Subscription> {
         let channel = channel.into();
         // The length limit is the gateway's configuration, so only the charset is checked here.
@@ -287,15 +342,17 @@ impl Client {
         let id = NEXT_SUBSCRIPTION_ID.fetch_add(1, Ordering::Relaxed);
         let (messages, receiver) = mpsc::unbounded_channel();
         let (done, reply) = oneshot::channel();
+        let ended = Arc::new(OnceLock::new());
         self.command(Command::Subscribe {
             channel: channel.clone(),
             subscription: id,
             messages,
+            ended: ended.clone(),
             done,
         })?;
         // Built before the wait, so that a caller who gives up (drops this future)
         // still unsubscribes, through the subscription's Drop.
-        let subscription = Subscription::new(channel, id, receiver, self.commands.clone());
+        let subscription = Subscription::new(channel, id, receiver, self.commands.clone(), ended);
         match reply.await {
             Ok(Ok(())) => Ok(subscription),
             Ok(Err(error)) => Err(error),
@@ -368,8 +425,9 @@ impl Client {
         }
     }
 
-    /// Why the client stopped ([`Error::Closed`] with the close code and reason), once
-    /// it has; `None` while it runs.
+    /// Why the client stopped, once it has; `None` while it runs: [`Error::Closed`]
+    /// with the close code and reason, or [`Error::Unauthorized`] when the gateway
+    /// refused the client's credentials.
     pub fn stop_reason(&self) -> Option<Error> {
         self.observers.stop_reason()
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardcast_proto::{ChannelNameError, ErrorCode};
+use shardcast_proto::{ChannelNameError, ErrorCode, UnsubscribeCode};
 
 /// A boxed error from user code (a token provider).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -118,12 +118,52 @@ pub enum Error {
 
     /// The gateway answered the WebSocket upgrade with an HTTP status that means
     /// the request itself is wrong (400, 404, 405, 426, 431), so retrying is pointless.
+    /// (401 is [`Error::Unauthorized`].)
     #[error("the gateway refused the WebSocket upgrade with HTTP {status}: {body}")]
     HandshakeRejected {
         /// The HTTP status.
         status: u16,
         /// The response body, for people.
         body: String,
+    },
+
+    /// The gateway refused this client's credentials, so the client stopped rather
+    /// than retry with the same token: HTTP 401 on the upgrade (a refused
+    /// `Authorization` token), close 4003 (token refused, or a refused `refresh`),
+    /// close 4004 (an operator disconnected this user), or close 4002 (token
+    /// expired) when there is no token provider to fetch a new one.
+    #[error("authentication failed ({code}): {reason}")]
+    Unauthorized {
+        /// The HTTP status (401) or the close code (4002, 4003, 4004).
+        code: u16,
+        /// The gateway's explanation (`expired`, `bad signature`, …).
+        reason: String,
+    },
+
+    /// The gateway refused a subscription for this identity (PROTOCOL.md 18.3): the
+    /// channel rules do not grant it (`code` [`ErrorCode::PermissionDenied`], also for
+    /// a subscription token of another channel or user), or the subscription token is
+    /// malformed, badly signed or expired ([`ErrorCode::Unauthorized`]).
+    #[error("not allowed to subscribe to {channel} ({}): {message}", code.as_str())]
+    PermissionDenied {
+        /// The channel.
+        channel: String,
+        /// [`ErrorCode::PermissionDenied`] or [`ErrorCode::Unauthorized`].
+        code: ErrorCode,
+        /// The gateway's detail.
+        message: String,
+    },
+
+    /// The gateway ended a subscription (`unsubscribed` frame, PROTOCOL.md 7.7): its
+    /// subscription token expired, or a permission was withdrawn.
+    #[error("the gateway ended the subscription to {channel} ({code:?}): {message}")]
+    Unsubscribed {
+        /// The channel.
+        channel: String,
+        /// Why.
+        code: UnsubscribeCode,
+        /// The gateway's detail.
+        message: String,
     },
 
     /// The token provider failed; the connect attempt counts as failed.
@@ -160,7 +200,7 @@ impl Error {
     /// The protocol error code this error carries, if it came from the gateway.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Error::Server { code, .. } | Error::Api { code, .. } => Some(*code),
+            Error::Server { code, .. } | Error::Api { code, .. } | Error::PermissionDenied { code, .. } => Some(*code),
             _ => None,
         }
     }

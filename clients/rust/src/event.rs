@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use shardcast_proto::{Encoding, ErrorCode};
+use shardcast_proto::{Encoding, ErrorCode, UnsubscribeCode};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Error;
@@ -47,6 +47,8 @@ pub enum ClientEvent {
         ping_interval: Duration,
         /// The encoding the gateway chose.
         encoding: Encoding,
+        /// The authenticated user; `None` on an anonymous connection.
+        user: Option<String>,
     },
     /// A connection closed, or a connect attempt failed.
     Disconnected {
@@ -93,6 +95,46 @@ pub enum ClientEvent {
         /// The gateway's detail.
         message: String,
     },
+    /// The gateway ended a channel's subscription (`unsubscribed`, PROTOCOL.md 7.7):
+    /// its subscription token expired, or a permission was withdrawn. That channel's
+    /// subscription streams end; [`Subscription::end_reason`](crate::Subscription::end_reason)
+    /// says why. Subscribing again (with a fresh token) is allowed.
+    Unsubscribed {
+        /// The channel.
+        channel: String,
+        /// Why.
+        code: UnsubscribeCode,
+        /// The gateway's detail.
+        message: String,
+    },
+    /// A token was replaced before it expired: the connection's (`channel` `None`,
+    /// a `refresh`) or a channel's subscription token (a `sub_refresh`).
+    TokenRefreshed {
+        /// The channel whose subscription token was refreshed; `None` for the connection's.
+        channel: Option<String>,
+        /// The new expiry, seconds since the Unix epoch, where known.
+        expires_at: Option<u64>,
+    },
+    /// A token refresh failed (the provider failed or the gateway said no). It is
+    /// tried again, sooner each time; if the token expires all the same, the gateway
+    /// closes with 4002 (and the client reconnects with a new token) or ends the
+    /// subscription with `unsubscribed`.
+    TokenRefreshFailed {
+        /// The channel whose subscription token it was; `None` for the connection's.
+        channel: Option<String>,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The gateway refused this client's credentials (HTTP 401, close 4003), an
+    /// operator disconnected the user (4004), or the token expired with no provider
+    /// to fetch a new one (4002). The client does not retry; `Closed` follows, and
+    /// calls fail with [`Error::Unauthorized`].
+    Unauthorized {
+        /// The HTTP status or close code.
+        code: u16,
+        /// The gateway's explanation.
+        reason: String,
+    },
     /// The client stopped for good; no further events follow.
     Closed {
         /// The close code that stopped it (1006 for a refused upgrade or a last failed
@@ -133,8 +175,8 @@ pub(crate) struct Observers {
     state: watch::Sender<ConnectionState>,
     listeners: Mutex<Vec<mpsc::UnboundedSender<ClientEvent>>>,
     welcome: Mutex<Option<Welcome>>,
-    /// The close code and reason that stopped the client, once it has stopped.
-    stopped: Mutex<Option<(Option<u16>, String)>>,
+    /// Why the client stopped, once it has.
+    stopped: Mutex<Option<Error>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (each
@@ -171,12 +213,11 @@ impl Observers {
 
     /// Why the client stopped, once it has.
     pub(crate) fn stop_reason(&self) -> Option<Error> {
-        let (code, reason) = lock(&self.stopped).clone()?;
-        Some(Error::Closed { code, reason })
+        lock(&self.stopped).clone()
     }
 
-    pub(crate) fn set_stopped(&self, code: Option<u16>, reason: &str) {
-        *lock(&self.stopped) = Some((code, reason.to_owned()));
+    pub(crate) fn set_stopped(&self, error: Error) {
+        *lock(&self.stopped) = Some(error);
     }
 
     pub(crate) fn state(&self) -> ConnectionState {

@@ -5,6 +5,10 @@
 //!   retry hints), subscribes every channel again after a reconnect, and detects
 //!   dead connections with a heartbeat. [`Client::subscribe`] returns a
 //!   [`Subscription`], a [`Stream`](futures_util::Stream) of [`Message`]s.
+//! - Authentication (PROTOCOL.md section 18): a connection token sent as
+//!   `Authorization: Bearer` and refreshed before it expires
+//!   ([`ClientBuilder::token_provider_async`]), and subscription tokens per channel
+//!   ([`ClientBuilder::subscription_token_provider_async`]).
 //! - [`ClientEvent`] / [`ConnectionState`]: what happens to the connection.
 //! - [`AdminClient`]: the gateway's admin HTTP API (publish, stats, cluster view).
 //!
@@ -54,7 +58,7 @@ pub use message::Message;
 pub use shardcast_proto as proto;
 pub use shardcast_proto::{Encoding, ErrorCode};
 pub use subscription::Subscription;
-pub use token::TokenProvider;
+pub use token::{SubscriptionTokenProvider, TokenFuture, TokenProvider};
 pub use transport::Welcome;
 
 #[cfg(test)]

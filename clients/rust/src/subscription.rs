@@ -2,13 +2,14 @@
 //! [`Message`]s, which ends the subscription when it is dropped.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::Command;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::Message;
 
 /// The publications of one channel, as a [`Stream`] of [`Message`]s.
@@ -25,14 +26,18 @@ use crate::message::Message;
 /// unsubscribes (on the gateway too, once no other subscription holds the channel).
 ///
 /// The stream ends when the client stops for good (closed by the application or
-/// by a close code that forbids reconnecting) or when the gateway refuses the
-/// channel on a re-subscribe.
+/// by a close code that forbids reconnecting), when the gateway refuses the
+/// channel on a re-subscribe, or when the gateway ends the subscription
+/// (`unsubscribed`: its subscription token expired or a permission was withdrawn).
+/// [`end_reason`](Self::end_reason) then says which.
 #[derive(Debug)]
 pub struct Subscription {
     channel: String,
     id: u64,
     messages: mpsc::UnboundedReceiver<Message>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Why the gateway ended the stream, set by the driver before it ends it.
+    ended: Arc<OnceLock<Error>>,
     /// Set by [`Subscription::unsubscribe`], so that `Drop` does not ask twice.
     released: bool,
 }
@@ -43,12 +48,14 @@ impl Subscription {
         id: u64,
         messages: mpsc::UnboundedReceiver<Message>,
         commands: mpsc::UnboundedSender<Command>,
+        ended: Arc<OnceLock<Error>>,
     ) -> Self {
         Subscription {
             channel,
             id,
             messages,
             commands,
+            ended,
             released: false,
         }
     }
@@ -56,6 +63,15 @@ impl Subscription {
     /// The channel.
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// Why the gateway ended this subscription, once it has: [`Error::Unsubscribed`]
+    /// (the `unsubscribed` frame), or the refusal of a re-subscribe after a reconnect
+    /// ([`Error::PermissionDenied`], [`Error::Server`]). `None` while it runs, and
+    /// when the stream ended because the client stopped
+    /// ([`Client::stop_reason`](crate::Client::stop_reason) says why then).
+    pub fn end_reason(&self) -> Option<&Error> {
+        self.ended.get()
     }
 
     /// The next message; `None` once the stream has ended (see the type's docs).

@@ -1,16 +1,16 @@
-//! One WebSocket connection attempt: the gateway URL and its token parameter,
-//! the upgrade with the encoding's subprotocol, the HTTP refusals the protocol
-//! distinguishes (fatal statuses, 503 with `Retry-After`), the wait for the
-//! `welcome` frame, and turning WebSocket messages into protocol frames.
+//! One WebSocket connection attempt: the gateway URL, the upgrade with the
+//! encoding's subprotocol and the token's `Authorization: Bearer` header, the HTTP
+//! refusals the protocol distinguishes (fatal statuses, 401 for a refused token,
+//! 503 and 429 with `Retry-After`), the wait for the `welcome` frame, and turning
+//! WebSocket messages into protocol frames.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use shardcast_proto::{decode_server, encode_client, ClientFrame, Encoding, ServerFrame};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::{HeaderValue, RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL};
+use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -33,6 +33,11 @@ pub struct Welcome {
     pub ping_interval: Duration,
     /// The encoding the gateway chose.
     pub encoding: Encoding,
+    /// The authenticated user (the token's `sub`); `None` on an anonymous connection.
+    pub user: Option<String>,
+    /// When the connection's token expires, seconds since the Unix epoch; `None`
+    /// without a token. The client refreshes the token before then.
+    pub expires_at: Option<u64>,
 }
 
 /// An open, welcomed connection.
@@ -89,32 +94,15 @@ pub(crate) fn validate_url(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Appends `name=value` to a URL's query, percent-encoding both, before any fragment.
-pub(crate) fn with_query_param(url: &str, name: &str, value: &str) -> String {
-    let (base, fragment) = match url.find('#') {
-        Some(at) => url.split_at(at),
-        None => (url, ""),
-    };
-    let separator = if !base.contains('?') {
-        "?"
-    } else if base.ends_with('?') || base.ends_with('&') {
-        ""
-    } else {
-        "&"
-    };
-    format!(
-        "{base}{separator}{}={}{fragment}",
-        utf8_percent_encode(name, NOT_UNRESERVED),
-        utf8_percent_encode(value, NOT_UNRESERVED)
-    )
-}
-
-/// RFC 3986: everything but the unreserved characters is percent-encoded.
-const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-/// Opens a WebSocket to `url`, offering `encoding`'s subprotocol, and waits for the
-/// `welcome` frame. The caller bounds the whole attempt with its connect timeout.
-pub(crate) async fn open(url: &str, encoding: Encoding, config: WebSocketConfig) -> Result<Opened, AttemptFailure> {
+/// Opens a WebSocket to `url`, offering `encoding`'s subprotocol and sending `token`
+/// as `Authorization: Bearer` (PROTOCOL.md 18.1), and waits for the `welcome` frame.
+/// The caller bounds the whole attempt with its connect timeout.
+pub(crate) async fn open(
+    url: &str,
+    encoding: Encoding,
+    config: WebSocketConfig,
+    token: Option<&str>,
+) -> Result<Opened, AttemptFailure> {
     let mut request = url.into_client_request().map_err(|e| {
         AttemptFailure::Fatal(Error::InvalidUrl {
             url: url.to_owned(),
@@ -124,6 +112,17 @@ pub(crate) async fn open(url: &str, encoding: Encoding, config: WebSocketConfig)
     request
         .headers_mut()
         .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(encoding.subprotocol()));
+    if let Some(token) = token {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            AttemptFailure::Fatal(Error::Unauthorized {
+                code: 401,
+                reason: "the token is not a valid HTTP header value".to_owned(),
+            })
+        })?;
+        // Kept out of any debug output of the request.
+        value.set_sensitive(true);
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
     let (mut ws, response) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
         .await
         .map_err(|e| handshake_failure(url, e))?;
@@ -146,6 +145,8 @@ pub(crate) async fn open(url: &str, encoding: Encoding, config: WebSocketConfig)
                 node,
                 shard,
                 ping_interval_ms,
+                user,
+                expires_at,
                 ..
             }) => {
                 break Welcome {
@@ -154,6 +155,8 @@ pub(crate) async fn open(url: &str, encoding: Encoding, config: WebSocketConfig)
                     shard,
                     ping_interval: Duration::from_millis(ping_interval_ms),
                     encoding: negotiated,
+                    user,
+                    expires_at,
                 }
             }
             Incoming::Control => continue,
@@ -188,6 +191,13 @@ fn handshake_failure(url: &str, error: tungstenite::Error) -> AttemptFailure {
                 .as_deref()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default();
+            if status == 401 {
+                // The token was refused: the same token would be refused again.
+                return AttemptFailure::Fatal(Error::Unauthorized {
+                    code: status,
+                    reason: body,
+                });
+            }
             if FATAL_HANDSHAKE_STATUSES.contains(&status) {
                 return AttemptFailure::Fatal(Error::HandshakeRejected { status, body });
             }
@@ -268,18 +278,6 @@ pub(crate) fn encode(encoding: Encoding, frame: &ClientFrame) -> Result<WsMessag
 mod tests {
     use super::*;
     use serde_json::Value;
-
-    #[test]
-    fn token_parameter_is_appended_and_encoded() {
-        assert_eq!(with_query_param("ws://h/ws", "token", "a b"), "ws://h/ws?token=a%20b");
-        assert_eq!(with_query_param("ws://h/ws?x=1", "token", "t"), "ws://h/ws?x=1&token=t");
-        assert_eq!(with_query_param("ws://h/ws?", "token", "t"), "ws://h/ws?token=t");
-        assert_eq!(
-            with_query_param("ws://h/ws#frag", "token", "t&=/"),
-            "ws://h/ws?token=t%26%3D%2F#frag"
-        );
-        assert_eq!(with_query_param("ws://h/ws", "token", "é~"), "ws://h/ws?token=%C3%A9~");
-    }
 
     #[test]
     fn urls_are_checked_up_front() {

@@ -1,6 +1,7 @@
 //! The client against a scripted fake gateway (tokio-tungstenite's server side),
 //! for behaviour a real gateway does not show on demand: the token provider's
-//! query parameter on every connect, a failing provider, a subscribe refused as
+//! `Authorization` header on every connect (and never a token in the URL), a failing provider,
+//! the authentication close codes (4002, 4004, 4005), a subscribe refused as
 //! `unavailable` and retried, unknown frame types, and the heartbeat's `ping` op.
 
 mod common;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use common::{wait_event, within};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use shardcast_client::{Client, ClientEvent, ConnectionState, ReconnectPolicy};
+use shardcast_client::{Client, ClientEvent, ConnectionState, Error, EventStream, ReconnectPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -30,15 +31,21 @@ fn quick_policy() -> ReconnectPolicy {
     }
 }
 
-/// Accepts one WebSocket, echoing the JSON subprotocol; returns it with the request's path and query.
+/// Accepts one WebSocket, echoing the JSON subprotocol; returns it with the request's
+/// path and query, and its `Authorization` header (empty if none).
 // The callback's result type is tungstenite's, large error variant included.
 #[allow(clippy::result_large_err)]
-async fn accept(listener: &TcpListener) -> (Ws, String) {
+async fn accept_with_auth(listener: &TcpListener) -> (Ws, String, String) {
     let (stream, _) = within("a connection", listener.accept()).await.expect("accept");
-    let uri = Arc::new(Mutex::new(String::new()));
-    let seen = uri.clone();
+    let seen = Arc::new(Mutex::new((String::new(), String::new())));
+    let sink = seen.clone();
     let ws = tokio_tungstenite::accept_hdr_async(stream, move |request: &Request, mut response: Response| {
-        *seen.lock().expect("lock") = request.uri().to_string();
+        let authorization = request
+            .headers()
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        *sink.lock().expect("lock") = (request.uri().to_string(), authorization.to_owned());
         response
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "shardcast.v1.json".parse().expect("header"));
@@ -46,7 +53,13 @@ async fn accept(listener: &TcpListener) -> (Ws, String) {
     })
     .await
     .expect("upgrade");
-    let uri = uri.lock().expect("lock").clone();
+    let (uri, authorization) = seen.lock().expect("lock").clone();
+    (ws, uri, authorization)
+}
+
+/// Accepts one WebSocket; returns it with the request's path and query.
+async fn accept(listener: &TcpListener) -> (Ws, String) {
+    let (ws, uri, _) = accept_with_auth(listener).await;
     (ws, uri)
 }
 
@@ -85,8 +98,9 @@ async fn token_provider_is_called_on_every_connect() {
         .build_with_events()
         .expect("client");
 
-    let (mut ws, uri) = accept(&listener).await;
-    assert_eq!(uri, "/ws?app=demo&token=tok%201");
+    let (mut ws, uri, authorization) = accept_with_auth(&listener).await;
+    assert_eq!(uri, "/ws?app=demo", "never a token in the URL");
+    assert_eq!(authorization, "Bearer tok 1");
     welcome(&mut ws, 25_000).await;
     wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
     ws.close(Some(CloseFrame {
@@ -98,11 +112,9 @@ async fn token_provider_is_called_on_every_connect() {
     // Ending the TCP connection after the close handshake, as a gateway does.
     drop(ws);
 
-    let (mut ws, uri) = accept(&listener).await;
-    assert_eq!(
-        uri, "/ws?app=demo&token=tok%202",
-        "a fresh token for the new connection"
-    );
+    let (mut ws, uri, authorization) = accept_with_auth(&listener).await;
+    assert_eq!(uri, "/ws?app=demo");
+    assert_eq!(authorization, "Bearer tok 2", "a fresh token for the new connection");
     welcome(&mut ws, 25_000).await;
     within("connect", client.wait_connected()).await.expect("connected");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -136,8 +148,8 @@ async fn a_failing_token_provider_fails_only_that_attempt() {
             if reason.contains("token provider failed") && reason.contains("the token service is down")),
         "{failed:?}"
     );
-    let (mut ws, uri) = accept(&listener).await;
-    assert_eq!(uri, "/ws?token=fresh");
+    let (mut ws, uri, authorization) = accept_with_auth(&listener).await;
+    assert_eq!((uri.as_str(), authorization.as_str()), ("/ws", "Bearer fresh"));
     welcome(&mut ws, 25_000).await;
     within("connect", client.wait_connected()).await.expect("connected");
     drop(ws);
@@ -225,5 +237,117 @@ async fn heartbeat_sends_protocol_pings_and_drops_a_silent_peer() {
         "{lost:?}"
     );
     silent.abort();
+    client.close().await;
+}
+
+/// Closes `ws` with `code` and `reason`, and ends the TCP connection as a gateway does.
+async fn close_with(mut ws: Ws, code: u16, reason: &str) {
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    }))
+    .await
+    .expect("close");
+    drop(ws);
+}
+
+#[tokio::test]
+async fn token_expired_reconnects_with_a_new_token_and_disconnected_stops() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let (client, mut events) = Client::builder(url)
+        .reconnect(quick_policy())
+        .token_provider(move || Some(format!("tok{}", counter.fetch_add(1, Ordering::SeqCst) + 1)))
+        .build_with_events()
+        .expect("client");
+    let (mut ws, _, authorization) = accept_with_auth(&listener).await;
+    assert_eq!(authorization, "Bearer tok1");
+    welcome(&mut ws, 25_000).await;
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    close_with(ws, 4002, "token expired").await;
+
+    // 4002: the provider is asked for a new token, and the client reconnects with it.
+    let (mut ws, _, authorization) = accept_with_auth(&listener).await;
+    assert_eq!(authorization, "Bearer tok2");
+    welcome(&mut ws, 25_000).await;
+    within("connect", client.wait_connected()).await.expect("connected");
+    close_with(ws, 4004, "disconnected by an operator").await;
+
+    // 4004: no reconnect; the client stops with an authentication error.
+    let refused = wait_event(&mut events, |e| matches!(e, ClientEvent::Unauthorized { .. })).await;
+    assert_eq!(
+        refused,
+        ClientEvent::Unauthorized {
+            code: 4004,
+            reason: "disconnected by an operator".to_owned()
+        }
+    );
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Closed { .. })).await;
+    assert!(matches!(
+        client.stop_reason(),
+        Some(Error::Unauthorized { code: 4004, .. })
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A client with the fixed token `fixed`, connected to a fake gateway on `listener`.
+async fn connected_with_a_fixed_token(listener: &TcpListener) -> (Client, EventStream, Ws) {
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let (client, mut events) = Client::builder(url)
+        .reconnect(quick_policy())
+        .token("fixed")
+        .build_with_events()
+        .expect("client");
+    let (mut ws, _, authorization) = accept_with_auth(listener).await;
+    assert_eq!(authorization, "Bearer fixed");
+    welcome(&mut ws, 25_000).await;
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    (client, events, ws)
+}
+
+#[tokio::test]
+async fn token_expired_without_a_provider_stops() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (client, mut events, ws) = connected_with_a_fixed_token(&listener).await;
+    close_with(ws, 4002, "token expired").await;
+    // A fixed token cannot be renewed: reconnecting with it would be refused again.
+    wait_event(&mut events, |e| {
+        matches!(e, ClientEvent::Unauthorized { code: 4002, .. })
+    })
+    .await;
+    wait_event(&mut events, |e| matches!(e, ClientEvent::Closed { .. })).await;
+    assert!(matches!(
+        client.stop_reason(),
+        Some(Error::Unauthorized { code: 4002, .. })
+    ));
+}
+
+#[tokio::test]
+async fn too_many_connections_reconnects_with_backoff() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (client, mut events, ws) = connected_with_a_fixed_token(&listener).await;
+    close_with(ws, 4005, "too many connections").await;
+    let lost = wait_event(&mut events, |e| matches!(e, ClientEvent::Disconnected { .. })).await;
+    assert!(
+        matches!(
+            lost,
+            ClientEvent::Disconnected {
+                code: 4005,
+                will_reconnect: true,
+                ..
+            }
+        ),
+        "{lost:?}"
+    );
+    wait_event(&mut events, |e| {
+        matches!(e, ClientEvent::Reconnecting { attempt: 1, .. })
+    })
+    .await;
+    let (mut ws, _) = accept(&listener).await;
+    welcome(&mut ws, 25_000).await;
+    within("reconnect", client.wait_connected()).await.expect("connected");
+    drop(ws);
     client.close().await;
 }

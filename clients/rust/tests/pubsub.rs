@@ -250,19 +250,3 @@ async fn dropping_every_handle_closes_the_connection() {
     })
     .await;
 }
-
-#[tokio::test]
-async fn the_gateway_accepts_the_token_query_parameter() {
-    let gateway = Gateway::start(&[]);
-    let url = format!("{}?region=eu", gateway.ws_url());
-    let client = Client::builder(url)
-        .token_provider(|| Some("opaque/token+with=odd&chars".to_owned()))
-        .build()
-        .expect("client");
-    let mut news = within("subscribe", client.subscribe("news")).await.expect("subscribed");
-    within("publish", gateway.admin().publish("news", &true))
-        .await
-        .expect("publish");
-    assert_eq!(within("message", news.next()).await.expect("open").data, json!(true));
-    client.close().await;
-}

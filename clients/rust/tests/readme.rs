@@ -370,6 +370,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The `--token-hmac-secret` of the gateway the examples run against.
+const TOKEN_SECRET: &str = "readme-secret";
+
 /// Lines an example must print on stdout, besides exiting 0.
 fn expected_stdout(example: &str) -> &'static [&'static str] {
     match example {
@@ -377,6 +380,7 @@ fn expected_stdout(example: &str) -> &'static [&'static str] {
             "delivered to 1 connection(s) on that instance",
             r#"news #1: {"text":"hello"}"#,
         ],
+        "token_provider.rs" | "sign_token.rs" => &["connected as 42"],
         _ => &[],
     }
 }
@@ -385,12 +389,25 @@ fn expected_stdout(example: &str) -> &'static [&'static str] {
 async fn readme_examples_run_against_a_gateway() {
     let names = readme_examples(&readme());
     build_examples_if_stale(&names);
-    let gateway = Gateway::start(&[]);
+    // Tokens are checked (the authentication examples), anonymous clients allowed (the others).
+    let gateway = Gateway::start(&["--token-hmac-secret", TOKEN_SECRET, "--allow-anonymous", "true"]);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 300;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "42", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET.as_bytes()),
+    )
+    .expect("sign a token");
     for name in &names {
         let output = run(Command::new(example_bin(name))
             .env("SHARDCAST_URL", gateway.ws_url())
             .env("SHARDCAST_ADMIN", gateway.admin_url())
-            .env("SHARDCAST_TOKEN", "readme-test"))
+            .env("SHARDCAST_TOKEN", &token)
+            .env("SHARDCAST_TOKEN_SECRET", TOKEN_SECRET))
         .await;
         let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
         assert!(

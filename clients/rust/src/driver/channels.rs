@@ -1,25 +1,29 @@
 //! The channels the application wants, whatever the connection: [`ChannelTable`]
 //! holds each channel's subscriptions, whether the current connection has it
-//! subscribed on the gateway, and its retry schedule after `unavailable` refusals.
+//! subscribed on the gateway, its retry schedule after `unavailable` refusals, and
+//! the refresh schedule of its subscription token (PROTOCOL.md 18.4).
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
-use shardcast_proto::ErrorCode;
+use shardcast_proto::{ErrorCode, UnsubscribeCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::requests::SubscribeRequest;
 use crate::backoff::ReconnectPolicy;
 use crate::error::{Error, Result};
 use crate::event::{ClientEvent, Observers};
 use crate::message::Message;
+use crate::token::TokenLifetime;
 
 /// One channel the application wants, shared by all its subscriptions.
 struct ChannelEntry {
     /// Tells this entry apart from an earlier one of the same channel, so that a late
     /// reply to a dropped entry's subscribe is not taken for this one's.
     generation: u64,
-    subscribers: Vec<(u64, mpsc::UnboundedSender<Message>)>,
+    subscribers: Vec<Subscriber>,
     /// Subscriptions waiting for the channel's first ack.
     waiters: Vec<(u64, oneshot::Sender<Result<()>>)>,
     /// Acknowledged on the current connection.
@@ -31,6 +35,35 @@ struct ChannelEntry {
     /// Consecutive `unavailable` refusals, for the retry backoff.
     unavailable: u32,
     retry_at: Option<Instant>,
+    /// The subscription token the current connection holds the channel by, if any.
+    token: Option<HeldSubscriptionToken>,
+}
+
+/// One subscription's end of its stream.
+struct Subscriber {
+    id: u64,
+    messages: mpsc::UnboundedSender<Message>,
+    /// Why the stream ended, when the gateway ended it.
+    ended: Arc<OnceLock<Error>>,
+}
+
+/// A subscription token in use, and when to replace it with a `sub_refresh`.
+struct HeldSubscriptionToken {
+    lifetime: TokenLifetime,
+    /// `None` while a refresh is under way.
+    refresh_at: Option<Instant>,
+}
+
+impl ChannelEntry {
+    /// Ends every stream of the entry with `error` as its end reason, and fails its waiters with it.
+    fn end(self, error: &Error) {
+        for subscriber in self.subscribers {
+            let _ = subscriber.ended.set(error.clone());
+        }
+        for (_, waiter) in self.waiters {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
 }
 
 /// Every channel the application wants, by name.
@@ -48,10 +81,16 @@ impl ChannelTable {
         channel: String,
         subscription: u64,
         messages: mpsc::UnboundedSender<Message>,
+        ended: Arc<OnceLock<Error>>,
         done: oneshot::Sender<Result<()>>,
     ) -> bool {
+        let subscriber = Subscriber {
+            id: subscription,
+            messages,
+            ended,
+        };
         if let Some(entry) = self.entries.get_mut(&channel) {
-            entry.subscribers.push((subscription, messages));
+            entry.subscribers.push(subscriber);
             if entry.acked {
                 // The channel is live: every later publication reaches the new subscription too.
                 let _ = done.send(Ok(()));
@@ -65,13 +104,14 @@ impl ChannelTable {
             channel,
             ChannelEntry {
                 generation: self.next_generation,
-                subscribers: vec![(subscription, messages)],
+                subscribers: vec![subscriber],
                 waiters: vec![(subscription, done)],
                 acked: false,
                 ever_acked: false,
                 in_flight: None,
                 unavailable: 0,
                 retry_at: None,
+                token: None,
             },
         );
         true
@@ -85,7 +125,7 @@ impl ChannelTable {
             return false;
         };
         let before = entry.subscribers.len();
-        entry.subscribers.retain(|(id, _)| *id != subscription);
+        entry.subscribers.retain(|s| s.id != subscription);
         if entry.subscribers.len() == before {
             // Not (or no longer) part of this entry, e.g. refused earlier: nothing to undo.
             return false;
@@ -113,6 +153,7 @@ impl ChannelTable {
             entry.in_flight = None;
             entry.unavailable = 0;
             entry.retry_at = None;
+            entry.token = None;
         }
     }
 
@@ -136,17 +177,40 @@ impl ChannelTable {
         Some(entry.generation)
     }
 
-    /// Applies the gateway's reply to a subscribe; returns when to retry the channel
-    /// if the gateway was `unavailable`.
+    /// Whether subscribe request `id` for `channel` still waits for its subscription
+    /// token before it goes out; returns the entry's generation if so.
+    pub(crate) fn awaiting_token(&self, channel: &str, id: u64) -> Option<u64> {
+        let entry = self.entries.get(channel)?;
+        (entry.in_flight == Some(id) && !entry.acked).then_some(entry.generation)
+    }
+
+    /// The subscription token for subscribe request `id` could not be had: the
+    /// subscription fails with `error`, as the gateway would refuse it without one.
+    pub(crate) fn token_failed(&mut self, channel: &str, id: u64, error: Error) {
+        if self.awaiting_token(channel, id).is_some() {
+            if let Some(entry) = self.entries.remove(channel) {
+                entry.end(&error);
+            }
+        }
+    }
+
+    /// Applies the gateway's reply to subscribe `request` (request id `id`);
+    /// returns when the channel's timer is next due: a retry if the gateway was
+    /// `unavailable`, the token's refresh if it was acknowledged.
     pub(crate) fn subscribe_answered(
         &mut self,
-        channel: &str,
-        generation: u64,
+        request: SubscribeRequest,
         id: Option<u64>,
-        result: Result<(), (ErrorCode, String)>,
+        result: Result<Option<u64>, (ErrorCode, String)>,
         policy: &ReconnectPolicy,
         observers: &Observers,
     ) -> Option<Instant> {
+        let SubscribeRequest {
+            channel,
+            generation,
+            token,
+        } = request;
+        let channel = channel.as_str();
         let entry = self.entries.get_mut(channel)?;
         // The entry may have been dropped and made anew since this request went out.
         if entry.generation != generation || entry.in_flight != id {
@@ -154,11 +218,18 @@ impl ChannelTable {
         }
         entry.in_flight = None;
         match result {
-            Ok(()) => {
+            Ok(expires_at) => {
                 let resubscribed = entry.ever_acked;
                 entry.acked = true;
                 entry.ever_acked = true;
                 entry.unavailable = 0;
+                // The ack of a subscribe has no `expires_at` in version 1: the token's own `exp` says.
+                entry.token = token
+                    .and_then(|(token, received_at)| TokenLifetime::of(&token, expires_at, received_at))
+                    .map(|lifetime| HeldSubscriptionToken {
+                        refresh_at: Some(lifetime.refresh_at(Instant::now(), fastrand::f64())),
+                        lifetime,
+                    });
                 for (_, waiter) in entry.waiters.drain(..) {
                     let _ = waiter.send(Ok(()));
                 }
@@ -166,7 +237,7 @@ impl ChannelTable {
                     channel: channel.to_owned(),
                     resubscribed,
                 });
-                None
+                entry.token.as_ref().and_then(|t| t.refresh_at)
             }
             Err((ErrorCode::Unavailable, message)) => {
                 // The gateway's broker is struggling: retry this channel with backoff (section 12).
@@ -180,15 +251,20 @@ impl ChannelTable {
             Err((code, message)) => {
                 // Any other refusal is final for this channel: retrying would be refused again.
                 if let Some(entry) = self.entries.remove(channel) {
-                    let error = Error::Server {
-                        op: "subscribe",
-                        code,
-                        message: message.clone(),
-                        channel: Some(channel.to_owned()),
+                    let error = match code {
+                        ErrorCode::PermissionDenied | ErrorCode::Unauthorized => Error::PermissionDenied {
+                            channel: channel.to_owned(),
+                            code,
+                            message: message.clone(),
+                        },
+                        _ => Error::Server {
+                            op: "subscribe",
+                            code,
+                            message: message.clone(),
+                            channel: Some(channel.to_owned()),
+                        },
                     };
-                    for (_, waiter) in entry.waiters {
-                        let _ = waiter.send(Err(error.clone()));
-                    }
+                    entry.end(&error);
                 }
                 observers.emit(ClientEvent::SubscribeRefused {
                     channel: channel.to_owned(),
@@ -200,6 +276,83 @@ impl ChannelTable {
         }
     }
 
+    /// Channels whose subscription token is due for refresh at `now`; their refresh
+    /// is marked as under way.
+    pub(crate) fn due_token_refreshes(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        for (channel, entry) in &mut self.entries {
+            if let Some(token) = entry
+                .token
+                .as_mut()
+                .filter(|t| t.refresh_at.is_some_and(|at| at <= now))
+            {
+                token.refresh_at = None;
+                due.push(channel.clone());
+            }
+        }
+        due
+    }
+
+    /// Applies the outcome of a `sub_refresh` (or of fetching its token) for
+    /// `channel`: the new token and its ack's `expires_at`, or what went wrong.
+    /// Returns when the channel's token is next due for refresh. A failure is
+    /// retried, sooner each time, while the old token lasts; past its expiry the
+    /// gateway's `unsubscribed` follows.
+    pub(crate) fn token_refreshed(
+        &mut self,
+        channel: &str,
+        outcome: Result<(String, Instant, Option<u64>), String>,
+        observers: &Observers,
+    ) -> Option<Instant> {
+        let held = self.entries.get_mut(channel)?.token.as_mut()?;
+        let now = Instant::now();
+        match outcome {
+            Ok((token, received_at, expires_at)) => {
+                if let Some(lifetime) = TokenLifetime::of(&token, expires_at, received_at) {
+                    held.lifetime = lifetime;
+                    held.refresh_at = Some(lifetime.refresh_at(now, fastrand::f64()));
+                }
+                observers.emit(ClientEvent::TokenRefreshed {
+                    channel: Some(channel.to_owned()),
+                    expires_at,
+                });
+            }
+            Err(reason) => {
+                observers.emit(ClientEvent::TokenRefreshFailed {
+                    channel: Some(channel.to_owned()),
+                    reason,
+                });
+                held.refresh_at =
+                    (!held.lifetime.remaining(now).is_zero()).then(|| held.lifetime.refresh_at(now, fastrand::f64()));
+            }
+        }
+        held.refresh_at
+    }
+
+    /// The gateway ended the channel's subscription (`unsubscribed`): every stream
+    /// of the channel ends, with the reason recorded, and the channel is forgotten
+    /// (a reconnect does not subscribe it again).
+    pub(crate) fn unsubscribed(
+        &mut self,
+        channel: &str,
+        code: UnsubscribeCode,
+        message: String,
+        observers: &Observers,
+    ) {
+        if let Some(entry) = self.entries.remove(channel) {
+            entry.end(&Error::Unsubscribed {
+                channel: channel.to_owned(),
+                code,
+                message: message.clone(),
+            });
+        }
+        observers.emit(ClientEvent::Unsubscribed {
+            channel: channel.to_owned(),
+            code,
+            message,
+        });
+    }
+
     /// Channels whose subscribe retry is due at `now`.
     pub(crate) fn due_retries(&self, now: Instant) -> Vec<String> {
         self.entries
@@ -209,9 +362,13 @@ impl ChannelTable {
             .collect()
     }
 
-    /// The earliest scheduled subscribe retry, if any.
-    pub(crate) fn next_retry(&self) -> Option<Instant> {
-        self.entries.values().filter_map(|e| e.retry_at).min()
+    /// The earliest scheduled subscribe retry or token refresh, if any.
+    pub(crate) fn next_wakeup(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .flat_map(|e| [e.retry_at, e.token.as_ref().and_then(|t| t.refresh_at)])
+            .flatten()
+            .min()
     }
 
     /// Hands a publication to every subscription of its channel.
@@ -220,12 +377,12 @@ impl ChannelTable {
         let Some(entry) = self.entries.get_mut(&message.channel) else {
             return;
         };
-        entry.subscribers.retain(|(_, sender)| !sender.is_closed());
-        if let Some(((_, last), others)) = entry.subscribers.split_last() {
-            for (_, sender) in others {
-                let _ = sender.send(message.clone());
+        entry.subscribers.retain(|s| !s.messages.is_closed());
+        if let Some((last, others)) = entry.subscribers.split_last() {
+            for subscriber in others {
+                let _ = subscriber.messages.send(message.clone());
             }
-            let _ = last.send(message);
+            let _ = last.messages.send(message);
         }
     }
 

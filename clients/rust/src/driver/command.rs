@@ -1,6 +1,7 @@
 //! What the driver is told: the [`Command`]s that client handles and subscriptions
 //! send it, and the [`Config`] it is started with.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -9,9 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::backoff::ReconnectPolicy;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::token::TokenProvider;
+use crate::token::{SubscriptionTokenProvider, TokenProvider};
 
 /// What a client handle or subscription asks of the driver.
 pub(crate) enum Command {
@@ -20,6 +21,8 @@ pub(crate) enum Command {
         channel: String,
         subscription: u64,
         messages: mpsc::UnboundedSender<Message>,
+        /// Where the driver records why it ended the subscription's stream.
+        ended: Arc<OnceLock<Error>>,
         done: oneshot::Sender<Result<()>>,
     },
     /// Remove a subscription; the channel is unsubscribed on the gateway when its last one goes.
@@ -52,8 +55,12 @@ pub(crate) struct Config {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub close_timeout: Duration,
-    pub token: Option<TokenProvider>,
-    pub token_param: String,
+    /// A fixed connection token, used when there is no provider.
+    pub token: Option<String>,
+    /// Called before every connect and for every refresh of the connection token.
+    pub token_provider: Option<TokenProvider>,
+    /// Called before every subscribe and every `sub_refresh`.
+    pub subscription_token: Option<SubscriptionTokenProvider>,
     pub websocket: WebSocketConfig,
     pub max_message_bytes: usize,
 }

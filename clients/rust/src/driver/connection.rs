@@ -1,6 +1,6 @@
 //! One open WebSocket to the gateway: [`Connection`] sends frames (bounded in time),
-//! keeps the requests in flight on it, runs the heartbeat's clock, and closes with
-//! the close handshake. [`End`] and [`Loss`] say why a connection or attempt ended.
+//! keeps the requests in flight on it, runs the heartbeat's clock and the refresh
+//! schedule of its token, and closes with the close handshake. [`End`] and [`Loss`] say why a connection or attempt ended.
 
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use super::command::HeartbeatTiming;
 use super::requests::RequestTable;
 use crate::error::Error;
+use crate::token::TokenLifetime;
 use crate::transport::{self, Welcome, WsStream};
 
 /// Far enough ahead to mean "never" for a timer, near enough not to overflow `Instant`.
@@ -53,8 +54,13 @@ pub(crate) struct Connection {
     pub encoding: Encoding,
     pub requests: RequestTable,
     pub welcomed_at: Instant,
-    /// Earliest `retry_at` of any channel, if any.
-    pub retry_wakeup: Option<Instant>,
+    /// Earliest subscribe retry or subscription token refresh of any channel, if any.
+    pub channel_wakeup: Option<Instant>,
+    /// The lifetime of the connection's token, from the welcome or the last refresh.
+    pub token_lifetime: Option<TokenLifetime>,
+    /// When to refresh the connection's token; `None` when nothing is scheduled
+    /// (no token, no provider, or a refresh under way).
+    pub token_refresh_at: Option<Instant>,
     /// Set when a send failed; the connection is treated as lost.
     pub broken: Option<String>,
     last_received: Instant,
@@ -86,7 +92,9 @@ impl Connection {
             encoding: welcome.encoding,
             requests: RequestTable::default(),
             welcomed_at: now,
-            retry_wakeup: None,
+            channel_wakeup: None,
+            token_lifetime: None,
+            token_refresh_at: None,
             broken: None,
             last_received: now,
             heartbeat,
@@ -109,7 +117,17 @@ impl Connection {
         } else {
             idle
         };
-        self.retry_wakeup.map_or(heartbeat, |at| at.min(heartbeat))
+        [self.channel_wakeup, self.token_refresh_at]
+            .into_iter()
+            .flatten()
+            .fold(heartbeat, Instant::min)
+    }
+
+    /// Brings the channel timer forward to `at`, if that is sooner.
+    pub(crate) fn wake_for_channel(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.channel_wakeup = Some(self.channel_wakeup.map_or(at, |t| t.min(at)));
+        }
     }
 
     /// Advances the heartbeat at `now`. The pong to a ping is not awaited as such:

@@ -3,7 +3,9 @@
 //! reconnecting … → closed), the reconnect schedule, and the set of channels the
 //! application wants, which it subscribes again on every new connection. Handles
 //! talk to it only through [`Command`]s, so there is no lock around the socket.
-//! Behaviour follows proto/PROTOCOL.md, sections 5, 6, 10 and 12.
+//! It also keeps the connection's token and the channels' subscription tokens
+//! fresh, and reacts to the authentication close codes (4002-4005).
+//! Behaviour follows proto/PROTOCOL.md, sections 5, 6, 10, 12 and 18.
 //!
 //! The parts it drives live in the submodules, none of which knows the driver:
 //! `command` (what it is told), `channels` (the wanted channels), `requests`
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use shardcast_proto::{ClientFrame, ErrorCode, ServerFrame};
+use shardcast_proto::{close, ClientFrame, ErrorCode, ServerFrame};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -26,11 +28,12 @@ use tracing::{debug, warn};
 use self::channels::ChannelTable;
 pub(crate) use self::command::{Command, Config, HeartbeatTiming};
 use self::connection::{Connection, End, HeartbeatStep, Loss, NEVER};
-use self::requests::{Pending, RequestIds, Unanswered};
+use self::requests::{Pending, RequestIds, SubscribeRequest, Unanswered};
 use crate::backoff::ReconnectDecision;
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::event::{ClientEvent, ConnectionState, Observers};
 use crate::message::Message;
+use crate::token::{TokenFuture, TokenLifetime};
 use crate::transport::{self, AttemptFailure, Incoming, Opened, Welcome, ABNORMAL_CLOSURE};
 
 pub(crate) struct Driver {
@@ -42,6 +45,36 @@ pub(crate) struct Driver {
     /// Consecutive failed attempts; reset by a connection that stayed up for the backoff cap.
     failures: u32,
     close_waiters: Vec<oneshot::Sender<()>>,
+    /// Numbers the connections, so that a token fetched for an earlier one is dropped.
+    serial: u64,
+    /// Tokens fetched in the background (provider calls run beside the driver, so
+    /// that a slow backend does not stall the connection).
+    fetched: mpsc::UnboundedReceiver<Fetched>,
+    fetches: mpsc::UnboundedSender<Fetched>,
+}
+
+/// A token provider's answer, for the connection numbered `serial`.
+struct Fetched {
+    serial: u64,
+    purpose: FetchPurpose,
+    received_at: Instant,
+    result: Result<Option<String>, BoxError>,
+}
+
+/// What a token was fetched for.
+enum FetchPurpose {
+    /// A `refresh` of the connection's token.
+    Refresh,
+    /// Subscribe request `id` for `channel`, which waits for it.
+    Subscribe { channel: String, id: u64 },
+    /// A `sub_refresh` of the channel's subscription token.
+    SubRefresh { channel: String },
+}
+
+/// The token a connection was opened with, and when it arrived.
+struct HeldToken {
+    token: String,
+    received_at: Instant,
 }
 
 impl Driver {
@@ -50,6 +83,7 @@ impl Driver {
         observers: Arc<Observers>,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Self {
+        let (fetches, fetched) = mpsc::unbounded_channel();
         Driver {
             config,
             observers,
@@ -58,6 +92,9 @@ impl Driver {
             request_ids: RequestIds::default(),
             failures: 0,
             close_waiters: Vec::new(),
+            serial: 0,
+            fetched,
+            fetches,
         }
     }
 
@@ -67,7 +104,7 @@ impl Driver {
             self.observers.set_state(ConnectionState::Connecting);
             self.observers.emit(ClientEvent::Connecting { attempt: self.failures });
             let end = match self.attempt().await {
-                Ok(opened) => self.serve(opened).await,
+                Ok((opened, token)) => self.serve(opened, token).await,
                 Err(end) => end,
             };
             let loss = match end {
@@ -76,9 +113,17 @@ impl Driver {
                 End::Fatal(error) => {
                     let reason = error.to_string();
                     self.emit_disconnected(ABNORMAL_CLOSURE, &reason, false, false);
-                    return self.stop(Some(ABNORMAL_CLOSURE), reason);
+                    return match error {
+                        // A refused token is what later calls fail with; other fatal refusals show in `Closed`.
+                        Error::Unauthorized { .. } => self.stop_with(Some(ABNORMAL_CLOSURE), reason, error),
+                        _ => self.stop(Some(ABNORMAL_CLOSURE), reason),
+                    };
                 }
             };
+            if let Some(error) = self.authentication_failure(loss.code, &loss.reason) {
+                self.emit_disconnected(loss.code, &loss.reason, loss.welcomed_at.is_some(), false);
+                return self.stop_with(Some(loss.code), loss.reason, error);
+            }
             let policy = &self.config.reconnect;
             // A connection that stayed up for the cap resets the backoff; one accepted and
             // dropped at once (a slow consumer, a crashing gateway) keeps backing off.
@@ -112,6 +157,23 @@ impl Driver {
         }
     }
 
+    /// The error that stops the client after an authentication close code, if this is
+    /// one (section 11.1): 4003 and 4004 never reconnect; 4002 (token expired)
+    /// reconnects with a new token from the provider, so only without one is it final.
+    /// 4005 (too many connections) reconnects with backoff, as the policy says.
+    fn authentication_failure(&self, code: u16, reason: &str) -> Option<Error> {
+        let renewable = self.config.token_provider.is_some();
+        match code {
+            close::UNAUTHORIZED | close::DISCONNECTED => {}
+            close::TOKEN_EXPIRED if !renewable => {}
+            _ => return None,
+        }
+        Some(Error::Unauthorized {
+            code,
+            reason: reason.to_owned(),
+        })
+    }
+
     fn emit_disconnected(&self, code: u16, reason: &str, was_connected: bool, will_reconnect: bool) {
         debug!(code, reason, will_reconnect, "disconnected");
         self.observers.emit(ClientEvent::Disconnected {
@@ -123,19 +185,32 @@ impl Driver {
     }
 
     /// One connect attempt (token, upgrade, welcome), bounded by the connect timeout,
-    /// while still answering commands.
-    async fn attempt(&mut self) -> Result<Opened, End> {
+    /// while still answering commands. Returns the connection and the token it
+    /// authenticated with.
+    async fn attempt(&mut self) -> Result<(Opened, Option<HeldToken>), End> {
         let config = self.config.clone();
         let attempt = tokio::time::timeout(config.connect_timeout, async move {
-            let mut url = config.url.clone();
-            if let Some(provider) = &config.token {
-                match provider().await {
-                    Ok(Some(token)) => url = transport::with_query_param(&url, &config.token_param, &token),
-                    Ok(None) => {}
+            // A provider is called before every connect, so that an expired token
+            // (close 4002) is replaced; a fixed token is all there is otherwise.
+            let token = match &config.token_provider {
+                Some(provider) => match provider().await {
+                    Ok(token) => token,
                     Err(e) => return Err(AttemptFailure::abnormal(format!("token provider failed: {e}"))),
-                }
-            }
-            transport::open(&url, config.encoding, config.websocket).await
+                },
+                None => config.token.clone(),
+            };
+            let token = token.filter(|t| !t.is_empty()).map(|token| HeldToken {
+                token,
+                received_at: Instant::now(),
+            });
+            let opened = transport::open(
+                &config.url,
+                config.encoding,
+                config.websocket,
+                token.as_ref().map(|t| t.token.as_str()),
+            )
+            .await?;
+            Ok((opened, token))
         });
         tokio::pin!(attempt);
         loop {
@@ -196,10 +271,11 @@ impl Driver {
                 channel,
                 subscription,
                 messages,
+                ended,
                 done,
             }) => {
                 // Registered now, subscribed on the gateway after the next welcome.
-                self.channels.add(channel, subscription, messages, done);
+                self.channels.add(channel, subscription, messages, ended, done);
                 false
             }
             Some(Command::Unsubscribe {
@@ -226,16 +302,27 @@ impl Driver {
     }
 
     /// Enters the closed state: fails everything still waiting and ends every stream.
-    fn stop(mut self, code: Option<u16>, reason: String) {
-        debug!(?code, reason, "client stopped");
+    fn stop(self, code: Option<u16>, reason: String) {
         let error = Error::Closed {
             code,
             reason: reason.clone(),
         };
+        self.stop_with(code, reason, error);
+    }
+
+    /// Like [`stop`](Self::stop), with `error` as what calls fail with from now on.
+    fn stop_with(mut self, code: Option<u16>, reason: String, error: Error) {
+        debug!(?code, reason, "client stopped");
         // Recorded first: an application that sees its streams end asks for the reason.
-        self.observers.set_stopped(code, &reason);
+        self.observers.set_stopped(error.clone());
         self.channels.close_all(&error);
         self.observers.set_state(ConnectionState::Closed);
+        if let Error::Unauthorized { code, reason } = &error {
+            self.observers.emit(ClientEvent::Unauthorized {
+                code: *code,
+                reason: reason.clone(),
+            });
+        }
         self.observers.emit(ClientEvent::Closed { code, reason });
         for waiter in self.close_waiters.drain(..) {
             let _ = waiter.send(());
@@ -258,9 +345,13 @@ impl Driver {
         }
     }
 
-    async fn serve(&mut self, opened: Opened) -> End {
+    async fn serve(&mut self, opened: Opened, token: Option<HeldToken>) -> End {
         let Opened { ws, welcome } = opened;
         let mut connection = Connection::new(ws, &welcome, self.config.heartbeat, self.config.request_timeout);
+        self.serial = self.serial.wrapping_add(1);
+        // The welcome says when the token expires; the token's own `exp` where it does not.
+        let lifetime = token.and_then(|t| TokenLifetime::of(&t.token, welcome.expires_at, t.received_at));
+        self.schedule_refresh(&mut connection, lifetime);
         self.announce(&welcome);
         let end = self.serve_connection(&mut connection).await;
         connection.requests.end_all(match &end {
@@ -282,7 +373,120 @@ impl Driver {
             shard: welcome.shard,
             ping_interval: welcome.ping_interval,
             encoding: welcome.encoding,
+            user: welcome.user.clone(),
         });
+    }
+
+    /// Plans the refresh of the connection's token with this lifetime (none if it
+    /// does not expire, or if there is no provider to get a new one from).
+    fn schedule_refresh(&self, connection: &mut Connection, lifetime: Option<TokenLifetime>) {
+        connection.token_lifetime = lifetime;
+        connection.token_refresh_at = lifetime
+            .filter(|_| self.config.token_provider.is_some())
+            .map(|lifetime| lifetime.refresh_at(Instant::now(), fastrand::f64()));
+    }
+
+    /// A connection token refresh failed: reported, and tried again (sooner, since
+    /// less of the lifetime is left) while the token lasts; past its expiry the
+    /// gateway's close 4002 follows, and the client reconnects with a new token.
+    fn refresh_failed(&self, connection: &mut Connection, reason: String) {
+        warn!(reason, "token refresh failed");
+        self.observers
+            .emit(ClientEvent::TokenRefreshFailed { channel: None, reason });
+        let lifetime = connection
+            .token_lifetime
+            .filter(|l| !l.remaining(Instant::now()).is_zero());
+        self.schedule_refresh(connection, lifetime);
+    }
+
+    /// Calls a token provider beside the driver, bounded by the request timeout (a
+    /// provider that never answers would hold a subscribe forever); the answer
+    /// arrives as a [`Fetched`].
+    fn fetch(&self, purpose: FetchPurpose, token: TokenFuture) {
+        let (serial, fetches, limit) = (self.serial, self.fetches.clone(), self.config.request_timeout);
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(limit, token).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no token within {limit:?}").into()),
+            };
+            let _ = fetches.send(Fetched {
+                serial,
+                purpose,
+                received_at: Instant::now(),
+                result,
+            });
+        });
+    }
+
+    /// A token provider answered: sends the request the token was fetched for.
+    async fn on_fetched(&mut self, connection: &mut Connection, fetched: Fetched) {
+        if fetched.serial != self.serial {
+            // Fetched for a connection that is gone; the new one fetches its own.
+            return;
+        }
+        let Fetched {
+            purpose,
+            received_at,
+            result,
+            ..
+        } = fetched;
+        match purpose {
+            FetchPurpose::Refresh => match result {
+                Ok(Some(token)) if !token.is_empty() => {
+                    let id = self.request_ids.take();
+                    let frame = ClientFrame::Refresh {
+                        id: Some(id),
+                        token: token.clone(),
+                    };
+                    connection.requests.track(id, Pending::Refresh { token, received_at });
+                    connection.send(frame).await;
+                }
+                Ok(_) => self.refresh_failed(connection, "the token provider returned no token".to_owned()),
+                Err(e) => self.refresh_failed(connection, format!("token provider failed: {e}")),
+            },
+            FetchPurpose::Subscribe { channel, id } => {
+                let Some(generation) = self.channels.awaiting_token(&channel, id) else {
+                    return;
+                };
+                match result {
+                    Ok(token) => {
+                        let token = token.filter(|t| !t.is_empty());
+                        self.send_subscribe_frame(connection, channel, id, generation, token, received_at)
+                            .await;
+                    }
+                    Err(e) => self
+                        .channels
+                        .token_failed(&channel, id, Error::TokenProvider(Arc::from(e))),
+                }
+            }
+            FetchPurpose::SubRefresh { channel } => match result {
+                Ok(Some(token)) if !token.is_empty() => {
+                    let id = self.request_ids.take();
+                    let frame = ClientFrame::SubRefresh {
+                        id: Some(id),
+                        channel: channel.clone(),
+                        token: token.clone(),
+                    };
+                    connection.requests.track(
+                        id,
+                        Pending::SubRefresh {
+                            channel,
+                            token,
+                            received_at,
+                        },
+                    );
+                    connection.send(frame).await;
+                }
+                other => {
+                    let reason = match other {
+                        Err(e) => format!("subscription token provider failed: {e}"),
+                        Ok(_) => "the subscription token provider returned no token".to_owned(),
+                    };
+                    let at = self.channels.token_refreshed(&channel, Err(reason), &self.observers);
+                    connection.wake_for_channel(at);
+                }
+            },
+        }
     }
 
     async fn serve_connection(&mut self, connection: &mut Connection) -> End {
@@ -330,6 +534,7 @@ impl Driver {
                     };
                     self.online_command(connection, command).await;
                 }
+                Some(fetched) = self.fetched.recv() => self.on_fetched(connection, fetched).await,
                 () = &mut timer => {
                     if let Some(reason) = self.on_timer(connection).await {
                         return connection.lost(ABNORMAL_CLOSURE, reason);
@@ -349,9 +554,10 @@ impl Driver {
                 channel,
                 subscription,
                 messages,
+                ended,
                 done,
             } => {
-                if self.channels.add(channel.clone(), subscription, messages, done) {
+                if self.channels.add(channel.clone(), subscription, messages, ended, done) {
                     self.send_subscribe(connection, &channel).await;
                 }
             }
@@ -417,30 +623,59 @@ impl Driver {
         }
     }
 
+    /// Subscribes `channel` on the gateway; with a subscription token provider, once
+    /// it has supplied the channel's token.
     async fn send_subscribe(&mut self, connection: &mut Connection, channel: &str) {
         let id = self.request_ids.take();
         let Some(generation) = self.channels.subscribe_sent(channel, id) else {
             return;
         };
-        connection.requests.track(
-            id,
-            Pending::Subscribe {
-                channel: channel.to_owned(),
-                generation,
-            },
-        );
+        match &self.config.subscription_token {
+            Some(provider) => {
+                let token = provider(channel.to_owned());
+                let purpose = FetchPurpose::Subscribe {
+                    channel: channel.to_owned(),
+                    id,
+                };
+                self.fetch(purpose, token);
+            }
+            None => {
+                self.send_subscribe_frame(connection, channel.to_owned(), id, generation, None, Instant::now())
+                    .await
+            }
+        }
+    }
+
+    async fn send_subscribe_frame(
+        &mut self,
+        connection: &mut Connection,
+        channel: String,
+        id: u64,
+        generation: u64,
+        token: Option<String>,
+        received_at: Instant,
+    ) {
         let frame = ClientFrame::Subscribe {
             id: Some(id),
-            channel: channel.to_owned(),
-            token: None,
+            channel: channel.clone(),
+            token: token.clone(),
         };
+        connection.requests.track(
+            id,
+            Pending::Subscribe(SubscribeRequest {
+                channel,
+                generation,
+                token: token.map(|token| (token, received_at)),
+            }),
+        );
         connection.send(frame).await;
     }
 
     async fn on_frame(&mut self, connection: &mut Connection, frame: ServerFrame) {
         match frame {
             ServerFrame::Message { channel, seq, data } => self.channels.dispatch(Message { channel, seq, data }),
-            ServerFrame::Ack { id, .. } | ServerFrame::Pong { id } => self.on_reply(connection, id, Ok(())),
+            ServerFrame::Ack { id, expires_at } => self.on_reply(connection, id, Ok(expires_at)),
+            ServerFrame::Pong { id } => self.on_reply(connection, id, Ok(None)),
             ServerFrame::Error {
                 id: None,
                 code,
@@ -459,37 +694,59 @@ impl Driver {
                 self.observers.emit(ClientEvent::Gap { channel });
             }
             ServerFrame::Unsubscribed { channel, code, message } => {
-                // Authentication support (issue #11) surfaces this on the subscription;
-                // until then it is logged.
-                warn!(channel, ?code, message, "the gateway ended a subscription");
+                debug!(channel, ?code, message, "the gateway ended a subscription");
+                self.channels.unsubscribed(&channel, code, message, &self.observers);
             }
             // A second welcome is unexpected but harmless; unknown frame types are ignored (section 2).
             ServerFrame::Welcome { .. } | ServerFrame::Unknown => {}
         }
     }
 
-    fn on_reply(&mut self, connection: &mut Connection, id: Option<u64>, result: Result<(), (ErrorCode, String)>) {
+    /// A reply to request `id`: `Ok` with the ack's `expires_at`, or the error frame's code and message.
+    fn on_reply(
+        &mut self,
+        connection: &mut Connection,
+        id: Option<u64>,
+        result: Result<Option<u64>, (ErrorCode, String)>,
+    ) {
         // Heartbeat pongs and replies whose caller gave up have nobody waiting.
         match connection.requests.take(id) {
             None => {}
-            Some(Pending::Subscribe { channel, generation }) => {
-                let retry_at = self.channels.subscribe_answered(
-                    &channel,
-                    generation,
-                    id,
-                    result,
-                    &self.config.reconnect,
-                    &self.observers,
-                );
-                if let Some(at) = retry_at {
-                    connection.retry_wakeup = Some(connection.retry_wakeup.map_or(at, |t| t.min(at)));
-                }
+            Some(Pending::Subscribe(request)) => {
+                let at = self
+                    .channels
+                    .subscribe_answered(request, id, result, &self.config.reconnect, &self.observers);
+                connection.wake_for_channel(at);
             }
-            Some(other) => other.answer(result),
+            Some(Pending::Refresh { token, received_at }) => match result {
+                Ok(expires_at) => {
+                    let lifetime = TokenLifetime::of(&token, expires_at, received_at);
+                    self.schedule_refresh(connection, lifetime);
+                    self.observers.emit(ClientEvent::TokenRefreshed {
+                        channel: None,
+                        expires_at,
+                    });
+                }
+                // A refused token closes the connection with 4003 next; anything else is retried.
+                Err((code, message)) => self.refresh_failed(connection, format!("{}: {message}", code.as_str())),
+            },
+            Some(Pending::SubRefresh {
+                channel,
+                token,
+                received_at,
+            }) => {
+                let outcome = result
+                    .map(|expires_at| (token, received_at, expires_at))
+                    .map_err(|(code, message)| format!("{}: {message}", code.as_str()));
+                let at = self.channels.token_refreshed(&channel, outcome, &self.observers);
+                connection.wake_for_channel(at);
+            }
+            Some(other) => other.answer(result.map(|_| ())),
         }
     }
 
-    /// Runs the heartbeat and due subscribe retries; returns a reason if the connection is dead.
+    /// Runs the heartbeat, due subscribe retries and due token refreshes; returns a
+    /// reason if the connection is dead.
     async fn on_timer(&mut self, connection: &mut Connection) -> Option<String> {
         let now = Instant::now();
         match connection.heartbeat_step(now) {
@@ -500,11 +757,27 @@ impl Driver {
             }
             HeartbeatStep::Dead(reason) => return Some(reason),
         }
-        if connection.retry_wakeup.is_some_and(|at| at <= now) {
+        if connection.token_refresh_at.is_some_and(|at| at <= now) {
+            connection.token_refresh_at = None;
+            if let Some(provider) = &self.config.token_provider {
+                self.fetch(FetchPurpose::Refresh, provider());
+            }
+        }
+        if connection.channel_wakeup.is_some_and(|at| at <= now) {
             for channel in self.channels.due_retries(now) {
                 self.send_subscribe(connection, &channel).await;
             }
-            connection.retry_wakeup = self.channels.next_retry();
+            for channel in self.channels.due_token_refreshes(now) {
+                if let Some(provider) = &self.config.subscription_token {
+                    self.fetch(
+                        FetchPurpose::SubRefresh {
+                            channel: channel.clone(),
+                        },
+                        provider(channel),
+                    );
+                }
+            }
+            connection.channel_wakeup = self.channels.next_wakeup();
         }
         None
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use shardcast_proto::ErrorCode;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 
@@ -32,11 +33,28 @@ impl RequestIds {
     }
 }
 
+/// A subscribe on the current connection that waits for its reply.
+pub(crate) struct SubscribeRequest {
+    pub channel: String,
+    /// The generation of the channel's entry it was sent for.
+    pub generation: u64,
+    /// The subscription token it was sent with, and when that arrived.
+    pub token: Option<(String, Instant)>,
+}
+
 /// A request on the current connection that waits for its reply.
 pub(crate) enum Pending {
-    Subscribe {
+    Subscribe(SubscribeRequest),
+    /// A `refresh` of the connection's token with this token, received at that time.
+    Refresh {
+        token: String,
+        received_at: Instant,
+    },
+    /// A `sub_refresh` of a channel's subscription token.
+    SubRefresh {
         channel: String,
-        generation: u64,
+        token: String,
+        received_at: Instant,
     },
     Unsubscribe {
         done: Option<oneshot::Sender<Result<()>>>,
@@ -54,12 +72,13 @@ impl Pending {
         match self {
             Pending::Request { done, .. } => done.is_closed(),
             Pending::Unsubscribe { done } => done.as_ref().map_or(true, |d| d.is_closed()),
-            Pending::Subscribe { .. } => false,
+            Pending::Subscribe(_) | Pending::Refresh { .. } | Pending::SubRefresh { .. } => false,
         }
     }
 
     /// Answers the caller of an unsubscribe, publish or ping with the gateway's reply.
-    /// A subscribe's reply belongs to its channel, so it is not answered here.
+    /// The replies to a subscribe and to the token refreshes belong to the driver,
+    /// so they are not answered here.
     pub(crate) fn answer(self, result: Result<(), (ErrorCode, String)>) {
         match self {
             Pending::Unsubscribe { done } => {
@@ -85,7 +104,7 @@ impl Pending {
                     channel,
                 }));
             }
-            Pending::Subscribe { .. } => {}
+            Pending::Subscribe(_) | Pending::Refresh { .. } | Pending::SubRefresh { .. } => {}
         }
     }
 }
@@ -152,7 +171,10 @@ impl RequestTable {
                 Pending::Unsubscribe { done: Some(done) } => {
                     let _ = done.send(Ok(()));
                 }
-                Pending::Unsubscribe { done: None } | Pending::Subscribe { .. } => {}
+                Pending::Unsubscribe { done: None }
+                | Pending::Subscribe(_)
+                | Pending::Refresh { .. }
+                | Pending::SubRefresh { .. } => {}
             }
         }
     }
