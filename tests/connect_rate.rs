@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use shardcast_testkit::http_head::{find_head_end, header_value};
@@ -97,11 +97,14 @@ async fn burst(gw: SocketAddr, source: IpAddr) -> Vec<Outcome> {
 async fn a_burst_from_one_address_gets_its_rate_and_429s() {
     let gw = Gateway::start(&["--connect-rate-per-ip", &RATE.to_string()]);
 
+    let started = Instant::now();
     let home = burst(gw.ws, HOME).await;
+    // The bucket holds RATE; a burst that takes longer (a busy machine) earns a
+    // token every 1/RATE s it lasts.
+    let refilled = (started.elapsed().as_secs_f64() * RATE as f64).ceil() as usize;
     let upgraded = home.iter().filter(|o| o.is_upgraded()).count();
     let limited = home.iter().filter(|o| matches!(o, Outcome::RateLimited)).count();
-    // The bucket holds RATE; a burst spread over more than 1/RATE s earns one more.
-    assert!((RATE..=RATE + 2).contains(&upgraded), "{home:?}");
+    assert!((RATE..=RATE + refilled).contains(&upgraded), "{home:?}");
     assert_eq!(upgraded + limited, BURST, "every other attempt reads a 429: {home:?}");
 
     // Another source address has its own bucket.
