@@ -178,6 +178,10 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_SUBSCRIBE_RATE", default_value_t = 0)]
     pub subscribe_rate: u32,
 
+    /// Connect attempts one source address may make per second (HTTP 429 beyond); 0 means no limit.
+    #[arg(long, env = "SHARDCAST_CONNECT_RATE_PER_IP", default_value_t = 0)]
+    pub connect_rate_per_ip: u32,
+
     /// TOML file with any of the options above (flag names as keys) and the channel
     /// rules (`[namespaces."<name>"]` tables).
     #[arg(long, env = "SHARDCAST_CONFIG")]

@@ -179,6 +179,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
             budget,
             metrics,
             max_connections: config.max_connections,
+            connect_rate_per_ip: config.connect_rate_per_ip,
         }
         .run(),
     );

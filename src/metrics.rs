@@ -84,7 +84,7 @@ impl Metrics {
             ))?,
             connections_refused: counter_vec(
                 "connections_refused_total",
-                "Connections refused, by reason (fd_headroom, fd_exhausted, max_connections, draining, bad_handshake, handshake_timeout).",
+                "Connections refused, by reason (fd_headroom, fd_exhausted, max_connections, draining, bad_handshake, handshake_timeout, rate_limited).",
                 &["reason"],
             )?,
             disconnections: counter_vec(
@@ -230,6 +230,7 @@ impl Metrics {
             "unauthorized",
             "token_in_url",
             "too_many_connections",
+            "rate_limited",
         ] {
             self.connections_refused.with_label_values(&[reason]);
         }

@@ -5,7 +5,10 @@
 //! - WebSocket framing: any message sequence, fragmented and masked any way and cut
 //!   into reads anywhere, comes out of `read_frames` as sent;
 //! - the upgrade request: any valid request, whatever its header order, case and
-//!   extra headers, is an upgrade with the subprotocol the client preferred.
+//!   extra headers, is an upgrade with the subprotocol the client preferred;
+//! - tokens: any string is refused unless validly signed, and a signed token altered
+//!   after signing (its claims re-encoded, a character changed, another key or an
+//!   algorithm not configured) is refused.
 //!
 //! Inputs that still break a property (gateway bugs, reported, not yet fixed) are
 //! in fuzz/regressions/; their tests are ignored until the fix lands.
@@ -15,7 +18,8 @@ mod checks;
 
 use std::path::{Path, PathBuf};
 
-use checks::{read_in_pieces, Event};
+use checks::{read_in_pieces, Event, TOKEN_SECRET};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use shardcast::ws::handshake::{parse_request, PublicRequest, WsPaths};
@@ -27,13 +31,14 @@ use shardcast_testkit::ws_frame::{encode_frame, encode_raw, opcode, FIN};
 type Check = fn(&[u8]);
 
 /// Every fuzz target by name, with its check.
-const TARGETS: [(&str, Check); 6] = [
+const TARGETS: [(&str, Check); 7] = [
     ("decode_client_json", checks::decode_client_json),
     ("decode_client_msgpack", checks::decode_client_msgpack),
     ("redis_payload", checks::redis_payload),
     ("ws_frames", checks::ws_frames),
     ("upgrade_request", checks::upgrade_request),
     ("publish_body", checks::publish_body),
+    ("connect_frames", checks::connect_frames),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -77,6 +82,25 @@ fn fuzz_corpus_replays_clean() {
 }
 
 #[test]
+fn the_token_corpus_holds_accepted_tokens() {
+    // Else the token property would only ever see refusals.
+    let corpus = fuzz_dir().join("corpus").join("connect_frames");
+    let read = |name: &str| std::fs::read_to_string(corpus.join(name)).expect("seed");
+    let verifier = checks::token_verifier();
+    let identity = verifier
+        .connection(&read("token-valid"))
+        .expect("token-valid is accepted");
+    assert_eq!(identity.user, "42");
+    let grant = verifier
+        .subscription(&read("token-subscription-valid"))
+        .expect("token-subscription-valid is accepted");
+    assert_eq!(grant.channel, "private:report-9");
+    for refused in ["token-payload-forged", "token-alg-none", "token-oversized"] {
+        assert!(verifier.connection(&read(refused)).is_err(), "{refused} is accepted");
+    }
+}
+
+#[test]
 fn regression_msgpack_data_deeper_than_json_allows() {
     assert!(replay("regressions", "decode_client_msgpack") > 0);
 }
@@ -110,6 +134,104 @@ proptest! {
         checks::decode_client_json(frame.as_bytes());
         checks::redis_payload(value.to_string().as_bytes());
         checks::redis_payload(format!("@node-1 {value}").as_bytes());
+    }
+}
+
+/// Far enough ahead for a test token not to expire: 2100-01-01.
+const FAR_FUTURE: u64 = 4_102_444_800;
+
+/// The claims of a connection token, any user and patterns.
+fn token_claims() -> impl Strategy<Value = Value> {
+    (
+        "[ -~]{0,40}",
+        proptest::collection::vec("[a-z0-9:.#*]{1,20}", 0..4),
+        proptest::option::of("[a-z:.-]{1,20}"),
+    )
+        .prop_map(|(sub, channels, channel)| {
+            let mut claims = json!({"sub": sub, "exp": FAR_FUTURE, "channels": channels});
+            if let Some(channel) = channel {
+                claims["channel"] = json!(channel);
+            }
+            claims
+        })
+}
+
+fn mint(alg: Algorithm, claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).expect("mints")
+}
+
+/// The three parts of a compact JWS.
+fn parts(token: &str) -> [&str; 3] {
+    let mut it = token.splitn(3, '.');
+    [(); 3].map(|_| it.next().expect("three parts"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_string_as_a_token_is_refused(
+        token in "\\PC{0,300}|[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,90}|eyJ[A-Za-z0-9_=.-]{0,300}"
+    ) {
+        let verifier = checks::token_verifier();
+        prop_assert!(verifier.connection(&token).is_err());
+        prop_assert!(verifier.subscription(&token).is_err());
+        checks::token(&token);
+    }
+
+    #[test]
+    fn frames_with_any_token_keep_every_property(
+        op in prop_oneof![Just("connect"), Just("refresh"), Just("sub_refresh"), Just("subscribe")],
+        id in proptest::option::of(any::<u64>()),
+        token in "\\PC{0,200}",
+        claims in token_claims(),
+        signed in any::<bool>(),
+    ) {
+        let token = if signed { mint(Algorithm::HS256, &claims, TOKEN_SECRET) } else { token };
+        let frame = json!({"op": op, "id": id, "channel": "private:report-9", "token": token});
+        checks::connect_frames(frame.to_string().as_bytes());
+        checks::connect_frames(&rmp_serde::to_vec_named(&frame).expect("encodes"));
+    }
+
+    #[test]
+    fn a_token_altered_after_signing_is_refused(
+        claims in token_claims(),
+        changed in token_claims(),
+        alg in prop_oneof![Just(Algorithm::HS256), Just(Algorithm::HS512)],
+        at in any::<proptest::sample::Index>(),
+        replacement in "[A-Za-z0-9_-]",
+    ) {
+        let verifier = checks::token_verifier();
+        let refused = |t: &str| verifier.connection(t).is_err() && verifier.subscription(t).is_err();
+        let token = mint(alg, &claims, TOKEN_SECRET);
+        let identity = verifier.connection(&token).expect("a signed token is accepted");
+        prop_assert_eq!(Some(identity.user.as_str()), claims["sub"].as_str());
+        checks::token(&token);
+        let [header, payload, signature] = parts(&token);
+
+        // Other claims under the original signature (the payload of a token that
+        // carries them, signed with anything).
+        prop_assume!(changed != claims);
+        let other = mint(alg, &changed, b"whatever");
+        let forged = format!("{header}.{}.{signature}", parts(&other)[1]);
+        prop_assert!(refused(&forged), "re-encoded claims accepted: {}", forged);
+
+        // One character of the payload changed.
+        let i = at.index(payload.len());
+        if payload.as_bytes()[i] != replacement.as_bytes()[0] {
+            let altered = format!("{header}.{}{replacement}{}.{signature}", &payload[..i], &payload[i + 1..]);
+            prop_assert!(refused(&altered), "altered payload accepted: {}", altered);
+        }
+
+        // Another secret; an algorithm the gateway does not accept; no signature.
+        prop_assert!(refused(&mint(alg, &claims, b"another secret")), "another secret accepted");
+        prop_assert!(refused(&mint(Algorithm::HS384, &claims, TOKEN_SECRET)), "HS384 accepted");
+        let unsigned = format!("{header}.{payload}.");
+        prop_assert!(refused(&unsigned), "no signature accepted");
+        // A header `{"alg":"none"}`, base64url-encoded as the payload of a token.
+        let none = parts(&mint(alg, &json!({"alg": "none"}), b"x"))[1].to_owned();
+        let alg_none = format!("{none}.{payload}.");
+        prop_assert!(refused(&alg_none), "alg none accepted");
     }
 }
 

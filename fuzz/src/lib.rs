@@ -6,15 +6,21 @@
 //!
 //! What is fed where, as the gateway does it:
 //! - client frames: `shardcast_proto::decode_client` (JSON and MessagePack);
+//! - tokens: the token of a `connect`, `refresh`, `sub_refresh` or `subscribe` frame,
+//!   and any input as a token, through `shardcast::auth::TokenVerifier`;
 //! - Redis payloads: `shardcast_proto::redis::decode_redis_payload`, then JSON validation;
 //! - WebSocket bytes: `shardcast::ws::frame::read_frames`, whole and in pieces;
 //! - the upgrade request: `shardcast::ws::handshake::parse_request`;
 //! - the HTTP publish body: deserialized as src/admin.rs does, then encoded as a
 //!   `message` frame in both encodings, as a fan-out does.
 
+use std::sync::OnceLock;
+
+use jsonwebtoken::{Algorithm, EncodingKey};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use shardcast::auth::{TokenVerifier, VerifierSettings};
 use shardcast::payload::Payload;
 use shardcast::ws::frame::{read_frames, Flow, Fragments, FrameError, Incoming};
 use shardcast::ws::handshake::{parse_request, upgrade_response, PublicRequest, WsPaths};
@@ -36,7 +42,8 @@ pub fn decode_client_msgpack(data: &[u8]) {
     check_client_frame(Encoding::MsgPack, data);
 }
 
-fn check_client_frame(encoding: Encoding, data: &[u8]) {
+/// Decodes a client frame and checks its properties; returns what decoded.
+fn check_client_frame(encoding: Encoding, data: &[u8]) -> Option<ClientFrame> {
     match decode_client(encoding, data) {
         Ok(frame) => {
             // A client publish whose data subscribers could not decode is answered
@@ -44,7 +51,7 @@ fn check_client_frame(encoding: Encoding, data: &[u8]) {
             // must survive both encodings.
             if let ClientFrame::Publish { data, .. } = &frame {
                 if Payload::from_value(data).is_err() {
-                    return;
+                    return Some(frame);
                 }
             }
             for target in Encoding::ALL {
@@ -58,6 +65,7 @@ fn check_client_frame(encoding: Encoding, data: &[u8]) {
                     "{encoding:?} frame changed through {target:?}: {frame:?} -> {back:?}"
                 );
             }
+            Some(frame)
         }
         Err(e) => {
             // Only the two documented codes come out of the decoder (PROTOCOL.md 4.3).
@@ -69,8 +77,99 @@ fn check_client_frame(encoding: Encoding, data: &[u8]) {
             // The error message goes back to the client in an error frame: it must
             // stay bounded whatever the input (an unknown op is cut to 64 characters).
             assert!(e.message.len() <= 1024, "error message of {} bytes", e.message.len());
+            None
         }
     }
+}
+
+/// The secret of the token checks' verifier; the valid tokens of the corpus
+/// (fuzz/corpus/connect_frames/) are signed with it.
+pub const TOKEN_SECRET: &[u8] = b"shardcast-fuzz-secret";
+
+/// The algorithms that verifier accepts: two of one family, so that the token's
+/// `alg` selects among them, and not HS384, so that a token rightly signed with
+/// HS384 must still be refused.
+pub const TOKEN_ALGORITHMS: [Algorithm; 2] = [Algorithm::HS256, Algorithm::HS512];
+
+/// The verifier the token checks use, made once.
+pub fn token_verifier() -> &'static TokenVerifier {
+    static VERIFIER: OnceLock<TokenVerifier> = OnceLock::new();
+    VERIFIER.get_or_init(|| {
+        TokenVerifier::new(&VerifierSettings {
+            hmac_secret: Some(TOKEN_SECRET.to_vec()),
+            algorithms: TOKEN_ALGORITHMS.iter().map(|a| format!("{a:?}")).collect(),
+            leeway_secs: 5,
+            ..VerifierSettings::default()
+        })
+        .expect("the check's verifier settings are valid")
+    })
+}
+
+/// The frames that carry a token (`connect`, `refresh`, `sub_refresh`, `subscribe`
+/// with a token) in either encoding: the frame keeps the client-frame properties
+/// and its token those of [`token`]; the whole input, read as a token, too.
+pub fn connect_frames(data: &[u8]) {
+    for encoding in Encoding::ALL {
+        if let Some(
+            ClientFrame::Connect { token: t, .. }
+            | ClientFrame::Refresh { token: t, .. }
+            | ClientFrame::SubRefresh { token: t, .. }
+            | ClientFrame::Subscribe { token: Some(t), .. },
+        ) = check_client_frame(encoding, data)
+        {
+            token(&t);
+        }
+    }
+    token(&String::from_utf8_lossy(data));
+}
+
+/// Any string as a connection and as a subscription token: verifying never panics;
+/// a token is accepted only if it is validly signed, by the check's own reckoning
+/// ([`validly_signed`]); and an accepted token with its payload altered anywhere
+/// is refused.
+pub fn token(token: &str) {
+    let verifier = token_verifier();
+    let accepted = |t: &str| verifier.connection(t).is_ok() || verifier.subscription(t).is_ok();
+    if !accepted(token) {
+        return;
+    }
+    assert!(
+        validly_signed(token),
+        "accepted a token that is not validly signed: {token:?}"
+    );
+    let (header, rest) = token.split_once('.').expect("a signed token has three parts");
+    let (payload, signature) = rest.split_once('.').expect("a signed token has three parts");
+    let step = payload.len().div_ceil(64).max(1);
+    for at in (0..payload.len()).step_by(step).chain([payload.len() - 1]) {
+        let mut altered = payload.as_bytes().to_vec();
+        altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).expect("base64url is ASCII");
+        let altered_token = format!("{header}.{altered}.{signature}");
+        assert!(
+            !accepted(&altered_token),
+            "accepted with its payload altered: {altered_token:?}"
+        );
+    }
+    let truncated = format!("{header}.{}.{signature}", &payload[..payload.len() - 1]);
+    assert!(!accepted(&truncated), "accepted with its payload cut: {truncated:?}");
+}
+
+/// Whether `token` is a JWS whose header names an algorithm of [`TOKEN_ALGORITHMS`]
+/// and whose signature is that algorithm's over its first two parts with
+/// [`TOKEN_SECRET`]: computed by signing, not by the verifier's own path.
+pub fn validly_signed(token: &str) -> bool {
+    let Some((message, signature)) = token.rsplit_once('.') else {
+        return false;
+    };
+    if message.matches('.').count() != 1 {
+        return false;
+    }
+    let Ok(header) = jsonwebtoken::decode_header(token) else {
+        return false;
+    };
+    TOKEN_ALGORITHMS.contains(&header.alg)
+        && jsonwebtoken::crypto::sign(message.as_bytes(), &EncodingKey::from_secret(TOKEN_SECRET), header.alg)
+            .is_ok_and(|expected| expected == signature)
 }
 
 /// A Redis payload: the three forms are told apart exactly as specified, the

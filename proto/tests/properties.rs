@@ -20,6 +20,17 @@ fn json_value() -> impl Strategy<Value = Value> {
     testing::json_value(-1e300f64..1e300)
 }
 
+/// Every `op` a client may send (PROTOCOL.md section 6).
+const KNOWN_OPS: [&str; 7] = [
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "ping",
+    "connect",
+    "refresh",
+    "sub_refresh",
+];
+
 fn channel() -> impl Strategy<Value = String> {
     "[A-Za-z0-9_.:@/=+-]{1,128}"
 }
@@ -160,11 +171,35 @@ proptest! {
 
     #[test]
     fn unknown_ops_echo_the_id(op in "[a-z_]{1,80}", id in any::<u64>()) {
-        prop_assume!(!["subscribe", "unsubscribe", "publish", "ping"].contains(&op.as_str()));
+        prop_assume!(!KNOWN_OPS.contains(&op.as_str()));
         let frame = serde_json::json!({"op": op, "id": id}).to_string();
         let e = decode_client(Encoding::Json, frame.as_bytes()).unwrap_err();
         prop_assert_eq!((e.code, e.id), (ErrorCode::UnknownOp, Some(id)));
         prop_assert!(e.message.len() < 100, "the echoed op is cut: {}", e.message);
+    }
+
+    #[test]
+    fn token_frames_without_a_token_are_bad_requests(
+        op in prop_oneof![Just("connect"), Just("refresh"), Just("sub_refresh")],
+        id in any::<u64>(),
+        token in prop_oneof![Just(Value::Null), Just(serde_json::json!(7)), Just(serde_json::json!(["t"]))],
+    ) {
+        // Missing, null or not a string: the frame is refused; where the token is
+        // merely absent (or null) the frame got far enough to echo its id.
+        let without = serde_json::json!({"op": op, "id": id, "channel": "news"});
+        let mut wrong = without.clone();
+        let echoed = token.is_null();
+        wrong["token"] = token;
+        for (frame, echoes) in [(without, true), (wrong, echoed)] {
+            let json = decode_client(Encoding::Json, frame.to_string().as_bytes()).unwrap_err();
+            let msgpack = decode_client(Encoding::MsgPack, &rmp_serde::to_vec_named(&frame).unwrap()).unwrap_err();
+            for e in [json, msgpack] {
+                prop_assert_eq!(e.code, ErrorCode::BadRequest);
+                if echoes {
+                    prop_assert_eq!(e.id, Some(id));
+                }
+            }
+        }
     }
 
     #[test]

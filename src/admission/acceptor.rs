@@ -7,17 +7,21 @@
 //! admission (descriptor headroom, the connection cap, draining) then has a single
 //! place to decide; and a drain stops one listener without losing the connections
 //! queued in the backlog of another. A hand-off is one flume send per connection,
-//! nothing next to the upgrade that follows.
+//! nothing next to the upgrade that follows. The same single place keeps the
+//! connect rate per source address ([`ConnectRate`]) without a lock.
 
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use shardcast_proto::ErrorCode;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use super::connect_rate::ConnectRate;
 use super::fd_budget::{FdBudget, RefusedSocket};
 use crate::metrics::Metrics;
 use crate::shard::{ShardCommand, ShardHandle};
@@ -29,11 +33,45 @@ use crate::ws::handshake::{error_body, http_response, MAX_REQUEST_HEAD};
 /// socket is closed right after its answer.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
-/// The reasons [`Acceptor::refusal_reason`] gives.
-const REFUSAL_REASONS: [&str; 3] = ["draining", "max_connections", "fd_headroom"];
+/// How a refused socket is answered.
+struct RefusalAnswer {
+    /// The reason [`Acceptor::refusal_reason`] gives, also the metric label.
+    reason: &'static str,
+    /// HTTP status.
+    status: u16,
+    /// `error.code` of the body.
+    code: &'static str,
+    /// Seconds the client is told to wait (`Retry-After`).
+    retry_after_secs: u64,
+}
 
-/// Seconds a refused client is told to wait (`Retry-After`).
-const REFUSAL_RETRY_AFTER_SECS: u64 = 2;
+/// Every reason [`Acceptor::refusal_reason`] gives, with its answer (PROTOCOL.md 3.4).
+const REFUSAL_ANSWERS: [RefusalAnswer; 4] = [
+    RefusalAnswer::unavailable("draining"),
+    RefusalAnswer::unavailable("max_connections"),
+    RefusalAnswer::unavailable("fd_headroom"),
+    RefusalAnswer {
+        reason: RATE_LIMITED,
+        status: 429,
+        code: ErrorCode::RateLimited.as_str(),
+        retry_after_secs: 1,
+    },
+];
+
+/// The refusal reason of a source address over `--connect-rate-per-ip`.
+const RATE_LIMITED: &str = "rate_limited";
+
+impl RefusalAnswer {
+    /// A 503 for a gateway that cannot take a connection now.
+    const fn unavailable(reason: &'static str) -> RefusalAnswer {
+        RefusalAnswer {
+            reason,
+            status: 503,
+            code: ErrorCode::Unavailable.as_str(),
+            retry_after_secs: 2,
+        }
+    }
+}
 
 /// What the acceptor needs.
 pub struct Acceptor {
@@ -49,17 +87,23 @@ pub struct Acceptor {
     pub metrics: Arc<Metrics>,
     /// `--max-connections` (0: no cap).
     pub max_connections: usize,
+    /// `--connect-rate-per-ip` (0: no limit).
+    pub connect_rate_per_ip: u32,
 }
 
 impl Acceptor {
     /// Accepts until the task is dropped (which closes the listener).
     pub async fn run(self) {
         let refusals = Refusals::new();
+        let mut connect_rate = ConnectRate::new(self.connect_rate_per_ip, Instant::now());
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
-                    if let Some(reason) = self.refusal_reason() {
+                    if let Some(reason) = self.refusal_reason(connect_rate.as_mut(), peer.ip()) {
                         self.metrics.connections_refused.with_label_values(&[reason]).inc();
+                        if reason == RATE_LIMITED {
+                            self.metrics.auth_refusals.with_label_values(&[reason]).inc();
+                        }
                         refusals.refuse(stream, self.budget.refused_socket(), reason);
                         continue;
                     }
@@ -95,7 +139,14 @@ impl Acceptor {
         }
     }
 
-    fn refusal_reason(&self) -> Option<&'static str> {
+    /// Why a connect from `source` is refused, if it is. The rate comes first: it
+    /// counts attempts, whether or not the gateway could take them.
+    fn refusal_reason(&self, connect_rate: Option<&mut ConnectRate>, source: IpAddr) -> Option<&'static str> {
+        if let Some(rate) = connect_rate {
+            if !rate.try_acquire(source, Instant::now()) {
+                return Some(RATE_LIMITED);
+            }
+        }
         if self.state.is_draining() {
             return Some("draining");
         }
@@ -109,7 +160,8 @@ impl Acceptor {
     }
 }
 
-/// The 503 every refused socket gets, built once per reason.
+/// The answer every refused socket gets (a 503, or a 429 for the connect rate),
+/// built once per reason.
 struct Refusals {
     responses: Vec<(&'static str, Vec<u8>)>,
     /// Sockets lingering for their request to arrive, bounded by
@@ -119,11 +171,11 @@ struct Refusals {
 
 impl Refusals {
     fn new() -> Refusals {
-        let responses = REFUSAL_REASONS
+        let responses = REFUSAL_ANSWERS
             .iter()
-            .map(|&reason| {
-                let body = error_body("unavailable", &format!("connection refused: {reason}"));
-                (reason, http_response(503, Some(REFUSAL_RETRY_AFTER_SECS), &body))
+            .map(|a| {
+                let body = error_body(a.code, &format!("connection refused: {}", a.reason));
+                (a.reason, http_response(a.status, Some(a.retry_after_secs), &body))
             })
             .collect();
         Refusals {
@@ -132,7 +184,7 @@ impl Refusals {
         }
     }
 
-    /// Answers a refused socket with 503 and Retry-After at once, without waiting
+    /// Answers a refused socket with its status and Retry-After at once, without waiting
     /// for its request: a fresh socket's send buffer always takes the response, so
     /// one non-blocking write delivers it however many refusals come at once.
     ///
