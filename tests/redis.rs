@@ -166,8 +166,9 @@ async fn churn_leaves_no_stale_redis_subscription() {
         let mut got: Vec<String> = redis
             .cli(&["PUBSUB", "CHANNELS", "shardcast:*"])
             .lines()
-            // The instance's own probe channel (see src/broker/redis.rs) is not a client channel.
-            .filter(|c| !c.contains("#probe#"))
+            // The instance's own channels (the probe and control channels, src/broker/redis/)
+            // start with `#`, which no client channel may: they are not client channels.
+            .filter(|c| !c.starts_with("shardcast:#"))
             .map(str::to_owned)
             .collect();
         got.sort();
