@@ -138,9 +138,13 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_TOKEN_PUBLIC_KEY")]
     pub token_public_key: Option<PathBuf>,
 
-    /// URL of a JSON Web Key Set (RFC 7517) whose RSA and EC keys verify tokens by their `kid`; http:// only.
+    /// URL (https:// or http://) of a JSON Web Key Set (RFC 7517) whose RSA and EC keys verify tokens by their `kid`.
     #[arg(long, env = "SHARDCAST_TOKEN_JWKS_URL")]
     pub token_jwks_url: Option<String>,
+
+    /// PEM file of CA certificates trusted for an https:// --token-jwks-url, besides the built-in public roots.
+    #[arg(long, env = "SHARDCAST_TOKEN_JWKS_CA")]
+    pub token_jwks_ca: Option<PathBuf>,
 
     /// How often the --token-jwks-url key set is fetched again (an unknown `kid` also triggers a fetch).
     #[arg(long, env = "SHARDCAST_TOKEN_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]

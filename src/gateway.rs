@@ -87,7 +87,8 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
                 ok: metrics.jwks_refreshes.with_label_values(&["ok"]),
                 error: metrics.jwks_refreshes.with_label_values(&["error"]),
             };
-            Some(JwksSource::start(url, config.token_jwks_refresh, counters).await?)
+            let ca = config.token_jwks_ca.as_deref();
+            Some(JwksSource::start(url, ca, config.token_jwks_refresh, counters).await?)
         }
     };
     let auth = Arc::new(authenticator(&config, jwks.clone())?);

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,6 +100,10 @@ impl Drop for SigningKeys {
     }
 }
 
+/// A server-side connection, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// An HTTP server answering every GET with the current key set document (or with
 /// the current status, when that is not 200).
 struct KeyServer {
@@ -111,15 +115,46 @@ struct KeyServer {
 
 impl KeyServer {
     async fn start(body: String, path: &str) -> KeyServer {
+        KeyServer::start_with(body, path, None).await
+    }
+
+    /// The same over TLS, with this certificate chain and key (PEM).
+    async fn start_with(body: String, path: &str, tls: Option<(&Path, &Path)>) -> KeyServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}{path}", listener.local_addr().expect("addr"));
+        let acceptor = tls.map(|(chain, key)| {
+            use tokio_rustls::rustls::pki_types::pem::PemObject;
+            use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain)
+                .expect("chain")
+                .map(|c| c.expect("certificate"))
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(key).expect("key");
+            let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+            let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("protocols")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("server config");
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}{path}", listener.local_addr().expect("addr"));
         let body = Arc::new(Mutex::new(body));
         let status = Arc::new(AtomicU16::new(200));
         let (serving, code) = (body.clone(), status.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
+            while let Ok((socket, _)) = listener.accept().await {
                 let (serving, code) = (serving.clone(), code.clone());
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let mut socket: Box<dyn Stream> = match acceptor {
+                        None => Box::new(socket),
+                        Some(acceptor) => match acceptor.accept(socket).await {
+                            Ok(tls) => Box::new(tls),
+                            Err(_) => return,
+                        },
+                    };
                     let mut head = Vec::new();
                     let mut buf = [0u8; 1024];
                     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
@@ -326,7 +361,7 @@ async fn keys_verify_only_their_own_algorithms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_url_stops_the_start() {
-    for url in ["https://keys.test/jwks.json", "keys.test/jwks.json"] {
+    for url in ["ftp://keys.test/jwks.json", "keys.test/jwks.json"] {
         let out = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--token-jwks-url", url])
@@ -338,4 +373,67 @@ async fn a_bad_url_stops_the_start() {
             "{url}"
         );
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+fn make_certificates(dir: &Path) {
+    let script = r#"
+import sys, datetime, ipaddress
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+d = sys.argv[1]
+now = datetime.datetime.now(datetime.timezone.utc)
+def name(cn): return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+ca_key = ec.generate_private_key(ec.SECP256R1())
+ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+      .public_key(ca_key.public_key()).serial_number(1)
+      .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+      .sign(ca_key, hashes.SHA256()))
+key = ec.generate_private_key(ec.SECP256R1())
+cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256()))
+open(f"{d}/ca.pem", "wb").write(ca.public_bytes(serialization.Encoding.PEM))
+open(f"{d}/server.pem", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+open(f"{d}/server.key", "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+"#;
+    python(script, &[dir.to_str().expect("utf-8 path")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_key_set_is_fetched_with_a_trusted_ca_only() {
+    let keys = SigningKeys::generate(&["t"]);
+    make_certificates(&keys.dir);
+    let (chain, key) = (keys.dir.join("server.pem"), keys.dir.join("server.key"));
+    let server = KeyServer::start_with(keys.set(&["t"]), "/jwks.json", Some((&chain, &key))).await;
+    assert!(server.url.starts_with("https://127.0.0.1:"));
+    let ca = keys.dir.join("ca.pem");
+    let gw = Gateway::start(&[
+        "--token-jwks-url",
+        &server.url,
+        "--token-jwks-ca",
+        ca.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        connect_with(&gw, &keys.mint("t", "tls-user")).await.is_ok(),
+        "https key set"
+    );
+    // Without the private CA the certificate is not trusted: no keys, no entry.
+    let untrusting = Gateway::start(&["--token-jwks-url", &server.url]);
+    assert_eq!(
+        connect_with(&untrusting, &keys.mint("t", "tls-user")).await.err(),
+        Some(4003)
+    );
+    assert!(
+        untrusting
+            .metric("shardcast_jwks_refreshes_total{result=\"error\"}")
+            .await
+            >= 1.0
+    );
 }

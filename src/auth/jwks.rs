@@ -1,5 +1,5 @@
 //! Token keys from a JSON Web Key Set URL (RFC 7517): the set is fetched over
-//! HTTP (hyper's HTTP/1 client) at start, refreshed on a schedule and, at most once
+//! HTTPS or HTTP (hyper's HTTP/1 client, rustls for TLS) at start, refreshed on a schedule and, at most once
 //! per [`REFETCH_MIN_INTERVAL`], when a token names a `kid` the set lacks. The
 //! fetching runs on the control runtime; a shard only reads the current set (an
 //! `Arc` swapped whole, behind a lock held for a pointer copy) and, for an unknown
@@ -7,6 +7,7 @@
 //! good set.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -22,6 +23,10 @@ use prometheus::IntCounter;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 
 use super::AuthError;
@@ -192,27 +197,24 @@ pub struct JwksCounters {
     pub error: IntCounter,
 }
 
-/// Where a key set comes from: an `http://` URL.
+/// Where a key set comes from: an `https://` or `http://` URL.
 #[derive(Debug, Clone)]
 struct JwksUrl {
     uri: Uri,
     host: String,
     port: u16,
+    tls: bool,
 }
 
 impl JwksUrl {
     fn parse(url: &str) -> Result<JwksUrl, AuthError> {
         let bad = |why: &str| AuthError::Config(format!("--token-jwks-url: {why}"));
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad(
-                    "https is not supported yet: serve the key set over http:// on a trusted network",
-                ))
-            }
-            _ => return Err(bad("the URL must start with http://")),
-        }
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("the URL must start with https:// or http://")),
+        };
         let authority = uri.authority().ok_or_else(|| bad("the URL has no host"))?;
         if authority.as_str().contains('@') {
             return Err(bad("credentials in the URL are not supported"));
@@ -223,20 +225,24 @@ impl JwksUrl {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_owned(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             uri,
+            tls,
         })
     }
 
     /// The URL without its query, which may carry a secret: for logs.
     fn display(&self) -> String {
-        format!("http://{}:{}{}", self.host, self.port, self.uri.path())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}{}", self.host, self.port, self.uri.path())
     }
 }
 
 /// A key set kept current from its URL.
 pub struct JwksSource {
     url: JwksUrl,
+    /// For an https:// URL: the TLS client, with the public roots and any extra CA.
+    tls: Option<TlsConnector>,
     refresh: Duration,
     keys: RwLock<Arc<JwkKeys>>,
     /// Refetch requests so far; a fetch serves every request made before it starts.
@@ -258,9 +264,17 @@ impl JwksSource {
     /// A source for `url`, fetched once before this returns. A bad URL is a
     /// configuration error; a failed first fetch is logged and leaves the set empty
     /// until [`JwksSource::run`] gets one.
-    pub async fn start(url: &str, refresh: Duration, counters: JwksCounters) -> Result<Arc<JwksSource>, AuthError> {
+    pub async fn start(
+        url: &str,
+        ca: Option<&Path>,
+        refresh: Duration,
+        counters: JwksCounters,
+    ) -> Result<Arc<JwksSource>, AuthError> {
+        let url = JwksUrl::parse(url)?;
+        let tls = if url.tls { Some(tls_connector(ca)?) } else { None };
         let source = Arc::new(JwksSource {
-            url: JwksUrl::parse(url)?,
+            url,
+            tls,
             refresh,
             keys: RwLock::new(Arc::new(JwkKeys::default())),
             requests: AtomicU64::new(0),
@@ -317,7 +331,7 @@ impl JwksSource {
     /// One fetch: the new set replaces the old one, or the failure is logged and
     /// counted and the old set stays. Returns whether it succeeded.
     async fn fetch(&self) -> bool {
-        let fetched = match tokio::time::timeout(FETCH_TIMEOUT, get(&self.url)).await {
+        let fetched = match tokio::time::timeout(FETCH_TIMEOUT, get(&self.url, self.tls.as_ref())).await {
             Ok(Ok(body)) => JwkKeys::parse(&body),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(JwksError::Timeout(FETCH_TIMEOUT)),
@@ -338,11 +352,55 @@ impl JwksSource {
     }
 }
 
-/// GETs the key set document over one HTTP/1.1 connection.
-async fn get(url: &JwksUrl) -> Result<Bytes, JwksError> {
+/// The TLS client for key sets: Mozilla's public roots, plus the certificates of
+/// `ca` (a PEM file), if given.
+fn tls_connector(ca: Option<&Path>) -> Result<TlsConnector, AuthError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca {
+        let bad = |why: String| AuthError::Config(format!("--token-jwks-ca {}: {why}", path.display()));
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
+        let mut added = 0;
+        for cert in certs {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(bad("no certificate in the file".into()));
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AuthError::Config(format!("TLS for --token-jwks-url: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// GETs the key set document over one HTTP/1.1 connection, through TLS for https.
+async fn get(url: &JwksUrl, tls: Option<&TlsConnector>) -> Result<Bytes, JwksError> {
     let stream = TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(JwksError::Connect)?;
+    match tls {
+        None => exchange(url, stream).await,
+        Some(connector) => {
+            let name = ServerName::try_from(url.host.clone())
+                .map_err(|e| JwksError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+            let stream = connector.connect(name, stream).await.map_err(JwksError::Connect)?;
+            exchange(url, stream).await
+        }
+    }
+}
+
+/// One GET of the key set document on an open connection.
+async fn exchange<S>(url: &JwksUrl, stream: S) -> Result<Bytes, JwksError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // The connection future drives the socket; it ends when `sender` is dropped.
     let driver = tokio::spawn(connection);
@@ -419,17 +477,15 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_are_taken() {
+    fn https_and_http_urls_are_taken() {
         let url = JwksUrl::parse("http://keys.test:8080/.well-known/jwks.json?t=secret").expect("http");
         assert_eq!((url.host.as_str(), url.port), ("keys.test", 8080));
         assert_eq!(url.display(), "http://keys.test:8080/.well-known/jwks.json");
         assert_eq!(JwksUrl::parse("http://[::1]/k").expect("v6").host, "::1");
-        for bad in [
-            "https://keys.test/",
-            "ftp://x/",
-            "keys.test/jwks",
-            "http://u:p@keys.test/",
-        ] {
+        let secure = JwksUrl::parse("https://keys.test/jwks.json").expect("https");
+        assert_eq!((secure.port, secure.tls), (443, true));
+        assert_eq!(secure.display(), "https://keys.test:443/jwks.json");
+        for bad in ["ftp://x/", "keys.test/jwks", "http://u:p@keys.test/"] {
             assert!(JwksUrl::parse(bad).is_err(), "{bad}");
         }
     }
