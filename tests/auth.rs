@@ -146,6 +146,30 @@ async fn upgrade_request(gw: &Gateway, path: &str, authorization: Option<&str>) 
     http(gw.ws, "GET", path, None, &headers).await
 }
 
+/// Connects with `token` until a welcome answers (a refused attempt is retried),
+/// within the harness's wait.
+async fn welcomed_soon(gw: &Gateway, token: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        let mut c = open(gw, None).await;
+        c.send(&ClientFrame::Connect {
+            id: Some(1),
+            token: token.into(),
+            name: None,
+            version: None,
+        })
+        .await;
+        let next = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("an answer in time");
+        if matches!(next, Some(Ok(Message::Text(_)))) {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn denied(frame: &ServerFrame, code: ErrorCode) -> bool {
     matches!(frame, ServerFrame::Error { code: c, .. } if *c == code)
 }
@@ -613,25 +637,7 @@ async fn a_user_holds_at_most_the_configured_connections() {
     );
     // A closed connection gives its place back.
     first.close().await;
-    let start = Instant::now();
-    loop {
-        let mut c = open(&gw, None).await;
-        c.send(&ClientFrame::Connect {
-            id: Some(1),
-            token: token.clone(),
-            name: None,
-            version: None,
-        })
-        .await;
-        let next = tokio::time::timeout(WAIT, c.ws.next())
-            .await
-            .expect("an answer in time");
-        if matches!(next, Some(Ok(Message::Text(_)))) {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "the place was never given back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    welcomed_soon(&gw, &token, "the place was never given back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,23 +677,5 @@ async fn the_per_user_limit_holds_across_instances_on_one_redis() {
     gws[1].signal(libc::SIGKILL);
     let _ = gws[1].wait_exit(WAIT);
     drop(on_b);
-    let start = Instant::now();
-    loop {
-        let mut c = open(&gws[0], None).await;
-        c.send(&ClientFrame::Connect {
-            id: Some(1),
-            token: token.clone(),
-            name: None,
-            version: None,
-        })
-        .await;
-        let next = tokio::time::timeout(WAIT, c.ws.next())
-            .await
-            .expect("an answer in time");
-        if matches!(next, Some(Ok(Message::Text(_)))) {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "the dead instance's place was never freed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    welcomed_soon(&gws[0], &token, "the dead instance's place was never freed").await;
 }

@@ -278,25 +278,13 @@ impl Shard<'_> {
         code: UnsubscribeCode,
         message: &str,
     ) {
-        let ShardState { conns, table, .. } = &mut *self.st;
-        let Some(conn) = conns.get_mut(key) else {
+        if !self.st.conns.contains(key) {
+            return;
+        }
+        let Some(channel) = self.st.table.channel_of(sub).map(str::to_owned) else {
             return;
         };
-        let Some(channel) = table.channel_of(sub).map(str::to_owned) else {
-            return;
-        };
-        conn.subs.retain(|&s| s != sub);
-        if let Some(auth) = &mut conn.auth {
-            auth.sub_tokens.retain(|(s, _)| *s != sub);
-        }
-        let emptied = table.unsubscribe(sub);
-        self.env
-            .shard_metrics
-            .subscriptions
-            .set(table.subscription_count() as i64);
-        if let Some(emptied) = emptied {
-            self.channel_emptied(emptied);
-        }
+        self.drop_subscription(key, sub);
         let frame = ServerFrame::Unsubscribed {
             channel,
             code,

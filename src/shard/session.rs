@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use shardcast_proto::{decode_client, validate_channel, ClientFrame, ErrorCode, ServerFrame};
 
-use super::channel_table::{Emptied, Joined, PendingAck};
+use super::channel_table::{Emptied, Joined, PendingAck, SubscriptionKey};
 use super::connection::{ConnectionFlags, Phase};
 use super::{Shard, ShardState};
 use crate::auth::{Refusal, ANONYMOUS};
@@ -157,9 +157,20 @@ impl Shard<'_> {
         let Some(pos) = conn.subs.iter().position(|&s| table.channel_of(s) == Some(channel)) else {
             return self.reply_error(key, id, ErrorCode::NotSubscribed, "not subscribed to this channel");
         };
-        let sub = conn.subs.swap_remove(pos);
-        if let Some(auth) = &mut conn.auth {
-            auth.sub_tokens.retain(|(s, _)| *s != sub);
+        let sub = conn.subs[pos];
+        self.drop_subscription(key, sub);
+        self.reply_frame(key, &ServerFrame::ack(id));
+    }
+
+    /// Removes one subscription of connection `key` from everywhere it is recorded;
+    /// a channel that lost its last local subscriber goes back to the router.
+    pub(super) fn drop_subscription(&mut self, key: usize, sub: SubscriptionKey) {
+        let ShardState { conns, table, .. } = &mut *self.st;
+        if let Some(conn) = conns.get_mut(key) {
+            conn.subs.retain(|&s| s != sub);
+            if let Some(auth) = &mut conn.auth {
+                auth.sub_tokens.retain(|(s, _)| *s != sub);
+            }
         }
         let emptied = table.unsubscribe(sub);
         self.env
@@ -169,7 +180,6 @@ impl Shard<'_> {
         if let Some(channel) = emptied {
             self.channel_emptied(channel);
         }
-        self.reply_frame(key, &ServerFrame::ack(id));
     }
 
     fn client_publish(&mut self, key: usize, id: Option<u64>, channel: String, data: serde_json::Value) {
