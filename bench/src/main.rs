@@ -99,6 +99,9 @@ enum Command {
         /// Subscribers of the fanout comparison (0 skips it).
         #[arg(long, default_value_t = 5000)]
         fanout_subscribers: usize,
+        /// Runs of each configuration, interleaved, merged into one figure each.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Rewrites summary.md and the SVG charts from the results files in a directory.
     Report {
@@ -346,11 +349,12 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
             Command::AuthConnect {
                 connections,
                 fanout_subscribers,
+                rounds,
                 publish,
                 ..
             } => {
                 harness
-                    .auth_connect(*connections, *fanout_subscribers, &publish.knobs())
+                    .auth_connect(*connections, *fanout_subscribers, *rounds, &publish.knobs())
                     .await
             }
             _ => Outcome::default(),
