@@ -731,7 +731,8 @@ fn per_cpu_figure(r: &ScenarioRecord) -> Option<f64> {
 }
 
 /// Sets `vs_none` (per-CPU figure ÷ the tokenless run's) on every token run of the
-/// auth scenario, and for connects the server CPU verification added per connect.
+/// auth scenario, and for connects `token_cpu_us_per_connect`: the server CPU a token
+/// adds to a connect (its `connect` frame, the verification, the identity).
 fn add_ratios_to_tokenless(records: &mut [ScenarioRecord]) {
     // A phase is the scheme ("hs256"), or the publishing phase and the scheme ("max hs256").
     let baselines: Vec<ScenarioRecord> = records
@@ -758,7 +759,7 @@ fn add_ratios_to_tokenless(records: &mut [ScenarioRecord]) {
             r.get("server_cpu_us_per_connect"),
             base.get("server_cpu_us_per_connect"),
         ) {
-            r.set("verification_cpu_us_per_connect", x - b);
+            r.set("token_cpu_us_per_connect", x - b);
         }
     }
 }
