@@ -551,11 +551,9 @@ impl Harness {
                 harness.for_each_server(&label, connections, &mut runs, job).await;
             }
         }
-        for round in 1..=rounds.max(1) {
+        let fanout_rounds = if fanout_subscribers > 0 { rounds.max(1) } else { 0 };
+        for round in 1..=fanout_rounds {
             for (scheme, harness) in configured.iter().filter(|(s, _)| *s != TokenScheme::Rs256) {
-                if fanout_subscribers == 0 {
-                    break;
-                }
                 let first = runs.records.len();
                 let job = Job::Publish {
                     scenario: "auth_fanout",
