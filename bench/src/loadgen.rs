@@ -1,6 +1,7 @@
 //! The load-generator worker process (`shardcast-bench worker`): opens its share of
 //! the connections at a paced rate from its own source addresses, authenticates each
-//! with its pre-minted token when there are tokens, subscribes each, then times every message frame against the timestamp the publisher put in it.
+//! with its pre-minted token when there are tokens, subscribes each, then times
+//! every message frame against the timestamp the publisher put in it.
 //! It obeys the parent's commands (reset, report, storm, quit) and stops by itself
 //! at its deadline.
 //!
