@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub struct FleetPlan {
     pub cpus: Vec<usize>,
     /// Workers exit by themselves after this long.
     pub deadline: Duration,
+    /// Pre-minted connection tokens, one line per connection (none: anonymous).
+    pub token_file: Option<PathBuf>,
 }
 
 /// What the workers reported at the end of the connect phase.
@@ -136,6 +139,7 @@ impl LoadGenFleet {
                 cpus: plan.cpus.clone(),
                 deadline_secs: plan.deadline.as_secs().max(1),
                 progress_ms: 50,
+                token_file: plan.token_file.clone(),
             };
             first += connections;
             let mut cmd = Command::new(&exe);

@@ -1,6 +1,7 @@
 //! The load-generator worker process (`shardcast-bench worker`): opens its share of
-//! the connections at a paced rate from its own source addresses, subscribes each,
-//! then times every message frame against the timestamp the publisher put in it.
+//! the connections at a paced rate from its own source addresses, authenticates each
+//! with its pre-minted token when there are tokens, subscribes each, then times
+//! every message frame against the timestamp the publisher put in it.
 //! It obeys the parent's commands (reset, report, storm, quit) and stops by itself
 //! at its deadline.
 //!
@@ -23,6 +24,7 @@ use crate::cpu_pinning;
 use crate::error::{BenchError, IoContext};
 use crate::latency::LatencyRecorder;
 use crate::proc_stats;
+use crate::tokens;
 use crate::worker_protocol::{FailureCounts, WireProtocol, WorkerCommand, WorkerEvent, WorkerSpec};
 use crate::ws_client::WsClient;
 
@@ -41,7 +43,7 @@ pub fn run_worker(spec: WorkerSpec) -> Result<(), BenchError> {
         .build()
         .context(|| "build the worker runtime".into())?;
     let local = LocalSet::new();
-    local.block_on(&runtime, LoadGenerator::new(spec).run())
+    local.block_on(&runtime, LoadGenerator::new(spec)?.run())
 }
 
 /// Writes one event line to stdout for the parent.
@@ -101,6 +103,8 @@ struct SharedContext {
     state: RefCell<WorkerState>,
     pacer: ConnectPacer,
     in_flight: Semaphore,
+    /// Connection tokens by local index (empty: anonymous clients).
+    tokens: Vec<String>,
 }
 
 impl SharedContext {
@@ -197,15 +201,20 @@ pub struct LoadGenerator {
 }
 
 impl LoadGenerator {
-    /// A generator for `spec`; nothing happens until [`LoadGenerator::run`].
-    pub fn new(spec: WorkerSpec) -> Self {
+    /// A generator for `spec`; nothing happens until [`LoadGenerator::run`]. Reads its
+    /// share of the token file, if the spec names one.
+    pub fn new(spec: WorkerSpec) -> Result<Self, BenchError> {
+        let tokens = match &spec.token_file {
+            Some(path) => tokens::read_tokens(path, spec.first_connection, spec.connections)?,
+            None => Vec::new(),
+        };
         let interval = if spec.connect_rate > 0.0 {
             Duration::from_secs_f64(1.0 / spec.connect_rate)
         } else {
             Duration::ZERO
         };
         let in_flight = Semaphore::new(spec.max_in_flight.max(1));
-        LoadGenerator {
+        Ok(LoadGenerator {
             ctx: Rc::new(SharedContext {
                 spec,
                 state: RefCell::new(WorkerState::default()),
@@ -214,8 +223,9 @@ impl LoadGenerator {
                     next: Cell::new(Instant::now()),
                 },
                 in_flight,
+                tokens,
             }),
-        }
+        })
     }
 
     /// Opens the connections and serves the parent's commands until told to quit.
@@ -336,7 +346,8 @@ async fn run_connection(ctx: Rc<SharedContext>, local: usize, mut storms: watch:
     let channel = format!("{}{}", spec.channel_prefix, global % spec.channels.max(1));
     let mut generation = 0u64;
     loop {
-        match establish(&ctx, global, target, &channel, generation).await {
+        let token = ctx.tokens.get(local).map(String::as_str);
+        match establish(&ctx, global, target, &channel, token, generation).await {
             Some(mut client) => {
                 ctx.on_subscribed(generation);
                 let storm_came = loop {
@@ -384,6 +395,7 @@ async fn establish(
     global: usize,
     target: SocketAddr,
     channel: &str,
+    token: Option<&str>,
     generation: u64,
 ) -> Option<WsClient> {
     for attempt in 0..ctx.spec.attempts.max(1) {
@@ -410,7 +422,7 @@ async fn establish(
         let source = ctx.source_for(global, generation);
         let result = tokio::time::timeout(
             ESTABLISH_TIMEOUT,
-            connect_and_subscribe(target, source, &ctx.spec, channel),
+            connect_and_subscribe(target, source, &ctx.spec, channel, token),
         )
         .await
         .unwrap_or_else(|_| Err(BenchError::Timeout("upgrade and subscribe".into())));
@@ -427,10 +439,11 @@ async fn connect_and_subscribe(
     source: Option<Ipv4Addr>,
     spec: &WorkerSpec,
     channel: &str,
+    token: Option<&str>,
 ) -> Result<WsClient, BenchError> {
     let mut client = WsClient::connect(target, source, &spec.path, &spec.subprotocol).await?;
     match spec.protocol {
-        WireProtocol::Shardcast => subscribe_shardcast(&mut client, channel).await?,
+        WireProtocol::Shardcast => subscribe_shardcast(&mut client, channel, token).await?,
         WireProtocol::SocketIo => subscribe_socket_io(&mut client, channel).await?,
     }
     Ok(client)
@@ -471,11 +484,25 @@ async fn subscribe_socket_io(client: &mut WsClient, channel: &str) -> Result<(),
     }
 }
 
-/// shardcast's protocol: welcome, then `subscribe` answered by `ack`.
-async fn subscribe_shardcast(client: &mut WsClient, channel: &str) -> Result<(), BenchError> {
+/// The request id of the `connect` frame; the welcome that answers it echoes it.
+const CONNECT_ID: u64 = 2;
+
+/// shardcast's protocol: welcome (the answer to a `connect` with the token, when
+/// there is one), then `subscribe` answered by `ack`.
+async fn subscribe_shardcast(client: &mut WsClient, channel: &str, token: Option<&str>) -> Result<(), BenchError> {
+    if let Some(token) = token {
+        let connect = ClientFrame::Connect {
+            id: Some(CONNECT_ID),
+            token: token.to_owned(),
+            name: None,
+            version: None,
+        };
+        let bytes = encode_client(Encoding::Json, &connect).map_err(|e| BenchError::Protocol(e.to_string()))?;
+        client.send_text(&bytes).await?;
+    }
     let frame = client.next_frame().await?;
     match decode_server(Encoding::Json, client.payload(&frame)) {
-        Ok(ServerFrame::Welcome { .. }) => {}
+        Ok(ServerFrame::Welcome { id, .. }) if token.is_none() || id == Some(CONNECT_ID) => {}
         other => return Err(BenchError::Protocol(format!("expected welcome, got {other:?}"))),
     }
     let subscribe = ClientFrame::Subscribe {

@@ -19,6 +19,7 @@ mod record;
 mod report;
 mod scenarios;
 mod servers;
+mod tokens;
 mod worker_protocol;
 mod ws_client;
 
@@ -83,6 +84,24 @@ enum Command {
         /// Connection counts to measure, one run each.
         #[arg(long, value_delimiter = ',', default_value = "19000")]
         connections: Vec<usize>,
+    },
+    /// Connect cost of token verification: shardcast without a token, with HS256 and
+    /// with RS256 tokens (N clients each), then one-channel fanout without and with
+    /// HS256 tokens.
+    AuthConnect {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        publish: PublishArgs,
+        /// Clients per configuration, each with its own `sub`.
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        /// Subscribers of the fanout comparison (0 skips it).
+        #[arg(long, default_value_t = 5000)]
+        fanout_subscribers: usize,
+        /// Runs of each configuration, interleaved, merged into one figure each.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Rewrites summary.md and the SVG charts from the results files in a directory.
     Report {
@@ -250,6 +269,7 @@ impl CommonArgs {
             time_limit: Duration::from_secs(self.time_limit),
             out_dir: self.out.clone(),
             strict: self.strict,
+            token_file: None,
         })
     }
 }
@@ -287,6 +307,7 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
         Command::Fanout { common, .. } => ("fanout", common),
         Command::Channels { common, .. } => ("channels", common),
         Command::Storm { common, .. } => ("storm", common),
+        Command::AuthConnect { common, .. } => ("auth_connect", common),
         _ => return Err(BenchError::Options("not a scenario".into())),
     };
     let harness = common.harness()?;
@@ -325,6 +346,17 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
                     .await
             }
             Command::Storm { connections, .. } => harness.storm(connections).await,
+            Command::AuthConnect {
+                connections,
+                fanout_subscribers,
+                rounds,
+                publish,
+                ..
+            } => {
+                harness
+                    .auth_connect(*connections, *fanout_subscribers, *rounds, &publish.knobs())
+                    .await
+            }
             _ => Outcome::default(),
         }
     });

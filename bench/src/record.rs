@@ -14,13 +14,14 @@ use crate::servers::ServerKind;
 /// One server's figures for one scenario, size and phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioRecord {
-    /// `idle`, `fanout`, `channels` or `storm`.
+    /// `idle`, `fanout`, `channels`, `storm`, `auth_connect` or `auth_fanout`.
     pub scenario: String,
     /// Server measured.
     pub target: ServerKind,
     /// Connections (idle, storm, channels) or subscribers of the channel (fanout).
     pub size: usize,
-    /// `connect`, `fixed`, `max` or `storm`.
+    /// `connect`, `fixed`, `max` or `storm`; for the auth scenario the token scheme
+    /// (`none`, `hs256`, `rs256`), after the publishing phase for `auth_fanout`.
     pub phase: String,
     /// Named figures (see BENCHMARKS.md for each name's meaning).
     pub figures: BTreeMap<String, f64>,

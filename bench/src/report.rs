@@ -152,6 +152,78 @@ fn storm_table(records: &[ScenarioRecord]) -> String {
     out
 }
 
+/// Order of the auth scenario's token schemes: the tokenless baseline first.
+fn scheme_rank(phase: &str) -> usize {
+    match phase.rsplit(' ').next() {
+        Some("none") => 0,
+        Some("hs256") => 1,
+        _ => 2,
+    }
+}
+
+/// "min–max" of the per-CPU figure over an auth configuration's rounds.
+fn range_over_rounds(r: &ScenarioRecord) -> String {
+    format!("{}–{}", fmt(r.get("per_cpu_min"), 0), fmt(r.get("per_cpu_max"), 0))
+}
+
+/// The auth scenario: connects per token scheme, then fanout without and with tokens,
+/// each against the tokenless run (`vs_none`); p50 and p99 are the worst round's.
+fn auth_tables(records: &[ScenarioRecord]) -> String {
+    let mut sorted: Vec<&ScenarioRecord> = records.iter().collect();
+    sorted.sort_by_key(|r| {
+        (
+            r.scenario != "auth_connect",
+            r.size,
+            r.phase.starts_with("max"),
+            scheme_rank(&r.phase),
+        )
+    });
+    let mut out = String::from(
+        "| clients per round | rounds | tokens | connected | connects/s | server CPU µs / connect | connects / server CPU-s | range over rounds | vs none (per CPU-s) | token cost µs / connect (vs none) | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in sorted.iter().filter(|r| r.scenario == "auth_connect") {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.size,
+            fmt(r.get("rounds"), 0),
+            r.phase,
+            fmt(r.get("connections"), 0),
+            fmt(r.get("connect_rate"), 0),
+            fmt(r.get("server_cpu_us_per_connect"), 1),
+            fmt(r.get("connects_per_server_cpu_second"), 0),
+            range_over_rounds(r),
+            fmt(r.get("vs_none"), 2),
+            fmt(r.get("token_cpu_us_per_connect"), 1),
+            r.limited_by
+        );
+    }
+    if sorted.iter().any(|r| r.scenario == "auth_fanout") {
+        out.push_str(
+            "\n| subscribers | rounds | phase and tokens | deliveries/s | deliveries / server CPU-s | range over rounds | vs none (per CPU-s) | p50 ms | p99 ms | missing | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+    }
+    for r in sorted.iter().filter(|r| r.scenario == "auth_fanout") {
+        let l = r.latency.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} |",
+            r.size,
+            fmt(r.get("rounds"), 0),
+            r.phase,
+            fmt(r.get("deliveries_per_second"), 0),
+            fmt(r.get("deliveries_per_server_cpu_second"), 0),
+            range_over_rounds(r),
+            fmt(r.get("vs_none"), 2),
+            l.p50_ms,
+            l.p99_ms,
+            fmt(r.get("missing_deliveries"), 0),
+            r.limited_by
+        );
+    }
+    out
+}
+
 /// Every server, in chart order.
 const ALL_SERVERS: [ServerKind; 4] = [
     ServerKind::Shardcast,
@@ -293,6 +365,7 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
         md.push_str(&match scenario.as_str() {
             "idle" => idle_table(&records),
             "storm" => storm_table(&records),
+            "auth_connect" | "auth_fanout" => auth_tables(&records),
             _ => publish_table(&records),
         });
         md.push('\n');

@@ -1,7 +1,7 @@
-//! The four scenarios (idle, fanout, channels, storm) and what they measure. Each
-//! runs every selected server back to back at each size: start the server pinned to
-//! the gateway CPUs, spawn the load-generator fleet pinned to the others, measure,
-//! stop both. Every step is bounded in time.
+//! The scenarios (idle, fanout, channels, storm, auth_connect) and what they
+//! measure. Each runs every selected server back to back at each size: start the
+//! server pinned to the gateway CPUs, spawn the load-generator fleet pinned to the
+//! others, measure, stop both. Every step is bounded in time.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +18,7 @@ use crate::proc_stats::{self, ProcessSample};
 use crate::publisher::{run_publisher, PublishLoad, PublishProgress};
 use crate::record::ScenarioRecord;
 use crate::servers::{ServerKind, ServerOptions, ServerUnderTest};
+use crate::tokens::{AuthKeys, TokenScheme};
 
 /// Options shared by every scenario.
 #[derive(Debug, Clone)]
@@ -41,6 +42,9 @@ pub struct Harness {
     /// Count a run as failed when a connection did not subscribe or a delivery is
     /// missing (for the smoke test; a loaded full run may lose slow consumers).
     pub strict: bool,
+    /// Pre-minted connection tokens the clients send in a `connect` frame (none:
+    /// anonymous clients).
+    pub token_file: Option<PathBuf>,
 }
 
 /// Fanout and channels publishing knobs.
@@ -74,6 +78,8 @@ enum Job<'k> {
         knobs: &'k PublishKnobs,
     },
     Storm(usize),
+    /// N clients connect (with `scheme`'s tokens) and subscribe; CPU per connect.
+    Connect(usize, TokenScheme),
 }
 
 /// Figures a scenario run produced, and whether anything failed.
@@ -111,6 +117,7 @@ impl Harness {
             attempts: 5,
             cpus: self.loadgen_cpus.clone(),
             deadline: self.time_limit + Duration::from_secs(30),
+            token_file: self.token_file.clone(),
         }
     }
 
@@ -124,6 +131,7 @@ impl Harness {
                 knobs,
             } => self.publish_scenario(server, scenario, *conns, *channels, knobs).await,
             Job::Storm(n) => self.storm_once(server, *n).await,
+            Job::Connect(n, scheme) => self.connect_once(server, *n, *scheme).await,
         }
     }
 
@@ -488,6 +496,272 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// auth_connect: the connect cost of token verification. Three shardcast
+    /// configurations on the same run (no token, `--token-hmac-secret`,
+    /// `--token-public-key` with an RSA-2048 key), N clients each, every client with
+    /// its own `sub`; then the one-channel fanout without and with HS256 tokens, to
+    /// show that verification is per connection, not per message (0 subscribers
+    /// skips it). Each is run `rounds` times, interleaved, and the rounds are merged
+    /// into one record per configuration; ratios to the tokenless run are added.
+    pub async fn auth_connect(
+        &self,
+        connections: usize,
+        fanout_subscribers: usize,
+        rounds: usize,
+        knobs: &PublishKnobs,
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
+        if self.targets.iter().any(|t| *t != ServerKind::Shardcast) {
+            eprintln!("auth_connect: only shardcast authenticates clients; the other servers are skipped");
+        }
+        // Minting (RSA signing especially) happens here, before any server starts.
+        let keys = match AuthKeys::generate() {
+            Ok(keys) => keys,
+            Err(e) => {
+                eprintln!("!! auth_connect: {e}");
+                outcome.failures += 1;
+                return outcome;
+            }
+        };
+        let tokens_needed = connections.max(fanout_subscribers);
+        let mut configured = Vec::new();
+        for scheme in [TokenScheme::None, TokenScheme::Hs256, TokenScheme::Rs256] {
+            match keys.mint_file(scheme, tokens_needed) {
+                Ok(token_file) => {
+                    let mut harness = self.clone();
+                    harness.targets = vec![ServerKind::Shardcast];
+                    harness.servers.shardcast_args.extend(keys.gateway_args(scheme));
+                    harness.token_file = token_file;
+                    configured.push((scheme, harness));
+                }
+                Err(e) => {
+                    eprintln!("!! auth_connect {}: {e}", scheme.name());
+                    outcome.failures += 1;
+                }
+            }
+        }
+        // Rounds interleave the configurations, so drift in what the rest of the
+        // machine does falls on all of them alike.
+        let mut runs = Outcome::default();
+        for round in 1..=rounds.max(1) {
+            for (scheme, harness) in &configured {
+                let label = format!("auth_connect {} round {round}", scheme.name());
+                let job = Job::Connect(connections, *scheme);
+                harness.for_each_server(&label, connections, &mut runs, job).await;
+            }
+        }
+        let fanout_rounds = if fanout_subscribers > 0 { rounds.max(1) } else { 0 };
+        for round in 1..=fanout_rounds {
+            for (scheme, harness) in configured.iter().filter(|(s, _)| *s != TokenScheme::Rs256) {
+                let first = runs.records.len();
+                let job = Job::Publish {
+                    scenario: "auth_fanout",
+                    conns: fanout_subscribers,
+                    channels: 1,
+                    knobs,
+                };
+                let label = format!("auth_fanout {} round {round}", scheme.name());
+                harness
+                    .for_each_server(&label, fanout_subscribers, &mut runs, job)
+                    .await;
+                for r in &mut runs.records[first..] {
+                    r.phase = format!("{} {}", r.phase, scheme.name());
+                }
+            }
+        }
+        outcome.failures += runs.failures;
+        outcome.records = merge_rounds(runs.records, self.connect_rate);
+        add_ratios_to_tokenless(&mut outcome.records);
+        for r in outcome.records.iter().filter(|r| r.get("vs_none").is_some()) {
+            eprintln!(
+                "   {} {} {}: {:.3}× the tokenless figure",
+                r.scenario,
+                r.size,
+                r.phase,
+                r.get("vs_none").unwrap_or(f64::NAN)
+            );
+        }
+        outcome
+    }
+
+    async fn connect_once(
+        &self,
+        server: &ServerUnderTest,
+        n: usize,
+        scheme: TokenScheme,
+    ) -> Result<Vec<ScenarioRecord>, BenchError> {
+        let mut rec = ScenarioRecord::new("auth_connect", server.kind, n, scheme.name());
+        // Let the server finish starting before the window opens.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let metrics0 = scrape(server).await;
+        // Opened before the workers exist, so their whole life is in it.
+        let window = CpuWindow::start_before_fleet(server);
+        let mut fleet = LoadGenFleet::spawn(&self.plan(server, n, "auth-", (n / 10).max(1)))?;
+        let tag = format!("auth_connect {n} {}", scheme.name());
+        let ready = fleet
+            .wait_ready(self.time_limit, |f| progress_line(&tag, f, server, n))
+            .await?;
+        window.finish(server, &fleet, &mut rec);
+        let metrics1 = scrape(server).await;
+        let server_cpu = rec.get("server_cpu_seconds").unwrap_or(0.0);
+        let connected = ready.subscribed as f64;
+        rec.set("connections", connected);
+        rec.set("failed_attempts", ready.failures.failed_attempts() as f64);
+        rec.set("gave_up", ready.failures.gave_up as f64);
+        rec.set("connect_seconds", ready.connect_seconds);
+        rec.set("connect_rate", connected / ready.connect_seconds.max(1e-9));
+        rec.set("connects_per_server_cpu_second", connected / server_cpu.max(1e-9));
+        rec.set("server_cpu_us_per_connect", server_cpu * 1e6 / connected.max(1.0));
+        for (k, v) in metric_deltas(&metrics0, &metrics1) {
+            rec.set(&format!("metric:{k}"), v);
+        }
+        if ready.failures.failed_attempts() > 0 {
+            rec.notes.push(format!("connect failures: {:?}", ready.failures));
+        }
+        rec.limited_by = judge_limit(&rec, Pace::Connects(self.connect_rate));
+        fleet.shutdown();
+        Ok(vec![rec])
+    }
+}
+
+/// Figures that add up over the rounds of one configuration.
+const ADDITIVE_FIGURES: &[&str] = &[
+    "connections",
+    "failed_attempts",
+    "gave_up",
+    "connect_seconds",
+    "wall_seconds",
+    "server_cpu_seconds",
+    "redis_cpu_seconds",
+    "loadgen_cpu_seconds",
+    "harness_cpu_seconds",
+    "subscribed",
+    "published",
+    "publish_requests",
+    "publish_errors",
+    "publish_seconds",
+    "expected_deliveries",
+    "delivered",
+    "missing_deliveries",
+    "closed_by_server",
+];
+
+/// Folds the rounds of each auth configuration (same scenario, size and phase) into
+/// one record: counts and CPU seconds summed, rates recomputed from the sums, CPU
+/// shares averaged over wall time, the per-CPU figure's range across rounds kept as
+/// `per_cpu_min`/`per_cpu_max`, and the latency of the round with the worst p99.
+fn merge_rounds(runs: Vec<ScenarioRecord>, connect_rate: f64) -> Vec<ScenarioRecord> {
+    let mut groups: Vec<Vec<ScenarioRecord>> = Vec::new();
+    for r in runs {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].scenario == r.scenario && g[0].size == r.size && g[0].phase == r.phase)
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|rounds| {
+            let mut m = rounds[0].clone();
+            let sum = |k: &str| rounds.iter().filter_map(|r| r.get(k)).sum::<f64>();
+            let keys: Vec<String> = rounds
+                .iter()
+                .flat_map(|r| r.figures.keys())
+                .filter(|k| ADDITIVE_FIGURES.contains(&k.as_str()) || k.starts_with("metric:"))
+                .cloned()
+                .collect();
+            for k in keys {
+                m.set(&k, sum(&k));
+            }
+            let wall = sum("wall_seconds").max(1e-9);
+            for k in ["server_cpu_util", "loadgen_cpu_util", "other_cpu_util"] {
+                let weighted: f64 = rounds
+                    .iter()
+                    .map(|r| r.get(k).unwrap_or(0.0) * r.get("wall_seconds").unwrap_or(0.0))
+                    .sum();
+                m.set(k, weighted / wall);
+            }
+            let per_cpu: Vec<f64> = rounds.iter().filter_map(per_cpu_figure).collect();
+            m.set("per_cpu_min", per_cpu.iter().copied().fold(f64::INFINITY, f64::min));
+            m.set("per_cpu_max", per_cpu.iter().copied().fold(0.0, f64::max));
+            m.set("rounds", rounds.len() as f64);
+            let server_cpu = sum("server_cpu_seconds").max(1e-9);
+            let pace = if m.scenario == "auth_connect" {
+                let connected = sum("connections");
+                m.set("connect_rate", connected / sum("connect_seconds").max(1e-9));
+                m.set("connects_per_server_cpu_second", connected / server_cpu);
+                m.set("server_cpu_us_per_connect", server_cpu * 1e6 / connected.max(1.0));
+                Pace::Connects(connect_rate)
+            } else {
+                let delivered = sum("delivered");
+                let stack_cpu = server_cpu + sum("redis_cpu_seconds");
+                m.set("deliveries_per_second", delivered / wall);
+                m.set("publications_per_second", sum("published") / wall);
+                m.set("deliveries_per_server_cpu_second", delivered / server_cpu);
+                m.set("deliveries_per_stack_cpu_second", delivered / stack_cpu.max(1e-9));
+                m.latency = rounds
+                    .iter()
+                    .filter_map(|r| r.latency)
+                    .max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+                if m.phase.starts_with("fixed") {
+                    Pace::Fixed
+                } else {
+                    Pace::Window
+                }
+            };
+            m.limited_by = judge_limit(&m, pace);
+            m.notes = rounds.iter().flat_map(|r| r.notes.iter().cloned()).collect();
+            m
+        })
+        .collect()
+}
+
+/// The auth scenario's headline figure of a record: connects or deliveries per
+/// server CPU-second.
+fn per_cpu_figure(r: &ScenarioRecord) -> Option<f64> {
+    match r.scenario.as_str() {
+        "auth_connect" => r.get("connects_per_server_cpu_second"),
+        _ => r.get("deliveries_per_server_cpu_second"),
+    }
+}
+
+/// Sets `vs_none` (per-CPU figure ÷ the tokenless run's) on every token run of the
+/// auth scenario, and for connects `token_cpu_us_per_connect`: the server CPU a token
+/// adds to a connect (its `connect` frame, the verification, the identity).
+fn add_ratios_to_tokenless(records: &mut [ScenarioRecord]) {
+    // A phase is the scheme ("hs256"), or the publishing phase and the scheme ("max hs256").
+    let baselines: Vec<ScenarioRecord> = records
+        .iter()
+        .filter(|r| r.phase.rsplit(' ').next() == Some("none"))
+        .cloned()
+        .collect();
+    for r in records.iter_mut() {
+        let scheme = r.phase.rsplit(' ').next().unwrap_or_default();
+        if scheme == "none" {
+            continue;
+        }
+        let base_phase = format!("{}none", &r.phase[..r.phase.len() - scheme.len()]);
+        let Some(base) = baselines
+            .iter()
+            .find(|b| b.scenario == r.scenario && b.size == r.size && b.phase == base_phase)
+        else {
+            continue;
+        };
+        if let (Some(x), Some(b)) = (per_cpu_figure(r), per_cpu_figure(base)) {
+            r.set("vs_none", x / b);
+        }
+        if let (Some(x), Some(b)) = (
+            r.get("server_cpu_us_per_connect"),
+            base.get("server_cpu_us_per_connect"),
+        ) {
+            r.set("token_cpu_us_per_connect", x - b);
+        }
+    }
+}
+
 /// CPU readings at the start of a measured window.
 struct CpuWindow {
     at: Instant,
@@ -501,10 +775,18 @@ struct CpuWindow {
 impl CpuWindow {
     fn start(server: &ServerUnderTest, fleet: &LoadGenFleet) -> CpuWindow {
         CpuWindow {
+            loadgen: fleet.sample(),
+            ..CpuWindow::start_before_fleet(server)
+        }
+    }
+
+    /// A window opened before the load generators are spawned (they start at zero).
+    fn start_before_fleet(server: &ServerUnderTest) -> CpuWindow {
+        CpuWindow {
             at: Instant::now(),
             server: server.sample(),
             redis: server.sample_redis(),
-            loadgen: fleet.sample(),
+            loadgen: ProcessSample::default(),
             harness: proc_stats::sample_process(std::process::id() as i32),
             machine: proc_stats::machine_busy_seconds(),
         }
@@ -565,6 +847,8 @@ enum Pace {
     Window,
     /// A reconnect storm: handshake round trips, backoff after refusals.
     Reconnects,
+    /// Paced connects at this total rate per second (0: unpaced).
+    Connects(f64),
 }
 
 /// What limited a publishing or storm figure, judged from CPU use in the window.
@@ -578,10 +862,16 @@ fn judge_limit(rec: &ScenarioRecord, pace: Pace) -> String {
     } else if loadgen >= 0.85 {
         format!("load-generator CPU ({} of its cores)", pct(loadgen))
     } else {
+        let pacing;
         let pace = match pace {
             Pace::Fixed => "the offered rate",
             Pace::Window => "publish round trips and the delivery window",
             Pace::Reconnects => "handshake round trips and retry backoff",
+            Pace::Connects(rate) if rate > 0.0 => {
+                pacing = format!("connect pacing at {rate:.0}/s");
+                &pacing
+            }
+            Pace::Connects(_) => "handshake round trips and upgrades in flight",
         };
         format!(
             "{pace} (no core saturated: server {}, loadgen {})",
@@ -641,15 +931,20 @@ fn strict_problem(r: &ScenarioRecord) -> Option<String> {
     match r.scenario.as_str() {
         "idle" if count("connections") < size => Some(format!("only {} of {size} subscribed", count("connections"))),
         "storm" if count("resubscribed") < size => Some(format!("only {} of {size} came back", count("resubscribed"))),
-        "fanout" | "channels" if count("subscribed") < size => {
+        "auth_connect" if count("connections") < size * count("rounds").max(1.0) => {
+            Some(format!("only {} of {size} connected", count("connections")))
+        }
+        "fanout" | "channels" | "auth_fanout" if count("subscribed") < size => {
             Some(format!("only {} of {size} subscribed", count("subscribed")))
         }
-        "fanout" | "channels" if count("delivered") <= 0.0 || count("missing_deliveries") != 0.0 => Some(format!(
-            "{} delivered, {} missing (published {})",
-            count("delivered"),
-            count("missing_deliveries"),
-            count("published")
-        )),
+        "fanout" | "channels" | "auth_fanout" if count("delivered") <= 0.0 || count("missing_deliveries") != 0.0 => {
+            Some(format!(
+                "{} delivered, {} missing (published {})",
+                count("delivered"),
+                count("missing_deliveries"),
+                count("published")
+            ))
+        }
         _ => None,
     }
 }
@@ -666,6 +961,18 @@ pub fn summary_line(r: &ScenarioRecord) -> String {
             f("rss_per_connection"),
             f("kernel_socket_slabs_per_connection"),
             f("connect_rate")
+        ),
+        "auth_connect" => format!(
+            "{} auth_connect {} {}: {:.0} connected in {:.2} s ({:.0}/s), {:.1} µs server CPU per connect, {:.0} connects per server CPU-s [{}]",
+            r.target.name(),
+            r.size,
+            r.phase,
+            f("connections"),
+            f("connect_seconds"),
+            f("connect_rate"),
+            f("server_cpu_us_per_connect"),
+            f("connects_per_server_cpu_second"),
+            r.limited_by
         ),
         "storm" => format!(
             "{} storm {}: {:.0} back in {:.2} s, refused {:.0}, errors {:.0}, gave up {:.0} [{}]",

@@ -3,6 +3,7 @@
 //! stdin) and events (JSON lines on its stdout). Progress text goes to stderr.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,10 @@ pub struct WorkerSpec {
     pub deadline_secs: u64,
     /// Interval of progress events.
     pub progress_ms: u64,
+    /// Pre-minted connection tokens, line `g` for connection `g` (global index): when
+    /// set, each connection sends a `connect` frame with its token before subscribing.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// A command from the parent.
