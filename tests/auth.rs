@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -174,11 +174,18 @@ fn denied(frame: &ServerFrame, code: ErrorCode) -> bool {
     matches!(frame, ServerFrame::Error { code: c, .. } if *c == code)
 }
 
-fn rules_file(dir: &Path) -> String {
-    let path = dir.join("rules.toml");
-    std::fs::write(
-        &path,
-        r#"
+/// The channel rules the tests use, in a config file that lives as long as this.
+struct RulesFile {
+    dir: PathBuf,
+}
+
+impl RulesFile {
+    fn new(name: &str) -> RulesFile {
+        let dir = std::env::temp_dir().join(format!("shardcast-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("rules.toml"),
+            r#"
 allow-client-publish = true
 
 [namespaces.""]
@@ -195,9 +202,28 @@ user_limited = true
 [namespaces.private]
 subscribe = "granted"
 "#,
-    )
-    .expect("rules file");
-    path.to_str().expect("utf-8").to_owned()
+        )
+        .expect("rules file");
+        RulesFile { dir }
+    }
+
+    fn path(&self) -> String {
+        self.dir.join("rules.toml").to_str().expect("utf-8").to_owned()
+    }
+
+    /// A gateway with these rules, the test secret, no clock leeway, and `extra`.
+    fn gateway(&self, extra: &[&str]) -> Gateway {
+        let path = self.path();
+        let mut args = vec!["--token-hmac-secret", SECRET, "--token-leeway", "0s", "--config", &path];
+        args.extend_from_slice(extra);
+        Gateway::start(&args)
+    }
+}
+
+impl Drop for RulesFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,9 +376,8 @@ async fn no_token_where_one_is_required() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_escapes_are_denied() {
-    let dir = std::env::temp_dir().join(format!("shardcast-rules-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let gw = Gateway::start(&["--token-hmac-secret", SECRET, "--config", &rules_file(&dir)]);
+    let rules = RulesFile::new("rules");
+    let gw = rules.gateway(&[]);
     let token = hs(json!({"sub": "42", "exp": now() + 120, "channels": ["team:7", "team:8.*"], "publish": ["team:7"]}));
     let mut c = open(&gw, None).await;
     connect(&mut c, &token).await;
@@ -440,7 +465,7 @@ async fn channel_escapes_are_denied() {
     );
 
     // An anonymous connection never owns a user channel.
-    let anon_gw = Gateway::start(&["--config", &rules_file(&dir)]);
+    let anon_gw = Gateway::start(&["--config", &rules.path()]);
     let mut anon = anon_gw.connect(Encoding::Json).await;
     assert!(denied(
         &subscribe(&mut anon, 1, "notifications:#", None).await,
@@ -450,22 +475,19 @@ async fn channel_escapes_are_denied() {
         &subscribe(&mut anon, 2, "team:7", None).await,
         ErrorCode::PermissionDenied
     ));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_keeps_the_connection_and_expiry_closes_it() {
-    let dir = std::env::temp_dir().join(format!("shardcast-refresh-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let gw = Gateway::start(&[
-        "--token-hmac-secret",
-        SECRET,
-        "--token-leeway",
-        "0s",
-        "--config",
-        &rules_file(&dir),
-    ]);
-    let short = |channels: Value| hs(json!({"sub": "42", "exp": now() + 3, "channels": channels}));
+    let rules = RulesFile::new("refresh");
+    let gw = rules.gateway(&[]);
+    // Minted in-process (the jsonwebtoken crate), so a busy machine's slow Python
+    // start cannot eat a 3-second token's life before it is even sent.
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let short = |channels: Value| {
+        let claims = json!({"sub": "42", "exp": now() + 3, "channels": channels});
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("signs")
+    };
     let mut c = open(&gw, None).await;
     connect(&mut c, &short(json!(["team:7"]))).await;
     assert_eq!(subscribe(&mut c, 1, "team:7", None).await, ServerFrame::ack(Some(1)));
@@ -516,21 +538,12 @@ async fn refresh_keeps_the_connection_and_expiry_closes_it() {
     })
     .await;
     assert_eq!(d.expect_close().await.0, 4003);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_token_expiry_ends_that_subscription_only() {
-    let dir = std::env::temp_dir().join(format!("shardcast-subexp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let gw = Gateway::start(&[
-        "--token-hmac-secret",
-        SECRET,
-        "--token-leeway",
-        "0s",
-        "--config",
-        &rules_file(&dir),
-    ]);
+    let rules = RulesFile::new("subexp");
+    let gw = rules.gateway(&[]);
     let mut c = open(&gw, None).await;
     connect(&mut c, &hs(json!({"sub": "42", "exp": now() + 120}))).await;
     let sub_token = hs(json!({"sub": "42", "channel": "private:a", "exp": now() + 2}));
@@ -548,7 +561,6 @@ async fn subscription_token_expiry_ends_that_subscription_only() {
     // The connection and its other subscription go on.
     gw.publish("news", json!(1)).await;
     assert!(matches!(c.recv().await, ServerFrame::Message { ref channel, .. } if channel == "news"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
