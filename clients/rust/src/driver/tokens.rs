@@ -140,15 +140,12 @@ impl Tokens {
 
     /// Starts the refresh of the subscription tokens of `channels`, which are due.
     pub(crate) fn refresh_subscription_tokens(&self, channels: Vec<String>) {
+        let Some(provider) = &self.config.subscription_token else {
+            return;
+        };
         for channel in channels {
-            if let Some(provider) = &self.config.subscription_token {
-                self.fetch(
-                    FetchPurpose::SubRefresh {
-                        channel: channel.clone(),
-                    },
-                    provider(channel),
-                );
-            }
+            let token = provider(channel.clone());
+            self.fetch(FetchPurpose::SubRefresh { channel }, token);
         }
     }
 
