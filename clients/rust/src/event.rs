@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use shardcast_proto::{Encoding, ErrorCode, UnsubscribeCode};
 use tokio::sync::{mpsc, watch};
+use tracing::debug;
 
 use crate::error::Error;
 use crate::transport::Welcome;
@@ -199,10 +200,6 @@ impl Observers {
         lock(&self.welcome).clone()
     }
 
-    pub(crate) fn set_welcome(&self, welcome: Welcome) {
-        *lock(&self.welcome) = Some(welcome);
-    }
-
     /// The error for calls made after the client stopped.
     pub(crate) fn closed_error(&self) -> Error {
         self.stop_reason().unwrap_or(Error::Closed {
@@ -255,6 +252,44 @@ impl Observers {
             // Dropping the senders ends every stream after this last event.
             listeners.clear();
         }
+    }
+
+    /// The client got `welcome`: it is connected.
+    pub(crate) fn connected(&self, welcome: &Welcome) {
+        debug!(node = welcome.node, shard = welcome.shard, "connected");
+        *lock(&self.welcome) = Some(welcome.clone());
+        self.set_state(ConnectionState::Connected);
+        self.emit(ClientEvent::Connected {
+            node: welcome.node.clone(),
+            shard: welcome.shard,
+            ping_interval: welcome.ping_interval,
+            encoding: welcome.encoding,
+            user: welcome.user.clone(),
+        });
+    }
+
+    /// The connection (or an attempt at one) ended with close `code` and `reason`.
+    pub(crate) fn disconnected(&self, code: u16, reason: &str, was_connected: bool, will_reconnect: bool) {
+        debug!(code, reason, will_reconnect, "disconnected");
+        self.emit(ClientEvent::Disconnected {
+            code,
+            reason: reason.to_owned(),
+            was_connected,
+            will_reconnect,
+        });
+    }
+
+    /// The client stopped for good, with `error` as what calls fail with from now
+    /// on: the last events, after which every event stream ends.
+    pub(crate) fn closed(&self, code: Option<u16>, reason: String, error: &Error) {
+        self.set_state(ConnectionState::Closed);
+        if let Error::Unauthorized { code, reason } = error {
+            self.emit(ClientEvent::Unauthorized {
+                code: *code,
+                reason: reason.clone(),
+            });
+        }
+        self.emit(ClientEvent::Closed { code, reason });
     }
 
     fn lock_listeners(&self) -> MutexGuard<'_, Vec<mpsc::UnboundedSender<ClientEvent>>> {

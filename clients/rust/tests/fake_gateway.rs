@@ -86,18 +86,27 @@ async fn recv(ws: &mut Ws) -> Value {
     }
 }
 
-#[tokio::test]
-async fn token_provider_is_called_on_every_connect() {
+/// A fake gateway's listener and a client of it at `path` whose token provider
+/// answers `{prefix}1`, `{prefix}2`, … and counts its calls in the returned counter.
+async fn client_with_counted_tokens(
+    path: &str,
+    prefix: &'static str,
+) -> (TcpListener, Client, EventStream, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("ws://{}/ws?app=demo", listener.local_addr().expect("addr"));
+    let url = format!("ws://{}{path}", listener.local_addr().expect("addr"));
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
-    let (client, mut events) = Client::builder(url)
+    let (client, events) = Client::builder(url)
         .reconnect(quick_policy())
-        .token_provider(move || Some(format!("tok {}", counter.fetch_add(1, Ordering::SeqCst) + 1)))
+        .token_provider(move || Some(format!("{prefix}{}", counter.fetch_add(1, Ordering::SeqCst) + 1)))
         .build_with_events()
         .expect("client");
+    (listener, client, events, calls)
+}
 
+#[tokio::test]
+async fn token_provider_is_called_on_every_connect() {
+    let (listener, client, mut events, calls) = client_with_counted_tokens("/ws?app=demo", "tok ").await;
     let (mut ws, uri, authorization) = accept_with_auth(&listener).await;
     assert_eq!(uri, "/ws?app=demo", "never a token in the URL");
     assert_eq!(authorization, "Bearer tok 1");
@@ -253,15 +262,7 @@ async fn close_with(mut ws: Ws, code: u16, reason: &str) {
 
 #[tokio::test]
 async fn token_expired_reconnects_with_a_new_token_and_disconnected_stops() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let (client, mut events) = Client::builder(url)
-        .reconnect(quick_policy())
-        .token_provider(move || Some(format!("tok{}", counter.fetch_add(1, Ordering::SeqCst) + 1)))
-        .build_with_events()
-        .expect("client");
+    let (listener, client, mut events, calls) = client_with_counted_tokens("/ws", "tok").await;
     let (mut ws, _, authorization) = accept_with_auth(&listener).await;
     assert_eq!(authorization, "Bearer tok1");
     welcome(&mut ws, 25_000).await;

@@ -45,6 +45,25 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// Answers a command that arrived after the driver stopped: with `error`, or
+    /// as done for a close.
+    pub(crate) fn refuse(self, error: &Error) {
+        match self {
+            Command::Subscribe { done, .. }
+            | Command::Publish { done, .. }
+            | Command::Ping { done }
+            | Command::Unsubscribe { done: Some(done), .. } => {
+                let _ = done.send(Err(error.clone()));
+            }
+            Command::Unsubscribe { done: None, .. } => {}
+            Command::Close { done } => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 /// The client's settings, fixed when it is built.
 pub(crate) struct Config {
     pub url: String,

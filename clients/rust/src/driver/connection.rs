@@ -5,15 +5,17 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
 use shardcast_proto::{ClientFrame, Encoding};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::command::HeartbeatTiming;
-use super::requests::RequestTable;
-use crate::error::Error;
+use super::requests::{Pending, RequestTable, SubscribeRequest};
+use crate::error::{Error, Result};
 use crate::token::TokenLifetime;
 use crate::transport::{self, Welcome, WsStream};
 
@@ -161,6 +163,58 @@ impl Connection {
             // Not sent at all rather than sent empty; the request then times out.
             Err(e) => tracing::error!(error = %e, "cannot encode a frame; not sent"),
         }
+    }
+
+    /// Sends request `id`, tracked as `pending` until its reply.
+    pub(crate) async fn request(&mut self, id: u64, frame: ClientFrame, pending: Pending) {
+        self.requests.track(id, pending);
+        self.send(frame).await;
+    }
+
+    /// Sends subscribe request `id`, tracked until its reply.
+    pub(crate) async fn subscribe(&mut self, id: u64, request: SubscribeRequest) {
+        let frame = ClientFrame::Subscribe {
+            id: Some(id),
+            channel: request.channel.clone(),
+            token: request.token.as_ref().map(|(token, _)| token.clone()),
+        };
+        self.request(id, frame, Pending::Subscribe(request)).await;
+    }
+
+    /// Sends publish request `id`, unless its frame is over `limit` bytes: sent, it
+    /// would get close 1009 and end the client for good.
+    pub(crate) async fn publish(
+        &mut self,
+        id: u64,
+        channel: String,
+        data: Value,
+        limit: usize,
+        done: oneshot::Sender<Result<()>>,
+    ) {
+        let frame = ClientFrame::Publish {
+            id: Some(id),
+            channel: channel.clone(),
+            data,
+        };
+        let message = match transport::encode(self.encoding, &frame) {
+            Ok(message) => message,
+            Err(e) => {
+                let _ = done.send(Err(e));
+                return;
+            }
+        };
+        let size = message.len();
+        if size > limit {
+            let _ = done.send(Err(Error::MessageTooLarge { size, limit }));
+            return;
+        }
+        let pending = Pending::Request {
+            op: "publish",
+            channel: Some(channel),
+            done,
+        };
+        self.requests.track(id, pending);
+        self.send_message(message).await;
     }
 
     pub(crate) async fn send_message(&mut self, message: WsMessage) {
