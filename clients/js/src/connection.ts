@@ -2,43 +2,19 @@
  * The client's logical connection to a gateway, which survives the loss of any
  * particular WebSocket. Owns the connection state machine (idle → connecting →
  * connected → reconnecting … → closed), opening sockets (subprotocol, connect
- * timeout), authenticating them (the `connect` frame and its welcome, the token
- * refresh schedule, the auth close codes), reading and routing their frames, the
- * reconnect schedule and the heartbeat. What replies and publications mean is
- * left to the {@link ConnectionHooks} the client wires in. Behaviour follows
- * proto/PROTOCOL.md, sections 5, 6.5, 6.6, 10, 11, 12 and 18.
+ * timeout), reading and routing their frames, the reconnect schedule and the
+ * heartbeat. Authenticating the sockets is ./authentication's; what replies and
+ * publications mean is left to the {@link ConnectionHooks} the client wires in.
+ * Behaviour follows proto/PROTOCOL.md, sections 5, 10, 11 and 12.
  */
 
+import { SocketAuthenticator, type AuthenticatedSocket } from './authentication';
 import { decideReconnect, type ReconnectOptions } from './backoff';
 import type { Codec, FramePayload } from './codec';
 import type { TypedEmitter } from './emitter';
-import {
-  lifetimeOf,
-  refreshDelayMs,
-  remainingMs,
-  type ConnectionCredentials,
-  type HeldToken,
-  type TokenLifetime,
-} from './credentials';
-import {
-  AuthenticationError,
-  ClientClosedError,
-  ConnectionLostError,
-  HandshakeRejectedError,
-  ProtocolError,
-  serverError,
-  ShardcastError,
-  TokenProviderError,
-} from './errors';
-import {
-  CloseCode,
-  type AckFrame,
-  type ClientFrame,
-  type ErrorFrame,
-  type ServerFrame,
-  type UnsubscribedFrame,
-  type WelcomeFrame,
-} from './protocol';
+import type { ConnectionCredentials, HeldToken } from './credentials';
+import { ClientClosedError, ConnectionLostError, HandshakeRejectedError, ProtocolError, ShardcastError } from './errors';
+import { CloseCode, type AckFrame, type ClientFrame, type ServerFrame, type UnsubscribedFrame, type WelcomeFrame } from './protocol';
 import {
   FATAL_HANDSHAKE_STATUSES,
   httpStatusFromError,
@@ -49,21 +25,11 @@ import {
 } from './transport';
 import type { ClientEvents, ConnectionState, HeartbeatOptions } from './types';
 
-/** The client library's name in the `connect` frame, for the gateway's logs. */
-const CLIENT_NAME = 'shardcast-js';
-
-// Replaced with package.json's version by the build (tsup.config.ts) and the tests (vitest.config.ts).
-declare const __SHARDCAST_CLIENT_VERSION__: string | undefined;
-const CLIENT_VERSION = typeof __SHARDCAST_CLIENT_VERSION__ === 'string' ? __SHARDCAST_CLIENT_VERSION__ : undefined;
-
 /** One WebSocket and the state that lives and dies with it. */
-export interface SocketSession {
+export interface SocketSession extends AuthenticatedSocket {
   socket: WebSocketLike;
   codec: Codec;
-  welcomed: boolean;
   welcomedAt: number;
-  /** Set once the client stopped listening to this socket. */
-  finished: boolean;
   connectTimer?: ReturnType<typeof setTimeout>;
   heartbeatTimer?: ReturnType<typeof setTimeout>;
   /** When a frame last arrived (any frame proves the connection alive). */
@@ -74,15 +40,6 @@ export interface SocketSession {
   lastError?: unknown;
   /** Ordering chain, used only once a Blob payload has to be read asynchronously. */
   inbound?: Promise<void>;
-  /** The token this socket authenticates with, sent in a `connect` frame once it opens. */
-  token?: HeldToken;
-  /** The id of that `connect` frame: the welcome that answers it carries it. */
-  connectId?: number;
-  /** The anonymous welcome a gateway that allows anonymous connections sends before it reads the `connect`. */
-  anonymousWelcome?: WelcomeFrame;
-  /** The lifetime of the connection's token, from the welcome or the last refresh. */
-  lifetime?: TokenLifetime;
-  refreshTimer?: ReturnType<typeof setTimeout>;
 }
 
 /** The client's options as the connection uses them, defaults applied. */
@@ -132,12 +89,23 @@ export class Connection {
   /** Bumped whenever a connect attempt is superseded, so a late token does not open a stale socket. */
   private generation = 0;
   private readonly onlineListener = (): void => this.reconnectNow();
+  private readonly authenticator: SocketAuthenticator<SocketSession>;
 
   constructor(
     private readonly settings: ConnectionSettings,
     private readonly events: TypedEmitter<ClientEvents>,
     private readonly hooks: ConnectionHooks,
-  ) {}
+  ) {
+    this.authenticator = new SocketAuthenticator(settings.credentials, settings.random, {
+      send: (session, frame) => this.send(session, frame),
+      nextId: () => hooks.nextId(),
+      refresh: (token) => hooks.refresh(token),
+      welcomed: (session, welcome) => this.handleWelcome(session, welcome),
+      refused: (session, reason) => this.abortConnection(session, reason),
+      refreshed: (expiresAt) => events.emit('refreshed', { expiresAt }),
+      reportError: (error) => hooks.reportError(error),
+    });
+  }
 
   /** The current connection state. */
   get state(): ConnectionState {
@@ -214,12 +182,12 @@ export class Connection {
     this.setState('connecting');
     this.events.emit('connecting', { attempt: this.failures });
     let token: HeldToken | undefined;
-    if (settings.credentials.configured) {
+    if (this.authenticator.configured) {
       try {
-        token = await settings.credentials.forConnect(Date.now());
-      } catch (cause) {
+        token = await this.authenticator.connectToken();
+      } catch (error) {
         if (generation !== this.generation) return;
-        this.hooks.reportError(new TokenProviderError('token provider failed', { cause }));
+        this.hooks.reportError(error as ShardcastError);
         this.afterLoss(CloseCode.ABNORMAL, 'token provider failed', undefined);
         return;
       }
@@ -254,7 +222,7 @@ export class Connection {
     } catch {
       // Platforms without binaryType deliver Blobs, which handleRaw reads asynchronously.
     }
-    socket.onopen = () => this.handleOpen(session);
+    socket.onopen = () => this.authenticator.opened(session);
     socket.onmessage = (event: { data: unknown }) => this.handleRaw(session, event.data);
     socket.onclose = (event: { code?: number; reason?: string }) =>
       this.handleSocketClosed(session, event?.code ?? CloseCode.ABNORMAL, event?.reason ?? '');
@@ -264,19 +232,6 @@ export class Connection {
       session.lastError = event;
     };
     session.connectTimer = setTimeout(() => this.abortConnection(session, 'connect timeout'), settings.connectTimeoutMs);
-  }
-
-  /** The socket is open: a token goes in the `connect` frame, which must be the first frame (PROTOCOL.md 6.5). */
-  private handleOpen(session: SocketSession): void {
-    if (session.finished || session.token === undefined) return;
-    session.connectId = this.hooks.nextId();
-    this.send(session, {
-      op: 'connect',
-      id: session.connectId,
-      token: session.token.token,
-      name: CLIENT_NAME,
-      ...(CLIENT_VERSION === undefined ? {} : { version: CLIENT_VERSION }),
-    });
   }
 
   private handleRaw(session: SocketSession, data: unknown): void {
@@ -306,8 +261,8 @@ export class Connection {
     }
     // A frame type from a newer protocol revision: the protocol says to ignore it.
     if (frame === null) return;
-    if (!session.welcomed && session.connectId !== undefined) {
-      this.handleBeforeIdentified(session, frame);
+    if (this.authenticator.awaitsIdentity(session)) {
+      this.authenticator.beforeIdentified(session, frame);
       return;
     }
     if (!session.welcomed) {
@@ -340,35 +295,6 @@ export class Connection {
     }
   }
 
-  /**
-   * A frame on a socket that sent `connect` and awaits the welcome answering it.
-   * Where the gateway allows anonymous connections, an anonymous welcome (without
-   * the connect's id) comes first: it is not the answer, only kept in case the
-   * gateway turns out not to know `connect` at all.
-   */
-  private handleBeforeIdentified(session: SocketSession, frame: ServerFrame): void {
-    if (frame.type === 'welcome') {
-      if (frame.id === session.connectId) this.handleWelcome(session, frame);
-      else session.anonymousWelcome ??= frame;
-      return;
-    }
-    if (frame.type === 'error' && frame.id === session.connectId) this.handleConnectRefused(session, frame);
-    // Anything else cannot answer a request yet: nothing but the connect has been sent.
-  }
-
-  private handleConnectRefused(session: SocketSession, frame: ErrorFrame): void {
-    if (frame.code === 'unknown_op' && session.anonymousWelcome) {
-      // A gateway from before authentication: it checks no tokens, so the anonymous connection is all there is.
-      this.hooks.reportError(
-        new ShardcastError('the gateway does not know the connect operation (no authentication); connected anonymously'),
-      );
-      this.handleWelcome(session, session.anonymousWelcome);
-      return;
-    }
-    this.hooks.reportError(serverError(frame.code, frame.message, frame.id));
-    this.abortConnection(session, `connect refused: ${frame.code}`);
-  }
-
   private handleWelcome(session: SocketSession, welcome: WelcomeFrame): void {
     session.welcomed = true;
     session.welcomedAt = Date.now();
@@ -380,7 +306,7 @@ export class Connection {
     // keep a finished socket's process alive, and subscribes would go to the next socket.
     if (session.finished) return;
     this.startHeartbeat(session, welcome);
-    this.scheduleRefresh(session, session.token && lifetimeOf(session.token, welcome.expires_at));
+    this.authenticator.welcomed(session, welcome);
     this.hooks.welcomed();
   }
 
@@ -444,7 +370,7 @@ export class Connection {
     session.finished = true;
     clearTimeout(session.connectTimer);
     if (session.heartbeatTimer !== undefined) clearTimeout(session.heartbeatTimer);
-    if (session.refreshTimer !== undefined) clearTimeout(session.refreshTimer);
+    this.authenticator.stopRefreshing(session);
     const { socket } = session;
     socket.onopen = null;
     socket.onmessage = null;
@@ -468,7 +394,7 @@ export class Connection {
       this.failures = 0;
     }
     this.failures++;
-    const authError = this.authenticationFailure(code, reason);
+    const authError = this.authenticator.closeFailure(code, reason);
     const decision = authError
       ? ({ reconnect: false } as const)
       : decideReconnect(code, reason, this.failures, reconnect, this.settings.random);
@@ -492,28 +418,6 @@ export class Connection {
       this.reconnectTimer = undefined;
       void this.openConnection();
     }, decision.delayMs);
-  }
-
-  /**
-   * The error that ends the client after an authentication close code, if this is
-   * one: 4003 and 4004 never reconnect; 4002 (token expired) reconnects with a new
-   * token, so the token in hand is dropped, unless no new one can be fetched.
-   */
-  private authenticationFailure(code: number, reason: string): AuthenticationError | undefined {
-    const { credentials } = this.settings;
-    switch (code) {
-      case CloseCode.UNAUTHORIZED:
-        return new AuthenticationError(code, reason, 'the gateway refused the connection token');
-      case CloseCode.DISCONNECTED:
-        return new AuthenticationError(code, reason, 'an operator disconnected this user');
-      case CloseCode.TOKEN_EXPIRED:
-        credentials.markExpired();
-        return credentials.renewable
-          ? undefined
-          : new AuthenticationError(code, reason, 'the connection token expired and there is no getToken to fetch a new one');
-      default:
-        return undefined;
-    }
   }
 
   /** Enters the closed state; the hooks reject everything still waiting. */
@@ -586,58 +490,5 @@ export class Connection {
       session.heartbeatTimer = setTimeout(check, intervalMs + timeoutMs - quietMs);
     };
     session.heartbeatTimer = setTimeout(check, intervalMs);
-  }
-
-  // ---- token refresh ----
-
-  /** Plans the refresh of the token with this lifetime (none if it does not expire, or if no new token can be had). */
-  private scheduleRefresh(session: SocketSession, lifetime: TokenLifetime | undefined): void {
-    if (session.refreshTimer !== undefined) clearTimeout(session.refreshTimer);
-    session.refreshTimer = undefined;
-    session.lifetime = lifetime;
-    const { credentials, random } = this.settings;
-    credentials.setLifetime(lifetime);
-    if (lifetime === undefined || !credentials.renewable) return;
-    const delayMs = refreshDelayMs(remainingMs(lifetime, Date.now()), random);
-    session.refreshTimer = setTimeout(() => void this.refresh(session), delayMs);
-  }
-
-  /**
-   * Fetches a new token and sends it in a `refresh`. On failure it tries again,
-   * sooner each time (the schedule halves what is left); if the token expires all
-   * the same, the gateway closes with 4002 and the client reconnects with a new one.
-   */
-  private async refresh(session: SocketSession): Promise<void> {
-    session.refreshTimer = undefined;
-    const retry = (error: ShardcastError): void => {
-      if (session.finished) return;
-      this.hooks.reportError(error);
-      // Past the expiry there is nothing left to save: the gateway's close 4002 follows.
-      const { lifetime } = session;
-      if (lifetime !== undefined && remainingMs(lifetime, Date.now()) > 0) this.scheduleRefresh(session, lifetime);
-    };
-    let held: HeldToken | undefined;
-    try {
-      held = await this.settings.credentials.renew();
-    } catch (cause) {
-      retry(new TokenProviderError('getToken failed for a refresh', { cause }));
-      return;
-    }
-    if (session.finished) return;
-    if (held === undefined) {
-      retry(new TokenProviderError('getToken returned no token for a refresh'));
-      return;
-    }
-    let ack: AckFrame;
-    try {
-      ack = await this.hooks.refresh(held.token);
-    } catch (error) {
-      retry(error instanceof ShardcastError ? error : new ShardcastError('refresh failed', { cause: error }));
-      return;
-    }
-    if (session.finished) return;
-    session.token = held;
-    this.scheduleRefresh(session, lifetimeOf(held, ack.expires_at));
-    this.events.emit('refreshed', { expiresAt: ack.expires_at });
   }
 }

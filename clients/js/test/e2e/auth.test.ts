@@ -11,7 +11,6 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { SignJWT } from 'jose';
-import WebSocket from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   AuthenticationError,
@@ -21,6 +20,7 @@ import {
   type ClientOptions,
 } from '../../dist/index.js';
 import { Gateway, gatewayBinary, gatewaySupports, killAllGateways, waitFor } from './gateway';
+import { closeClients, makeClient as makeNodeClient, record } from './node-clients';
 
 const SECRET = 'e2e-secret-e2e-secret-e2e-secret!';
 const supported = gatewaySupports('--token-hmac-secret');
@@ -40,27 +40,11 @@ async function mint(claims: Record<string, unknown>, ttlSeconds = 60, secret = S
     .sign(new TextEncoder().encode(secret));
 }
 
-const clients: ShardcastClient[] = [];
-
 function makeClient(url: string, options: Partial<ClientOptions> = {}): ShardcastClient {
-  const client = new ShardcastClient({
-    url,
-    WebSocket,
-    reconnect: { initialDelayMs: 100, maxDelayMs: 500 },
-    connectTimeoutMs: 3_000,
-    requestTimeoutMs: 3_000,
-    ...options,
-  });
+  const client = makeNodeClient(url, { connectTimeoutMs: 3_000, ...options });
   // Errors are asserted where a test expects them; the rest would only be console noise.
   client.on('error', () => undefined);
-  clients.push(client);
   return client;
-}
-
-function record<K extends keyof ClientEvents>(client: ShardcastClient, event: K): ClientEvents[K][] {
-  const seen: ClientEvents[K][] = [];
-  client.on(event, (payload) => seen.push(payload));
-  return seen;
 }
 
 function connected(client: ShardcastClient): Promise<ClientEvents['connected']> {
@@ -77,7 +61,7 @@ beforeAll(() => {
 });
 
 afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
+  closeClients();
 });
 
 afterAll(async () => {

@@ -11,36 +11,13 @@ import {
   MessageTooLargeError,
   NotConnectedError,
   ServerError,
-  ShardcastClient,
-  type ClientEvents,
-  type ClientOptions,
   type Encoding,
 } from '../../dist/index.js';
 import { Gateway, killAllGateways, restartOnSamePort, waitFor } from './gateway';
-
-const clients: ShardcastClient[] = [];
-
-function makeClient(url: string, options: Partial<ClientOptions> = {}): ShardcastClient {
-  const client = new ShardcastClient({
-    url,
-    WebSocket,
-    reconnect: { initialDelayMs: 100, maxDelayMs: 500 },
-    connectTimeoutMs: 2_000,
-    requestTimeoutMs: 3_000,
-    ...options,
-  });
-  clients.push(client);
-  return client;
-}
-
-function record<K extends keyof ClientEvents>(client: ShardcastClient, event: K): ClientEvents[K][] {
-  const seen: ClientEvents[K][] = [];
-  client.on(event, (payload) => seen.push(payload));
-  return seen;
-}
+import { closeAfterTest, closeClients, makeClient, record } from './node-clients';
 
 afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
+  closeClients();
 });
 
 afterAll(async () => {
@@ -226,7 +203,7 @@ it('works from the CommonJS build too', async () => {
       encoding: 'msgpack',
       WebSocket,
     });
-    clients.push(client as unknown as ShardcastClient);
+    closeAfterTest(client);
     const received: unknown[] = [];
     await client.subscribe('news', (data) => received.push(data));
     await gateway.publish('news', [1, 'two', { three: 3 }]);

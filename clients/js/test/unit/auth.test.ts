@@ -7,43 +7,19 @@ import {
   AuthenticationError,
   PermissionDeniedError,
   ServerError,
-  ShardcastClient,
   SubscriptionEndedError,
   TokenProviderError,
   UnauthorizedError,
-  type ClientEvents,
-  type ClientOptions,
   type ShardcastError,
 } from '../../src/index';
 import { MIN_REFRESH_DELAY_MS, refreshDelayMs, remainingMs, tokenTimes } from '../../src/credentials';
 import { FakeWebSocket } from './fake-websocket';
+import { eventsNamed, flush, scriptedClients } from './scripted-client';
 
 const NOW_MS = Date.UTC(2026, 10, 26, 12, 0, 0);
 const NOW_S = NOW_MS / 1000;
 
-type Recorded = { [K in keyof ClientEvents]: { event: K; payload: ClientEvents[K] } }[keyof ClientEvents];
-
-function makeClient(options: Partial<ClientOptions> = {}): { client: ShardcastClient; events: Recorded[] } {
-  const client = new ShardcastClient({
-    url: 'ws://gateway.test/ws',
-    WebSocket: FakeWebSocket,
-    random: () => 0.5,
-    heartbeat: false,
-    ...options,
-  });
-  const events: Recorded[] = [];
-  const names = ['state', 'connected', 'disconnected', 'reconnecting', 'closed', 'subscribed', 'unsubscribed', 'refreshed', 'error'] as const;
-  for (const name of names) client.on(name, (payload) => events.push({ event: name, payload } as Recorded));
-  return { client, events };
-}
-
-function eventsNamed<K extends keyof ClientEvents>(events: Recorded[], name: K): ClientEvents[K][] {
-  return events.filter((e) => e.event === name).map((e) => e.payload as ClientEvents[K]);
-}
-
-async function flush(): Promise<void> {
-  await vi.advanceTimersByTimeAsync(0);
-}
+const { makeClient, startedClient, connectedClient } = scriptedClients({ heartbeat: false });
 
 /** An unsigned JWT with these claims: enough for a client, which never verifies. */
 function jwt(claims: Record<string, unknown>): string {
@@ -53,13 +29,18 @@ function jwt(claims: Record<string, unknown>): string {
 
 const welcome = { type: 'welcome', version: 1, node: 'node-1', shard: 0, ping_interval_ms: 25_000 };
 
-/** Opens the newest socket and answers its connect frame with an identified welcome. */
-function acceptConnect(socket: FakeWebSocket, fields: Record<string, unknown> = {}): Record<string, unknown> {
+/** Opens the socket (if it is not yet) and answers its connect frame with `reply`, given the connect's id; returns the connect frame. */
+function answerConnect(socket: FakeWebSocket, reply: Record<string, unknown>): Record<string, unknown> {
   if (socket.readyState === 0) socket.open();
   const [connect] = socket.framesWithOp('connect');
   if (!connect) throw new Error('no connect frame was sent');
-  socket.receive({ ...welcome, id: connect.id, user: '42', ...fields });
+  socket.receive({ ...reply, id: connect.id });
   return connect;
+}
+
+/** Opens the socket and answers its connect frame with an identified welcome. */
+function acceptConnect(socket: FakeWebSocket, fields: Record<string, unknown> = {}): Record<string, unknown> {
+  return answerConnect(socket, { ...welcome, user: '42', ...fields });
 }
 
 beforeEach(() => {
@@ -124,12 +105,8 @@ describe('connect frame', () => {
   });
 
   it('falls back to the anonymous welcome when the gateway does not know connect', async () => {
-    const { client, events } = makeClient({ token: 'tok-1' });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
-    const [connect] = socket.framesWithOp('connect');
-    socket.receive({ type: 'error', id: connect?.id, code: 'unknown_op', message: 'unknown op' });
+    const { client, events, socket } = await connectedClient({ token: 'tok-1' });
+    answerConnect(socket, { type: 'error', code: 'unknown_op', message: 'unknown op' });
     expect(client.state).toBe('connected');
     expect(client.welcome?.user).toBeUndefined();
     expect(eventsNamed(events, 'error')[0]?.message).toMatch(/does not know the connect operation/);
@@ -137,12 +114,8 @@ describe('connect frame', () => {
   });
 
   it('gives up on a socket whose connect is refused with an error, and retries', async () => {
-    const { client, events } = makeClient({ token: 'tok-1' });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.open();
-    const [connect] = socket.framesWithOp('connect');
-    socket.receive({ type: 'error', id: connect?.id, code: 'bad_request', message: 'connect must come first' });
+    const { client, events, socket } = await startedClient({ token: 'tok-1' });
+    answerConnect(socket, { type: 'error', code: 'bad_request', message: 'connect must come first' });
     expect(eventsNamed(events, 'error')[0]).toBeInstanceOf(ServerError);
     expect(client.state).toBe('reconnecting');
     client.close();
@@ -185,9 +158,7 @@ describe('token refresh', () => {
   it('sends a refresh with a new token at 80-90 % of the lifetime, then plans the next from the ack', async () => {
     const tokens = ['t1', 't2', 't3'];
     const getToken = vi.fn(async () => tokens.shift());
-    const { client, events } = makeClient({ getToken });
-    await flush();
-    const socket = FakeWebSocket.last;
+    const { client, events, socket } = await startedClient({ getToken });
     acceptConnect(socket, { expires_at: NOW_S + 100 });
     // random() = 0.5: 85 % of 100 s.
     await vi.advanceTimersByTimeAsync(84_999);
@@ -209,9 +180,7 @@ describe('token refresh', () => {
 
   it('refreshes a short-lived token halfway through and keeps the connection', async () => {
     let n = 0;
-    const { client } = makeClient({ getToken: async () => `t${++n}` });
-    await flush();
-    const socket = FakeWebSocket.last;
+    const { client, socket } = await startedClient({ getToken: async () => `t${++n}` });
     acceptConnect(socket, { expires_at: NOW_S + 3 });
     await vi.advanceTimersByTimeAsync(1_500);
     const [refresh] = socket.framesWithOp('refresh');
@@ -229,9 +198,7 @@ describe('token refresh', () => {
       if (calls === 2) throw new Error('backend down');
       return `t${calls}`;
     };
-    const { client, events } = makeClient({ getToken });
-    await flush();
-    const socket = FakeWebSocket.last;
+    const { client, events, socket } = await startedClient({ getToken });
     acceptConnect(socket, { expires_at: NOW_S + 100 });
     await vi.advanceTimersByTimeAsync(85_000);
     expect(eventsNamed(events, 'error')[0]).toBeInstanceOf(TokenProviderError);
@@ -246,9 +213,7 @@ describe('token refresh', () => {
     // The backend's clock is two hours behind this device's: by the device's clock, every token is long expired.
     const backendNow = NOW_S - 7200;
     const getToken = vi.fn(async () => jwt({ sub: '42', iat: backendNow, exp: backendNow + 100 }));
-    const { client } = makeClient({ getToken });
-    await flush();
-    const socket = FakeWebSocket.last;
+    const { client, socket } = await startedClient({ getToken });
     acceptConnect(socket, { expires_at: backendNow + 100 });
     await vi.advanceTimersByTimeAsync(84_999);
     expect(socket.framesWithOp('refresh')).toEqual([]);
@@ -403,10 +368,7 @@ describe('authentication close codes', () => {
 describe('subscription tokens', () => {
   it('asks getSubscriptionToken for every subscribe and sends the token it returns', async () => {
     const getSubscriptionToken = vi.fn(async (channel: string) => (channel.startsWith('private:') ? `sub-${channel}` : null));
-    const { client } = makeClient({ getSubscriptionToken });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient({ getSubscriptionToken });
     const priv = client.subscribe('private:report-9', () => undefined);
     const pub = client.subscribe('news', () => undefined);
     await flush();
@@ -430,10 +392,7 @@ describe('subscription tokens', () => {
   it('refreshes a subscription token before its exp with sub_refresh', async () => {
     let n = 0;
     const getSubscriptionToken = vi.fn(async () => jwt({ sub: '42', channel: 'private:r', exp: NOW_S + 100 * ++n }));
-    const { client, events } = makeClient({ getSubscriptionToken });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, events, socket } = await connectedClient({ getSubscriptionToken });
     const subscription = client.subscribe('private:r', () => undefined);
     await flush();
     socket.ackSubscribes();
@@ -452,10 +411,7 @@ describe('subscription tokens', () => {
 
   it('reports a refused sub_refresh on the subscription', async () => {
     const getSubscriptionToken = async (): Promise<string> => jwt({ exp: NOW_S + 100 });
-    const { client } = makeClient({ getSubscriptionToken });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient({ getSubscriptionToken });
     const pending = client.subscribe('private:r', () => undefined);
     await flush();
     socket.ackSubscribes();
@@ -477,10 +433,7 @@ describe('subscription tokens', () => {
       if (++calls === 1) throw new Error('backend down');
       return 'sub-token';
     };
-    const { client, events } = makeClient({ getSubscriptionToken });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, events, socket } = await connectedClient({ getSubscriptionToken });
     const subscribed = client.subscribe('private:r', () => undefined);
     await flush();
     expect(eventsNamed(events, 'error')[0]).toBeInstanceOf(TokenProviderError);
@@ -518,10 +471,7 @@ describe('subscription tokens', () => {
 describe('unsubscribed frames', () => {
   it('end the subscription: it hears why, becomes inactive, and gets no more messages', async () => {
     const received: unknown[] = [];
-    const { client, events } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, events, socket } = await connectedClient();
     const pending = client.subscribe('private:report-9', (data) => received.push(data));
     socket.ackSubscribes();
     const subscription = await pending;
@@ -546,10 +496,7 @@ describe('unsubscribed frames', () => {
 
   it('stop the sub_refresh schedule of the channel', async () => {
     const getSubscriptionToken = vi.fn(async () => jwt({ exp: NOW_S + 100 }));
-    const { client } = makeClient({ getSubscriptionToken });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient({ getSubscriptionToken });
     const pending = client.subscribe('private:r', () => undefined);
     await flush();
     socket.ackSubscribes();
@@ -562,10 +509,7 @@ describe('unsubscribed frames', () => {
   });
 
   it('reject a subscribe still waiting for its ack', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient();
     const pending = client.subscribe('private:r', () => undefined);
     socket.receive({ type: 'unsubscribed', channel: 'private:r', code: 'permission_denied', message: 'revoked' });
     await expect(pending).rejects.toBeInstanceOf(SubscriptionEndedError);
@@ -575,10 +519,7 @@ describe('unsubscribed frames', () => {
 
 describe('permission errors', () => {
   it('reject subscribe() with PermissionDeniedError, a ServerError with the code', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient();
     const pending = client.subscribe('notifications:#43', () => undefined);
     const [frame] = socket.framesWithOp('subscribe');
     socket.receive({ type: 'error', id: frame?.id, code: 'permission_denied', message: 'belongs to another user' });
@@ -591,10 +532,7 @@ describe('permission errors', () => {
   });
 
   it('reject subscribe() with UnauthorizedError for a refused subscription token', async () => {
-    const { client } = makeClient({ getSubscriptionToken: async () => 'expired' });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient({ getSubscriptionToken: async () => 'expired' });
     const pending = client.subscribe('private:r', () => undefined);
     await flush();
     const [frame] = socket.framesWithOp('subscribe');
@@ -604,9 +542,7 @@ describe('permission errors', () => {
   });
 
   it('reach the subscription when a re-subscribe is refused', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client, events } = await connectedClient();
     const pending = client.subscribe('team:7.chat', () => undefined);
     FakeWebSocket.last.ackSubscribes();
     const subscription = await pending;
@@ -626,10 +562,7 @@ describe('permission errors', () => {
   });
 
   it('reject a refused publish with PermissionDeniedError', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient();
     const published = client.publish('team:7.chat', 'hi');
     const [frame] = socket.framesWithOp('publish');
     socket.receive({ type: 'error', id: frame?.id, code: 'permission_denied', message: 'not granted' });

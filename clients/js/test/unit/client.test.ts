@@ -17,35 +17,11 @@ import {
   ShardcastClient,
   SubscriptionCancelledError,
   TokenProviderError,
-  type ClientEvents,
-  type ClientOptions,
 } from '../../src/index';
 import { FakeWebSocket } from './fake-websocket';
+import { eventsNamed, flush, scriptedClients } from './scripted-client';
 
-type Recorded = { [K in keyof ClientEvents]: { event: K; payload: ClientEvents[K] } }[keyof ClientEvents];
-
-function makeClient(options: Partial<ClientOptions> = {}): { client: ShardcastClient; events: Recorded[] } {
-  const client = new ShardcastClient({
-    url: 'ws://gateway.test/ws',
-    WebSocket: FakeWebSocket,
-    random: () => 0.5,
-    ...options,
-  });
-  const events: Recorded[] = [];
-  for (const name of ['state', 'connecting', 'connected', 'disconnected', 'reconnecting', 'closed', 'subscribed', 'gap', 'error'] as const) {
-    client.on(name, (payload) => events.push({ event: name, payload } as Recorded));
-  }
-  return { client, events };
-}
-
-function eventsNamed<K extends keyof ClientEvents>(events: Recorded[], name: K): ClientEvents[K][] {
-  return events.filter((e) => e.event === name).map((e) => e.payload as ClientEvents[K]);
-}
-
-/** Lets promise callbacks (token providers, then-chains) run under fake timers. */
-async function flush(): Promise<void> {
-  await vi.advanceTimersByTimeAsync(0);
-}
+const { makeClient, startedClient, connectedClient } = scriptedClients();
 
 beforeEach(() => {
   vi.useFakeTimers();
@@ -88,9 +64,7 @@ describe('connecting', () => {
   });
 
   it('offers the MessagePack subprotocol and sends binary frames', async () => {
-    const { client } = makeClient({ encoding: 'msgpack' });
-    await flush();
-    const socket = FakeWebSocket.last;
+    const { client, socket } = await startedClient({ encoding: 'msgpack' });
     expect(socket.protocols).toEqual(['shardcast.v1.msgpack']);
     socket.accept();
     const subscribed = client.subscribe('news', () => undefined);
@@ -181,9 +155,7 @@ describe('token provider', () => {
 
   it('connects anonymously, without a connect frame, when it returns none', async () => {
     const tokens = [null, 'abc'];
-    const { client } = makeClient({ token: () => tokens.shift() });
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client } = await connectedClient({ token: () => tokens.shift() });
     expect(client.state).toBe('connected');
     expect(FakeWebSocket.last.frames()).toEqual([]);
     FakeWebSocket.last.serverClose(1006);
@@ -250,10 +222,7 @@ describe('subscriptions', () => {
   });
 
   it('shares one gateway subscription among handlers and unsubscribes with the last', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient();
     const a: unknown[] = [];
     const b: unknown[] = [];
     const subA = client.subscribe('news', (d) => a.push(d));
@@ -279,9 +248,7 @@ describe('subscriptions', () => {
   });
 
   it('refuses an invalid channel name before sending anything', async () => {
-    const { client } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client } = await connectedClient();
     await expect(client.subscribe('has space', () => undefined)).rejects.toBeInstanceOf(InvalidChannelError);
     await expect(client.subscribe('', () => undefined)).rejects.toMatchObject({ problem: 'empty' });
     expect(FakeWebSocket.last.sent).toHaveLength(0);
@@ -289,10 +256,7 @@ describe('subscriptions', () => {
   });
 
   it('rejects with a ServerError carrying the code when the gateway refuses', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient();
     const subscribed = client.subscribe('news', () => undefined);
     const [frame] = socket.framesWithOp('subscribe');
     socket.receive({ type: 'error', id: frame?.id, code: 'too_many_channels', message: 'limit 128' });
@@ -346,10 +310,7 @@ describe('subscriptions', () => {
   });
 
   it('cancels a subscribe that is unsubscribed before its ack, and keeps the wire in order', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient();
     const subscribed = client.subscribe('news', () => undefined);
     const unsubscribed = client.unsubscribe('news');
     await expect(subscribed).rejects.toBeInstanceOf(SubscriptionCancelledError);
@@ -372,10 +333,7 @@ describe('subscriptions', () => {
   });
 
   it('retries a subscribe refused as unavailable, with backoff', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, events, socket } = await connectedClient();
     const subscribed = client.subscribe('news', () => undefined);
     socket.receive({ type: 'error', id: socket.frames()[0]?.id, code: 'unavailable', message: 'broker down' });
     await vi.advanceTimersByTimeAsync(249);
@@ -390,9 +348,7 @@ describe('subscriptions', () => {
   });
 
   it('ignores frame types from a newer protocol revision', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
+    const { client, events, socket } = await startedClient();
     socket.open();
     socket.receive({ type: 'presence', who: 'someone' });
     socket.receive({ type: 'welcome', version: 1, node: 'n', shard: 0, ping_interval_ms: 25_000 });
@@ -403,9 +359,7 @@ describe('subscriptions', () => {
   });
 
   it('reports a gap frame as a gap event and stays connected', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
+    const { client, events, socket } = await startedClient();
     socket.open();
     socket.receive({ type: 'welcome', version: 1, node: 'n', shard: 0, ping_interval_ms: 25_000 });
     socket.receive({ type: 'gap', channel: 'news' });
@@ -416,10 +370,7 @@ describe('subscriptions', () => {
   });
 
   it('reports a throwing handler and still calls the others', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, events, socket } = await connectedClient();
     const received: unknown[] = [];
     const subs = Promise.all([
       client.subscribe('news', () => {
@@ -438,9 +389,7 @@ describe('subscriptions', () => {
   });
 
   it('reports a refused re-subscribe as an error event and deactivates the subscription', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client, events } = await connectedClient();
     const subscribed = client.subscribe('news', () => undefined);
     FakeWebSocket.last.ackSubscribes();
     const subscription = await subscribed;
@@ -532,9 +481,7 @@ describe('reconnecting', () => {
   it('does not reconnect after message-too-big, protocol error or invalid payload', async () => {
     for (const code of [1009, 1002, 1007]) {
       FakeWebSocket.reset();
-      const { client } = makeClient();
-      await flush();
-      FakeWebSocket.last.accept();
+      const { client } = await connectedClient();
       FakeWebSocket.last.serverClose(code, '');
       expect(client.state).toBe('closed');
       await vi.advanceTimersByTimeAsync(60_000);
@@ -543,9 +490,7 @@ describe('reconnecting', () => {
   });
 
   it('waits the retry hint after "going away"', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client, events } = await connectedClient();
     FakeWebSocket.last.serverClose(1001, 'going away; retry_ms=737');
     expect(eventsNamed(events, 'reconnecting')).toEqual([
       { attempt: 1, delayMs: 737, code: 1001, reason: 'going away; retry_ms=737', retryHintMs: 737 },
@@ -558,9 +503,7 @@ describe('reconnecting', () => {
   });
 
   it('waits at least the retry hint after "try again later"', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client, events } = await connectedClient();
     FakeWebSocket.last.serverClose(1013, 'overloaded; retry_ms=3000');
     expect(eventsNamed(events, 'reconnecting').at(-1)).toMatchObject({ delayMs: 3_000, retryHintMs: 3_000 });
     await vi.advanceTimersByTimeAsync(2_999);
@@ -571,9 +514,7 @@ describe('reconnecting', () => {
   });
 
   it('reconnects after slow-consumer and idle-timeout closes', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client, events } = await connectedClient();
     FakeWebSocket.last.serverClose(4000, 'slow consumer');
     await vi.advanceTimersByTimeAsync(250);
     FakeWebSocket.last.accept();
@@ -601,17 +542,13 @@ describe('reconnecting', () => {
   });
 
   it('stays closed after a loss with reconnect: false', async () => {
-    const { client } = makeClient({ reconnect: false });
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client } = await connectedClient({ reconnect: false });
     FakeWebSocket.last.serverClose(1001, 'going away; retry_ms=1');
     expect(client.state).toBe('closed');
   });
 
   it('connect() skips the rest of a reconnect wait', async () => {
-    const { client } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client } = await connectedClient();
     FakeWebSocket.last.serverClose(1013, 'retry_ms=60000');
     client.connect();
     await flush();
@@ -622,9 +559,7 @@ describe('reconnecting', () => {
 
 describe('timeouts and heartbeat', () => {
   it('gives up on a socket that brings no welcome within connectTimeoutMs', async () => {
-    const { client, events } = makeClient({ connectTimeoutMs: 2_000 });
-    await flush();
-    const socket = FakeWebSocket.last;
+    const { client, events, socket } = await startedClient({ connectTimeoutMs: 2_000 });
     socket.open();
     await vi.advanceTimersByTimeAsync(2_000);
     expect(socket.closedByClient).toBeDefined();
@@ -637,10 +572,7 @@ describe('timeouts and heartbeat', () => {
   });
 
   it('pings at the welcome’s interval and keeps a connection that answers', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept(1_000);
+    const { client, socket } = await connectedClient({}, 1_000);
     for (let i = 1; i <= 3; i++) {
       await vi.advanceTimersByTimeAsync(1_000);
       const pings = socket.framesWithOp('ping');
@@ -699,10 +631,7 @@ describe('timeouts and heartbeat', () => {
   });
 
   it('counts any frame as a sign of life', async () => {
-    const { client } = makeClient({ heartbeat: { intervalMs: 1_000, timeoutMs: 500 } });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient({ heartbeat: { intervalMs: 1_000, timeoutMs: 500 } });
     await vi.advanceTimersByTimeAsync(1_000);
     socket.receive({ type: 'message', channel: 'x', seq: 1, data: null });
     await vi.advanceTimersByTimeAsync(600);
@@ -711,10 +640,7 @@ describe('timeouts and heartbeat', () => {
   });
 
   it('does not ping a connection that keeps receiving', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept(1_000);
+    const { client, socket } = await connectedClient({}, 1_000);
     for (let seq = 1; seq <= 20; seq++) {
       await vi.advanceTimersByTimeAsync(400);
       socket.receive({ type: 'message', channel: 'x', seq, data: seq });
@@ -726,10 +652,7 @@ describe('timeouts and heartbeat', () => {
   });
 
   it('can be turned off', async () => {
-    const { client } = makeClient({ heartbeat: false });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept(1_000);
+    const { client, socket } = await connectedClient({ heartbeat: false }, 1_000);
     await vi.advanceTimersByTimeAsync(10_000);
     expect(socket.framesWithOp('ping')).toHaveLength(0);
     expect(client.state).toBe('connected');
@@ -739,10 +662,7 @@ describe('timeouts and heartbeat', () => {
 
 describe('requests', () => {
   it('publishes and resolves on the ack', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient();
     const published = client.publish('news', { text: 'hi' });
     const [frame] = socket.framesWithOp('publish');
     expect(frame).toEqual({ op: 'publish', id: expect.any(Number), channel: 'news', data: { text: 'hi' } });
@@ -752,10 +672,7 @@ describe('requests', () => {
   });
 
   it('rejects a forbidden publish with the protocol code', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient();
     const published = client.publish('news', 1);
     const [frame] = socket.framesWithOp('publish');
     socket.receive({ type: 'error', id: frame?.id, code: 'forbidden', message: 'client publish is disabled' });
@@ -771,9 +688,7 @@ describe('requests', () => {
   });
 
   it('times out a request without reply', async () => {
-    const { client } = makeClient({ requestTimeoutMs: 1_000, heartbeat: false });
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client } = await connectedClient({ requestTimeoutMs: 1_000, heartbeat: false });
     const published = client.publish('news', 1);
     const assertion = expect(published).rejects.toBeInstanceOf(RequestTimeoutError);
     await vi.advanceTimersByTimeAsync(1_000);
@@ -782,9 +697,7 @@ describe('requests', () => {
   });
 
   it('rejects requests in flight when the connection drops', async () => {
-    const { client } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client } = await connectedClient();
     const published = client.publish('news', 1);
     FakeWebSocket.last.serverClose(1011, 'oops');
     await expect(published).rejects.toEqual(new ConnectionLostError(1011, 'oops'));
@@ -792,10 +705,7 @@ describe('requests', () => {
   });
 
   it('refuses a publish above the maximum message size before sending it', async () => {
-    const { client } = makeClient({ maxMessageBytes: 1_000 });
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient({ maxMessageBytes: 1_000 });
     const error = await client.publish('news', 'é'.repeat(500)).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(MessageTooLargeError);
     expect(error).toMatchObject({ limit: 1_000 });
@@ -808,18 +718,13 @@ describe('requests', () => {
   });
 
   it('refuses to publish null', async () => {
-    const { client } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client } = await connectedClient();
     await expect(client.publish('news', null)).rejects.toBeInstanceOf(TypeError);
     client.close();
   });
 
   it('measures a ping round trip', async () => {
-    const { client } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, socket } = await connectedClient();
     const rtt = client.ping();
     await vi.advanceTimersByTimeAsync(42);
     socket.receive({ type: 'pong', id: socket.framesWithOp('ping')[0]?.id });
@@ -830,10 +735,7 @@ describe('requests', () => {
 
 describe('close()', () => {
   it('closes the socket, rejects what is pending and stays closed', async () => {
-    const { client, events } = makeClient();
-    await flush();
-    const socket = FakeWebSocket.last;
-    socket.accept();
+    const { client, events, socket } = await connectedClient();
     const published = client.publish('news', 1);
     const pendingSub = client.subscribe('never-acked', () => undefined);
     client.close();
@@ -853,9 +755,7 @@ describe('close()', () => {
   });
 
   it('does not leave unhandled rejections behind for subscribes nobody awaited', async () => {
-    const { client } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client } = await connectedClient();
     void client.subscribe('a', () => undefined);
     void client.subscribe('b', () => undefined);
     client.close();
@@ -865,9 +765,7 @@ describe('close()', () => {
   });
 
   it('keeps acknowledged subscriptions for a later connect()', async () => {
-    const { client } = makeClient();
-    await flush();
-    FakeWebSocket.last.accept();
+    const { client } = await connectedClient();
     const subscribed = client.subscribe('news', () => undefined);
     FakeWebSocket.last.ackSubscribes();
     await subscribed;
