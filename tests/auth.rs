@@ -170,6 +170,12 @@ async fn welcomed_soon(gw: &Gateway, token: &str, what: &str) {
     }
 }
 
+/// Subscribes and asserts the refusal code.
+async fn expect_refused(c: &mut Client, id: u64, channel: &str, token: Option<String>, code: ErrorCode) {
+    let reply = subscribe(c, id, channel, token).await;
+    assert!(denied(&reply, code), "{channel}: expected {code:?}, got {reply:?}");
+}
+
 fn denied(frame: &ServerFrame, code: ErrorCode) -> bool {
     matches!(frame, ServerFrame::Error { code: c, .. } if *c == code)
 }
@@ -386,14 +392,8 @@ async fn channel_escapes_are_denied() {
         subscribe(&mut c, 1, "notifications:#42", None).await,
         ServerFrame::ack(Some(1))
     );
-    assert!(denied(
-        &subscribe(&mut c, 2, "notifications:#43", None).await,
-        ErrorCode::PermissionDenied
-    ));
-    assert!(denied(
-        &subscribe(&mut c, 3, "notifications:#42#x", None).await,
-        ErrorCode::PermissionDenied
-    ));
+    expect_refused(&mut c, 2, "notifications:#43", None, ErrorCode::PermissionDenied).await;
+    expect_refused(&mut c, 3, "notifications:#42#x", None, ErrorCode::PermissionDenied).await;
     assert_eq!(subscribe(&mut c, 4, "team:7", None).await, ServerFrame::ack(Some(4)));
     assert!(
         denied(
@@ -402,40 +402,36 @@ async fn channel_escapes_are_denied() {
         ),
         "no prefix match"
     );
-    assert!(denied(
-        &subscribe(&mut c, 6, "team:7x", None).await,
-        ErrorCode::PermissionDenied
-    ));
+    expect_refused(&mut c, 6, "team:7x", None, ErrorCode::PermissionDenied).await;
     assert_eq!(
         subscribe(&mut c, 7, "team:8.chat", None).await,
         ServerFrame::ack(Some(7))
     );
-    assert!(denied(
-        &subscribe(&mut c, 8, "team:8.", None).await,
-        ErrorCode::PermissionDenied
-    ));
-    assert!(denied(
-        &subscribe(&mut c, 9, "private:report", None).await,
-        ErrorCode::PermissionDenied
-    ));
+    expect_refused(&mut c, 8, "team:8.", None, ErrorCode::PermissionDenied).await;
+    expect_refused(&mut c, 9, "private:report", None, ErrorCode::PermissionDenied).await;
 
     // Subscription tokens: for this channel and user only, and not expired.
     let sub_token = |sub: &str, channel: &str, exp: u64| hs(json!({"sub": sub, "channel": channel, "exp": exp}));
     let other_channel = sub_token("42", "private:other", now() + 60);
-    assert!(denied(
-        &subscribe(&mut c, 10, "private:report", Some(other_channel)).await,
-        ErrorCode::PermissionDenied
-    ));
+    expect_refused(
+        &mut c,
+        10,
+        "private:report",
+        Some(other_channel),
+        ErrorCode::PermissionDenied,
+    )
+    .await;
     let other_user = sub_token("43", "private:report", now() + 60);
-    assert!(denied(
-        &subscribe(&mut c, 11, "private:report", Some(other_user)).await,
-        ErrorCode::PermissionDenied
-    ));
+    expect_refused(
+        &mut c,
+        11,
+        "private:report",
+        Some(other_user),
+        ErrorCode::PermissionDenied,
+    )
+    .await;
     let expired = sub_token("42", "private:report", now() - 60);
-    assert!(denied(
-        &subscribe(&mut c, 12, "private:report", Some(expired)).await,
-        ErrorCode::Unauthorized
-    ));
+    expect_refused(&mut c, 12, "private:report", Some(expired), ErrorCode::Unauthorized).await;
     let good = sub_token("42", "private:report", now() + 60);
     assert_eq!(
         subscribe(&mut c, 13, "private:report", Some(good)).await,
@@ -467,14 +463,8 @@ async fn channel_escapes_are_denied() {
     // An anonymous connection never owns a user channel.
     let anon_gw = Gateway::start(&["--config", &rules.path()]);
     let mut anon = anon_gw.connect(Encoding::Json).await;
-    assert!(denied(
-        &subscribe(&mut anon, 1, "notifications:#", None).await,
-        ErrorCode::PermissionDenied
-    ));
-    assert!(denied(
-        &subscribe(&mut anon, 2, "team:7", None).await,
-        ErrorCode::PermissionDenied
-    ));
+    expect_refused(&mut anon, 1, "notifications:#", None, ErrorCode::PermissionDenied).await;
+    expect_refused(&mut anon, 2, "team:7", None, ErrorCode::PermissionDenied).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
