@@ -681,3 +681,30 @@ async fn the_per_user_limit_holds_across_instances_on_one_redis() {
     drop(on_b);
     welcomed_soon(&gws[0], &token, "the dead instance's place was never freed").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_beyond_the_rate_are_refused_per_connection() {
+    let gw = Gateway::start(&["--subscribe-rate", "3"]);
+    let mut c = gw.connect(Encoding::Json).await;
+    for id in 1..=3 {
+        assert_eq!(
+            subscribe(&mut c, id, &format!("room-{id}"), None).await,
+            ServerFrame::ack(Some(id))
+        );
+    }
+    expect_refused(&mut c, 4, "room-4", None, ErrorCode::RateLimited).await;
+    expect_refused(&mut c, 5, "room-5", None, ErrorCode::RateLimited).await;
+    // Another connection has its own budget; this one's comes back after a second.
+    let mut other = gw.connect(Encoding::Json).await;
+    assert_eq!(
+        subscribe(&mut other, 1, "room-4", None).await,
+        ServerFrame::ack(Some(1))
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(subscribe(&mut c, 6, "room-6", None).await, ServerFrame::ack(Some(6)));
+    assert_eq!(
+        gw.metric("shardcast_auth_refusals_total{reason=\"rate_limited\"}")
+            .await,
+        2.0
+    );
+}

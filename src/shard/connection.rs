@@ -138,11 +138,6 @@ pub struct Connection {
     pub last_seen: u32,
     /// Small yes/no facts, packed in one byte (see [`ConnectionFlags`]).
     pub flags: ConnectionFlags,
-    /// Start (shard clock) of the current one-second subscribe window; until the
-    /// connection is greeted, when it opened (it cannot subscribe before that).
-    pub window_start: u32,
-    /// Subscribes in the current window.
-    pub window_subscribes: u16,
     /// The identity, for a connection that authenticated (boxed: an anonymous
     /// connection pays one pointer).
     pub auth: Option<Box<ConnectionAuth>>,
@@ -194,6 +189,11 @@ pub struct ConnectionAuth {
     pub sub_tokens: Vec<(SubscriptionKey, u64)>,
     /// Whether it holds a place in the per-user connection count (given back on close).
     pub counted: bool,
+    /// Start (shard clock) of the current one-second subscribe window, and the
+    /// subscribes in it (kept here, where only connections that need it pay: a
+    /// subscribe rate is configured, or the connection awaits its `connect`, when
+    /// the start is when it opened).
+    pub window: (u32, u16),
 }
 
 impl Connection {
@@ -213,8 +213,6 @@ impl Connection {
             subs: Vec::new(),
             last_seen: now,
             flags: ConnectionFlags(ConnectionFlags::GREETED),
-            window_start: now,
-            window_subscribes: 0,
             auth: None,
         }
     }
@@ -227,6 +225,7 @@ impl Connection {
                 by_header: false,
                 sub_tokens: Vec::new(),
                 counted: false,
+                window: (0, 0),
             })
         })
     }
@@ -421,6 +420,6 @@ mod tests {
     #[test]
     fn the_record_stays_small() {
         let size = std::mem::size_of::<super::Connection>();
-        assert!(size <= 168, "Connection grew to {size} bytes");
+        assert!(size <= 160, "Connection grew to {size} bytes");
     }
 }

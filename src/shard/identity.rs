@@ -57,14 +57,15 @@ impl ShardEnv {
             return true;
         }
         let now = self.now();
-        if now.saturating_sub(conn.window_start) >= 10 {
-            conn.window_start = now;
-            conn.window_subscribes = 0;
+        let (start, count) = &mut conn.auth_mut().window;
+        if now.saturating_sub(*start) >= 10 {
+            *start = now;
+            *count = 0;
         }
-        if u32::from(conn.window_subscribes) >= limit {
+        if u32::from(*count) >= limit {
             return false;
         }
-        conn.window_subscribes = conn.window_subscribes.saturating_add(1);
+        *count = count.saturating_add(1);
         true
     }
 
@@ -175,6 +176,7 @@ impl Shard<'_> {
             by_header: false,
             sub_tokens: Vec::new(),
             counted: place == Place::Taken,
+            window: (env.now(), 0),
         }));
         conn.flags.set(ConnectionFlags::GREETED, true);
         let user = (!user.is_empty()).then_some(user);
@@ -366,7 +368,8 @@ impl Shard<'_> {
                 continue;
             }
             if !conn.flags.greeted() {
-                if now.saturating_sub(conn.window_start) >= connect_within {
+                let opened = conn.auth.as_ref().map_or(0, |a| a.window.0);
+                if now.saturating_sub(opened) >= connect_within {
                     env.close_unauthorized(conn, &AuthError::Missing);
                 }
                 continue;

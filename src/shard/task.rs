@@ -76,10 +76,15 @@ impl Shard<'_> {
                 by_header: true,
                 sub_tokens: Vec::new(),
                 counted,
+                window: (env.now(), 0),
             }));
         }
         let greeted = echo || conn.auth.is_some() || env.auth.allows_anonymous();
         conn.flags.set(ConnectionFlags::GREETED, greeted);
+        if !greeted {
+            // The `connect` must come within the handshake timeout, counted from now.
+            conn.auth_mut().window.0 = env.now();
+        }
         if !echo && greeted {
             let (user, expires_at) = match &conn.auth {
                 Some(a) => (Some(a.identity.user.clone()), a.identity.expires_at),
