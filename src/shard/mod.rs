@@ -7,12 +7,12 @@
 //! # The borrowing rule
 //!
 //! Everything that changes lives in one [`ShardState`] behind one `RefCell`, and the
-//! only place that borrows it is [`ShardCore::with`], called by the entry points
+//! only place that borrows it is `ShardCore::with`, called by the entry points
 //! alone: a command from the channel, a connection task's poll, a tick of the
-//! upkeep, a spawned task's continuation. Each runs one operation on a [`Shard`]
+//! upkeep, a spawned task's continuation. Each runs one operation on a `Shard`
 //! view (the immutable [`ShardEnv`] plus `&mut ShardState`), and nothing reachable
 //! from a `Shard` can reach the `RefCell` again: the view holds no `ShardCore`, and
-//! the only handle back to it ([`Spawner`]) runs its continuation in a new task,
+//! the only handle back to it (`Spawner`) runs its continuation in a new task,
 //! never inside the operation. A double borrow, which would panic and take the
 //! shard's thread and all its sockets down, cannot be written.
 
