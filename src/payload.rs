@@ -2,6 +2,7 @@
 //! validated text. It depends on nothing of the gateway, so the broker (the lowest
 //! layer) and the shards share one type without the broker knowing about frames.
 
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
@@ -10,12 +11,66 @@ use std::sync::Arc;
 /// reads at most 127.
 pub const MAX_DEPTH: usize = 126;
 
-/// How deeply arrays and objects nest in a value (a scalar is 0).
-fn depth(value: &serde_json::Value) -> usize {
-    match value {
-        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        serde_json::Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
-        _ => 0,
+/// Reads a JSON value without building it and answers how deeply its arrays and
+/// objects nest (a scalar is 0). Numbers still go through serde_json's own parsing,
+/// which refuses those beyond an f64 (`1e400`), and serde_json's recursion limit
+/// still guards the stack; nothing is allocated per value (keys are skipped,
+/// strings borrowed or dropped).
+struct NestingDepth;
+
+impl<'de> Visitor<'de> for NestingDepth {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<usize, A::Error> {
+        let mut deepest = 0;
+        while let Some(depth) = items.next_element_seed(NestingDepth)? {
+            deepest = deepest.max(depth);
+        }
+        Ok(deepest + 1)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<usize, A::Error> {
+        let mut deepest = 0;
+        while members.next_key::<IgnoredAny>()?.is_some() {
+            deepest = deepest.max(members.next_value_seed(NestingDepth)?);
+        }
+        Ok(deepest + 1)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for NestingDepth {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
@@ -41,11 +96,14 @@ impl Payload {
     /// Refuses what subscribers could not decode although it is valid JSON text:
     /// numbers beyond f64 (`1e400`) and nesting deeper than [`MAX_DEPTH`]. Both
     /// would reach MessagePack subscribers as `null` or break JSON clients built on
-    /// serde_json. Only a full parse applies both rules (skipping a value, as
-    /// `IgnoredAny` does, checks neither); it runs once per publication.
+    /// serde_json. Only a parse of every number applies the first rule (skipping a
+    /// value, as `IgnoredAny` does, does not), but no tree is built: it runs once
+    /// per publication.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Payload, serde_json::Error> {
-        let value = serde_json::from_str::<serde_json::Value>(raw.get())?;
-        if depth(&value) > MAX_DEPTH {
+        let mut reader = serde_json::Deserializer::from_str(raw.get());
+        let depth = NestingDepth.deserialize(&mut reader)?;
+        reader.end()?;
+        if depth > MAX_DEPTH {
             let msg = format!("data nested deeper than {MAX_DEPTH} levels");
             return Err(<serde_json::Error as serde::de::Error>::custom(msg));
         }
@@ -65,5 +123,44 @@ impl Payload {
     /// Whether the JSON text is empty (never, for a valid value).
     pub fn is_empty(&self) -> bool {
         self.0.get().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Payload, MAX_DEPTH};
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn the_limits_hold_without_building_a_tree() {
+        for ok in [
+            "null",
+            "true",
+            "-0",
+            "1e308",
+            "-1.7976931348623157e308",
+            "18446744073709551615",
+            "-9223372036854775808",
+            r#""\u00e9 \" \\""#,
+            r#"{"a":[1,{"b":null}],"c":{}}"#,
+            &nested(MAX_DEPTH),
+            &format!(r#"{{"k":{}}}"#, nested(MAX_DEPTH - 1)),
+        ] {
+            assert!(Payload::from_json(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "1e400",
+            "-1.8e308",
+            &format!("1{}", "0".repeat(400)),
+            &nested(MAX_DEPTH + 1),
+            &format!(r#"{{"k":{}}}"#, nested(MAX_DEPTH)),
+            "[1,]",
+            "{\"a\":1} 2",
+        ] {
+            assert!(Payload::from_json(bad).is_err(), "{bad}");
+        }
     }
 }
