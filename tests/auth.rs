@@ -170,6 +170,18 @@ async fn welcomed_soon(gw: &Gateway, token: &str, what: &str) {
     }
 }
 
+/// Two ready gateways on one Redis, verifying tokens with the test secret, with `extra`.
+async fn two_on_one_redis(redis: &RedisServer, extra: &[&str]) -> [Gateway; 2] {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str(), "--token-hmac-secret", SECRET];
+    args.extend_from_slice(extra);
+    let gws = [Gateway::start(&args), Gateway::start(&args)];
+    for gw in &gws {
+        gw.wait_ready(200).await;
+    }
+    gws
+}
+
 /// Subscribes and asserts the refusal code.
 async fn expect_refused(c: &mut Client, id: u64, channel: &str, token: Option<String>, code: ErrorCode) {
     let reply = subscribe(c, id, channel, token).await;
@@ -556,19 +568,7 @@ async fn subscription_token_expiry_ends_that_subscription_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_disconnect_and_unsubscribe_a_user_on_every_instance() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let args = [
-        "--redis",
-        url.as_str(),
-        "--token-hmac-secret",
-        SECRET,
-        "--api-key",
-        "old-key,new-key",
-    ];
-    let gws = [Gateway::start(&args), Gateway::start(&args)];
-    for gw in &gws {
-        gw.wait_ready(200).await;
-    }
+    let gws = two_on_one_redis(&redis, &["--api-key", "old-key,new-key"]).await;
     let token = |sub: &str| hs(json!({"sub": sub, "exp": now() + 120}));
     let mut users = Vec::new();
     for gw in &gws {
@@ -645,12 +645,7 @@ async fn a_user_holds_at_most_the_configured_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_user_limit_holds_across_instances_on_one_redis() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let args = [
-        "--redis",
-        url.as_str(),
-        "--token-hmac-secret",
-        SECRET,
+    let extra = [
         "--max-connections-per-user",
         "2",
         "--heartbeat-interval",
@@ -658,10 +653,7 @@ async fn the_per_user_limit_holds_across_instances_on_one_redis() {
         "--instance-ttl",
         "1s",
     ];
-    let mut gws = [Gateway::start(&args), Gateway::start(&args)];
-    for gw in &gws {
-        gw.wait_ready(200).await;
-    }
+    let mut gws = two_on_one_redis(&redis, &extra).await;
     let token = hs(json!({"sub": "42", "exp": now() + 120}));
     let mut on_a = open(&gws[0], None).await;
     connect(&mut on_a, &token).await;

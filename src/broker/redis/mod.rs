@@ -171,9 +171,7 @@ impl RedisBroker {
     pub fn instances(&self) -> RedisInstances {
         RedisInstances::new(self.publisher.clone(), &self.settings.prefix)
     }
-}
 
-impl RedisBroker {
     /// PUBLISH (SPUBLISH on a cluster) of a payload, stamped with this instance's origin.
     fn send(&self, channel: &str, payload: &Payload) -> BrokerFuture {
         if !self.publisher.is_connected() {
