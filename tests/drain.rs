@@ -24,7 +24,15 @@ async fn sigterm_drains_within_the_window() {
 
     let start = Instant::now();
     gw.signal(libc::SIGTERM);
-    let (status, body) = gw.http("GET", "/health/ready", None).await;
+    // The signal is delivered asynchronously: readiness must flip within a few
+    // milliseconds, not necessarily before the next request.
+    let (status, body) = loop {
+        let (status, body) = gw.http("GET", "/health/ready", None).await;
+        if status == 503 || start.elapsed() > Duration::from_millis(300) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!(status, 503, "not ready while draining: {body}");
     assert!(body.contains("\"draining\":true"), "{body}");
     assert_eq!(
@@ -77,16 +85,18 @@ async fn a_draining_instance_is_told_apart_on_the_admin_port() {
     gw.signal(libc::SIGTERM);
     loop {
         match tokio::net::TcpStream::connect(gw.ws).await {
-            Err(e) => {
-                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
-                break;
-            }
-            Ok(_) => assert!(
-                start.elapsed() < Duration::from_millis(500),
-                "public port still open {:?} into the drain",
-                start.elapsed()
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            // A connection that reached the backlog as the listener closed is
+            // reset; the next attempt is refused.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("unexpected connect error: {e}"),
+            Ok(_) => {}
         }
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "public port still accepting {:?} into the drain",
+            start.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The admin port tells the drain apart from a crash until the drain is over.
