@@ -453,6 +453,7 @@ async fn client_publishes_hold_the_documented_nesting_limit() {
                     id: Some(id),
                     channel: "news".into(),
                     data: nested(depth),
+                    idempotency_key: None,
                 })
                 .await;
             match (depth <= deepest, publisher.recv().await) {

@@ -127,6 +127,8 @@ async fn subscribe(c: &mut Client, id: u64, channel: &str, token: Option<String>
         id: Some(id),
         channel: channel.into(),
         token,
+        latest: false,
+        recover: None,
     })
     .await;
     c.recv().await
@@ -456,6 +458,7 @@ async fn channel_escapes_are_denied() {
             id: Some(id),
             channel: channel.into(),
             data: json!("hi"),
+            idempotency_key: None,
         })
         .await;
         let reply = loop {
@@ -508,6 +511,7 @@ async fn refresh_keeps_the_connection_and_expiry_closes_it() {
             ServerFrame::Ack {
                 id: Some(got),
                 expires_at: Some(exp),
+                ..
             } => {
                 assert_eq!(got, id);
                 assert!(exp > now());

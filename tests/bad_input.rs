@@ -38,6 +38,8 @@ async fn request_errors_keep_the_connection_open() {
             id: Some(6),
             channel: bad.into(),
             token: None,
+            latest: false,
+            recover: None,
         })
         .await;
         expect_error(&mut c, Some(6), ErrorCode::BadChannel).await;
@@ -54,6 +56,8 @@ async fn request_errors_keep_the_connection_open() {
         id: Some(10),
         channel: "three".into(),
         token: None,
+        latest: false,
+        recover: None,
     })
     .await;
     expect_error(&mut c, Some(10), ErrorCode::TooManyChannels).await;

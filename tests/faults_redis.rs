@@ -59,7 +59,7 @@ async fn drain_until_marker(c: &mut Client) -> (Vec<u64>, usize) {
         match c.recv().await {
             ServerFrame::Message { data, .. } if data == json!(-1) => return (got, gaps),
             ServerFrame::Message { data, .. } => got.push(data.as_u64().expect("a number")),
-            ServerFrame::Gap { channel } => {
+            ServerFrame::Gap { channel, .. } => {
                 assert_eq!(channel, "stream");
                 gaps += 1;
             }
@@ -274,7 +274,8 @@ async fn redis_outage_under_a_publish_stream() -> Missed {
         assert_eq!(
             before_pong,
             vec![ServerFrame::Gap {
-                channel: "quiet".into()
+                channel: "quiet".into(),
+                reason: None,
             }]
         );
     }

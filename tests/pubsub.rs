@@ -50,7 +50,9 @@ async fn receives_http_publish_as_the_vectors_say() {
                 ServerFrame::Message {
                     channel: "news".into(),
                     seq: 2,
-                    data: message["value"]["data"].clone()
+                    data: message["value"]["data"].clone(),
+                    epoch: None,
+                    offset: None,
                 }
             );
             // Same bytes as the vector but for the sequence number.
@@ -98,7 +100,9 @@ async fn clients_on_different_shards_each_receive_once() {
                 ServerFrame::Message {
                     channel: "scores".into(),
                     seq: n,
-                    data: json!({"n": n})
+                    data: json!({"n": n}),
+                    epoch: None,
+                    offset: None,
                 }
             );
         }
@@ -166,7 +170,9 @@ async fn batch_publish_and_api_key() {
         ServerFrame::Message {
             channel: "a".into(),
             seq: 1,
-            data: json!(1)
+            data: json!(1),
+            epoch: None,
+            offset: None,
         }
     );
     assert_eq!(
@@ -174,7 +180,9 @@ async fn batch_publish_and_api_key() {
         ServerFrame::Message {
             channel: "b".into(),
             seq: 1,
-            data: json!({"x": [1, 2]})
+            data: json!({"x": [1, 2]}),
+            epoch: None,
+            offset: None,
         }
     );
     assert_eq!(
@@ -191,6 +199,7 @@ async fn client_publish_is_off_by_default_and_works_when_allowed() {
         id: Some(1),
         channel: "x".into(),
         data: json!(1),
+        idempotency_key: None,
     })
     .await;
     assert!(matches!(
@@ -211,6 +220,7 @@ async fn client_publish_is_off_by_default_and_works_when_allowed() {
         id: Some(7),
         channel: "chat".into(),
         data: json!({"hi": true}),
+        idempotency_key: None,
     })
     .await;
     assert_eq!(a.recv().await, ServerFrame::ack(Some(7)));
@@ -219,7 +229,9 @@ async fn client_publish_is_off_by_default_and_works_when_allowed() {
         ServerFrame::Message {
             channel: "chat".into(),
             seq: 1,
-            data: json!({"hi": true})
+            data: json!({"hi": true}),
+            epoch: None,
+            offset: None,
         }
     );
 }

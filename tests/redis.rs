@@ -36,6 +36,7 @@ async fn expect_message(c: &mut Client, channel: &str, data: serde_json::Value) 
                 channel: ch,
                 seq,
                 data: d,
+                ..
             } => {
                 assert_eq!((ch.as_str(), &d), (channel, &data));
                 return seq;
@@ -215,7 +216,7 @@ async fn redis_outage_keeps_sockets_and_recovers() {
     let mut gaps = std::collections::BTreeSet::new();
     while gaps.len() < 2 {
         match c.recv().await {
-            ServerFrame::Gap { channel } => gaps.insert(channel),
+            ServerFrame::Gap { channel, .. } => gaps.insert(channel),
             other => panic!("expected gap frames, got {other:?}"),
         };
     }

@@ -119,6 +119,8 @@ async fn churn(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>, received: Arc
                             id,
                             channel: format!("room-{room}"),
                             token: None,
+                            latest: false,
+                            recover: None,
                         },
                     )
                     .await
@@ -142,6 +144,7 @@ async fn churn(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>, received: Arc
                             id,
                             channel: format!("room-{room}"),
                             data,
+                            idempotency_key: None,
                         },
                     )
                     .await

@@ -509,6 +509,8 @@ async fn subscribe_shardcast(client: &mut WsClient, channel: &str, token: Option
         id: Some(1),
         channel: channel.to_owned(),
         token: None,
+        latest: false,
+        recover: None,
     };
     let bytes = encode_client(Encoding::Json, &subscribe).map_err(|e| BenchError::Protocol(e.to_string()))?;
     client.send_text(&bytes).await?;

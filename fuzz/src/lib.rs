@@ -188,10 +188,21 @@ pub fn redis_payload(data: &[u8]) {
         }
         Ok(RedisPayload::Json { origin: None, json }) => {
             assert!(
-                !matches!(data[0], b'@' | b'!'),
+                !matches!(data[0], b'@' | b'!' | b'^'),
                 "a marked payload decoded as plain JSON"
             );
             assert_eq!(json.as_bytes(), data);
+            let _ = Payload::from_json(json);
+        }
+        Ok(RedisPayload::Positioned {
+            offset,
+            epoch,
+            origin,
+            json,
+        }) => {
+            assert_eq!(data[0], b'^');
+            assert!(offset > 0 && !epoch.is_empty() && !epoch.contains(','));
+            assert!(!origin.is_some_and(|o| o.contains(' ')));
             let _ = Payload::from_json(json);
         }
         Ok(RedisPayload::Raw(raw)) => {
@@ -431,9 +442,9 @@ pub fn publish_body(data: &[u8]) {
         let expected: Value = serde_json::from_str(payload.json().get()).expect("an accepted payload parses");
         for encoding in Encoding::ALL {
             let frame =
-                encode_message(encoding, &item.channel, 7, payload.json()).expect("an accepted payload encodes");
+                encode_message(encoding, &item.channel, 7, None, payload.json()).expect("an accepted payload encodes");
             match decode_server(encoding, &frame) {
-                Ok(ServerFrame::Message { channel, seq, data }) => {
+                Ok(ServerFrame::Message { channel, seq, data, .. }) => {
                     assert_eq!((channel.as_str(), seq), (item.channel.as_str(), 7));
                     assert!(
                         same_value(&data, &expected),

@@ -91,6 +91,10 @@ pub enum ErrorCode {
     PermissionDenied,
     /// Too many requests of this kind in a short time.
     RateLimited,
+    /// `history` of a channel that keeps no history.
+    NoHistory,
+    /// The broker did not answer in time: the publication may or may not have gone out.
+    Timeout,
     /// A code this version of the crate does not know (sent by a newer gateway).
     #[serde(other)]
     Unknown,
@@ -98,7 +102,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a gateway of this version sends.
-    pub const ALL_SENT: [ErrorCode; 12] = [
+    pub const ALL_SENT: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::BadChannel,
@@ -111,6 +115,8 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::PermissionDenied,
         ErrorCode::RateLimited,
+        ErrorCode::NoHistory,
+        ErrorCode::Timeout,
     ];
 
     /// The snake_case name used on the wire and as a metric label.
@@ -128,9 +134,73 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NoHistory => "no_history",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Unknown => "unknown",
         }
     }
+}
+
+/// A place in a channel's history: an offset within an epoch (PROTOCOL.md 19.2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The offset of a publication (0: before the first).
+    pub offset: u64,
+    /// The epoch the offset belongs to.
+    pub epoch: String,
+}
+
+/// One publication read from history (`history` frame).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Its offset.
+    pub offset: u64,
+    /// The payload.
+    pub data: Value,
+}
+
+/// Why a `gap` frame was sent: what history could not cover (PROTOCOL.md 19.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The channel keeps no history.
+    NoHistory,
+    /// The store lost the channel's history; offsets restart under a new epoch.
+    EpochChanged,
+    /// More was missed than the store holds or one recovery may return.
+    TooFar,
+    /// The store could not be read.
+    Unavailable,
+    /// A reason this version of the crate does not know (sent by a newer gateway).
+    #[serde(other)]
+    Unknown,
+}
+
+impl GapReason {
+    /// The snake_case name used on the wire and as a metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GapReason::NoHistory => "no_history",
+            GapReason::EpochChanged => "epoch_changed",
+            GapReason::TooFar => "too_far",
+            GapReason::Unavailable => "unavailable",
+            GapReason::Unknown => "unknown",
+        }
+    }
+}
+
+/// Longest idempotency key (PROTOCOL.md 19.9).
+pub const MAX_IDEMPOTENCY_KEY: usize = 64;
+
+/// Whether an idempotency key has the shape PROTOCOL.md 19.9 allows.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A request from a client, after validation of its shape (not of its channel name,
@@ -148,6 +218,12 @@ pub enum ClientFrame {
         /// A subscription token for a channel the connection token does not grant.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Recover what was published after this position (PROTOCOL.md 19.3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recover: Option<StreamPosition>,
+        /// Deliver the channel's latest publication at once (a state channel).
+        #[serde(default, skip_serializing_if = "is_false")]
+        latest: bool,
     },
     /// Stop receiving a channel; answered by `ack` or `error`.
     Unsubscribe {
@@ -166,6 +242,23 @@ pub enum ClientFrame {
         channel: String,
         /// The payload, any JSON value.
         data: Value,
+        /// Publish at most once per key (PROTOCOL.md 19.9).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
+    /// Reads a channel's history; answered by a `history` frame.
+    History {
+        /// The request id, echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel.
+        channel: String,
+        /// Publications after this position; without it, the latest ones.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<StreamPosition>,
+        /// At most this many publications.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
     },
     /// Application-level heartbeat (browsers cannot see WebSocket pings); answered by `pong`.
     Ping {
@@ -217,7 +310,8 @@ impl ClientFrame {
             | ClientFrame::Ping { id }
             | ClientFrame::Connect { id, .. }
             | ClientFrame::Refresh { id, .. }
-            | ClientFrame::SubRefresh { id, .. } => *id,
+            | ClientFrame::SubRefresh { id, .. }
+            | ClientFrame::History { id, .. } => *id,
         }
     }
 }
@@ -235,6 +329,12 @@ struct LooseClientFrame {
     token: Option<String>,
     name: Option<String>,
     version: Option<String>,
+    recover: Option<StreamPosition>,
+    #[serde(default)]
+    latest: bool,
+    idempotency_key: Option<String>,
+    since: Option<StreamPosition>,
+    limit: Option<u64>,
 }
 
 /// Reads a field that is present, so that `"data": null` is `Some(Null)`, not missing.
@@ -294,6 +394,8 @@ pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, De
             id,
             channel: channel(loose.channel)?,
             token: loose.token,
+            recover: loose.recover,
+            latest: loose.latest,
         }),
         "connect" => Ok(ClientFrame::Connect {
             id,
@@ -320,6 +422,13 @@ pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, De
             data: loose
                 .data
                 .ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "missing field `data`"))?,
+            idempotency_key: loose.idempotency_key,
+        }),
+        "history" => Ok(ClientFrame::History {
+            id,
+            channel: channel(loose.channel)?,
+            since: loose.since,
+            limit: loose.limit,
         }),
         "ping" => Ok(ClientFrame::Ping { id }),
         other => Err(DecodeError::new(
@@ -391,6 +500,19 @@ pub enum ServerFrame {
         /// For `refresh` and `sub_refresh`: when the new token expires (Unix seconds).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<u64>,
+        /// For `subscribe` on a channel with history: the position the subscription
+        /// starts after; for `publish` there: the publication's offset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// With `offset`: the channel's epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+        /// For `subscribe` with `recover`: whether every missed publication follows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// For `publish`: the idempotency key was used already; nothing was published.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duplicate: Option<bool>,
     },
     /// A request failed; the connection stays open.
     Error {
@@ -412,8 +534,15 @@ pub enum ServerFrame {
     Message {
         /// The channel it was published to.
         channel: String,
-        /// Per channel and gateway instance, +1 for each publication delivered.
+        /// Per channel and gateway instance, +1 for each publication delivered
+        /// live; 0 for one delivered from history.
         seq: u64,
+        /// On a channel with history: the publication's offset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// With `offset`: the channel's epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
         /// The payload.
         data: Value,
     },
@@ -424,6 +553,25 @@ pub enum ServerFrame {
     Gap {
         /// The channel that may have a gap.
         channel: String,
+        /// Why history could not cover it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<GapReason>,
+    },
+    /// The answer to a `history` request.
+    History {
+        /// The id of the request this answers, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel.
+        channel: String,
+        /// The channel's top offset.
+        offset: u64,
+        /// The channel's epoch.
+        epoch: String,
+        /// The publications, in offset order.
+        publications: Vec<HistoryEntry>,
+        /// Whether they reach from the requested position to the top with no hole.
+        complete: bool,
     },
     /// The gateway ended one subscription; the connection stays open.
     Unsubscribed {
@@ -442,7 +590,14 @@ pub enum ServerFrame {
 impl ServerFrame {
     /// A plain `ack` of the request `id`.
     pub fn ack(id: Option<u64>) -> ServerFrame {
-        ServerFrame::Ack { id, expires_at: None }
+        ServerFrame::Ack {
+            id,
+            expires_at: None,
+            offset: None,
+            epoch: None,
+            recovered: None,
+            duplicate: None,
+        }
     }
 }
 
@@ -468,7 +623,20 @@ struct MessageFrameJson<'a> {
     kind: &'static str,
     channel: &'a str,
     seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
     data: &'a RawValue,
+}
+
+/// Where a publication sits in its channel's history, for [`encode_message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessagePosition<'a> {
+    /// The publication's offset.
+    pub offset: u64,
+    /// The channel's epoch.
+    pub epoch: &'a str,
 }
 
 /// Encodes a `message` frame from a payload that is already valid JSON text.
@@ -476,7 +644,13 @@ struct MessageFrameJson<'a> {
 /// For JSON the payload bytes are copied verbatim, never re-parsed; for MessagePack they
 /// are parsed once and transcoded. The result is identical to encoding
 /// [`ServerFrame::Message`] with the same fields.
-pub fn encode_message(encoding: Encoding, channel: &str, seq: u64, data: &RawValue) -> Result<Vec<u8>, EncodeError> {
+pub fn encode_message(
+    encoding: Encoding,
+    channel: &str,
+    seq: u64,
+    position: Option<MessagePosition<'_>>,
+    data: &RawValue,
+) -> Result<Vec<u8>, EncodeError> {
     match encoding {
         Encoding::Json => encode(
             encoding,
@@ -484,6 +658,8 @@ pub fn encode_message(encoding: Encoding, channel: &str, seq: u64, data: &RawVal
                 kind: "message",
                 channel,
                 seq,
+                offset: position.map(|p| p.offset),
+                epoch: position.map(|p| p.epoch),
                 data,
             },
         ),
@@ -497,6 +673,8 @@ pub fn encode_message(encoding: Encoding, channel: &str, seq: u64, data: &RawVal
                 &ServerFrame::Message {
                     channel: channel.to_owned(),
                     seq,
+                    offset: position.map(|p| p.offset),
+                    epoch: position.map(|p| p.epoch.to_owned()),
                     data,
                 },
             )

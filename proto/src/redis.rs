@@ -5,9 +5,11 @@
 //! payload = json            ; a JSON value: what subscribers get as `data`
 //!         | "@" origin " " json  ; the same, published by the gateway `origin`
 //!         | "!" bytes       ; raw bytes: subscribers get {"$bin": "<base64>"}
+//!         | "^" offset "," epoch "," [origin] " " json
+//!                           ; a publication with history (PROTOCOL.md 15.1)
 //! ```
 //!
-//! No JSON text starts with `@` or `!`, so the three forms cannot be confused.
+//! No JSON text starts with `@`, `!` or `^`, so the forms cannot be confused.
 //! Gateways tag what they publish with their own id so they can skip it when Redis
 //! echoes it back: the instance that took a publish has already delivered it locally.
 
@@ -17,6 +19,17 @@ pub enum RedisPayload<'a> {
     /// A JSON value (not yet validated: the gateway parses it when it takes it).
     Json {
         /// The publishing gateway, when a gateway published it.
+        origin: Option<&'a str>,
+        /// The JSON text.
+        json: &'a str,
+    },
+    /// A JSON value numbered by the history store.
+    Positioned {
+        /// Its offset in the channel.
+        offset: u64,
+        /// The channel's epoch.
+        epoch: &'a str,
+        /// The publishing gateway; none when an application published it.
         origin: Option<&'a str>,
         /// The JSON text.
         json: &'a str,
@@ -31,8 +44,8 @@ pub enum RedisPayloadError {
     /// The payload is not UTF-8 and is not in the raw form.
     #[error("payload is neither UTF-8 JSON nor the raw form (\"!\" + bytes)")]
     NotUtf8,
-    /// An `@origin` payload without the space that ends the origin.
-    #[error("payload starts with '@' but has no \"@origin <json>\" shape")]
+    /// An `@origin` or `^position` payload without its shape.
+    #[error("payload starts with '@' or '^' but has no \"@origin <json>\" or \"^offset,epoch,origin <json>\" shape")]
     BadEnvelope,
     /// The payload is empty.
     #[error("empty payload")]
@@ -49,6 +62,24 @@ pub fn decode_redis_payload(bytes: &[u8]) -> Result<RedisPayload<'_>, RedisPaylo
             let (origin, json) = text.split_once(' ').ok_or(RedisPayloadError::BadEnvelope)?;
             Ok(RedisPayload::Json {
                 origin: Some(origin),
+                json,
+            })
+        }
+        Some(b'^') => {
+            let text = std::str::from_utf8(&bytes[1..]).map_err(|_| RedisPayloadError::NotUtf8)?;
+            let (head, json) = text.split_once(' ').ok_or(RedisPayloadError::BadEnvelope)?;
+            let mut parts = head.splitn(3, ',');
+            let offset = parts.next().and_then(|o| o.parse::<u64>().ok());
+            let (Some(offset), Some(epoch), Some(origin)) = (offset, parts.next(), parts.next()) else {
+                return Err(RedisPayloadError::BadEnvelope);
+            };
+            if offset == 0 || epoch.is_empty() {
+                return Err(RedisPayloadError::BadEnvelope);
+            }
+            Ok(RedisPayload::Positioned {
+                offset,
+                epoch,
+                origin: (!origin.is_empty()).then_some(origin),
                 json,
             })
         }
@@ -117,6 +148,35 @@ mod tests {
         assert_eq!(decode_redis_payload(b"\xff\xfe"), Err(RedisPayloadError::NotUtf8));
         assert_eq!(decode_redis_payload(b""), Err(RedisPayloadError::Empty));
         assert_eq!(encode_redis_payload("n", "true"), b"@n true");
+    }
+
+    #[test]
+    fn the_positioned_form() {
+        assert_eq!(
+            decode_redis_payload(b"^42,q7Bf2,node-1 {\"a\":1}"),
+            Ok(RedisPayload::Positioned {
+                offset: 42,
+                epoch: "q7Bf2",
+                origin: Some("node-1"),
+                json: r#"{"a":1}"#
+            })
+        );
+        assert_eq!(
+            decode_redis_payload(b"^1,e, null"),
+            Ok(RedisPayload::Positioned {
+                offset: 1,
+                epoch: "e",
+                origin: None,
+                json: "null"
+            })
+        );
+        for bad in [&b"^x,e, 1"[..], b"^0,e, 1", b"^1,, 1", b"^1,e 1", b"^1,e,o"] {
+            assert_eq!(
+                decode_redis_payload(bad),
+                Err(RedisPayloadError::BadEnvelope),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

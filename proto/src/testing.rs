@@ -28,13 +28,19 @@ pub fn same_value(a: &Value, b: &Value) -> bool {
 pub fn same_client_frame(a: &ClientFrame, b: &ClientFrame) -> bool {
     match (a, b) {
         (
-            ClientFrame::Publish { id, channel, data },
+            ClientFrame::Publish {
+                id,
+                channel,
+                data,
+                idempotency_key,
+            },
             ClientFrame::Publish {
                 id: id2,
                 channel: channel2,
                 data: data2,
+                idempotency_key: key2,
             },
-        ) => id == id2 && channel == channel2 && same_value(data, data2),
+        ) => id == id2 && channel == channel2 && idempotency_key == key2 && same_value(data, data2),
         _ => a == b,
     }
 }
@@ -43,13 +49,21 @@ pub fn same_client_frame(a: &ClientFrame, b: &ClientFrame) -> bool {
 pub fn same_server_frame(a: &ServerFrame, b: &ServerFrame) -> bool {
     match (a, b) {
         (
-            ServerFrame::Message { channel, seq, data },
+            ServerFrame::Message {
+                channel,
+                seq,
+                offset,
+                epoch,
+                data,
+            },
             ServerFrame::Message {
                 channel: channel2,
                 seq: seq2,
+                offset: offset2,
+                epoch: epoch2,
                 data: data2,
             },
-        ) => channel == channel2 && seq == seq2 && same_value(data, data2),
+        ) => channel == channel2 && seq == seq2 && offset == offset2 && epoch == epoch2 && same_value(data, data2),
         _ => a == b,
     }
 }

@@ -29,6 +29,8 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 id: Some(1),
                 channel: "news".into(),
                 token: None,
+                latest: false,
+                recover: None,
             },
         ),
         (
@@ -37,6 +39,8 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 id: None,
                 channel: "chat:room-42".into(),
                 token: None,
+                latest: false,
+                recover: None,
             },
         ),
         (
@@ -52,6 +56,7 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 id: Some(3),
                 channel: "news".into(),
                 data: json!({"text": "hello", "n": 1}),
+                idempotency_key: None,
             },
         ),
         ("ping", ClientFrame::Ping { id: Some(4) }),
@@ -61,6 +66,8 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 id: Some(5),
                 channel: "private:report-9".into(),
                 token: Some("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiIsImNoYW5uZWwiOiJwcml2YXRlOnJlcG9ydC05In0.c2ln".into()),
+                latest: false,
+                recover: None,
             },
         ),
         (
@@ -86,6 +93,59 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
             ClientFrame::Refresh {
                 id: Some(7),
                 token: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.bmV3".into(),
+            },
+        ),
+        (
+            "subscribe_recover",
+            ClientFrame::Subscribe {
+                id: Some(3),
+                channel: "news".into(),
+                token: None,
+                recover: Some(StreamPosition {
+                    offset: 41,
+                    epoch: "q7Bf2".into(),
+                }),
+                latest: false,
+            },
+        ),
+        (
+            "subscribe_latest",
+            ClientFrame::Subscribe {
+                id: Some(4),
+                channel: "prices:eur".into(),
+                token: None,
+                recover: None,
+                latest: true,
+            },
+        ),
+        (
+            "publish_idempotent",
+            ClientFrame::Publish {
+                id: Some(6),
+                channel: "news".into(),
+                data: json!("hi"),
+                idempotency_key: Some("order-7781:shipped".into()),
+            },
+        ),
+        (
+            "history_latest",
+            ClientFrame::History {
+                id: Some(9),
+                channel: "prices:eur".into(),
+                since: None,
+                limit: Some(1),
+            },
+        ),
+        (
+            "history_since",
+            ClientFrame::History {
+                id: Some(10),
+                channel: "news".into(),
+                since: Some(StreamPosition {
+                    offset: 41,
+                    epoch: "q7Bf2".into(),
+                }),
+                limit: None,
             },
         ),
         (
@@ -131,6 +191,10 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             ServerFrame::Ack {
                 id: Some(7),
                 expires_at: Some(1_798_761_900),
+                duplicate: None,
+                epoch: None,
+                offset: None,
+                recovered: None,
             },
         ),
         (
@@ -164,15 +228,86 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 channel: "news".into(),
                 seq: 1,
                 data: json!({"text": "hello", "n": 1}),
+                epoch: None,
+                offset: None,
             },
         ),
-        ("gap", ServerFrame::Gap { channel: "news".into() }),
+        (
+            "gap",
+            ServerFrame::Gap {
+                channel: "news".into(),
+                reason: None,
+            },
+        ),
+        (
+            "message_positioned",
+            ServerFrame::Message {
+                channel: "news".into(),
+                seq: 2,
+                offset: Some(17),
+                epoch: Some("q7Bf2".into()),
+                data: json!("hi"),
+            },
+        ),
+        (
+            "ack_subscribe_recovered",
+            ServerFrame::Ack {
+                id: Some(3),
+                expires_at: None,
+                offset: Some(44),
+                epoch: Some("q7Bf2".into()),
+                recovered: Some(true),
+                duplicate: None,
+            },
+        ),
+        (
+            "ack_publish_duplicate",
+            ServerFrame::Ack {
+                id: Some(6),
+                expires_at: None,
+                offset: Some(45),
+                epoch: Some("q7Bf2".into()),
+                recovered: None,
+                duplicate: Some(true),
+            },
+        ),
+        (
+            "gap_epoch_changed",
+            ServerFrame::Gap {
+                channel: "news".into(),
+                reason: Some(GapReason::EpochChanged),
+            },
+        ),
+        (
+            "history",
+            ServerFrame::History {
+                id: Some(9),
+                channel: "prices:eur".into(),
+                offset: 1200,
+                epoch: "q7Bf2".into(),
+                publications: vec![HistoryEntry {
+                    offset: 1200,
+                    data: json!(1.0825),
+                }],
+                complete: false,
+            },
+        ),
+        (
+            "error_no_history",
+            ServerFrame::Error {
+                id: Some(9),
+                code: ErrorCode::NoHistory,
+                message: "news keeps no history".into(),
+            },
+        ),
         (
             "message_scalar",
             ServerFrame::Message {
                 channel: "prices/eur-usd".into(),
                 seq: 70000,
                 data: json!(1.0825),
+                epoch: None,
+                offset: None,
             },
         ),
     ]
@@ -196,6 +331,8 @@ fn invalid_client_frames() -> Value {
         {"name": "unknown_op", "encoding": "json", "hex": hex(b"{\"op\":\"teleport\",\"id\":7}"), "code": "unknown_op", "id": 7},
         {"name": "connect_without_token", "encoding": "json", "hex": hex(b"{\"op\":\"connect\",\"id\":1}"), "code": "bad_request", "id": 1},
         {"name": "refresh_without_token", "encoding": "json", "hex": hex(b"{\"op\":\"refresh\",\"id\":2}"), "code": "bad_request", "id": 2},
+        {"name": "recover_offset_not_a_number", "encoding": "json", "hex": hex(b"{\"op\":\"subscribe\",\"id\":3,\"channel\":\"news\",\"recover\":{\"offset\":\"41\",\"epoch\":\"e\"}}"), "code": "bad_request"},
+        {"name": "history_without_channel", "encoding": "json", "hex": hex(b"{\"op\":\"history\",\"id\":4}"), "code": "bad_request", "id": 4},
         {"name": "truncated_msgpack", "encoding": "msgpack", "hex": "83a26f70", "code": "bad_request"},
         {"name": "msgpack_not_a_map", "encoding": "msgpack", "hex": "93010203", "code": "bad_request"},
         {"name": "msgpack_unknown_op", "encoding": "msgpack",
@@ -283,11 +420,21 @@ fn server_vectors_decode_in_both_encodings() {
 #[test]
 fn encode_message_matches_the_generic_encoder() {
     for (_, frame) in server_frames() {
-        if let ServerFrame::Message { channel, seq, data } = &frame {
+        if let ServerFrame::Message {
+            channel,
+            seq,
+            offset,
+            epoch,
+            data,
+        } = &frame
+        {
             let raw = RawValue::from_string(data.to_string()).expect("raw");
+            let position = offset
+                .zip(epoch.as_deref())
+                .map(|(offset, epoch)| MessagePosition { offset, epoch });
             for enc in Encoding::ALL {
                 assert_eq!(
-                    encode_message(enc, channel, *seq, &raw).ok(),
+                    encode_message(enc, channel, *seq, position, &raw).ok(),
                     encode_server(enc, &frame).ok()
                 );
             }
@@ -343,7 +490,8 @@ fn null_data_is_data() {
         ClientFrame::Publish {
             id: None,
             channel: "c".into(),
-            data: Value::Null
+            data: Value::Null,
+            idempotency_key: None,
         }
     );
     let err = decode_client(Encoding::Json, br#"{"op":"publish","channel":"c"}"#).expect_err("missing");

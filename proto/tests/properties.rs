@@ -12,7 +12,7 @@ use shardcast_proto::redis::{base64, decode_redis_payload, encode_redis_payload,
 use shardcast_proto::testing::{self, same_client_frame, same_server_frame};
 use shardcast_proto::{
     decode_client, decode_server, encode_client, encode_message, encode_server, validate_channel, ChannelNameError,
-    ClientFrame, Encoding, ErrorCode, ServerFrame, UnsubscribeCode,
+    ClientFrame, Encoding, ErrorCode, MessagePosition, ServerFrame, UnsubscribeCode,
 };
 
 /// JSON values of every kind, floats within ±1e300 (clear of the edge of f64's range).
@@ -38,8 +38,15 @@ fn channel() -> impl Strategy<Value = String> {
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     let id = proptest::option::of(any::<u64>());
     prop_oneof![
-        (id.clone(), channel(), proptest::option::of("\\PC{0,40}"))
-            .prop_map(|(id, channel, token)| ClientFrame::Subscribe { id, channel, token }),
+        (id.clone(), channel(), proptest::option::of("\\PC{0,40}")).prop_map(|(id, channel, token)| {
+            ClientFrame::Subscribe {
+                id,
+                channel,
+                token,
+                latest: false,
+                recover: None,
+            }
+        }),
         (id.clone(), "\\PC{0,40}").prop_map(|(id, token)| ClientFrame::Refresh { id, token }),
         (id.clone(), channel(), "\\PC{0,40}").prop_map(|(id, channel, token)| ClientFrame::SubRefresh {
             id,
@@ -62,7 +69,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (id.clone(), channel(), json_value()).prop_map(|(id, channel, data)| ClientFrame::Publish {
             id,
             channel,
-            data
+            data,
+            idempotency_key: None,
         }),
         id.prop_map(|id| ClientFrame::Ping { id }),
     ]
@@ -107,8 +115,14 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                     expires_at,
                 }
             }),
-        (id.clone(), proptest::option::of(any::<u64>()))
-            .prop_map(|(id, expires_at)| ServerFrame::Ack { id, expires_at }),
+        (id.clone(), proptest::option::of(any::<u64>())).prop_map(|(id, expires_at)| ServerFrame::Ack {
+            id,
+            expires_at,
+            duplicate: None,
+            epoch: None,
+            offset: None,
+            recovered: None,
+        }),
         (channel(), "\\PC{0,40}").prop_map(|(channel, message)| ServerFrame::Unsubscribed {
             channel,
             code: UnsubscribeCode::TokenExpired,
@@ -123,7 +137,9 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (channel(), any::<u64>(), json_value()).prop_map(|(channel, seq, data)| ServerFrame::Message {
             channel,
             seq,
-            data
+            data,
+            epoch: None,
+            offset: None,
         }),
     ]
 }
@@ -148,13 +164,15 @@ proptest! {
     }
 
     #[test]
-    fn fast_message_encoder_agrees_with_the_generic_one(channel in channel(), seq in any::<u64>(), data in json_value()) {
+    fn fast_message_encoder_agrees_with_the_generic_one(channel in channel(), seq in any::<u64>(), offset in proptest::option::of(1u64..), data in json_value()) {
         // The API hands the publisher's own text on; whitespace in it must not matter.
         let text = serde_json::to_string_pretty(&data).unwrap();
         let raw: Box<RawValue> = serde_json::from_str(&text).unwrap();
-        let generic = ServerFrame::Message { channel: channel.clone(), seq, data };
+        let epoch = offset.map(|o| format!("e{o}"));
+        let generic = ServerFrame::Message { channel: channel.clone(), seq, offset, epoch: epoch.clone(), data };
+        let position = offset.zip(epoch.as_deref()).map(|(offset, epoch)| MessagePosition { offset, epoch });
         for enc in Encoding::ALL {
-            let fast = decode_server(enc, &encode_message(enc, &channel, seq, &raw).expect("encodes")).expect("decodes");
+            let fast = decode_server(enc, &encode_message(enc, &channel, seq, position, &raw).expect("encodes")).expect("decodes");
             prop_assert!(same_server_frame(&generic, &fast), "{:?}: {:?} vs {:?}", enc, generic, fast);
         }
     }

@@ -71,7 +71,7 @@ impl Publication {
     pub fn frame(&self, encoding: Encoding) -> Option<&Bytes> {
         self.frames[encoding.index()]
             .get_or_init(
-                || match encode_message(encoding, &self.channel, self.seq, self.payload.json()) {
+                || match encode_message(encoding, &self.channel, self.seq, None, self.payload.json()) {
                     Ok(body) => Some(data_frame(encoding, &body)),
                     Err(e) => {
                         error!(channel = %self.channel, error = %e, "cannot encode a publication; not delivered");

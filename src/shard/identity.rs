@@ -231,7 +231,17 @@ impl Shard<'_> {
                 "the refreshed token no longer grants this channel",
             );
         }
-        self.reply_frame(key, &ServerFrame::Ack { id, expires_at });
+        self.reply_frame(
+            key,
+            &ServerFrame::Ack {
+                id,
+                expires_at,
+                duplicate: None,
+                epoch: None,
+                offset: None,
+                recovered: None,
+            },
+        );
     }
 
     /// `sub_refresh`: a new subscription token for a channel held by one.
@@ -268,6 +278,10 @@ impl Shard<'_> {
             &ServerFrame::Ack {
                 id,
                 expires_at: Some(expires_at),
+                duplicate: None,
+                epoch: None,
+                offset: None,
+                recovered: None,
             },
         );
     }

@@ -422,6 +422,7 @@ impl Shard<'_> {
                 }
                 let gap = ServerFrame::Gap {
                     channel: name.to_owned(),
+                    reason: None,
                 };
                 let Some(frame) = env.encode(enc, &gap) else {
                     continue;

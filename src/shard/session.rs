@@ -86,10 +86,14 @@ impl Shard<'_> {
             }
             ClientFrame::Refresh { id, token } => self.refresh(key, id, &token),
             ClientFrame::SubRefresh { id, channel, token } => self.sub_refresh(key, id, &channel, &token),
-            ClientFrame::Subscribe { id, channel, token } => self.subscribe(key, id, &channel, token.as_deref()),
+            ClientFrame::Subscribe { id, channel, token, .. } => self.subscribe(key, id, &channel, token.as_deref()),
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(key, id, &channel),
-            ClientFrame::Publish { id, channel, data } => self.client_publish(key, id, channel, data),
+            ClientFrame::Publish { id, channel, data, .. } => self.client_publish(key, id, channel, data),
             ClientFrame::Ping { id } => self.reply_frame(key, &ServerFrame::Pong { id }),
+            ClientFrame::History { id, channel, .. } => {
+                let msg = format!("{channel} keeps no history");
+                self.reply_error(key, id, ErrorCode::NoHistory, &msg)
+            }
         }
     }
 

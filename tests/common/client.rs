@@ -119,6 +119,8 @@ impl Client {
             id: Some(id),
             channel: channel.into(),
             token: None,
+            latest: false,
+            recover: None,
         })
         .await;
         assert_eq!(self.recv().await, ServerFrame::ack(Some(id)), "subscribe {channel}");

@@ -62,6 +62,8 @@ pub(super) async fn receive(
         let payload = match decode_redis_payload(bytes) {
             Ok(RedisPayload::Json { origin: Some(o), .. }) if o == settings.origin => continue,
             Ok(RedisPayload::Json { json, .. }) => Payload::from_json(json).map_err(|e| e.to_string()),
+            Ok(RedisPayload::Positioned { origin: Some(o), .. }) if o == settings.origin => continue,
+            Ok(RedisPayload::Positioned { json, .. }) => Payload::from_json(json).map_err(|e| e.to_string()),
             Ok(RedisPayload::Raw(raw)) => Payload::from_json(&raw_payload_json(raw)).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };

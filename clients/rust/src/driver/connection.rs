@@ -177,6 +177,8 @@ impl Connection {
             id: Some(id),
             channel: request.channel.clone(),
             token: request.token.as_ref().map(|(token, _)| token.clone()),
+            latest: false,
+            recover: None,
         };
         self.request(id, frame, Pending::Subscribe(request)).await;
     }
@@ -195,6 +197,7 @@ impl Connection {
             id: Some(id),
             channel: channel.clone(),
             data,
+            idempotency_key: None,
         };
         let message = match transport::encode(self.encoding, &frame) {
             Ok(message) => message,

@@ -404,9 +404,10 @@ impl Driver {
 
     async fn on_frame(&mut self, connection: &mut Connection, frame: ServerFrame) {
         match frame {
-            ServerFrame::Message { channel, seq, data } => self.channels.dispatch(Message { channel, seq, data }),
-            ServerFrame::Ack { id, expires_at } => self.on_reply(connection, id, Ok(expires_at)),
+            ServerFrame::Message { channel, seq, data, .. } => self.channels.dispatch(Message { channel, seq, data }),
+            ServerFrame::Ack { id, expires_at, .. } => self.on_reply(connection, id, Ok(expires_at)),
             ServerFrame::Pong { id } => self.on_reply(connection, id, Ok(None)),
+            ServerFrame::History { id, .. } => self.on_reply(connection, id, Ok(None)),
             ServerFrame::Error {
                 id: None,
                 code,
@@ -420,7 +421,7 @@ impl Driver {
                 );
             }
             ServerFrame::Error { id, code, message } => self.on_reply(connection, id, Err((code, message))),
-            ServerFrame::Gap { channel } => {
+            ServerFrame::Gap { channel, .. } => {
                 warn!(channel, "the gateway reports that publications may have been missed");
                 self.observers.emit(ClientEvent::Gap { channel });
             }
