@@ -182,6 +182,23 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_SUBSCRIBE_RATE", default_value_t = 0)]
     pub subscribe_rate: u32,
 
+    /// Publications kept per channel for recovery (PROTOCOL.md 19); 0 keeps no history.
+    /// Namespaces override it with `history_size` in the config file.
+    #[arg(long, env = "SHARDCAST_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: u32,
+
+    /// Seconds a channel's history outlives its last publication (also the idempotency window).
+    #[arg(long, env = "SHARDCAST_HISTORY_TTL", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_ttl: u64,
+
+    /// Most publications one recovery or history read returns (`recovered: false` beyond).
+    #[arg(long, env = "SHARDCAST_RECOVER_MAX", default_value_t = 10_000)]
+    pub recover_max: u32,
+
+    /// How long a publish waits for the broker before answering `timeout` (outcome unknown).
+    #[arg(long, env = "SHARDCAST_PUBLISH_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
     /// Connect attempts one source address may make per second (HTTP 429 beyond); 0 means no limit.
     #[arg(long, env = "SHARDCAST_CONNECT_RATE_PER_IP", default_value_t = 0)]
     pub connect_rate_per_ip: u32,

@@ -16,7 +16,8 @@ use crate::admin::{self, AdminContext};
 use crate::admission::acceptor::Acceptor;
 use crate::admission::fd_budget::{resident_memory_bytes, FdBudget};
 use crate::auth::{
-    AuthError, Authenticator, ChannelRules, JwksCounters, JwksSource, NamespaceRules, TokenVerifier, VerifierSettings,
+    AuthError, Authenticator, ChannelRules, HistorySettings, JwksCounters, JwksSource, NamespaceRules, TokenVerifier,
+    VerifierSettings,
 };
 use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
@@ -26,6 +27,7 @@ use crate::broker::{Broker, BrokerError, BrokerMetrics, BrokerSink};
 use crate::config::Config;
 use crate::fanout::publisher::Publisher;
 use crate::fanout::router::{self, RouterHandle};
+use crate::fanout::ChannelHistory;
 use crate::metrics::Metrics;
 use crate::shard::{self, ShardCommand, ShardDeps, ShardHandle};
 use crate::state::GatewayState;
@@ -98,7 +100,13 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         instances,
         users,
     } = make_broker(&config, &state, Arc::new(router_handle.clone()), &metrics)?;
-    let publisher = Publisher::new(router_handle.clone(), broker.clone());
+    let channel_history = ChannelHistory::new(Arc::new(auth.rules().clone()));
+    let publisher = Publisher::new(
+        router_handle.clone(),
+        broker.clone(),
+        channel_history.clone(),
+        config.publish_timeout,
+    );
     // Not ready until the broker says so (a Redis broker starts disconnected).
     state.set_broker_up(broker.is_ready());
 
@@ -153,6 +161,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
             router_handle,
             shards.clone(),
             broker.clone(),
+            channel_history,
             metrics.clone(),
         )),
         tokio::spawn(admin::serve(
@@ -283,7 +292,11 @@ fn authenticator(config: &Config, jwks: Option<Arc<JwksSource>>) -> Result<Authe
             .map_err(|e| AuthError::Config(format!("[namespaces.{name:?}]: {e}")))?;
         namespaces.insert(name.clone(), rules);
     }
-    let rules = ChannelRules::new(&config.namespace_separator, namespaces);
+    let rules = ChannelRules::new(&config.namespace_separator, namespaces).with_history_defaults(HistorySettings {
+        size: config.history_size,
+        ttl_secs: config.history_ttl,
+        recover_max: config.recover_max,
+    });
     let auth = Authenticator::new(verifier, config.allow_anonymous, rules);
     match auth.verifier() {
         Some(v) => info!(
@@ -319,7 +332,7 @@ fn make_broker(
         drop(sink);
         let limit = config.max_connections_per_user;
         return Ok(BrokerParts {
-            broker: Arc::new(InProcessBroker::standalone()),
+            broker: Arc::new(InProcessBroker::standalone()?),
             instances: Box::new(LocalInstances),
             users: (limit > 0).then(|| Arc::new(LocalUserCounter::new(limit)) as Arc<dyn UserCounter>),
         });

@@ -31,6 +31,24 @@ pub struct Metrics {
     pub messages_dropped: IntCounterVec,
     /// Client requests answered with an error or close, by code.
     pub client_errors: IntCounterVec,
+    /// Subscribes with `recover`, by result (recovered, not_recovered) and reason.
+    pub recoveries: IntCounterVec,
+    /// Publications delivered from the history store (recoveries, `latest`, catch-up).
+    pub history_served: IntCounter,
+    /// Store reads of the router's catch-up, by result (started, read, failed).
+    pub catchups: IntCounterVec,
+    /// Publications dropped because their offset was delivered already.
+    pub history_duplicates: IntCounter,
+    /// Publishes answered from the idempotency window (not published again).
+    pub publish_duplicates: IntCounter,
+    /// Gap frames' occasions, by reason (PROTOCOL.md 19.5).
+    pub gaps: IntCounterVec,
+    /// Publishes whose broker outcome is not known (timeouts), by source.
+    pub publish_unknown: IntCounter,
+    /// Channels in the in-process history store.
+    pub history_channels: IntGauge,
+    /// Publications in the in-process history store.
+    pub history_publications: IntGauge,
     /// Authentication and permission refusals, by reason.
     pub auth_refusals: IntCounterVec,
     /// Fetches of the --token-jwks-url key set, by result (ok, error).
@@ -113,6 +131,27 @@ impl Metrics {
                 "Client requests answered with an error frame or an error close, by code.",
                 &["code"],
             )?,
+            recoveries: counter_vec(
+                "recoveries_total",
+                "Subscribes with recover, by result and reason.",
+                &["result", "reason"],
+            )?,
+            history_served: IntCounter::with_opts(opts("history_served_total", "Publications delivered from the history store."))?,
+            catchups: counter_vec(
+                "catchups_total",
+                "History reads of the server-side catch-up and hole filling, by result.",
+                &["result"],
+            )?,
+            history_duplicates: IntCounter::with_opts(opts("history_duplicates_total", "Publications dropped because their offset was delivered already."))?,
+            publish_duplicates: IntCounter::with_opts(opts("publish_duplicates_total", "Publishes answered from the idempotency window, not published again."))?,
+            gaps: counter_vec(
+                "gaps_total",
+                "Losses history could not cover, announced by gap frames, by reason.",
+                &["reason"],
+            )?,
+            publish_unknown: IntCounter::with_opts(opts("publish_outcome_unknown_total", "Publishes whose broker did not answer within the publish timeout."))?,
+            history_channels: IntGauge::with_opts(opts("history_channels", "Channels in the in-process history store."))?,
+            history_publications: IntGauge::with_opts(opts("history_publications", "Publications in the in-process history store."))?,
             auth_refusals: counter_vec(
                 "auth_refusals_total",
                 "Refused tokens, subscribes, client publishes and connections, by reason (expired, invalid, missing, query_token, permission_denied, rate_limited, too_many_connections).",
@@ -196,6 +235,15 @@ impl Metrics {
         r.register(Box::new(self.messages_delivered.clone()))?;
         r.register(Box::new(self.messages_dropped.clone()))?;
         r.register(Box::new(self.client_errors.clone()))?;
+        r.register(Box::new(self.recoveries.clone()))?;
+        r.register(Box::new(self.history_served.clone()))?;
+        r.register(Box::new(self.catchups.clone()))?;
+        r.register(Box::new(self.history_duplicates.clone()))?;
+        r.register(Box::new(self.publish_duplicates.clone()))?;
+        r.register(Box::new(self.gaps.clone()))?;
+        r.register(Box::new(self.publish_unknown.clone()))?;
+        r.register(Box::new(self.history_channels.clone()))?;
+        r.register(Box::new(self.history_publications.clone()))?;
         r.register(Box::new(self.auth_refusals.clone()))?;
         r.register(Box::new(self.jwks_refreshes.clone()))?;
         r.register(Box::new(self.open_fds.clone()))?;

@@ -17,7 +17,9 @@ use shardcast::broker::instances::{InstanceInfo, InstanceRegistry};
 use shardcast::broker::memory::InProcessBus;
 use shardcast::broker::redis::{RedisBroker, RedisSettings};
 use shardcast::broker::user_counter::UserCounter;
-use shardcast::broker::{Broker, BrokerEvent, BrokerMetrics, BrokerSink};
+use shardcast::broker::{
+    Broker, BrokerEvent, BrokerMetrics, BrokerSink, HistoryPolicy, HistoryQuery, Position, PublishOptions,
+};
 use shardcast::payload::Payload;
 
 /// How long a case waits for something that must not arrive.
@@ -54,7 +56,9 @@ impl Instance {
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             match tokio::time::timeout(left, self.events.recv_async()).await {
-                Ok(Ok(BrokerEvent::Publication { channel: c, payload })) if &*c == channel => return Some(payload),
+                Ok(Ok(BrokerEvent::Publication {
+                    channel: c, payload, ..
+                })) if &*c == channel => return Some(payload),
                 Ok(Ok(_)) => continue,
                 _ => return None,
             }
@@ -197,7 +201,41 @@ impl Fixture {
 
 async fn publish(from: &Instance, channel: &str, json: &str) {
     let payload = Payload::from_json(json).expect("valid json");
-    from.broker.publish(Arc::from(channel), payload).await.expect("publish");
+    from.broker
+        .publish(Arc::from(channel), payload, PublishOptions::default())
+        .await
+        .expect("publish");
+}
+
+const POLICY: HistoryPolicy = HistoryPolicy {
+    size: 5,
+    ttl: Duration::from_secs(60),
+};
+
+fn with_history(key: Option<&str>) -> PublishOptions {
+    PublishOptions {
+        history: Some(POLICY),
+        idempotency: key.map(|k| (Arc::from(k), Duration::from_secs(60))),
+    }
+}
+
+/// The next positioned publication on `channel`.
+async fn positioned(on: &Instance, channel: &str) -> (Position, Payload) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("a positioned publication in time");
+        match tokio::time::timeout(left, on.events.recv_async()).await {
+            Ok(Ok(BrokerEvent::Publication {
+                channel: c,
+                payload,
+                position: Some(position),
+            })) if &*c == channel => return (position, payload),
+            Ok(Ok(_)) => continue,
+            _ => panic!("no positioned publication on {channel}"),
+        }
+    }
 }
 
 // ---- the cases ----
@@ -351,6 +389,110 @@ async fn gap_after_outage_then_delivery(f: &mut Fixture) -> bool {
     true
 }
 
+/// History: offsets are assigned by the store, shared by every instance, strictly
+/// increasing; the publisher learns the same position the others receive.
+async fn offsets_are_shared_and_increasing(f: &mut Fixture) {
+    let ch = "contract.offsets";
+    f.subscribed(ch).await;
+    let mut last: Option<Position> = None;
+    for n in 0..4 {
+        let publisher = if n % 2 == 0 { &f.a } else { &f.b };
+        let payload = Payload::from_json(&n.to_string()).expect("json");
+        let published = publisher
+            .broker
+            .publish(Arc::from(ch), payload, with_history(None))
+            .await
+            .expect("publish with history");
+        let position = published.position.expect("a position");
+        if n % 2 == 0 {
+            let (seen, payload) = positioned(&f.b, ch).await;
+            assert_eq!(seen, position, "b sees the offset a was given");
+            assert_eq!(payload.json().get(), n.to_string());
+        }
+        if let Some(prev) = &last {
+            assert_eq!(position.epoch, prev.epoch);
+            assert_eq!(position.offset, prev.offset + 1);
+        }
+        last = Some(position);
+    }
+}
+
+/// History: a read returns the position and the retained publications after an
+/// offset, bounded by the size; the latest one alone without `since`.
+async fn history_reads_what_was_kept(f: &mut Fixture) {
+    let ch: Arc<str> = Arc::from("contract.history");
+    let query = |since, limit| HistoryQuery {
+        since,
+        limit,
+        policy: POLICY,
+    };
+    let empty = f.a.broker.history(ch.clone(), query(None, 10)).await.expect("read");
+    assert_eq!((empty.top, empty.publications.len()), (0, 0));
+    for n in 1..=7 {
+        let payload = Payload::from_json(&n.to_string()).expect("json");
+        let p =
+            f.a.broker
+                .publish(ch.clone(), payload, with_history(None))
+                .await
+                .expect("publish");
+        assert_eq!(p.position.expect("position").offset, n);
+    }
+    let page = f.b.broker.history(ch.clone(), query(Some(0), 100)).await.expect("read");
+    assert_eq!(
+        page.epoch, empty.epoch,
+        "a read before the first publication fixes the epoch"
+    );
+    assert_eq!(page.top, 7);
+    let offsets: Vec<u64> = page.publications.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, [3, 4, 5, 6, 7], "the latest {} kept", POLICY.size);
+    let after = f.b.broker.history(ch.clone(), query(Some(5), 1)).await.expect("read");
+    assert_eq!(after.publications.iter().map(|(o, _)| *o).collect::<Vec<_>>(), [6]);
+    let latest = f.b.broker.history(ch.clone(), query(None, 1)).await.expect("read");
+    assert_eq!(latest.publications[0].0, 7);
+    assert_eq!(latest.publications[0].1.json().get(), "7");
+}
+
+/// An idempotency key publishes once: the retry is answered with the first
+/// position, and nobody receives it twice.
+async fn an_idempotency_key_publishes_once(f: &mut Fixture) {
+    let ch = "contract.idempotent";
+    f.subscribed(ch).await;
+    let payload = Payload::from_json("1").expect("json");
+    let first =
+        f.a.broker
+            .publish(Arc::from(ch), payload.clone(), with_history(Some("k-1")))
+            .await
+            .expect("publish");
+    let again =
+        f.a.broker
+            .publish(Arc::from(ch), payload.clone(), with_history(Some("k-1")))
+            .await
+            .expect("retry");
+    assert!(!first.duplicate && again.duplicate);
+    assert_eq!(first.position, again.position);
+    positioned(&f.b, ch).await;
+    assert!(
+        f.b.publication(ch, QUIET).await.is_none(),
+        "the retry was not published"
+    );
+    let plain = PublishOptions {
+        history: None,
+        idempotency: Some((Arc::from("k-2"), Duration::from_secs(60))),
+    };
+    let once =
+        f.a.broker
+            .publish(Arc::from(ch), payload.clone(), plain.clone())
+            .await
+            .expect("publish");
+    let twice = f.a.broker.publish(Arc::from(ch), payload, plain).await.expect("retry");
+    assert!(!once.duplicate && twice.duplicate && once.position.is_none());
+    assert!(f.b.publication(ch, WAIT).await.is_some());
+    assert!(
+        f.b.publication(ch, QUIET).await.is_none(),
+        "a key works without history too"
+    );
+}
+
 /// Runs every case against fixtures made by `make`, one fixture per case so that a
 /// case's outage cannot disturb the next.
 async fn run_contract<F, Fut>(name: &str, make: F)
@@ -364,6 +506,9 @@ where
     payload_forms_round_trip(&mut make().await).await;
     control_reaches_the_others_not_oneself(&mut make().await).await;
     a_user_is_counted_across_instances(&mut make().await).await;
+    offsets_are_shared_and_increasing(&mut make().await).await;
+    history_reads_what_was_kept(&mut make().await).await;
+    an_idempotency_key_publishes_once(&mut make().await).await;
     let mut not_applicable = Vec::new();
     if !readiness_follows_connection(&mut make().await).await {
         not_applicable.push("readiness_follows_connection (outage)");

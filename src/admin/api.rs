@@ -20,7 +20,7 @@ use ring::digest::{digest, SHA256};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use shardcast_proto::{validate_channel, ErrorCode};
+use shardcast_proto::{valid_idempotency_key, validate_channel, ErrorCode, StreamPosition, MAX_IDEMPOTENCY_KEY};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::debug;
@@ -32,6 +32,7 @@ use crate::fanout::publisher::Publisher;
 use crate::fanout::router::Source;
 use crate::metrics::Metrics;
 use crate::payload::Payload;
+use crate::shard::history_frame;
 use crate::state::GatewayState;
 
 /// Most publications one batch request may carry.
@@ -123,17 +124,20 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
                 (&Method::POST, "/api/disconnect") => user_command(ctx, req, "disconnected").await,
                 (&Method::POST, "/api/unsubscribe") => user_command(ctx, req, "unsubscribed").await,
                 (&Method::GET, "/api/stats") => stats(ctx),
+                (&Method::GET, "/api/history") => history(ctx, &req).await,
                 (&Method::GET, "/api/cluster") => {
                     let snapshot = ctx.cluster.snapshot();
                     json_reply(StatusCode::OK, serde_json::to_value(&*snapshot).unwrap_or_default())
                 }
-                (_, "/api/publish" | "/api/stats" | "/api/cluster" | "/api/disconnect" | "/api/unsubscribe") => {
-                    error_reply(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        ErrorCode::BadRequest,
-                        "method not allowed",
-                    )
-                }
+                (
+                    _,
+                    "/api/publish" | "/api/stats" | "/api/cluster" | "/api/disconnect" | "/api/unsubscribe"
+                    | "/api/history",
+                ) => error_reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ErrorCode::BadRequest,
+                    "method not allowed",
+                ),
                 _ => error_reply(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint"),
             }
         }
@@ -187,6 +191,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 struct PublishItem {
     channel: String,
     data: Box<RawValue>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
@@ -252,8 +258,17 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             let msg = format!("data larger than {} bytes", ctx.max_message_bytes);
             return api_error(ctx, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &msg);
         }
+        if let Some(k) = item.idempotency_key.as_deref().filter(|k| !valid_idempotency_key(k)) {
+            let msg = format!(
+                "{}: idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters of [A-Za-z0-9_.:-] (got {} bytes)",
+                item.channel,
+                k.len()
+            );
+            return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &msg);
+        }
+        let key = item.idempotency_key.map(Arc::<str>::from);
         match Payload::from_raw(item.data) {
-            Ok(p) => payloads.push((Arc::<str>::from(item.channel), p)),
+            Ok(p) => payloads.push((Arc::<str>::from(item.channel), p, key)),
             Err(e) => {
                 let msg = format!("{}: unusable data: {e}", item.channel);
                 return api_error(ctx, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &msg);
@@ -265,27 +280,57 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     // All items in flight at once: join_all polls them first in order, so the router
     // and the broker receive them in the batch's order, and the batch costs one
     // round trip instead of one per item.
-    let outcomes = join_all(payloads.into_iter().map(|(channel, payload)| async move {
-        let outcome = ctx.publisher.publish(channel.clone(), payload, Source::Api).await;
+    let outcomes = join_all(payloads.into_iter().map(|(channel, payload, key)| async move {
+        let outcome = ctx.publisher.publish(channel.clone(), payload, Source::Api, key).await;
         (channel, outcome)
     }))
     .await;
+    // A refusal outranks an unknown outcome: the publisher must retry either way.
+    let mut refused = None;
     for (channel, outcome) in outcomes {
         match outcome {
-            Ok(n) => results.push(json!({"channel": &*channel, "subscribers": n})),
+            Ok(report) => {
+                let mut result = json!({"channel": &*channel, "subscribers": report.reached});
+                if let Some(p) = &report.position {
+                    result["offset"] = json!(p.offset);
+                    result["epoch"] = json!(&*p.epoch);
+                }
+                if report.duplicate {
+                    ctx.metrics.publish_duplicates.inc();
+                    result["duplicate"] = json!(true);
+                }
+                results.push(result);
+            }
             Err(e) => {
-                results.push(json!({"channel": &*channel, "subscribers": e.reached, "error": e.to_string()}));
-                failed.get_or_insert(e);
+                let outcome = if e.outcome_unknown() {
+                    ctx.metrics.publish_unknown.inc();
+                    "unknown"
+                } else {
+                    "not_delivered"
+                };
+                results.push(
+                    json!({"channel": &*channel, "subscribers": e.reached, "outcome": outcome, "error": e.to_string()}),
+                );
+                if e.outcome_unknown() {
+                    failed.get_or_insert(e);
+                } else {
+                    refused.get_or_insert(e);
+                }
             }
         }
     }
-    if let Some(e) = failed {
-        ctx.metrics.client_errors.with_label_values(&["unavailable"]).inc();
+    if let Some(e) = refused.or(failed) {
+        let (status, code) = if e.outcome_unknown() {
+            (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout)
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+        };
+        ctx.metrics.client_errors.with_label_values(&[code.as_str()]).inc();
         return json_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
+            status,
             json!({
                 "ok": false,
-                "error": {"code": ErrorCode::Unavailable.as_str(), "message": e.to_string()},
+                "error": {"code": code.as_str(), "message": e.to_string()},
                 "results": results,
             }),
         );
@@ -293,11 +338,107 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     if batch {
         json_reply(StatusCode::OK, json!({"ok": true, "results": results}))
     } else {
-        json_reply(
-            StatusCode::OK,
-            json!({"ok": true, "subscribers": results[0]["subscribers"]}),
-        )
+        let mut one = results.swap_remove(0);
+        if let Some(o) = one.as_object_mut() {
+            o.remove("channel");
+            o.insert("ok".into(), json!(true));
+        }
+        json_reply(StatusCode::OK, one)
     }
+}
+
+/// `GET /api/history?channel=&since=&epoch=&limit=` (PROTOCOL.md 19.6).
+async fn history(ctx: &AdminContext, req: &Request<Incoming>) -> Reply {
+    let mut channel = None;
+    let (mut since, mut epoch, mut limit) = (None, None, None);
+    for (k, v) in url_query(req.uri().query().unwrap_or("")) {
+        match k.as_str() {
+            "channel" => channel = Some(v),
+            "since" => since = Some(v),
+            "epoch" => epoch = Some(v),
+            "limit" => limit = Some(v),
+            _ => {}
+        }
+    }
+    let bad = |msg: &str| error_reply(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg);
+    let Some(channel) = channel else {
+        return bad("missing query parameter `channel`");
+    };
+    if let Err(e) = validate_channel(&channel, ctx.max_channel_len) {
+        return error_reply(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadChannel,
+            &format!("{channel}: {e}"),
+        );
+    }
+    let since = match (since.map(|s| s.parse::<u64>()), epoch) {
+        (None, None) => None,
+        (Some(Ok(offset)), Some(epoch)) => Some(StreamPosition { offset, epoch }),
+        _ => return bad("`since` (an offset) and `epoch` go together"),
+    };
+    let limit = match limit.map(|l| l.parse::<usize>()) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(_)) => return bad("`limit` must be a number"),
+    };
+    let channel: Arc<str> = Arc::from(channel);
+    let read = ctx
+        .publisher
+        .history(channel.clone(), since.as_ref().map(|p| p.offset), limit)
+        .await;
+    match read {
+        None => error_reply(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NoHistory,
+            &format!("{channel} keeps no history"),
+        ),
+        Some(Err(e)) => error_reply(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, &e.to_string()),
+        Some(Ok((page, max))) => {
+            let frame = history_frame(None, &channel, page, since.as_ref(), limit.unwrap_or(max).min(max));
+            let mut body = serde_json::to_value(&frame).unwrap_or_default();
+            if let Some(o) = body.as_object_mut() {
+                o.remove("type");
+                o.insert("ok".into(), json!(true));
+            }
+            json_reply(StatusCode::OK, body)
+        }
+    }
+}
+
+/// The pairs of a URL query string, percent-decoded.
+fn url_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).map(|h| u8::from_str_radix(h, 16)) {
+                    Ok(Ok(b)) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The longest admin request body other than a publish.

@@ -11,7 +11,7 @@ pub mod verifier;
 use serde_json::value::RawValue;
 
 pub use jwks::{JwksCounters, JwksSource};
-pub use rules::{ChannelRules, NamespaceRules, PublishRule, Refusal, SubscribeRule};
+pub use rules::{ChannelRules, HistorySettings, NamespaceRules, PublishRule, Refusal, SubscribeRule};
 pub use verifier::{unix_now, SubscriptionGrant, TokenVerifier, VerifierSettings, MAX_TOKEN_BYTES};
 
 /// Why a token or a configuration was refused.

@@ -1,7 +1,8 @@
 //! The channel rules: per namespace (the part of a channel name before the
 //! separator), who may subscribe and who may publish, and whether `<ns>:#<user>`
 //! channels belong to one user. One function per operation decides every
-//! subscribe and every client publish.
+//! subscribe and every client publish. The same tables say which channels keep
+//! history (PROTOCOL.md 19.1), so one place maps a channel to its namespace.
 
 use std::collections::HashMap;
 
@@ -51,6 +52,37 @@ pub struct NamespaceRules {
     /// Whether `<ns><sep>#<user>` channels belong to that user alone.
     #[serde(default)]
     pub user_limited: bool,
+    /// Publications kept per channel (0: no history); the gateway's default if absent.
+    #[serde(default)]
+    pub history_size: Option<u32>,
+    /// Seconds the history outlives the channel's last publication.
+    #[serde(default)]
+    pub history_ttl: Option<u64>,
+    /// Most publications one recovery returns.
+    #[serde(default)]
+    pub recover_max: Option<u32>,
+}
+
+/// How a channel keeps history, once the namespace's table and the gateway's
+/// defaults are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// Publications kept (0: no history).
+    pub size: u32,
+    /// Seconds the history outlives the channel's last publication (at least 1).
+    pub ttl_secs: u64,
+    /// Most publications one recovery returns.
+    pub recover_max: u32,
+}
+
+impl Default for HistorySettings {
+    fn default() -> HistorySettings {
+        HistorySettings {
+            size: 0,
+            ttl_secs: 300,
+            recover_max: 10_000,
+        }
+    }
 }
 
 /// Why the rules refused an operation (told to the client; counted).
@@ -63,6 +95,7 @@ pub struct ChannelRules {
     separator: String,
     default: NamespaceRules,
     namespaces: HashMap<String, NamespaceRules>,
+    history: HistorySettings,
 }
 
 impl Default for ChannelRules {
@@ -79,7 +112,31 @@ impl ChannelRules {
             separator: separator.to_owned(),
             default,
             namespaces,
+            history: HistorySettings::default(),
         }
+    }
+
+    /// The same rules with these history settings for what a namespace leaves unset.
+    pub fn with_history_defaults(mut self, history: HistorySettings) -> ChannelRules {
+        self.history = history;
+        self
+    }
+
+    /// How `channel` keeps history; none when it keeps none.
+    pub fn history(&self, channel: &str) -> Option<HistorySettings> {
+        let rules = self.of(self.split(channel).0);
+        let settings = HistorySettings {
+            size: rules.history_size.unwrap_or(self.history.size),
+            ttl_secs: rules.history_ttl.unwrap_or(self.history.ttl_secs).max(1),
+            recover_max: rules.recover_max.unwrap_or(self.history.recover_max),
+        };
+        (settings.size > 0).then_some(settings)
+    }
+
+    /// How long an idempotency key is remembered on `channel` (PROTOCOL.md 19.9).
+    pub fn idempotency_window_secs(&self, channel: &str) -> u64 {
+        let rules = self.of(self.split(channel).0);
+        rules.history_ttl.unwrap_or(self.history.ttl_secs).max(1)
     }
 
     /// A channel's namespace and the rest of its name.
@@ -174,6 +231,7 @@ mod tests {
                 subscribe: SubscribeRule::Granted,
                 publish: PublishRule::Nobody,
                 user_limited: true,
+                ..NamespaceRules::default()
             },
         );
         ns.insert(
@@ -182,6 +240,7 @@ mod tests {
                 subscribe: SubscribeRule::Granted,
                 publish: PublishRule::Granted,
                 user_limited: false,
+                ..NamespaceRules::default()
             },
         );
         ChannelRules::new(":", ns)

@@ -8,6 +8,12 @@
 //! an `RwLock` on every publish). One queue for every member also gives the order
 //! Redis gives: a subscribe that returned before a publish was sent is in place
 //! when that publish is routed.
+//!
+//! The bus thread also owns the history store ([`HistoryRings`]): a publish with
+//! history is numbered there, in the same step that routes it, so every member
+//! sees the same offset, as with Redis. A standalone broker has a bus of its own,
+//! used only by publishes with history or an idempotency key: a plain publish
+//! costs it nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,9 +21,23 @@ use std::sync::{Arc, Mutex};
 
 use tracing::error;
 
+use super::history_ring::HistoryRings;
 use super::user_counter::LocalUserCounter;
-use super::{Broker, BrokerError, BrokerEvent, BrokerFuture, BrokerSink};
+use super::{
+    Broker, BrokerError, BrokerEvent, BrokerFuture, BrokerSink, HistoryFuture, HistoryPage, HistoryQuery,
+    PublishFuture, PublishOptions, Published,
+};
 use crate::payload::Payload;
+
+/// A publish as the bus thread takes it.
+struct BusPublish {
+    from: u64,
+    channel: Arc<str>,
+    payload: Payload,
+    options: PublishOptions,
+    /// Where the outcome goes, for a publish that needs one (history, idempotency).
+    reply: Option<flume::Sender<Published>>,
+}
 
 /// What the bus thread is asked to do.
 enum BusCommand {
@@ -25,7 +45,8 @@ enum BusCommand {
     Leave(u64),
     Subscribe(u64, Arc<str>),
     Unsubscribe(u64, Arc<str>),
-    Publish(u64, Arc<str>, Payload),
+    Publish(BusPublish),
+    History(Arc<str>, HistoryQuery, flume::Sender<HistoryPage>),
     Control(u64, Payload),
 }
 
@@ -41,9 +62,14 @@ impl InProcessBus {
     /// every broker on it are dropped.
     pub fn new() -> Result<Arc<InProcessBus>, BrokerError> {
         let (tx, rx) = flume::unbounded();
+        // Distinct epochs per process start: a restarted gateway's history is new.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 32;
         std::thread::Builder::new()
             .name("inprocess-bus".into())
-            .spawn(move || route(rx))
+            .spawn(move || route(rx, HistoryRings::new(seed)))
             .map_err(|e| BrokerError::Failed(format!("cannot start the in-process bus: {e}")))?;
         Ok(Arc::new(InProcessBus {
             tx,
@@ -66,8 +92,9 @@ impl InProcessBus {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(BusCommand::Join(id, sink));
         InProcessBroker {
-            tx: Some(self.tx.clone()),
+            tx: self.tx.clone(),
             id,
+            alone: false,
         }
     }
 }
@@ -80,7 +107,7 @@ struct Member {
 
 /// The bus thread: routes each publication to the other members subscribed to
 /// its channel.
-fn route(rx: flume::Receiver<BusCommand>) {
+fn route(rx: flume::Receiver<BusCommand>, mut history: HistoryRings) {
     let mut members: HashMap<u64, Member> = HashMap::new();
     for cmd in rx.iter() {
         match cmd {
@@ -108,16 +135,37 @@ fn route(rx: flume::Receiver<BusCommand>) {
                     });
                 }
             }
-            BusCommand::Publish(from, channel, payload) => {
-                for (_, member) in members
-                    .iter()
-                    .filter(|(id, m)| **id != from && m.channels.contains(&channel))
-                {
-                    member.sink.event(BrokerEvent::Publication {
-                        channel: channel.clone(),
-                        payload: payload.clone(),
-                    });
+            BusCommand::Publish(publish) => {
+                let BusPublish {
+                    from,
+                    channel,
+                    payload,
+                    options,
+                    reply,
+                } = publish;
+                let published = if options.history.is_some() || options.idempotency.is_some() {
+                    history.publish(&channel, &payload, &options)
+                } else {
+                    Published::default()
+                };
+                if !published.duplicate {
+                    for (_, member) in members
+                        .iter()
+                        .filter(|(id, m)| **id != from && m.channels.contains(&channel))
+                    {
+                        member.sink.event(BrokerEvent::Publication {
+                            channel: channel.clone(),
+                            payload: payload.clone(),
+                            position: published.position.clone(),
+                        });
+                    }
                 }
+                if let Some(reply) = reply {
+                    let _ = reply.send(published);
+                }
+            }
+            BusCommand::History(channel, query, reply) => {
+                let _ = reply.send(history.read(&channel, &query));
             }
         }
     }
@@ -125,34 +173,42 @@ fn route(rx: flume::Receiver<BusCommand>) {
 
 /// One instance's handle on an [`InProcessBus`], or a broker alone.
 pub struct InProcessBroker {
-    /// The bus; none for a standalone broker, which has nobody to reach.
-    tx: Option<flume::Sender<BusCommand>>,
+    tx: flume::Sender<BusCommand>,
     id: u64,
+    /// A standalone broker: nobody else to reach, so only the history store is used.
+    alone: bool,
 }
 
 impl InProcessBroker {
-    /// A broker with no other instance: the single-gateway default. Every
-    /// operation succeeds at once and costs nothing.
-    pub fn standalone() -> InProcessBroker {
-        InProcessBroker { tx: None, id: 0 }
+    /// A broker with no other instance: the single-gateway default. Plain
+    /// operations succeed at once and cost nothing; the history store runs on a
+    /// bus thread of its own.
+    pub fn standalone() -> Result<InProcessBroker, BrokerError> {
+        let bus = InProcessBus::new()?;
+        Ok(InProcessBroker {
+            tx: bus.tx.clone(),
+            id: bus.next_id.fetch_add(1, Ordering::Relaxed),
+            alone: true,
+        })
     }
 
     fn send(&self, cmd: impl FnOnce(u64) -> BusCommand) -> BrokerFuture {
-        let sent = match &self.tx {
-            None => Ok(()),
-            Some(tx) => tx.send(cmd(self.id)).map_err(|_| {
-                error!("the in-process bus thread is gone");
-                BrokerError::Failed("in-process bus stopped".into())
-            }),
-        };
+        let sent = if self.alone { Ok(()) } else { self.deliver(cmd(self.id)) };
         Box::pin(std::future::ready(sent))
+    }
+
+    fn deliver(&self, cmd: BusCommand) -> Result<(), BrokerError> {
+        self.tx.send(cmd).map_err(|_| {
+            error!("the in-process bus thread is gone");
+            BrokerError::Failed("in-process bus stopped".into())
+        })
     }
 }
 
 impl Drop for InProcessBroker {
     fn drop(&mut self) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(BusCommand::Leave(self.id));
+        if !self.alone {
+            let _ = self.tx.send(BusCommand::Leave(self.id));
         }
     }
 }
@@ -166,8 +222,46 @@ impl Broker for InProcessBroker {
         self.send(|id| BusCommand::Unsubscribe(id, channel))
     }
 
-    fn publish(&self, channel: Arc<str>, payload: Payload) -> BrokerFuture {
-        self.send(|id| BusCommand::Publish(id, channel, payload))
+    fn publish(&self, channel: Arc<str>, payload: Payload, options: PublishOptions) -> PublishFuture {
+        let needs_store = options.history.is_some() || options.idempotency.is_some();
+        if !needs_store {
+            let sent = self.send(|from| {
+                BusCommand::Publish(BusPublish {
+                    from,
+                    channel,
+                    payload,
+                    options,
+                    reply: None,
+                })
+            });
+            return Box::pin(async move { sent.await.map(|()| Published::default()) });
+        }
+        let (reply, outcome) = flume::bounded(1);
+        let sent = self.deliver(BusCommand::Publish(BusPublish {
+            from: self.id,
+            channel,
+            payload,
+            options,
+            reply: Some(reply),
+        }));
+        Box::pin(async move {
+            sent?;
+            outcome
+                .recv_async()
+                .await
+                .map_err(|_| BrokerError::Failed("in-process bus stopped".into()))
+        })
+    }
+
+    fn history(&self, channel: Arc<str>, query: HistoryQuery) -> HistoryFuture {
+        let (reply, page) = flume::bounded(1);
+        let sent = self.deliver(BusCommand::History(channel, query, reply));
+        Box::pin(async move {
+            sent?;
+            page.recv_async()
+                .await
+                .map_err(|_| BrokerError::Failed("in-process bus stopped".into()))
+        })
     }
 
     fn broadcast_control(&self, payload: Payload) -> BrokerFuture {
@@ -175,10 +269,7 @@ impl Broker for InProcessBroker {
     }
 
     fn is_ready(&self) -> bool {
-        match &self.tx {
-            None => true,
-            Some(tx) => !tx.is_disconnected(),
-        }
+        !self.tx.is_disconnected()
     }
 
     fn kind(&self) -> &'static str {

@@ -7,7 +7,13 @@
 //!
 //! A broker never echoes an instance's own publications back to it: the instance
 //! that takes a publish delivers locally itself, so no subscriber gets it twice.
+//!
+//! A broker is also the history store (PROTOCOL.md 19): for a channel published
+//! with a [`HistoryPolicy`] it assigns the offset, keeps the publication, and hands
+//! the position back with the publication to every instance, so every instance
+//! numbers a publication the same way.
 
+pub mod history_ring;
 pub mod instances;
 pub mod memory;
 pub mod redis;
@@ -16,6 +22,7 @@ pub mod user_counter;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge};
 
@@ -24,15 +31,84 @@ use crate::payload::Payload;
 /// A broker operation in flight.
 pub type BrokerFuture = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
 
+/// A publish in flight.
+pub type PublishFuture = Pin<Box<dyn Future<Output = Result<Published, BrokerError>> + Send>>;
+
+/// A history read in flight.
+pub type HistoryFuture = Pin<Box<dyn Future<Output = Result<HistoryPage, BrokerError>> + Send>>;
+
 /// Why a broker operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
-    /// The broker is not connected; the operation can be retried later.
+    /// The broker is not connected: the operation was not sent, and can be retried later.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
     /// The broker refused the operation.
     #[error("broker error: {0}")]
     Failed(String),
+    /// No answer came: the operation may or may not have taken effect.
+    #[error("no answer from the broker: {0}")]
+    Unknown(String),
+}
+
+/// How a channel keeps history (PROTOCOL.md 19.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Publications kept.
+    pub size: u32,
+    /// How long the history outlives the channel's last publication.
+    pub ttl: Duration,
+}
+
+/// A publication's place in its channel's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Its offset (1 for the epoch's first publication).
+    pub offset: u64,
+    /// The epoch.
+    pub epoch: Arc<str>,
+}
+
+/// What a publish asks of the broker beyond delivery.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Keep it in the channel's history, numbered.
+    pub history: Option<HistoryPolicy>,
+    /// Publish at most once per key within this window (PROTOCOL.md 19.9).
+    pub idempotency: Option<(Arc<str>, Duration)>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Where the store put it; none for a channel without history.
+    pub position: Option<Position>,
+    /// The idempotency key was used before: nothing was published now, and
+    /// `position` is the first publication's.
+    pub duplicate: bool,
+}
+
+/// Which part of a channel's history to read.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryQuery {
+    /// Publications after this offset; none for the latest `limit`.
+    pub since: Option<u64>,
+    /// At most this many (0 reads the position only).
+    pub limit: usize,
+    /// The channel's policy (a read creates the channel's epoch if it has none).
+    pub policy: HistoryPolicy,
+}
+
+/// A channel's position and the publications a [`HistoryQuery`] asked for, read
+/// in one atomic step.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The channel's epoch.
+    pub epoch: Arc<str>,
+    /// Its top offset (0 before its first publication).
+    pub top: u64,
+    /// The publications, in offset order.
+    pub publications: Vec<(u64, Payload)>,
 }
 
 /// Moves publications between instances.
@@ -41,8 +117,11 @@ pub trait Broker: Send + Sync + 'static {
     fn subscribe(&self, channel: Arc<str>) -> BrokerFuture;
     /// Stops receiving `channel`.
     fn unsubscribe(&self, channel: Arc<str>) -> BrokerFuture;
-    /// Sends a publication to every other instance subscribed to `channel`.
-    fn publish(&self, channel: Arc<str>, payload: Payload) -> BrokerFuture;
+    /// Sends a publication to every other instance subscribed to `channel`; with
+    /// a history policy, stores and numbers it first, and sends it with its position.
+    fn publish(&self, channel: Arc<str>, payload: Payload, options: PublishOptions) -> PublishFuture;
+    /// Reads a channel's position and history.
+    fn history(&self, channel: Arc<str>, query: HistoryQuery) -> HistoryFuture;
     /// Sends a control message (opaque to the broker: an operator's command) to
     /// every other instance, which receives it as [`BrokerEvent::Control`]. Every
     /// instance listens for control messages from its start; none is stored.
@@ -65,6 +144,8 @@ pub enum BrokerEvent {
         channel: Arc<str>,
         /// The data.
         payload: Payload,
+        /// Its place in the channel's history, when it was published with history.
+        position: Option<Position>,
     },
     /// Publications from other instances may have been lost (the broker's
     /// subscription was down, or its receiver fell behind), on any channel.

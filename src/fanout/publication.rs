@@ -3,11 +3,12 @@
 //! every shard and every subscriber; and the report that sums its deliveries.
 
 use bytes::Bytes;
-use shardcast_proto::{encode_message, Encoding};
+use shardcast_proto::{encode_message, Encoding, MessagePosition};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tracing::error;
 
+use crate::broker::Position;
 use crate::payload::Payload;
 use crate::ws::frame::data_frame;
 
@@ -47,6 +48,8 @@ pub struct Publication {
     pub channel: Arc<str>,
     /// Its number in the channel on this instance.
     pub seq: u64,
+    /// Its place in the channel's history, on a channel with history.
+    pub position: Option<Position>,
     /// The data.
     pub payload: Payload,
     frames: [OnceLock<Option<Bytes>>; 2],
@@ -55,10 +58,17 @@ pub struct Publication {
 
 impl Publication {
     /// A publication; `report`, if any, is told how many subscribers it reached.
-    pub fn new(channel: Arc<str>, seq: u64, payload: Payload, report: Option<DeliveryReport>) -> Publication {
+    pub fn new(
+        channel: Arc<str>,
+        seq: u64,
+        position: Option<Position>,
+        payload: Payload,
+        report: Option<DeliveryReport>,
+    ) -> Publication {
         Publication {
             channel,
             seq,
+            position,
             payload,
             frames: [OnceLock::new(), OnceLock::new()],
             report,
@@ -70,16 +80,30 @@ impl Publication {
     /// deliveries it could not make).
     pub fn frame(&self, encoding: Encoding) -> Option<&Bytes> {
         self.frames[encoding.index()]
-            .get_or_init(
-                || match encode_message(encoding, &self.channel, self.seq, None, self.payload.json()) {
+            .get_or_init(|| {
+                match encode_message(
+                    encoding,
+                    &self.channel,
+                    self.seq,
+                    self.message_position(),
+                    self.payload.json(),
+                ) {
                     Ok(body) => Some(data_frame(encoding, &body)),
                     Err(e) => {
                         error!(channel = %self.channel, error = %e, "cannot encode a publication; not delivered");
                         None
                     }
-                },
-            )
+                }
+            })
             .as_ref()
+    }
+
+    /// The position as the `message` frame carries it.
+    pub fn message_position(&self) -> Option<MessagePosition<'_>> {
+        self.position.as_ref().map(|p| MessagePosition {
+            offset: p.offset,
+            epoch: &p.epoch,
+        })
     }
 
     /// Called by each shard after its fan-out.

@@ -1,17 +1,25 @@
 //! The one path every publish takes, whoever makes it (the admin API or a client):
 //! deliver to this instance's subscribers through the router, and hand the same
 //! payload to the broker for every other instance.
+//!
+//! A publish on a channel with history, or with an idempotency key, goes to the
+//! broker first: the store numbers it (or recognises the key), and only then is it
+//! delivered here, with its offset. Any other publish goes to both at once. The
+//! wait for the broker is bounded by the publish timeout; a publish that runs
+//! out of it has an unknown outcome, and says so (PROTOCOL.md 14.3).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::control::UserCommand;
 use super::router::{RouterHandle, Source};
-use crate::broker::{Broker, BrokerError};
+use super::ChannelHistory;
+use crate::broker::{Broker, BrokerError, HistoryPage, HistoryQuery, Position, PublishOptions};
 use crate::payload::Payload;
 
-/// A publish that reached this instance's subscribers but not the broker.
+/// A publish that did not (or may not have) reached other instances.
 #[derive(Debug, thiserror::Error)]
-#[error("delivered to {reached} local subscribers, but not to other instances: {source}")]
+#[error("{}", describe(*reached, source))]
 pub struct PublishError {
     /// Local subscribers it did reach.
     pub reached: usize,
@@ -19,27 +27,134 @@ pub struct PublishError {
     pub source: BrokerError,
 }
 
+fn describe(reached: usize, source: &BrokerError) -> String {
+    match source {
+        BrokerError::Unknown(_) => format!(
+            "outcome unknown: delivered to {reached} local subscribers; other instances may or may not have it ({source}); retry with the same idempotency key"
+        ),
+        _ => format!("delivered to {reached} local subscribers, but not to other instances: {source}"),
+    }
+}
+
+impl PublishError {
+    /// Whether the publication may have gone out (a timeout), rather than surely not.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self.source, BrokerError::Unknown(_))
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Default)]
+pub struct PublishReport {
+    /// Local subscribers reached.
+    pub reached: usize,
+    /// Its place in the channel's history, on a channel with history.
+    pub position: Option<Position>,
+    /// Its idempotency key was used before: nothing was published now.
+    pub duplicate: bool,
+}
+
 /// Publishes to local subscribers and other instances.
 #[derive(Clone)]
 pub struct Publisher {
     router: RouterHandle,
     broker: Arc<dyn Broker>,
+    history: ChannelHistory,
+    timeout: Duration,
 }
 
 impl Publisher {
-    /// A publisher over this instance's router and broker.
-    pub fn new(router: RouterHandle, broker: Arc<dyn Broker>) -> Publisher {
-        Publisher { router, broker }
+    /// A publisher over this instance's router and broker; a publish waits at
+    /// most `timeout` for the broker.
+    pub fn new(router: RouterHandle, broker: Arc<dyn Broker>, history: ChannelHistory, timeout: Duration) -> Publisher {
+        Publisher {
+            router,
+            broker,
+            history,
+            timeout,
+        }
     }
 
-    /// Publishes and returns how many local subscribers the publication reached.
-    pub async fn publish(&self, channel: Arc<str>, payload: Payload, source: Source) -> Result<usize, PublishError> {
-        let remote = self.broker.publish(channel.clone(), payload.clone());
-        let local = self.router.publish_local(channel, payload, source);
-        let (reached, remote) = tokio::join!(local, remote);
-        remote
-            .map(|()| reached)
-            .map_err(|source| PublishError { reached, source })
+    /// Publishes; `key` makes it idempotent (PROTOCOL.md 19.9).
+    pub async fn publish(
+        &self,
+        channel: Arc<str>,
+        payload: Payload,
+        source: Source,
+        key: Option<Arc<str>>,
+    ) -> Result<PublishReport, PublishError> {
+        let options = PublishOptions {
+            history: self.history.policy(&channel).map(|(policy, _)| policy),
+            idempotency: key.map(|k| (k, self.history.idempotency_window(&channel))),
+        };
+        if options.history.is_none() && options.idempotency.is_none() {
+            let remote = self.bounded(self.broker.publish(channel.clone(), payload.clone(), options));
+            let local = self.router.publish_local(channel, payload, None, source);
+            let (reached, remote) = tokio::join!(local, remote);
+            return remote
+                .map(|_| PublishReport {
+                    reached,
+                    ..PublishReport::default()
+                })
+                .map_err(|source| PublishError { reached, source });
+        }
+        let published = self
+            .bounded(self.broker.publish(channel.clone(), payload.clone(), options))
+            .await
+            .map_err(|source| PublishError { reached: 0, source })?;
+        if published.duplicate {
+            return Ok(PublishReport {
+                reached: 0,
+                position: published.position,
+                duplicate: true,
+            });
+        }
+        let reached = self
+            .router
+            .publish_local(channel, payload, published.position.clone(), source)
+            .await;
+        Ok(PublishReport {
+            reached,
+            position: published.position,
+            duplicate: false,
+        })
+    }
+
+    /// Reads a channel's history; none when the channel keeps none. `limit` is
+    /// capped at the channel's `recover_max`.
+    pub async fn history(
+        &self,
+        channel: Arc<str>,
+        since: Option<u64>,
+        limit: Option<usize>,
+    ) -> Option<Result<(HistoryPage, usize), BrokerError>> {
+        let (policy, max) = self.history.policy(&channel)?;
+        let limit = limit.unwrap_or(max).min(max);
+        let query = HistoryQuery { since, limit, policy };
+        Some(
+            self.bounded(self.broker.history(channel, query))
+                .await
+                .map(|page| (page, max)),
+        )
+    }
+
+    /// Which channels keep history.
+    pub fn channel_history(&self) -> &ChannelHistory {
+        &self.history
+    }
+
+    /// A broker call that gives up after the publish timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::Unknown(format!(
+                "no answer within the publish timeout ({} ms)",
+                self.timeout.as_millis()
+            ))),
+        }
     }
 
     /// Applies an operator's command here and sends it to every other instance;
@@ -50,7 +165,7 @@ impl Publisher {
             Err(e) => Box::pin(std::future::ready(Err(BrokerError::Failed(e.to_string())))),
         };
         let local = self.router.control(command);
-        let (reached, remote) = tokio::join!(local, remote);
+        let (reached, remote) = tokio::join!(local, self.bounded(remote));
         remote
             .map(|()| reached)
             .map_err(|source| PublishError { reached, source })

@@ -6,18 +6,30 @@
 //! subscription per channel per instance, whatever the subscriber count), numbers
 //! each channel's publications, and sends each publication only to the shards that
 //! want it.
+//!
+//! A channel with history goes through its [`HistoryCursor`]: its publications
+//! leave the router in offset order, each once, and what the broker lost (a hole,
+//! or a whole outage announced by [`BrokerEvent::Gap`]) is read back from the
+//! store and delivered before anything later (PROTOCOL.md 19.5).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use shardcast_proto::ErrorCode;
+use shardcast_proto::{ErrorCode, GapReason};
 use tracing::{debug, warn};
 
 use super::control::UserCommand;
+use super::history_cursor::{Action, Entry, HistoryCursor};
 use super::publication::{DeliveryReport, Publication};
-use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerSink};
+use super::ChannelHistory;
+use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerSink, HistoryPage, HistoryQuery, Position};
 use crate::metrics::Metrics;
 use crate::payload::Payload;
+
+/// How long a publication that came early waits for the ones before it, before
+/// the router reads them from the store.
+const HOLE_WAIT: Duration = Duration::from_millis(100);
 
 /// What the router sends a shard.
 pub enum ShardMail {
@@ -29,9 +41,18 @@ pub enum ShardMail {
         channel: Arc<str>,
         /// Ok, or the error to answer the waiting subscribers with.
         result: Result<(), ErrorCode>,
+        /// On a channel with history: the last position routed before the shard's
+        /// first publication of it.
+        position: Option<Position>,
     },
-    /// Publications may have been missed on every channel: tell every subscriber.
-    Gap,
+    /// Publications may have been missed: tell the subscribers of `channel`, or of
+    /// every channel without history (none).
+    Gap {
+        /// The channel; none for every channel that keeps no history.
+        channel: Option<Arc<str>>,
+        /// Why history could not cover it.
+        reason: GapReason,
+    },
     /// Apply an operator's command to this shard's connections; the report, if
     /// any, is told how many connections it touched.
     Control {
@@ -87,6 +108,8 @@ pub enum RouterCommand {
         channel: Arc<str>,
         /// The data.
         payload: Payload,
+        /// Its place in the channel's history, if the store numbered it.
+        position: Option<Position>,
         /// Who published it.
         source: Source,
         /// Gets the number of local subscribers reached, if the publisher waits for it.
@@ -107,6 +130,21 @@ pub enum RouterCommand {
         channel: Arc<str>,
         /// The broker's answer.
         result: Result<(), BrokerError>,
+    },
+    /// A store read for a channel with history finished: its starting position
+    /// (`first`), or publications to fill a hole or catch up.
+    HistoryRead {
+        /// The channel.
+        channel: Arc<str>,
+        /// The first read, after the broker subscription.
+        first: bool,
+        /// The store's answer.
+        result: Result<HistoryPage, BrokerError>,
+    },
+    /// A publication came early a while ago: read the store if the hole is still there.
+    HoleCheck {
+        /// The channel.
+        channel: Arc<str>,
     },
 }
 
@@ -143,11 +181,18 @@ impl RouterHandle {
     }
 
     /// Delivers a publication locally and waits for the number of subscribers reached.
-    pub async fn publish_local(&self, channel: Arc<str>, payload: Payload, source: Source) -> usize {
+    pub async fn publish_local(
+        &self,
+        channel: Arc<str>,
+        payload: Payload,
+        position: Option<Position>,
+        source: Source,
+    ) -> usize {
         let (reply, done) = flume::bounded(1);
         let cmd = RouterCommand::Publish {
             channel,
             payload,
+            position,
             source,
             reply: Some(reply),
         };
@@ -162,9 +207,14 @@ impl RouterHandle {
 impl BrokerSink for RouterHandle {
     fn event(&self, event: BrokerEvent) {
         let cmd = match event {
-            BrokerEvent::Publication { channel, payload } => RouterCommand::Publish {
+            BrokerEvent::Publication {
                 channel,
                 payload,
+                position,
+            } => RouterCommand::Publish {
+                channel,
+                payload,
+                position,
                 source: Source::Broker,
                 reply: None,
             },
@@ -183,8 +233,14 @@ impl BrokerSink for RouterHandle {
 
 enum BrokerState {
     Subscribing,
+    /// Subscribed on the broker; a channel with history then waits for its first
+    /// store read before it is live.
+    Positioning,
     Subscribed,
 }
+
+/// What travels with a publication through a history cursor: who waits for its count.
+type Reply = Option<flume::Sender<usize>>;
 
 struct Route {
     /// Bit i set: shard i has subscribers.
@@ -193,6 +249,18 @@ struct Route {
     waiting: u64,
     broker: BrokerState,
     seq: u64,
+    /// The delivery order of a channel with history.
+    history: Option<HistoryCursor<Reply>>,
+}
+
+/// The router's state: one task owns it.
+struct Router<S> {
+    routes: HashMap<Arc<str>, Route>,
+    me: RouterHandle,
+    shards: Vec<S>,
+    broker: Arc<dyn Broker>,
+    history: ChannelHistory,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the router until every handle is dropped.
@@ -201,152 +269,374 @@ pub async fn run<S: ShardMailbox>(
     me: RouterHandle,
     shards: Vec<S>,
     broker: Arc<dyn Broker>,
+    history: ChannelHistory,
     metrics: Arc<Metrics>,
 ) {
-    let mut routes: HashMap<Arc<str>, Route> = HashMap::new();
+    let mut router = Router {
+        routes: HashMap::new(),
+        me,
+        shards,
+        broker,
+        history,
+        metrics: metrics.clone(),
+    };
     // Resolved once: a labelled lookup per publication would take the metric's lock.
     let published = [Source::Api, Source::Client, Source::Broker]
         .map(|s| metrics.messages_published.with_label_values(&[s.label()]));
     while let Ok(cmd) = rx.recv_async().await {
         match cmd {
-            RouterCommand::Interest {
-                shard,
-                channel,
-                active: true,
-            } => {
-                let bit = 1u64 << shard;
-                match routes.get_mut(&channel) {
-                    Some(route) => {
-                        route.shards |= bit;
-                        match route.broker {
-                            BrokerState::Subscribed => confirm(&shards[shard], channel, Ok(())),
-                            BrokerState::Subscribing => route.waiting |= bit,
-                        }
-                    }
-                    None => {
-                        routes.insert(
-                            channel.clone(),
-                            Route {
-                                shards: bit,
-                                waiting: bit,
-                                broker: BrokerState::Subscribing,
-                                seq: 0,
-                            },
-                        );
-                        let fut = broker.subscribe(channel.clone());
-                        let me = me.clone();
-                        tokio::spawn(async move {
-                            let result = fut.await;
-                            let _ = me.tx.send(RouterCommand::BrokerSubscribed { channel, result });
-                        });
-                    }
-                }
-            }
-            RouterCommand::Interest {
-                shard,
-                channel,
-                active: false,
-            } => {
-                let bit = 1u64 << shard;
-                if let Some(route) = routes.get_mut(&channel) {
-                    route.shards &= !bit;
-                    route.waiting &= !bit;
-                    if route.shards == 0 {
-                        routes.remove(&channel);
-                        let fut = broker.unsubscribe(channel.clone());
-                        tokio::spawn(async move {
-                            if let Err(e) = fut.await {
-                                warn!(%channel, error = %e, "broker unsubscribe failed");
-                            }
-                        });
-                    }
-                }
-            }
-            RouterCommand::Gap => {
-                warn!(
-                    channels = routes.len(),
-                    "telling subscribers that publications may have been missed"
-                );
-                for shard in &shards {
-                    shard.send_mail(ShardMail::Gap);
-                }
-            }
-            RouterCommand::Control { command, reply } => {
-                let command = Arc::new(command);
-                let report = reply.map(|r| Arc::new(DeliveryReport::new(shards.len(), r)));
-                for shard in &shards {
-                    let mail = ShardMail::Control {
-                        command: command.clone(),
-                        report: report.clone(),
-                    };
-                    if !shard.send_mail(mail) {
-                        if let Some(report) = &report {
-                            report.shard_done(0);
-                        }
-                    }
-                }
-            }
-            RouterCommand::BrokerSubscribed { channel, result } => {
-                let Some(route) = routes.get_mut(&channel) else {
-                    continue;
-                };
-                if !matches!(route.broker, BrokerState::Subscribing) {
-                    continue;
-                }
-                let waiting = std::mem::take(&mut route.waiting);
-                match &result {
-                    Ok(()) => route.broker = BrokerState::Subscribed,
-                    Err(e) => {
-                        warn!(%channel, error = %e, "broker subscribe failed");
-                        // The waiting shards drop these subscribers, so the route goes too;
-                        // a later subscribe starts over.
-                        route.shards &= !waiting;
-                        if route.shards == 0 {
-                            routes.remove(&channel);
-                        }
-                    }
-                }
-                let result = result.map_err(|_| ErrorCode::Unavailable);
-                for shard in bits(waiting) {
-                    confirm(&shards[shard], channel.clone(), result);
-                }
-            }
+            RouterCommand::Interest { shard, channel, active } => router.interest(shard, channel, active),
+            RouterCommand::Gap => router.broker_gap(),
+            RouterCommand::Control { command, reply } => router.control(command, reply),
+            RouterCommand::BrokerSubscribed { channel, result } => router.broker_subscribed(channel, result),
+            RouterCommand::HistoryRead { channel, first, result } => router.history_read(channel, first, result),
+            RouterCommand::HoleCheck { channel } => router.hole_check(&channel),
             RouterCommand::Publish {
                 channel,
                 payload,
+                position,
                 source,
                 reply,
             } => {
                 published[source as usize].inc();
-                // A channel still waiting for its broker subscription has no
-                // acknowledged subscriber yet: nobody to deliver to, no number used.
-                let Some(route) = routes
-                    .get_mut(&channel)
-                    .filter(|r| matches!(r.broker, BrokerState::Subscribed))
-                else {
-                    if let Some(reply) = reply {
-                        let _ = reply.try_send(0);
+                router.publish(channel, payload, position, reply);
+            }
+        }
+        metrics.channels.set(router.routes.len() as i64);
+    }
+}
+
+impl<S: ShardMailbox> Router<S> {
+    fn interest(&mut self, shard: usize, channel: Arc<str>, active: bool) {
+        let bit = 1u64 << shard;
+        if !active {
+            if let Some(route) = self.routes.get_mut(&channel) {
+                route.shards &= !bit;
+                route.waiting &= !bit;
+                if route.shards == 0 {
+                    self.routes.remove(&channel);
+                    let fut = self.broker.unsubscribe(channel.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = fut.await {
+                            warn!(%channel, error = %e, "broker unsubscribe failed");
+                        }
+                    });
+                }
+            }
+            return;
+        }
+        match self.routes.get_mut(&channel) {
+            Some(route) => {
+                route.shards |= bit;
+                match route.broker {
+                    BrokerState::Subscribed => {
+                        let position = route.history.as_ref().and_then(HistoryCursor::position);
+                        confirm(&self.shards[shard], channel, Ok(()), position)
                     }
-                    continue;
-                };
-                route.seq += 1;
-                let targets = route.shards;
-                let report = reply.map(|r| DeliveryReport::new(targets.count_ones() as usize, r));
-                let publication = Arc::new(Publication::new(channel, route.seq, payload, report));
-                for shard in bits(targets) {
-                    if !shards[shard].send_mail(ShardMail::Publication(publication.clone())) {
-                        debug!(shard, "shard gone; publication not delivered there");
-                        publication.shard_done(0);
+                    BrokerState::Subscribing | BrokerState::Positioning => route.waiting |= bit,
+                }
+            }
+            None => {
+                let history = self
+                    .history
+                    .policy(&channel)
+                    .map(|(policy, limit)| HistoryCursor::new(policy, limit));
+                self.routes.insert(
+                    channel.clone(),
+                    Route {
+                        shards: bit,
+                        waiting: bit,
+                        broker: BrokerState::Subscribing,
+                        seq: 0,
+                        history,
+                    },
+                );
+                let fut = self.broker.subscribe(channel.clone());
+                let me = self.me.clone();
+                tokio::spawn(async move {
+                    let result = fut.await;
+                    let _ = me.tx.send(RouterCommand::BrokerSubscribed { channel, result });
+                });
+            }
+        }
+    }
+
+    fn broker_subscribed(&mut self, channel: Arc<str>, result: Result<(), BrokerError>) {
+        let Some(route) = self.routes.get_mut(&channel) else {
+            return;
+        };
+        if !matches!(route.broker, BrokerState::Subscribing) {
+            return;
+        }
+        if let (Ok(()), Some(cursor)) = (&result, &route.history) {
+            // Subscribed first, then read: every publication after the read's top
+            // reaches this instance (PROTOCOL.md 19.4).
+            route.broker = BrokerState::Positioning;
+            let query = HistoryQuery {
+                since: None,
+                limit: 0,
+                policy: cursor.policy,
+            };
+            self.read(channel, query, true);
+            return;
+        }
+        self.go_live(&channel, result.map_err(|e| e.to_string()));
+    }
+
+    /// The route's broker state is settled: answer the waiting shards.
+    fn go_live(&mut self, channel: &Arc<str>, result: Result<(), String>) {
+        let Some(route) = self.routes.get_mut(channel) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut route.waiting);
+        match &result {
+            Ok(()) => route.broker = BrokerState::Subscribed,
+            Err(e) => {
+                warn!(%channel, error = %e, "broker subscribe failed");
+                // The waiting shards drop these subscribers, so the route goes too;
+                // a later subscribe starts over.
+                route.shards &= !waiting;
+                if route.shards == 0 {
+                    self.routes.remove(channel);
+                }
+            }
+        }
+        let position = self
+            .routes
+            .get(channel)
+            .and_then(|r| r.history.as_ref())
+            .and_then(HistoryCursor::position);
+        let result = result.map_err(|_| ErrorCode::Unavailable);
+        for shard in bits(waiting) {
+            confirm(&self.shards[shard], channel.clone(), result, position.clone());
+        }
+    }
+
+    fn read(&self, channel: Arc<str>, query: HistoryQuery, first: bool) {
+        let fut = self.broker.history(channel.clone(), query);
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let result = fut.await;
+            let _ = me.tx.send(RouterCommand::HistoryRead { channel, first, result });
+        });
+    }
+
+    fn history_read(&mut self, channel: Arc<str>, first: bool, result: Result<HistoryPage, BrokerError>) {
+        let Some(route) = self.routes.get_mut(&channel) else {
+            return;
+        };
+        let Some(cursor) = route.history.as_mut() else {
+            return;
+        };
+        let mut actions = Vec::new();
+        if first {
+            match result {
+                Ok(page) => cursor.start(page.epoch, page.top, &mut actions),
+                Err(e) => {
+                    // Without a position the channel cannot be live: refuse its subscribers.
+                    route.history = None;
+                    self.go_live(&channel, Err(format!("history read failed: {e}")));
+                    return;
+                }
+            }
+            self.go_live(&channel, Ok(()));
+            self.apply(&channel, actions);
+            return;
+        }
+        let again = match result {
+            Ok(page) => {
+                self.metrics.catchups.with_label_values(&["read"]).inc();
+                cursor.filled(page, || None, &mut actions)
+            }
+            Err(e) => {
+                warn!(%channel, error = %e, "cannot read history to fill a hole");
+                self.metrics.catchups.with_label_values(&["failed"]).inc();
+                cursor.fill_failed(&mut actions);
+                false
+            }
+        };
+        let next = again.then(|| cursor.catch_up()).flatten().map(|q| (q, cursor.policy));
+        if let Some(((since, limit), policy)) = next {
+            cursor.filling = true;
+            self.read(
+                channel.clone(),
+                HistoryQuery {
+                    since: Some(since),
+                    limit,
+                    policy,
+                },
+                false,
+            );
+        }
+        self.apply(&channel, actions);
+    }
+
+    fn hole_check(&mut self, channel: &Arc<str>) {
+        let Some(cursor) = self.routes.get_mut(channel).and_then(|r| r.history.as_mut()) else {
+            return;
+        };
+        if cursor.filling {
+            return;
+        }
+        if let Some((since, limit)) = cursor.hole() {
+            cursor.filling = true;
+            let query = HistoryQuery {
+                since: Some(since),
+                limit,
+                policy: cursor.policy,
+            };
+            self.read(channel.clone(), query, false);
+        }
+    }
+
+    /// The broker may have lost publications of any channel: channels with
+    /// history catch up from the store; the others get a gap frame.
+    fn broker_gap(&mut self) {
+        warn!(
+            channels = self.routes.len(),
+            "the broker may have lost publications: catching up from history where channels keep it"
+        );
+        for shard in &self.shards {
+            shard.send_mail(ShardMail::Gap {
+                channel: None,
+                reason: GapReason::NoHistory,
+            });
+        }
+        let mut reads = Vec::new();
+        for (channel, route) in &mut self.routes {
+            let Some(cursor) = route.history.as_mut() else {
+                continue;
+            };
+            if let (false, Some((since, limit))) = (cursor.filling, cursor.catch_up()) {
+                cursor.filling = true;
+                let policy = cursor.policy;
+                reads.push((
+                    channel.clone(),
+                    HistoryQuery {
+                        since: Some(since),
+                        limit,
+                        policy,
+                    },
+                ));
+            }
+        }
+        self.metrics
+            .catchups
+            .with_label_values(&["started"])
+            .inc_by(reads.len() as u64);
+        for (channel, query) in reads {
+            self.read(channel, query, false);
+        }
+    }
+
+    fn control(&mut self, command: UserCommand, reply: Reply) {
+        let command = Arc::new(command);
+        let report = reply.map(|r| Arc::new(DeliveryReport::new(self.shards.len(), r)));
+        for shard in &self.shards {
+            let mail = ShardMail::Control {
+                command: command.clone(),
+                report: report.clone(),
+            };
+            if !shard.send_mail(mail) {
+                if let Some(report) = &report {
+                    report.shard_done(0);
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, channel: Arc<str>, payload: Payload, position: Option<Position>, reply: Reply) {
+        // A channel still waiting for its broker subscription has no acknowledged
+        // subscriber yet: nobody to deliver to, no number used. A channel with
+        // history holds what comes while it looks up its position.
+        let Some(route) = self.routes.get_mut(&channel) else {
+            answer(reply, 0);
+            return;
+        };
+        match (route.history.as_mut(), position, &route.broker) {
+            (Some(cursor), Some(position), BrokerState::Positioning | BrokerState::Subscribed) => {
+                let mut actions = Vec::new();
+                cursor.offer(
+                    Entry {
+                        position,
+                        payload,
+                        extra: reply,
+                    },
+                    &mut actions,
+                );
+                if cursor.hole().is_some() && !cursor.filling {
+                    let me = self.me.clone();
+                    let channel = channel.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(HOLE_WAIT).await;
+                        let _ = me.tx.send(RouterCommand::HoleCheck { channel });
+                    });
+                }
+                if matches!(route.broker, BrokerState::Subscribed) {
+                    self.apply(&channel, actions);
+                }
+            }
+            (_, position, BrokerState::Subscribed) => {
+                self.deliver(&channel, position, payload, reply);
+            }
+            _ => answer(reply, 0),
+        }
+    }
+
+    fn apply(&mut self, channel: &Arc<str>, actions: Vec<Action<Reply>>) {
+        for action in actions {
+            match action {
+                Action::Deliver(entry) => self.deliver(channel, Some(entry.position), entry.payload, entry.extra),
+                Action::Duplicate(entry) => {
+                    self.metrics.history_duplicates.inc();
+                    answer(entry.extra, 0);
+                }
+                Action::Gap(reason) => {
+                    self.metrics.gaps.with_label_values(&[reason.as_str()]).inc();
+                    let Some(route) = self.routes.get(channel) else {
+                        continue;
+                    };
+                    for shard in bits(route.shards) {
+                        self.shards[shard].send_mail(ShardMail::Gap {
+                            channel: Some(channel.clone()),
+                            reason,
+                        });
                     }
                 }
             }
         }
-        metrics.channels.set(routes.len() as i64);
+    }
+
+    fn deliver(&mut self, channel: &Arc<str>, position: Option<Position>, payload: Payload, reply: Reply) {
+        let Some(route) = self.routes.get_mut(channel) else {
+            answer(reply, 0);
+            return;
+        };
+        route.seq += 1;
+        let targets = route.shards;
+        let report = reply.map(|r| DeliveryReport::new(targets.count_ones() as usize, r));
+        let publication = Arc::new(Publication::new(channel.clone(), route.seq, position, payload, report));
+        for shard in bits(targets) {
+            if !self.shards[shard].send_mail(ShardMail::Publication(publication.clone())) {
+                debug!(shard, "shard gone; publication not delivered there");
+                publication.shard_done(0);
+            }
+        }
     }
 }
 
-fn confirm(shard: &impl ShardMailbox, channel: Arc<str>, result: Result<(), ErrorCode>) {
-    shard.send_mail(ShardMail::InterestConfirmed { channel, result });
+fn answer(reply: Reply, n: usize) {
+    if let Some(reply) = reply {
+        let _ = reply.try_send(n);
+    }
+}
+
+fn confirm(shard: &impl ShardMailbox, channel: Arc<str>, result: Result<(), ErrorCode>, position: Option<Position>) {
+    shard.send_mail(ShardMail::InterestConfirmed {
+        channel,
+        result,
+        position,
+    });
 }
 
 fn bits(mask: u64) -> impl Iterator<Item = usize> {

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use shardcast_proto::Encoding;
 use slab::Slab;
 
+use crate::broker::Position;
+
 /// Key of a subscription, held by its connection.
 pub type SubscriptionKey = u32;
 
@@ -49,6 +51,9 @@ struct Channel {
     name: Arc<str>,
     subscribers: [Vec<Subscriber>; 2],
     state: ChannelState,
+    /// On a channel with history: the last position this shard delivered (or was
+    /// told it starts after); per channel, never per subscriber.
+    position: Option<Position>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +113,7 @@ impl ChannelTable {
                     name: name.clone(),
                     subscribers: [Vec::new(), Vec::new()],
                     state: ChannelState::Pending(Vec::new()),
+                    position: None,
                 }) as u32;
                 self.by_name.insert(name, key);
                 (key, Joined::FirstOnShard)
@@ -182,6 +188,19 @@ impl ChannelTable {
             ChannelState::Pending(acks) => acks,
             ChannelState::Active => Vec::new(),
         }
+    }
+
+    /// Records the last position of a channel with history delivered on this shard.
+    pub fn set_position(&mut self, name: &str, position: Option<Position>) {
+        if let Some(&key) = self.by_name.get(name) {
+            self.channels[key as usize].position = position;
+        }
+    }
+
+    /// The last position of a channel with history delivered on this shard.
+    pub fn position(&self, name: &str) -> Option<&Position> {
+        let &key = self.by_name.get(name)?;
+        self.channels[key as usize].position.as_ref()
     }
 
     /// The subscribers of a channel, one list per encoding (by [`Encoding::index`]).

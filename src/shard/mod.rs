@@ -19,11 +19,13 @@
 pub mod channel_table;
 pub mod connection;
 mod identity;
+mod recovery;
 mod session;
 mod task;
 mod upkeep;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
@@ -32,12 +34,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::{Histogram, IntCounter, IntGauge};
-use shardcast_proto::{encode_server, Encoding, ServerFrame};
+use shardcast_proto::{encode_server, Encoding, GapReason, ServerFrame};
 use slab::Slab;
 use tracing::{debug, error};
 
 use crate::auth::Authenticator;
 use crate::broker::user_counter::UserCounter;
+use crate::broker::Position;
 use crate::config::Config;
 use crate::fanout::control::UserCommand;
 use crate::fanout::publication::{DeliveryReport, Publication};
@@ -47,8 +50,10 @@ use crate::metrics::Metrics;
 use crate::state::GatewayState;
 use crate::ws::frame::data_frame;
 use crate::ws::handshake::WsPaths;
-use channel_table::ChannelTable;
+use channel_table::{ChannelTable, SubscriptionKey};
 use connection::{Connection, Disconnect, Sent};
+pub use recovery::history_frame;
+use recovery::Recovery;
 
 /// Size of the per-shard read buffer every connection reads into.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -65,9 +70,17 @@ pub enum ShardCommand {
         channel: Arc<str>,
         /// Ok, or the error to answer the waiting subscribers with.
         result: Result<(), shardcast_proto::ErrorCode>,
+        /// On a channel with history: where this shard's deliveries start after.
+        position: Option<Position>,
     },
-    /// Tell every subscriber of every channel that publications may have been missed.
-    Gap,
+    /// Tell subscribers that publications may have been missed: of `channel`, or
+    /// of every channel that keeps no history (none).
+    Gap {
+        /// The channel, or none.
+        channel: Option<Arc<str>>,
+        /// Why history could not cover it.
+        reason: GapReason,
+    },
     /// Apply an operator's command to this shard's connections.
     Control {
         /// The command.
@@ -107,8 +120,16 @@ impl ShardMailbox for ShardHandle {
     fn send_mail(&self, mail: ShardMail) -> bool {
         let cmd = match mail {
             ShardMail::Publication(p) => ShardCommand::Deliver(p),
-            ShardMail::InterestConfirmed { channel, result } => ShardCommand::InterestConfirmed { channel, result },
-            ShardMail::Gap => ShardCommand::Gap,
+            ShardMail::InterestConfirmed {
+                channel,
+                result,
+                position,
+            } => ShardCommand::InterestConfirmed {
+                channel,
+                result,
+                position,
+            },
+            ShardMail::Gap { channel, reason } => ShardCommand::Gap { channel, reason },
             ShardMail::Control { command, report } => ShardCommand::Control { command, report },
         };
         self.send(cmd).is_ok()
@@ -154,16 +175,18 @@ pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::t
                         tokio::task::spawn_local(task::handshake(core.clone(), stream, peer));
                     }
                     ShardCommand::Deliver(publication) => core.with(|shard| shard.fan_out(&publication)),
-                    ShardCommand::Gap => core.with(|shard| shard.announce_gap()),
+                    ShardCommand::Gap { channel, reason } => core.with(|shard| shard.announce_gap(channel, reason)),
                     ShardCommand::Control { command, report } => {
                         let touched = core.with(|shard| shard.apply_control(&command));
                         if let Some(report) = report {
                             report.shard_done(touched);
                         }
                     }
-                    ShardCommand::InterestConfirmed { channel, result } => {
-                        core.with(|shard| shard.interest_confirmed(&channel, result))
-                    }
+                    ShardCommand::InterestConfirmed {
+                        channel,
+                        result,
+                        position,
+                    } => core.with(|shard| shard.interest_confirmed(&channel, result, position)),
                     ShardCommand::Drain { window } => {
                         core.with(|shard| shard.st.draining = true);
                         tokio::task::spawn_local(upkeep::drain(core.clone(), window));
@@ -232,6 +255,9 @@ pub struct ShardState {
     scratch: Box<[u8]>,
     next_id: u64,
     draining: bool,
+    /// Subscriptions waiting for their history read (PROTOCOL.md 19.4); empty
+    /// but for the moments after subscribes with `recover` or `latest`.
+    recovering: HashMap<SubscriptionKey, Recovery>,
 }
 
 /// One shard, shared by its tasks on the shard thread behind an `Rc`.
@@ -280,6 +306,7 @@ impl ShardCore {
                 scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
                 next_id: 1,
                 draining: false,
+                recovering: HashMap::new(),
             }),
         }
     }
@@ -376,10 +403,19 @@ impl ShardEnv {
 impl Shard<'_> {
     /// Writes one publication to every local subscriber of its channel: the same
     /// frame bytes for every subscriber of an encoding, no allocation per subscriber.
-    fn fan_out(&mut self, publication: &Publication) {
+    /// A subscription still recovering holds it instead (PROTOCOL.md 19.4).
+    fn fan_out(&mut self, publication: &Arc<Publication>) {
         let env = self.env;
         let start = Instant::now();
-        let ShardState { table, conns, .. } = &mut *self.st;
+        let ShardState {
+            table,
+            conns,
+            recovering,
+            ..
+        } = &mut *self.st;
+        if publication.position.is_some() {
+            table.set_position(&publication.channel, publication.position.clone());
+        }
         let Some(lists) = table.subscribers(&publication.channel) else {
             publication.shard_done(0);
             return;
@@ -396,6 +432,12 @@ impl Shard<'_> {
                 continue;
             };
             for s in list {
+                if !recovering.is_empty() {
+                    if let Some(recovery) = recovering.get_mut(&s.sub) {
+                        recovery.hold(publication);
+                        continue;
+                    }
+                }
                 if let Some(conn) = conns.get_mut(s.conn as usize) {
                     if matches!(env.send_or_close(conn, frame, deadline), Sent::Written | Sent::Queued) {
                         reached += 1;
@@ -408,13 +450,22 @@ impl Shard<'_> {
         publication.shard_done(reached);
     }
 
-    /// Sends a `gap` frame to every subscriber of every live channel on this shard,
-    /// each channel's frame built once per encoding.
-    fn announce_gap(&mut self) {
+    /// Sends a `gap` frame to every subscriber of `channel`, or of every live
+    /// channel without history on this shard, each channel's frame built once per
+    /// encoding.
+    fn announce_gap(&mut self, channel: Option<Arc<str>>, reason: GapReason) {
         let env = self.env;
         let ShardState { table, conns, .. } = &mut *self.st;
         let deadline = env.close_deadline();
+        let history = env.publisher.channel_history();
         for (name, lists) in table.active_channels() {
+            let wanted = match &channel {
+                Some(c) => **c == *name,
+                None => history.policy(name).is_none(),
+            };
+            if !wanted {
+                continue;
+            }
             for enc in Encoding::ALL {
                 let list = &lists[enc.index()];
                 if list.is_empty() {
@@ -422,7 +473,7 @@ impl Shard<'_> {
                 }
                 let gap = ServerFrame::Gap {
                     channel: name.to_owned(),
-                    reason: None,
+                    reason: Some(reason),
                 };
                 let Some(frame) = env.encode(enc, &gap) else {
                     continue;
@@ -443,6 +494,7 @@ impl Shard<'_> {
             return;
         };
         for sub in &conn.subs {
+            self.forget_recovery(*sub);
             if let Some(channel) = self.st.table.unsubscribe(*sub) {
                 self.channel_emptied(channel);
             }

@@ -1,16 +1,20 @@
 //! What a shard does with a client's frames: the protocol's operations
-//! (subscribe, unsubscribe, publish, ping) on top of the shard's channel table, and
+//! (subscribe, unsubscribe, publish, ping, history) on top of the shard's channel table, and
 //! the replies. Decoding is the proto crate's; framing is the ws module's.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardcast_proto::{decode_client, validate_channel, ClientFrame, ErrorCode, ServerFrame};
+use shardcast_proto::{
+    decode_client, valid_idempotency_key, validate_channel, ClientFrame, ErrorCode, ServerFrame, MAX_IDEMPOTENCY_KEY,
+};
 
 use super::channel_table::{Emptied, Joined, PendingAck, SubscriptionKey};
 use super::connection::{ConnectionFlags, Phase};
+use super::recovery::HistoryRequest;
 use super::{Shard, ShardState};
 use crate::auth::{Refusal, ANONYMOUS};
+use crate::broker::Position;
 use crate::fanout::router::Source;
 use crate::payload::Payload;
 use crate::ws::frame::{pong_frame, server_frame, Flow, Incoming};
@@ -86,18 +90,31 @@ impl Shard<'_> {
             }
             ClientFrame::Refresh { id, token } => self.refresh(key, id, &token),
             ClientFrame::SubRefresh { id, channel, token } => self.sub_refresh(key, id, &channel, &token),
-            ClientFrame::Subscribe { id, channel, token, .. } => self.subscribe(key, id, &channel, token.as_deref()),
+            ClientFrame::Subscribe {
+                id,
+                channel,
+                token,
+                recover,
+                latest,
+            } => self.subscribe(key, id, &channel, token.as_deref(), HistoryRequest { recover, latest }),
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(key, id, &channel),
-            ClientFrame::Publish { id, channel, data, .. } => self.client_publish(key, id, channel, data),
+            ClientFrame::Publish {
+                id,
+                channel,
+                data,
+                idempotency_key,
+            } => self.client_publish(key, id, channel, data, idempotency_key),
             ClientFrame::Ping { id } => self.reply_frame(key, &ServerFrame::Pong { id }),
-            ClientFrame::History { id, channel, .. } => {
-                let msg = format!("{channel} keeps no history");
-                self.reply_error(key, id, ErrorCode::NoHistory, &msg)
-            }
+            ClientFrame::History {
+                id,
+                channel,
+                since,
+                limit,
+            } => self.history_request(key, id, channel, since, limit),
         }
     }
 
-    fn subscribe(&mut self, key: usize, id: Option<u64>, channel: &str, token: Option<&str>) {
+    fn subscribe(&mut self, key: usize, id: Option<u64>, channel: &str, token: Option<&str>, history: HistoryRequest) {
         let env = self.env;
         if let Err(e) = validate_channel(channel, env.config.max_channel_len) {
             return self.reply_error(key, id, ErrorCode::BadChannel, &e.to_string());
@@ -115,7 +132,8 @@ impl Shard<'_> {
             // Already subscribed: the ack must still wait if the channel is pending,
             // since an ack promises that every later publication arrives.
             if !table.add_pending_ack(channel, pending) {
-                self.reply_frame(key, &ServerFrame::ack(id));
+                let ack = self.subscribe_ack(id, self.st.table.position(channel));
+                self.reply_frame(key, &ack);
             }
             return;
         }
@@ -141,6 +159,13 @@ impl Shard<'_> {
             conn.auth_mut().sub_tokens.push((sub, expires_at));
         }
         env.shard_metrics.subscriptions.set(table.subscription_count() as i64);
+        let keeps_history = env.publisher.channel_history().policy(channel).is_some();
+        if keeps_history && (history.recover.is_some() || history.latest) {
+            if joined == Joined::FirstOnShard {
+                env.router.interest(env.id, Arc::from(channel), true);
+            }
+            return self.begin_recovery(key, sub, id, channel, history, joined == Joined::Active);
+        }
         match joined {
             Joined::FirstOnShard => {
                 table.add_pending_ack(channel, pending);
@@ -149,7 +174,14 @@ impl Shard<'_> {
             Joined::Pending => {
                 table.add_pending_ack(channel, pending);
             }
-            Joined::Active => self.reply_frame(key, &ServerFrame::ack(id)),
+            Joined::Active => {
+                let mut ack = self.subscribe_ack(id, self.st.table.position(channel));
+                if let (ServerFrame::Ack { recovered, .. }, true) = (&mut ack, history.recover.is_some()) {
+                    // `recover` on a channel without history: nothing to recover from.
+                    *recovered = Some(false);
+                }
+                self.reply_frame(key, &ack)
+            }
         }
     }
 
@@ -181,12 +213,20 @@ impl Shard<'_> {
             .shard_metrics
             .subscriptions
             .set(table.subscription_count() as i64);
+        self.forget_recovery(sub);
         if let Some(channel) = emptied {
             self.channel_emptied(channel);
         }
     }
 
-    fn client_publish(&mut self, key: usize, id: Option<u64>, channel: String, data: serde_json::Value) {
+    fn client_publish(
+        &mut self,
+        key: usize,
+        id: Option<u64>,
+        channel: String,
+        data: serde_json::Value,
+        idempotency_key: Option<String>,
+    ) {
         let env = self.env;
         if !env.config.allow_client_publish {
             return self.reply_error(
@@ -211,15 +251,32 @@ impl Shard<'_> {
             Ok(p) => p,
             Err(e) => return self.reply_error(key, id, ErrorCode::BadRequest, &format!("unusable data: {e}")),
         };
+        if let Some(k) = idempotency_key.as_deref().filter(|k| !valid_idempotency_key(k)) {
+            let msg = format!(
+                "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters of [A-Za-z0-9_.:-] (got {} bytes)",
+                k.len()
+            );
+            return self.reply_error(key, id, ErrorCode::BadRequest, &msg);
+        }
         let publisher = env.publisher.clone();
         env.spawner.spawn(move |core| async move {
-            let result = publisher.publish(Arc::from(channel), payload, Source::Client).await;
+            let idempotency = idempotency_key.map(Arc::from);
+            let result = publisher
+                .publish(Arc::from(channel), payload, Source::Client, idempotency)
+                .await;
             core.with(|shard| {
                 if shard.st.conns.get(key).map(|c| c.id) != Some(conn_id) {
                     return;
                 }
                 match result {
-                    Ok(_) => shard.reply_frame(key, &ServerFrame::ack(id)),
+                    Ok(report) => {
+                        let mut ack = shard.subscribe_ack(id, report.position.as_ref());
+                        if let ServerFrame::Ack { duplicate, .. } = &mut ack {
+                            *duplicate = report.duplicate.then_some(true);
+                        }
+                        shard.reply_frame(key, &ack)
+                    }
+                    Err(e) if e.outcome_unknown() => shard.reply_error(key, id, ErrorCode::Timeout, &e.to_string()),
                     Err(e) => shard.reply_error(key, id, ErrorCode::Unavailable, &e.to_string()),
                 }
             });
@@ -237,12 +294,20 @@ impl Shard<'_> {
     }
 
     /// The router's answer about a channel this shard asked for.
-    pub(super) fn interest_confirmed(&mut self, channel: &str, result: Result<(), ErrorCode>) {
+    pub(super) fn interest_confirmed(
+        &mut self,
+        channel: &str,
+        result: Result<(), ErrorCode>,
+        position: Option<Position>,
+    ) {
         let acks = self.st.table.activate(channel);
+        self.st.table.set_position(channel, position.clone());
+        self.channel_live(channel, result);
         let code = match result {
             Ok(()) => {
                 for ack in acks {
-                    self.reply_to(ack, &ServerFrame::ack(ack.request));
+                    let frame = self.subscribe_ack(ack.request, position.as_ref());
+                    self.reply_to(ack, &frame);
                 }
                 return;
             }

@@ -9,12 +9,15 @@
 //! still be subscribed when it comes back. A reconciler re-subscribes the whole set
 //! after every reconnect; until it has, the broker does not report ready.
 
+mod history;
 mod instances;
 mod keeper;
 mod receiver;
 mod user_counter;
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +28,12 @@ use fred::types::config::ReconnectPolicy;
 use shardcast_proto::redis::encode_redis_payload;
 use tracing::info;
 
-use super::{Broker, BrokerError, BrokerFuture, BrokerMetrics, BrokerSink};
+use super::{
+    Broker, BrokerError, BrokerFuture, BrokerMetrics, BrokerSink, HistoryFuture, HistoryQuery, PublishFuture,
+    PublishOptions, Published,
+};
 use crate::payload::Payload;
+use history::HistoryCall;
 use keeper::{count_reconnects, SubscriptionCommand, SubscriptionKeeper};
 use receiver::receive;
 
@@ -46,6 +53,9 @@ pub(crate) const CONTROL_CHANNEL: &str = "#control";
 
 /// Pub/sub messages fred may hold for the receiver before it reports `Lagged`.
 const SUBSCRIBER_BUFFER: usize = 8192;
+
+/// A broker call in flight.
+type BrokerCall<T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send>>;
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
@@ -189,7 +199,16 @@ impl RedisBroker {
             } else {
                 client.publish(topic, body).await
             };
-            sent.map(|_| ()).map_err(|e| BrokerError::Unavailable(e.to_string()))
+            sent.map(|_| ()).map_err(history::classify)
+        })
+    }
+
+    fn not_connected<T: Send + 'static>(&self) -> Option<BrokerCall<T>> {
+        (!self.publisher.is_connected()).then(|| {
+            let refused: BrokerCall<T> = Box::pin(std::future::ready(Err(BrokerError::Unavailable(
+                "redis is not connected".into(),
+            ))));
+            refused
         })
     }
 }
@@ -207,8 +226,44 @@ impl Broker for RedisBroker {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn publish(&self, channel: Arc<str>, payload: Payload) -> BrokerFuture {
-        self.send(&channel, &payload)
+    fn publish(&self, channel: Arc<str>, payload: Payload, options: PublishOptions) -> PublishFuture {
+        if options.history.is_none() && options.idempotency.is_none() {
+            let sent = self.send(&channel, &payload);
+            return Box::pin(async move { sent.await.map(|()| Published::default()) });
+        }
+        if let Some(refused) = self.not_connected() {
+            return refused;
+        }
+        let client = self.publisher.clone();
+        let (cluster, prefix, origin) = (
+            self.settings.cluster,
+            self.settings.prefix.clone(),
+            self.settings.origin.clone(),
+        );
+        Box::pin(async move {
+            let call = HistoryCall {
+                client: &client,
+                cluster,
+                prefix: &prefix,
+            };
+            call.publish(&channel, &payload, &origin, &options).await
+        })
+    }
+
+    fn history(&self, channel: Arc<str>, query: HistoryQuery) -> HistoryFuture {
+        if let Some(refused) = self.not_connected() {
+            return refused;
+        }
+        let client = self.publisher.clone();
+        let (cluster, prefix) = (self.settings.cluster, self.settings.prefix.clone());
+        Box::pin(async move {
+            let call = HistoryCall {
+                client: &client,
+                cluster,
+                prefix: &prefix,
+            };
+            call.read(&channel, &query).await
+        })
     }
 
     fn broadcast_control(&self, payload: Payload) -> BrokerFuture {

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::{error, warn};
 
 use super::{RedisSettings, CONTROL_CHANNEL, PROBE_PREFIX};
-use crate::broker::{BrokerEvent, BrokerMetrics, BrokerSink};
+use crate::broker::{BrokerEvent, BrokerMetrics, BrokerSink, Position};
 use crate::payload::Payload;
 
 /// Hands every message from Redis to the sink, except this instance's own.
@@ -55,15 +55,25 @@ pub(super) async fn receive(
             warn_bad(channel, "not a string payload");
             continue;
         };
-        if bytes.len() > settings.max_payload + settings.origin.len() + 2 {
+        // Room for the envelope: `^<offset>,<epoch>,<origin> ` at most.
+        if bytes.len() > settings.max_payload + settings.origin.len() + 64 {
             warn_bad(channel, "payload above --max-message-bytes");
             continue;
         }
+        let mut position = None;
         let payload = match decode_redis_payload(bytes) {
             Ok(RedisPayload::Json { origin: Some(o), .. }) if o == settings.origin => continue,
             Ok(RedisPayload::Json { json, .. }) => Payload::from_json(json).map_err(|e| e.to_string()),
             Ok(RedisPayload::Positioned { origin: Some(o), .. }) if o == settings.origin => continue,
-            Ok(RedisPayload::Positioned { json, .. }) => Payload::from_json(json).map_err(|e| e.to_string()),
+            Ok(RedisPayload::Positioned {
+                offset, epoch, json, ..
+            }) => {
+                position = Some(Position {
+                    offset,
+                    epoch: Arc::from(epoch),
+                });
+                Payload::from_json(json).map_err(|e| e.to_string())
+            }
             Ok(RedisPayload::Raw(raw)) => Payload::from_json(&raw_payload_json(raw)).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -72,6 +82,7 @@ pub(super) async fn receive(
             Ok(payload) => sink.event(BrokerEvent::Publication {
                 channel: Arc::from(channel),
                 payload,
+                position,
             }),
             Err(why) => warn_bad(channel, &why),
         }
