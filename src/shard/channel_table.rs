@@ -35,6 +35,9 @@ pub struct PendingAck {
     pub conn_id: u64,
     /// The subscribe request's id.
     pub request: Option<u64>,
+    /// The subscribe asked to `recover` on a channel without history: its ack
+    /// says `recovered: false`.
+    pub unrecoverable: bool,
 }
 
 /// Whether this shard's subscription to a channel is confirmed by the router.

@@ -448,6 +448,9 @@ impl Shard<'_> {
         env.shard_metrics.delivered.inc_by(reached as u64);
         env.shard_metrics.fanout.observe(start.elapsed().as_secs_f64());
         publication.shard_done(reached);
+        if !recovering.is_empty() {
+            self.live_moved(publication);
+        }
     }
 
     /// Sends a `gap` frame to every subscriber of `channel`, or of every live

@@ -32,6 +32,16 @@ pub struct Recovery {
     /// The read started (the channel is live on this shard).
     started: bool,
     held: Vec<Arc<Publication>>,
+    /// The read came back ahead of this shard's live stream: it waits (holding)
+    /// until the live stream reaches the read's top, so no offset comes twice.
+    waiting: Option<Outcome>,
+}
+
+/// A finished read, waiting for the live stream: the connection's key, what to send.
+struct Outcome {
+    key: usize,
+    read: Option<StoreRead>,
+    failure: Option<&'static str>,
 }
 
 impl Recovery {
@@ -76,6 +86,7 @@ impl Shard<'_> {
             since: request.recover,
             started: false,
             held: Vec::new(),
+            waiting: None,
         };
         self.st.recovering.insert(sub, recovery);
         if live {
@@ -144,13 +155,65 @@ impl Shard<'_> {
         if self.st.conns.get(key).map(|c| c.id) != Some(recovery.conn_id) {
             return;
         }
+        let (read, failure) = Self::judge(&recovery, result);
+        // The store may be ahead of what this shard has fanned out: the publications
+        // in between are on their way here and would come twice (from the store and
+        // live). Hold on until the live stream has reached the read's top.
+        let behind = read.as_ref().is_some_and(|(epoch, top, _)| {
+            self.st
+                .table
+                .position(&recovery.channel)
+                .is_some_and(|p| p.epoch == *epoch && p.offset < *top)
+        });
+        if behind {
+            let mut recovery = recovery;
+            recovery.waiting = Some(Outcome { key, read, failure });
+            self.st.recovering.insert(sub, recovery);
+            return;
+        }
+        self.conclude(key, recovery, read, failure);
+    }
+
+    /// The live stream of `publication`'s channel moved: conclude the recoveries
+    /// that were waiting for it.
+    pub(super) fn live_moved(&mut self, publication: &Publication) {
+        let Some(position) = &publication.position else {
+            return;
+        };
+        let ready: Vec<SubscriptionKey> = self
+            .st
+            .recovering
+            .iter()
+            .filter(|(_, r)| r.channel == publication.channel)
+            .filter(|(_, r)| {
+                r.waiting.as_ref().is_some_and(|o| match &o.read {
+                    Some((epoch, top, _)) => *epoch != position.epoch || position.offset >= *top,
+                    None => true,
+                })
+            })
+            .map(|(sub, _)| *sub)
+            .collect();
+        for sub in ready {
+            if let Some(mut recovery) = self.st.recovering.remove(&sub) {
+                if let Some(outcome) = recovery.waiting.take() {
+                    self.conclude(outcome.key, recovery, outcome.read, outcome.failure);
+                }
+            }
+        }
+    }
+
+    /// What a read means for a recovery: what to send, and why it failed if it did.
+    fn judge(
+        recovery: &Recovery,
+        result: Option<Result<(HistoryPage, usize), BrokerError>>,
+    ) -> (Option<StoreRead>, Option<&'static str>) {
         let (page, max) = match result {
             Some(Ok(read)) => read,
             Some(Err(e)) => {
                 debug!(channel = %recovery.channel, error = %e, "history read failed; not recovered");
-                return self.conclude(key, recovery, None, Some("unavailable"));
+                return (None, Some("unavailable"));
             }
-            None => return self.conclude(key, recovery, None, Some("no_history")),
+            None => return (None, Some("no_history")),
         };
         let Some(since) = &recovery.since else {
             // `latest`: the one publication read, if the store still holds the top.
@@ -160,7 +223,7 @@ impl Shard<'_> {
                 .filter(|(o, _)| *o == page.top)
                 .cloned()
                 .collect();
-            return self.conclude(key, recovery, Some((page.epoch, page.top, latest)), None);
+            return (Some((page.epoch, page.top, latest)), None);
         };
         let reason = if *page.epoch != since.epoch {
             Some("epoch_changed")
@@ -180,7 +243,7 @@ impl Shard<'_> {
         } else {
             Vec::new()
         };
-        self.conclude(key, recovery, Some((page.epoch, page.top, publications)), reason)
+        (Some((page.epoch, page.top, publications)), reason)
     }
 
     /// Sends the ack, the publications from the store, then the held live ones past

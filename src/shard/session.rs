@@ -127,6 +127,7 @@ impl Shard<'_> {
             conn: key as u32,
             conn_id: conn.id,
             request: id,
+            unrecoverable: history.recover.is_some(),
         };
         if conn.subs.iter().any(|&s| table.channel_of(s) == Some(channel)) {
             // Already subscribed: the ack must still wait if the channel is pending,
@@ -306,7 +307,10 @@ impl Shard<'_> {
         let code = match result {
             Ok(()) => {
                 for ack in acks {
-                    let frame = self.subscribe_ack(ack.request, position.as_ref());
+                    let mut frame = self.subscribe_ack(ack.request, position.as_ref());
+                    if let ServerFrame::Ack { recovered, .. } = &mut frame {
+                        *recovered = ack.unrecoverable.then_some(false);
+                    }
                     self.reply_to(ack, &frame);
                 }
                 return;
