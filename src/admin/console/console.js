@@ -92,6 +92,11 @@
     if (list.length > HISTORY) list.shift();
   }
 
+  /** "1 connection", "2 connections". */
+  function count(n, noun) {
+    return `${intFormat.format(n)} ${noun}${n === 1 ? '' : 's'}`;
+  }
+
   function sum(values) {
     return Object.values(values ?? {}).reduce((a, b) => a + (b ?? 0), 0);
   }
@@ -330,7 +335,7 @@
       const node = state.last ? state.last.stats.node : '';
       state.reached.set(channel, { node, subscribers: result.body.subscribers });
       out.className = 'good';
-      out.textContent = `Published to ${channel}: reached ${result.body.subscribers} subscribers on this instance; other instances got it through the broker.`;
+      out.textContent = `Published to ${channel}: reached ${count(result.body.subscribers, 'subscriber')} on this instance; other instances got it through the broker.`;
       out.dataset.subscribers = String(result.body.subscribers);
       if (state.inspected === channel) renderInspector();
     } else {
@@ -346,7 +351,7 @@
     const result = await post('/api/disconnect', { user });
     if (result.status === 200 && result.body && result.body.ok) {
       out.className = 'good';
-      out.textContent = `Disconnected ${user}: ${result.body.disconnected} connections closed on this instance; other instances were told through the broker.`;
+      out.textContent = `Disconnected ${user}: ${count(result.body.disconnected, 'connection')} closed on this instance; other instances were told through the broker.`;
       out.dataset.disconnected = String(result.body.disconnected);
     } else {
       out.className = 'error';
