@@ -6,6 +6,7 @@
 //! while scripts' Bearer calls work as before; wrong keys are counted in
 //! `shardcast_console_logins_total` and, past five a minute from one address,
 //! refused before they are even checked, while other addresses still sign in.
+//! The page weight the README states is checked against what is served.
 
 mod common;
 
@@ -199,6 +200,28 @@ async fn the_page_and_its_assets_come_from_this_origin_with_the_security_headers
     assert_eq!(snapshot["stats"]["node"], snapshot["cluster"]["instances"][0]["node"]);
     assert!(snapshot["fd"]["limit"].as_u64().unwrap_or(0) > 0, "{snapshot}");
     assert_eq!(get(&gw, "/console/nothing", &[]).await.status, 404);
+}
+
+#[tokio::test]
+async fn the_readme_states_the_page_weight() {
+    let gw = Gateway::start(&[]);
+    let mut served = 0;
+    for path in ["/", "/console/console.js", "/console/console.css"] {
+        served += get(&gw, path, &[]).await.body.len();
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let stated: f64 = readme
+        .split("The console page weighs ")
+        .nth(1)
+        .and_then(|rest| rest.split(" KB").next())
+        .and_then(|n| n.parse().ok())
+        .expect("README: \"The console page weighs N KB\"");
+    let off = (stated * 1000.0 - served as f64).abs();
+    assert!(
+        off <= 1000.0,
+        "README says {stated} KB, the page is {:.1} KB: update README.md",
+        served as f64 / 1000.0
+    );
 }
 
 #[tokio::test]
