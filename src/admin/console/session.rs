@@ -74,6 +74,8 @@ pub struct SessionStore {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     counters: LoginCounters,
+    /// [`SESSION_LIFETIME`]; shorter in tests.
+    lifetime: Duration,
 }
 
 impl SessionStore {
@@ -96,6 +98,7 @@ impl SessionStore {
                 wrong_key: logins.with_label_values(&["wrong_key"]),
                 rate_limited: logins.with_label_values(&["rate_limited"]),
             },
+            lifetime: SESSION_LIFETIME,
         })
     }
 
@@ -128,7 +131,7 @@ impl SessionStore {
             id_digest(&id),
             Session {
                 csrf,
-                expires: now + SESSION_LIFETIME,
+                expires: now + self.lifetime,
             },
         );
         SignIn::Opened(id)
@@ -242,6 +245,19 @@ mod tests {
         assert!(s.session(Some(&format!("{COOKIE}=00"))).is_none());
         s.sign_out(Some(&format!("{COOKIE}={id}")));
         assert!(s.session(Some(&format!("{COOKIE}={id}"))).is_none());
+    }
+
+    #[test]
+    fn a_session_ends_at_its_expiry() {
+        let mut s = store();
+        s.lifetime = Duration::from_millis(30);
+        let SignIn::Opened(id) = s.sign_in([127, 0, 0, 1].into(), || true) else {
+            panic!("no session");
+        };
+        let cookie = format!("{COOKIE}={id}");
+        assert!(s.session(Some(&cookie)).is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(s.session(Some(&cookie)).is_none());
     }
 
     #[test]

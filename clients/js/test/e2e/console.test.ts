@@ -86,6 +86,8 @@ let gateways: Gateway[] = [];
 let consoleServed = false;
 /** Console errors and other-origin requests a test's page saw. */
 let problems: string[] = [];
+/** The paths the test's page requested, in order. */
+let requested: string[] = [];
 
 beforeAll(async () => {
   mkdirSync(artifacts, { recursive: true });
@@ -133,6 +135,7 @@ async function openConsole(viewport = { width: 1280, height: 900 }): Promise<{ c
   const context = await browser!.newContext({ viewport });
   const page = await context.newPage();
   problems = [];
+  requested = [];
   page.on('console', (message) => {
     if (message.type() === 'error') problems.push(`console.error: ${message.text()}`);
   });
@@ -140,6 +143,7 @@ async function openConsole(viewport = { width: 1280, height: 900 }): Promise<{ c
   page.on('request', (request) => {
     const url = new URL(request.url());
     if (url.protocol !== 'data:' && url.origin !== origin) problems.push(`request to another origin: ${request.url()}`);
+    requested.push(`${request.method()} ${url.pathname}`);
   });
   await page.goto(`${origin}/`, { timeout: 10_000 });
   return { context, page, origin };
@@ -233,6 +237,9 @@ it('signs in, shows the cluster as the API reports it, publishes and disconnects
     expect(expected.instances).toBe(2);
     const headroom = await figureValue(page, '[data-figure="fd-headroom"]');
     expect(Math.abs(headroom! - stats.fd_headroom)).toBeLessThanOrEqual(10);
+    // Pushed, not polled: one feed, and no figure fetched on its own.
+    expect(requested.filter((r) => r === 'GET /console/events')).toEqual(['GET /console/events']);
+    expect(requested.filter((r) => r.includes('/api/'))).toEqual([]);
     expect(await page.textContent('[data-figure="broker-kind"]')).toBe('redis');
     expect(await page.textContent('[data-figure="broker-up"]')).toBe('connected');
 
@@ -248,6 +255,16 @@ it('signs in, shows the cluster as the API reports it, publishes and disconnects
     });
     await waitFor(() => received.length === 1, 'the publication from the console form', 5_000);
     expect(received).toEqual([{ from: 'the console' }]);
+
+    // The inspector lists every instance for the channel, with what the page's publish reached here.
+    await page.fill('#inspect-channel', 'console-news');
+    await page.click('#inspect-form button[type=submit]');
+    await page.waitForSelector('#inspect-result', { state: 'visible', timeout: 5_000 });
+    expect(await page.$$eval('#inspect-rows tr', (rows) => rows.map((row) => (row as HTMLElement).dataset.node))).toEqual(
+      cluster.instances.map((i: { node: string }) => i.node),
+    );
+    expect(await figureValue(page, `#inspect-rows tr[data-node="${stats.node}"] [data-figure="subscribers"]`)).toBe(0);
+    expect(await page.isVisible('#inspect-presence')).toBe(true);
 
     // Disconnecting a user from the page closes its sockets, here and on the other instance.
     const victims = [a, b].map((gateway) => makeClient(gateway.wsUrl, { getToken: () => mint('victim') }));
