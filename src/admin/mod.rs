@@ -1,8 +1,8 @@
 //! The admin surface, on its own port: the HTTP API ([`api`]: publish, health,
 //! `/metrics`, stats), the cluster view it serves ([`cluster`]) and the web
-//! console at `/` ([`console`]). Operators and
-//! publishers talk to this layer; it reaches the rest of the gateway only through
-//! the publisher, the shared state and the metrics registry.
+//! console at `/` ([`console`]). Operators and publishers talk to this layer; it
+//! reaches the rest of the gateway only through the publisher, the shared state
+//! and the metrics registry.
 
 pub mod api;
 pub mod cluster;
