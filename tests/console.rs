@@ -200,6 +200,8 @@ async fn the_page_and_its_assets_come_from_this_origin_with_the_security_headers
     assert_eq!(snapshot["stats"]["node"], snapshot["cluster"]["instances"][0]["node"]);
     assert!(snapshot["fd"]["limit"].as_u64().unwrap_or(0) > 0, "{snapshot}");
     assert_eq!(get(&gw, "/console/nothing", &[]).await.status, 404);
+    assert_eq!(request(gw.admin, None, "DELETE", "/", &[], "").await.status, 405);
+    assert_eq!(get(&gw, "/console/login", &[]).await.status, 405);
 }
 
 #[tokio::test]

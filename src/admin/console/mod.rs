@@ -63,14 +63,16 @@ pub async fn handle(ctx: Arc<AdminContext>, req: Request<Incoming>, peer: IpAddr
         (&Method::POST, "/console/login") => whole(login(&ctx, req, peer).await),
         (&Method::POST, "/console/logout") => whole(logout(&ctx, &req, cookie.as_deref())),
         (&Method::GET, "/console/events") => events(ctx.clone(), cookie),
-        (_, "/" | "/console/console.js" | "/console/console.css" | "/console/session" | "/console/events") => {
-            whole(error_reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                ErrorCode::BadRequest,
-                "method not allowed",
-            ))
-        }
-        (_, "/console/login" | "/console/logout") => whole(error_reply(
+        (
+            _,
+            "/"
+            | "/console/console.js"
+            | "/console/console.css"
+            | "/console/session"
+            | "/console/events"
+            | "/console/login"
+            | "/console/logout",
+        ) => whole(error_reply(
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::BadRequest,
             "method not allowed",
