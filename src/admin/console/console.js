@@ -98,7 +98,7 @@
   }
 
   function sum(values) {
-    return Object.values(values ?? {}).reduce((a, b) => a + (b ?? 0), 0);
+    return Object.values(values).reduce((a, b) => a + (b ?? 0), 0);
   }
 
   function render(s) {
@@ -113,9 +113,11 @@
     figure('cluster-total', cluster.total_connections);
     figure('cluster-instances', cluster.instances.length);
     $('cluster-fresh').textContent = cluster.overdue.length ? `${cluster.overdue.length} overdue (likely dead)` : '';
-    const publishRate = s.rates.published_per_s ? sum(s.rates.published_per_s) : null;
-    const published = Object.values(s.rates.published_per_s ?? {}).some((v) => v !== null) ? publishRate : null;
+    // Null on the first snapshot: a rate needs two readings.
+    const bySource = s.rates.published_per_s;
+    const published = Object.values(bySource).some((v) => v !== null) ? sum(bySource) : null;
     figure('publish-rate', published, decFormat);
+    for (const source of ['api', 'client', 'broker']) figure(`publish-rate-${source}`, bySource[source], decFormat);
     figure('delivery-rate', s.rates.delivered_per_s, decFormat);
     remember('connections', cluster.total_connections);
     remember('publish', published);
