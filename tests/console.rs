@@ -258,6 +258,13 @@ async fn a_right_key_opens_a_strict_expiring_random_session_cookie() {
     let feed = get(&gw, "/console/events", &[("Cookie", &cookie)]).await;
     assert_eq!(feed.status, 200);
     assert!(feed.body.contains("\"total_connections\""), "{}", feed.body);
+    // Scripts may follow the feed with the Bearer key.
+    let bearer = format!("Bearer {KEY}");
+    let scripted = get(&gw, "/console/events", &[("Authorization", &bearer)]).await;
+    assert_eq!(scripted.status, 200);
+    assert!(scripted.body.contains("\"total_connections\""), "{}", scripted.body);
+    let wrong = get(&gw, "/console/events", &[("Authorization", "Bearer wrong")]).await;
+    assert_eq!(wrong.status, 401);
     let stats = get(&gw, "/api/stats", &[("Cookie", &cookie)]).await;
     assert_eq!(stats.status, 200);
     assert_eq!(stats.header("cache-control"), Some("no-store"));

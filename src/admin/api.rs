@@ -173,18 +173,7 @@ fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
     if ctx.api_keys.is_empty() {
         return None;
     }
-    let given = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        // The scheme name is case-insensitive (RFC 7235 2.1).
-        .and_then(|v| {
-            v.get(..7)
-                .filter(|s| s.eq_ignore_ascii_case("bearer "))
-                .map(|_| &v[7..])
-        })
-        .unwrap_or("");
-    if key_matches(ctx, given) {
+    if bearer_key_matches(ctx, req) {
         return None;
     }
     let cookie = req.headers().get(COOKIE).and_then(|v| v.to_str().ok());
@@ -208,6 +197,22 @@ fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
     resp.headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     Some(resp)
+}
+
+/// Whether the request's `Authorization: Bearer` key is one of the API keys.
+pub(in crate::admin) fn bearer_key_matches(ctx: &AdminContext, req: &Request<Incoming>) -> bool {
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        // The scheme name is case-insensitive (RFC 7235 2.1).
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
+        .unwrap_or("");
+    key_matches(ctx, given)
 }
 
 /// Whether `given` is one of the API keys. Every key is compared, whichever

@@ -28,7 +28,7 @@ use shardcast_proto::ErrorCode;
 pub use session::SessionStore;
 use session::SignIn;
 
-use super::api::{error_reply, json_reply, key_matches, AdminBody, AdminContext};
+use super::api::{bearer_key_matches, error_reply, json_reply, key_matches, AdminBody, AdminContext};
 
 const INDEX_HTML: &str = include_str!("index.html");
 const CONSOLE_JS: &str = include_str!("console.js");
@@ -62,7 +62,10 @@ pub async fn handle(ctx: Arc<AdminContext>, req: Request<Incoming>, peer: IpAddr
         (&Method::GET, "/console/session") => whole(session_state(&ctx, cookie.as_deref())),
         (&Method::POST, "/console/login") => whole(login(&ctx, req, peer).await),
         (&Method::POST, "/console/logout") => whole(logout(&ctx, &req, cookie.as_deref())),
-        (&Method::GET, "/console/events") => events(ctx.clone(), cookie),
+        (&Method::GET, "/console/events") => {
+            let bearer = bearer_key_matches(&ctx, &req);
+            events(ctx.clone(), cookie, bearer)
+        }
         (
             _,
             "/"
@@ -202,18 +205,19 @@ fn logout(ctx: &AdminContext, req: &Request<Incoming>, cookie: Option<&str>) -> 
     resp
 }
 
-/// `GET /console/events`: the live feed, for a signed-in browser (or anyone when
-/// no key is configured); it ends when the session does.
-fn events(ctx: Arc<AdminContext>, cookie: Option<String>) -> Response<AdminBody> {
-    if auth_required(&ctx) && ctx.sessions.session(cookie.as_deref()).is_none() {
+/// `GET /console/events`: the live feed, for a signed-in browser, a script with the
+/// Bearer key, or anyone when no key is configured; a session's feed ends with it.
+fn events(ctx: Arc<AdminContext>, cookie: Option<String>, bearer: bool) -> Response<AdminBody> {
+    let open = !auth_required(&ctx) || bearer;
+    if !open && ctx.sessions.session(cookie.as_deref()).is_none() {
         return whole(error_reply(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden,
-            "sign in first",
+            "sign in first, or send the API key as a Bearer token",
         ));
     }
     let watched = ctx.clone();
-    let still_allowed = move || !auth_required(&watched) || watched.sessions.session(cookie.as_deref()).is_some();
+    let still_allowed = move || open || watched.sessions.session(cookie.as_deref()).is_some();
     let mut resp = Response::new(events::stream(ctx, still_allowed).boxed_unsync());
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
