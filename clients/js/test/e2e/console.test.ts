@@ -292,6 +292,7 @@ it('signs in, shows the cluster as the API reports it, publishes and disconnects
     expect(refused).toBe(403);
     problems = problems.filter((p) => !p.includes('status of 403'));
 
+    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(1280);
     await page.screenshot({ path: path.join(artifacts, 'console-1280.png'), fullPage: true });
     await page.setViewportSize({ width: 390, height: 844 });
     await new Promise((resolve) => setTimeout(resolve, 300));
