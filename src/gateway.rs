@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admin::cluster::ClusterView;
+use crate::admin::console::SessionStore;
 use crate::admin::{self, AdminContext};
 use crate::admission::acceptor::Acceptor;
 use crate::admission::fd_budget::{resident_memory_bytes, FdBudget};
@@ -175,6 +176,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
                 metrics: metrics.clone(),
                 budget: budget.clone(),
                 cluster: cluster.clone(),
+                sessions: SessionStore::new(metrics.registry())?,
             }),
         )),
         tokio::spawn(cluster.clone().run()),

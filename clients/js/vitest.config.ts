@@ -1,7 +1,7 @@
 // Test projects: `unit` (vectors, backoff and the client state machine over a
 // fake WebSocket with fake timers), `e2e-node` (the real gateway binary and the
 // `ws` package; authentication with tokens minted by `jose`; also the README's code blocks, run as pasted) and `e2e-browser` (the real gateway and headless Debian
-// Chromium driven by playwright-core). Every test is bounded in time.
+// Chromium driven by playwright-core; also the gateway's web console). Every test is bounded in time.
 import { readFileSync } from 'node:fs';
 import { defineConfig } from 'vitest/config';
 
@@ -35,7 +35,7 @@ export default defineConfig({
         extends: true,
         test: {
           name: 'e2e-browser',
-          include: ['test/e2e/browser.test.ts'],
+          include: ['test/e2e/browser.test.ts', 'test/e2e/console.test.ts'],
           environment: 'node',
           testTimeout: 45_000,
           hookTimeout: 120_000,

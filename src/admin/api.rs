@@ -1,17 +1,21 @@
 //! The admin HTTP API, on its own port: publishing (`POST /api/publish`), health
 //! (`/health/live`, `/health/ready`), Prometheus metrics (`/metrics`) and local
 //! connection counts (`/api/stats`). Served by hyper on the control thread, away
-//! from the shards, so a burst of API calls never delays a fan-out.
+//! from the shards, so a burst of API calls never delays a fan-out. The web
+//! console ([`super::console`]) shares the port; `/api/*` takes its session
+//! cookie (with a CSRF token on state-changing calls) as well as the Bearer key.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,6 +30,7 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use super::cluster::ClusterView;
+use super::console::{self, session, SessionStore};
 use crate::admission::fd_budget::FdBudget;
 use crate::fanout::control::UserCommand;
 use crate::fanout::publisher::Publisher;
@@ -56,12 +61,14 @@ pub struct AdminContext {
     pub budget: Arc<FdBudget>,
     /// What `/api/cluster` serves.
     pub cluster: Arc<ClusterView>,
+    /// The web console's sign-in sessions.
+    pub sessions: SessionStore,
 }
 
 /// Serves the admin API until the task is dropped.
 pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -69,7 +76,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                async move { Ok::<_, Infallible>(route(ctx, req, peer.ip()).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -83,6 +90,24 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
 }
 
 type Reply = Response<Full<Bytes>>;
+
+/// A response body of the admin port: whole, or the console's event stream.
+pub(in crate::admin) type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+
+async fn route(ctx: Arc<AdminContext>, req: Request<Incoming>, peer: IpAddr) -> Response<AdminBody> {
+    if console::owns(req.uri().path()) {
+        return console::handle(ctx, req, peer).await;
+    }
+    let api = req.uri().path().starts_with("/api/");
+    let mut resp = handle(&ctx, req).await;
+    if api {
+        // Figures and publish results are as of now: never to be cached, least of
+        // all a signed-in console's.
+        resp.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp.map(|body| body.boxed_unsync())
+}
 
 async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
@@ -123,7 +148,7 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
                 (&Method::POST, "/api/publish") => publish(ctx, req).await,
                 (&Method::POST, "/api/disconnect") => user_command(ctx, req, "disconnected").await,
                 (&Method::POST, "/api/unsubscribe") => user_command(ctx, req, "unsubscribed").await,
-                (&Method::GET, "/api/stats") => stats(ctx),
+                (&Method::GET, "/api/stats") => json_reply(StatusCode::OK, stats_body(ctx)),
                 (&Method::GET, "/api/history") => history(ctx, &req).await,
                 (&Method::GET, "/api/cluster") => {
                     let snapshot = ctx.cluster.snapshot();
@@ -145,11 +170,41 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     }
 }
 
-/// The 401 to answer when an API key is configured and the request lacks it.
+/// The 401 to answer when an API key is configured and the request lacks it (or
+/// a console session), and the 403 when a session's state-changing request lacks
+/// its CSRF token.
 fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
     if ctx.api_keys.is_empty() {
         return None;
     }
+    if bearer_key_matches(ctx, req) {
+        return None;
+    }
+    let cookie = req.headers().get(COOKIE).and_then(|v| v.to_str().ok());
+    if let Some(grant) = ctx.sessions.session(cookie) {
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+        if safe || session::csrf_matches(&grant, req.headers()) {
+            return None;
+        }
+        ctx.metrics
+            .client_errors
+            .with_label_values(&[ErrorCode::Forbidden.as_str()])
+            .inc();
+        return Some(console::csrf_refusal());
+    }
+    ctx.metrics.client_errors.with_label_values(&["unauthorized"]).inc();
+    let mut resp = error_reply(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden,
+        "missing or wrong API key (Authorization: Bearer <key>)",
+    );
+    resp.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(resp)
+}
+
+/// Whether the request's `Authorization: Bearer` key is one of the API keys.
+pub(in crate::admin) fn bearer_key_matches(ctx: &AdminContext, req: &Request<Incoming>) -> bool {
     let given = req
         .headers()
         .get(AUTHORIZATION)
@@ -161,23 +216,15 @@ fn unauthorized(ctx: &AdminContext, req: &Request<Incoming>) -> Option<Reply> {
                 .map(|_| &v[7..])
         })
         .unwrap_or("");
-    // Every key is compared, whichever matches, so timing tells nothing about
-    // which key (or how much of one) was right.
-    let matched = ctx.api_keys.iter().fold(false, |found, key| {
+    key_matches(ctx, given)
+}
+
+/// Whether `given` is one of the API keys. Every key is compared, whichever
+/// matches, so timing tells nothing about which key (or how much of one) was right.
+pub(in crate::admin) fn key_matches(ctx: &AdminContext, given: &str) -> bool {
+    ctx.api_keys.iter().fold(false, |found, key| {
         found | constant_time_eq(given.as_bytes(), key.as_bytes())
-    });
-    if matched {
-        return None;
-    }
-    ctx.metrics.client_errors.with_label_values(&["unauthorized"]).inc();
-    let mut resp = error_reply(
-        StatusCode::UNAUTHORIZED,
-        ErrorCode::Forbidden,
-        "missing or wrong API key (Authorization: Bearer <key>)",
-    );
-    resp.headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Some(resp)
+    })
 }
 
 /// Compares SHA-256 digests without an early exit, so response timing leaks
@@ -515,19 +562,17 @@ async fn user_command(ctx: &AdminContext, req: Request<Incoming>, counted: &str)
     }
 }
 
-fn stats(ctx: &AdminContext) -> Reply {
+/// What `/api/stats` serves (and the console's feed carries).
+pub(in crate::admin) fn stats_body(ctx: &AdminContext) -> serde_json::Value {
     let per_shard = ctx.state.connections_per_shard();
-    json_reply(
-        StatusCode::OK,
-        json!({
-            "node": ctx.state.node_id,
-            "connections": per_shard.iter().sum::<usize>(),
-            "shards": per_shard,
-            "channels": ctx.metrics.channels.get(),
-            "fd_headroom": ctx.budget.headroom(),
-            "ready": ctx.state.is_ready(),
-        }),
-    )
+    json!({
+        "node": ctx.state.node_id,
+        "connections": per_shard.iter().sum::<usize>(),
+        "shards": per_shard,
+        "channels": ctx.metrics.channels.get(),
+        "fd_headroom": ctx.budget.headroom(),
+        "ready": ctx.state.is_ready(),
+    })
 }
 
 fn api_error(ctx: &AdminContext, status: StatusCode, code: ErrorCode, message: &str) -> Reply {
@@ -535,14 +580,14 @@ fn api_error(ctx: &AdminContext, status: StatusCode, code: ErrorCode, message: &
     error_reply(status, code, message)
 }
 
-fn error_reply(status: StatusCode, code: ErrorCode, message: &str) -> Reply {
+pub(in crate::admin) fn error_reply(status: StatusCode, code: ErrorCode, message: &str) -> Reply {
     json_reply(
         status,
         json!({"ok": false, "error": {"code": code.as_str(), "message": message}}),
     )
 }
 
-fn json_reply(status: StatusCode, body: serde_json::Value) -> Reply {
+pub(in crate::admin) fn json_reply(status: StatusCode, body: serde_json::Value) -> Reply {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut()

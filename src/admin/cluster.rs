@@ -88,6 +88,11 @@ impl ClusterView {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// Whether this instance is alone (no broker shares a registry).
+    pub fn is_local(&self) -> bool {
+        self.registry.is_local()
+    }
+
     /// Heartbeats and refreshes the snapshot every interval, forever.
     pub async fn run(self: Arc<Self>) {
         loop {

@@ -1,8 +1,12 @@
 //! `shardcast-cli`: a command-line client of a shardcast gateway. `sub` prints the
 //! messages of channels as JSON lines and stays connected across gateway restarts,
 //! `pub` publishes through the admin HTTP API, `stats` prints an instance's stats
-//! or the cluster's connection counts. Status goes to stderr, data to stdout, so
-//! the output pipes cleanly into tools such as `jq`.
+//! or the cluster's connection counts, `top` ([`top`]) keeps those figures on
+//! screen, refreshed in place. Status goes to stderr, data to stdout, so the
+//! output pipes cleanly into tools such as `jq`.
+
+#[path = "shardcast-cli/top.rs"]
+mod top;
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -99,6 +103,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the cluster's and this instance's per-shard figures, refreshed in place
+    /// (on a terminal; piped, one frame after another) until Ctrl-C.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+        /// Exit after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+}
+
+/// A refresh interval: at least 0.1 s, at most an hour.
+fn parse_interval(text: &str) -> Result<f64, String> {
+    let secs: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.1..=3600.0).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err("expected 0.1 to 3600 seconds".to_owned())
+    }
 }
 
 fn main() -> ExitCode {
@@ -119,6 +143,10 @@ fn main() -> ExitCode {
             Command::Sub { channels, count, quiet } => subscribe(&cli, channels, *count, *quiet).await,
             Command::Pub { channel, data, raw } => publish(&cli, channel, data, *raw).await,
             Command::Stats { cluster, json } => stats(&cli, *cluster, *json).await,
+            Command::Top { interval, count } => {
+                let admin = AdminClient::new(&cli.admin)?.api_key(cli.api_key.clone());
+                top::top(&admin, &cli.admin, Duration::from_secs_f64(*interval), *count).await
+            }
         }
     });
     match result {
