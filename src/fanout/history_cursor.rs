@@ -88,11 +88,12 @@ impl<T> HistoryCursor<T> {
             return;
         };
         if *epoch != entry.position.epoch {
-            // The store lost the channel's history and started over.
+            // The store lost the channel's history and started over at 1: what this
+            // instance missed of the new epoch is filled from the store (a hole).
             out.push(Action::Gap(GapReason::EpochChanged));
             self.epoch = Some(entry.position.epoch.clone());
             self.held.clear();
-            self.next = entry.position.offset;
+            self.next = 1;
         }
         if entry.position.offset < self.next {
             out.push(Action::Duplicate(entry));
@@ -128,12 +129,12 @@ impl<T> HistoryCursor<T> {
     pub fn filled(&mut self, page: HistoryPage, make: impl Fn() -> T, out: &mut Vec<Action<T>>) -> bool {
         self.filling = false;
         if self.epoch.as_ref() != Some(&page.epoch) {
+            // The store started a new epoch: read it again from its beginning.
             out.push(Action::Gap(GapReason::EpochChanged));
             self.epoch = Some(page.epoch.clone());
             self.held.retain(|_, e| e.position.epoch == page.epoch);
-            self.next = page.top + 1;
-            self.drain(out);
-            return false;
+            self.next = 1;
+            return true;
         }
         let full = page.publications.len() >= self.read_limit;
         for (offset, payload) in page.publications {
@@ -276,12 +277,16 @@ mod tests {
     }
 
     #[test]
-    fn a_new_epoch_is_a_gap() {
+    fn a_new_epoch_is_a_gap_then_starts_at_one() {
         let mut c = cursor();
         let mut out = Vec::new();
         c.start(Arc::from("e"), 7, &mut out);
         c.offer(entry(1, "f"), &mut out);
         assert!(matches!(out[0], Action::Gap(GapReason::EpochChanged)));
         assert_eq!(delivered(&out), [1]);
+        let mut later = Vec::new();
+        c.offer(entry(3, "g"), &mut later);
+        assert_eq!(delivered(&later), Vec::<u64>::new());
+        assert_eq!(c.hole(), Some((0, 2)), "the new epoch's first two are read from the store");
     }
 }

@@ -126,6 +126,27 @@ impl Client {
         assert_eq!(self.recv().await, ServerFrame::ack(Some(id)), "subscribe {channel}");
     }
 
+    /// Subscribes a channel with history; returns the ack's position.
+    pub async fn subscribe_history(&mut self, id: u64, channel: &str) -> (u64, String) {
+        self.send(&ClientFrame::Subscribe {
+            id: Some(id),
+            channel: channel.into(),
+            token: None,
+            latest: false,
+            recover: None,
+        })
+        .await;
+        match self.recv().await {
+            ServerFrame::Ack {
+                id: Some(got),
+                offset: Some(offset),
+                epoch: Some(epoch),
+                ..
+            } if got == id => (offset, epoch),
+            other => panic!("expected an ack with a position for {channel}, got {other:?}"),
+        }
+    }
+
     /// Sends a protocol ping and waits for its pong, proving the connection is healthy
     /// and that nothing the server sent before the pong is still unread.
     pub async fn roundtrip(&mut self, id: u64) -> Vec<ServerFrame> {

@@ -71,6 +71,16 @@ impl RedisServer {
         }
     }
 
+    /// Sends a signal to the server (SIGSTOP to hang it, SIGCONT to resume it).
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid has no memory effects.
+            unsafe {
+                libc::kill(child.id() as i32, sig);
+            }
+        }
+    }
+
     /// Runs redis-cli against this server; returns its trimmed output.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
