@@ -360,8 +360,7 @@ async fn recovery_works_on_every_master_of_a_cluster() {
     let channels: Vec<String> = (0..24).map(|i| format!("cluster-{i}")).collect();
     let masters: std::collections::HashSet<String> = channels
         .iter()
-        .map(|c| nodes[0].cli(&["CLUSTER", "KEYSLOT", &format!("shardcast:{c}")]))
-        .map(|slot| slot_owner(&nodes[0], slot.parse().expect("slot")))
+        .map(|c| nodes[0].owner_of(&format!("shardcast:{c}")))
         .collect();
     assert_eq!(masters.len(), 3, "the channels span every master");
     let mut c = b.connect(Encoding::Json).await;
@@ -415,21 +414,4 @@ async fn recovery_works_on_every_master_of_a_cluster() {
         }
         assert_eq!(got, [0, 2, 3, 4], "{ch}: recovered in order");
     }
-}
-
-/// The node id owning `slot`, from CLUSTER NODES.
-fn slot_owner(node: &RedisServer, slot: u16) -> String {
-    let nodes = node.cli(&["CLUSTER", "NODES"]);
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        for range in fields.iter().skip(8) {
-            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-            if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) {
-                if (lo..=hi).contains(&slot) {
-                    return fields[0].to_owned();
-                }
-            }
-        }
-    }
-    String::new()
 }

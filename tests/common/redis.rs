@@ -103,19 +103,23 @@ impl Drop for RedisServer {
 impl RedisServer {
     /// Three Redis Cluster masters, no replicas, slots assigned and the cluster ok.
     pub fn start_cluster() -> Vec<RedisServer> {
+        RedisServer::start_cluster_with(&[])
+    }
+
+    /// The same, with extra redis-server options on every node.
+    pub fn start_cluster_with(extra: &[&str]) -> Vec<RedisServer> {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
-                RedisServer::start_with(
-                    free_port(),
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                    ],
-                )
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ];
+                args.extend(extra);
+                RedisServer::start_with(free_port(), &args)
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
@@ -128,6 +132,28 @@ impl RedisServer {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
         RedisServer::wait_cluster_ok(&nodes);
         nodes
+    }
+
+    /// The id of the cluster node that owns `key`'s slot (asked of this node).
+    pub fn owner_of(&self, key: &str) -> String {
+        let slot: u16 = self.cli(&["CLUSTER", "KEYSLOT", key]).parse().expect("a slot");
+        for line in self.cli(&["CLUSTER", "NODES"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            for range in fields.iter().skip(8) {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) {
+                    if (lo..=hi).contains(&slot) {
+                        return fields[0].to_owned();
+                    }
+                }
+            }
+        }
+        panic!("no owner for slot {slot}");
+    }
+
+    /// This node's cluster id.
+    pub fn node_id(&self) -> String {
+        self.cli(&["CLUSTER", "MYID"])
     }
 
     /// Waits until every node reports `cluster_state:ok`.

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
+use fred::interfaces::ClusterInterface;
 use fred::prelude::*;
 use fred::types::config::ReconnectPolicy;
 use shardcast_proto::redis::encode_redis_payload;
@@ -184,12 +185,12 @@ impl RedisBroker {
 
     /// PUBLISH (SPUBLISH on a cluster) of a payload, stamped with this instance's origin.
     fn send(&self, channel: &str, payload: &Payload) -> BrokerFuture {
-        if !self.publisher.is_connected() {
+        let topic = format!("{}{}", self.settings.prefix, channel);
+        if !self.reachable(&topic) {
             return Box::pin(std::future::ready(Err(BrokerError::Unavailable(
-                "redis is not connected".into(),
+                "the redis node of this channel is not connected".into(),
             ))));
         }
-        let topic = format!("{}{}", self.settings.prefix, channel);
         let body = encode_redis_payload(&self.settings.origin, payload.json().get());
         let client = self.publisher.clone();
         let cluster = self.settings.cluster;
@@ -203,8 +204,24 @@ impl RedisBroker {
         })
     }
 
-    fn not_connected<T: Send + 'static>(&self) -> Option<BrokerCall<T>> {
-        (!self.publisher.is_connected()).then(|| {
+    /// Whether the Redis node that serves `topic` is connected: on a cluster, the
+    /// master of its slot (the others may be down: the broker degrades per slot);
+    /// otherwise the one server.
+    fn reachable(&self, topic: &str) -> bool {
+        if !self.settings.cluster {
+            return self.publisher.is_connected();
+        }
+        let slot = fred::util::redis_keyslot(topic.as_bytes());
+        let owner = self
+            .publisher
+            .cached_cluster_state()
+            .and_then(|routing| routing.get_server(slot).cloned());
+        owner.is_some_and(|server| self.publisher.active_connections().contains(&server))
+    }
+
+    fn not_connected<T: Send + 'static>(&self, channel: &str) -> Option<BrokerCall<T>> {
+        let topic = format!("{}{}", self.settings.prefix, channel);
+        (!self.reachable(&topic)).then(|| {
             let refused: BrokerCall<T> = Box::pin(std::future::ready(Err(BrokerError::Unavailable(
                 "redis is not connected".into(),
             ))));
@@ -231,7 +248,7 @@ impl Broker for RedisBroker {
             let sent = self.send(&channel, &payload);
             return Box::pin(async move { sent.await.map(|()| Published::default()) });
         }
-        if let Some(refused) = self.not_connected() {
+        if let Some(refused) = self.not_connected(&channel) {
             return refused;
         }
         let client = self.publisher.clone();
@@ -251,7 +268,7 @@ impl Broker for RedisBroker {
     }
 
     fn history(&self, channel: Arc<str>, query: HistoryQuery) -> HistoryFuture {
-        if let Some(refused) = self.not_connected() {
+        if let Some(refused) = self.not_connected(&channel) {
             return refused;
         }
         let client = self.publisher.clone();
