@@ -389,6 +389,10 @@ async fn monitor(state: Arc<GatewayState>, budget: Arc<FdBudget>, metrics: Arc<M
         if let Some(rss) = resident_memory_bytes() {
             metrics.resident_memory.set(rss as i64);
         }
+        if let Some((channels, publications)) = broker.history_size() {
+            metrics.history_channels.set(channels as i64);
+            metrics.history_publications.set(publications as i64);
+        }
         let up = broker.is_ready();
         state.set_broker_up(up);
         metrics.broker_up.set(i64::from(up));

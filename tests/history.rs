@@ -260,6 +260,56 @@ async fn latest_history_and_idempotency() {
         )
         .await;
     assert_eq!(status, 400);
+    // The store's size: one channel, its last 5 publications.
+    gw.wait_metric("shardcast_history_publications", |v| v == 5.0).await;
+    gw.wait_metric("shardcast_history_channels", |v| v == 1.0).await;
+}
+
+/// Publishing through Redis keeps working on a channel with history: a plain
+/// PUBLISH is delivered without an offset; `FCALL shardcast_publish`, as
+/// PROTOCOL.md 15.1 shows it for redis-cli, is numbered and recoverable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_publish_through_redis_with_and_without_history() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gws = ready_gateways(1, &["--redis", url.as_str(), "--history-size", "100"]).await;
+    let gw = gws[0].as_ref().expect("gateway");
+    let mut c = gw.connect(Encoding::Json).await;
+    let (top, epoch) = c.subscribe_history(1, "news").await;
+    assert_eq!(redis.cli(&["PUBLISH", "shardcast:news", r#"{"plain":true}"#]), "1");
+    match c.recv().await {
+        ServerFrame::Message { offset, data, .. } => assert_eq!((offset, data), (None, json!({"plain": true}))),
+        other => panic!("{other:?}"),
+    }
+    let reply = redis.cli(&[
+        "FCALL",
+        "shardcast_publish",
+        "2",
+        "shardcast:history:{shardcast:news}",
+        "shardcast:meta:{shardcast:news}",
+        "shardcast:news",
+        r#"{"text":"hello"}"#,
+        "100",
+        "300",
+    ]);
+    let lines: Vec<&str> = reply.lines().collect();
+    assert_eq!(
+        lines,
+        [(top + 1).to_string().as_str(), epoch.as_str(), "0"],
+        "offset, epoch, not a duplicate"
+    );
+    match c.recv().await {
+        ServerFrame::Message {
+            offset,
+            epoch: got,
+            data,
+            ..
+        } => {
+            assert_eq!((offset, got.as_deref()), (Some(top + 1), Some(epoch.as_str())));
+            assert_eq!(data, json!({"text": "hello"}));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

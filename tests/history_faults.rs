@@ -51,7 +51,12 @@ impl Seen {
 /// Subscribes `channel` on an open client (with `recover` from `seen.last`) and
 /// reads until the connection ends or `stop` is set; returns when it ends.
 async fn follow(c: &mut Client, channel: &str, seen: &Mutex<Seen>, stop: &std::sync::atomic::AtomicBool) {
-    let recover = seen.lock().unwrap().last.clone().map(|(offset, epoch)| StreamPosition { offset, epoch });
+    let recover = seen
+        .lock()
+        .unwrap()
+        .last
+        .clone()
+        .map(|(offset, epoch)| StreamPosition { offset, epoch });
     let resumed = recover.is_some();
     c.send(&ClientFrame::Subscribe {
         id: Some(1),
@@ -142,7 +147,11 @@ async fn expect_all_once(name: &str, seen: &Mutex<Seen>, accepted: &[u64]) {
     let s = seen.lock().unwrap();
     let doubled: Vec<_> = s.counts.iter().filter(|(_, c)| **c > 1).map(|(n, _)| *n).collect();
     assert!(doubled.is_empty(), "{name}: delivered twice: {doubled:?}");
-    assert!(s.out_of_order.is_empty(), "{name}: out of offset order: {:?}", s.out_of_order);
+    assert!(
+        s.out_of_order.is_empty(),
+        "{name}: out of offset order: {:?}",
+        s.out_of_order
+    );
 }
 
 fn source(i: u8) -> IpAddr {
@@ -160,7 +169,9 @@ async fn a_killed_gateways_subscribers_recover_everything_through_nginx() {
     let mut followers = Vec::new();
     let mut nodes = Vec::new();
     for i in 0..12u8 {
-        let (c, _) = connect_via(proxy, source(i), None).await.expect("connect through nginx");
+        let (c, _) = connect_via(proxy, source(i), None)
+            .await
+            .expect("connect through nginx");
         nodes.push(c.node.clone());
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = stop.clone();
@@ -210,7 +221,10 @@ async fn a_killed_gateways_subscribers_recover_everything_through_nginx() {
         moved += usize::from(s.reconnects > 0);
     }
     assert_eq!(moved, on_victim, "the victim's subscribers, and only they, reconnected");
-    eprintln!("{} publications, {on_victim} subscribers moved, 0 lost, 0 doubled", accepted.len());
+    eprintln!(
+        "{} publications, {on_victim} subscribers moved, 0 lost, 0 doubled",
+        accepted.len()
+    );
 }
 
 /// Two gateways on one redis-server; subscribers on both; a publication every 5 ms
@@ -237,7 +251,10 @@ async fn redis_restart(persistent: bool) {
         let mut c = gw.connect(Encoding::Json).await;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (task_seen, stop) = (seen.clone(), stop.clone());
-        followers.push((seen, tokio::spawn(async move { follow(&mut c, "prices", &task_seen, &stop).await })));
+        followers.push((
+            seen,
+            tokio::spawn(async move { follow(&mut c, "prices", &task_seen, &stop).await }),
+        ));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let epoch_before = followers[0].0.lock().unwrap().last.clone().map(|(_, e)| e);
@@ -260,7 +277,11 @@ async fn redis_restart(persistent: bool) {
         task.await.expect("follower");
         let s = seen.lock().unwrap();
         let epoch_changed = s.gaps.contains(&Some(GapReason::EpochChanged));
-        assert_eq!(epoch_changed, !persistent, "epoch change announced iff history was lost: {:?}", s.gaps);
+        assert_eq!(
+            epoch_changed, !persistent,
+            "epoch change announced iff history was lost: {:?}",
+            s.gaps
+        );
         assert!(
             !s.gaps.iter().any(|g| *g != Some(GapReason::EpochChanged)),
             "no other gap on a channel with history: {:?}",
@@ -339,7 +360,10 @@ async fn a_hung_redis_is_an_unknown_outcome_and_a_keyed_retry_is_safe() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let retried: Value = serde_json::from_str(&retried).expect("json");
-        assert_eq!(retried["duplicate"], true, "the hung publish went out when Redis resumed: {retried}");
+        assert_eq!(
+            retried["duplicate"], true,
+            "the hung publish went out when Redis resumed: {retried}"
+        );
     }
     let got = sub.recv().await;
     assert!(matches!(got, ServerFrame::Message { offset: Some(1), .. }), "{got:?}");

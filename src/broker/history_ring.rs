@@ -31,6 +31,8 @@ pub struct HistoryRings {
     channels: HashMap<Arc<str>, ChannelRing>,
     epochs: EpochSource,
     operations: u64,
+    /// Publications held in every ring, kept as they change (for metrics).
+    held: usize,
 }
 
 impl HistoryRings {
@@ -40,6 +42,7 @@ impl HistoryRings {
             channels: HashMap::new(),
             epochs: EpochSource(seed),
             operations: 0,
+            held: 0,
         }
     }
 
@@ -59,6 +62,7 @@ impl HistoryRings {
                 }
             }
         }
+        let before = ring.entries.len();
         let position = options.history.map(|policy| {
             ring.top += 1;
             ring.entries.push_back((ring.top, payload.clone()));
@@ -70,6 +74,7 @@ impl HistoryRings {
                 epoch: ring.epoch.clone(),
             }
         });
+        let grown = ring.entries.len() - before;
         if let Some((key, window)) = &options.idempotency {
             if ring.keys.len() >= MAX_KEYS_PER_CHANNEL {
                 ring.keys.retain(|_, (_, until)| *until > now);
@@ -83,6 +88,7 @@ impl HistoryRings {
                 ring.expires = ring.expires.max(now + *window);
             }
         }
+        self.held += grown;
         Published {
             position,
             duplicate: false,
@@ -115,10 +121,7 @@ impl HistoryRings {
 
     /// Channels and publications held, for metrics.
     pub fn size(&self) -> (usize, usize) {
-        (
-            self.channels.len(),
-            self.channels.values().map(|r| r.entries.len()).sum(),
-        )
+        (self.channels.len(), self.held)
     }
 
     /// The channel's ring, a new one (new epoch) if it had none or it expired;
@@ -130,6 +133,7 @@ impl HistoryRings {
             .entry(channel.clone())
             .or_insert_with(|| ChannelRing::new(epochs.next(), now));
         if ring.expires <= now {
+            self.held -= ring.entries.len();
             *ring = ChannelRing::new(epochs.next(), now);
         }
         if let Some(ttl) = ttl {
@@ -141,7 +145,14 @@ impl HistoryRings {
     fn sweep(&mut self, now: Instant) {
         self.operations += 1;
         if self.operations % SWEEP_EVERY == 0 {
-            self.channels.retain(|_, ring| ring.expires > now);
+            let held = &mut self.held;
+            self.channels.retain(|_, ring| {
+                let keep = ring.expires > now;
+                if !keep {
+                    *held -= ring.entries.len();
+                }
+                keep
+            });
         }
     }
 }

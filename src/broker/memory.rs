@@ -29,6 +29,13 @@ use super::{
 };
 use crate::payload::Payload;
 
+/// The history store's size, written by the bus thread, read for metrics.
+#[derive(Default)]
+struct StoreSize {
+    channels: AtomicU64,
+    publications: AtomicU64,
+}
+
 /// A publish as the bus thread takes it.
 struct BusPublish {
     from: u64,
@@ -54,6 +61,8 @@ enum BusCommand {
 pub struct InProcessBus {
     tx: flume::Sender<BusCommand>,
     next_id: AtomicU64,
+    /// The history store's size, as the bus thread last wrote it.
+    size: Arc<StoreSize>,
     users: Mutex<Option<Arc<LocalUserCounter>>>,
 }
 
@@ -67,13 +76,16 @@ impl InProcessBus {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()) << 32;
+        let size = Arc::new(StoreSize::default());
+        let written = size.clone();
         std::thread::Builder::new()
             .name("inprocess-bus".into())
-            .spawn(move || route(rx, HistoryRings::new(seed)))
+            .spawn(move || route(rx, HistoryRings::new(seed), &written))
             .map_err(|e| BrokerError::Failed(format!("cannot start the in-process bus: {e}")))?;
         Ok(Arc::new(InProcessBus {
             tx,
             next_id: AtomicU64::new(0),
+            size,
             users: Mutex::new(None),
         }))
     }
@@ -95,6 +107,7 @@ impl InProcessBus {
             tx: self.tx.clone(),
             id,
             alone: false,
+            size: self.size.clone(),
         }
     }
 }
@@ -107,7 +120,7 @@ struct Member {
 
 /// The bus thread: routes each publication to the other members subscribed to
 /// its channel.
-fn route(rx: flume::Receiver<BusCommand>, mut history: HistoryRings) {
+fn route(rx: flume::Receiver<BusCommand>, mut history: HistoryRings, size: &StoreSize) {
     let mut members: HashMap<u64, Member> = HashMap::new();
     for cmd in rx.iter() {
         match cmd {
@@ -163,6 +176,9 @@ fn route(rx: flume::Receiver<BusCommand>, mut history: HistoryRings) {
                 if let Some(reply) = reply {
                     let _ = reply.send(published);
                 }
+                let (channels, publications) = history.size();
+                size.channels.store(channels as u64, Ordering::Relaxed);
+                size.publications.store(publications as u64, Ordering::Relaxed);
             }
             BusCommand::History(channel, query, reply) => {
                 let _ = reply.send(history.read(&channel, &query));
@@ -177,6 +193,7 @@ pub struct InProcessBroker {
     id: u64,
     /// A standalone broker: nobody else to reach, so only the history store is used.
     alone: bool,
+    size: Arc<StoreSize>,
 }
 
 impl InProcessBroker {
@@ -189,6 +206,7 @@ impl InProcessBroker {
             tx: bus.tx.clone(),
             id: bus.next_id.fetch_add(1, Ordering::Relaxed),
             alone: true,
+            size: bus.size.clone(),
         })
     }
 
@@ -270,6 +288,13 @@ impl Broker for InProcessBroker {
 
     fn is_ready(&self) -> bool {
         !self.tx.is_disconnected()
+    }
+
+    fn history_size(&self) -> Option<(u64, u64)> {
+        Some((
+            self.size.channels.load(Ordering::Relaxed),
+            self.size.publications.load(Ordering::Relaxed),
+        ))
     }
 
     fn kind(&self) -> &'static str {

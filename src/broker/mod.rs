@@ -130,6 +130,11 @@ pub trait Broker: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
     /// A short name for logs and metrics.
     fn kind(&self) -> &'static str;
+    /// Channels and publications the store holds in this process, where it holds
+    /// them here (the in-process store; Redis keeps its own).
+    fn history_size(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// What a broker hands up to the instance. Non-exhaustive: history and presence

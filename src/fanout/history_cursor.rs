@@ -287,6 +287,10 @@ mod tests {
         let mut later = Vec::new();
         c.offer(entry(3, "g"), &mut later);
         assert_eq!(delivered(&later), Vec::<u64>::new());
-        assert_eq!(c.hole(), Some((0, 2)), "the new epoch's first two are read from the store");
+        assert_eq!(
+            c.hole(),
+            Some((0, 2)),
+            "the new epoch's first two are read from the store"
+        );
     }
 }

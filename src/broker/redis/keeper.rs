@@ -127,6 +127,12 @@ impl SubscriptionKeeper {
         // The probe channel last: a positive probe then vouches for all the others.
         all.push(self.probe_channel.clone());
         self.complete = true;
+        // A new connection may be to a Redis that lost the function library (a
+        // restart without persistence): load it now, so applications can FCALL
+        // shardcast_publish before any gateway publishes with history.
+        if let Err(e) = super::history::load(&self.publisher, self.cluster).await {
+            warn!(error = %e, "cannot load the shardcast Redis Functions; publishes with history will retry");
+        }
         self.send(all, true).await;
         let verified = self.complete && self.probe().await == Probe::Received;
         self.in_sync.store(verified, Ordering::Release);
