@@ -365,6 +365,7 @@ fn broker_metrics(metrics: &Metrics) -> BrokerMetrics {
         dropped_lagged: metrics.messages_dropped.with_label_values(&["broker_lag"]),
         reconnects: metrics.redis_reconnects.clone(),
         subscriptions: metrics.redis_subscriptions.clone(),
+        degraded_slots: metrics.redis_degraded_slots.clone(),
     }
 }
 

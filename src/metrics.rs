@@ -73,6 +73,8 @@ pub struct Metrics {
     pub redis_messages_received: IntCounter,
     /// Channels this instance is subscribed to on Redis.
     pub redis_subscriptions: IntGauge,
+    /// Redis Cluster hash slots whose master is not in sync (publishes there are refused).
+    pub redis_degraded_slots: IntGauge,
     /// Connections on all live instances, by their last heartbeats.
     pub cluster_connections: IntGauge,
     /// Live instances, by their heartbeats.
@@ -207,6 +209,10 @@ impl Metrics {
                 "redis_subscriptions",
                 "Channels this instance wants subscribed on Redis.",
             ))?,
+            redis_degraded_slots: IntGauge::with_opts(opts(
+                "redis_degraded_slots",
+                "Redis Cluster hash slots whose master is down or not in sync; their channels' publishes are refused.",
+            ))?,
             cluster_connections: IntGauge::with_opts(opts(
                 "cluster_connections",
                 "WebSocket connections on all live instances (from heartbeats).",
@@ -260,6 +266,7 @@ impl Metrics {
         r.register(Box::new(self.redis_reconnects.clone()))?;
         r.register(Box::new(self.redis_messages_received.clone()))?;
         r.register(Box::new(self.redis_subscriptions.clone()))?;
+        r.register(Box::new(self.redis_degraded_slots.clone()))?;
         r.register(Box::new(self.cluster_connections.clone()))?;
         r.register(Box::new(self.cluster_instances.clone()))?;
         Ok(())

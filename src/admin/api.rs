@@ -572,6 +572,7 @@ pub(in crate::admin) fn stats_body(ctx: &AdminContext) -> serde_json::Value {
         "channels": ctx.metrics.channels.get(),
         "fd_headroom": ctx.budget.headroom(),
         "ready": ctx.state.is_ready(),
+        "redis_degraded_slots": ctx.metrics.redis_degraded_slots.get(),
     })
 }
 

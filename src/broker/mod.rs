@@ -155,6 +155,11 @@ pub enum BrokerEvent {
     /// Publications from other instances may have been lost (the broker's
     /// subscription was down, or its receiver fell behind), on any channel.
     Gap,
+    /// The same, on these channels only (one master of a cluster was lost).
+    ChannelsGap {
+        /// The channels.
+        channels: Vec<Arc<str>>,
+    },
     /// Another instance broadcast a control message ([`Broker::broadcast_control`]).
     Control {
         /// The message, as sent.
@@ -184,6 +189,8 @@ pub struct BrokerMetrics {
     pub reconnects: IntCounter,
     /// Channels this instance wants subscribed.
     pub subscriptions: IntGauge,
+    /// Hash slots of a Redis Cluster whose master is not in sync (16384: none known).
+    pub degraded_slots: IntGauge,
 }
 
 impl BrokerMetrics {
@@ -195,6 +202,7 @@ impl BrokerMetrics {
             dropped_lagged: IntCounter::new("dropped_lagged", "dropped")?,
             reconnects: IntCounter::new("reconnects", "reconnects")?,
             subscriptions: IntGauge::new("subscriptions", "subscriptions")?,
+            degraded_slots: IntGauge::new("degraded_slots", "degraded slots")?,
         })
     }
 }

@@ -115,8 +115,8 @@ pub enum RouterCommand {
         /// Gets the number of local subscribers reached, if the publisher waits for it.
         reply: Option<flume::Sender<usize>>,
     },
-    /// The broker may have lost publications of every channel.
-    Gap,
+    /// The broker may have lost publications: of every channel (none), or of these.
+    Gap(Option<Vec<Arc<str>>>),
     /// An operator's command for every shard; `reply` gets the connections touched.
     Control {
         /// The command.
@@ -218,7 +218,8 @@ impl BrokerSink for RouterHandle {
                 source: Source::Broker,
                 reply: None,
             },
-            BrokerEvent::Gap => RouterCommand::Gap,
+            BrokerEvent::Gap => RouterCommand::Gap(None),
+            BrokerEvent::ChannelsGap { channels } => RouterCommand::Gap(Some(channels)),
             BrokerEvent::Control { payload } => match UserCommand::from_payload(&payload) {
                 Ok(command) => RouterCommand::Control { command, reply: None },
                 Err(e) => {
@@ -286,7 +287,7 @@ pub async fn run<S: ShardMailbox>(
     while let Ok(cmd) = rx.recv_async().await {
         match cmd {
             RouterCommand::Interest { shard, channel, active } => router.interest(shard, channel, active),
-            RouterCommand::Gap => router.broker_gap(),
+            RouterCommand::Gap(channels) => router.broker_gap(channels),
             RouterCommand::Control { command, reply } => router.control(command, reply),
             RouterCommand::BrokerSubscribed { channel, result } => router.broker_subscribed(channel, result),
             RouterCommand::HistoryRead { channel, first, result } => router.history_read(channel, first, result),
@@ -489,21 +490,42 @@ impl<S: ShardMailbox> Router<S> {
         }
     }
 
-    /// The broker may have lost publications of any channel: channels with
-    /// history catch up from the store; the others get a gap frame.
-    fn broker_gap(&mut self) {
+    /// The broker may have lost publications of any channel (`None`) or of some:
+    /// channels with history catch up from the store; the others get a gap frame.
+    fn broker_gap(&mut self, only: Option<Vec<Arc<str>>>) {
         warn!(
-            channels = self.routes.len(),
+            channels = only.as_ref().map_or(self.routes.len(), Vec::len),
             "the broker may have lost publications: catching up from history where channels keep it"
         );
-        for shard in &self.shards {
-            shard.send_mail(ShardMail::Gap {
-                channel: None,
-                reason: GapReason::NoHistory,
-            });
+        let only: Option<std::collections::HashSet<Arc<str>>> = only.map(|c| c.into_iter().collect());
+        match &only {
+            None => {
+                for shard in &self.shards {
+                    shard.send_mail(ShardMail::Gap {
+                        channel: None,
+                        reason: GapReason::NoHistory,
+                    });
+                }
+            }
+            Some(channels) => {
+                for channel in channels {
+                    let Some(route) = self.routes.get(channel).filter(|r| r.history.is_none()) else {
+                        continue;
+                    };
+                    for shard in bits(route.shards) {
+                        self.shards[shard].send_mail(ShardMail::Gap {
+                            channel: Some(channel.clone()),
+                            reason: GapReason::NoHistory,
+                        });
+                    }
+                }
+            }
         }
         let mut reads = Vec::new();
         for (channel, route) in &mut self.routes {
+            if only.as_ref().is_some_and(|o| !o.contains(channel)) {
+                continue;
+            }
             let Some(cursor) = route.history.as_mut() else {
                 continue;
             };

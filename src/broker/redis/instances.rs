@@ -5,21 +5,22 @@ use std::time::Duration;
 
 use fred::prelude::*;
 
+use super::RedisClients;
 use crate::broker::instances::{InstanceInfo, InstanceRegistry, RegistryFuture};
 use crate::broker::BrokerError;
 
 /// The instance records of one cluster, in Redis.
 pub struct RedisInstances {
-    client: Client,
+    clients: RedisClients,
     /// Key prefix, a hash tag such as `{shardcast:}`.
     tag: String,
 }
 
 impl RedisInstances {
     /// Records kept with `client` under keys starting with the hash tag `{prefix}`.
-    pub fn new(client: Client, prefix: &str) -> RedisInstances {
+    pub(super) fn new(clients: RedisClients, prefix: &str) -> RedisInstances {
         RedisInstances {
-            client,
+            clients,
             tag: format!("{{{prefix}}}"),
         }
     }
@@ -47,8 +48,11 @@ impl RedisInstances {
         record: String,
         ttl: Duration,
     ) -> Result<Vec<InstanceInfo>, fred::error::Error> {
-        let client = &self.client;
         let members_key = self.members_key();
+        let client = &self
+            .clients
+            .for_key(&members_key)
+            .ok_or_else(|| fred::error::Error::new(fred::error::ErrorKind::Unknown, "redis node not known"))?;
         let ttl_ms = ttl.as_millis() as i64;
         let () = client
             .set(
@@ -83,8 +87,12 @@ impl RedisInstances {
     /// Removes this instance's record and membership.
     async fn remove(&self, node: &str) -> Result<(), BrokerError> {
         let fail = |e: fred::error::Error| BrokerError::Unavailable(e.to_string());
-        let _: i64 = self.client.del(self.record_key(node)).await.map_err(fail)?;
-        let _: i64 = self.client.srem(self.members_key(), node).await.map_err(fail)?;
+        let client = self
+            .clients
+            .for_key(&self.members_key())
+            .ok_or_else(|| BrokerError::Unavailable("redis node not known".into()))?;
+        let _: i64 = client.del(self.record_key(node)).await.map_err(fail)?;
+        let _: i64 = client.srem(self.members_key(), node).await.map_err(fail)?;
         Ok(())
     }
 }

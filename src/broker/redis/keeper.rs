@@ -14,6 +14,15 @@ use tracing::{error, info, warn};
 use super::CONTROL_CHANNEL;
 use crate::broker::{BrokerEvent, BrokerMetrics, BrokerSink};
 
+/// Which channels a lost subscription concerns, for the gap it announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GapScope {
+    /// Every channel (the instance's one Redis).
+    All,
+    /// The keeper's own channels (one master of a cluster).
+    Wanted,
+}
+
 /// A change to the set of wanted channels.
 pub(super) enum SubscriptionCommand {
     Subscribe(Arc<str>),
@@ -58,6 +67,8 @@ pub(super) struct SubscriptionKeeper {
     pub(super) cluster: bool,
     pub(super) prefix: String,
     pub(super) probe_channel: Arc<str>,
+    /// Whether this connection carries the control channel.
+    pub(super) control: bool,
     pub(super) wanted: HashSet<Arc<str>>,
     /// Every (UN)SUBSCRIBE since the last full re-subscribe went through.
     pub(super) complete: bool,
@@ -68,6 +79,8 @@ pub(super) struct SubscriptionKeeper {
     /// The subscriptions were lost since the last verification: what other instances
     /// published meanwhile never reached this one, and subscribers must be told.
     pub(super) lost: bool,
+    /// Which channels a gap concerns.
+    pub(super) gap: GapScope,
     /// Where the gap is announced.
     pub(super) sink: Arc<dyn BrokerSink>,
     pub(super) in_sync: Arc<AtomicBool>,
@@ -111,6 +124,9 @@ impl SubscriptionKeeper {
         };
         if probe == Probe::Received {
             self.in_sync.store(true, Ordering::Release);
+            // A first sync whose own probe failed is verified here: from now on a
+            // lost subscription is a gap.
+            self.synced_once = true;
             return;
         }
         // Redis answered that nobody got the probe: this connection lost its
@@ -123,7 +139,9 @@ impl SubscriptionKeeper {
             info!(channels = all.len(), "subscribing every wanted channel on redis");
         }
         // Control messages are wanted from the start, whatever the clients want.
-        all.push(Arc::from(CONTROL_CHANNEL));
+        if self.control {
+            all.push(Arc::from(CONTROL_CHANNEL));
+        }
         // The probe channel last: a positive probe then vouches for all the others.
         all.push(self.probe_channel.clone());
         self.complete = true;
@@ -139,7 +157,12 @@ impl SubscriptionKeeper {
         if verified {
             if std::mem::take(&mut self.lost) {
                 // Re-subscribed first, so every publication after the gap frame arrives.
-                self.sink.event(BrokerEvent::Gap);
+                match self.gap {
+                    GapScope::All => self.sink.event(BrokerEvent::Gap),
+                    GapScope::Wanted => self.sink.event(BrokerEvent::ChannelsGap {
+                        channels: self.wanted.iter().cloned().collect(),
+                    }),
+                }
             }
             self.synced_once = true;
         }

@@ -2,30 +2,29 @@
 //! or Redis Cluster sharded pub/sub (SSUBSCRIBE/SPUBLISH) so traffic spreads over
 //! the cluster's masters instead of reaching every node.
 //!
-//! One subscriber connection per instance carries every channel the instance wants,
-//! so a publication crosses Redis once per instance, never once per subscriber.
+//! One subscriber connection per instance (per master, on a cluster: see
+//! [`cluster`]) carries every channel the instance wants, so a publication crosses
+//! Redis once per instance, never once per subscriber.
 //! The set of wanted channels is kept here, not in fred: fred only remembers a
 //! channel whose SUBSCRIBE succeeded, and a channel wanted while Redis is down must
 //! still be subscribed when it comes back. A reconciler re-subscribes the whole set
 //! after every reconnect; until it has, the broker does not report ready.
 
+mod cluster;
 mod history;
 mod instances;
 mod keeper;
+mod link;
 mod receiver;
 mod user_counter;
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::clients::SubscriberClient;
-use fred::interfaces::ClusterInterface;
 use fred::prelude::*;
-use fred::types::config::ReconnectPolicy;
 use shardcast_proto::redis::encode_redis_payload;
 use tracing::info;
 
@@ -34,9 +33,10 @@ use super::{
     PublishOptions, Published,
 };
 use crate::payload::Payload;
+use cluster::ClusterLinks;
 use history::HistoryCall;
-use keeper::{count_reconnects, SubscriptionCommand, SubscriptionKeeper};
-use receiver::receive;
+use keeper::GapScope;
+use link::{Link, LinkChannels};
 
 pub use instances::RedisInstances;
 pub use user_counter::RedisUserCounter;
@@ -75,12 +75,31 @@ pub struct RedisSettings {
 
 /// A broker over Redis pub/sub.
 pub struct RedisBroker {
-    publisher: Client,
-    subscriber: SubscriberClient,
-    commands: flume::Sender<SubscriptionCommand>,
+    links: Links,
     settings: RedisSettings,
-    /// True once every wanted channel is subscribed on the current connection.
-    in_sync: Arc<AtomicBool>,
+}
+
+/// One link to one Redis, or one per master of a cluster.
+enum Links {
+    One(Link),
+    Cluster(Arc<ClusterLinks>),
+}
+
+/// A command connection for a key: the one Redis, or the master of the key's slot.
+#[derive(Clone)]
+enum RedisClients {
+    One(Client),
+    Cluster(Arc<ClusterLinks>),
+}
+
+impl RedisClients {
+    /// The client whose server holds `key`; none while its master is unknown.
+    fn for_key(&self, key: &str) -> Option<Client> {
+        match self {
+            RedisClients::One(client) => Some(client.clone()),
+            RedisClients::Cluster(links) => links.client_for(key),
+        }
+    }
 }
 
 impl RedisBroker {
@@ -91,108 +110,72 @@ impl RedisBroker {
         sink: Arc<dyn BrokerSink>,
         metrics: BrokerMetrics,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let fail = |e: fred::error::Error| BrokerError::Failed(format!("redis configuration: {e}"));
         if settings.url.starts_with("rediss://") {
             // This build's Redis client has no TLS; failing here beats a silent plain connection.
             return Err(BrokerError::Failed(
                 "rediss:// (TLS) is not supported by this build".into(),
             ));
         }
-        let config = if settings.cluster {
-            Config::from_url_clustered(&settings.url)
+        let links = if settings.cluster {
+            Links::Cluster(ClusterLinks::start(settings.clone(), sink, metrics)?)
         } else {
-            Config::from_url(&settings.url)
-        }
-        .map_err(fail)?;
-        let mut builder = Builder::from_config(config);
-        builder
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
-            .with_connection_config(|c| {
-                c.connection_timeout = COMMAND_TIMEOUT;
-                c.internal_command_timeout = COMMAND_TIMEOUT;
-                // A command is not replayed on a new connection: a publish either
-                // went through or is reported as failed.
-                c.max_command_attempts = 1;
-            });
-        let publisher = builder.build().map_err(fail)?;
-        // fred's default of 32 pub/sub messages in flight would drop messages (as
-        // `Lagged`) under any burst. The capacity is allocated up front for each of
-        // the client's event channels, so it is raised on the subscriber only, and
-        // only as far as a burst needs: the receiver just hands messages on.
-        builder.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
-        let subscriber = builder.build_subscriber_client().map_err(fail)?;
-        publisher.connect();
-        subscriber.connect();
-
-        let (commands, rx) = flume::unbounded();
-        let in_sync = Arc::new(AtomicBool::new(false));
-        tokio::spawn(receive(
-            subscriber.message_rx(),
-            settings.clone(),
-            sink.clone(),
-            metrics.clone(),
-        ));
-        let resync = Arc::new(AtomicBool::new(false));
-        tokio::spawn(count_reconnects(
-            subscriber.clone(),
-            resync.clone(),
-            in_sync.clone(),
-            metrics.clone(),
-        ));
-        tokio::spawn(
-            SubscriptionKeeper {
-                subscriber: subscriber.clone(),
-                publisher: publisher.clone(),
-                cluster: settings.cluster,
-                prefix: settings.prefix.clone(),
-                probe_channel: Arc::from(format!("{PROBE_PREFIX}{}", settings.origin)),
+            let config = Config::from_url(&settings.url)
+                .map_err(|e| BrokerError::Failed(format!("redis configuration: {e}")))?;
+            let channels = LinkChannels {
+                probe: Arc::from(format!("{PROBE_PREFIX}{}", settings.origin)),
+                control: true,
                 wanted: HashSet::new(),
-                complete: false,
-                resync,
-                synced_once: false,
-                lost: false,
-                sink: sink.clone(),
-                in_sync: in_sync.clone(),
+            };
+            Links::One(Link::start(
+                config,
+                &settings,
+                channels,
+                false,
+                GapScope::All,
+                sink,
                 metrics,
-            }
-            .run(rx),
-        );
+            )?)
+        };
         info!(url = %redact(&settings.url), cluster = settings.cluster, "redis broker starting");
-        Ok(Arc::new(RedisBroker {
-            publisher,
-            subscriber,
-            commands,
-            settings,
-            in_sync,
-        }))
+        Ok(Arc::new(RedisBroker { links, settings }))
+    }
+
+    fn clients(&self) -> RedisClients {
+        match &self.links {
+            Links::One(link) => RedisClients::One(link.publisher.clone()),
+            Links::Cluster(links) => RedisClients::Cluster(links.clone()),
+        }
     }
 
     /// The cluster-wide per-user connection count, at most `limit` per user.
     pub fn user_counter(&self, limit: u32) -> RedisUserCounter {
-        RedisUserCounter::new(
-            self.publisher.clone(),
-            &self.settings.prefix,
-            &self.settings.origin,
-            limit,
-        )
+        RedisUserCounter::new(self.clients(), &self.settings.prefix, &self.settings.origin, limit)
     }
 
     /// The instance records (heartbeats) of this cluster, on the command connection.
     pub fn instances(&self) -> RedisInstances {
-        RedisInstances::new(self.publisher.clone(), &self.settings.prefix)
+        RedisInstances::new(self.clients(), &self.settings.prefix)
+    }
+
+    /// The connected command client for `topic`'s server; none when it is not
+    /// connected (on a cluster: the master of its slot, whatever the others do).
+    fn client_for(&self, topic: &str) -> Option<Client> {
+        let client = match &self.links {
+            Links::One(link) => link.publisher.clone(),
+            Links::Cluster(links) => links.client_for(topic)?,
+        };
+        client.is_connected().then_some(client)
     }
 
     /// PUBLISH (SPUBLISH on a cluster) of a payload, stamped with this instance's origin.
     fn send(&self, channel: &str, payload: &Payload) -> BrokerFuture {
         let topic = format!("{}{}", self.settings.prefix, channel);
-        if !self.reachable(&topic) {
+        let Some(client) = self.client_for(&topic) else {
             return Box::pin(std::future::ready(Err(BrokerError::Unavailable(
                 "the redis node of this channel is not connected".into(),
             ))));
-        }
+        };
         let body = encode_redis_payload(&self.settings.origin, payload.json().get());
-        let client = self.publisher.clone();
         let cluster = self.settings.cluster;
         Box::pin(async move {
             let sent: Result<i64, _> = if cluster {
@@ -204,26 +187,12 @@ impl RedisBroker {
         })
     }
 
-    /// Whether the Redis node that serves `topic` is connected: on a cluster, the
-    /// master of its slot (the others may be down: the broker degrades per slot);
-    /// otherwise the one server.
-    fn reachable(&self, topic: &str) -> bool {
-        if !self.settings.cluster {
-            return self.publisher.is_connected();
-        }
-        let slot = fred::util::redis_keyslot(topic.as_bytes());
-        let owner = self
-            .publisher
-            .cached_cluster_state()
-            .and_then(|routing| routing.get_server(slot).cloned());
-        owner.is_some_and(|server| self.publisher.active_connections().contains(&server))
-    }
-
-    fn not_connected<T: Send + 'static>(&self, channel: &str) -> Option<BrokerCall<T>> {
+    /// The client for a channel's history keys, or the refusal to return.
+    fn history_client<T: Send + 'static>(&self, channel: &str) -> Result<Client, BrokerCall<T>> {
         let topic = format!("{}{}", self.settings.prefix, channel);
-        (!self.reachable(&topic)).then(|| {
+        self.client_for(&topic).ok_or_else(|| {
             let refused: BrokerCall<T> = Box::pin(std::future::ready(Err(BrokerError::Unavailable(
-                "redis is not connected".into(),
+                "the redis node of this channel is not connected".into(),
             ))));
             refused
         })
@@ -234,12 +203,18 @@ impl Broker for RedisBroker {
     fn subscribe(&self, channel: Arc<str>) -> BrokerFuture {
         // Local delivery starts at once; the keeper subscribes on Redis as soon as it
         // can, and until then the instance reports not ready.
-        let _ = self.commands.send(SubscriptionCommand::Subscribe(channel));
+        match &self.links {
+            Links::One(link) => link.want(channel, true),
+            Links::Cluster(links) => links.want(channel, true),
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn unsubscribe(&self, channel: Arc<str>) -> BrokerFuture {
-        let _ = self.commands.send(SubscriptionCommand::Unsubscribe(channel));
+        match &self.links {
+            Links::One(link) => link.want(channel, false),
+            Links::Cluster(links) => links.want(channel, false),
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -248,10 +223,10 @@ impl Broker for RedisBroker {
             let sent = self.send(&channel, &payload);
             return Box::pin(async move { sent.await.map(|()| Published::default()) });
         }
-        if let Some(refused) = self.not_connected(&channel) {
-            return refused;
-        }
-        let client = self.publisher.clone();
+        let client = match self.history_client(&channel) {
+            Ok(client) => client,
+            Err(refused) => return refused,
+        };
         let (cluster, prefix, origin) = (
             self.settings.cluster,
             self.settings.prefix.clone(),
@@ -268,10 +243,10 @@ impl Broker for RedisBroker {
     }
 
     fn history(&self, channel: Arc<str>, query: HistoryQuery) -> HistoryFuture {
-        if let Some(refused) = self.not_connected(&channel) {
-            return refused;
-        }
-        let client = self.publisher.clone();
+        let client = match self.history_client(&channel) {
+            Ok(client) => client,
+            Err(refused) => return refused,
+        };
         let (cluster, prefix) = (self.settings.cluster, self.settings.prefix.clone());
         Box::pin(async move {
             let call = HistoryCall {
@@ -288,13 +263,11 @@ impl Broker for RedisBroker {
     }
 
     fn is_ready(&self) -> bool {
-        let connected = self.publisher.is_connected() && self.subscriber.is_connected();
-        if !connected {
-            // Whatever the keeper last verified was on a connection that is gone; it
-            // must verify again (it may be stuck in a command on the dead one).
-            self.in_sync.store(false, Ordering::Release);
+        match &self.links {
+            Links::One(link) => link.is_ready(),
+            // A cluster with some masters down still serves the others' slots.
+            Links::Cluster(links) => links.is_ready(),
         }
-        connected && self.in_sync.load(Ordering::Acquire)
     }
 
     fn kind(&self) -> &'static str {

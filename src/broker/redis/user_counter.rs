@@ -12,6 +12,7 @@ use std::sync::Arc;
 use fred::prelude::*;
 use tracing::warn;
 
+use super::RedisClients;
 use crate::broker::user_counter::{CounterFuture, UserCounter};
 use crate::broker::BrokerError;
 
@@ -51,7 +52,7 @@ const KEY_TTL_SECS: u64 = 24 * 3600;
 
 /// The per-user count of one instance, in Redis.
 pub struct RedisUserCounter {
-    client: Client,
+    clients: RedisClients,
     tag: String,
     node: String,
     limit: u32,
@@ -60,9 +61,9 @@ pub struct RedisUserCounter {
 impl RedisUserCounter {
     /// A counter of at most `limit` connections per user for instance `node`, with
     /// keys under the hash tag `{prefix}`.
-    pub fn new(client: Client, prefix: &str, node: &str, limit: u32) -> RedisUserCounter {
+    pub(super) fn new(clients: RedisClients, prefix: &str, node: &str, limit: u32) -> RedisUserCounter {
         RedisUserCounter {
-            client,
+            clients,
             tag: format!("{{{prefix}}}"),
             node: node.to_owned(),
             limit,
@@ -76,8 +77,12 @@ impl RedisUserCounter {
 
 impl UserCounter for RedisUserCounter {
     fn acquire(&self, user: Arc<str>) -> CounterFuture {
-        let client = self.client.clone();
         let key = self.key(&user);
+        let Some(client) = self.clients.for_key(&key) else {
+            return Box::pin(std::future::ready(Err(BrokerError::Unavailable(
+                "the redis node of the user counts is not known".into(),
+            ))));
+        };
         let args = vec![
             self.node.clone(),
             self.limit.to_string(),
@@ -94,8 +99,11 @@ impl UserCounter for RedisUserCounter {
     }
 
     fn release(&self, user: Arc<str>) {
-        let client = self.client.clone();
         let key = self.key(&user);
+        let Some(client) = self.clients.for_key(&key) else {
+            warn!("could not give back a per-user connection place: its redis node is not known");
+            return;
+        };
         let node = self.node.clone();
         tokio::spawn(async move {
             let released: Result<i64, _> = client.eval(RELEASE, key, vec![node]).await;
