@@ -361,3 +361,60 @@ async fn recovery_across_a_gateway_kill_through_redis() {
     publish_n(&survivor, "orders", 311..312).await;
     assert_eq!(message(&mut back).await.0, 311, "then the live stream");
 }
+
+/// History follows the channel rules: a namespace's own history settings, and
+/// the `history` op refused where a subscribe would be; `recover_max` caps one
+/// recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_set_history_and_the_rules_guard_it() {
+    let dir = std::env::temp_dir().join(format!("shardcast-history-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("rules.toml");
+    std::fs::write(
+        &path,
+        "[namespaces.feed]\nhistory_size = 50\nrecover_max = 5\n[namespaces.secret]\nsubscribe = \"authenticated\"\nhistory_size = 10\n",
+    )
+    .expect("rules file");
+    let gw = Gateway::start(&["--config", path.to_str().expect("utf-8")]);
+    let mut c = gw.connect(Encoding::Json).await;
+    let (top, epoch) = c.subscribe_history(1, "feed:a").await;
+    assert_eq!(top, 0);
+    let (status, _) = gw.http("GET", "/api/history?channel=plain", None).await;
+    assert_eq!(status, 404, "channels outside the namespace keep none");
+    c.close().await;
+    publish_n(&gw, "feed:a", 1..11).await;
+    let mut back = gw.connect(Encoding::Json).await;
+    let since = |offset| StreamPosition {
+        offset,
+        epoch: epoch.clone(),
+    };
+    let (_, _, recovered) = subscribe_with(&mut back, 1, "feed:a", Some(since(0)), false).await;
+    assert_eq!(recovered, Some(false), "10 missed, at most 5 per recovery");
+    let (_, _, recovered) = subscribe_with(&mut back, 2, "feed:b", Some(since(0)), false).await;
+    assert_eq!(recovered, Some(false), "another channel, another epoch");
+    let mut fresh = gw.connect(Encoding::Json).await;
+    let (_, _, recovered) = subscribe_with(&mut fresh, 1, "feed:a", Some(since(5)), false).await;
+    assert_eq!(recovered, Some(true), "5 missed: within recover_max");
+    for n in 6..11u64 {
+        assert_eq!(message(&mut fresh).await.0, n);
+    }
+    fresh
+        .send(&ClientFrame::History {
+            id: Some(7),
+            channel: "secret:x".into(),
+            since: None,
+            limit: None,
+        })
+        .await;
+    loop {
+        match fresh.recv().await {
+            ServerFrame::Error { id: Some(7), code, .. } => {
+                assert_eq!(code, shardcast_proto::ErrorCode::PermissionDenied);
+                break;
+            }
+            ServerFrame::Message { .. } => continue,
+            other => panic!("expected permission_denied, got {other:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -49,6 +49,8 @@ pub struct HistoryCursor<T> {
     held: BTreeMap<u64, Entry<T>>,
     /// A store read is in flight: it will fill the hole.
     pub filling: bool,
+    /// A hole check is scheduled (one at a time, however many arrive early).
+    pub check_armed: bool,
 }
 
 impl<T> HistoryCursor<T> {
@@ -61,6 +63,7 @@ impl<T> HistoryCursor<T> {
             next: 0,
             held: BTreeMap::new(),
             filling: false,
+            check_armed: false,
         }
     }
 

@@ -476,6 +476,7 @@ impl<S: ShardMailbox> Router<S> {
         let Some(cursor) = self.routes.get_mut(channel).and_then(|r| r.history.as_mut()) else {
             return;
         };
+        cursor.check_armed = false;
         if cursor.filling {
             return;
         }
@@ -586,7 +587,8 @@ impl<S: ShardMailbox> Router<S> {
                     },
                     &mut actions,
                 );
-                if cursor.hole().is_some() && !cursor.filling {
+                if cursor.hole().is_some() && !cursor.filling && !cursor.check_armed {
+                    cursor.check_armed = true;
                     let me = self.me.clone();
                     let channel = channel.clone();
                     tokio::spawn(async move {

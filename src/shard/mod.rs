@@ -448,7 +448,7 @@ impl Shard<'_> {
         env.shard_metrics.delivered.inc_by(reached as u64);
         env.shard_metrics.fanout.observe(start.elapsed().as_secs_f64());
         publication.shard_done(reached);
-        if !recovering.is_empty() {
+        if !self.st.recovering.is_empty() {
             self.live_moved(publication);
         }
     }

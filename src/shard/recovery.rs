@@ -4,6 +4,7 @@
 //! `ack` of a channel with history; and the `history` operation.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use shardcast_proto::{encode_message, ErrorCode, HistoryEntry, MessagePosition, ServerFrame, StreamPosition};
 use tracing::debug;
@@ -32,17 +33,15 @@ pub struct Recovery {
     /// The read started (the channel is live on this shard).
     started: bool,
     held: Vec<Arc<Publication>>,
-    /// The read came back ahead of this shard's live stream: it waits (holding)
-    /// until the live stream reaches the read's top, so no offset comes twice.
-    waiting: Option<Outcome>,
+    /// The read is done, but the client is ahead of what this shard has fanned
+    /// out (it comes from an instance that had delivered more): the recovery
+    /// waits, holding, until the live stream reaches the client's offset.
+    waiting: Option<(usize, Option<StoreRead>, Option<&'static str>)>,
 }
 
-/// A finished read, waiting for the live stream: the connection's key, what to send.
-struct Outcome {
-    key: usize,
-    read: Option<StoreRead>,
-    failure: Option<&'static str>,
-}
+/// How long a recovery waits for the live stream to reach a client that is ahead
+/// (normally milliseconds: those publications are on their way here).
+const AHEAD_WAIT: Duration = Duration::from_secs(2);
 
 impl Recovery {
     /// Holds a live publication until the read is merged.
@@ -156,49 +155,64 @@ impl Shard<'_> {
             return;
         }
         let (read, failure) = Self::judge(&recovery, result);
-        // The store may be ahead of what this shard has fanned out: the publications
-        // in between are on their way here and would come twice (from the store and
-        // live). Hold on until the live stream has reached the read's top.
-        let behind = read.as_ref().is_some_and(|(epoch, top, _)| {
-            self.st
+        // Publications up to the client's offset that this shard has not fanned out
+        // yet would reach the client live, a second time: wait for them to pass.
+        let ahead = match (&recovery.since, &read, failure) {
+            (Some(since), Some((epoch, _, _)), None) => self
+                .st
                 .table
                 .position(&recovery.channel)
-                .is_some_and(|p| p.epoch == *epoch && p.offset < *top)
-        });
-        if behind {
-            let mut recovery = recovery;
-            recovery.waiting = Some(Outcome { key, read, failure });
-            self.st.recovering.insert(sub, recovery);
-            return;
+                .is_some_and(|p| p.epoch == *epoch && p.offset < since.offset),
+            _ => false,
+        };
+        if !ahead {
+            return self.conclude(key, recovery, read, failure);
         }
-        self.conclude(key, recovery, read, failure);
+        let mut recovery = recovery;
+        recovery.waiting = Some((key, read, failure));
+        self.st.recovering.insert(sub, recovery);
+        self.env.spawner.spawn(move |core| async move {
+            tokio::time::sleep(AHEAD_WAIT).await;
+            core.with(|shard| shard.stop_waiting(sub, token, None));
+        });
     }
 
-    /// The live stream of `publication`'s channel moved: conclude the recoveries
-    /// that were waiting for it.
+    /// Concludes a recovery that waits for the live stream: once `position` (the
+    /// channel's latest on this shard) reaches the client, or at the deadline (none).
+    fn stop_waiting(&mut self, sub: SubscriptionKey, token: u64, position: Option<&Position>) {
+        let Some(recovery) = self.st.recovering.get(&sub).filter(|r| r.token == token) else {
+            return;
+        };
+        let reached = match (position, &recovery.since) {
+            (None, _) => true,
+            (Some(p), Some(since)) => *p.epoch != since.epoch || p.offset >= since.offset,
+            (Some(_), None) => true,
+        };
+        if !reached || recovery.waiting.is_none() {
+            return;
+        }
+        if let Some(mut recovery) = self.st.recovering.remove(&sub) {
+            if let Some((key, read, failure)) = recovery.waiting.take() {
+                self.conclude(key, recovery, read, failure);
+            }
+        }
+    }
+
+    /// A publication of a channel was fanned out: recoveries waiting for the live
+    /// stream to reach their client may conclude.
     pub(super) fn live_moved(&mut self, publication: &Publication) {
         let Some(position) = &publication.position else {
             return;
         };
-        let ready: Vec<SubscriptionKey> = self
+        let waiting: Vec<(SubscriptionKey, u64)> = self
             .st
             .recovering
             .iter()
-            .filter(|(_, r)| r.channel == publication.channel)
-            .filter(|(_, r)| {
-                r.waiting.as_ref().is_some_and(|o| match &o.read {
-                    Some((epoch, top, _)) => *epoch != position.epoch || position.offset >= *top,
-                    None => true,
-                })
-            })
-            .map(|(sub, _)| *sub)
+            .filter(|(_, r)| r.waiting.is_some() && r.channel == publication.channel)
+            .map(|(sub, r)| (*sub, r.token))
             .collect();
-        for sub in ready {
-            if let Some(mut recovery) = self.st.recovering.remove(&sub) {
-                if let Some(outcome) = recovery.waiting.take() {
-                    self.conclude(outcome.key, recovery, outcome.read, outcome.failure);
-                }
-            }
+        for (sub, token) in waiting {
+            self.stop_waiting(sub, token, Some(position));
         }
     }
 
@@ -246,8 +260,16 @@ impl Shard<'_> {
         (Some((page.epoch, page.top, publications)), reason)
     }
 
-    /// Sends the ack, the publications from the store, then the held live ones past
-    /// the store's top; `failure` is why a `recover` did not recover.
+    /// Sends the ack, the publications from the store, then the held live ones;
+    /// `failure` is why a `recover` did not recover.
+    ///
+    /// The merge is exact (PROTOCOL.md 19.4). The store was read after the
+    /// subscription began holding, so its top is at or past every offset this shard
+    /// had delivered then; the held publications continue from there without a
+    /// hole (the router delivers each channel in offset order). So the store gives
+    /// what comes before the first held one, the held ones follow, and the store's
+    /// publications this shard has not fanned out yet (past its own position) are
+    /// left to arrive live: nothing twice, nothing missing, no waiting.
     fn conclude(&mut self, key: usize, recovery: Recovery, read: Option<StoreRead>, failure: Option<&'static str>) {
         let env = self.env;
         let asked = recovery.since.is_some();
@@ -258,12 +280,30 @@ impl Shard<'_> {
             };
             env.metrics.recoveries.with_label_values(&[result, reason]).inc();
         }
-        let top = read.as_ref().map(|(_, top, _)| *top);
+        let epoch = read.as_ref().map(|(e, _, _)| e.clone());
+        let same_epoch = |p: &Position| epoch.as_ref() == Some(&p.epoch);
+        let first_held = recovery
+            .held
+            .iter()
+            .find_map(|p| p.position.as_ref().filter(|p| same_epoch(p)).map(|p| p.offset));
+        let shard_position = self
+            .st
+            .table
+            .position(&recovery.channel)
+            .filter(|p| same_epoch(p))
+            .map(|p| p.offset);
+        // Everything after `live_from` comes live (held now, or later).
+        let live_from = match (first_held, shard_position, &read) {
+            (Some(first), _, _) => Some(first - 1),
+            (None, Some(position), _) => Some(position),
+            (None, None, Some((_, top, _))) => Some(*top),
+            (None, None, None) => None,
+        };
         let ack = ServerFrame::Ack {
             id: recovery.request,
             expires_at: None,
-            offset: top,
-            epoch: read.as_ref().map(|(e, _, _)| e.to_string()),
+            offset: live_from,
+            epoch: epoch.as_ref().map(|e| e.to_string()),
             recovered: asked.then_some(failure.is_none()),
             duplicate: None,
         };
@@ -271,26 +311,32 @@ impl Shard<'_> {
         let Some(encoding) = self.st.conns.get(key).map(|c| c.encoding) else {
             return;
         };
-        if let Some((epoch, _, publications)) = &read {
-            env.metrics.history_served.inc_by(publications.len() as u64);
-            for (offset, payload) in publications {
+        if let (Some((epoch, _, publications)), Some(live_from)) = (&read, live_from) {
+            for (offset, payload) in publications.iter().filter(|(o, _)| *o <= live_from) {
                 let position = MessagePosition { offset: *offset, epoch };
                 match encode_message(encoding, &recovery.channel, 0, Some(position), payload.json()) {
-                    Ok(body) => self.reply(key, data_frame(encoding, &body)),
+                    Ok(body) => {
+                        env.metrics.history_served.inc();
+                        self.reply(key, data_frame(encoding, &body));
+                    }
                     Err(_) => env.shard_metrics.dropped_encode.inc(),
                 }
             }
         }
-        let after = top.unwrap_or(0);
+        // A client may be ahead of this instance (it came from one that had
+        // delivered more): what it already has is not sent again.
+        let had = |p: &Position| {
+            recovery
+                .since
+                .as_ref()
+                .is_some_and(|s| *p.epoch == s.epoch && p.offset <= s.offset)
+        };
         for publication in recovery.held {
-            let current = match (&publication.position, &read) {
-                (Some(p), Some((epoch, _, _))) => p.epoch != *epoch || p.offset > after,
-                _ => true,
-            };
-            if current {
-                if let Some(frame) = publication.frame(encoding) {
-                    self.reply(key, frame.clone());
-                }
+            if publication.position.as_ref().is_some_and(had) {
+                continue;
+            }
+            if let Some(frame) = publication.frame(encoding) {
+                self.reply(key, frame.clone());
             }
         }
     }

@@ -251,6 +251,11 @@ impl SubscriptionKeeper {
                 return;
             }
         }
+        if subscribe {
+            // Subscriptions were in place (publications may have flowed, even before
+            // a probe verified them): losing them from now on is a gap.
+            self.synced_once = true;
+        }
     }
 }
 
