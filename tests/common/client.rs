@@ -115,28 +115,13 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, id: u64, channel: &str) {
-        self.send(&ClientFrame::Subscribe {
-            id: Some(id),
-            channel: channel.into(),
-            token: None,
-            latest: false,
-            recover: None,
-        })
-        .await;
-        assert_eq!(self.recv().await, ServerFrame::ack(Some(id)), "subscribe {channel}");
+        let ack = self.subscribe_reply(id, channel).await;
+        assert_eq!(ack, ServerFrame::ack(Some(id)), "subscribe {channel}");
     }
 
     /// Subscribes a channel with history; returns the ack's position.
     pub async fn subscribe_history(&mut self, id: u64, channel: &str) -> (u64, String) {
-        self.send(&ClientFrame::Subscribe {
-            id: Some(id),
-            channel: channel.into(),
-            token: None,
-            latest: false,
-            recover: None,
-        })
-        .await;
-        match self.recv().await {
+        match self.subscribe_reply(id, channel).await {
             ServerFrame::Ack {
                 id: Some(got),
                 offset: Some(offset),
@@ -145,6 +130,19 @@ impl Client {
             } if got == id => (offset, epoch),
             other => panic!("expected an ack with a position for {channel}, got {other:?}"),
         }
+    }
+
+    /// Sends a plain subscribe and returns the next frame (its reply).
+    async fn subscribe_reply(&mut self, id: u64, channel: &str) -> ServerFrame {
+        self.send(&ClientFrame::Subscribe {
+            id: Some(id),
+            channel: channel.into(),
+            token: None,
+            latest: false,
+            recover: None,
+        })
+        .await;
+        self.recv().await
     }
 
     /// Sends a protocol ping and waits for its pong, proving the connection is healthy
