@@ -439,3 +439,73 @@ async fn recovery_works_on_every_master_of_a_cluster() {
         assert_eq!(got, [0, 2, 3, 4], "{ch}: recovered in order");
     }
 }
+
+/// A subscriber offline for 30 s while 1,000 publications go out through another
+/// instance recovers all of them; one offline past the history size is told
+/// `recovered: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_seconds_offline_with_a_thousand_publications_recovers_them_all() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = ["--redis", url.as_str(), "--history-size", "1000"];
+    let gws = ready_gateways(2, &args).await;
+    let (a, b) = (gws[0].as_ref().expect("a"), gws[1].as_ref().expect("b"));
+    let mut c = b.connect(Encoding::Json).await;
+    let (top, epoch) = c.subscribe_history(1, "log").await;
+    let mut lagging = b.connect(Encoding::Json).await;
+    lagging.subscribe_history(1, "log").await;
+    c.close().await;
+    lagging.close().await;
+    let offline = Instant::now();
+    for n in 1..=1000u64 {
+        let reply = a.publish("log", json!({ "n": n })).await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        // 1,000 publications spread over the 30 seconds.
+        let due = Duration::from_millis(30 * n);
+        if let Some(wait) = due.checked_sub(offline.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    assert!(offline.elapsed() >= Duration::from_secs(30));
+    let mut back = b.connect(Encoding::Json).await;
+    back.send(&ClientFrame::Subscribe {
+        id: Some(2),
+        channel: "log".into(),
+        token: None,
+        recover: Some(StreamPosition {
+            offset: top,
+            epoch: epoch.clone(),
+        }),
+        latest: false,
+    })
+    .await;
+    let mut next = top + 1;
+    while next <= top + 1000 {
+        match back.recv().await {
+            ServerFrame::Ack { recovered, .. } => assert_eq!(recovered, Some(true)),
+            ServerFrame::Message { offset, data, .. } => {
+                assert_eq!(offset, Some(next));
+                assert_eq!(data["n"], next - top);
+                next += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Past the history: 1,000 more, and a position 1,000 back is gone.
+    for n in 1001..=1010u64 {
+        a.publish("log", json!({ "n": n })).await;
+    }
+    let mut late = b.connect(Encoding::Json).await;
+    late.send(&ClientFrame::Subscribe {
+        id: Some(3),
+        channel: "log".into(),
+        token: None,
+        recover: Some(StreamPosition { offset: top, epoch }),
+        latest: false,
+    })
+    .await;
+    match late.recv().await {
+        ServerFrame::Ack { recovered, .. } => assert_eq!(recovered, Some(false), "past the history size"),
+        other => panic!("{other:?}"),
+    }
+}
