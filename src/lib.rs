@@ -14,9 +14,9 @@
 //!   [`fanout::publication`] built once and shared by every subscriber. The router
 //!   reaches the shards through a trait the shard layer implements.
 //! - [`broker`]: how instances share publications (in-process, Redis, Redis
-//!   Cluster) and find each other ([`broker::instances`]). It knows channels and
-//!   payloads only, and emits [`broker::BrokerEvent`]s to a sink the router
-//!   implements.
+//!   Cluster), keep their history (offsets, epochs: PROTOCOL.md 19) and find each
+//!   other ([`broker::instances`]). It knows channels and payloads only, and emits
+//!   [`broker::BrokerEvent`]s to a sink the router implements.
 //!
 //! Beside them, used by any layer and importing none: [`ws`] (the WebSocket
 //! transport: upgrade and RFC 6455 frames over raw sockets), [`auth`] (token
@@ -27,8 +27,10 @@
 //!
 //! Threads talk only through flume channels and atomics. Nothing on the publish
 //! path takes a lock of ours (flume's queues synchronise internally): the
-//! in-process broker is a thread fed by a channel, and a standalone gateway's
-//! broker does nothing at all.
+//! in-process broker and its history store are a thread fed by a channel, and a
+//! standalone gateway's broker does nothing at all for a channel without history.
+//! The one exception is Redis Cluster, whose slot map a publish reads under an
+//! uncontended read lock (written only when the cluster's slots change).
 
 #![warn(missing_docs)]
 
