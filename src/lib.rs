@@ -20,7 +20,8 @@
 //!
 //! Beside them, used by any layer and importing none: [`ws`] (the WebSocket
 //! transport: upgrade and RFC 6455 frames over raw sockets), [`auth`] (token
-//! verification and channel rules), [`payload`] (a publication's validated data),
+//! verification and channel rules), [`pusher`] (the Pusher protocol's frames,
+//! apps and signatures), [`payload`] (a publication's validated data),
 //! [`metrics`], [`state`] (lock-free shared counters) and [`config`]. On top: [`admin`] (the admin port: HTTP API, health,
 //! metrics, the cluster view) and [`gateway`], which wires an instance together
 //! and drains it.
@@ -43,6 +44,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod metrics;
 pub mod payload;
+pub mod pusher;
 pub mod shard;
 pub mod state;
 pub mod ws;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Modules any layer may use; they use no module of the crate but each other.
-const LEAVES: &[&str] = &["ws", "payload", "metrics", "state", "config", "auth"];
+const LEAVES: &[&str] = &["ws", "payload", "metrics", "state", "config", "auth", "pusher"];
 
 /// The layers, lowest first; a module may use the ones before it.
 const LAYERS: &[&str] = &["broker", "fanout", "shard", "admission", "admin", "gateway"];

@@ -1,0 +1,284 @@
+//! The Pusher Channels protocol, version 7, as its official clients speak it:
+//! the events a client sends (decoded from one JSON text frame) and the frames
+//! the server sends. Channel events carry their `data` as a JSON *string*, as
+//! Pusher does; `pusher:error` carries an object.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+/// The protocol version this module speaks (`?protocol=7` on the URL).
+pub const PROTOCOL_VERSION: u32 = 7;
+
+/// Pusher's close and error codes that the gateway sends.
+pub mod code {
+    /// The app key in the URL names no configured app (do not reconnect).
+    pub const APP_DOES_NOT_EXIST: u16 = 4001;
+    /// The path is not `/app/<key>` (do not reconnect).
+    pub const PATH_NOT_FOUND: u16 = 4005;
+    /// The `protocol` query parameter is not a version this server speaks.
+    pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
+    /// A subscription or sign-in was refused (an error, not a close).
+    pub const UNAUTHORIZED: u16 = 4009;
+    /// The server is over capacity (reconnect with backoff).
+    pub const OVER_CAPACITY: u16 = 4100;
+    /// Reconnect at once (a drain, for instance).
+    pub const RECONNECT: u16 = 4200;
+    /// The client answered no ping in time (reconnect at once).
+    pub const PONG_NOT_RECEIVED: u16 = 4201;
+    /// A client event was refused (an error, not a close): not allowed, or rate limited.
+    pub const CLIENT_EVENT_REJECTED: u16 = 4301;
+}
+
+/// What a client sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PusherRequest {
+    /// `pusher:subscribe`.
+    Subscribe {
+        /// The channel.
+        channel: String,
+        /// `<key>:<signature>`, for private and presence channels.
+        auth: Option<String>,
+        /// The presence member's JSON (`{"user_id":..,"user_info":..}`), as signed.
+        channel_data: Option<String>,
+    },
+    /// `pusher:unsubscribe`.
+    Unsubscribe {
+        /// The channel.
+        channel: String,
+    },
+    /// `pusher:ping`.
+    Ping,
+    /// `pusher:pong` (the answer to a server ping).
+    Pong,
+    /// `pusher:signin`: user authentication.
+    Signin {
+        /// The user's JSON, as signed.
+        user_data: String,
+        /// `<key>:<signature>`.
+        auth: String,
+    },
+    /// A `client-*` event for the other subscribers of a private or presence channel.
+    ClientEvent {
+        /// The event name (starts with `client-`).
+        event: String,
+        /// The channel.
+        channel: String,
+        /// The data as sent: its JSON text.
+        data: String,
+    },
+}
+
+/// Why a client frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PusherDecodeError(pub String);
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    event: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeData {
+    channel: String,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    channel_data: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChannelData {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct SigninData {
+    user_data: String,
+    auth: String,
+}
+
+/// Reads `data`, which clients send either as an object or as a JSON string of one.
+fn data_of<T: for<'de> Deserialize<'de>>(data: Option<&RawValue>, event: &str) -> Result<T, PusherDecodeError> {
+    let raw = data.ok_or_else(|| PusherDecodeError(format!("{event} without data")))?;
+    let parsed = match serde_json::from_str::<T>(raw.get()) {
+        Ok(v) => Ok(v),
+        Err(_) => serde_json::from_str::<String>(raw.get())
+            .map_err(|e| e.to_string())
+            .and_then(|s| serde_json::from_str::<T>(&s).map_err(|e| e.to_string())),
+    };
+    parsed.map_err(|e| {
+        PusherDecodeError(format!(
+            "{event}: bad data: {}",
+            e.chars().take(120).collect::<String>()
+        ))
+    })
+}
+
+/// Decodes one client frame.
+pub fn decode_request(text: &str) -> Result<PusherRequest, PusherDecodeError> {
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        PusherDecodeError(format!(
+            "not a Pusher event: {}",
+            e.to_string().chars().take(120).collect::<String>()
+        ))
+    })?;
+    match envelope.event.as_str() {
+        "pusher:subscribe" => {
+            let d: SubscribeData = data_of(envelope.data, "pusher:subscribe")?;
+            Ok(PusherRequest::Subscribe {
+                channel: d.channel,
+                auth: d.auth,
+                channel_data: d.channel_data,
+            })
+        }
+        "pusher:unsubscribe" => {
+            let d: ChannelData = data_of(envelope.data, "pusher:unsubscribe")?;
+            Ok(PusherRequest::Unsubscribe { channel: d.channel })
+        }
+        "pusher:ping" => Ok(PusherRequest::Ping),
+        "pusher:pong" => Ok(PusherRequest::Pong),
+        "pusher:signin" => {
+            let d: SigninData = data_of(envelope.data, "pusher:signin")?;
+            Ok(PusherRequest::Signin {
+                user_data: d.user_data,
+                auth: d.auth,
+            })
+        }
+        event if event.starts_with("client-") => {
+            let channel = envelope
+                .channel
+                .ok_or_else(|| PusherDecodeError(format!("{event} without a channel")))?;
+            let data = envelope
+                .data
+                .map(|d| d.get().to_owned())
+                .ok_or_else(|| PusherDecodeError(format!("{event} without data")))?;
+            Ok(PusherRequest::ClientEvent {
+                event: event.to_owned(),
+                channel,
+                data,
+            })
+        }
+        other => Err(PusherDecodeError(format!(
+            "unknown event {:?}",
+            other.chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
+/// `pusher:connection_established`.
+pub fn connection_established(socket_id: &str, activity_timeout_secs: u64) -> String {
+    let data = json!({"socket_id": socket_id, "activity_timeout": activity_timeout_secs}).to_string();
+    json!({"event": "pusher:connection_established", "data": data}).to_string()
+}
+
+/// `pusher_internal:subscription_succeeded`; `presence` is the member list of a
+/// presence channel (`{"ids":[..],"hash":{..},"count":n}`).
+pub fn subscription_succeeded(channel: &str, presence: Option<Value>) -> String {
+    let data = match presence {
+        Some(p) => json!({ "presence": p }).to_string(),
+        None => "{}".to_owned(),
+    };
+    json!({"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": data}).to_string()
+}
+
+/// `pusher:error`.
+pub fn error(code: u16, message: &str) -> String {
+    json!({"event": "pusher:error", "data": {"code": code, "message": message}}).to_string()
+}
+
+/// `pusher:pong`.
+pub fn pong() -> String {
+    r#"{"event":"pusher:pong","data":{}}"#.to_owned()
+}
+
+/// `pusher:ping` (the server's keep-alive).
+pub fn ping() -> String {
+    r#"{"event":"pusher:ping","data":{}}"#.to_owned()
+}
+
+/// A channel event: `data` is sent as a JSON string (`data_text` is that string's
+/// content: the event's data as JSON text, or a plain string as published).
+pub fn channel_event(event: &str, channel: &str, data_text: &str, user_id: Option<&str>) -> String {
+    let mut frame = json!({"event": event, "channel": channel, "data": data_text});
+    if let Some(user) = user_id {
+        frame["user_id"] = json!(user);
+    }
+    frame.to_string()
+}
+
+/// A socket id as Pusher clients expect it: two numbers joined by a dot.
+pub fn socket_id(a: u32, b: u32) -> String {
+    format!("{a}.{b}")
+}
+
+/// Whether a socket id has Pusher's shape (`\d+\.\d+`), as the HTTP API checks
+/// the `socket_id` it is given.
+pub fn valid_socket_id(id: &str) -> bool {
+    match id.split_once('.') {
+        Some((a, b)) => {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_events_decode_as_pusher_js_sends_them() {
+        assert_eq!(
+            decode_request(r#"{"event":"pusher:subscribe","data":{"auth":"k:s","channel":"private-x"}}"#),
+            Ok(PusherRequest::Subscribe {
+                channel: "private-x".into(),
+                auth: Some("k:s".into()),
+                channel_data: None,
+            })
+        );
+        // Some clients send data as a string of JSON.
+        assert_eq!(
+            decode_request(r#"{"event":"pusher:unsubscribe","data":"{\"channel\":\"x\"}"}"#),
+            Ok(PusherRequest::Unsubscribe { channel: "x".into() })
+        );
+        assert_eq!(
+            decode_request(r#"{"event":"pusher:ping","data":{}}"#),
+            Ok(PusherRequest::Ping)
+        );
+        match decode_request(r#"{"event":"client-typing","channel":"private-x","data":{"who":"me"}}"#) {
+            Ok(PusherRequest::ClientEvent { event, channel, data }) => {
+                assert_eq!(
+                    (event.as_str(), channel.as_str(), data.as_str()),
+                    ("client-typing", "private-x", r#"{"who":"me"}"#)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(decode_request(r#"{"event":"pusher:teleport"}"#).is_err());
+        assert!(
+            decode_request(r#"{"event":"client-x","data":1}"#).is_err(),
+            "a client event needs a channel"
+        );
+        assert!(decode_request("not json").is_err());
+    }
+
+    #[test]
+    fn server_frames_have_pushers_shapes() {
+        let established: Value = serde_json::from_str(&connection_established("1.2", 120)).unwrap();
+        assert_eq!(established["event"], "pusher:connection_established");
+        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data, json!({"socket_id": "1.2", "activity_timeout": 120}));
+        let event: Value = serde_json::from_str(&channel_event("ev", "ch", r#"{"a":1}"#, None)).unwrap();
+        assert_eq!(event, json!({"event": "ev", "channel": "ch", "data": "{\"a\":1}"}));
+        assert!(valid_socket_id("123.456") && !valid_socket_id("123") && !valid_socket_id("a.1"));
+    }
+}
