@@ -8,7 +8,7 @@
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Log line format.
@@ -211,6 +211,10 @@ pub struct Config {
     /// The `[namespaces]` tables of the config file, as written (read by the auth layer).
     #[arg(skip)]
     pub namespaces: toml::Table,
+
+    /// The `[pusher.apps]` tables of the config file, as written (PROTOCOL.md 20).
+    #[arg(skip)]
+    pub pusher_apps: toml::Table,
 }
 
 /// A configuration that could not be loaded.
@@ -257,7 +261,7 @@ impl Config {
         let config = match &first.config {
             None => first,
             Some(path) => {
-                let (file, namespaces) = file_args(path)?;
+                let (file, tables) = file_args(path)?;
                 let mut merged = vec![args.first().cloned().unwrap_or_else(|| "shardcast".into())];
                 merged.extend(file);
                 merged.extend(args.iter().skip(1).cloned());
@@ -265,7 +269,8 @@ impl Config {
                     .args_override_self(true)
                     .try_get_matches_from(merged)?;
                 let mut config = Config::from_arg_matches(&matches)?;
-                config.namespaces = namespaces;
+                config.namespaces = tables.namespaces;
+                config.pusher_apps = tables.pusher_apps;
                 config
             }
         };
@@ -318,10 +323,28 @@ impl Config {
     }
 }
 
+/// The tables of a config file that are not flags, as written.
+#[derive(Default)]
+struct FileTables {
+    namespaces: toml::Table,
+    pusher_apps: toml::Table,
+}
+
+/// A table of tables from the config file, or what is wrong with it.
+fn table_of_tables(path: &Path, key: &str, value: toml::Value) -> Result<toml::Table, ConfigError> {
+    match value {
+        toml::Value::Table(t) if t.values().all(toml::Value::is_table) => Ok(t),
+        _ => Err(ConfigError::File {
+            path: path.to_path_buf(),
+            message: format!("`{key}` must be a table of tables"),
+        }),
+    }
+}
+
 /// Turns a TOML file into `--flag=value` arguments, skipping keys whose environment
-/// variable is set (the environment outranks the file); the `namespaces` table is
-/// returned as it is.
-fn file_args(path: &PathBuf) -> Result<(Vec<OsString>, toml::Table), ConfigError> {
+/// variable is set (the environment outranks the file); the `namespaces` and
+/// `pusher.apps` tables are returned as they are.
+fn file_args(path: &PathBuf) -> Result<(Vec<OsString>, FileTables), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.clone(),
         source,
@@ -332,18 +355,23 @@ fn file_args(path: &PathBuf) -> Result<(Vec<OsString>, toml::Table), ConfigError
     })?;
     let command = Config::command();
     let mut out = Vec::new();
-    let mut namespaces = toml::Table::new();
+    let mut tables = FileTables::default();
     for (key, value) in table {
         if key == "namespaces" {
-            namespaces = match value {
-                toml::Value::Table(t) => t,
-                _ => {
-                    return Err(ConfigError::File {
-                        path: path.clone(),
-                        message: "`namespaces` must be a table of tables".into(),
-                    })
-                }
-            };
+            tables.namespaces = table_of_tables(path, "namespaces", value)?;
+            continue;
+        }
+        if key == "pusher" {
+            let mut pusher = table_of_tables(path, "pusher", value)?;
+            if let Some(apps) = pusher.remove("apps") {
+                tables.pusher_apps = table_of_tables(path, "pusher.apps", apps)?;
+            }
+            if let Some(other) = pusher.keys().next() {
+                return Err(ConfigError::File {
+                    path: path.clone(),
+                    message: format!("unknown key `pusher.{other}`"),
+                });
+            }
             continue;
         }
         let flag = key.replace('_', "-");
@@ -385,7 +413,7 @@ fn file_args(path: &PathBuf) -> Result<(Vec<OsString>, toml::Table), ConfigError
         };
         out.push(OsString::from(format!("--{flag}={value}")));
     }
-    Ok((out, namespaces))
+    Ok((out, tables))
 }
 
 /// Parses `250ms`, `10s`, `2m` or a bare number of seconds.

@@ -30,6 +30,7 @@ use crate::fanout::publisher::Publisher;
 use crate::fanout::router::{self, RouterHandle};
 use crate::fanout::ChannelHistory;
 use crate::metrics::Metrics;
+use crate::pusher::apps::{AppsError, PusherApps};
 use crate::shard::{self, ShardCommand, ShardDeps, ShardHandle};
 use crate::state::GatewayState;
 
@@ -59,6 +60,9 @@ pub enum GatewayError {
     /// Metric registration failed (a programming error).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The Pusher apps of the config file are unusable.
+    #[error(transparent)]
+    PusherApps(#[from] AppsError),
 }
 
 /// A started gateway. Must be started inside a tokio runtime (the control thread's).
@@ -102,6 +106,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         users,
     } = make_broker(&config, &state, Arc::new(router_handle.clone()), &metrics)?;
     let channel_history = ChannelHistory::new(Arc::new(auth.rules().clone()));
+    let pusher_apps = Arc::new(PusherApps::from_table(&config.pusher_apps)?);
     let publisher = Publisher::new(
         router_handle.clone(),
         broker.clone(),
@@ -177,6 +182,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
                 budget: budget.clone(),
                 cluster: cluster.clone(),
                 sessions: SessionStore::new(metrics.registry())?,
+                pusher_apps: pusher_apps.clone(),
             }),
         )),
         tokio::spawn(cluster.clone().run()),

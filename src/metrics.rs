@@ -43,6 +43,8 @@ pub struct Metrics {
     pub publish_duplicates: IntCounter,
     /// Gap frames' occasions, by reason (PROTOCOL.md 19.5).
     pub gaps: IntCounterVec,
+    /// Pusher HTTP API requests refused, by reason (signature, timestamp, ...).
+    pub pusher_api_refusals: IntCounterVec,
     /// Publishes whose broker outcome is not known (timeouts), by source.
     pub publish_unknown: IntCounter,
     /// Channels in the in-process history store.
@@ -151,6 +153,11 @@ impl Metrics {
                 "Losses history could not cover, announced by gap frames, by reason.",
                 &["reason"],
             )?,
+            pusher_api_refusals: counter_vec(
+                "pusher_api_refusals_total",
+                "Pusher HTTP API requests refused, by reason: missing, wrong_key, version, timestamp, body_md5, signature.",
+                &["reason"],
+            )?,
             publish_unknown: IntCounter::with_opts(opts("publish_outcome_unknown_total", "Publishes whose broker did not answer within the publish timeout."))?,
             history_channels: IntGauge::with_opts(opts("history_channels", "Channels in the in-process history store."))?,
             history_publications: IntGauge::with_opts(opts("history_publications", "Publications in the in-process history store."))?,
@@ -247,6 +254,7 @@ impl Metrics {
         r.register(Box::new(self.history_duplicates.clone()))?;
         r.register(Box::new(self.publish_duplicates.clone()))?;
         r.register(Box::new(self.gaps.clone()))?;
+        r.register(Box::new(self.pusher_api_refusals.clone()))?;
         r.register(Box::new(self.publish_unknown.clone()))?;
         r.register(Box::new(self.history_channels.clone()))?;
         r.register(Box::new(self.history_publications.clone()))?;

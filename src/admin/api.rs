@@ -37,6 +37,7 @@ use crate::fanout::publisher::Publisher;
 use crate::fanout::router::Source;
 use crate::metrics::Metrics;
 use crate::payload::Payload;
+use crate::pusher::apps::PusherApps;
 use crate::shard::history_frame;
 use crate::state::GatewayState;
 
@@ -63,6 +64,8 @@ pub struct AdminContext {
     pub cluster: Arc<ClusterView>,
     /// The web console's sign-in sessions.
     pub sessions: SessionStore,
+    /// The Pusher apps (PROTOCOL.md 20); `/apps/...` answers 404 without any.
+    pub pusher_apps: Arc<PusherApps>,
 }
 
 /// Serves the admin API until the task is dropped.
@@ -89,7 +92,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>) {
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+pub(in crate::admin) type Reply = Response<Full<Bytes>>;
 
 /// A response body of the admin port: whole, or the console's event stream.
 pub(in crate::admin) type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -140,6 +143,7 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             resp
         }
+        (_, p) if p.starts_with("/apps/") && !ctx.pusher_apps.is_empty() => super::pusher_api::handle(ctx, req).await,
         (_, p) if p.starts_with("/api/") => {
             if let Some(refusal) = unauthorized(ctx, &req) {
                 return refusal;
@@ -453,7 +457,7 @@ async fn history(ctx: &AdminContext, req: &Request<Incoming>) -> Reply {
 }
 
 /// The pairs of a URL query string, percent-decoded.
-fn url_query(query: &str) -> Vec<(String, String)> {
+pub(in crate::admin) fn url_query(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())

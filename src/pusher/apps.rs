@@ -26,6 +26,9 @@ pub struct PusherApp {
     /// Members per presence channel at most.
     #[serde(default = "default_max_presence_members")]
     pub max_presence_members: u32,
+    /// What the app's channels are prefixed with to become shardcast channels.
+    #[serde(default)]
+    pub channel_prefix: String,
 }
 
 fn default_max_presence_members() -> u32 {
@@ -40,11 +43,17 @@ impl std::fmt::Debug for PusherApp {
             .field("key", &self.key)
             .field("client_events", &self.client_events)
             .field("max_presence_members", &self.max_presence_members)
+            .field("channel_prefix", &self.channel_prefix)
             .finish_non_exhaustive()
     }
 }
 
 impl PusherApp {
+    /// The shardcast channel of one of the app's channels (PROTOCOL.md 20.2).
+    pub fn shardcast_channel(&self, channel: &str) -> String {
+        format!("{}{channel}", self.channel_prefix)
+    }
+
     /// An app with Pusher's defaults.
     pub fn new(id: &str, key: &str, secret: &str) -> PusherApp {
         PusherApp {
@@ -53,6 +62,7 @@ impl PusherApp {
             secret: secret.to_owned(),
             client_events: false,
             max_presence_members: DEFAULT_MAX_PRESENCE_MEMBERS,
+            channel_prefix: String::new(),
         }
     }
 }
