@@ -182,6 +182,11 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_SUBSCRIBE_RATE", default_value_t = 0)]
     pub subscribe_rate: u32,
 
+    /// The admin address other instances use to reach this one (the web console
+    /// asks each instance for a channel's subscribers); default: the bound admin address.
+    #[arg(long, env = "SHARDCAST_ADMIN_ADVERTISE")]
+    pub admin_advertise: Option<String>,
+
     /// Publications kept per channel for recovery (PROTOCOL.md 19); 0 keeps no history.
     /// Namespaces override it with `history_size` in the config file.
     #[arg(long, env = "SHARDCAST_HISTORY_SIZE", default_value_t = 0)]

@@ -157,6 +157,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         state.clone(),
         metrics.clone(),
         ws_addr,
+        config.admin_advertise.clone().unwrap_or_else(|| admin_addr.to_string()),
         config.heartbeat_interval,
         config.instance_ttl,
     );

@@ -142,6 +142,7 @@ impl Fixture {
                 let me = InstanceInfo {
                     node: origin.into(),
                     ws: "127.0.0.1:0".into(),
+                    admin: "127.0.0.1:0".into(),
                     connections: 0,
                     at_ms: 0,
                 };

@@ -407,3 +407,59 @@ async fn wrong_keys_are_counted_and_limited_per_source_address() {
     .await;
     assert_eq!(stats.status, 200);
 }
+
+/// `GET /api/channel`: a channel's subscribers here, and with `cluster=1` on every
+/// instance of the cluster view, each asked on its advertised admin address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_subscribers_are_counted_on_every_instance() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gws = ready_gateways(
+        2,
+        &[
+            "--redis",
+            url.as_str(),
+            "--api-key",
+            "k3y",
+            "--heartbeat-interval",
+            "200ms",
+        ],
+    )
+    .await;
+    let (a, b) = (gws[0].as_ref().expect("a"), gws[1].as_ref().expect("b"));
+    let mut subs = Vec::new();
+    for (gw, n) in [(a, 1), (b, 2)] {
+        for _ in 0..n {
+            let mut c = gw.connect(shardcast_proto::Encoding::Json).await;
+            c.subscribe(1, "rooms:lobby").await;
+            subs.push(c);
+        }
+    }
+    let auth = [("authorization", "Bearer k3y")];
+    let (status, body) = http(a.admin, "GET", "/api/channel?name=rooms:lobby", None, &auth).await;
+    assert_eq!(status, 200, "{body}");
+    let here: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(here["subscribers"], 1);
+    let start = std::time::Instant::now();
+    loop {
+        let (_, body) = http(a.admin, "GET", "/api/channel?name=rooms:lobby&cluster=1", None, &auth).await;
+        let all: serde_json::Value = serde_json::from_str(&body).expect("json");
+        if all["total"] == 3 {
+            let per: Vec<u64> = all["instances"]
+                .as_array()
+                .expect("instances")
+                .iter()
+                .filter_map(|i| i["subscribers"].as_u64())
+                .collect();
+            assert_eq!(per.len(), 2, "{all}");
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "never counted 3: {all}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        http(a.admin, "GET", "/api/channel?name=rooms:lobby", None, &[]).await.0,
+        401
+    );
+    assert_eq!(http(a.admin, "GET", "/api/channel?name=", None, &auth).await.0, 400);
+}

@@ -154,6 +154,7 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
                 (&Method::POST, "/api/unsubscribe") => user_command(ctx, req, "unsubscribed").await,
                 (&Method::GET, "/api/stats") => json_reply(StatusCode::OK, stats_body(ctx)),
                 (&Method::GET, "/api/history") => history(ctx, &req).await,
+                (&Method::GET, "/api/channel") => channel(ctx, &req).await,
                 (&Method::GET, "/api/cluster") => {
                     let snapshot = ctx.cluster.snapshot();
                     json_reply(StatusCode::OK, serde_json::to_value(&*snapshot).unwrap_or_default())
@@ -161,7 +162,7 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
                 (
                     _,
                     "/api/publish" | "/api/stats" | "/api/cluster" | "/api/disconnect" | "/api/unsubscribe"
-                    | "/api/history",
+                    | "/api/history" | "/api/channel",
                 ) => error_reply(
                     StatusCode::METHOD_NOT_ALLOWED,
                     ErrorCode::BadRequest,
@@ -396,6 +397,75 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
         }
         json_reply(StatusCode::OK, one)
     }
+}
+
+/// `GET /api/channel?name=<channel>[&cluster=1]`: the channel's subscribers on
+/// this instance and whether it keeps history, and with `cluster=1` on every live instance of the cluster view
+/// (each asked on its advertised admin address with this request's authorization;
+/// one that does not answer is listed with its error).
+async fn channel(ctx: &AdminContext, req: &Request<Incoming>) -> Reply {
+    let query = url_query(req.uri().query().unwrap_or(""));
+    let value = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let Some(name) = value("name") else {
+        return error_reply(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "missing query parameter `name`",
+        );
+    };
+    if let Err(e) = validate_channel(&name, ctx.max_channel_len) {
+        return error_reply(StatusCode::BAD_REQUEST, ErrorCode::BadChannel, &format!("{name}: {e}"));
+    }
+    let here = ctx.publisher.subscribers(Arc::from(name.as_str())).await;
+    let keeps_history = ctx.publisher.channel_history().policy(&name).is_some();
+    let mut body = json!({
+        "ok": true,
+        "node": ctx.state.node_id,
+        "channel": name,
+        "subscribers": here,
+        "history": keeps_history,
+    });
+    if value("cluster").as_deref() != Some("1") {
+        return json_reply(StatusCode::OK, body);
+    }
+    let snapshot = ctx.cluster.snapshot();
+    let path = format!("/api/channel?name={}", percent_encode(&name));
+    let authorization = req.headers().get(AUTHORIZATION).cloned().or_else(|| {
+        // A console session: the others take the same API key.
+        ctx.api_keys
+            .first()
+            .and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok())
+    });
+    let asked = join_all(snapshot.instances.iter().map(|instance| {
+        let (path, authorization) = (path.clone(), authorization.clone());
+        async move {
+            if instance.node == ctx.state.node_id {
+                return json!({"node": instance.node, "subscribers": here});
+            }
+            if instance.admin.is_empty() {
+                return json!({"node": instance.node, "error": "its admin address is not known"});
+            }
+            match super::peers::get_json(&instance.admin, &path, authorization.as_ref()).await {
+                Ok(answer) => json!({"node": instance.node, "subscribers": answer["subscribers"]}),
+                Err(e) => json!({"node": instance.node, "error": e}),
+            }
+        }
+    }))
+    .await;
+    let total: u64 = asked.iter().filter_map(|a| a["subscribers"].as_u64()).sum();
+    body["instances"] = json!(asked);
+    body["total"] = json!(total);
+    json_reply(StatusCode::OK, body)
+}
+
+/// Percent-encodes a channel name for a query string (its charset needs little).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// `GET /api/history?channel=&since=&epoch=&limit=` (PROTOCOL.md 19.6).

@@ -44,6 +44,7 @@ pub struct ClusterView {
     state: Arc<GatewayState>,
     metrics: Arc<Metrics>,
     ws: SocketAddr,
+    admin: String,
     interval: Duration,
     ttl: Duration,
     snapshot: Mutex<Arc<ClusterSnapshot>>,
@@ -56,6 +57,7 @@ impl ClusterView {
         state: Arc<GatewayState>,
         metrics: Arc<Metrics>,
         ws: SocketAddr,
+        admin: String,
         interval: Duration,
         ttl: Duration,
     ) -> Arc<ClusterView> {
@@ -64,6 +66,7 @@ impl ClusterView {
             state,
             metrics,
             ws,
+            admin,
             interval,
             ttl,
             snapshot: Mutex::new(Arc::new(ClusterSnapshot {
@@ -127,6 +130,7 @@ impl ClusterView {
         InstanceInfo {
             node: self.state.node_id.clone(),
             ws: self.ws.to_string(),
+            admin: self.admin.clone(),
             connections: self.state.total_connections(),
             at_ms: now_ms(),
         }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cluster;
 pub mod console;
+pub mod peers;
 pub mod pusher_api;
 
 pub use api::{serve, AdminContext};

@@ -18,6 +18,10 @@ pub struct InstanceInfo {
     pub node: String,
     /// Its WebSocket address.
     pub ws: String,
+    /// Its admin address, as other instances reach it (empty in records of
+    /// versions that did not write it).
+    #[serde(default)]
+    pub admin: String,
     /// Its open WebSocket connections.
     pub connections: usize,
     /// When it wrote this, in milliseconds since the Unix epoch.

@@ -171,6 +171,11 @@ impl Publisher {
             .map_err(|source| PublishError { reached, source })
     }
 
+    /// How many connections of this instance subscribe to `channel`.
+    pub async fn subscribers(&self, channel: Arc<str>) -> usize {
+        self.router.subscribers(channel).await
+    }
+
     /// Whether the broker can take publishes now.
     pub fn broker_ready(&self) -> bool {
         self.broker.is_ready()

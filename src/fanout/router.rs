@@ -53,6 +53,13 @@ pub enum ShardMail {
         /// Why history could not cover it.
         reason: GapReason,
     },
+    /// Count this shard's subscribers of a channel into the report.
+    CountSubscribers {
+        /// The channel.
+        channel: Arc<str>,
+        /// Where the shard's count goes.
+        report: Arc<DeliveryReport>,
+    },
     /// Apply an operator's command to this shard's connections; the report, if
     /// any, is told how many connections it touched.
     Control {
@@ -141,6 +148,13 @@ pub enum RouterCommand {
         /// The store's answer.
         result: Result<HistoryPage, BrokerError>,
     },
+    /// How many local connections subscribe to a channel; `reply` gets the count.
+    CountSubscribers {
+        /// The channel.
+        channel: Arc<str>,
+        /// Gets the count.
+        reply: flume::Sender<usize>,
+    },
     /// A publication came early a while ago: read the store if the hole is still there.
     HoleCheck {
         /// The channel.
@@ -175,6 +189,20 @@ impl RouterHandle {
             reply: Some(reply),
         };
         if self.tx.send_async(cmd).await.is_err() {
+            return 0;
+        }
+        done.recv_async().await.unwrap_or(0)
+    }
+
+    /// How many connections of this instance subscribe to `channel`.
+    pub async fn subscribers(&self, channel: Arc<str>) -> usize {
+        let (reply, done) = flume::bounded(1);
+        if self
+            .tx
+            .send_async(RouterCommand::CountSubscribers { channel, reply })
+            .await
+            .is_err()
+        {
             return 0;
         }
         done.recv_async().await.unwrap_or(0)
@@ -292,6 +320,7 @@ pub async fn run<S: ShardMailbox>(
             RouterCommand::BrokerSubscribed { channel, result } => router.broker_subscribed(channel, result),
             RouterCommand::HistoryRead { channel, first, result } => router.history_read(channel, first, result),
             RouterCommand::HoleCheck { channel } => router.hole_check(&channel),
+            RouterCommand::CountSubscribers { channel, reply } => router.count(channel, reply),
             RouterCommand::Publish {
                 channel,
                 payload,
@@ -549,6 +578,24 @@ impl<S: ShardMailbox> Router<S> {
             .inc_by(reads.len() as u64);
         for (channel, query) in reads {
             self.read(channel, query, false);
+        }
+    }
+
+    fn count(&self, channel: Arc<str>, reply: flume::Sender<usize>) {
+        let Some(route) = self.routes.get(&channel) else {
+            let _ = reply.try_send(0);
+            return;
+        };
+        let targets = route.shards;
+        let report = Arc::new(DeliveryReport::new(targets.count_ones() as usize, reply));
+        for shard in bits(targets) {
+            let mail = ShardMail::CountSubscribers {
+                channel: channel.clone(),
+                report: report.clone(),
+            };
+            if !self.shards[shard].send_mail(mail) {
+                report.shard_done(0);
+            }
         }
     }
 

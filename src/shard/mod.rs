@@ -81,6 +81,13 @@ pub enum ShardCommand {
         /// Why history could not cover it.
         reason: GapReason,
     },
+    /// Count this shard's subscribers of a channel into the report.
+    CountSubscribers {
+        /// The channel.
+        channel: Arc<str>,
+        /// Where the count goes.
+        report: Arc<DeliveryReport>,
+    },
     /// Apply an operator's command to this shard's connections.
     Control {
         /// The command.
@@ -131,6 +138,7 @@ impl ShardMailbox for ShardHandle {
             },
             ShardMail::Gap { channel, reason } => ShardCommand::Gap { channel, reason },
             ShardMail::Control { command, report } => ShardCommand::Control { command, report },
+            ShardMail::CountSubscribers { channel, report } => ShardCommand::CountSubscribers { channel, report },
         };
         self.send(cmd).is_ok()
     }
@@ -187,6 +195,16 @@ pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::t
                         result,
                         position,
                     } => core.with(|shard| shard.interest_confirmed(&channel, result, position)),
+                    ShardCommand::CountSubscribers { channel, report } => {
+                        let n = core.with(|shard| {
+                            shard
+                                .st
+                                .table
+                                .subscribers(&channel)
+                                .map_or(0, |lists| lists.iter().map(Vec::len).sum())
+                        });
+                        report.shard_done(n);
+                    }
                     ShardCommand::Drain { window } => {
                         core.with(|shard| shard.st.draining = true);
                         tokio::task::spawn_local(upkeep::drain(core.clone(), window));

@@ -18,6 +18,8 @@
     /** Last publish result per channel, from this page: { node, subscribers }. */
     reached: new Map(),
     inspected: null,
+    /** The inspected channel's subscribers per node (GET /api/channel?cluster=1). */
+    subscribers: new Map(),
   };
 
   const $ = (id) => document.getElementById(id);
@@ -203,25 +205,73 @@
     const s = state.last;
     const channel = state.inspected;
     $('inspect-name').textContent = channel;
-    const reached = state.reached.get(channel);
     const instances = s ? s.cluster.instances : [];
     replaceRows(
       $('inspect-rows'),
       instances.map((inst) => {
         const tr = document.createElement('tr');
         tr.dataset.node = inst.node;
-        const known = reached && reached.node === inst.node;
+        const subs = state.subscribers.get(inst.node);
         tr.append(
           cell(inst.node),
           cell(inst.connections, { num: true, unit: 'conn' }),
-          known
-            ? cell(reached.subscribers, { num: true, unit: 'subs (last publish)', name: 'subscribers' })
-            : cell('not reported', { num: true }),
+          typeof subs === 'number'
+            ? cell(subs, { num: true, unit: 'subs', name: 'subscribers' })
+            : cell(subs === undefined ? 'asking…' : subs, { num: true }),
         );
         return tr;
       }),
     );
     $('inspect-result').hidden = false;
+  }
+
+  /** Asks every instance for the channel's subscribers, and this one for its recent history. */
+  async function inspect(channel) {
+    state.subscribers = new Map();
+    renderInspector();
+    const who = await getJson(`/api/channel?name=${encodeURIComponent(channel)}&cluster=1`);
+    const keeps = who.status === 200 && who.body && who.body.history;
+    const history = keeps ? await getJson(`/api/history?channel=${encodeURIComponent(channel)}&limit=5`) : null;
+    if (state.inspected !== channel) return;
+    if (who.status === 200 && who.body) {
+      for (const inst of who.body.instances || []) {
+        state.subscribers.set(inst.node, typeof inst.subscribers === 'number' ? inst.subscribers : `no answer: ${inst.error}`);
+      }
+      $('inspect-total').textContent = `${count(who.body.total, 'subscriber')} in the cluster.`;
+    } else {
+      $('inspect-total').textContent = `Subscribers unknown: ${errorText(who)}`;
+    }
+    const list = $('inspect-history');
+    list.replaceChildren();
+    if (history === null) {
+      $('inspect-history-note').textContent = 'This channel keeps no history.';
+    } else if (history.status === 200 && history.body) {
+      const pubs = history.body.publications || [];
+      $('inspect-history-note').textContent =
+        `Epoch ${history.body.epoch}, latest offset ${intFormat.format(history.body.offset)}; the last ${pubs.length} below.`;
+      for (const p of pubs) {
+        const li = document.createElement('li');
+        li.value = p.offset;
+        li.dataset.offset = String(p.offset);
+        li.textContent = JSON.stringify(p.data);
+        list.append(li);
+      }
+    } else {
+      $('inspect-history-note').textContent = `History unknown: ${errorText(history)}`;
+    }
+    renderInspector();
+  }
+
+  /** GETs JSON from the admin port with the session cookie; resolves with { status, body }. */
+  async function getJson(path) {
+    const response = await fetch(path, { credentials: 'same-origin' });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      body = null;
+    }
+    return { status: response.status, body };
   }
 
   function setFeed(stateName, text) {
@@ -339,7 +389,7 @@
       out.className = 'good';
       out.textContent = `Published to ${channel}: reached ${count(result.body.subscribers, 'subscriber')} on this instance; other instances got it through the broker.`;
       out.dataset.subscribers = String(result.body.subscribers);
-      if (state.inspected === channel) renderInspector();
+      if (state.inspected === channel) void inspect(channel);
     } else {
       out.className = 'error';
       out.textContent = `Not published: ${errorText(result)}`;
@@ -365,7 +415,7 @@
     event.preventDefault();
     state.inspected = $('inspect-channel').value.trim();
     $('publish-channel').value = state.inspected;
-    renderInspector();
+    void inspect(state.inspected);
   });
 
   void boot();

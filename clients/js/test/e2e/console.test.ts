@@ -256,14 +256,21 @@ it('signs in, shows the cluster as the API reports it, publishes and disconnects
     await waitFor(() => received.length === 1, 'the publication from the console form', 5_000);
     expect(received).toEqual([{ from: 'the console' }]);
 
-    // The inspector lists every instance for the channel, with what the page's publish reached here.
+    // The inspector lists every instance with its subscribers of the channel (each
+    // instance asked on its admin port): the one subscriber is on b.
     await page.fill('#inspect-channel', 'console-news');
     await page.click('#inspect-form button[type=submit]');
     await page.waitForSelector('#inspect-result', { state: 'visible', timeout: 5_000 });
     expect(await page.$$eval('#inspect-rows tr', (rows) => rows.map((row) => (row as HTMLElement).dataset.node))).toEqual(
       cluster.instances.map((i: { node: string }) => i.node),
     );
+    await page.waitForSelector(`#inspect-rows tr[data-node="${stats.node}"] [data-figure="subscribers"]`, { timeout: 5_000 });
+    const perInstance = await Promise.all(
+      cluster.instances.map((i: { node: string }) => figureValue(page, `#inspect-rows tr[data-node="${i.node}"] [data-figure="subscribers"]`)),
+    );
+    expect(perInstance.reduce((sum: number, n) => sum + (n ?? 0), 0)).toBe(1);
     expect(await figureValue(page, `#inspect-rows tr[data-node="${stats.node}"] [data-figure="subscribers"]`)).toBe(0);
+    expect(await page.textContent('#inspect-history-note')).toBe('This channel keeps no history.');
     expect(await page.isVisible('#inspect-presence')).toBe(true);
 
     // Disconnecting a user from the page closes its sockets, here and on the other instance.
