@@ -143,6 +143,7 @@ impl Fixture {
                     node: origin.into(),
                     ws: "127.0.0.1:0".into(),
                     admin: "127.0.0.1:0".into(),
+                    health: Default::default(),
                     connections: 0,
                     at_ms: 0,
                 };

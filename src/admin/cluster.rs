@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tracing::warn;
 
-use crate::broker::instances::{InstanceInfo, InstanceRegistry};
+use prometheus::core::Collector;
+
+use crate::broker::instances::{InstanceHealth, InstanceInfo, InstanceRegistry};
 use crate::metrics::Metrics;
 use crate::state::GatewayState;
 
@@ -48,6 +50,8 @@ pub struct ClusterView {
     interval: Duration,
     ttl: Duration,
     snapshot: Mutex<Arc<ClusterSnapshot>>,
+    /// The loop-lag histograms' (sum, count) per shard at the last heartbeat.
+    lag_before: Mutex<Vec<(f64, u64)>>,
 }
 
 impl ClusterView {
@@ -75,6 +79,7 @@ impl ClusterView {
                 overdue: Vec::new(),
                 fresh: false,
             })),
+            lag_before: Mutex::new(Vec::new()),
         });
         view.store(vec![view.me()], true);
         view
@@ -133,6 +138,56 @@ impl ClusterView {
             admin: self.admin.clone(),
             connections: self.state.total_connections(),
             at_ms: now_ms(),
+            health: self.health(),
+        }
+    }
+
+    /// This instance's figures for its heartbeat; the loop lag is the worst
+    /// shard's mean since the previous heartbeat.
+    fn health(&self) -> InstanceHealth {
+        let m = &self.metrics;
+        let lag: Vec<(f64, u64)> = m
+            .shard_loop_lag
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| {
+                let h = metric.get_histogram();
+                (h.get_sample_sum(), h.get_sample_count())
+            })
+            .collect();
+        let mut previous = self.lag_before.lock().unwrap_or_else(|p| p.into_inner());
+        let lag_ms = lag
+            .iter()
+            .enumerate()
+            .map(|(i, (sum, count))| {
+                let (sum0, count0) = previous.get(i).copied().unwrap_or((0.0, 0));
+                let n = count.saturating_sub(count0);
+                if n == 0 {
+                    0.0
+                } else {
+                    (sum - sum0) / n as f64 * 1000.0
+                }
+            })
+            .fold(0.0, f64::max);
+        *previous = lag;
+        let total = |vec: &prometheus::IntCounterVec| -> u64 {
+            vec.collect()
+                .iter()
+                .flat_map(|family| family.get_metric())
+                .map(|metric| metric.get_counter().get_value() as u64)
+                .sum()
+        };
+        InstanceHealth {
+            shards: self.state.connections_per_shard(),
+            fd_headroom: u64::try_from(m.fd_headroom.get()).unwrap_or(0),
+            fd_limit: u64::try_from(m.fd_limit.get()).unwrap_or(0),
+            lag_ms,
+            published: total(&m.messages_published),
+            delivered: m.messages_delivered.get(),
+            dropped: total(&m.messages_dropped),
+            broker_up: m.broker_up.get() == 1,
+            ready: self.state.is_ready(),
         }
     }
 

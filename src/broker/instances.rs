@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::BrokerError;
 
 /// One instance as its heartbeat describes it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InstanceInfo {
     /// The instance's id.
     pub node: String,
@@ -26,6 +26,35 @@ pub struct InstanceInfo {
     pub connections: usize,
     /// When it wrote this, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// How the instance is doing, for the console's view of every instance
+    /// (defaults in records of versions that did not write it).
+    #[serde(default)]
+    pub health: InstanceHealth,
+}
+
+/// An instance's own figures, carried by its heartbeat: the counters are totals
+/// since its start, so a reader differences two heartbeats for rates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceHealth {
+    /// Connections per shard.
+    pub shards: Vec<usize>,
+    /// Descriptors left before the limit.
+    pub fd_headroom: u64,
+    /// The descriptor limit.
+    pub fd_limit: u64,
+    /// Mean shard loop lag over the last heartbeat interval, in milliseconds (the
+    /// worst shard's).
+    pub lag_ms: f64,
+    /// Publications taken (every source), since start.
+    pub published: u64,
+    /// Frames delivered to subscribers, since start.
+    pub delivered: u64,
+    /// Messages dropped (every reason), since start.
+    pub dropped: u64,
+    /// Whether its broker is connected and in sync.
+    pub broker_up: bool,
+    /// Whether it reports ready.
+    pub ready: bool,
 }
 
 /// An instance-registry operation in flight.

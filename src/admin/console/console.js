@@ -20,6 +20,8 @@
     inspected: null,
     /** The inspected channel's subscribers per node (GET /api/channel?cluster=1). */
     subscribers: new Map(),
+    /** Each instance's previous heartbeat figures, for its rates: node -> health with at_ms. */
+    heartbeats: new Map(),
   };
 
   const $ = (id) => document.getElementById(id);
@@ -135,6 +137,7 @@
         tr.dataset.node = inst.node;
         const name = cell(inst.node === stats.node ? `${inst.node} (this one)` : inst.node);
         tr.append(name, cell(inst.ws), cell(inst.connections, { num: true, unit: 'conn', name: 'connections' }));
+        tr.append(...healthCells(inst));
         const age = Math.max(0, s.at_ms - inst.at_ms);
         tr.append(cell(age, { num: true, unit: 'ms', name: 'heartbeat-age' }));
         const st = cell(label);
@@ -199,6 +202,34 @@
     figure('broker-received', s.broker.received_per_s, decFormat);
 
     if (state.inspected) renderInspector();
+  }
+
+  /** An instance's own figures from its heartbeat; rates from its previous one. */
+  function healthCells(inst) {
+    const h = inst.health || {};
+    const before = state.heartbeats.get(inst.node);
+    const seconds = before ? (inst.at_ms - before.at_ms) / 1000 : 0;
+    const rate = (key) => (before && seconds > 0 ? Math.max(0, (h[key] - before[key]) / seconds) : null);
+    if (!before || before.at_ms !== inst.at_ms) {
+      if (before && seconds > 0) state.heartbeats.set(`${inst.node}:rates`, { publish: rate('published'), delivery: rate('delivered') });
+      state.heartbeats.set(inst.node, { ...h, at_ms: inst.at_ms });
+    }
+    const rates = state.heartbeats.get(`${inst.node}:rates`) || { publish: null, delivery: null };
+    const shards = cell((h.shards || []).join(' / ') || '–', { num: true, unit: 'conn', name: 'shard-connections', value: (h.shards || []).join(',') });
+    const redis = cell(h.broker_up ? 'up' : 'down');
+    redis.className = h.broker_up ? 'good' : 'bad';
+    const ready = cell(h.ready ? 'ready' : 'not ready');
+    ready.className = h.ready ? 'good' : 'bad';
+    return [
+      shards,
+      cell(h.fd_headroom ?? 0, { num: true, unit: `fd of ${intFormat.format(h.fd_limit ?? 0)}`, name: 'instance-fd-headroom' }),
+      cell(decFormat.format(h.lag_ms ?? 0), { num: true, unit: 'ms', name: 'instance-lag', value: h.lag_ms }),
+      cell(rates.publish === null ? '–' : decFormat.format(rates.publish), { num: true, unit: 'msg/s', name: 'instance-publish-rate', value: rates.publish }),
+      cell(rates.delivery === null ? '–' : decFormat.format(rates.delivery), { num: true, unit: 'msg/s', name: 'instance-delivery-rate', value: rates.delivery }),
+      cell(h.dropped ?? 0, { num: true, unit: 'msgs', name: 'instance-dropped' }),
+      redis,
+      ready,
+    ];
   }
 
   function renderInspector() {

@@ -217,6 +217,13 @@ it('signs in, shows the cluster as the API reports it, publishes and disconnects
       perInstance: await Promise.all(
         cluster.instances.map((i: { node: string }) => figureValue(page, `#instances tr[data-node="${i.node}"] [data-figure="connections"]`)),
       ),
+      perInstanceShards: await Promise.all(
+        cluster.instances.map((i: { node: string }) =>
+          page
+            .$eval(`#instances tr[data-node="${i.node}"] [data-figure="shard-connections"]`, (el) => (el as HTMLElement).dataset.value ?? '')
+            .catch(() => ''),
+        ),
+      ),
       local: await figureValue(page, '[data-figure="local-connections"]'),
       shards: await Promise.all(stats.shards.map((_: number, i: number) => figureValue(page, `#shards tr[data-shard="${i}"] [data-figure="connections"]`))),
     });
@@ -224,6 +231,8 @@ it('signs in, shows the cluster as the API reports it, publishes and disconnects
       total: cluster.total_connections,
       instances: cluster.instances.length,
       perInstance: cluster.instances.map((i: { connections: number }) => i.connections),
+      // Every instance's connections per shard, as its heartbeat carried them.
+      perInstanceShards: cluster.instances.map((i: { health: { shards: number[] } }) => i.health.shards.join(',')),
       local: stats.connections,
       shards: stats.shards,
     };
