@@ -1,7 +1,8 @@
 //! The broker contract: one set of cases, written once, run against every broker
 //! implementation: the in-process bus (two joined instances), Redis, and Redis
 //! Cluster (three masters). Each case takes two instances, `a` and `b`, on the same
-//! implementation. A broker feature (history, presence) adds its cases here.
+//! implementation. A broker feature (history, presence) adds its cases here:
+//! history's offsets, reads and idempotency keys, and presence's members.
 //!
 //! A case that an implementation cannot exercise (an in-process bus has no
 //! connection to lose) says so through [`Fixture::outage`] returning false, and the
@@ -18,7 +19,8 @@ use shardcast::broker::memory::InProcessBus;
 use shardcast::broker::redis::{RedisBroker, RedisSettings};
 use shardcast::broker::user_counter::UserCounter;
 use shardcast::broker::{
-    Broker, BrokerEvent, BrokerMetrics, BrokerSink, HistoryPolicy, HistoryQuery, Position, PublishOptions,
+    Broker, BrokerEvent, BrokerMetrics, BrokerSink, HistoryPolicy, HistoryQuery, Position, PresenceChange,
+    PresenceMember, PublishOptions,
 };
 use shardcast::payload::Payload;
 
@@ -504,6 +506,88 @@ async fn an_idempotency_key_publishes_once(f: &mut Fixture) {
     );
 }
 
+/// The next presence change on `channel` within `limit`.
+async fn presence_change(on: &Instance, channel: &str, limit: Duration) -> Option<PresenceChange> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, on.events.recv_async()).await {
+            Ok(Ok(BrokerEvent::Presence { channel: c, change })) if &*c == channel => return Some(change),
+            Ok(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Presence: a user is one member however many connections and instances it
+/// has; its join and its leave are announced once, to the other instances.
+async fn presence_counts_users_not_connections(f: &mut Fixture) {
+    let ch = "presence-contract";
+    f.subscribed(ch).await;
+    f.a.broker.subscribe(Arc::from(ch)).await.expect("subscribe");
+    tokio::time::sleep(QUIET).await;
+    f.a.drain();
+    let ann = || PresenceMember {
+        user: Arc::from("ann"),
+        info: Payload::from_json(r#"{"name":"Ann"}"#).expect("json"),
+    };
+    let channel: Arc<str> = Arc::from(ch);
+    assert!(
+        f.a.broker.presence_join(channel.clone(), ann()).await.expect("join"),
+        "ann's first connection"
+    );
+    match presence_change(&f.b, ch, WAIT).await {
+        Some(PresenceChange::Joined(m)) => {
+            assert_eq!((&*m.user, m.info.json().get()), ("ann", r#"{"name":"Ann"}"#));
+        }
+        other => panic!("{}: expected ann to join, got {other:?}", f.b.broker.kind()),
+    }
+    assert!(
+        !f.a.broker.presence_join(channel.clone(), ann()).await.expect("join"),
+        "a second tab"
+    );
+    assert!(
+        !f.b.broker.presence_join(channel.clone(), ann()).await.expect("join"),
+        "another instance"
+    );
+    assert!(presence_change(&f.b, ch, QUIET).await.is_none(), "announced once");
+    let members =
+        f.b.broker
+            .presence_members(channel.clone(), 100)
+            .await
+            .expect("members");
+    assert_eq!(members.iter().map(|m| &*m.user).collect::<Vec<_>>(), ["ann"]);
+    let ann_id: Arc<str> = Arc::from("ann");
+    assert!(!f
+        .a
+        .broker
+        .presence_leave(channel.clone(), ann_id.clone())
+        .await
+        .expect("leave"));
+    assert!(!f
+        .a
+        .broker
+        .presence_leave(channel.clone(), ann_id.clone())
+        .await
+        .expect("leave"));
+    assert!(presence_change(&f.a, ch, QUIET).await.is_none(), "still on b");
+    assert!(
+        f.b.broker.presence_leave(channel.clone(), ann_id).await.expect("leave"),
+        "her last connection"
+    );
+    match presence_change(&f.a, ch, WAIT).await {
+        Some(PresenceChange::Left(user)) => assert_eq!(&*user, "ann"),
+        other => panic!("{}: expected ann to leave, got {other:?}", f.a.broker.kind()),
+    }
+    assert!(f
+        .a
+        .broker
+        .presence_members(channel, 100)
+        .await
+        .expect("members")
+        .is_empty());
+}
+
 /// Runs every case against fixtures made by `make`, one fixture per case so that a
 /// case's outage cannot disturb the next.
 async fn run_contract<F, Fut>(name: &str, make: F)
@@ -520,6 +604,7 @@ where
     offsets_are_shared_and_increasing(&mut make().await).await;
     history_reads_what_was_kept(&mut make().await).await;
     an_idempotency_key_publishes_once(&mut make().await).await;
+    presence_counts_users_not_connections(&mut make().await).await;
     let mut not_applicable = Vec::new();
     if !readiness_follows_connection(&mut make().await).await {
         not_applicable.push("readiness_follows_connection (outage)");

@@ -188,7 +188,7 @@ pub fn redis_payload(data: &[u8]) {
         }
         Ok(RedisPayload::Json { origin: None, json }) => {
             assert!(
-                !matches!(data[0], b'@' | b'!' | b'^'),
+                !matches!(data[0], b'@' | b'!' | b'^' | b'%'),
                 "a marked payload decoded as plain JSON"
             );
             assert_eq!(json.as_bytes(), data);
@@ -204,6 +204,15 @@ pub fn redis_payload(data: &[u8]) {
             assert!(offset > 0 && !epoch.is_empty() && !epoch.contains(','));
             assert!(!origin.is_some_and(|o| o.contains(' ')));
             let _ = Payload::from_json(json);
+        }
+        Ok(RedisPayload::Joined { origin, user, info }) => {
+            assert_eq!(&data[..2], b"%+");
+            assert!(!user.is_empty() && !origin.is_some_and(|o| o.contains(' ')));
+            let _ = Payload::from_json(info);
+        }
+        Ok(RedisPayload::Left { origin, user }) => {
+            assert_eq!(&data[..2], b"%-");
+            assert!(!user.is_empty() && !origin.is_some_and(|o| o.contains(' ')));
         }
         Ok(RedisPayload::Raw(raw)) => {
             assert_eq!(data[0], b'!');

@@ -7,9 +7,12 @@
 //!         | "!" bytes       ; raw bytes: subscribers get {"$bin": "<base64>"}
 //!         | "^" offset "," epoch "," [origin] " " json
 //!                           ; a publication with history (PROTOCOL.md 15.1)
+//!         | "%+" [origin] " " user TAB info-json
+//!         | "%-" [origin] " " user
+//!                           ; a presence member joined or left (PROTOCOL.md 20.4)
 //! ```
 //!
-//! No JSON text starts with `@`, `!` or `^`, so the forms cannot be confused.
+//! No JSON text starts with `@`, `!`, `^` or `%`, so the forms cannot be confused.
 //! Gateways tag what they publish with their own id so they can skip it when Redis
 //! echoes it back: the instance that took a publish has already delivered it locally.
 
@@ -36,6 +39,22 @@ pub enum RedisPayload<'a> {
     },
     /// Raw bytes, delivered base64-encoded under `$bin`.
     Raw(&'a [u8]),
+    /// A user became a member of the channel's presence (its first connection anywhere).
+    Joined {
+        /// The announcing gateway; none for a cleanup after an instance died.
+        origin: Option<&'a str>,
+        /// The user id.
+        user: &'a str,
+        /// The member's `user_info`, JSON text.
+        info: &'a str,
+    },
+    /// A user stopped being a member (its last connection anywhere left).
+    Left {
+        /// The announcing gateway; none for a cleanup after an instance died.
+        origin: Option<&'a str>,
+        /// The user id.
+        user: &'a str,
+    },
 }
 
 /// Why a Redis payload was refused.
@@ -64,6 +83,23 @@ pub fn decode_redis_payload(bytes: &[u8]) -> Result<RedisPayload<'_>, RedisPaylo
                 origin: Some(origin),
                 json,
             })
+        }
+        Some(b'%') => {
+            let text = std::str::from_utf8(&bytes[1..]).map_err(|_| RedisPayloadError::NotUtf8)?;
+            let (kind, rest) = text.split_at_checked(1).ok_or(RedisPayloadError::BadEnvelope)?;
+            let (origin, body) = rest.split_once(' ').ok_or(RedisPayloadError::BadEnvelope)?;
+            let origin = (!origin.is_empty()).then_some(origin);
+            match kind {
+                "+" => {
+                    let (user, info) = body.split_once('\t').ok_or(RedisPayloadError::BadEnvelope)?;
+                    if user.is_empty() {
+                        return Err(RedisPayloadError::BadEnvelope);
+                    }
+                    Ok(RedisPayload::Joined { origin, user, info })
+                }
+                "-" if !body.is_empty() => Ok(RedisPayload::Left { origin, user: body }),
+                _ => Err(RedisPayloadError::BadEnvelope),
+            }
         }
         Some(b'^') => {
             let text = std::str::from_utf8(&bytes[1..]).map_err(|_| RedisPayloadError::NotUtf8)?;
@@ -148,6 +184,32 @@ mod tests {
         assert_eq!(decode_redis_payload(b"\xff\xfe"), Err(RedisPayloadError::NotUtf8));
         assert_eq!(decode_redis_payload(b""), Err(RedisPayloadError::Empty));
         assert_eq!(encode_redis_payload("n", "true"), b"@n true");
+    }
+
+    #[test]
+    fn the_presence_forms() {
+        assert_eq!(
+            decode_redis_payload(b"%+node-1 42\t{\"name\":\"Ann\"}"),
+            Ok(RedisPayload::Joined {
+                origin: Some("node-1"),
+                user: "42",
+                info: r#"{"name":"Ann"}"#
+            })
+        );
+        assert_eq!(
+            decode_redis_payload(b"%- 42"),
+            Ok(RedisPayload::Left {
+                origin: None,
+                user: "42"
+            })
+        );
+        for bad in [&b"%"[..], b"%+", b"%+n 42", b"%*n 42", b"%-n ", b"%+n \t{}"] {
+            assert_eq!(
+                decode_redis_payload(bad),
+                Err(RedisPayloadError::BadEnvelope),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -22,10 +22,11 @@ use std::sync::{Arc, Mutex};
 use tracing::error;
 
 use super::history_ring::HistoryRings;
+use super::presence_book::PresenceBook;
 use super::user_counter::LocalUserCounter;
 use super::{
     Broker, BrokerError, BrokerEvent, BrokerFuture, BrokerSink, HistoryFuture, HistoryPage, HistoryQuery,
-    PublishFuture, PublishOptions, Published,
+    PresenceChange, PresenceFuture, PresenceMember, PublishFuture, PublishOptions, Published,
 };
 use crate::payload::Payload;
 
@@ -55,6 +56,9 @@ enum BusCommand {
     Publish(BusPublish),
     History(Arc<str>, HistoryQuery, flume::Sender<HistoryPage>),
     Control(u64, Payload),
+    PresenceJoin(u64, Arc<str>, PresenceMember, flume::Sender<bool>),
+    PresenceLeave(u64, Arc<str>, Arc<str>, flume::Sender<bool>),
+    PresenceMembers(Arc<str>, usize, flume::Sender<Vec<PresenceMember>>),
 }
 
 /// A pub/sub bus shared by the in-process brokers of one process.
@@ -122,6 +126,19 @@ struct Member {
 /// its channel.
 fn route(rx: flume::Receiver<BusCommand>, mut history: HistoryRings, size: &StoreSize) {
     let mut members: HashMap<u64, Member> = HashMap::new();
+    let mut presence = PresenceBook::default();
+    // Tells the members other than `from` that subscribe to `channel`.
+    let announce = |members: &HashMap<u64, Member>, from: Option<u64>, channel: &Arc<str>, change: PresenceChange| {
+        for (_, member) in members
+            .iter()
+            .filter(|(id, m)| Some(**id) != from && m.channels.contains(channel))
+        {
+            member.sink.event(BrokerEvent::Presence {
+                channel: channel.clone(),
+                change: change.clone(),
+            });
+        }
+    };
     for cmd in rx.iter() {
         match cmd {
             BusCommand::Join(id, sink) => {
@@ -130,6 +147,27 @@ fn route(rx: flume::Receiver<BusCommand>, mut history: HistoryRings, size: &Stor
             }
             BusCommand::Leave(id) => {
                 members.remove(&id);
+                // An instance gone: its users leave, for everyone else.
+                for (channel, user) in presence.forget(id) {
+                    announce(&members, None, &channel, PresenceChange::Left(user));
+                }
+            }
+            BusCommand::PresenceJoin(from, channel, member, reply) => {
+                let first = presence.join(&channel, from, &member);
+                if first {
+                    announce(&members, Some(from), &channel, PresenceChange::Joined(member));
+                }
+                let _ = reply.send(first);
+            }
+            BusCommand::PresenceLeave(from, channel, user, reply) => {
+                let last = presence.leave(&channel, from, &user);
+                if last {
+                    announce(&members, Some(from), &channel, PresenceChange::Left(user));
+                }
+                let _ = reply.send(last);
+            }
+            BusCommand::PresenceMembers(channel, limit, reply) => {
+                let _ = reply.send(presence.members(&channel, limit));
             }
             BusCommand::Subscribe(id, channel) => {
                 if let Some(member) = members.get_mut(&id) {
@@ -215,6 +253,19 @@ impl InProcessBroker {
         Box::pin(std::future::ready(sent))
     }
 
+    /// Sends a command that answers, and waits for the answer.
+    fn ask<T: Send + 'static>(&self, cmd: impl FnOnce(u64, flume::Sender<T>) -> BusCommand) -> PresenceFuture<T> {
+        let (reply, answer) = flume::bounded(1);
+        let sent = self.deliver(cmd(self.id, reply));
+        Box::pin(async move {
+            sent?;
+            answer
+                .recv_async()
+                .await
+                .map_err(|_| BrokerError::Failed("in-process bus stopped".into()))
+        })
+    }
+
     fn deliver(&self, cmd: BusCommand) -> Result<(), BrokerError> {
         self.tx.send(cmd).map_err(|_| {
             error!("the in-process bus thread is gone");
@@ -284,6 +335,18 @@ impl Broker for InProcessBroker {
 
     fn broadcast_control(&self, payload: Payload) -> BrokerFuture {
         self.send(|id| BusCommand::Control(id, payload))
+    }
+
+    fn presence_join(&self, channel: Arc<str>, member: PresenceMember) -> PresenceFuture<bool> {
+        self.ask(|id, reply| BusCommand::PresenceJoin(id, channel, member, reply))
+    }
+
+    fn presence_leave(&self, channel: Arc<str>, user: Arc<str>) -> PresenceFuture<bool> {
+        self.ask(|id, reply| BusCommand::PresenceLeave(id, channel, user, reply))
+    }
+
+    fn presence_members(&self, channel: Arc<str>, limit: usize) -> PresenceFuture<Vec<PresenceMember>> {
+        self.ask(|_, reply| BusCommand::PresenceMembers(channel, limit, reply))
     }
 
     fn is_ready(&self) -> bool {

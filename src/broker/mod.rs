@@ -16,6 +16,7 @@
 pub mod history_ring;
 pub mod instances;
 pub mod memory;
+pub mod presence_book;
 pub mod redis;
 pub mod user_counter;
 
@@ -36,6 +37,27 @@ pub type PublishFuture = Pin<Box<dyn Future<Output = Result<Published, BrokerErr
 
 /// A history read in flight.
 pub type HistoryFuture = Pin<Box<dyn Future<Output = Result<HistoryPage, BrokerError>> + Send>>;
+
+/// A presence operation in flight.
+pub type PresenceFuture<T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send>>;
+
+/// A member of a channel's presence: a user, with what the app says of it.
+#[derive(Debug, Clone)]
+pub struct PresenceMember {
+    /// The user id.
+    pub user: Arc<str>,
+    /// The app's `user_info`.
+    pub info: Payload,
+}
+
+/// A change to a channel's members, announced once cluster-wide.
+#[derive(Debug, Clone)]
+pub enum PresenceChange {
+    /// A user's first connection anywhere joined.
+    Joined(PresenceMember),
+    /// A user's last connection anywhere left (or its instance died).
+    Left(Arc<str>),
+}
 
 /// Why a broker operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -122,6 +144,14 @@ pub trait Broker: Send + Sync + 'static {
     fn publish(&self, channel: Arc<str>, payload: Payload, options: PublishOptions) -> PublishFuture;
     /// Reads a channel's position and history.
     fn history(&self, channel: Arc<str>, query: HistoryQuery) -> HistoryFuture;
+    /// One more connection of `member.user` on `channel`, on this instance; true
+    /// when the user became a member (announced to the other instances as
+    /// [`BrokerEvent::Presence`]; this instance announces locally itself).
+    fn presence_join(&self, channel: Arc<str>, member: PresenceMember) -> PresenceFuture<bool>;
+    /// One connection of `user` on `channel` fewer; true when the user left.
+    fn presence_leave(&self, channel: Arc<str>, user: Arc<str>) -> PresenceFuture<bool>;
+    /// The channel's members, at most `limit`.
+    fn presence_members(&self, channel: Arc<str>, limit: usize) -> PresenceFuture<Vec<PresenceMember>>;
     /// Sends a control message (opaque to the broker: an operator's command) to
     /// every other instance, which receives it as [`BrokerEvent::Control`]. Every
     /// instance listens for control messages from its start; none is stored.
@@ -159,6 +189,13 @@ pub enum BrokerEvent {
     ChannelsGap {
         /// The channels.
         channels: Vec<Arc<str>>,
+    },
+    /// A channel's members changed on another instance (or an instance died).
+    Presence {
+        /// The channel.
+        channel: Arc<str>,
+        /// What changed.
+        change: PresenceChange,
     },
     /// Another instance broadcast a control message ([`Broker::broadcast_control`]).
     Control {

@@ -248,6 +248,12 @@ impl BrokerSink for RouterHandle {
             },
             BrokerEvent::Gap => RouterCommand::Gap(None),
             BrokerEvent::ChannelsGap { channels } => RouterCommand::Gap(Some(channels)),
+            BrokerEvent::Presence { channel, .. } => {
+                // Presence reaches clients once the Pusher endpoint and the
+                // native presence op land (issue #13); until then it is dropped here.
+                debug!(%channel, "presence change not delivered: no presence subscribers yet");
+                return;
+            }
             BrokerEvent::Control { payload } => match UserCommand::from_payload(&payload) {
                 Ok(command) => RouterCommand::Control { command, reply: None },
                 Err(e) => {

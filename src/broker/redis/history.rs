@@ -11,8 +11,8 @@ use fred::types::Value;
 use crate::broker::{BrokerError, HistoryPage, HistoryQuery, Position, PublishOptions, Published};
 use crate::payload::Payload;
 
-/// The function library, as loaded (`FUNCTION LOAD REPLACE`).
-pub(super) const LIBRARY: &str = include_str!("functions.lua");
+/// The function library, as loaded (`FUNCTION LOAD REPLACE`): history and presence.
+pub(super) const LIBRARY: &str = concat!(include_str!("functions.lua"), "\n", include_str!("presence.lua"));
 
 /// The keys of a channel's history: its stream and its hash, with the channel's
 /// pub/sub name as hash tag.
@@ -39,7 +39,7 @@ fn function_missing(e: &fred::error::Error) -> bool {
 }
 
 /// Calls a function, loading the library once if Redis lost it.
-async fn fcall(
+pub(super) async fn fcall(
     client: &Client,
     cluster: bool,
     name: &str,

@@ -123,10 +123,9 @@ impl SubscriptionKeeper {
             Probe::Failed
         };
         if probe == Probe::Received {
-            self.in_sync.store(true, Ordering::Release);
-            // A first sync whose own probe failed is verified here: from now on a
-            // lost subscription is a gap.
-            self.synced_once = true;
+            // Verified here when the re-subscription's own probe failed: a loss
+            // noted then is announced now, or never.
+            self.verified();
             return;
         }
         // Redis answered that nobody got the probe: this connection lost its
@@ -152,20 +151,27 @@ impl SubscriptionKeeper {
             warn!(error = %e, "cannot load the shardcast Redis Functions; publishes with history will retry");
         }
         self.send(all, true).await;
-        let verified = self.complete && self.probe().await == Probe::Received;
-        self.in_sync.store(verified, Ordering::Release);
-        if verified {
-            if std::mem::take(&mut self.lost) {
-                // Re-subscribed first, so every publication after the gap frame arrives.
-                match self.gap {
-                    GapScope::All => self.sink.event(BrokerEvent::Gap),
-                    GapScope::Wanted => self.sink.event(BrokerEvent::ChannelsGap {
-                        channels: self.wanted.iter().cloned().collect(),
-                    }),
-                }
-            }
-            self.synced_once = true;
+        if self.complete && self.probe().await == Probe::Received {
+            self.verified();
+        } else {
+            self.in_sync.store(false, Ordering::Release);
         }
+    }
+
+    /// The subscriptions are verified: ready again, and a loss since the last
+    /// verification is announced (re-subscribed first, so every publication after
+    /// the gap frame arrives). From now on, losing them is a gap.
+    fn verified(&mut self) {
+        self.in_sync.store(true, Ordering::Release);
+        if std::mem::take(&mut self.lost) {
+            match self.gap {
+                GapScope::All => self.sink.event(BrokerEvent::Gap),
+                GapScope::Wanted => self.sink.event(BrokerEvent::ChannelsGap {
+                    channels: self.wanted.iter().cloned().collect(),
+                }),
+            }
+        }
+        self.synced_once = true;
     }
 
     /// Publishes to the probe channel and says whether this instance's subscriber got it.
@@ -261,13 +267,16 @@ impl SubscriptionKeeper {
 
 /// Counts reconnects and has the keeper re-subscribe: a new connection has no
 /// subscriptions (in a cluster, the probe only watches one node's connection).
+///
+/// `reconnects` must be taken from the client before it connects: a first
+/// connection this task never saw would make the real reconnect after it look like
+/// a first connection, and a loss would go unannounced.
 pub(super) async fn count_reconnects(
-    subscriber: SubscriberClient,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
     resync: Arc<AtomicBool>,
     in_sync: Arc<AtomicBool>,
     metrics: BrokerMetrics,
 ) {
-    let mut reconnects = subscriber.reconnect_rx();
     // The first connection to each server is not a reconnect.
     let mut seen = HashSet::new();
     loop {

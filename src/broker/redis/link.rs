@@ -66,20 +66,18 @@ impl Link {
         // only as far as a burst needs: the receiver just hands messages on.
         builder.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
         let subscriber = builder.build_subscriber_client().map_err(fail)?;
+        // Listening before connecting: the first connection must be seen as such.
+        let reconnects = subscriber.reconnect_rx();
+        let messages = subscriber.message_rx();
         publisher.connect();
         subscriber.connect();
 
         let (commands, rx) = flume::unbounded();
         let in_sync = Arc::new(AtomicBool::new(false));
-        tokio::spawn(receive(
-            subscriber.message_rx(),
-            settings.clone(),
-            sink.clone(),
-            metrics.clone(),
-        ));
+        tokio::spawn(receive(messages, settings.clone(), sink.clone(), metrics.clone()));
         let resync = Arc::new(AtomicBool::new(false));
         tokio::spawn(count_reconnects(
-            subscriber.clone(),
+            reconnects,
             resync.clone(),
             in_sync.clone(),
             metrics.clone(),

@@ -15,6 +15,7 @@ mod history;
 mod instances;
 mod keeper;
 mod link;
+mod presence;
 mod receiver;
 mod user_counter;
 
@@ -29,14 +30,15 @@ use shardcast_proto::redis::encode_redis_payload;
 use tracing::info;
 
 use super::{
-    Broker, BrokerError, BrokerFuture, BrokerMetrics, BrokerSink, HistoryFuture, HistoryQuery, PublishFuture,
-    PublishOptions, Published,
+    Broker, BrokerError, BrokerFuture, BrokerMetrics, BrokerSink, HistoryFuture, HistoryQuery, PresenceFuture,
+    PresenceMember, PublishFuture, PublishOptions, Published,
 };
 use crate::payload::Payload;
 use cluster::ClusterLinks;
 use history::HistoryCall;
 use keeper::GapScope;
 use link::{Link, LinkChannels};
+use presence::PresenceCall;
 
 pub use instances::RedisInstances;
 pub use user_counter::RedisUserCounter;
@@ -187,6 +189,16 @@ impl RedisBroker {
         })
     }
 
+    /// A presence call on the client of the channel's slot, or the refusal to return.
+    fn presence_call<T: Send + 'static>(&self, channel: &str) -> Result<PresenceCall, BrokerCall<T>> {
+        Ok(PresenceCall {
+            client: self.history_client(channel)?,
+            cluster: self.settings.cluster,
+            prefix: self.settings.prefix.clone(),
+            origin: self.settings.origin.clone(),
+        })
+    }
+
     /// The client for a channel's history keys, or the refusal to return.
     fn history_client<T: Send + 'static>(&self, channel: &str) -> Result<Client, BrokerCall<T>> {
         let topic = format!("{}{}", self.settings.prefix, channel);
@@ -260,6 +272,27 @@ impl Broker for RedisBroker {
 
     fn broadcast_control(&self, payload: Payload) -> BrokerFuture {
         self.send(CONTROL_CHANNEL, &payload)
+    }
+
+    fn presence_join(&self, channel: Arc<str>, member: PresenceMember) -> PresenceFuture<bool> {
+        match self.presence_call(&channel) {
+            Ok(call) => Box::pin(async move { call.join(&channel, &member).await }),
+            Err(refused) => refused,
+        }
+    }
+
+    fn presence_leave(&self, channel: Arc<str>, user: Arc<str>) -> PresenceFuture<bool> {
+        match self.presence_call(&channel) {
+            Ok(call) => Box::pin(async move { call.leave(&channel, &user).await }),
+            Err(refused) => refused,
+        }
+    }
+
+    fn presence_members(&self, channel: Arc<str>, limit: usize) -> PresenceFuture<Vec<PresenceMember>> {
+        match self.presence_call(&channel) {
+            Ok(call) => Box::pin(async move { call.members(&channel, limit).await }),
+            Err(refused) => refused,
+        }
     }
 
     fn is_ready(&self) -> bool {

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::{error, warn};
 
 use super::{RedisSettings, CONTROL_CHANNEL, PROBE_PREFIX};
-use crate::broker::{BrokerEvent, BrokerMetrics, BrokerSink, Position};
+use crate::broker::{BrokerEvent, BrokerMetrics, BrokerSink, Position, PresenceChange, PresenceMember};
 use crate::payload::Payload;
 
 /// Hands every message from Redis to the sink, except this instance's own.
@@ -75,6 +75,31 @@ pub(super) async fn receive(
                 Payload::from_json(json).map_err(|e| e.to_string())
             }
             Ok(RedisPayload::Raw(raw)) => Payload::from_json(&raw_payload_json(raw)).map_err(|e| e.to_string()),
+            Ok(RedisPayload::Joined { origin: Some(o), .. } | RedisPayload::Left { origin: Some(o), .. })
+                if o == settings.origin =>
+            {
+                continue
+            }
+            Ok(RedisPayload::Joined { user, info, .. }) => {
+                match Payload::from_json(info) {
+                    Ok(info) => sink.event(BrokerEvent::Presence {
+                        channel: Arc::from(channel),
+                        change: PresenceChange::Joined(PresenceMember {
+                            user: Arc::from(user),
+                            info,
+                        }),
+                    }),
+                    Err(e) => warn_bad(channel, &e.to_string()),
+                }
+                continue;
+            }
+            Ok(RedisPayload::Left { user, .. }) => {
+                sink.event(BrokerEvent::Presence {
+                    channel: Arc::from(channel),
+                    change: PresenceChange::Left(Arc::from(user)),
+                });
+                continue;
+            }
             Err(e) => Err(e.to_string()),
         };
         match payload {
