@@ -263,12 +263,14 @@ impl Harness {
         let server = ServerUnderTest::start(ServerKind::Shardcast, &self.servers)?;
         let redis = server.redis.as_ref().map(|r| r.addr);
         let reads0 = redis.and_then(redis_reads);
+        let switches0 = context_switches(&server.pids());
         let run = tokio::time::timeout(
             self.time_limit,
             self.publish_scenario(&server, "history_publish", channels, channels, knobs),
         )
         .await;
         let reads1 = redis.and_then(redis_reads);
+        let switches = context_switches(&server.pids()).saturating_sub(switches0);
         let log = server.log_tail();
         server.stop();
         let records = match run {
@@ -289,6 +291,11 @@ impl Harness {
         let per = |k: &str| rec.get(k).unwrap_or(0.0) * 1e6 / published.max(1.0);
         let (server_us, redis_us) = (per("server_cpu_seconds"), per("redis_cpu_seconds"));
         rec.set("server_cpu_us_per_publication", server_us);
+        // Thread handoffs show here: on a pinned core each one is a context switch.
+        rec.set(
+            "server_context_switches_per_publication",
+            switches as f64 / published.max(1.0),
+        );
         if let (Some(a), Some(b)) = (reads0, reads1) {
             rec.set("redis_reads", b - a);
             rec.set("publications_per_redis_read", published / (b - a).max(1.0));
@@ -699,6 +706,27 @@ impl MachineWindow {
     }
 }
 
+/// Context switches (voluntary and not) of every thread of these processes so far.
+fn context_switches(pids: &[i32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            total += status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    total
+}
+
 /// The 1-minute load average of the machine.
 fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -779,11 +807,11 @@ pub fn history_tables(records: &[ScenarioRecord]) -> String {
     let mut out = String::new();
     let publish: Vec<&ScenarioRecord> = records.iter().filter(|r| r.scenario == "history_publish").collect();
     if !publish.is_empty() {
-        out.push_str("| configuration | publications/s (median) | range over rounds | vs history off (median of rounds) | server CPU µs / publication | Redis CPU µs / publication | publications per Redis read | other processes (median run, max) | limited by |\n|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| configuration | publications/s (median) | range over rounds | vs history off (median of rounds) | server CPU µs / publication | server context switches / publication | Redis CPU µs / publication | publications per Redis read | other processes (median run, max) | limited by |\n|---|---|---|---|---|---|---|---|---|---|\n");
         for r in publish {
             let _ = writeln!(
                 out,
-                "| {} | {} | {}–{} | {} | {} | {} | {} | {}, {} | {} |",
+                "| {} | {} | {}–{} | {} | {} | {} | {} | {} | {}, {} | {} |",
                 r.phase,
                 num(r.get("publications_per_second"), 0),
                 num(r.get("publications_per_second_min"), 0),
@@ -794,6 +822,7 @@ pub fn history_tables(records: &[ScenarioRecord]) -> String {
                     r.get("vs_history_off_max").unwrap_or(f64::NAN)
                 )),
                 num(r.get("server_cpu_us_per_publication"), 1),
+                num(r.get("server_context_switches_per_publication"), 2),
                 num(r.get("redis_cpu_us_per_publication"), 1),
                 num(r.get("publications_per_redis_read"), 1),
                 pct(r.get("other_cpu_util")),
