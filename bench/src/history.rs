@@ -233,25 +233,39 @@ impl Harness {
         for (i, c) in configs.iter().enumerate() {
             let mine: Vec<&(usize, usize, ScenarioRecord)> = runs.iter().filter(|r| r.0 == i).collect();
             let Some(mut rec) = median_run(&mine) else { continue };
+            // Per-publication figures: each one's median over the rounds.
+            for key in PER_PUBLICATION_FIGURES {
+                let values: Vec<f64> = mine.iter().filter_map(|r| r.2.get(key)).collect();
+                if let Some(m) = median(&values) {
+                    rec.set(key, m);
+                }
+            }
             if c.history {
-                // The ratio of each round's on and off runs, then their median.
+                // The ratio of each round's on and off runs, then their median: for the
+                // rate, and for publications per CPU-second of the gateway and its Redis
+                // (which share the server's core), steadier on a busy machine.
                 let off = configs
                     .iter()
                     .position(|o| o.store == c.store && o.singles == c.singles && !o.history);
-                let ratios: Vec<f64> = mine
-                    .iter()
-                    .filter_map(|(_, round, on)| {
-                        let off = runs.iter().find(|r| Some(r.0) == off && r.1 == *round)?;
-                        Some(on.get("publications_per_second")? / off.2.get("publications_per_second")?)
-                    })
-                    .collect();
-                if let Some(m) = median(&ratios) {
-                    rec.set("vs_history_off", m);
-                    rec.set(
-                        "vs_history_off_min",
-                        ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                    );
-                    rec.set("vs_history_off_max", ratios.iter().copied().fold(0.0, f64::max));
+                for (key, name) in [
+                    ("publications_per_second", "vs_history_off"),
+                    ("publications_per_stack_cpu_second", "cpu_vs_history_off"),
+                ] {
+                    let ratios: Vec<f64> = mine
+                        .iter()
+                        .filter_map(|(_, round, on)| {
+                            let off = runs.iter().find(|r| Some(r.0) == off && r.1 == *round)?;
+                            Some(on.get(key)? / off.2.get(key)?)
+                        })
+                        .collect();
+                    if let Some(m) = median(&ratios) {
+                        rec.set(name, m);
+                        rec.set(
+                            &format!("{name}_min"),
+                            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                        );
+                        rec.set(&format!("{name}_max"), ratios.iter().copied().fold(0.0, f64::max));
+                    }
                 }
             }
             outcome.records.push(rec);
@@ -291,6 +305,10 @@ impl Harness {
         let per = |k: &str| rec.get(k).unwrap_or(0.0) * 1e6 / published.max(1.0);
         let (server_us, redis_us) = (per("server_cpu_seconds"), per("redis_cpu_seconds"));
         rec.set("server_cpu_us_per_publication", server_us);
+        rec.set(
+            "publications_per_stack_cpu_second",
+            1e6 / (server_us + redis_us).max(1e-9),
+        );
         // Thread handoffs show here: on a pinned core each one is a context switch.
         rec.set(
             "server_context_switches_per_publication",
@@ -764,6 +782,15 @@ fn redis_reads(addr: SocketAddr) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Figures of the publish part reported as their median over the rounds.
+const PER_PUBLICATION_FIGURES: [&str; 5] = [
+    "server_cpu_us_per_publication",
+    "redis_cpu_us_per_publication",
+    "server_context_switches_per_publication",
+    "publications_per_redis_read",
+    "publications_per_stack_cpu_second",
+];
+
 /// The median of a list (none when empty).
 fn median(values: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
@@ -794,6 +821,17 @@ fn median_run(runs: &[&(usize, usize, ScenarioRecord)]) -> Option<ScenarioRecord
     Some(rec)
 }
 
+/// "0.912× (0.850–0.990)": a median ratio and its range over rounds.
+fn ratio_cell(r: &ScenarioRecord, name: &str) -> String {
+    r.get(name).map_or(String::new(), |v| {
+        format!(
+            "{v:.3}× ({:.3}–{:.3})",
+            r.get(&format!("{name}_min")).unwrap_or(f64::NAN),
+            r.get(&format!("{name}_max")).unwrap_or(f64::NAN)
+        )
+    })
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{:.0}%", v * 100.0))
 }
@@ -807,20 +845,17 @@ pub fn history_tables(records: &[ScenarioRecord]) -> String {
     let mut out = String::new();
     let publish: Vec<&ScenarioRecord> = records.iter().filter(|r| r.scenario == "history_publish").collect();
     if !publish.is_empty() {
-        out.push_str("| configuration | publications/s (median) | range over rounds | vs history off (median of rounds) | server CPU µs / publication | server context switches / publication | Redis CPU µs / publication | publications per Redis read | other processes (median run, max) | limited by |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| configuration | publications/s (median) | range over rounds | vs history off (median of rounds) | per CPU-second vs history off | server CPU µs / publication | server context switches / publication | Redis CPU µs / publication | publications per Redis read | other processes (median run, max) | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in publish {
             let _ = writeln!(
                 out,
-                "| {} | {} | {}–{} | {} | {} | {} | {} | {} | {}, {} | {} |",
+                "| {} | {} | {}–{} | {} | {} | {} | {} | {} | {} | {}, {} | {} |",
                 r.phase,
                 num(r.get("publications_per_second"), 0),
                 num(r.get("publications_per_second_min"), 0),
                 num(r.get("publications_per_second_max"), 0),
-                r.get("vs_history_off").map_or(String::new(), |v| format!(
-                    "{v:.3}× ({:.3}–{:.3})",
-                    r.get("vs_history_off_min").unwrap_or(f64::NAN),
-                    r.get("vs_history_off_max").unwrap_or(f64::NAN)
-                )),
+                ratio_cell(r, "vs_history_off"),
+                ratio_cell(r, "cpu_vs_history_off"),
                 num(r.get("server_cpu_us_per_publication"), 1),
                 num(r.get("server_context_switches_per_publication"), 2),
                 num(r.get("redis_cpu_us_per_publication"), 1),
