@@ -234,7 +234,17 @@ impl Harness {
             let mine: Vec<&(usize, usize, ScenarioRecord)> = runs.iter().filter(|r| r.0 == i).collect();
             let Some(mut rec) = median_run(&mine) else { continue };
             // Per-publication figures: each one's median over the rounds.
-            for key in PER_PUBLICATION_FIGURES {
+            let by_thread: Vec<String> = mine
+                .iter()
+                .flat_map(|r| r.2.figures.keys())
+                .filter(|k| k.starts_with(THREAD_FIGURE))
+                .cloned()
+                .collect();
+            for key in PER_PUBLICATION_FIGURES
+                .iter()
+                .copied()
+                .chain(by_thread.iter().map(String::as_str))
+            {
                 let values: Vec<f64> = mine.iter().filter_map(|r| r.2.get(key)).collect();
                 if let Some(m) = median(&values) {
                     rec.set(key, m);
@@ -278,6 +288,7 @@ impl Harness {
         let redis = server.redis.as_ref().map(|r| r.addr);
         let reads0 = redis.and_then(redis_reads);
         let switches0 = context_switches(&server.pids());
+        let threads0 = thread_cpu(&server.pids());
         let run = tokio::time::timeout(
             self.time_limit,
             self.publish_scenario(&server, "history_publish", channels, channels, knobs),
@@ -285,6 +296,7 @@ impl Harness {
         .await;
         let reads1 = redis.and_then(redis_reads);
         let switches = context_switches(&server.pids()).saturating_sub(switches0);
+        let threads = thread_cpu(&server.pids());
         let log = server.log_tail();
         server.stop();
         let records = match run {
@@ -314,6 +326,12 @@ impl Harness {
             "server_context_switches_per_publication",
             switches as f64 / published.max(1.0),
         );
+        // Where the gateway's CPU went, by thread name (the history store is the
+        // `inprocess-bus` thread's; `shard-N` encodes and writes the deliveries).
+        for (name, cpu) in &threads {
+            let spent = cpu - threads0.get(name).copied().unwrap_or(0.0);
+            rec.set(&format!("{THREAD_FIGURE}{name}"), spent * 1e6 / published.max(1.0));
+        }
         if let (Some(a), Some(b)) = (reads0, reads1) {
             rec.set("redis_reads", b - a);
             rec.set("publications_per_redis_read", published / (b - a).max(1.0));
@@ -745,6 +763,30 @@ fn context_switches(pids: &[i32]) -> u64 {
     total
 }
 
+/// CPU seconds of every thread of these processes so far, summed by thread name.
+fn thread_cpu(pids: &[i32]) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            // `tid (comm) state ...`: utime and stime are fields 14 and 15.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            *out.entry(stat[open + 1..close].to_owned()).or_insert(0.0) +=
+                (ticks(11) + ticks(12)) / proc_stats::clock_ticks_per_second();
+        }
+    }
+    out
+}
+
 /// The 1-minute load average of the machine.
 fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -781,6 +823,9 @@ fn redis_reads(addr: SocketAddr) -> Option<f64> {
         .find_map(|l| l.strip_prefix("total_reads_processed:"))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Prefix of the per-thread figures: server CPU µs per publication by thread name.
+const THREAD_FIGURE: &str = "thread_cpu_us_per_publication:";
 
 /// Figures of the publish part reported as their median over the rounds.
 const PER_PUBLICATION_FIGURES: [&str; 5] = [
@@ -832,6 +877,23 @@ fn ratio_cell(r: &ScenarioRecord, name: &str) -> String {
     })
 }
 
+/// "shardcast 17.8, shard-0 10.6, inprocess-bus 2.4": the per-thread figures that
+/// are not negligible, largest first.
+fn by_thread(r: &ScenarioRecord) -> String {
+    let mut threads: Vec<(&str, f64)> = r
+        .figures
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(THREAD_FIGURE)?, *v)))
+        .filter(|(_, v)| *v >= 0.05)
+        .collect();
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    threads
+        .iter()
+        .map(|(name, v)| format!("{name} {v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{:.0}%", v * 100.0))
 }
@@ -845,11 +907,11 @@ pub fn history_tables(records: &[ScenarioRecord]) -> String {
     let mut out = String::new();
     let publish: Vec<&ScenarioRecord> = records.iter().filter(|r| r.scenario == "history_publish").collect();
     if !publish.is_empty() {
-        out.push_str("| configuration | publications/s (median) | range over rounds | vs history off (median of rounds) | per CPU-second vs history off | server CPU µs / publication | server context switches / publication | Redis CPU µs / publication | publications per Redis read | other processes (median run, max) | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| configuration | publications/s (median) | range over rounds | vs history off (median of rounds) | per CPU-second vs history off | server CPU µs / publication | by thread (µs / publication) | server context switches / publication | Redis CPU µs / publication | publications per Redis read | other processes (median run, max) | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in publish {
             let _ = writeln!(
                 out,
-                "| {} | {} | {}–{} | {} | {} | {} | {} | {} | {} | {}, {} | {} |",
+                "| {} | {} | {}–{} | {} | {} | {} | {} | {} | {} | {} | {}, {} | {} |",
                 r.phase,
                 num(r.get("publications_per_second"), 0),
                 num(r.get("publications_per_second_min"), 0),
@@ -857,6 +919,7 @@ pub fn history_tables(records: &[ScenarioRecord]) -> String {
                 ratio_cell(r, "vs_history_off"),
                 ratio_cell(r, "cpu_vs_history_off"),
                 num(r.get("server_cpu_us_per_publication"), 1),
+                by_thread(r),
                 num(r.get("server_context_switches_per_publication"), 2),
                 num(r.get("redis_cpu_us_per_publication"), 1),
                 num(r.get("publications_per_redis_read"), 1),
