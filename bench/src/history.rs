@@ -85,6 +85,10 @@ pub struct HistoryArgs {
     /// recovery: publications per second per channel while the storm runs.
     #[arg(long, default_value_t = 1.0)]
     pub storm_rate_per_channel: f64,
+    /// recovery: seconds of steady publishing before the storm; the live phase after
+    /// it lasts half as long, and the wait for the last deliveries three quarters.
+    #[arg(long, default_value_t = 2.0)]
+    pub storm_settle_seconds: f64,
 }
 
 /// Where a configuration keeps its history.
@@ -492,6 +496,7 @@ impl Harness {
                     channels,
                     rate,
                     payload_bytes: args.payload_bytes,
+                    settle: Duration::from_secs_f64(args.storm_settle_seconds.max(0.1)),
                 };
                 let run = tokio::time::timeout(harness.time_limit, harness.storm_with_history(&server, &storm)).await;
                 match run {
@@ -590,7 +595,7 @@ impl Harness {
         };
         let publisher = tokio::spawn(run_publisher(admin, load, progress.clone()));
         // Every connection receives a few publications, so it has a position.
-        fleet.pump(Duration::from_secs(2)).await?;
+        fleet.pump(storm.settle).await?;
         let window = CpuWindow::start(server, &fleet);
         // After a kill only the second gateway (and Redis) is the server: the
         // killed one's CPU time cannot be read once it is gone.
@@ -617,12 +622,12 @@ impl Harness {
         }
         let published_during = progress.published.load(Ordering::Relaxed) - published_before;
         // Live publications after the storm, then the last deliveries.
-        fleet.pump(Duration::from_secs(1)).await?;
+        fleet.pump(storm.settle / 2).await?;
         progress.stop.store(true, Ordering::Relaxed);
         let published = publisher
             .await
             .map_err(|e| BenchError::Options(format!("publisher task failed: {e}")))??;
-        fleet.pump(Duration::from_millis(1500)).await?;
+        fleet.pump(storm.settle * 3 / 4).await?;
         let counts = offset_counts(&mut fleet).await?;
         fleet.shutdown();
         rec.set("connections", ready.subscribed as f64);
@@ -672,6 +677,8 @@ struct StormSpec {
     /// Publications per second, all channels together.
     rate: f64,
     payload_bytes: usize,
+    /// Steady publishing before the storm.
+    settle: Duration,
 }
 
 /// Why a storm record fails the smoke test, if it does.
