@@ -180,9 +180,7 @@ impl SharedContext {
             st.latency.record(now.saturating_sub(sent));
         }
     }
-}
 
-impl SharedContext {
     /// Follows a message's offset (history scenarios); true when it completes the
     /// connection's catch-up after a recovered subscribe.
     fn on_offset(&self, payload: &[u8], cursor: &mut StreamCursor) -> bool {
