@@ -50,6 +50,20 @@ pub struct FleetPlan {
     pub deadline: Duration,
     /// Pre-minted connection tokens, one line per connection (none: anonymous).
     pub token_file: Option<PathBuf>,
+    /// Follow offsets; resubscribe with `recover`; move to the next target after a
+    /// storm (see [`WorkerSpec`]).
+    pub history: HistoryClients,
+}
+
+/// How the clients treat channel history (history scenarios; all off elsewhere).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistoryClients {
+    /// Follow each connection's offsets.
+    pub track_offsets: bool,
+    /// Resubscribe with `recover` after a storm.
+    pub recover: bool,
+    /// Connect to the next target after each storm.
+    pub failover: bool,
 }
 
 /// What the workers reported at the end of the connect phase.
@@ -140,6 +154,9 @@ impl LoadGenFleet {
                 deadline_secs: plan.deadline.as_secs().max(1),
                 progress_ms: 50,
                 token_file: plan.token_file.clone(),
+                track_offsets: plan.history.track_offsets,
+                recover: plan.history.recover,
+                failover: plan.history.failover,
             };
             first += connections;
             let mut cmd = Command::new(&exe);

@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-use shardcast_proto::{decode_server, encode_client, ClientFrame, Encoding, ServerFrame};
+use shardcast_proto::{decode_server, encode_client, ClientFrame, Encoding, ServerFrame, StreamPosition};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::LocalSet;
 use tokio::time::{sleep_until, Instant};
@@ -24,6 +24,7 @@ use crate::cpu_pinning;
 use crate::error::{BenchError, IoContext};
 use crate::latency::LatencyRecorder;
 use crate::proc_stats;
+use crate::stream_cursor::{AckPosition, OffsetCounts, StreamCursor};
 use crate::tokens;
 use crate::worker_protocol::{FailureCounts, WireProtocol, WorkerCommand, WorkerEvent, WorkerSpec};
 use crate::ws_client::WsClient;
@@ -67,6 +68,8 @@ struct WorkerState {
     first_ns: u64,
     last_ns: u64,
     storm: Option<StormProgress>,
+    /// With `track_offsets`: what the connections' offsets showed.
+    offsets: OffsetCounts,
 }
 
 /// Where a storm stands in this worker.
@@ -176,6 +179,23 @@ impl SharedContext {
         if let Some(sent) = extract_timestamp(payload) {
             st.latency.record(now.saturating_sub(sent));
         }
+    }
+
+    /// Follows a message's offset (history scenarios); true when it completes the
+    /// connection's catch-up after a recovered subscribe.
+    fn on_offset(&self, payload: &[u8], cursor: &mut StreamCursor) -> bool {
+        if !payload.starts_with(b"{\"type\":\"message\"") {
+            return false;
+        }
+        let Ok(ServerFrame::Message {
+            offset: Some(offset),
+            epoch: Some(epoch),
+            ..
+        }) = decode_server(Encoding::Json, payload)
+        else {
+            return false;
+        };
+        cursor.on_message(offset, &epoch, &mut self.state.borrow_mut().offsets)
     }
 }
 
@@ -297,6 +317,9 @@ impl LoadGenerator {
                             rss_bytes: proc_stats::sample_process(std::process::id() as i32).rss_bytes,
                         });
                     }
+                    Some(WorkerCommand::Offsets) => {
+                        emit(&WorkerEvent::Offsets { counts: ctx.state.borrow().offsets });
+                    }
                     Some(WorkerCommand::Storm) => {
                         let generation = *generation_tx.borrow() + 1;
                         ctx.state.borrow_mut().storm = Some(StormProgress {
@@ -342,14 +365,26 @@ fn read_commands(tx: mpsc::UnboundedSender<WorkerCommand>) {
 async fn run_connection(ctx: Rc<SharedContext>, local: usize, mut storms: watch::Receiver<u64>) {
     let spec = &ctx.spec;
     let global = spec.first_connection + local;
-    let target = spec.targets[global % spec.targets.len()];
     let channel = format!("{}{}", spec.channel_prefix, global % spec.channels.max(1));
     let mut generation = 0u64;
+    let mut cursor = StreamCursor::default();
     loop {
         let token = ctx.tokens.get(local).map(String::as_str);
-        match establish(&ctx, global, target, &channel, token, generation).await {
-            Some(mut client) => {
-                ctx.on_subscribed(generation);
+        let target = if spec.failover {
+            spec.targets[generation as usize % spec.targets.len()]
+        } else {
+            spec.targets[global % spec.targets.len()]
+        };
+        let recover = (spec.recover && generation > 0).then(|| cursor.position()).flatten();
+        let asked_to_recover = recover.is_some();
+        match establish(&ctx, global, target, &channel, token, generation, recover).await {
+            Some((mut client, ack)) => {
+                // A recovering connection counts as back once it has caught up.
+                let mut catching_up =
+                    spec.track_offsets && cursor.on_ack(&ack, asked_to_recover, &mut ctx.state.borrow_mut().offsets);
+                if !catching_up {
+                    ctx.on_subscribed(generation);
+                }
                 let storm_came = loop {
                     tokio::select! {
                         frame = client.next_frame() => match frame {
@@ -359,6 +394,10 @@ async fn run_connection(ctx: Rc<SharedContext>, local: usize, mut storms: watch:
                                 // answered with "3", or the server drops the client.
                                 let engine_ping = ctx.spec.protocol == WireProtocol::SocketIo && payload == b"2";
                                 ctx.on_message(payload);
+                                if spec.track_offsets && ctx.on_offset(payload, &mut cursor) && catching_up {
+                                    catching_up = false;
+                                    ctx.on_subscribed(generation);
+                                }
                                 if engine_ping && client.send_text(b"3").await.is_err() {
                                     ctx.state.borrow_mut().failures.closed_by_server += 1;
                                     break false;
@@ -372,7 +411,12 @@ async fn run_connection(ctx: Rc<SharedContext>, local: usize, mut storms: watch:
                         changed = storms.changed() => break changed.is_ok(),
                     }
                 };
-                ctx.state.borrow_mut().subscribed -= 1;
+                if catching_up {
+                    // Never counted as subscribed: count it as having given up.
+                    ctx.on_gave_up(generation);
+                } else {
+                    ctx.state.borrow_mut().subscribed -= 1;
+                }
                 drop(client);
                 if !storm_came && storms.changed().await.is_err() {
                     return;
@@ -397,7 +441,8 @@ async fn establish(
     channel: &str,
     token: Option<&str>,
     generation: u64,
-) -> Option<WsClient> {
+    recover: Option<StreamPosition>,
+) -> Option<(WsClient, AckPosition)> {
     for attempt in 0..ctx.spec.attempts.max(1) {
         if attempt > 0 {
             // Exponential backoff with per-connection jitter, as a real client does,
@@ -422,7 +467,7 @@ async fn establish(
         let source = ctx.source_for(global, generation);
         let result = tokio::time::timeout(
             ESTABLISH_TIMEOUT,
-            connect_and_subscribe(target, source, &ctx.spec, channel, token),
+            connect_and_subscribe(target, source, &ctx.spec, channel, token, recover.clone()),
         )
         .await
         .unwrap_or_else(|_| Err(BenchError::Timeout("upgrade and subscribe".into())));
@@ -440,13 +485,17 @@ async fn connect_and_subscribe(
     spec: &WorkerSpec,
     channel: &str,
     token: Option<&str>,
-) -> Result<WsClient, BenchError> {
+    recover: Option<StreamPosition>,
+) -> Result<(WsClient, AckPosition), BenchError> {
     let mut client = WsClient::connect(target, source, &spec.path, &spec.subprotocol).await?;
-    match spec.protocol {
-        WireProtocol::Shardcast => subscribe_shardcast(&mut client, channel, token).await?,
-        WireProtocol::SocketIo => subscribe_socket_io(&mut client, channel).await?,
-    }
-    Ok(client)
+    let ack = match spec.protocol {
+        WireProtocol::Shardcast => subscribe_shardcast(&mut client, channel, token, recover).await?,
+        WireProtocol::SocketIo => {
+            subscribe_socket_io(&mut client, channel).await?;
+            AckPosition::default()
+        }
+    };
+    Ok((client, ack))
 }
 
 /// Socket.IO: Engine.IO open, namespace connect, then a `subscribe` event with ack id 0.
@@ -488,8 +537,14 @@ async fn subscribe_socket_io(client: &mut WsClient, channel: &str) -> Result<(),
 const CONNECT_ID: u64 = 2;
 
 /// shardcast's protocol: welcome (the answer to a `connect` with the token, when
-/// there is one), then `subscribe` answered by `ack`.
-async fn subscribe_shardcast(client: &mut WsClient, channel: &str, token: Option<&str>) -> Result<(), BenchError> {
+/// there is one), then `subscribe` (with `recover` when given) answered by `ack`,
+/// whose position fields are returned.
+async fn subscribe_shardcast(
+    client: &mut WsClient,
+    channel: &str,
+    token: Option<&str>,
+    recover: Option<StreamPosition>,
+) -> Result<AckPosition, BenchError> {
     if let Some(token) = token {
         let connect = ClientFrame::Connect {
             id: Some(CONNECT_ID),
@@ -510,14 +565,26 @@ async fn subscribe_shardcast(client: &mut WsClient, channel: &str, token: Option
         channel: channel.to_owned(),
         token: None,
         latest: false,
-        recover: None,
+        recover,
     };
     let bytes = encode_client(Encoding::Json, &subscribe).map_err(|e| BenchError::Protocol(e.to_string()))?;
     client.send_text(&bytes).await?;
     loop {
         let frame = client.next_frame().await?;
         match decode_server(Encoding::Json, client.payload(&frame)) {
-            Ok(ServerFrame::Ack { id: Some(1), .. }) => return Ok(()),
+            Ok(ServerFrame::Ack {
+                id: Some(1),
+                offset,
+                epoch,
+                recovered,
+                ..
+            }) => {
+                return Ok(AckPosition {
+                    offset,
+                    epoch,
+                    recovered,
+                })
+            }
             Ok(ServerFrame::Error { code, message, .. }) => {
                 return Err(BenchError::Protocol(format!("subscribe refused: {code:?} {message}")))
             }

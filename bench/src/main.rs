@@ -10,6 +10,7 @@ mod cpu_pinning;
 mod error;
 mod fleet;
 mod floor;
+mod history;
 mod http_client;
 mod latency;
 mod loadgen;
@@ -19,6 +20,7 @@ mod record;
 mod report;
 mod scenarios;
 mod servers;
+mod stream_cursor;
 mod tokens;
 mod worker_protocol;
 mod ws_client;
@@ -102,6 +104,16 @@ enum Command {
         /// Runs of each configuration, interleaved, merged into one figure each.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// History and recovery (shardcast only): publications per second with history
+    /// on and off, in-process and through Redis; memory per retained publication;
+    /// reconnect storms with and without `recover`, clients dropping and a gateway
+    /// killed.
+    History {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        history: history::HistoryArgs,
     },
     /// Rewrites summary.md and the SVG charts from the results files in a directory.
     Report {
@@ -308,6 +320,7 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
         Command::Channels { common, .. } => ("channels", common),
         Command::Storm { common, .. } => ("storm", common),
         Command::AuthConnect { common, .. } => ("auth_connect", common),
+        Command::History { common, .. } => ("history", common),
         _ => return Err(BenchError::Options("not a scenario".into())),
     };
     let harness = common.harness()?;
@@ -357,6 +370,7 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
                     .auth_connect(*connections, *fanout_subscribers, *rounds, &publish.knobs())
                     .await
             }
+            Command::History { history, .. } => harness.history(history).await,
             _ => Outcome::default(),
         }
     });

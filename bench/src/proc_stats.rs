@@ -26,7 +26,8 @@ fn page_size() -> u64 {
     }
 }
 
-fn clock_ticks_per_second() -> f64 {
+/// Kernel clock ticks per second (the unit of /proc CPU times).
+pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if n > 0 {

@@ -14,14 +14,17 @@ use crate::servers::ServerKind;
 /// One server's figures for one scenario, size and phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioRecord {
-    /// `idle`, `fanout`, `channels`, `storm`, `auth_connect` or `auth_fanout`.
+    /// `idle`, `fanout`, `channels`, `storm`, `auth_connect`, `auth_fanout`, or one of
+    /// the history scenario's `history_publish`, `history_memory`, `history_storm`.
     pub scenario: String,
     /// Server measured.
     pub target: ServerKind,
-    /// Connections (idle, storm, channels) or subscribers of the channel (fanout).
+    /// Connections (idle, storm, channels, history_storm), subscribers of the channel
+    /// (fanout), or channels (history_publish, history_memory).
     pub size: usize,
     /// `connect`, `fixed`, `max` or `storm`; for the auth scenario the token scheme
-    /// (`none`, `hs256`, `rs256`), after the publishing phase for `auth_fanout`.
+    /// (`none`, `hs256`, `rs256`), after the publishing phase for `auth_fanout`; for the
+    /// history scenario its configuration.
     pub phase: String,
     /// Named figures (see BENCHMARKS.md for each name's meaning).
     pub figures: BTreeMap<String, f64>,

@@ -366,6 +366,7 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
             "idle" => idle_table(&records),
             "storm" => storm_table(&records),
             "auth_connect" | "auth_fanout" => auth_tables(&records),
+            "history_publish" | "history_memory" | "history_storm" => crate::history::history_tables(&records),
             _ => publish_table(&records),
         });
         md.push('\n');

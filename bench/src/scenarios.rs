@@ -69,7 +69,7 @@ pub struct PublishKnobs {
 }
 
 /// One scenario at one size, to run against each server.
-enum Job<'k> {
+pub(crate) enum Job<'k> {
     Idle(usize),
     Publish {
         scenario: &'static str,
@@ -91,7 +91,7 @@ pub struct Outcome {
     pub failures: usize,
 }
 
-fn progress_line(tag: &str, fleet: &LoadGenFleet, server: &ServerUnderTest, total: usize) {
+pub(crate) fn progress_line(tag: &str, fleet: &LoadGenFleet, server: &ServerUnderTest, total: usize) {
     let s = server.sample();
     eprintln!(
         "[{tag}] subscribed {}/{total}, delivered {}, server RSS {:.1} MiB, server CPU {:.1} s",
@@ -103,7 +103,13 @@ fn progress_line(tag: &str, fleet: &LoadGenFleet, server: &ServerUnderTest, tota
 }
 
 impl Harness {
-    fn plan(&self, server: &ServerUnderTest, connections: usize, prefix: &str, channels: usize) -> FleetPlan {
+    pub(crate) fn plan(
+        &self,
+        server: &ServerUnderTest,
+        connections: usize,
+        prefix: &str,
+        channels: usize,
+    ) -> FleetPlan {
         FleetPlan {
             targets: server.ws.clone(),
             path: server.kind.ws_path().into(),
@@ -118,6 +124,7 @@ impl Harness {
             cpus: self.loadgen_cpus.clone(),
             deadline: self.time_limit + Duration::from_secs(30),
             token_file: self.token_file.clone(),
+            history: Default::default(),
         }
     }
 
@@ -135,7 +142,7 @@ impl Harness {
         }
     }
 
-    async fn for_each_server(&self, scenario: &str, size: usize, outcome: &mut Outcome, job: Job<'_>) {
+    pub(crate) async fn for_each_server(&self, scenario: &str, size: usize, outcome: &mut Outcome, job: Job<'_>) {
         for &target in &self.targets {
             eprintln!("== {scenario} {size} on {} ==", target.name());
             let server = match ServerUnderTest::start(target, &self.servers) {
@@ -303,7 +310,7 @@ impl Harness {
         outcome
     }
 
-    async fn publish_scenario(
+    pub(crate) async fn publish_scenario(
         &self,
         server: &ServerUnderTest,
         scenario: &str,
@@ -763,7 +770,7 @@ fn add_ratios_to_tokenless(records: &mut [ScenarioRecord]) {
 }
 
 /// CPU readings at the start of a measured window.
-struct CpuWindow {
+pub(crate) struct CpuWindow {
     at: Instant,
     server: ProcessSample,
     redis: ProcessSample,
@@ -773,7 +780,7 @@ struct CpuWindow {
 }
 
 impl CpuWindow {
-    fn start(server: &ServerUnderTest, fleet: &LoadGenFleet) -> CpuWindow {
+    pub(crate) fn start(server: &ServerUnderTest, fleet: &LoadGenFleet) -> CpuWindow {
         CpuWindow {
             loadgen: fleet.sample(),
             ..CpuWindow::start_before_fleet(server)
@@ -793,7 +800,7 @@ impl CpuWindow {
     }
 
     /// Records CPU figures for the window into `rec`; returns its wall seconds.
-    fn finish(&self, server: &ServerUnderTest, fleet: &LoadGenFleet, rec: &mut ScenarioRecord) -> f64 {
+    pub(crate) fn finish(&self, server: &ServerUnderTest, fleet: &LoadGenFleet, rec: &mut ScenarioRecord) -> f64 {
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
         let s = server.sample().cpu_seconds - self.server.cpu_seconds;
         let r = server.sample_redis().cpu_seconds - self.redis.cpu_seconds;
@@ -840,7 +847,7 @@ fn affinity_count(pid: i32) -> usize {
 
 /// What set the pace of a measured window when no core was saturated.
 #[derive(Clone, Copy)]
-enum Pace {
+pub(crate) enum Pace {
     /// A fixed publish rate.
     Fixed,
     /// Max-rate publishing: HTTP round trips and the undelivered-frames window.
@@ -852,7 +859,7 @@ enum Pace {
 }
 
 /// What limited a publishing or storm figure, judged from CPU use in the window.
-fn judge_limit(rec: &ScenarioRecord, pace: Pace) -> String {
+pub(crate) fn judge_limit(rec: &ScenarioRecord, pace: Pace) -> String {
     let server = rec.get("server_cpu_util").unwrap_or(0.0);
     let loadgen = rec.get("loadgen_cpu_util").unwrap_or(0.0);
     let others = rec.get("other_cpu_util").unwrap_or(0.0);

@@ -193,6 +193,8 @@ pub struct ServerUnderTest {
     pub ws: Vec<SocketAddr>,
     /// Admin API address (of the first process).
     pub admin: SocketAddr,
+    /// Admin API addresses of every shardcast gateway process, in order.
+    pub admins: Vec<SocketAddr>,
     /// The Redis the server uses, if any.
     pub redis: Option<RedisServer>,
     logs: Vec<LogTail>,
@@ -207,6 +209,7 @@ impl ServerUnderTest {
             processes: Vec::new(),
             ws: Vec::new(),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admins: Vec::new(),
             redis: None,
             logs: Vec::new(),
         };
@@ -234,6 +237,7 @@ impl ServerUnderTest {
                     // upgrades until Redis answers): measure from readiness on.
                     wait_ready(admin)?;
                     server.ws.push(ws);
+                    server.admins.push(admin);
                     if i == 0 {
                         server.admin = admin;
                     }
@@ -372,6 +376,16 @@ impl ServerUnderTest {
                     .unwrap_or_default()
             })
             .collect()
+    }
+
+    /// SIGKILLs server process `index` (a gateway, for the history scenarios);
+    /// false when there is no such process.
+    pub fn kill_process(&self, index: usize) -> bool {
+        let Some(c) = self.processes.get(index) else {
+            return false;
+        };
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) == 0 }
     }
 
     /// Stops the server: SIGTERM, then SIGKILL after 3 s.

@@ -62,6 +62,17 @@ pub struct WorkerSpec {
     /// set, each connection sends a `connect` frame with its token before subscribing.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Follow each connection's offsets in its channel (holes, duplicates) and
+    /// answer `offsets` (history scenarios).
+    #[serde(default)]
+    pub track_offsets: bool,
+    /// After a storm, resubscribe with `recover` from the last offset received.
+    #[serde(default)]
+    pub recover: bool,
+    /// Connect to `targets[k % len]` after storm `k` (instead of `targets[g % len]`):
+    /// the clients of a killed gateway move to the next one.
+    #[serde(default)]
+    pub failover: bool,
 }
 
 /// A command from the parent.
@@ -75,6 +86,8 @@ pub enum WorkerCommand {
     /// Drop every connection at once and reconnect them all; send `storm_done` when
     /// every connection is back and subscribed (or has given up).
     Storm,
+    /// Send an `offsets` event (with `track_offsets`).
+    Offsets,
     /// Close everything and exit.
     Quit,
 }
@@ -156,6 +169,11 @@ pub enum WorkerEvent {
         start_ns: u64,
         /// CLOCK_MONOTONIC ns of the last re-subscription.
         last_ns: u64,
+    },
+    /// Answer to `offsets`.
+    Offsets {
+        /// What the connections' offsets showed since the start.
+        counts: crate::stream_cursor::OffsetCounts,
     },
     /// The worker cannot go on.
     Failed {
