@@ -18,6 +18,7 @@
 
 pub mod channel_table;
 pub mod connection;
+mod cork;
 mod identity;
 mod recovery;
 mod session;
@@ -52,6 +53,7 @@ use crate::ws::frame::data_frame;
 use crate::ws::handshake::WsPaths;
 use channel_table::{ChannelTable, SubscriptionKey};
 use connection::{Connection, Disconnect, Sent};
+use cork::Cork;
 pub use recovery::history_frame;
 use recovery::Recovery;
 
@@ -170,34 +172,40 @@ pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::t
             let core = Rc::new_cyclic(|me| ShardCore::new(id, deps, Spawner(me.clone())));
             tokio::task::spawn_local(upkeep::run(core.clone()));
             while let Ok(cmd) = rx.recv_async().await {
-                match cmd {
-                    ShardCommand::Adopt(stream, peer) => {
-                        tokio::task::spawn_local(task::handshake(core.clone(), stream, peer));
+                if rx.is_empty() {
+                    // Idle: a lone command's writes go out at once.
+                    if core.handle(cmd) == Flow::Stop {
+                        break;
                     }
-                    ShardCommand::Deliver(publication) => core.with(|shard| shard.fan_out(&publication)),
-                    ShardCommand::Gap { channel, reason } => core.with(|shard| shard.announce_gap(channel, reason)),
-                    ShardCommand::Control { command, report } => {
-                        let touched = core.with(|shard| shard.apply_control(&command));
-                        if let Some(report) = report {
-                            report.shard_done(touched);
-                        }
-                    }
-                    ShardCommand::InterestConfirmed {
-                        channel,
-                        result,
-                        position,
-                    } => core.with(|shard| shard.interest_confirmed(&channel, result, position)),
-                    ShardCommand::Drain { window } => {
-                        core.with(|shard| shard.st.draining = true);
-                        tokio::task::spawn_local(upkeep::drain(core.clone(), window));
-                    }
-                    ShardCommand::Stop => break,
+                    continue;
+                }
+                // Busy: gather the turn's deliveries, then one write per socket.
+                core.with(|shard| shard.st.cork.begin());
+                let mut flow = core.handle(cmd);
+                let mut handled = 1;
+                while flow == Flow::Go && core.with(|shard| shard.st.cork.may_continue(handled)) {
+                    let Ok(cmd) = rx.try_recv() else {
+                        break;
+                    };
+                    flow = core.handle(cmd);
+                    handled += 1;
+                }
+                core.with(|shard| shard.uncork());
+                if flow == Flow::Stop {
+                    break;
                 }
             }
             debug!(shard = id, "shard stopped");
         });
     })?;
     Ok((ShardHandle { id, tx }, thread))
+}
+
+/// Whether the shard's loop goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
 }
 
 /// Per-shard handles on the metrics it updates, resolved once.
@@ -209,6 +217,8 @@ struct ShardMetrics {
     dropped_encode: IntCounter,
     fanout: Histogram,
     lag: Histogram,
+    corked_writes: IntCounter,
+    corked_frames: IntCounter,
 }
 
 /// Starts tasks that continue an operation later, with the shard in hand. The one
@@ -258,6 +268,8 @@ pub struct ShardState {
     /// Subscriptions waiting for their history read (PROTOCOL.md 19.4); empty
     /// but for the moments after subscribes with `recover` or `latest`.
     recovering: HashMap<SubscriptionKey, Recovery>,
+    /// The connections with deliveries gathered in a busy turn.
+    cork: Cork,
 }
 
 /// One shard, shared by its tasks on the shard thread behind an `Rc`.
@@ -285,6 +297,8 @@ impl ShardCore {
             dropped_encode: m.messages_dropped.with_label_values(&["encode_failed"]),
             fanout: m.fanout_duration.clone(),
             lag: m.shard_loop_lag.with_label_values(&[&label]),
+            corked_writes: m.corked_writes.clone(),
+            corked_frames: m.corked_frames.clone(),
         };
         ShardCore {
             env: ShardEnv {
@@ -307,8 +321,37 @@ impl ShardCore {
                 next_id: 1,
                 draining: false,
                 recovering: HashMap::new(),
+                cork: Cork::default(),
             }),
         }
+    }
+
+    /// Handles one command from the shard's channel.
+    fn handle(self: &Rc<Self>, cmd: ShardCommand) -> Flow {
+        match cmd {
+            ShardCommand::Adopt(stream, peer) => {
+                tokio::task::spawn_local(task::handshake(self.clone(), stream, peer));
+            }
+            ShardCommand::Deliver(publication) => self.with(|shard| shard.fan_out(&publication)),
+            ShardCommand::Gap { channel, reason } => self.with(|shard| shard.announce_gap(channel, reason)),
+            ShardCommand::Control { command, report } => {
+                let touched = self.with(|shard| shard.apply_control(&command));
+                if let Some(report) = report {
+                    report.shard_done(touched);
+                }
+            }
+            ShardCommand::InterestConfirmed {
+                channel,
+                result,
+                position,
+            } => self.with(|shard| shard.interest_confirmed(&channel, result, position)),
+            ShardCommand::Drain { window } => {
+                self.with(|shard| shard.st.draining = true);
+                tokio::task::spawn_local(upkeep::drain(self.clone(), window));
+            }
+            ShardCommand::Stop => return Flow::Stop,
+        }
+        Flow::Go
     }
 
     /// Runs one operation on the shard: the only place its state is borrowed.
@@ -398,6 +441,22 @@ impl ShardEnv {
         }
         sent
     }
+
+    /// Delivers `frame` to the connection at slab key `key`: gathered for the turn's
+    /// write while the shard is busy, else as [`ShardEnv::send_or_close`].
+    fn deliver(&self, cork: &mut Cork, key: usize, conn: &mut Connection, frame: &Bytes, deadline: u32) -> Sent {
+        if !cork.active() {
+            return self.send_or_close(conn, frame, deadline);
+        }
+        let (sent, newly) = conn.send_corked(frame, self.config.max_queue_bytes, cork::WRITE_BYTES);
+        if newly {
+            cork.add(key, conn.id);
+        }
+        if sent == Sent::Overflow {
+            self.close_slow_consumer(conn, deadline);
+        }
+        sent
+    }
 }
 
 impl Shard<'_> {
@@ -411,6 +470,7 @@ impl Shard<'_> {
             table,
             conns,
             recovering,
+            cork,
             ..
         } = &mut *self.st;
         if publication.position.is_some() {
@@ -439,7 +499,10 @@ impl Shard<'_> {
                     }
                 }
                 if let Some(conn) = conns.get_mut(s.conn as usize) {
-                    if matches!(env.send_or_close(conn, frame, deadline), Sent::Written | Sent::Queued) {
+                    if matches!(
+                        env.deliver(cork, s.conn as usize, conn, frame, deadline),
+                        Sent::Written | Sent::Queued
+                    ) {
                         reached += 1;
                     }
                 }
@@ -458,7 +521,7 @@ impl Shard<'_> {
     /// encoding.
     fn announce_gap(&mut self, channel: Option<Arc<str>>, reason: GapReason) {
         let env = self.env;
-        let ShardState { table, conns, .. } = &mut *self.st;
+        let ShardState { table, conns, cork, .. } = &mut *self.st;
         let deadline = env.close_deadline();
         let history = env.publisher.channel_history();
         for (name, lists) in table.active_channels() {
@@ -483,11 +546,18 @@ impl Shard<'_> {
                 };
                 for s in list {
                     if let Some(conn) = conns.get_mut(s.conn as usize) {
-                        env.send_or_close(conn, &frame, deadline);
+                        env.deliver(cork, s.conn as usize, conn, &frame, deadline);
                     }
                 }
             }
         }
+    }
+
+    /// Ends a busy turn: every connection with gathered deliveries gets its write.
+    fn uncork(&mut self) {
+        let (writes, frames) = self.st.cork.flush(&mut self.st.conns);
+        self.env.shard_metrics.corked_writes.inc_by(writes as u64);
+        self.env.shard_metrics.corked_frames.inc_by(frames as u64);
     }
 
     /// Removes a finished connection and everything it held.
