@@ -361,6 +361,7 @@ proptest! {
                 encoding: preferred.unwrap_or(Encoding::Json),
                 subprotocol: chosen.map(|t| t.trim().to_owned()),
                 bearer: None,
+                deflate: None,
             }),
         }
         checks::upgrade_request(head.as_bytes());

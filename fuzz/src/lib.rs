@@ -290,7 +290,7 @@ pub fn read_in_pieces(stream: &[u8], cuts: &[usize], max_message: usize) -> (Vec
         pending.extend_from_slice(&stream[start..end]);
         start = end;
         let mut closed = false;
-        let result = read_frames(&mut pending, &mut fragments, max_message, |ev| {
+        let result = read_frames(&mut pending, &mut fragments, max_message, None, |ev| {
             let ev = Event::from_incoming(ev);
             closed = matches!(ev, Event::Close { .. });
             events.push(ev);
@@ -386,7 +386,7 @@ pub fn upgrade_request(data: &[u8]) {
     );
     match request {
         PublicRequest::Upgrade { key, subprotocol, .. } => {
-            let response = upgrade_response(&key, subprotocol.as_deref());
+            let response = upgrade_response(&key, subprotocol.as_deref(), None);
             let text = std::str::from_utf8(&response).expect("the 101 response is ASCII");
             assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
             assert!(text.ends_with("\r\n\r\n"));

@@ -131,7 +131,6 @@ pub struct Connection {
     pub disconnect: Option<Disconnect>,
     out: VecDeque<Bytes>,
     out_bytes: usize,
-    front_partial: bool,
     waker: Option<Waker>,
     /// Partial input, present only while a frame or message is incomplete.
     pub read: Option<Box<ReadState>>,
@@ -141,6 +140,9 @@ pub struct Connection {
     pub last_seen: u32,
     /// Small yes/no facts, packed in one byte (see [`ConnectionFlags`]).
     pub flags: ConnectionFlags,
+    /// permessage-deflate: 0 if not negotiated, else the largest window (8 to 15
+    /// bits) the gateway may compress with for this client.
+    pub deflate_window: u8,
     /// The identity, for a connection that authenticated (boxed: an anonymous
     /// connection pays one pointer).
     pub auth: Option<Box<ConnectionAuth>>,
@@ -163,6 +165,8 @@ impl ConnectionFlags {
     /// Frames were gathered for it during a busy turn and it is on the shard's
     /// cork list, waiting for the turn's one write (see `super::cork`).
     pub const CORKED: u8 = 16;
+    /// The frame at the front of the queue is partly written already.
+    pub const FRONT_PARTIAL: u8 = 32;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u8) -> bool {
@@ -213,12 +217,12 @@ impl Connection {
             disconnect: None,
             out: VecDeque::new(),
             out_bytes: 0,
-            front_partial: false,
             waker: None,
             read: None,
             subs: Vec::new(),
             last_seen: now,
             flags: ConnectionFlags(ConnectionFlags::GREETED),
+            deflate_window: 0,
             auth: None,
         }
     }
@@ -254,7 +258,7 @@ impl Connection {
             Ok(n) if n == frame.len() => Sent::Written,
             Ok(n) => {
                 self.push(frame.slice(n..));
-                self.front_partial = true;
+                self.flags.set(ConnectionFlags::FRONT_PARTIAL, true);
                 self.wake();
                 Sent::Queued
             }
@@ -384,7 +388,7 @@ impl Connection {
         if why == Disconnect::SlowConsumer {
             // Keep a frame already half on the wire so the close frame follows a
             // whole frame; everything behind it is lost.
-            let keep = usize::from(self.front_partial && !self.out.is_empty());
+            let keep = usize::from(self.flags.has(ConnectionFlags::FRONT_PARTIAL) && !self.out.is_empty());
             dropped = self.out.len() - keep;
             self.out.truncate(keep);
             self.out_bytes = self.out.iter().map(Bytes::len).sum();
@@ -469,10 +473,10 @@ impl Connection {
             if written >= front.len() {
                 written -= front.len();
                 self.out.pop_front();
-                self.front_partial = false;
+                self.flags.set(ConnectionFlags::FRONT_PARTIAL, false);
             } else {
                 *front = front.slice(written..);
-                self.front_partial = true;
+                self.flags.set(ConnectionFlags::FRONT_PARTIAL, true);
                 written = 0;
             }
         }

@@ -49,6 +49,7 @@ use crate::fanout::publisher::Publisher;
 use crate::fanout::router::{RouterHandle, ShardMail, ShardMailbox};
 use crate::metrics::Metrics;
 use crate::state::GatewayState;
+use crate::ws::deflate::{Inflater, FULL_WINDOW};
 use crate::ws::frame::data_frame;
 use crate::ws::handshake::WsPaths;
 use channel_table::{ChannelTable, SubscriptionKey};
@@ -270,6 +271,9 @@ pub struct ShardState {
     recovering: HashMap<SubscriptionKey, Recovery>,
     /// The connections with deliveries gathered in a busy turn.
     cork: Cork,
+    /// Inflates compressed client messages (permessage-deflate); made at the
+    /// first one.
+    inflater: Option<Box<Inflater>>,
 }
 
 /// One shard, shared by its tasks on the shard thread behind an `Rc`.
@@ -322,6 +326,7 @@ impl ShardCore {
                 draining: false,
                 recovering: HashMap::new(),
                 cork: Cork::default(),
+                inflater: None,
             }),
         }
     }
@@ -491,6 +496,10 @@ impl Shard<'_> {
                 env.shard_metrics.dropped_encode.inc_by(list.len() as u64);
                 continue;
             };
+            // Built once, by the first shard with a subscriber that negotiated
+            // permessage-deflate with the full window; others get the plain frame.
+            let compressible = env.config.compression.min_bytes().is_some_and(|min| frame.len() >= min);
+            let mut compressed = None;
             for s in list {
                 if !recovering.is_empty() {
                     if let Some(recovery) = recovering.get_mut(&s.sub) {
@@ -499,6 +508,11 @@ impl Shard<'_> {
                     }
                 }
                 if let Some(conn) = conns.get_mut(s.conn as usize) {
+                    let frame = if compressible && conn.deflate_window == FULL_WINDOW {
+                        compressed.get_or_insert_with(|| publication.compressed_frame(enc).unwrap_or(frame))
+                    } else {
+                        frame
+                    };
                     if matches!(
                         env.deliver(cork, s.conn as usize, conn, frame, deadline),
                         Sent::Written | Sent::Queued
