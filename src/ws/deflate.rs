@@ -191,7 +191,9 @@ pub struct Inflater {
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inflater").field("buffered", &self.out.capacity()).finish()
+        f.debug_struct("Inflater")
+            .field("buffered", &self.out.capacity())
+            .finish()
     }
 }
 
@@ -312,7 +314,11 @@ mod tests {
         let frame = crate::ws::frame::data_frame(shardcast_proto::Encoding::MsgPack, &big);
         let compressed = deflate_frame(&frame, 15).unwrap();
         assert_eq!(Inflater::new().inflate(unframe(&compressed), 200_000), Ok(&big[..]));
-        let tiny = deflate_frame(&crate::ws::frame::data_frame(shardcast_proto::Encoding::Json, b"hi"), 15).unwrap();
+        let tiny = deflate_frame(
+            &crate::ws::frame::data_frame(shardcast_proto::Encoding::Json, b"hi"),
+            15,
+        )
+        .unwrap();
         assert_eq!(Inflater::new().inflate(unframe(&tiny), 10), Ok(&b"hi"[..]));
         assert_eq!(deflate_frame(&frame, 8), None, "zlib has no 256-byte window");
     }
