@@ -101,6 +101,10 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_COMPRESSION", default_value = "off", value_parser = parse_compression)]
     pub compression: Compression,
 
+    /// Gather a busy shard's deliveries into one write per socket per turn (true/false; off is for comparisons).
+    #[arg(long, env = "SHARDCAST_CORKING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub corking: bool,
+
     /// Outbound bytes queued for one connection before it is closed as a slow consumer (code 4000).
     #[arg(long, env = "SHARDCAST_MAX_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub max_queue_bytes: usize,

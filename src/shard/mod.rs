@@ -170,10 +170,11 @@ pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::t
         };
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
+            let corking = deps.config.corking;
             let core = Rc::new_cyclic(|me| ShardCore::new(id, deps, Spawner(me.clone())));
             tokio::task::spawn_local(upkeep::run(core.clone()));
             while let Ok(cmd) = rx.recv_async().await {
-                if rx.is_empty() {
+                if !corking || rx.is_empty() {
                     // Idle: a lone command's writes go out at once.
                     if core.handle(cmd) == Flow::Stop {
                         break;
