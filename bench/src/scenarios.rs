@@ -964,6 +964,8 @@ const METRIC_PREFIXES: &[&str] = &[
     "shardcast_client_errors_total",
     "shardcast_fanout_duration_seconds_sum",
     "shardcast_fanout_duration_seconds_count",
+    "shardcast_corked_writes_total",
+    "shardcast_corked_frames_total",
     "floor_closed_full_total",
 ];
 
