@@ -20,6 +20,38 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether clients may negotiate permessage-deflate, and from what message size
+/// the gateway compresses what it sends them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Never negotiated.
+    Off,
+    /// Negotiated; messages of at least this many bytes go compressed.
+    From(usize),
+}
+
+impl Compression {
+    /// The smallest message sent compressed; none when compression is off.
+    pub fn min_bytes(self) -> Option<usize> {
+        match self {
+            Compression::Off => None,
+            Compression::From(n) => Some(n),
+        }
+    }
+}
+
+/// Parses `--compression`: `off`, `on`, or a minimum size in bytes.
+pub fn parse_compression(s: &str) -> Result<Compression, String> {
+    match s.trim() {
+        "off" | "false" => Ok(Compression::Off),
+        "on" | "true" => Ok(Compression::From(0)),
+        n => n
+            .parse()
+            .map(Compression::From)
+            .map_err(|_| format!("`{s}`: compression is off, on, or a minimum message size in bytes")),
+    }
+}
+
 /// Everything the gateway can be told at start.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "shardcast", version, about = "A per-core sharded WebSocket fan-out gateway")]
@@ -64,6 +96,14 @@ pub struct Config {
     /// Longest channel name, in bytes.
     #[arg(long, env = "SHARDCAST_MAX_CHANNEL_LEN", default_value_t = shardcast_proto::DEFAULT_MAX_CHANNEL_LEN)]
     pub max_channel_len: usize,
+
+    /// permessage-deflate (RFC 7692): `off`, `on`, or a size in bytes (on, for messages of at least that many bytes; smaller ones go uncompressed).
+    #[arg(long, env = "SHARDCAST_COMPRESSION", default_value = "off", value_parser = parse_compression)]
+    pub compression: Compression,
+
+    /// Gather a busy shard's deliveries into one write per socket per turn (true/false; off is for comparisons).
+    #[arg(long, env = "SHARDCAST_CORKING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub corking: bool,
 
     /// Outbound bytes queued for one connection before it is closed as a slow consumer (code 4000).
     #[arg(long, env = "SHARDCAST_MAX_QUEUE_BYTES", default_value_t = 1024 * 1024)]

@@ -19,9 +19,9 @@
 //!   [`broker::BrokerEvent`]s to a sink the router implements.
 //!
 //! Beside them, used by any layer and importing none: [`ws`] (the WebSocket
-//! transport: upgrade and RFC 6455 frames over raw sockets), [`auth`] (token
-//! verification and channel rules), [`pusher`] (the Pusher protocol's frames,
-//! apps and signatures), [`payload`] (a publication's validated data),
+//! transport: upgrade, RFC 6455 frames and permessage-deflate over raw sockets),
+//! [`auth`] (token verification and channel rules), [`pusher`] (the Pusher
+//! protocol's frames, apps and signatures), [`payload`] (a publication's validated data),
 //! [`metrics`], [`state`] (lock-free shared counters) and [`config`]. On top: [`admin`] (the admin port: HTTP API, health,
 //! metrics, the cluster view) and [`gateway`], which wires an instance together
 //! and drains it.

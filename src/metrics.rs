@@ -89,6 +89,10 @@ pub struct Metrics {
     pub max_connections: IntGauge,
     /// Time from a publication reaching a shard to its last local subscriber write.
     pub fanout_duration: Histogram,
+    /// Vectored writes that ended a shard's busy turn (one per socket per turn).
+    pub corked_writes: IntCounter,
+    /// Frames those writes completed.
+    pub corked_frames: IntCounter,
 }
 
 impl Metrics {
@@ -228,6 +232,14 @@ impl Metrics {
                 "cluster_instances",
                 "Live instances (from heartbeats).",
             ))?,
+            corked_writes: IntCounter::with_opts(opts(
+                "corked_writes_total",
+                "Vectored writes of the deliveries a busy shard gathered for one socket in one turn.",
+            ))?,
+            corked_frames: IntCounter::with_opts(opts(
+                "corked_frames_total",
+                "Frames completed by those corked writes.",
+            ))?,
             registry,
         };
         m.register_all()?;
@@ -277,6 +289,8 @@ impl Metrics {
         r.register(Box::new(self.redis_degraded_slots.clone()))?;
         r.register(Box::new(self.cluster_connections.clone()))?;
         r.register(Box::new(self.cluster_instances.clone()))?;
+        r.register(Box::new(self.corked_writes.clone()))?;
+        r.register(Box::new(self.corked_frames.clone()))?;
         Ok(())
     }
 

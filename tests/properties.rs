@@ -31,7 +31,7 @@ use shardcast_testkit::ws_frame::{encode_frame, encode_raw, opcode, FIN};
 type Check = fn(&[u8]);
 
 /// Every fuzz target by name, with its check.
-const TARGETS: [(&str, Check); 7] = [
+const TARGETS: [(&str, Check); 8] = [
     ("decode_client_json", checks::decode_client_json),
     ("decode_client_msgpack", checks::decode_client_msgpack),
     ("redis_payload", checks::redis_payload),
@@ -39,6 +39,7 @@ const TARGETS: [(&str, Check); 7] = [
     ("upgrade_request", checks::upgrade_request),
     ("publish_body", checks::publish_body),
     ("connect_frames", checks::connect_frames),
+    ("inflate", checks::inflate),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -361,6 +362,7 @@ proptest! {
                 encoding: preferred.unwrap_or(Encoding::Json),
                 subprotocol: chosen.map(|t| t.trim().to_owned()),
                 bearer: None,
+                deflate: None,
             }),
         }
         checks::upgrade_request(head.as_bytes());

@@ -139,6 +139,7 @@ impl LoadGenFleet {
                 path: plan.path.clone(),
                 subprotocol: match plan.protocol {
                     WireProtocol::Shardcast => "shardcast.v1.json".into(),
+                    WireProtocol::ShardcastMsgPack => "shardcast.v1.msgpack".into(),
                     WireProtocol::SocketIo => String::new(),
                 },
                 protocol: plan.protocol,

@@ -166,17 +166,25 @@ impl SharedContext {
     }
 
     fn on_message(&self, payload: &[u8]) {
-        let prefix: &[u8] = match self.spec.protocol {
-            WireProtocol::Shardcast => b"{\"type\":\"message\"",
-            WireProtocol::SocketIo => b"42[\"message\"",
+        let (is_message, sent) = match self.spec.protocol {
+            WireProtocol::Shardcast => (
+                payload.starts_with(b"{\"type\":\"message\""),
+                extract_timestamp(payload),
+            ),
+            WireProtocol::SocketIo => (payload.starts_with(b"42[\"message\""), extract_timestamp(payload)),
+            WireProtocol::ShardcastMsgPack => (
+                // A map whose first entry is "type": "message".
+                payload.get(1..14) == Some(b"\xa4type\xa7message"),
+                extract_msgpack_timestamp(payload),
+            ),
         };
-        if !payload.starts_with(prefix) {
+        if !is_message {
             return;
         }
         let now = monotonic_ns();
         let mut st = self.state.borrow_mut();
         st.delivered += 1;
-        if let Some(sent) = extract_timestamp(payload) {
+        if let Some(sent) = sent {
             st.latency.record(now.saturating_sub(sent));
         }
     }
@@ -213,6 +221,26 @@ pub fn extract_timestamp(payload: &[u8]) -> Option<u64> {
         digits += 1;
     }
     (digits > 0).then_some(value)
+}
+
+/// The same timestamp in a MessagePack `message`: the first `"t"` key (`a1 74`)
+/// after the `data` key, an unsigned integer after it.
+pub fn extract_msgpack_timestamp(payload: &[u8]) -> Option<u64> {
+    let data = payload.windows(5).position(|w| w == b"\xa4data").map_or(0, |i| i + 5);
+    let at = data + payload.get(data..)?.windows(2).position(|w| w == b"\xa1t")? + 2;
+    let rest = payload.get(at..)?;
+    let int = |n: usize| -> Option<u64> {
+        let bytes = rest.get(1..1 + n)?;
+        Some(bytes.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b)))
+    };
+    match *rest.first()? {
+        b @ 0x00..=0x7f => Some(u64::from(b)),
+        0xcc => int(1),
+        0xcd => int(2),
+        0xce => int(4),
+        0xcf => int(8),
+        _ => None,
+    }
 }
 
 /// One worker process's connections and their counters.
@@ -489,7 +517,10 @@ async fn connect_and_subscribe(
 ) -> Result<(WsClient, AckPosition), BenchError> {
     let mut client = WsClient::connect(target, source, &spec.path, &spec.subprotocol).await?;
     let ack = match spec.protocol {
-        WireProtocol::Shardcast => subscribe_shardcast(&mut client, channel, token, recover).await?,
+        WireProtocol::Shardcast => subscribe_shardcast(&mut client, channel, token, recover, Encoding::Json).await?,
+        WireProtocol::ShardcastMsgPack => {
+            subscribe_shardcast(&mut client, channel, token, recover, Encoding::MsgPack).await?
+        }
         WireProtocol::SocketIo => {
             subscribe_socket_io(&mut client, channel).await?;
             AckPosition::default()
@@ -538,13 +569,19 @@ const CONNECT_ID: u64 = 2;
 
 /// shardcast's protocol: welcome (the answer to a `connect` with the token, when
 /// there is one), then `subscribe` (with `recover` when given) answered by `ack`,
-/// whose position fields are returned.
+/// in `encoding`; the ack's position fields are returned.
 async fn subscribe_shardcast(
     client: &mut WsClient,
     channel: &str,
     token: Option<&str>,
     recover: Option<StreamPosition>,
+    encoding: Encoding,
 ) -> Result<AckPosition, BenchError> {
+    let opcode = if encoding.is_binary() {
+        shardcast_testkit::ws_frame::opcode::BINARY
+    } else {
+        shardcast_testkit::ws_frame::opcode::TEXT
+    };
     if let Some(token) = token {
         let connect = ClientFrame::Connect {
             id: Some(CONNECT_ID),
@@ -552,11 +589,11 @@ async fn subscribe_shardcast(
             name: None,
             version: None,
         };
-        let bytes = encode_client(Encoding::Json, &connect).map_err(|e| BenchError::Protocol(e.to_string()))?;
-        client.send_text(&bytes).await?;
+        let bytes = encode_client(encoding, &connect).map_err(|e| BenchError::Protocol(e.to_string()))?;
+        client.send(opcode, &bytes).await?;
     }
     let frame = client.next_frame().await?;
-    match decode_server(Encoding::Json, client.payload(&frame)) {
+    match decode_server(encoding, client.payload(&frame)) {
         Ok(ServerFrame::Welcome { id, .. }) if token.is_none() || id == Some(CONNECT_ID) => {}
         other => return Err(BenchError::Protocol(format!("expected welcome, got {other:?}"))),
     }
@@ -567,11 +604,11 @@ async fn subscribe_shardcast(
         latest: false,
         recover,
     };
-    let bytes = encode_client(Encoding::Json, &subscribe).map_err(|e| BenchError::Protocol(e.to_string()))?;
-    client.send_text(&bytes).await?;
+    let bytes = encode_client(encoding, &subscribe).map_err(|e| BenchError::Protocol(e.to_string()))?;
+    client.send(opcode, &bytes).await?;
     loop {
         let frame = client.next_frame().await?;
-        match decode_server(Encoding::Json, client.payload(&frame)) {
+        match decode_server(encoding, client.payload(&frame)) {
             Ok(ServerFrame::Ack {
                 id: Some(1),
                 offset,
@@ -605,5 +642,16 @@ mod tests {
         assert_eq!(extract_timestamp(br#"{"type":"message","data":{}}"#), None);
         assert_eq!(extract_timestamp(br#"{"t":}"#), None);
         assert_eq!(extract_timestamp(br#"{"t":99999999999999999999999}"#), None);
+    }
+
+    #[test]
+    fn timestamps_are_found_in_msgpack_message_frames() {
+        let data = serde_json::json!({"t": 123456789012u64, "n": 1});
+        let raw = serde_json::value::to_raw_value(&data).unwrap();
+        let frame = shardcast_proto::encode_message(Encoding::MsgPack, "t", 3, None, &raw).unwrap();
+        assert_eq!(&frame[1..14], b"\xa4type\xa7message");
+        assert_eq!(extract_msgpack_timestamp(&frame), Some(123456789012));
+        assert_eq!(extract_msgpack_timestamp(b"\x81\xa1t\x05"), Some(5));
+        assert_eq!(extract_msgpack_timestamp(b"\x81\xa1t\xc0"), None);
     }
 }

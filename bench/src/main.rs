@@ -66,6 +66,21 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000,18000")]
         subscribers: Vec<usize>,
     },
+    /// One channel, S subscribers, each of a few fixed publication rates: what
+    /// corking (one write per socket per busy turn) does to latency and CPU.
+    Corking {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        publish: PublishArgs,
+        /// Subscriber counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        subscribers: Vec<usize>,
+        /// Publications per second offered, one run each (the fixed phase's length
+        /// is --fixed-seconds; there is no max-rate phase).
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        rates: Vec<f64>,
+    },
     /// Many channels with few subscribers each, random publishes in batches.
     Channels {
         #[command(flatten)]
@@ -196,6 +211,12 @@ struct CommonArgs {
     /// Fail when a connection did not subscribe or a delivery went missing (smoke test).
     #[arg(long)]
     strict: bool,
+    /// Runs of each server at each size: figures are the median, with min-max.
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
+    /// shardcast's subscribers speak MessagePack (shardcast.v1.msgpack) instead of JSON.
+    #[arg(long)]
+    msgpack: bool,
 }
 
 #[derive(Args, Clone)]
@@ -282,6 +303,8 @@ impl CommonArgs {
             out_dir: self.out.clone(),
             strict: self.strict,
             token_file: None,
+            repeats: self.repeats.max(1),
+            msgpack: self.msgpack,
         })
     }
 }
@@ -318,6 +341,7 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
         Command::Idle { common, .. } => ("idle", common),
         Command::Fanout { common, .. } => ("fanout", common),
         Command::Channels { common, .. } => ("channels", common),
+        Command::Corking { common, .. } => ("corking", common),
         Command::Storm { common, .. } => ("storm", common),
         Command::AuthConnect { common, .. } => ("auth_connect", common),
         Command::History { common, .. } => ("history", common),
@@ -358,6 +382,12 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
                     .channels(*channels, *subscribers_per_channel, &publish.knobs())
                     .await
             }
+            Command::Corking {
+                subscribers,
+                rates,
+                publish,
+                ..
+            } => harness.corking(subscribers, rates, &publish.knobs()).await,
             Command::Storm { connections, .. } => harness.storm(connections).await,
             Command::AuthConnect {
                 connections,

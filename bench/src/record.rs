@@ -65,6 +65,108 @@ impl ScenarioRecord {
     pub fn get(&self, name: &str) -> Option<f64> {
         self.figures.get(name).copied().filter(|v| v.is_finite())
     }
+
+    /// The range of a figure over repeated runs (`<name>_min`, `<name>_max`), if
+    /// the record merges several.
+    pub fn range(&self, name: &str) -> Option<(f64, f64)> {
+        Some((self.get(&format!("{name}_min"))?, self.get(&format!("{name}_max"))?))
+    }
+
+    /// Marks a record whose window other processes disturbed: more than
+    /// [`BUSY_SHARE`] of the machine went to them.
+    pub fn mark_if_busy(&mut self) -> bool {
+        let others = self
+            .get("other_cpu_util_max")
+            .or_else(|| self.get("other_cpu_util"))
+            .unwrap_or(0.0);
+        if others <= BUSY_SHARE {
+            return false;
+        }
+        self.set("busy", 1.0);
+        self.limited_by = format!(
+            "**BUSY: other processes took {:.0}% of the machine (over {:.0}%): not a quiet measurement**; {}",
+            others * 100.0,
+            BUSY_SHARE * 100.0,
+            self.limited_by
+        );
+        true
+    }
+}
+
+/// The share of the machine other processes may take in a measured window before
+/// its figures are marked busy.
+pub const BUSY_SHARE: f64 = 0.10;
+
+/// Merges the records of repeated runs of one job (each run's records in the same
+/// order) into one: every figure the median over the runs, with `<name>_min` and
+/// `<name>_max`; latency percentiles the median of each; `runs` the count.
+pub fn merge_runs(runs: Vec<Vec<ScenarioRecord>>) -> Vec<ScenarioRecord> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    if runs.len() == 1 {
+        return runs.into_iter().next().unwrap_or_default();
+    }
+    let mut merged = Vec::with_capacity(first.len());
+    for (i, base) in first.iter().enumerate() {
+        let same: Vec<&ScenarioRecord> = runs
+            .iter()
+            .filter_map(|run| run.get(i))
+            .filter(|r| r.phase == base.phase && r.size == base.size)
+            .collect();
+        let mut out = base.clone();
+        for name in base.figures.keys() {
+            let mut values: Vec<f64> = same.iter().filter_map(|r| r.get(name)).collect();
+            if values.is_empty() {
+                continue;
+            }
+            values.sort_by(f64::total_cmp);
+            out.set(name, median(&values));
+            out.set(&format!("{name}_min"), values[0]);
+            out.set(&format!("{name}_max"), values[values.len() - 1]);
+        }
+        let latencies: Vec<LatencySummary> = same.iter().filter_map(|r| r.latency).collect();
+        if !latencies.is_empty() {
+            let pick = |f: fn(&LatencySummary) -> f64| {
+                let mut v: Vec<f64> = latencies.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                median(&v)
+            };
+            out.latency = Some(LatencySummary {
+                count: latencies.iter().map(|l| l.count).sum(),
+                p50_ms: pick(|l| l.p50_ms),
+                p99_ms: pick(|l| l.p99_ms),
+                p999_ms: pick(|l| l.p999_ms),
+                max_ms: pick(|l| l.max_ms),
+                mean_ms: pick(|l| l.mean_ms),
+            });
+        }
+        out.set("runs", same.len() as f64);
+        out.limited_by = format!(
+            "{} (median of {} runs; first run's judgement)",
+            base.limited_by,
+            same.len()
+        );
+        for r in same.iter().skip(1) {
+            for n in &r.notes {
+                if !out.notes.contains(n) {
+                    out.notes.push(n.clone());
+                }
+            }
+        }
+        merged.push(out);
+    }
+    merged
+}
+
+/// The median of sorted, non-empty values.
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 /// The machine the figures were taken on, recorded with every results file.
@@ -174,5 +276,45 @@ impl ResultsFile {
             out.push((name, file));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(deliveries: f64, others: f64, p99: f64) -> Vec<ScenarioRecord> {
+        let mut r = ScenarioRecord::new("fanout", ServerKind::Shardcast, 1000, "max");
+        r.set("deliveries_per_second", deliveries);
+        r.set("other_cpu_util", others);
+        r.latency = Some(LatencySummary {
+            p99_ms: p99,
+            ..LatencySummary::default()
+        });
+        vec![r]
+    }
+
+    #[test]
+    fn repeated_runs_merge_into_median_and_range() {
+        let merged = merge_runs(vec![
+            run(100.0, 0.02, 9.0),
+            run(300.0, 0.05, 1.0),
+            run(200.0, 0.01, 5.0),
+        ]);
+        let r = &merged[0];
+        assert_eq!(r.get("deliveries_per_second"), Some(200.0));
+        assert_eq!(r.range("deliveries_per_second"), Some((100.0, 300.0)));
+        assert_eq!(r.get("runs"), Some(3.0));
+        assert_eq!(r.latency.map(|l| l.p99_ms), Some(5.0));
+    }
+
+    #[test]
+    fn a_window_others_took_over_ten_percent_of_is_marked() {
+        let mut quiet = merge_runs(vec![run(1.0, 0.05, 1.0), run(1.0, 0.08, 1.0)]);
+        assert!(!quiet[0].mark_if_busy());
+        let mut busy = merge_runs(vec![run(1.0, 0.05, 1.0), run(1.0, 0.3, 1.0)]);
+        assert!(busy[0].mark_if_busy(), "the worst run decides");
+        assert!(busy[0].limited_by.contains("BUSY"));
+        assert_eq!(busy[0].get("busy"), Some(1.0));
     }
 }

@@ -19,6 +19,20 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
     }
 }
 
+/// A figure as the median with its min-max over repeated runs, when the record
+/// merges several ("119.0k (112.3k–121.9k)"), else the figure alone.
+fn fig(r: &ScenarioRecord, name: &str, digits: usize) -> String {
+    match r.range(name) {
+        Some((lo, hi)) if r.get("runs").unwrap_or(1.0) > 1.0 => format!(
+            "{} ({}–{})",
+            fmt(r.get(name), digits),
+            fmt(Some(lo), digits),
+            fmt(Some(hi), digits)
+        ),
+        _ => fmt(r.get(name), digits),
+    }
+}
+
 /// shardcast's figure relative to a baseline's: >1 means shardcast is better.
 fn advantage(shardcast: Option<f64>, baseline: Option<f64>, higher_is_better: bool) -> Option<f64> {
     let (s, b) = (shardcast?, baseline?);
@@ -82,7 +96,7 @@ fn idle_table(records: &[ScenarioRecord]) -> String {
             r.size,
             server_name(r),
             fmt(r.get("connections"), 0),
-            fmt(r.get("rss_per_connection"), 0),
+            fig(r, "rss_per_connection", 0),
             fmt(r.get("kernel_socket_slabs_per_connection"), 0),
             fmt(r.get("kernel_tcp_buffers_per_connection"), 0),
             fmt(r.get("connect_rate"), 0),
@@ -107,8 +121,8 @@ fn publish_table(records: &[ScenarioRecord]) -> String {
             r.size,
             r.phase,
             server_name(r),
-            fmt(r.get("deliveries_per_second"), 0),
-            fmt(r.get("deliveries_per_server_cpu_second"), 0),
+            fig(r, "deliveries_per_second", 0),
+            fig(r, "deliveries_per_server_cpu_second", 0),
             if r.get("redis_cpu_seconds").unwrap_or(0.0) > 0.0 {
                 fmt(r.get("deliveries_per_stack_cpu_second"), 0)
             } else {
@@ -211,8 +225,8 @@ fn auth_tables(records: &[ScenarioRecord]) -> String {
             r.size,
             fmt(r.get("rounds"), 0),
             r.phase,
-            fmt(r.get("deliveries_per_second"), 0),
-            fmt(r.get("deliveries_per_server_cpu_second"), 0),
+            fig(r, "deliveries_per_second", 0),
+            fig(r, "deliveries_per_server_cpu_second", 0),
             range_over_rounds(r),
             fmt(r.get("vs_none"), 2),
             l.p50_ms,

@@ -16,7 +16,7 @@ use crate::fleet::{FleetPlan, LoadGenFleet};
 use crate::http_client;
 use crate::proc_stats::{self, ProcessSample};
 use crate::publisher::{run_publisher, PublishLoad, PublishProgress};
-use crate::record::ScenarioRecord;
+use crate::record::{merge_runs, ScenarioRecord};
 use crate::servers::{ServerKind, ServerOptions, ServerUnderTest};
 use crate::tokens::{AuthKeys, TokenScheme};
 
@@ -45,6 +45,10 @@ pub struct Harness {
     /// Pre-minted connection tokens the clients send in a `connect` frame (none:
     /// anonymous clients).
     pub token_file: Option<PathBuf>,
+    /// Runs of each server at each size; figures are the median, with min and max.
+    pub repeats: usize,
+    /// shardcast's subscribers speak MessagePack (`shardcast.v1.msgpack`).
+    pub msgpack: bool,
 }
 
 /// Fanout and channels publishing knobs.
@@ -113,7 +117,10 @@ impl Harness {
         FleetPlan {
             targets: server.ws.clone(),
             path: server.kind.ws_path().into(),
-            protocol: server.kind.wire_protocol(),
+            protocol: match server.kind {
+                ServerKind::Shardcast if self.msgpack => crate::worker_protocol::WireProtocol::ShardcastMsgPack,
+                kind => kind.wire_protocol(),
+            },
             connections,
             channel_prefix: prefix.into(),
             channels,
@@ -144,57 +151,91 @@ impl Harness {
 
     pub(crate) async fn for_each_server(&self, scenario: &str, size: usize, outcome: &mut Outcome, job: Job<'_>) {
         for &target in &self.targets {
-            eprintln!("== {scenario} {size} on {} ==", target.name());
-            let server = match ServerUnderTest::start(target, &self.servers) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("!! {scenario} {size} {}: {e}", target.name());
-                    outcome.failures += 1;
-                    continue;
+            let repeats = self.repeats.max(1);
+            let mut runs = Vec::new();
+            for run in 1..=repeats {
+                eprintln!("== {scenario} {size} on {} (run {run} of {repeats}) ==", target.name());
+                if let Some(records) = self.run_once(scenario, size, target, &job, outcome).await {
+                    runs.push(records);
                 }
+            }
+            if runs.is_empty() {
+                continue;
+            }
+            let mut records = merge_runs(runs);
+            // Server processes sharing the clients: shardcast gateways or
+            // Node workers (charts compare single-process runs only).
+            let gateways = match target {
+                ServerKind::Shardcast => self.servers.gateways.max(1),
+                ServerKind::Node | ServerKind::SocketIo => match self.servers.node_workers {
+                    0 => self.servers.cpus.len(),
+                    n => n,
+                },
+                ServerKind::Floor => 1,
             };
-            match tokio::time::timeout(self.time_limit, self.run_job(&server, &job)).await {
-                Ok(Ok(mut records)) => {
-                    // Server processes sharing the clients: shardcast gateways or
-                    // Node workers (charts compare single-process runs only).
-                    let gateways = match target {
-                        ServerKind::Shardcast => self.servers.gateways.max(1),
-                        ServerKind::Node | ServerKind::SocketIo => match self.servers.node_workers {
-                            0 => self.servers.cpus.len(),
-                            n => n,
-                        },
-                        ServerKind::Floor => 1,
-                    };
-                    for r in &mut records {
-                        r.set("gateways", gateways as f64);
-                    }
-                    for r in &records {
-                        eprintln!("   {}", summary_line(r));
-                        if let Some(problem) = self.strict.then(|| strict_problem(r)).flatten() {
-                            eprintln!("!! {scenario} {size} {}: {problem}", target.name());
-                            outcome.failures += 1;
-                        }
-                    }
-                    outcome.records.extend(records);
+            for r in &mut records {
+                r.set("gateways", gateways as f64);
+                if self.msgpack && target == ServerKind::Shardcast {
+                    r.notes.push("subscribers speak MessagePack".into());
                 }
-                Ok(Err(e)) => {
-                    eprintln!("!! {scenario} {size} {}: {e}", target.name());
-                    for line in server.log_tail().iter().rev().take(5) {
-                        eprintln!("   server log: {line}");
-                    }
-                    outcome.failures += 1;
-                }
-                Err(_) => {
+                if r.mark_if_busy() {
                     eprintln!(
-                        "!! {scenario} {size} {}: time limit of {:?} reached",
+                        "!! {scenario} {size} {} {}: BUSY machine, figures marked",
                         target.name(),
-                        self.time_limit
+                        r.phase
                     );
+                }
+            }
+            for r in &records {
+                eprintln!("   {}", summary_line(r));
+                if let Some(problem) = self.strict.then(|| strict_problem(r)).flatten() {
+                    eprintln!("!! {scenario} {size} {}: {problem}", target.name());
                     outcome.failures += 1;
                 }
             }
-            server.stop();
+            outcome.records.extend(records);
         }
+    }
+
+    /// One run of a job on a freshly started server; none if it failed (counted).
+    async fn run_once(
+        &self,
+        scenario: &str,
+        size: usize,
+        target: ServerKind,
+        job: &Job<'_>,
+        outcome: &mut Outcome,
+    ) -> Option<Vec<ScenarioRecord>> {
+        let server = match ServerUnderTest::start(target, &self.servers) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("!! {scenario} {size} {}: {e}", target.name());
+                outcome.failures += 1;
+                return None;
+            }
+        };
+        let result = match tokio::time::timeout(self.time_limit, self.run_job(&server, job)).await {
+            Ok(Ok(records)) => Some(records),
+            Ok(Err(e)) => {
+                eprintln!("!! {scenario} {size} {}: {e}", target.name());
+                for line in server.log_tail().iter().rev().take(5) {
+                    eprintln!("   server log: {line}");
+                }
+                outcome.failures += 1;
+                None
+            }
+            Err(_) => {
+                eprintln!(
+                    "!! {scenario} {size} {}: time limit of {:?} reached",
+                    target.name(),
+                    self.time_limit
+                );
+                outcome.failures += 1;
+                None
+            }
+        };
+        server.stop();
+        result
     }
 
     /// Idle: N subscribed idle connections; memory per connection and connect rate.
@@ -285,6 +326,35 @@ impl Harness {
                 knobs,
             };
             self.for_each_server("fanout", s, &mut outcome, job).await;
+        }
+        outcome
+    }
+
+    /// Corking: one channel, each subscriber count at each fixed publication rate:
+    /// whether gathering a busy shard's writes costs latency at low rates and
+    /// saves CPU at high ones. Each record's phase is its rate (`100/s`).
+    pub async fn corking(&self, sizes: &[usize], rates: &[f64], knobs: &PublishKnobs) -> Outcome {
+        let mut outcome = Outcome::default();
+        for &s in sizes {
+            for &rate in rates {
+                let knobs = PublishKnobs {
+                    rate,
+                    offered_deliveries: None,
+                    max_seconds: 0.0,
+                    ..knobs.clone()
+                };
+                let job = Job::Publish {
+                    scenario: "corking",
+                    conns: s,
+                    channels: 1,
+                    knobs: &knobs,
+                };
+                let before = outcome.records.len();
+                self.for_each_server("corking", s, &mut outcome, job).await;
+                for r in &mut outcome.records[before..] {
+                    r.phase = format!("{rate}/s");
+                }
+            }
         }
         outcome
     }
@@ -901,6 +971,8 @@ const METRIC_PREFIXES: &[&str] = &[
     "shardcast_client_errors_total",
     "shardcast_fanout_duration_seconds_sum",
     "shardcast_fanout_duration_seconds_count",
+    "shardcast_corked_writes_total",
+    "shardcast_corked_frames_total",
     "floor_closed_full_total",
 ];
 
@@ -941,10 +1013,12 @@ fn strict_problem(r: &ScenarioRecord) -> Option<String> {
         "auth_connect" if count("connections") < size * count("rounds").max(1.0) => {
             Some(format!("only {} of {size} connected", count("connections")))
         }
-        "fanout" | "channels" | "auth_fanout" if count("subscribed") < size => {
+        "fanout" | "channels" | "auth_fanout" | "corking" if count("subscribed") < size => {
             Some(format!("only {} of {size} subscribed", count("subscribed")))
         }
-        "fanout" | "channels" | "auth_fanout" if count("delivered") <= 0.0 || count("missing_deliveries") != 0.0 => {
+        "fanout" | "channels" | "auth_fanout" | "corking"
+            if count("delivered") <= 0.0 || count("missing_deliveries") != 0.0 =>
+        {
             Some(format!(
                 "{} delivered, {} missing (published {})",
                 count("delivered"),

@@ -17,6 +17,8 @@ pub enum WireProtocol {
     /// floor and the `ws` Node baseline speak it too.
     #[default]
     Shardcast,
+    /// shardcast's protocol in MessagePack (`shardcast.v1.msgpack`, binary frames).
+    ShardcastMsgPack,
     /// Socket.IO v4 over Engine.IO v4 (open `0{..}`, connect `40`, events `42[..]`,
     /// acks `43..`, server pings `2` answered by `3`).
     SocketIo,

@@ -106,7 +106,12 @@ impl WsClient {
 
     /// Sends one text frame.
     pub async fn send_text(&mut self, payload: &[u8]) -> Result<(), BenchError> {
-        let frame = ws_frame::encode_frame(opcode::TEXT, payload, Some(CLIENT_MASK));
+        self.send(opcode::TEXT, payload).await
+    }
+
+    /// Sends one data frame with `opcode` (text or binary).
+    pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<(), BenchError> {
+        let frame = ws_frame::encode_frame(opcode, payload, Some(CLIENT_MASK));
         self.stream.write_all(&frame).await.context(|| "send frame".into())
     }
 

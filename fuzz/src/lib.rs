@@ -10,6 +10,7 @@
 //!   and any input as a token, through `shardcast::auth::TokenVerifier`;
 //! - Redis payloads: `shardcast_proto::redis::decode_redis_payload`, then JSON validation;
 //! - WebSocket bytes: `shardcast::ws::frame::read_frames`, whole and in pieces;
+//! - compressed client messages (permessage-deflate): `shardcast::ws::deflate::Inflater`;
 //! - the upgrade request: `shardcast::ws::handshake::parse_request`;
 //! - the HTTP publish body: deserialized as src/admin.rs does, then encoded as a
 //!   `message` frame in both encodings, as a fan-out does.
@@ -22,7 +23,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use shardcast::auth::{TokenVerifier, VerifierSettings};
 use shardcast::payload::Payload;
-use shardcast::ws::frame::{read_frames, Flow, Fragments, FrameError, Incoming};
+use shardcast::ws::deflate::{deflate_frame, Inflater, RSV1};
+use shardcast::ws::frame::{data_frame, read_frames, Flow, Fragments, FrameError, Incoming};
 use shardcast::ws::handshake::{parse_request, upgrade_response, PublicRequest, WsPaths};
 use shardcast_proto::redis::{decode_redis_payload, encode_redis_payload, raw_payload_json, RedisPayload};
 use shardcast_proto::testing::{same_client_frame, same_value};
@@ -299,7 +301,7 @@ pub fn read_in_pieces(stream: &[u8], cuts: &[usize], max_message: usize) -> (Vec
         pending.extend_from_slice(&stream[start..end]);
         start = end;
         let mut closed = false;
-        let result = read_frames(&mut pending, &mut fragments, max_message, |ev| {
+        let result = read_frames(&mut pending, &mut fragments, max_message, None, |ev| {
             let ev = Event::from_incoming(ev);
             closed = matches!(ev, Event::Close { .. });
             events.push(ev);
@@ -370,6 +372,35 @@ pub fn ws_frames(data: &[u8]) {
     }
 }
 
+/// A compressed client message (permessage-deflate), as a shard inflates it: never
+/// more than the limit, the same answer from a reused inflater (nothing of one
+/// message leaks into the next), and what the gateway compresses inflates back.
+///
+/// Input layout: byte 0 picks the size limit, the rest is the deflate stream.
+pub fn inflate(data: &[u8]) {
+    let Some((&limit, stream)) = data.split_first() else {
+        return;
+    };
+    let max_message = 16 + usize::from(limit) * 64;
+    let mut inflater = Inflater::new();
+    let first = inflater.inflate(stream, max_message).map(<[u8]>::to_vec);
+    if let Ok(out) = &first {
+        assert!(out.len() <= max_message, "{} bytes inflated past the limit", out.len());
+    }
+    let again = inflater.inflate(stream, max_message).map(<[u8]>::to_vec);
+    assert_eq!(first, again, "a reused inflater answered differently");
+
+    let frame = deflate_frame(&data_frame(Encoding::MsgPack, stream), 15).expect("window 15 compresses");
+    let header_len = match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    assert_eq!(frame[0], 0x82 | RSV1);
+    let back = inflater.inflate(&frame[header_len..], stream.len());
+    assert_eq!(back, Ok(stream), "a compressed frame did not inflate back");
+}
+
 /// Paths as the conformance setup configures them: protocol `/ws`, echo `/echo`.
 const PATHS: WsPaths<'static> = WsPaths {
     protocol: "/ws",
@@ -395,7 +426,7 @@ pub fn upgrade_request(data: &[u8]) {
     );
     match request {
         PublicRequest::Upgrade { key, subprotocol, .. } => {
-            let response = upgrade_response(&key, subprotocol.as_deref());
+            let response = upgrade_response(&key, subprotocol.as_deref(), None);
             let text = std::str::from_utf8(&response).expect("the 101 response is ASCII");
             assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
             assert!(text.ends_with("\r\n\r\n"));

@@ -10,6 +10,7 @@ use tracing::error;
 
 use crate::broker::Position;
 use crate::payload::Payload;
+use crate::ws::deflate::{deflate_frame, FULL_WINDOW};
 use crate::ws::frame::data_frame;
 
 /// Where a local delivery's count goes: the publisher waiting for "how many
@@ -52,7 +53,8 @@ pub struct Publication {
     pub position: Option<Position>,
     /// The data.
     pub payload: Payload,
-    frames: [OnceLock<Option<Bytes>>; 2],
+    /// Per encoding: the plain frame, then its permessage-deflate form.
+    frames: [[OnceLock<Option<Bytes>>; 2]; 2],
     report: Option<DeliveryReport>,
 }
 
@@ -70,7 +72,7 @@ impl Publication {
             seq,
             position,
             payload,
-            frames: [OnceLock::new(), OnceLock::new()],
+            frames: Default::default(),
             report,
         }
     }
@@ -79,7 +81,7 @@ impl Publication {
     /// first; none if it cannot be encoded (logged once here; each shard counts the
     /// deliveries it could not make).
     pub fn frame(&self, encoding: Encoding) -> Option<&Bytes> {
-        self.frames[encoding.index()]
+        self.frames[encoding.index()][0]
             .get_or_init(|| {
                 match encode_message(
                     encoding,
@@ -95,6 +97,15 @@ impl Publication {
                     }
                 }
             })
+            .as_ref()
+    }
+
+    /// The frame for an encoding compressed for permessage-deflate (no context
+    /// takeover, full window), built once like the plain one; none if there is no
+    /// plain frame.
+    pub fn compressed_frame(&self, encoding: Encoding) -> Option<&Bytes> {
+        self.frames[encoding.index()][1]
+            .get_or_init(|| deflate_frame(self.frame(encoding)?, FULL_WINDOW))
             .as_ref()
     }
 

@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
+
 use super::control::UserCommand;
 use super::router::{RouterHandle, Source};
 use super::ChannelHistory;
@@ -118,6 +120,56 @@ impl Publisher {
             position: published.position,
             duplicate: false,
         })
+    }
+
+    /// Publishes a batch, each item as [`Publisher::publish`] would, answers in
+    /// the batch's order. A batch of channels without history and without
+    /// idempotency keys (the common case) goes to the router as one command and
+    /// to the broker all at once; any other batch item by item, all in flight.
+    pub async fn publish_batch(
+        &self,
+        items: Vec<(Arc<str>, Payload, Option<Arc<str>>)>,
+        source: Source,
+    ) -> Vec<Result<PublishReport, PublishError>> {
+        let plain = items
+            .iter()
+            .all(|(channel, _, key)| key.is_none() && self.history.policy(channel).is_none());
+        if !plain {
+            // join_all polls them first in order, so the router and the broker
+            // receive them in the batch's order.
+            return join_all(
+                items
+                    .into_iter()
+                    .map(|(channel, payload, key)| self.publish(channel, payload, source, key)),
+            )
+            .await;
+        }
+        let remote = join_all(items.iter().map(|(channel, payload, _)| {
+            self.bounded(
+                self.broker
+                    .publish(channel.clone(), payload.clone(), PublishOptions::default()),
+            )
+        }));
+        let local = self.router.publish_local_batch(
+            items
+                .into_iter()
+                .map(|(channel, payload, _)| (channel, payload))
+                .collect(),
+            source,
+        );
+        let (reached, remote) = tokio::join!(local, remote);
+        reached
+            .into_iter()
+            .zip(remote)
+            .map(|(reached, remote)| {
+                remote
+                    .map(|_| PublishReport {
+                        reached,
+                        ..PublishReport::default()
+                    })
+                    .map_err(|source| PublishError { reached, source })
+            })
+            .collect()
     }
 
     /// Reads a channel's history; none when the channel keeps none. `limit` is

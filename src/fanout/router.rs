@@ -122,6 +122,15 @@ pub enum RouterCommand {
         /// Gets the number of local subscribers reached, if the publisher waits for it.
         reply: Option<flume::Sender<usize>>,
     },
+    /// Several publications at once (an API batch of channels without history):
+    /// one command for the batch, delivered in its order; each item's reply gets
+    /// its count.
+    PublishBatch {
+        /// Channel, data and who waits for the count, in the batch's order.
+        items: Vec<(Arc<str>, Payload, flume::Sender<usize>)>,
+        /// Who published them.
+        source: Source,
+    },
     /// The broker may have lost publications: of every channel (none), or of these.
     Gap(Option<Vec<Arc<str>>>),
     /// An operator's command for every shard; `reply` gets the connections touched.
@@ -206,6 +215,31 @@ impl RouterHandle {
             return 0;
         }
         done.recv_async().await.unwrap_or(0)
+    }
+
+    /// Delivers publications on channels without history locally, as one command,
+    /// and waits for the number of subscribers each reached.
+    pub async fn publish_local_batch(&self, items: Vec<(Arc<str>, Payload)>, source: Source) -> Vec<usize> {
+        let (items, waits): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .map(|(channel, payload)| {
+                let (reply, done) = flume::bounded(1);
+                ((channel, payload, reply), done)
+            })
+            .unzip();
+        if self
+            .tx
+            .send_async(RouterCommand::PublishBatch { items, source })
+            .await
+            .is_err()
+        {
+            return vec![0; waits.len()];
+        }
+        let mut reached = Vec::with_capacity(waits.len());
+        for done in waits {
+            reached.push(done.recv_async().await.unwrap_or(0));
+        }
+        reached
     }
 
     /// Delivers a publication locally and waits for the number of subscribers reached.
@@ -336,6 +370,12 @@ pub async fn run<S: ShardMailbox>(
             } => {
                 published[source as usize].inc();
                 router.publish(channel, payload, position, reply);
+            }
+            RouterCommand::PublishBatch { items, source } => {
+                published[source as usize].inc_by(items.len() as u64);
+                for (channel, payload, reply) in items {
+                    router.publish(channel, payload, None, Some(reply));
+                }
             }
         }
         metrics.channels.set(router.routes.len() as i64);

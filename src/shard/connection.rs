@@ -20,6 +20,9 @@ use super::channel_table::SubscriptionKey;
 use crate::auth::Identity;
 use crate::ws::frame::{close_frame, Fragments};
 
+/// The most frames one vectored write takes.
+const MAX_SLICES: usize = 64;
+
 /// Why a connection ended, as reported in `shardcast_disconnections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disconnect {
@@ -128,7 +131,6 @@ pub struct Connection {
     pub disconnect: Option<Disconnect>,
     out: VecDeque<Bytes>,
     out_bytes: usize,
-    front_partial: bool,
     waker: Option<Waker>,
     /// Partial input, present only while a frame or message is incomplete.
     pub read: Option<Box<ReadState>>,
@@ -138,6 +140,9 @@ pub struct Connection {
     pub last_seen: u32,
     /// Small yes/no facts, packed in one byte (see [`ConnectionFlags`]).
     pub flags: ConnectionFlags,
+    /// permessage-deflate: 0 if not negotiated, else the largest window (8 to 15
+    /// bits) the gateway may compress with for this client.
+    pub deflate_window: u8,
     /// The identity, for a connection that authenticated (boxed: an anonymous
     /// connection pays one pointer).
     pub auth: Option<Box<ConnectionAuth>>,
@@ -157,6 +162,11 @@ impl ConnectionFlags {
     pub const GREETED: u8 = 4;
     /// The client's first frame was handled (`connect` must be it).
     pub const FIRST_FRAME_DONE: u8 = 8;
+    /// Frames were gathered for it during a busy turn and it is on the shard's
+    /// cork list, waiting for the turn's one write (see `super::cork`).
+    pub const CORKED: u8 = 16;
+    /// The frame at the front of the queue is partly written already.
+    pub const FRONT_PARTIAL: u8 = 32;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u8) -> bool {
@@ -207,12 +217,12 @@ impl Connection {
             disconnect: None,
             out: VecDeque::new(),
             out_bytes: 0,
-            front_partial: false,
             waker: None,
             read: None,
             subs: Vec::new(),
             last_seen: now,
             flags: ConnectionFlags(ConnectionFlags::GREETED),
+            deflate_window: 0,
             auth: None,
         }
     }
@@ -248,7 +258,7 @@ impl Connection {
             Ok(n) if n == frame.len() => Sent::Written,
             Ok(n) => {
                 self.push(frame.slice(n..));
-                self.front_partial = true;
+                self.flags.set(ConnectionFlags::FRONT_PARTIAL, true);
                 self.wake();
                 Sent::Queued
             }
@@ -262,6 +272,104 @@ impl Connection {
                 Sent::Closed
             }
         }
+    }
+
+    /// Queues a frame without writing it: the shard is gathering a busy turn's
+    /// deliveries and writes everything queued here at once at the end of the turn
+    /// ([`Connection::flush_corked`]). Returns the outcome under the queue limit
+    /// `limit`, and whether the connection was newly corked (the caller lists it
+    /// for that write).
+    ///
+    /// Gathered bytes are not a backlog: once they reach `write_bytes` or `limit`,
+    /// they are written now, so the slow-consumer limit still counts only what the
+    /// socket would not take. A connection whose socket is full keeps its backlog
+    /// for its task, which writes it when the socket can take more.
+    pub fn send_corked(&mut self, frame: &Bytes, limit: usize, write_bytes: usize) -> (Sent, bool) {
+        if self.phase != Phase::Open {
+            return (Sent::Closed, false);
+        }
+        let newly = self.out.is_empty() && !self.flags.has(ConnectionFlags::CORKED);
+        if newly {
+            self.flags.set(ConnectionFlags::CORKED, true);
+        }
+        self.push(frame.clone());
+        if self.flags.has(ConnectionFlags::CORKED) && self.out_bytes >= limit.min(write_bytes) {
+            match self.write_some(write_bytes) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.die(Disconnect::IoError);
+                    return (Sent::Closed, newly);
+                }
+            }
+            if !self.out.is_empty() {
+                // The socket is full: from here on this is a backlog, its task's to write.
+                self.flags.set(ConnectionFlags::CORKED, false);
+                self.wake();
+            }
+        }
+        let sent = if self.out_bytes > limit {
+            Sent::Overflow
+        } else {
+            Sent::Queued
+        };
+        (sent, newly)
+    }
+
+    /// The end of a busy turn for a connection listed by [`Connection::send_corked`]:
+    /// one vectored write of what it gathered, at most `max_bytes`. What the socket
+    /// does not take stays queued for the connection's task, which is woken to write
+    /// it when the socket can take more. Returns the frames the write completed.
+    pub fn flush_corked(&mut self, max_bytes: usize) -> usize {
+        if !self.flags.has(ConnectionFlags::CORKED) {
+            // Its socket filled during the turn; its task has the backlog.
+            return 0;
+        }
+        self.flags.set(ConnectionFlags::CORKED, false);
+        if self.phase == Phase::Dead {
+            return 0;
+        }
+        let before = self.out.len();
+        if before > 0 {
+            match self.write_some(max_bytes) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.die(Disconnect::IoError);
+                    return 0;
+                }
+            }
+        }
+        let done = before - self.out.len();
+        if self.out.is_empty() {
+            // An idle connection holds no queue memory.
+            self.out = VecDeque::new();
+            if matches!(self.phase, Phase::Closing { .. }) {
+                self.wake();
+            }
+        } else {
+            self.wake();
+        }
+        done
+    }
+
+    /// One vectored write of the front of the queue, at most `max_bytes` (a frame
+    /// that starts below the bound goes whole); returns the bytes written.
+    fn write_some(&mut self, max_bytes: usize) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let mut n = 0;
+        let mut bytes = 0;
+        for (slot, frame) in slices.iter_mut().zip(self.out.iter()) {
+            if n > 0 && bytes + frame.len() > max_bytes {
+                break;
+            }
+            *slot = IoSlice::new(frame);
+            bytes += frame.len();
+            n += 1;
+        }
+        let written = self.stream.try_write_vectored(&slices[..n])?;
+        self.advance(written);
+        Ok(written)
     }
 
     fn push(&mut self, frame: Bytes) {
@@ -280,7 +388,7 @@ impl Connection {
         if why == Disconnect::SlowConsumer {
             // Keep a frame already half on the wire so the close frame follows a
             // whole frame; everything behind it is lost.
-            let keep = usize::from(self.front_partial && !self.out.is_empty());
+            let keep = usize::from(self.flags.has(ConnectionFlags::FRONT_PARTIAL) && !self.out.is_empty());
             dropped = self.out.len() - keep;
             self.out.truncate(keep);
             self.out_bytes = self.out.iter().map(Bytes::len).sum();
@@ -341,18 +449,12 @@ impl Connection {
 
     /// Writes queued frames until the queue is empty or the socket is full.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        const MAX_SLICES: usize = 64;
         while !self.out.is_empty() {
             if self.stream.poll_write_ready(cx)?.is_pending() {
                 return Poll::Pending;
             }
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let n = self.out.len().min(MAX_SLICES);
-            for (slot, frame) in slices.iter_mut().zip(self.out.iter()) {
-                *slot = IoSlice::new(frame);
-            }
-            match self.stream.try_write_vectored(&slices[..n]) {
-                Ok(written) => self.advance(written),
+            match self.write_some(usize::MAX) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -371,10 +473,10 @@ impl Connection {
             if written >= front.len() {
                 written -= front.len();
                 self.out.pop_front();
-                self.front_partial = false;
+                self.flags.set(ConnectionFlags::FRONT_PARTIAL, false);
             } else {
                 *front = front.slice(written..);
-                self.front_partial = true;
+                self.flags.set(ConnectionFlags::FRONT_PARTIAL, true);
                 written = 0;
             }
         }

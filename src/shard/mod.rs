@@ -18,6 +18,7 @@
 
 pub mod channel_table;
 pub mod connection;
+mod cork;
 mod identity;
 mod recovery;
 mod session;
@@ -48,10 +49,12 @@ use crate::fanout::publisher::Publisher;
 use crate::fanout::router::{RouterHandle, ShardMail, ShardMailbox};
 use crate::metrics::Metrics;
 use crate::state::GatewayState;
+use crate::ws::deflate::{Inflater, FULL_WINDOW};
 use crate::ws::frame::data_frame;
 use crate::ws::handshake::WsPaths;
 use channel_table::{ChannelTable, SubscriptionKey};
 use connection::{Connection, Disconnect, Sent};
+use cork::Cork;
 pub use recovery::history_frame;
 use recovery::Recovery;
 
@@ -175,47 +178,44 @@ pub fn spawn(id: usize, deps: ShardDeps) -> std::io::Result<(ShardHandle, std::t
         };
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
+            let corking = deps.config.corking;
             let core = Rc::new_cyclic(|me| ShardCore::new(id, deps, Spawner(me.clone())));
             tokio::task::spawn_local(upkeep::run(core.clone()));
             while let Ok(cmd) = rx.recv_async().await {
-                match cmd {
-                    ShardCommand::Adopt(stream, peer) => {
-                        tokio::task::spawn_local(task::handshake(core.clone(), stream, peer));
+                if !corking || rx.is_empty() {
+                    // Idle: a lone command's writes go out at once.
+                    if core.handle(cmd) == Flow::Stop {
+                        break;
                     }
-                    ShardCommand::Deliver(publication) => core.with(|shard| shard.fan_out(&publication)),
-                    ShardCommand::Gap { channel, reason } => core.with(|shard| shard.announce_gap(channel, reason)),
-                    ShardCommand::Control { command, report } => {
-                        let touched = core.with(|shard| shard.apply_control(&command));
-                        if let Some(report) = report {
-                            report.shard_done(touched);
-                        }
-                    }
-                    ShardCommand::InterestConfirmed {
-                        channel,
-                        result,
-                        position,
-                    } => core.with(|shard| shard.interest_confirmed(&channel, result, position)),
-                    ShardCommand::CountSubscribers { channel, report } => {
-                        let n = core.with(|shard| {
-                            shard
-                                .st
-                                .table
-                                .subscribers(&channel)
-                                .map_or(0, |lists| lists.iter().map(Vec::len).sum())
-                        });
-                        report.shard_done(n);
-                    }
-                    ShardCommand::Drain { window } => {
-                        core.with(|shard| shard.st.draining = true);
-                        tokio::task::spawn_local(upkeep::drain(core.clone(), window));
-                    }
-                    ShardCommand::Stop => break,
+                    continue;
+                }
+                // Busy: gather the turn's deliveries, then one write per socket.
+                core.with(|shard| shard.st.cork.begin());
+                let mut flow = core.handle(cmd);
+                let mut handled = 1;
+                while flow == Flow::Go && core.with(|shard| shard.st.cork.may_continue(handled)) {
+                    let Ok(cmd) = rx.try_recv() else {
+                        break;
+                    };
+                    flow = core.handle(cmd);
+                    handled += 1;
+                }
+                core.with(|shard| shard.uncork());
+                if flow == Flow::Stop {
+                    break;
                 }
             }
             debug!(shard = id, "shard stopped");
         });
     })?;
     Ok((ShardHandle { id, tx }, thread))
+}
+
+/// Whether the shard's loop goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
 }
 
 /// Per-shard handles on the metrics it updates, resolved once.
@@ -227,6 +227,8 @@ struct ShardMetrics {
     dropped_encode: IntCounter,
     fanout: Histogram,
     lag: Histogram,
+    corked_writes: IntCounter,
+    corked_frames: IntCounter,
 }
 
 /// Starts tasks that continue an operation later, with the shard in hand. The one
@@ -276,6 +278,11 @@ pub struct ShardState {
     /// Subscriptions waiting for their history read (PROTOCOL.md 19.4); empty
     /// but for the moments after subscribes with `recover` or `latest`.
     recovering: HashMap<SubscriptionKey, Recovery>,
+    /// The connections with deliveries gathered in a busy turn.
+    cork: Cork,
+    /// Inflates compressed client messages (permessage-deflate); made at the
+    /// first one.
+    inflater: Option<Box<Inflater>>,
 }
 
 /// One shard, shared by its tasks on the shard thread behind an `Rc`.
@@ -303,6 +310,8 @@ impl ShardCore {
             dropped_encode: m.messages_dropped.with_label_values(&["encode_failed"]),
             fanout: m.fanout_duration.clone(),
             lag: m.shard_loop_lag.with_label_values(&[&label]),
+            corked_writes: m.corked_writes.clone(),
+            corked_frames: m.corked_frames.clone(),
         };
         ShardCore {
             env: ShardEnv {
@@ -325,8 +334,48 @@ impl ShardCore {
                 next_id: 1,
                 draining: false,
                 recovering: HashMap::new(),
+                cork: Cork::default(),
+                inflater: None,
             }),
         }
+    }
+
+    /// Handles one command from the shard's channel.
+    fn handle(self: &Rc<Self>, cmd: ShardCommand) -> Flow {
+        match cmd {
+            ShardCommand::Adopt(stream, peer) => {
+                tokio::task::spawn_local(task::handshake(self.clone(), stream, peer));
+            }
+            ShardCommand::Deliver(publication) => self.with(|shard| shard.fan_out(&publication)),
+            ShardCommand::Gap { channel, reason } => self.with(|shard| shard.announce_gap(channel, reason)),
+            ShardCommand::Control { command, report } => {
+                let touched = self.with(|shard| shard.apply_control(&command));
+                if let Some(report) = report {
+                    report.shard_done(touched);
+                }
+            }
+            ShardCommand::InterestConfirmed {
+                channel,
+                result,
+                position,
+            } => self.with(|shard| shard.interest_confirmed(&channel, result, position)),
+            ShardCommand::CountSubscribers { channel, report } => {
+                let n = self.with(|shard| {
+                    shard
+                        .st
+                        .table
+                        .subscribers(&channel)
+                        .map_or(0, |lists| lists.iter().map(Vec::len).sum())
+                });
+                report.shard_done(n);
+            }
+            ShardCommand::Drain { window } => {
+                self.with(|shard| shard.st.draining = true);
+                tokio::task::spawn_local(upkeep::drain(self.clone(), window));
+            }
+            ShardCommand::Stop => return Flow::Stop,
+        }
+        Flow::Go
     }
 
     /// Runs one operation on the shard: the only place its state is borrowed.
@@ -416,6 +465,22 @@ impl ShardEnv {
         }
         sent
     }
+
+    /// Delivers `frame` to the connection at slab key `key`: gathered for the turn's
+    /// write while the shard is busy, else as [`ShardEnv::send_or_close`].
+    fn deliver(&self, cork: &mut Cork, key: usize, conn: &mut Connection, frame: &Bytes, deadline: u32) -> Sent {
+        if !cork.active() {
+            return self.send_or_close(conn, frame, deadline);
+        }
+        let (sent, newly) = conn.send_corked(frame, self.config.max_queue_bytes, cork::WRITE_BYTES);
+        if newly {
+            cork.add(key, conn.id);
+        }
+        if sent == Sent::Overflow {
+            self.close_slow_consumer(conn, deadline);
+        }
+        sent
+    }
 }
 
 impl Shard<'_> {
@@ -429,6 +494,7 @@ impl Shard<'_> {
             table,
             conns,
             recovering,
+            cork,
             ..
         } = &mut *self.st;
         if publication.position.is_some() {
@@ -449,6 +515,10 @@ impl Shard<'_> {
                 env.shard_metrics.dropped_encode.inc_by(list.len() as u64);
                 continue;
             };
+            // Built once, by the first shard with a subscriber that negotiated
+            // permessage-deflate with the full window; others get the plain frame.
+            let compressible = env.config.compression.min_bytes().is_some_and(|min| frame.len() >= min);
+            let mut compressed = None;
             for s in list {
                 if !recovering.is_empty() {
                     if let Some(recovery) = recovering.get_mut(&s.sub) {
@@ -457,7 +527,15 @@ impl Shard<'_> {
                     }
                 }
                 if let Some(conn) = conns.get_mut(s.conn as usize) {
-                    if matches!(env.send_or_close(conn, frame, deadline), Sent::Written | Sent::Queued) {
+                    let frame = if compressible && conn.deflate_window == FULL_WINDOW {
+                        compressed.get_or_insert_with(|| publication.compressed_frame(enc).unwrap_or(frame))
+                    } else {
+                        frame
+                    };
+                    if matches!(
+                        env.deliver(cork, s.conn as usize, conn, frame, deadline),
+                        Sent::Written | Sent::Queued
+                    ) {
                         reached += 1;
                     }
                 }
@@ -476,7 +554,7 @@ impl Shard<'_> {
     /// encoding.
     fn announce_gap(&mut self, channel: Option<Arc<str>>, reason: GapReason) {
         let env = self.env;
-        let ShardState { table, conns, .. } = &mut *self.st;
+        let ShardState { table, conns, cork, .. } = &mut *self.st;
         let deadline = env.close_deadline();
         let history = env.publisher.channel_history();
         for (name, lists) in table.active_channels() {
@@ -501,11 +579,18 @@ impl Shard<'_> {
                 };
                 for s in list {
                     if let Some(conn) = conns.get_mut(s.conn as usize) {
-                        env.send_or_close(conn, &frame, deadline);
+                        env.deliver(cork, s.conn as usize, conn, &frame, deadline);
                     }
                 }
             }
         }
+    }
+
+    /// Ends a busy turn: every connection with gathered deliveries gets its write.
+    fn uncork(&mut self) {
+        let (writes, frames) = self.st.cork.flush(&mut self.st.conns);
+        self.env.shard_metrics.corked_writes.inc_by(writes as u64);
+        self.env.shard_metrics.corked_frames.inc_by(frames as u64);
     }
 
     /// Removes a finished connection and everything it held.

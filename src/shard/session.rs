@@ -17,6 +17,7 @@ use crate::auth::{Refusal, ANONYMOUS};
 use crate::broker::Position;
 use crate::fanout::router::Source;
 use crate::payload::Payload;
+use crate::ws::deflate::deflate_frame;
 use crate::ws::frame::{pong_frame, server_frame, Flow, Incoming};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
@@ -36,7 +37,16 @@ impl Shard<'_> {
                     } else {
                         OpCode::Data(Data::Text)
                     };
-                    self.reply(key, server_frame(opcode, payload));
+                    let mut frame = server_frame(opcode, payload);
+                    let window = self.st.conns.get(key).map_or(0, |c| c.deflate_window);
+                    let min = self.env.config.compression.min_bytes();
+                    if window != 0 && min.is_some_and(|min| frame.len() >= min) {
+                        // Compressed for this client alone, with its window.
+                        if let Some(compressed) = deflate_frame(&frame, window) {
+                            frame = compressed;
+                        }
+                    }
+                    self.reply(key, frame);
                     return Flow::Continue;
                 }
                 if binary != encoding.is_binary() {

@@ -44,12 +44,13 @@ pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, 
         encoding,
         echo,
         identity,
+        deflate_window,
     }) = upgraded
     else {
         core.env.state.add_socket(core.env.id, -1);
         return;
     };
-    let (key, id) = core.with(|shard| shard.adopt(stream, encoding, echo, identity));
+    let (key, id) = core.with(|shard| shard.adopt(stream, encoding, echo, identity, deflate_window));
     debug!(shard = core.env.id, conn = id, %peer, ?encoding, "connection open");
     tokio::task::spawn_local(ConnectionTask { core, key, id });
 }
@@ -64,12 +65,14 @@ impl Shard<'_> {
         encoding: Encoding,
         echo: bool,
         identity: Option<(Identity, bool)>,
+        deflate_window: u8,
     ) -> (usize, u64) {
         let env = self.env;
         let id = self.st.next_id;
         self.st.next_id += 1;
         let mut conn = Connection::new(id, stream, encoding, env.now());
         conn.flags.set(ConnectionFlags::ECHO, echo);
+        conn.deflate_window = deflate_window;
         if let Some((identity, counted)) = identity {
             conn.auth = Some(Box::new(ConnectionAuth {
                 identity,
@@ -120,6 +123,8 @@ struct Upgraded {
     /// The identity from an `Authorization: Bearer` header, and whether it holds
     /// a place in the per-user connection count.
     identity: Option<(Identity, bool)>,
+    /// permessage-deflate's server window, 0 if not negotiated.
+    deflate_window: u8,
 }
 
 /// Reads the request head and answers it; returns the socket if it is now a
@@ -147,7 +152,10 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
             encoding,
             subprotocol,
             bearer,
+            deflate,
         })) => {
+            // Offered by the client, and allowed by --compression.
+            let deflate = deflate.filter(|_| env.config.compression.min_bytes().is_some());
             let identity = match bearer.map(|token| env.auth.connect(&token)) {
                 None => None,
                 Some(Ok(identity)) => match take_place(env.users.as_ref(), &identity.user).await {
@@ -173,13 +181,15 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
                     return None;
                 }
             };
-            let response = upgrade_response(&key, subprotocol.as_deref());
+            let extensions = deflate.as_ref().map(|a| a.response.as_str());
+            let response = upgrade_response(&key, subprotocol.as_deref(), extensions);
             return match stream.write_all(&response).await {
                 Ok(()) => Some(Upgraded {
                     stream,
                     encoding,
                     echo,
                     identity,
+                    deflate_window: deflate.map_or(0, |a| a.server_window),
                 }),
                 Err(_) => {
                     if let (Some((identity, true)), Some(users)) = (identity, &env.users) {
@@ -338,25 +348,36 @@ impl Shard<'_> {
     fn process_input(&mut self, key: usize, data: &mut [u8], state: Option<Box<ReadState>>) {
         let env = self.env;
         let max = env.config.max_message_bytes;
+        // The shard's one inflater leaves the state, as the scratch buffer does,
+        // for a connection that negotiated permessage-deflate.
+        let deflate = self.st.conns.get(key).is_some_and(|c| c.deflate_window != 0);
+        let mut inflater = deflate.then(|| self.st.inflater.take().unwrap_or_default());
         // Only a connection with an incomplete frame or message owns a buffer.
         let (mut pending, mut fragments) = match state {
             Some(s) => (s.pending, s.fragments),
             None => (Vec::new(), None),
         };
         let result = if pending.is_empty() {
-            let r = read_frames(data, &mut fragments, max, |ev| self.on_incoming(key, ev));
+            let r = read_frames(data, &mut fragments, max, inflater.as_deref_mut(), |ev| {
+                self.on_incoming(key, ev)
+            });
             if let Ok(used) = r {
                 pending.extend_from_slice(&data[used..]);
             }
             r
         } else {
             pending.extend_from_slice(data);
-            let r = read_frames(&mut pending, &mut fragments, max, |ev| self.on_incoming(key, ev));
+            let r = read_frames(&mut pending, &mut fragments, max, inflater.as_deref_mut(), |ev| {
+                self.on_incoming(key, ev)
+            });
             if let Ok(used) = r {
                 pending.drain(..used);
             }
             r
         };
+        if inflater.is_some() {
+            self.st.inflater = inflater;
+        }
         let Some(conn) = self.st.conns.get_mut(key) else {
             return;
         };

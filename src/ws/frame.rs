@@ -1,13 +1,16 @@
 //! RFC 6455 frames: building server frames (unmasked, so one frame serves every
 //! subscriber) and reading client frames out of a byte buffer, with the checks the
 //! RFC requires of a server (masking, reserved bits, control-frame rules, UTF-8,
-//! fragmentation) and the gateway's message-size limit.
+//! fragmentation) and the gateway's message-size limit, inflating compressed
+//! messages where permessage-deflate was negotiated ([`super::deflate`]).
 
 use bytes::Bytes;
 use shardcast_proto::{close, Encoding};
 use std::io::Cursor;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
+
+use super::deflate::{InflateError, Inflater};
 
 /// Longest close reason that fits a control frame (125 bytes minus the 2-byte code).
 const MAX_CLOSE_REASON: usize = 123;
@@ -93,6 +96,10 @@ pub enum FrameError {
     /// A message above the configured maximum (close 1009).
     #[error("message larger than {0} bytes")]
     TooBig(usize),
+    /// A compressed message that inflates past the maximum (close 1009): a zip
+    /// bomb, or just too big.
+    #[error("message inflates to more than {0} bytes")]
+    InflatedTooBig(usize),
 }
 
 impl FrameError {
@@ -101,7 +108,7 @@ impl FrameError {
         match self {
             FrameError::Protocol(_) => close::PROTOCOL_ERROR,
             FrameError::InvalidUtf8 => close::INVALID_PAYLOAD,
-            FrameError::TooBig(_) => close::MESSAGE_TOO_BIG,
+            FrameError::TooBig(_) | FrameError::InflatedTooBig(_) => close::MESSAGE_TOO_BIG,
         }
     }
 
@@ -111,6 +118,7 @@ impl FrameError {
             FrameError::Protocol(_) => "protocol_error",
             FrameError::InvalidUtf8 => "invalid_utf8",
             FrameError::TooBig(_) => "message_too_big",
+            FrameError::InflatedTooBig(_) => "inflated_too_big",
         }
     }
 }
@@ -120,6 +128,8 @@ impl FrameError {
 #[derive(Debug)]
 pub struct Fragments {
     binary: bool,
+    /// Its first frame had RSV1 set: the joined payload is to be inflated.
+    compressed: bool,
     buf: Vec<u8>,
 }
 
@@ -134,11 +144,14 @@ pub enum Flow {
 
 /// Reads every complete frame at the start of `buf` (unmasking in place), hands each
 /// message or control frame to `handle`, and returns how many bytes it consumed; the
-/// rest is an incomplete frame to keep for the next read.
+/// rest is an incomplete frame to keep for the next read. `inflater` is given for a
+/// connection that negotiated permessage-deflate: its messages may then be
+/// compressed (RSV1), and are handed over inflated.
 pub fn read_frames(
     buf: &mut [u8],
     fragments: &mut Option<Box<Fragments>>,
     max_message: usize,
+    mut inflater: Option<&mut Inflater>,
     mut handle: impl FnMut(Incoming<'_>) -> Flow,
 ) -> Result<usize, FrameError> {
     let mut pos = 0usize;
@@ -150,7 +163,7 @@ pub fn read_frames(
             Err(_) => return Err(FrameError::Protocol("reserved opcode")),
         };
         let header_len = cursor.position() as usize;
-        check_header(&header, len, fragments.as_deref(), max_message)?;
+        check_header(&header, len, fragments.as_deref(), max_message, inflater.is_some())?;
         let len = len as usize;
         if buf.len() - pos - header_len < len {
             break;
@@ -177,15 +190,26 @@ pub fn read_frames(
                 let Some(frag) = fragments.take() else {
                     continue;
                 };
-                deliver(frag.binary, &frag.buf, &mut handle)?
+                let message = Message {
+                    binary: frag.binary,
+                    compressed: frag.compressed,
+                    payload: &frag.buf,
+                };
+                deliver(message, inflater.as_deref_mut(), max_message, &mut handle)?
             }
             OpCode::Data(kind) => {
                 let binary = matches!(kind, Data::Binary);
                 if header.is_final {
-                    deliver(binary, payload, &mut handle)?
+                    let message = Message {
+                        binary,
+                        compressed: header.rsv1,
+                        payload,
+                    };
+                    deliver(message, inflater.as_deref_mut(), max_message, &mut handle)?
                 } else {
                     *fragments = Some(Box::new(Fragments {
                         binary,
+                        compressed: header.rsv1,
                         buf: payload.to_vec(),
                     }));
                     Flow::Continue
@@ -205,12 +229,22 @@ fn check_header(
     len: u64,
     fragments: Option<&Fragments>,
     max_message: usize,
+    deflate: bool,
 ) -> Result<(), FrameError> {
     if header.mask.is_none() {
         return Err(FrameError::Protocol("client frame is not masked"));
     }
-    if header.rsv1 || header.rsv2 || header.rsv3 {
+    if header.rsv2 || header.rsv3 {
         return Err(FrameError::Protocol("reserved bits set without an extension"));
+    }
+    if header.rsv1 {
+        if !deflate {
+            return Err(FrameError::Protocol("reserved bits set without an extension"));
+        }
+        // RFC 7692 6: only a message's first frame carries the bit.
+        if !matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary)) {
+            return Err(FrameError::Protocol("RSV1 on a control or continuation frame"));
+        }
     }
     match header.opcode {
         OpCode::Control(_) => {
@@ -242,7 +276,33 @@ fn check_header(
     Ok(())
 }
 
-fn deliver(binary: bool, payload: &[u8], handle: &mut impl FnMut(Incoming<'_>) -> Flow) -> Result<Flow, FrameError> {
+/// A whole message as it came off the wire.
+struct Message<'a> {
+    binary: bool,
+    compressed: bool,
+    payload: &'a [u8],
+}
+
+fn deliver(
+    message: Message<'_>,
+    inflater: Option<&mut Inflater>,
+    max_message: usize,
+    handle: &mut impl FnMut(Incoming<'_>) -> Flow,
+) -> Result<Flow, FrameError> {
+    let Message {
+        binary,
+        compressed,
+        payload,
+    } = message;
+    let payload = match (compressed, inflater) {
+        (true, Some(inflater)) => inflater.inflate(payload, max_message).map_err(|e| match e {
+            InflateError::TooBig => FrameError::InflatedTooBig(max_message),
+            InflateError::Invalid => FrameError::Protocol("invalid deflate data"),
+        })?,
+        // check_header refuses RSV1 where nothing was negotiated.
+        (true, None) => return Err(FrameError::Protocol("reserved bits set without an extension")),
+        (false, _) => payload,
+    };
     if !binary && std::str::from_utf8(payload).is_err() {
         return Err(FrameError::InvalidUtf8);
     }
@@ -303,7 +363,7 @@ mod tests {
         let mut buf = bytes.to_vec();
         let mut frags = None;
         let mut seen = Vec::new();
-        let r = read_frames(&mut buf, &mut frags, max, |ev| {
+        let r = read_frames(&mut buf, &mut frags, max, None, |ev| {
             seen.push(match ev {
                 Incoming::Message { binary, payload } => {
                     format!(

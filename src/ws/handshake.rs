@@ -4,6 +4,8 @@
 
 use shardcast_proto::Encoding;
 
+use super::deflate::{self, Agreement};
+
 /// Largest request head the public port reads before answering 431.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
@@ -23,6 +25,9 @@ pub enum PublicRequest {
         subprotocol: Option<String>,
         /// The token of an `Authorization: Bearer <token>` header, if any.
         bearer: Option<String>,
+        /// The permessage-deflate offer the gateway would accept, if the client
+        /// made one (used only where `--compression` allows it).
+        deflate: Option<Agreement>,
     },
     /// `GET /health/live` or `GET /health/ready`, for load balancers that probe the public port.
     Health {
@@ -141,12 +146,19 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
             }
         },
     };
+    let deflate = deflate::negotiate(
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok()),
+    );
     Ok(Some(PublicRequest::Upgrade {
         echo: Some(path) == paths.echo,
         key,
         encoding,
         subprotocol,
         bearer,
+        deflate,
     }))
 }
 
@@ -167,7 +179,8 @@ fn carries_token(query: &str) -> bool {
 /// the client's chosen token as it sent it. RFC 6455 4.2.2 has the server select
 /// one of the client's own values, and strict clients (Python `websockets`) compare
 /// the echo byte for byte, so a token offered as `Shardcast.V1.Json` comes back so.
-pub fn upgrade_response(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
+/// `extensions` is the `Sec-WebSocket-Extensions` value of an accepted extension.
+pub fn upgrade_response(key: &str, subprotocol: Option<&str>, extensions: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
@@ -175,6 +188,11 @@ pub fn upgrade_response(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
     if let Some(token) = subprotocol {
         out.push_str("Sec-WebSocket-Protocol: ");
         out.push_str(token);
+        out.push_str("\r\n");
+    }
+    if let Some(value) = extensions {
+        out.push_str("Sec-WebSocket-Extensions: ");
+        out.push_str(value);
         out.push_str("\r\n");
     }
     out.push_str("\r\n");
@@ -263,8 +281,14 @@ mod tests {
                 encoding: Encoding::Json,
                 subprotocol: None,
                 bearer: None,
+                deflate: None,
             })
         );
+        let offer = format!("{UPGRADE}Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n");
+        assert!(matches!(
+            parse_request(offer.as_bytes(), WS).unwrap(),
+            Some(PublicRequest::Upgrade { deflate: Some(ref a), .. }) if a.server_window == 15
+        ));
         let mp = format!("{UPGRADE}Sec-WebSocket-Protocol: foo, Shardcast.V1.MsgPack \r\n\r\n");
         assert!(matches!(
             parse_request(mp.as_bytes(), WS).unwrap(),
@@ -284,7 +308,7 @@ mod tests {
 
     #[test]
     fn accept_key_matches_the_rfc_example() {
-        let resp = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
+        let resp = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==", None, None)).unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }
 

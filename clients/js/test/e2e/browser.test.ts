@@ -173,6 +173,42 @@ it('receives publications in Chromium, and again after the gateway restarts', as
   }
 });
 
+it.skipIf(!gatewaySupports('--compression'))('round-trips permessage-deflate in Chromium', async () => {
+  // Chromium offers permessage-deflate on every WebSocket; with --compression on the
+  // gateway accepts, so the page clients' subscribes arrive compressed and the
+  // publication leaves compressed (built once, shared by both page clients).
+  const gateway = await Gateway.start({ args: ['--compression', 'on'] });
+  const page = await browser!.newPage();
+  page.on('console', (message) => pageLog.push(`console.${message.type()}: ${message.text()}`));
+  page.on('pageerror', (error) => pageLog.push(`pageerror: ${error.message}`));
+  try {
+    await page.goto(`${pageOrigin}/?ws=${encodeURIComponent(gateway.wsUrl)}`, { timeout: 10_000 });
+    const extensions = await page.evaluate(
+      (url) =>
+        new Promise<string>((resolve, reject) => {
+          const ws = new WebSocket(url, 'shardcast.v1.json');
+          ws.onopen = () => {
+            resolve(ws.extensions);
+            ws.close();
+          };
+          ws.onerror = () => reject(new Error('the probe socket failed'));
+        }),
+      gateway.wsUrl,
+    );
+    expect(extensions).toContain('permessage-deflate');
+    await waitForBoth(page, 'client.subscribed.length >= 1', 'both page clients subscribe over deflate');
+    const text = 'compressible '.repeat(150);
+    expect(await gateway.publish('news', { n: 1, text })).toBe(2);
+    await waitForBoth(page, 'client.messages.length >= 1', 'the compressed publication reaches the page');
+    for (const client of Object.values(await pageClients(page))) {
+      expect(client.messages).toEqual([{ data: { n: 1, text }, seq: 1 }]);
+    }
+  } finally {
+    await page.close();
+    await gateway.stop();
+  }
+});
+
 it.skipIf(!authSupported)('keeps authenticated connections alive in Chromium by refreshing 3-second tokens', async () => {
   const gateway = await Gateway.start({ args: ['--token-hmac-secret', TOKEN_SECRET, '--allow-anonymous', 'false'] });
   const page = await browser!.newPage();
