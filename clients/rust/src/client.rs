@@ -17,7 +17,7 @@ use crate::backoff::ReconnectPolicy;
 use crate::driver::{Command, Config, Driver, HeartbeatTiming, Reply};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{ConnectionState, EventStream, Observers};
-use crate::history::{History, HistoryOptions, Published, SubscribeOptions};
+use crate::history::{check_idempotency_key, History, HistoryOptions, Published, SubscribeOptions};
 use crate::subscription::Subscription;
 use crate::token::{SubscriptionTokenProvider, TokenProvider};
 use crate::transport::{self, Welcome};
@@ -402,11 +402,7 @@ impl Client {
         data: &T,
         key: &str,
     ) -> Result<Published> {
-        if !shardcast_proto::valid_idempotency_key(key) {
-            return Err(Error::Protocol(format!(
-                "idempotency key {key:?} is not 1 to 64 characters of [A-Za-z0-9_.:-]"
-            )));
-        }
+        check_idempotency_key(key)?;
         self.publish_as(channel, data, Some(key.to_owned())).await
     }
 

@@ -1,8 +1,23 @@
 //! What the history calls of a [`Client`](crate::Client) take and return
-//! (PROTOCOL.md 19): [`SubscribeOptions`], the [`Published`] receipt of a publish,
-//! and [`HistoryOptions`] and [`History`] for reading a channel's history.
+//! (PROTOCOL.md 19): [`SubscribeOptions`], the [`Published`] receipt of a publish
+//! and the check of its idempotency key, and [`HistoryOptions`] and [`History`] for
+//! reading a channel's history.
 
-use shardcast_proto::{HistoryEntry, StreamPosition};
+use shardcast_proto::{valid_idempotency_key, HistoryEntry, StreamPosition};
+
+use crate::error::{Error, Result};
+
+/// Refuses, before anything is sent, an idempotency key of a shape PROTOCOL.md 19.9
+/// does not allow (the gateway would answer `bad_request`).
+pub(crate) fn check_idempotency_key(key: &str) -> Result<()> {
+    if valid_idempotency_key(key) {
+        Ok(())
+    } else {
+        Err(Error::Protocol(format!(
+            "idempotency key {key:?} is not 1 to 64 characters of [A-Za-z0-9_.:-]"
+        )))
+    }
+}
 
 /// Options of [`Client::subscribe_with`](crate::Client::subscribe_with).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,8 +3,9 @@
 //! its gateway and a new process on the same port (two gateways on one
 //! redis-server, the publications going through the other one), and a restart of an
 //! in-process gateway, which loses the history, is reported as
-//! [`ClientEvent::Stale`]. Each test passes without running, saying so, where the
-//! gateway binary predates history (no `--history-size`).
+//! [`ClientEvent::Stale`]; idempotent publishes (WebSocket and admin API), `latest`
+//! and `history` get the gateway's answers. Each test passes without running, saying
+//! so, where the gateway binary predates history (no `--history-size`).
 
 mod common;
 
@@ -16,7 +17,9 @@ use std::time::{Duration, Instant};
 use common::{free_port, gateway_bin, wait_event, within, Gateway, WAIT};
 use futures_util::StreamExt;
 use serde_json::json;
-use shardcast_client::{Client, ClientEvent, Encoding, GapReason, ReconnectPolicy, StaleSource};
+use shardcast_client::{
+    Client, ClientEvent, Encoding, Error, GapReason, HistoryOptions, ReconnectPolicy, StaleSource, SubscribeOptions,
+};
 
 /// Short delays, so that tests do not wait out production backoff.
 fn quick_policy() -> ReconnectPolicy {
@@ -199,5 +202,100 @@ async fn a_restart_that_loses_the_history_is_reported_stale() {
     let after = within("a message", feed.next()).await.expect("open");
     assert_eq!((after.offset, after.data), (Some(1), json!("after")));
     assert_ne!(after.epoch, before.epoch);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn idempotent_publishes_latest_and_history_against_a_gateway() {
+    if !history_supported() {
+        return;
+    }
+    let gateway = Gateway::start(&["--history-size", "100", "--allow-client-publish"]);
+    let client = Client::builder(gateway.ws_url())
+        .reconnect(quick_policy())
+        .build()
+        .expect("client");
+    within("connect", client.wait_connected()).await.expect("connected");
+    let admin = gateway.admin();
+
+    let first = within("publish", admin.publish_with_key("prices:eur", &json!(1.08), "tick-1"))
+        .await
+        .expect("publish");
+    assert_eq!((first.offset, first.duplicate), (Some(1), false));
+    let again = within("publish", admin.publish_with_key("prices:eur", &json!(1.08), "tick-1"))
+        .await
+        .expect("publish");
+    assert_eq!(
+        (again.offset, &again.epoch, again.duplicate),
+        (Some(1), &first.epoch, true)
+    );
+    let published = within("publish", client.publish_with_key("prices:eur", &json!(1.09), "tick-2"))
+        .await
+        .expect("publish");
+    assert_eq!(
+        (published.offset, &published.epoch, published.duplicate),
+        (Some(2), &first.epoch, false)
+    );
+    let retried = within("publish", client.publish_with_key("prices:eur", &json!(1.09), "tick-2"))
+        .await
+        .expect("publish");
+    assert!(retried.duplicate && retried.offset == Some(2), "{retried:?}");
+
+    let mut latest = within(
+        "subscribe",
+        client.subscribe_with("prices:eur", SubscribeOptions::default().latest()),
+    )
+    .await
+    .expect("subscribed");
+    let message = within("the latest publication", latest.next()).await.expect("open");
+    assert_eq!((message.offset, message.data), (Some(2), json!(1.09)));
+
+    let history = within(
+        "history",
+        client.history("prices:eur", HistoryOptions::default().limit(1)),
+    )
+    .await
+    .expect("history");
+    assert_eq!(
+        (history.offset, Some(&history.epoch), history.complete),
+        (2, first.epoch.as_ref(), false)
+    );
+    assert_eq!(history.publications.len(), 1);
+    let epoch = history.epoch.clone();
+    let since = within(
+        "history",
+        client.history("prices:eur", HistoryOptions::default().since(1, epoch)),
+    )
+    .await
+    .expect("history");
+    assert!(since.complete);
+    assert_eq!(
+        since
+            .publications
+            .iter()
+            .map(|p| (p.offset, p.data.clone()))
+            .collect::<Vec<_>>(),
+        [(2, json!(1.09))]
+    );
+    // --history-size applies to every channel: one never published to has an empty history.
+    let news = within("history", client.history("news", HistoryOptions::default()))
+        .await
+        .expect("history");
+    assert_eq!((news.offset, news.publications.len()), (0, 0));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn history_of_a_channel_without_history_is_no_history() {
+    let gateway = Gateway::start(&[]);
+    let client = Client::connect(gateway.ws_url()).expect("client");
+    within("connect", client.wait_connected()).await.expect("connected");
+    let refused = within("history", client.history("news", HistoryOptions::default())).await;
+    if history_supported() {
+        assert!(
+            matches!(&refused, Err(Error::NoHistory { channel, .. }) if channel == "news"),
+            "{refused:?}"
+        );
+    }
     client.close().await;
 }
