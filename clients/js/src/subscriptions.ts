@@ -214,9 +214,10 @@ export class ChannelTable {
 
   /** A `gap` frame: the `gap` event, then `stale` for the channel's subscriptions. */
   handleGap(frame: GapFrame): void {
-    this.events.emit('gap', frame.reason === undefined ? { channel: frame.channel } : { channel: frame.channel, reason: frame.reason });
-    const entry = this.channels.get(frame.channel);
-    if (entry) this.reportStale(entry, { channel: frame.channel, reason: frame.reason ?? 'unknown', source: 'gap' });
+    const { channel, reason } = frame;
+    this.events.emit('gap', reason === undefined ? { channel } : { channel, reason });
+    const entry = this.channels.get(channel);
+    if (entry) this.reportStale(entry, { channel, reason: reason ?? 'unknown', source: 'gap' });
   }
 
   /**
@@ -404,9 +405,10 @@ export class ChannelTable {
     const waiters = entry.waiters;
     entry.waiters = [];
     for (const waiter of waiters) waiter.resolve();
-    this.events.emit('subscribed', recovered === undefined ? { channel: entry.channel, resubscribed } : { channel: entry.channel, resubscribed, recovered });
+    const { channel } = entry;
+    this.events.emit('subscribed', recovered === undefined ? { channel, resubscribed } : { channel, resubscribed, recovered });
     if (recover !== undefined && recovered === false) {
-      this.reportStale(entry, { channel: entry.channel, reason: notRecoveredReason(ack, recover), source: 'recover' });
+      this.reportStale(entry, { channel, reason: notRecoveredReason(ack, recover), source: 'recover' });
     }
   }
 

@@ -103,7 +103,10 @@ export interface ClientOptions {
 export interface ReceivedMessage<T = unknown> {
   /** The channel it was published on. */
   channel: string;
-  /** Per channel and gateway instance, +1 for each publication delivered live; unrelated across connections; 0 for one recovered from history. */
+  /**
+   * Per channel and gateway instance, +1 for each publication delivered live;
+   * unrelated across connections; 0 for one recovered from history.
+   */
   seq: number;
   /** On a channel with history: the publication's offset, strictly increasing within an epoch (PROTOCOL.md 19.2). */
   offset?: number;
