@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The JavaScript client's whole test run, from a fresh Debian machine as root,
 # non-interactive and idempotent: installs Chromium and redis-server (Debian's
-# packages) if they are missing and the npm dependencies from package-lock.json, builds the gateway
-# unless $SHARDCAST_BIN names one, builds and type-checks the package, checks
-# what its npm tarball would hold, then runs the unit, Node end-to-end (the
-# README's code blocks included) and browser end-to-end tests. Exits non-zero on
-# any failure. The last line is "js: N passed, N failed".
+# packages) if they are missing and the npm dependencies from package-lock.json,
+# builds the gateway unless $SHARDCAST_BIN names one, builds and type-checks the
+# package, checks what its npm tarball would hold, then runs the unit, Node
+# end-to-end (the README's code blocks included) and browser end-to-end tests.
+# Exits non-zero on any failure. The last line is "js: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")"
 package_dir="$PWD"
