@@ -3,7 +3,7 @@
 //! reconnecting … → closed), the reconnect schedule, and the set of channels the
 //! application wants, which it subscribes again on every new connection. Handles
 //! talk to it only through [`Command`]s, so there is no lock around the socket.
-//! Behaviour follows proto/PROTOCOL.md, sections 5, 6, 10, 12 and 18.
+//! Behaviour follows proto/PROTOCOL.md, sections 5, 6, 10, 12, 18 and 19.
 //!
 //! The parts it drives live in the submodules, none of which knows the driver:
 //! `command` (what it is told), `channels` (the wanted channels), `requests`
