@@ -121,7 +121,15 @@ async fn recovers_across_a_gateway_kill(encoding: Encoding) {
     let admin = publishing.admin();
     let publisher = tokio::spawn(async move {
         for n in 1..=COUNT {
-            admin.publish("feed", &json!(n)).await.expect("publish");
+            // A gateway logs "listening" before its Redis connection is up, and refuses
+            // publishes (503) until it is: retried, with a key, so never published twice.
+            let key = format!("feed-{n}");
+            let mut refusals = 0;
+            while let Err(error) = admin.publish_with_key("feed", &json!(n), &key).await {
+                refusals += 1;
+                assert!(refusals < 250, "publish {n}: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });

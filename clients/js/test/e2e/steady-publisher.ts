@@ -7,7 +7,7 @@ import type { Gateway } from './gateway';
 export interface SteadyPublisher {
   /** How many publications the gateway accepted so far. */
   readonly published: number;
-  /** Resolves with the count once all are published; rejects on the first refused one. */
+  /** Resolves with the count once all are published; rejects on one refused for 5 s. */
   readonly done: Promise<number>;
 }
 
@@ -17,7 +17,17 @@ export function publishSteadily(gateway: Gateway, channel: string, count: number
   const done = (async () => {
     for (let n = 1; n <= count; n++) {
       const started = Date.now();
-      await gateway.publish(channel, n);
+      // A gateway logs "listening" before its Redis connection is up, and refuses
+      // publishes (503) until it is: retried, with a key, so never published twice.
+      for (let refusals = 0; ; refusals++) {
+        try {
+          await gateway.publish(channel, n, `${channel}-${n}`);
+          break;
+        } catch (error) {
+          if (refusals >= 250) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+      }
       state.published = n;
       const rest = intervalMs - (Date.now() - started);
       if (rest > 0) await new Promise((resolve) => setTimeout(resolve, rest));
