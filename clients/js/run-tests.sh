@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The JavaScript client's whole test run, from a fresh Debian machine as root,
-# non-interactive and idempotent: installs Chromium (Debian's package) if it is
-# missing and the npm dependencies from package-lock.json, builds the gateway
-# unless $SHARDCAST_BIN names one, builds and type-checks the package, checks
-# what its npm tarball would hold, then runs the unit, Node end-to-end (the
-# README's code blocks included) and browser end-to-end tests. Exits non-zero on
-# any failure. The last line is "js: N passed, N failed".
+# non-interactive and idempotent: installs Chromium and redis-server (Debian's
+# packages) if they are missing and the npm dependencies from package-lock.json,
+# builds the gateway unless $SHARDCAST_BIN names one, builds and type-checks the
+# package, checks what its npm tarball would hold, then runs the unit, Node
+# end-to-end (the README's code blocks included) and browser end-to-end tests.
+# Exits non-zero on any failure. The last line is "js: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")"
 package_dir="$PWD"
@@ -37,6 +37,18 @@ if [ ! -x "$chromium_bin" ]; then
   apt-get install -y -qq chromium >/dev/null
 fi
 export CHROMIUM_PATH="$chromium_bin"
+
+# The recovery tests run two gateways on one redis-server.
+if ! command -v redis-server >/dev/null; then
+  step "installing Debian's redis-server"
+  if [ "$(id -u)" != 0 ]; then
+    echo "clients/js: redis-server is missing and installing it needs root (apt-get install redis-server)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq redis-server >/dev/null
+fi
 
 step "npm ci"
 # --ignore-scripts: nothing in the tree needs an install script (esbuild finds its

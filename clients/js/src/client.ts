@@ -12,11 +12,31 @@ import { TypedEmitter, type Unsubscribe } from './emitter';
 import { Connection } from './connection';
 import { ConnectionCredentials } from './credentials';
 import { HandlerError, InvalidChannelError, ShardcastError } from './errors';
-import { CloseCode, DEFAULT_MAX_MESSAGE_BYTES, validateChannel, type AckFrame, type Encoding, type WelcomeFrame } from './protocol';
+import {
+  CloseCode,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  isValidIdempotencyKey,
+  validateChannel,
+  type AckFrame,
+  type Encoding,
+  type HistoryFrame,
+  type WelcomeFrame,
+} from './protocol';
 import { RequestTable } from './requests';
 import { ChannelTable } from './subscriptions';
 import { resolveWebSocket } from './transport';
-import type { ClientEvents, ClientOptions, ConnectionState, MessageHandler, Subscription } from './types';
+import type {
+  ClientEvents,
+  ClientOptions,
+  ConnectionState,
+  HistoryOptions,
+  HistoryResult,
+  MessageHandler,
+  PublishOptions,
+  PublishResult,
+  SubscribeOptions,
+  Subscription,
+} from './types';
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
@@ -73,7 +93,8 @@ export class ShardcastClient {
       this.events,
       {
         welcomed: () => this.channels.subscribeAll(),
-        message: (channel, seq, data) => this.channels.dispatch(channel, seq, data),
+        message: (frame) => this.channels.dispatch(frame),
+        gap: (frame) => this.channels.handleGap(frame),
         unsubscribed: (frame) => this.channels.handleUnsubscribed(frame),
         refresh: (token) => this.requests.request({ op: 'refresh', token }).then((frame) => frame as AckFrame),
         reply: (frame) => this.requests.handleReply(frame),
@@ -167,6 +188,14 @@ export class ShardcastClient {
    * channel: the gateway is asked once, and told to unsubscribe when the last goes.
    * After a reconnect the channel is subscribed again automatically.
    *
+   * On a channel with history (PROTOCOL.md 19), the client keeps the position of
+   * the last publication delivered and, after a reconnect, asks the gateway to
+   * `recover` from it: the publications missed meanwhile reach `handler` first, in
+   * order, each once, then the live ones. When they cannot be recovered (or a `gap`
+   * arrives), the subscription's `stale` event (and `options.onStale`, and the
+   * client's `stale` event) fires: refetch the channel's state then. `options.latest`
+   * asks for the channel's latest publication at once (a state channel).
+   *
    * With `getSubscriptionToken` set, it is asked for the channel's subscription
    * token first. Rejects with {@link InvalidChannelError} for a name the protocol
    * forbids, {@link PermissionDeniedError} if the channel rules refuse this
@@ -175,8 +204,8 @@ export class ShardcastClient {
    * {@link SubscriptionCancelledError} if unsubscribed before the ack, and
    * {@link ClientClosedError} if the client closes first.
    */
-  subscribe<T = unknown>(channel: string, handler: MessageHandler<T>): Promise<Subscription> {
-    return this.channels.subscribe(channel, handler);
+  subscribe<T = unknown>(channel: string, handler: MessageHandler<T>, options?: SubscribeOptions): Promise<Subscription> {
+    return this.channels.subscribe(channel, handler, options);
   }
 
   /**
@@ -193,15 +222,56 @@ export class ShardcastClient {
    * `--allow-client-publish` (otherwise this rejects with a {@link ServerError}
    * whose code is `forbidden`); the usual way to publish is the gateway's HTTP
    * API. Not queued while disconnected: rejects with {@link NotConnectedError}.
+   *
+   * With `options.idempotencyKey`, a retry with the same key is not published twice
+   * (PROTOCOL.md 19.9): retry after a {@link BrokerTimeoutError} (the outcome is
+   * unknown), a {@link RequestTimeoutError} or a {@link ConnectionLostError}.
+   * Resolves with the publication's offset and epoch on a channel with history, and
+   * `duplicate: true` when the key was used already; with `undefined` when the ack
+   * says nothing of the kind (a channel without history, a gateway before history).
    */
-  publish(channel: string, data: unknown): Promise<void> {
+  publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<PublishResult | undefined> {
     const problem = validateChannel(channel, Infinity);
     if (problem) return Promise.reject(new InvalidChannelError(channel, problem));
     if (data === null || data === undefined) {
       // The protocol reads a null `data` as missing; only the HTTP API can publish null.
       return Promise.reject(new TypeError('publish: data must not be null or undefined'));
     }
-    return this.requests.request({ op: 'publish', channel, data }).then(() => undefined);
+    const key = options.idempotencyKey;
+    if (key !== undefined && !isValidIdempotencyKey(key)) {
+      return Promise.reject(new TypeError('publish: an idempotency key is 1 to 64 characters of [A-Za-z0-9_.:-]'));
+    }
+    return this.requests.request({ op: 'publish', channel, data, idempotency_key: key }).then((frame) => {
+      const ack = frame as AckFrame;
+      if (ack.offset === undefined && ack.duplicate === undefined) return undefined;
+      const result: PublishResult = { duplicate: ack.duplicate === true };
+      if (ack.offset !== undefined && ack.epoch !== undefined) {
+        result.offset = ack.offset;
+        result.epoch = ack.epoch;
+      }
+      return result;
+    });
+  }
+
+  /**
+   * Reads a channel's history (PROTOCOL.md 19.6): the publications after
+   * `options.since` (a position from a message or {@link Subscription.position}),
+   * or the latest ones, at most `options.limit`. Rejects with {@link NoHistoryError}
+   * for a channel that keeps none, {@link PermissionDeniedError} for one this
+   * connection may not subscribe to, {@link NotConnectedError} while disconnected.
+   */
+  history(channel: string, options: HistoryOptions = {}): Promise<HistoryResult> {
+    const problem = validateChannel(channel, Infinity);
+    if (problem) return Promise.reject(new InvalidChannelError(channel, problem));
+    const { since, limit } = options;
+    if (limit !== undefined && !(Number.isSafeInteger(limit) && limit >= 0)) {
+      return Promise.reject(new TypeError('history: limit must be a non-negative integer'));
+    }
+    const request = { op: 'history' as const, channel, since: since && { offset: since.offset, epoch: since.epoch }, limit };
+    return this.requests.request(request).then((frame) => {
+      const { channel: name, offset, epoch, publications, complete } = frame as HistoryFrame;
+      return { channel: name, offset, epoch, publications, complete };
+    });
   }
 
   /** Sends an application ping and resolves with the round-trip time in milliseconds. */

@@ -10,11 +10,15 @@ import { decodeMsgpack, decodeUtf8, encodeMsgpack } from './msgpack';
 import { ProtocolError } from './errors';
 import {
   toErrorCode,
+  toGapReason,
   SUBPROTOCOLS,
   type AckFrame,
   type ClientFrame,
   type Encoding,
+  type HistoryPublication,
+  type MessageFrame,
   type PongFrame,
+  type StreamPosition,
   type ServerFrame,
   type WelcomeFrame,
 } from './protocol';
@@ -38,10 +42,16 @@ export interface Codec {
   decodeServer(payload: FramePayload): ServerFrame | null;
 }
 
+/** A position as the gateway expects it: offset first, then epoch. */
+function canonicalPosition(position: StreamPosition): Record<string, unknown> {
+  return { offset: position.offset, epoch: position.epoch };
+}
+
 /**
  * Rebuilds a client frame with its fields in the gateway's order (op, id,
- * channel, token, data, name, version) and without absent optional fields, so
- * the encoding does not depend on how the caller built the object.
+ * channel, token, recover, latest, since, limit, data, idempotency_key, name,
+ * version) and without absent optional fields, so the encoding does not depend
+ * on how the caller built the object.
  */
 function canonicalClientFrame(frame: ClientFrame): Record<string, unknown> {
   const out: Record<string, unknown> = { op: frame.op };
@@ -50,6 +60,14 @@ function canonicalClientFrame(frame: ClientFrame): Record<string, unknown> {
     case 'subscribe':
       out.channel = frame.channel;
       if (frame.token !== undefined) out.token = frame.token;
+      if (frame.recover !== undefined) out.recover = canonicalPosition(frame.recover);
+      // `false` is the default, so it is left out, as the gateway's encoder does.
+      if (frame.latest === true) out.latest = true;
+      break;
+    case 'history':
+      out.channel = frame.channel;
+      if (frame.since !== undefined) out.since = canonicalPosition(frame.since);
+      if (frame.limit !== undefined) out.limit = frame.limit;
       break;
     case 'unsubscribe':
       out.channel = frame.channel;
@@ -57,6 +75,7 @@ function canonicalClientFrame(frame: ClientFrame): Record<string, unknown> {
     case 'publish':
       out.channel = frame.channel;
       out.data = frame.data;
+      if (frame.idempotency_key !== undefined) out.idempotency_key = frame.idempotency_key;
       break;
     case 'sub_refresh':
       out.channel = frame.channel;
@@ -132,6 +151,27 @@ function withOptional<T extends object>(frame: T, optional: Record<string, unkno
   return frame;
 }
 
+function optionalBoolean(frame: Record<string, unknown>, field: string): boolean | undefined {
+  const value = frame[field];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'boolean') return value;
+  throw new ProtocolError(`server frame has a non-boolean \`${field}\``);
+}
+
+function requireBoolean(frame: Record<string, unknown>, field: string): boolean {
+  const value = frame[field];
+  if (typeof value === 'boolean') return value;
+  throw new ProtocolError(`server frame lacks boolean field \`${field}\``);
+}
+
+function toHistoryPublications(value: unknown): HistoryPublication[] {
+  if (!Array.isArray(value)) throw new ProtocolError('history frame lacks array field `publications`');
+  return value.map((entry: unknown) => {
+    if (!isRecord(entry) || !('data' in entry)) throw new ProtocolError('history frame has a malformed publication');
+    return { offset: requireNumber(entry, 'offset'), data: entry.data };
+  });
+}
+
 function requireNumber(frame: Record<string, unknown>, field: string): number {
   const value = frame[field];
   if (typeof value === 'number' && Number.isFinite(value)) return value;
@@ -158,7 +198,17 @@ export function toServerFrame(value: unknown): ServerFrame | null {
         { id: optionalId(value), user: optionalString(value, 'user'), expires_at: optionalNumber(value, 'expires_at') },
       );
     case 'ack':
-      return withOptional<AckFrame>({ type: 'ack' }, { id: optionalId(value), expires_at: optionalNumber(value, 'expires_at') });
+      return withOptional<AckFrame>(
+        { type: 'ack' },
+        {
+          id: optionalId(value),
+          expires_at: optionalNumber(value, 'expires_at'),
+          offset: optionalNumber(value, 'offset'),
+          epoch: optionalString(value, 'epoch'),
+          recovered: optionalBoolean(value, 'recovered'),
+          duplicate: optionalBoolean(value, 'duplicate'),
+        },
+      );
     case 'pong':
       return withOptional<PongFrame>({ type: 'pong' }, { id: optionalId(value) });
     case 'error': {
@@ -169,14 +219,34 @@ export function toServerFrame(value: unknown): ServerFrame | null {
     }
     case 'message':
       if (!('data' in value)) throw new ProtocolError('message frame lacks field `data`');
-      return {
-        type: 'message',
-        channel: requireString(value, 'channel'),
-        seq: requireNumber(value, 'seq'),
-        data: value.data,
-      };
-    case 'gap':
-      return { type: 'gap', channel: requireString(value, 'channel') };
+      return withOptional<MessageFrame>(
+        {
+          type: 'message',
+          channel: requireString(value, 'channel'),
+          seq: requireNumber(value, 'seq'),
+          data: value.data,
+        },
+        { offset: optionalNumber(value, 'offset'), epoch: optionalString(value, 'epoch') },
+      );
+    case 'gap': {
+      const channel = requireString(value, 'channel');
+      const reason = value.reason;
+      return reason === undefined || reason === null
+        ? { type: 'gap', channel }
+        : { type: 'gap', channel, reason: toGapReason(reason) };
+    }
+    case 'history':
+      return withOptional(
+        {
+          type: 'history' as const,
+          channel: requireString(value, 'channel'),
+          offset: requireNumber(value, 'offset'),
+          epoch: requireString(value, 'epoch'),
+          publications: toHistoryPublications(value.publications),
+          complete: requireBoolean(value, 'complete'),
+        },
+        { id: optionalId(value) },
+      );
     case 'unsubscribed': {
       const code = value.code === 'token_expired' || value.code === 'permission_denied' ? value.code : 'unknown';
       const message = typeof value.message === 'string' ? value.message : '';

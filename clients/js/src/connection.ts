@@ -14,7 +14,17 @@ import type { Codec, FramePayload } from './codec';
 import type { TypedEmitter } from './emitter';
 import type { ConnectionCredentials, HeldToken } from './credentials';
 import { ClientClosedError, ConnectionLostError, HandshakeRejectedError, ProtocolError, ShardcastError } from './errors';
-import { CloseCode, type AckFrame, type ClientFrame, type ServerFrame, type UnsubscribedFrame, type WelcomeFrame } from './protocol';
+import {
+  CloseCode,
+  type AckFrame,
+  type ClientFrame,
+  type GapFrame,
+  type MessageFrame,
+  type ReplyFrame,
+  type ServerFrame,
+  type UnsubscribedFrame,
+  type WelcomeFrame,
+} from './protocol';
 import {
   FATAL_HANDSHAKE_STATUSES,
   httpStatusFromError,
@@ -59,13 +69,15 @@ export interface ConnectionHooks {
   /** A welcome arrived: every channel is subscribed on the new socket. */
   welcomed(): void;
   /** A publication arrived. */
-  message(channel: string, seq: number, data: unknown): void;
+  message(frame: MessageFrame): void;
+  /** Publications of a channel may have been missed on this connection. */
+  gap(frame: GapFrame): void;
   /** The gateway ended a subscription. */
   unsubscribed(frame: UnsubscribedFrame): void;
   /** Sends a `refresh` with a new connection token on the current socket; resolves with its ack. */
   refresh(token: string): Promise<AckFrame>;
-  /** An ack, pong or error arrived. */
-  reply(frame: ServerFrame & { type: 'ack' | 'pong' | 'error' }): void;
+  /** An ack, pong, history or error arrived. */
+  reply(frame: ReplyFrame): void;
   /** `session` is gone: the requests sent on it are settled with `error`. */
   lost(session: SocketSession, error: ShardcastError): void;
   /** The next attempt is scheduled: nothing is acknowledged on the connection to come. */
@@ -276,15 +288,16 @@ export class Connection {
     }
     switch (frame.type) {
       case 'message':
-        this.hooks.message(frame.channel, frame.seq, frame.data);
+        this.hooks.message(frame);
         return;
       case 'ack':
       case 'pong':
+      case 'history':
       case 'error':
         this.hooks.reply(frame);
         return;
       case 'gap':
-        this.events.emit('gap', { channel: frame.channel });
+        this.hooks.gap(frame);
         return;
       case 'unsubscribed':
         this.hooks.unsubscribed(frame);

@@ -60,6 +60,21 @@ export class UnauthorizedError extends ServerError {
   override readonly name: string = 'UnauthorizedError';
 }
 
+/** The channel keeps no history (`no_history`, PROTOCOL.md 19.6): the answer to `history()` on such a channel. */
+export class NoHistoryError extends ServerError {
+  override readonly name: string = 'NoHistoryError';
+}
+
+/**
+ * The gateway's broker did not answer a publish in time (`timeout`, PROTOCOL.md
+ * 14.3): the publication may or may not have been delivered. Retrying with the same
+ * idempotency key is safe (PROTOCOL.md 19.9). Not to be confused with
+ * {@link RequestTimeoutError}, where the gateway itself did not answer.
+ */
+export class BrokerTimeoutError extends ServerError {
+  override readonly name: string = 'BrokerTimeoutError';
+}
+
 /** The {@link ServerError} (or subclass) for an `error` frame's code. */
 export function serverError(code: ErrorCode, message: string, requestId?: number, channel?: string): ServerError {
   switch (code) {
@@ -67,6 +82,10 @@ export function serverError(code: ErrorCode, message: string, requestId?: number
       return new PermissionDeniedError(code, message, requestId, channel);
     case 'unauthorized':
       return new UnauthorizedError(code, message, requestId, channel);
+    case 'no_history':
+      return new NoHistoryError(code, message, requestId, channel);
+    case 'timeout':
+      return new BrokerTimeoutError(code, message, requestId, channel);
     default:
       return new ServerError(code, message, requestId, channel);
   }

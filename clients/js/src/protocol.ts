@@ -36,6 +36,8 @@ export type ErrorCode =
   | 'unauthorized'
   | 'permission_denied'
   | 'rate_limited'
+  | 'no_history'
+  | 'timeout'
   | 'unknown';
 
 /** Every error code this client knows, in the order the protocol lists them. */
@@ -52,6 +54,8 @@ export const ERROR_CODES: readonly ErrorCode[] = Object.freeze([
   'unauthorized',
   'permission_denied',
   'rate_limited',
+  'no_history',
+  'timeout',
   'unknown',
 ]);
 
@@ -62,6 +66,17 @@ export function toErrorCode(code: unknown): ErrorCode {
     : 'unknown';
 }
 
+/**
+ * A place in a channel's history (PROTOCOL.md 19.2): an offset within an epoch.
+ * Offsets of different epochs cannot be compared.
+ */
+export interface StreamPosition {
+  /** The offset of a publication; 0 is before the channel's first. */
+  offset: number;
+  /** The epoch (one unbroken history of the channel) the offset belongs to. */
+  epoch: string;
+}
+
 /** Start receiving `message` frames of a channel; answered by `ack` or `error`. */
 export interface SubscribeFrame {
   op: 'subscribe';
@@ -69,6 +84,10 @@ export interface SubscribeFrame {
   channel: string;
   /** A subscription token, for a channel the connection's own token does not grant (PROTOCOL.md 18.4). */
   token?: string;
+  /** Recover the publications after this position (PROTOCOL.md 19.3). */
+  recover?: StreamPosition;
+  /** Deliver the channel's latest publication at once, after the ack (a state channel). */
+  latest?: boolean;
 }
 
 /** Stop receiving a channel; answered by `ack` or `error`. */
@@ -84,6 +103,19 @@ export interface PublishFrame {
   id?: number;
   channel: string;
   data: unknown;
+  /** Publish at most once per key within the history TTL (PROTOCOL.md 19.9). */
+  idempotency_key?: string;
+}
+
+/** Reads a channel's history; answered by a `history` frame (PROTOCOL.md 19.6). */
+export interface HistoryRequestFrame {
+  op: 'history';
+  id?: number;
+  channel: string;
+  /** Publications after this position; without it, the latest ones. */
+  since?: StreamPosition;
+  /** At most this many publications (the gateway's default and maximum: its `recover_max`). */
+  limit?: number;
 }
 
 /** Application-level heartbeat (browsers cannot see WebSocket pings); answered by `pong`. */
@@ -124,6 +156,7 @@ export type ClientFrame =
   | SubscribeFrame
   | UnsubscribeFrame
   | PublishFrame
+  | HistoryRequestFrame
   | PingFrame
   | ConnectFrame
   | RefreshFrame
@@ -154,6 +187,17 @@ export interface AckFrame {
   id?: number;
   /** In the answer to `refresh` and `sub_refresh`: when the new token expires, in seconds since the Unix epoch. */
   expires_at?: number;
+  /**
+   * On a channel with history: in the answer to `subscribe`, the top offset (the last
+   * publication the subscription does not deliver live); to `publish`, the publication's offset.
+   */
+  offset?: number;
+  /** With `offset`: the channel's epoch. */
+  epoch?: string;
+  /** In the answer to a `subscribe` with `recover`: whether every publication after that position follows. */
+  recovered?: boolean;
+  /** In the answer to a `publish`: its idempotency key was used already, so nothing was published again. */
+  duplicate?: boolean;
 }
 
 /** A request failed; the connection stays open. */
@@ -174,9 +218,27 @@ export interface PongFrame {
 export interface MessageFrame {
   type: 'message';
   channel: string;
-  /** Per channel and gateway instance, +1 for each publication delivered. */
+  /** Per channel and gateway instance, +1 for each publication delivered live; 0 for one delivered from history. */
   seq: number;
+  /** On a channel with history: the publication's offset (PROTOCOL.md 19.2). */
+  offset?: number;
+  /** With `offset`: the channel's epoch. */
+  epoch?: string;
   data: unknown;
+}
+
+/**
+ * Why history could not cover a loss (PROTOCOL.md 19.5): the channel keeps no
+ * history, the store lost it (a new epoch), too much was missed, or the store
+ * could not be read. `unknown` stands for a newer gateway's reason.
+ */
+export type GapReason = 'no_history' | 'epoch_changed' | 'too_far' | 'unavailable' | 'unknown';
+
+/** Maps a wire gap reason to a known one; reasons from a newer gateway become `unknown`. */
+export function toGapReason(reason: unknown): GapReason {
+  return reason === 'no_history' || reason === 'epoch_changed' || reason === 'too_far' || reason === 'unavailable'
+    ? reason
+    : 'unknown';
 }
 
 /**
@@ -187,6 +249,31 @@ export interface MessageFrame {
 export interface GapFrame {
   type: 'gap';
   channel: string;
+  /** Why history could not cover the loss; absent from gateways without history. */
+  reason?: GapReason;
+}
+
+/** One publication read from history. */
+export interface HistoryPublication {
+  /** Its offset. */
+  offset: number;
+  /** The payload. */
+  data: unknown;
+}
+
+/** The answer to a `history` request (PROTOCOL.md 19.6). */
+export interface HistoryFrame {
+  type: 'history';
+  id?: number;
+  channel: string;
+  /** The channel's top offset. */
+  offset: number;
+  /** The channel's epoch. */
+  epoch: string;
+  /** The publications, in offset order. */
+  publications: HistoryPublication[];
+  /** Whether they reach from the requested position (or the oldest retained one) to the top with no hole, within the limit. */
+  complete: boolean;
 }
 
 /**
@@ -204,7 +291,18 @@ export interface UnsubscribedFrame {
 }
 
 /** A frame the gateway sends. */
-export type ServerFrame = WelcomeFrame | AckFrame | ErrorFrame | PongFrame | MessageFrame | GapFrame | UnsubscribedFrame;
+export type ServerFrame =
+  | WelcomeFrame
+  | AckFrame
+  | ErrorFrame
+  | PongFrame
+  | MessageFrame
+  | GapFrame
+  | HistoryFrame
+  | UnsubscribedFrame;
+
+/** The frames that answer a request: `ack`, `pong`, `history` or `error`. */
+export type ReplyFrame = ServerFrame & { type: 'ack' | 'pong' | 'history' | 'error' };
 
 /** WebSocket close codes the gateway sends (RFC 6455 meanings in 1000-1015, shardcast's own in 4000-4099). */
 export const CloseCode = Object.freeze({
@@ -314,4 +412,12 @@ export function utf8Length(text: string): number {
     } else bytes += 3;
   }
   return bytes;
+}
+
+/** The longest idempotency key (PROTOCOL.md 19.9). */
+export const MAX_IDEMPOTENCY_KEY_LENGTH = 64;
+
+/** Whether an idempotency key has the shape PROTOCOL.md 19.9 allows: 1 to 64 characters of `[A-Za-z0-9_.:-]`. */
+export function isValidIdempotencyKey(key: string): boolean {
+  return key.length > 0 && key.length <= MAX_IDEMPOTENCY_KEY_LENGTH && /^[A-Za-z0-9_.:-]+$/.test(key);
 }

@@ -13,10 +13,10 @@ import {
   serverError,
   type ShardcastError,
 } from './errors';
-import { utf8Length, type AckFrame, type ClientFrame, type ServerFrame } from './protocol';
+import { utf8Length, type AckFrame, type ClientFrame, type ReplyFrame, type ServerFrame, type SubscribeFrame } from './protocol';
 
 /** The requests sent with {@link RequestTable.request}: those with a reply and a timeout. */
-export type TimedRequest = ClientFrame & { op: 'publish' | 'unsubscribe' | 'ping' | 'refresh' | 'sub_refresh' };
+export type TimedRequest = ClientFrame & { op: 'publish' | 'unsubscribe' | 'ping' | 'refresh' | 'sub_refresh' | 'history' };
 
 /** A request waiting for its ack, error or pong. */
 interface PendingRequest {
@@ -60,7 +60,7 @@ export class RequestTable {
     return id;
   }
 
-  /** Sends a request that has a reply and a timeout (publish, unsubscribe, ping, refresh, sub_refresh). */
+  /** Sends a request that has a reply and a timeout (publish, unsubscribe, ping, refresh, sub_refresh, history). */
   request(frame: TimedRequest): Promise<ServerFrame> {
     const session = this.connection.session;
     if (!session || !this.connection.isConnected()) {
@@ -102,22 +102,22 @@ export class RequestTable {
    * answering is caught by the heartbeat, and the subscription is sent again on
    * the next one.
    */
-  subscribe(session: SocketSession, channel: string, token: string | undefined, reply: SubscribeReply): void {
+  subscribe(session: SocketSession, request: Omit<SubscribeFrame, 'op' | 'id'>, reply: SubscribeReply): void {
     const id = this.takeId();
     this.pending.set(id, {
       op: 'subscribe',
       session,
-      channel,
+      channel: request.channel,
       resolve: (frame) => reply.resolve(frame.type === 'ack' ? frame : { type: 'ack', id }),
       reject: reply.reject,
       abandon: reply.abandon,
     });
     // A failed send means the socket is closing; its close handler settles this request.
-    this.connection.send(session, token === undefined ? { op: 'subscribe', id, channel } : { op: 'subscribe', id, channel, token });
+    this.connection.send(session, { ...request, op: 'subscribe', id });
   }
 
-  /** Settles the request an ack, pong or error answers. */
-  handleReply(frame: ServerFrame & { type: 'ack' | 'pong' | 'error' }): void {
+  /** Settles the request an ack, pong, history or error answers. */
+  handleReply(frame: ReplyFrame): void {
     if (frame.id === undefined) {
       if (frame.type === 'error') this.reportError(serverError(frame.code, frame.message));
       return;

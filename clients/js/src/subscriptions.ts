@@ -4,9 +4,11 @@
  * application supplies one) and unsubscribing them on the gateway (an
  * unsubscribe never overtakes an unanswered subscribe of its channel), retrying
  * refusals with `unavailable`, subscribing every channel again on each new
- * connection, subscriptions the gateway ends (`unsubscribed`), and delivering
- * publications to the handlers. Behaviour follows proto/PROTOCOL.md, sections
- * 6, 7.7, 12 and 18.4.
+ * connection (with `recover` from the last position delivered, on a channel with
+ * history), subscriptions the gateway ends (`unsubscribed`), delivering
+ * publications to the handlers once each and in order, and telling them when a
+ * channel's stream could not be kept whole (`stale`). Behaviour follows
+ * proto/PROTOCOL.md, sections 6, 7.6, 7.7, 12, 18.4 and 19.3-19.7.
  */
 
 import { backoffDelay, type ReconnectOptions } from './backoff';
@@ -23,13 +25,23 @@ import {
   type ClientClosedError,
   type ShardcastError,
 } from './errors';
-import { validateChannel, type AckFrame, type UnsubscribedFrame } from './protocol';
+import {
+  validateChannel,
+  type AckFrame,
+  type GapFrame,
+  type GapReason,
+  type MessageFrame,
+  type StreamPosition,
+  type UnsubscribedFrame,
+} from './protocol';
 import type { RequestTable } from './requests';
 import { SubscriptionTokens } from './subscription-tokens';
 import type {
   ClientEvents,
   MessageHandler,
   ReceivedMessage,
+  StaleEvent,
+  SubscribeOptions,
   Subscription,
   SubscriptionEvents,
   SubscriptionTokenProvider,
@@ -63,6 +75,15 @@ interface ChannelEntry {
   attempt: number;
   /** The subscribe in flight is still waiting for its subscription token. */
   fetchingToken: boolean;
+  /** Some handler asked for the channel's latest publication on subscribe (a state channel). */
+  latest: boolean;
+  /**
+   * On a channel with history: where to recover from after a reconnect, the last
+   * publication delivered or, before any, the position of the last subscribe's ack.
+   */
+  position?: StreamPosition;
+  /** The last publication with an offset handed to the handlers; older offsets of its epoch are duplicates. */
+  delivered?: StreamPosition;
 }
 
 /**
@@ -105,7 +126,7 @@ export class ChannelTable {
   }
 
   /** Adds a handler to a channel; see `ShardcastClient.subscribe`. */
-  subscribe<T>(channel: string, handler: MessageHandler<T>): Promise<Subscription> {
+  subscribe<T>(channel: string, handler: MessageHandler<T>, options: SubscribeOptions = {}): Promise<Subscription> {
     // The gateway's length limit is configurable, so only the charset is checked here.
     const problem = validateChannel(channel, Infinity);
     if (problem) return Promise.reject(new InvalidChannelError(channel, problem));
@@ -118,9 +139,11 @@ export class ChannelTable {
     const emitter = new TypedEmitter<SubscriptionEvents>((cause, event) =>
       this.reportError(new HandlerError(`listener for the "${String(event)}" event of ${channel} threw`, { cause })),
     );
+    if (options.onStale) emitter.on('stale', options.onStale);
     const subscription = this.makeSubscription(channel, typedHandler, emitter);
     if (entry) {
       entry.handlers.set(typedHandler, emitter);
+      if (options.latest === true) entry.latest = true;
       if (entry.acked) return Promise.resolve(subscription);
     } else {
       entry = {
@@ -134,6 +157,7 @@ export class ChannelTable {
         unavailableCount: 0,
         attempt: 0,
         fetchingToken: false,
+        latest: options.latest === true,
       };
       this.channels.set(channel, entry);
       if (this.connection.isConnected()) this.sendSubscribe(entry);
@@ -161,12 +185,24 @@ export class ChannelTable {
     }
   }
 
-  /** Calls the handlers of a channel with a publication. */
-  dispatch(channel: string, seq: number, data: unknown): void {
+  /**
+   * Calls the handlers of a channel with a publication, unless its offset is at or
+   * below the last one delivered in its epoch (a duplicate: PROTOCOL.md 19.7).
+   */
+  dispatch(frame: MessageFrame): void {
+    const { channel, seq, data, offset, epoch } = frame;
     const entry = this.channels.get(channel);
     // A publication can race an unsubscribe; nobody wants it any more.
     if (!entry) return;
     const message: ReceivedMessage<unknown> = { channel, seq, data };
+    if (offset !== undefined && epoch !== undefined) {
+      const last = entry.delivered;
+      if (last !== undefined && last.epoch === epoch && offset <= last.offset) return;
+      entry.delivered = { offset, epoch };
+      entry.position = entry.delivered;
+      message.offset = offset;
+      message.epoch = epoch;
+    }
     for (const handler of Array.from(entry.handlers.keys())) {
       try {
         (handler as MessageHandler<unknown>)(data, message);
@@ -174,6 +210,14 @@ export class ChannelTable {
         this.reportError(new HandlerError(`handler for channel ${channel} threw`, { cause }));
       }
     }
+  }
+
+  /** A `gap` frame: the `gap` event, then `stale` for the channel's subscriptions. */
+  handleGap(frame: GapFrame): void {
+    const { channel, reason } = frame;
+    this.events.emit('gap', reason === undefined ? { channel } : { channel, reason });
+    const entry = this.channels.get(channel);
+    if (entry) this.reportStale(entry, { channel, reason: reason ?? 'unknown', source: 'gap' });
   }
 
   /**
@@ -246,6 +290,10 @@ export class ChannelTable {
         const entry = entryOf();
         return entry === undefined ? 'unsubscribed' : entry.acked ? 'subscribed' : 'subscribing';
       },
+      get position() {
+        const position = entryOf()?.position;
+        return position === undefined ? undefined : { ...position };
+      },
       on: (event, listener) => emitter.on(event, listener),
       unsubscribe: () => {
         const entry = entryOf();
@@ -308,11 +356,15 @@ export class ChannelTable {
 
   private sendSubscribeFrame(session: SocketSession, entry: ChannelEntry, attempt: number, token: string | undefined): void {
     const current = (): boolean => entry.attempt === attempt;
-    this.requests.subscribe(session, entry.channel, token, {
+    // Only a channel that had a position (so history) on an earlier connection recovers.
+    const recover = entry.position === undefined ? undefined : { ...entry.position };
+    const latest = recover === undefined && entry.latest;
+    const request = { channel: entry.channel, token, recover, latest: latest || undefined };
+    this.requests.subscribe(session, request, {
       resolve: (ack) => {
         if (!current()) return;
         this.settle(entry, true);
-        this.handleSubscribeAck(entry, ack, token);
+        this.handleSubscribeAck(entry, ack, token, recover, latest);
       },
       reject: (error) => {
         if (!current()) return;
@@ -333,7 +385,13 @@ export class ChannelTable {
     for (const callback of callbacks) callback(acked);
   }
 
-  private handleSubscribeAck(entry: ChannelEntry, ack: AckFrame, token: string | undefined): void {
+  private handleSubscribeAck(
+    entry: ChannelEntry,
+    ack: AckFrame,
+    token: string | undefined,
+    recover: StreamPosition | undefined,
+    latest: boolean,
+  ): void {
     // The entry may have been dropped (or replaced by a new subscribe) since the request went out.
     if (this.channels.get(entry.channel) !== entry) return;
     if (token !== undefined) this.tokens.track(entry.channel, token, ack);
@@ -341,10 +399,32 @@ export class ChannelTable {
     entry.acked = true;
     entry.everAcked = true;
     entry.unavailableCount = 0;
+    const recovered = recover === undefined ? undefined : ack.recovered === true;
+    // Recovered: the publications after `recover` follow, and advance the position as they are delivered.
+    if (recovered !== true) entry.position = this.ackPosition(ack, latest);
     const waiters = entry.waiters;
     entry.waiters = [];
     for (const waiter of waiters) waiter.resolve();
-    this.events.emit('subscribed', { channel: entry.channel, resubscribed });
+    const { channel } = entry;
+    this.events.emit('subscribed', recovered === undefined ? { channel, resubscribed } : { channel, resubscribed, recovered });
+    if (recover !== undefined && recovered === false) {
+      this.reportStale(entry, { channel, reason: notRecoveredReason(ack, recover), source: 'recover' });
+    }
+  }
+
+  /**
+   * Where a subscription starts, from its ack: the top offset it does not deliver
+   * live, or the one before it when the latest publication (the top) was asked to follow.
+   */
+  private ackPosition(ack: AckFrame, latest: boolean): StreamPosition | undefined {
+    if (ack.offset === undefined || ack.epoch === undefined) return undefined;
+    return { offset: latest && ack.offset > 0 ? ack.offset - 1 : ack.offset, epoch: ack.epoch };
+  }
+
+  /** Tells the channel's subscriptions and the client that the channel's stream has a hole. */
+  private reportStale(entry: ChannelEntry, event: StaleEvent): void {
+    for (const emitter of Array.from(entry.handlers.values())) emitter.emit('stale', event);
+    this.events.emit('stale', event);
   }
 
   private handleSubscribeRefused(entry: ChannelEntry, error: ShardcastError): void {
@@ -438,4 +518,10 @@ export class ChannelTable {
       },
     );
   }
+}
+
+/** Why a `subscribe` with `recover` was answered `recovered: false`, which the ack itself does not say. */
+function notRecoveredReason(ack: AckFrame, recover: StreamPosition): GapReason {
+  if (ack.offset === undefined || ack.epoch === undefined) return 'no_history';
+  return ack.epoch === recover.epoch ? 'too_far' : 'epoch_changed';
 }

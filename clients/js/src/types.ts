@@ -7,7 +7,7 @@
 import type { ReconnectOptions } from './backoff';
 import type { Unsubscribe } from './emitter';
 import type { ShardcastError } from './errors';
-import type { Encoding, UnsubscribeCode, WelcomeFrame } from './protocol';
+import type { Encoding, GapReason, HistoryPublication, StreamPosition, UnsubscribeCode, WelcomeFrame } from './protocol';
 import type { WebSocketConstructor } from './transport';
 
 /** Where the client is in its life. */
@@ -103,10 +103,91 @@ export interface ClientOptions {
 export interface ReceivedMessage<T = unknown> {
   /** The channel it was published on. */
   channel: string;
-  /** Per channel and gateway instance, +1 for each publication delivered; unrelated across connections. */
+  /**
+   * Per channel and gateway instance, +1 for each publication delivered live;
+   * unrelated across connections; 0 for one recovered from history.
+   */
   seq: number;
+  /** On a channel with history: the publication's offset, strictly increasing within an epoch (PROTOCOL.md 19.2). */
+  offset?: number;
+  /** With `offset`: the channel's epoch. */
+  epoch?: string;
   /** The published data. */
   data: T;
+}
+
+/**
+ * The client could not keep a channel's stream whole: a re-subscribe after a
+ * reconnect did not recover what was missed (`recovered: false`), or the gateway
+ * sent a `gap`. Publications may have been missed: re-read the channel's state.
+ */
+export interface StaleEvent {
+  /** The channel. */
+  channel: string;
+  /**
+   * Why: `no_history` (the channel keeps none), `epoch_changed` (its history was
+   * lost), `too_far` (more was missed than history holds or one recovery returns),
+   * `unavailable` (the history store could not be read), `unknown` (a gap without a
+   * reason, from a gateway that predates history, or a newer gateway's reason).
+   */
+  reason: GapReason;
+  /** `recover`: a re-subscribe was answered `recovered: false`; `gap`: a `gap` frame on an open connection. */
+  source: 'recover' | 'gap';
+}
+
+/** Options of {@link ShardcastClient.subscribe}. */
+export interface SubscribeOptions {
+  /**
+   * A state channel: with history on the channel, its latest publication is
+   * delivered at once after the subscribe (PROTOCOL.md 19.3). It takes effect when
+   * the client sends the channel's subscribe, so not for a handler added to a
+   * channel already subscribed; it is ignored when the client recovers instead.
+   */
+  latest?: boolean;
+  /** Called, like the subscription's `stale` event, when publications of the channel may have been missed. */
+  onStale?: (event: StaleEvent) => void;
+}
+
+/** Options of {@link ShardcastClient.publish}. */
+export interface PublishOptions {
+  /**
+   * Publish at most once per key (PROTOCOL.md 19.9): 1 to 64 characters of
+   * `[A-Za-z0-9_.:-]`, unique per publication. A retry with the same key, within the
+   * gateway's history TTL, is not published again and resolves with `duplicate: true`.
+   */
+  idempotencyKey?: string;
+}
+
+/** What the gateway's ack of a publish says. */
+export interface PublishResult {
+  /** On a channel with history: the publication's offset. */
+  offset?: number;
+  /** With `offset`: the channel's epoch. */
+  epoch?: string;
+  /** The idempotency key was used already: nothing was published again, and `offset` is the first publish's. */
+  duplicate: boolean;
+}
+
+/** Options of {@link ShardcastClient.history}. */
+export interface HistoryOptions {
+  /** Publications after this position (a message's `offset` and `epoch`); without it, the latest ones. */
+  since?: StreamPosition;
+  /** At most this many publications (the gateway's default and maximum is its `recover_max`). */
+  limit?: number;
+}
+
+/** A channel's history, as the gateway's `history` frame gives it. */
+export interface HistoryResult {
+  /** The channel. */
+  channel: string;
+  /** The channel's top offset: its latest publication's, 0 when it has none. */
+  offset: number;
+  /** The channel's epoch. A `since` of another epoch returns no publications. */
+  epoch: string;
+  /** The publications, in offset order. */
+  publications: HistoryPublication[];
+  /** Whether they reach from `since` (or the oldest retained one) to the top with no hole, within `limit`. */
+  complete: boolean;
 }
 
 /** Called with every publication on a subscribed channel. */
@@ -127,12 +208,24 @@ export interface ClientEvents {
   /** The client stopped for good (until `connect()` is called again). */
   closed: { code: number | undefined; reason: string };
   /** A channel's subscription was acknowledged, the first time or again after a reconnect. */
-  subscribed: { channel: string; resubscribed: boolean };
+  subscribed: {
+    channel: string;
+    resubscribed: boolean;
+    /** Present when the subscribe carried `recover`: whether every missed publication follows (PROTOCOL.md 19.3). */
+    recovered?: boolean;
+  };
   /**
    * Publications of a subscribed channel may have been missed on this open
-   * connection (PROTOCOL.md 9.3): re-read the source of truth if every message matters.
+   * connection (PROTOCOL.md 9.3): re-read the source of truth if every message
+   * matters. A `stale` event follows.
    */
-  gap: { channel: string };
+  gap: { channel: string; reason?: GapReason };
+  /**
+   * Publications of a subscribed channel may have been missed and the client could
+   * not recover them: a re-subscribe was answered `recovered: false`, or a `gap`
+   * arrived (PROTOCOL.md 19.7). Refetch the channel's state.
+   */
+  stale: StaleEvent;
   /** The gateway ended a channel's subscription (its subscription token expired, or a permission was withdrawn). */
   unsubscribed: { channel: string; code: UnsubscribeCode; message: string };
   /** The connection token was refreshed without reconnecting; `expiresAt` is its new expiry (Unix seconds). */
@@ -154,6 +247,8 @@ export type SubscriptionState =
 export interface SubscriptionEvents {
   /** The gateway ended the subscription (`unsubscribed` frame); it is inactive now. */
   unsubscribed: { code: UnsubscribeCode; message: string };
+  /** Publications of the channel may have been missed and could not be recovered; see `ClientEvents.stale`. */
+  stale: StaleEvent;
   /**
    * Something failed for this channel: a refused re-subscribe (a
    * `PermissionDeniedError` or `UnauthorizedError`, after which the subscription is
@@ -170,6 +265,12 @@ export interface Subscription {
   readonly active: boolean;
   /** Where the subscription is. */
   readonly state: SubscriptionState;
+  /**
+   * On a channel with history: the position of the last publication delivered (or,
+   * before any, the one the subscribe's ack gave). The client recovers from it after
+   * a reconnect by itself; it can be kept to read `history()` since then.
+   */
+  readonly position: StreamPosition | undefined;
   /** Adds a listener for this subscription's events; returns a function that removes it. */
   on<K extends keyof SubscriptionEvents>(event: K, listener: (payload: SubscriptionEvents[K]) => void): Unsubscribe;
   /** Removes this handler; the channel is unsubscribed on the gateway when its last handler goes. */

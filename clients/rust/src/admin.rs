@@ -20,6 +20,7 @@ use shardcast_proto::{validate_channel, ErrorCode};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
+use crate::history::check_idempotency_key;
 
 /// The largest response this client reads; the API's answers are a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -52,6 +53,16 @@ pub struct PublishReceipt {
     /// Connections on this instance the publication was written or queued to
     /// (subscribers on other instances are not counted; 0 is not an error).
     pub subscribers: u64,
+    /// On a channel with history: the publication's offset (PROTOCOL.md 19.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// With `offset`: the channel's epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The idempotency key was used already: nothing was published again, and
+    /// `offset` is the first publish's (PROTOCOL.md 19.9).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// One instance's local figures, from `GET /api/stats`.
@@ -112,6 +123,8 @@ pub struct ClusterView {
 struct PublishBody<'a> {
     channel: &'a str,
     data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
 }
 
 impl AdminClient {
@@ -168,11 +181,41 @@ impl AdminClient {
     /// Publishes a payload that is already JSON text; JSON subscribers receive that text
     /// byte for byte (key order and number formatting included).
     pub async fn publish_json(&self, channel: &str, data: &RawValue) -> Result<PublishReceipt> {
+        self.publish_body(channel, data, None).await
+    }
+
+    /// [`publish`](Self::publish) with an idempotency key (PROTOCOL.md 19.9): 1 to 64
+    /// characters of `[A-Za-z0-9_.:-]`, unique per publication. A publish with a key
+    /// already used (within the gateway's history TTL) is not published again, and is
+    /// answered with the first one's offset and `duplicate: true`, so retrying after a
+    /// 504 `timeout` (outcome unknown) or a 503 is safe. A malformed key fails with
+    /// [`Error::Protocol`] without being sent.
+    pub async fn publish_with_key<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        data: &T,
+        key: &str,
+    ) -> Result<PublishReceipt> {
+        check_idempotency_key(key)?;
+        let raw = serde_json::value::to_raw_value(data)?;
+        self.publish_body(channel, &raw, Some(key)).await
+    }
+
+    async fn publish_body(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        idempotency_key: Option<&str>,
+    ) -> Result<PublishReceipt> {
         validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
             channel: channel.to_owned(),
             source,
         })?;
-        let body = serde_json::to_vec(&PublishBody { channel, data })?;
+        let body = serde_json::to_vec(&PublishBody {
+            channel,
+            data,
+            idempotency_key,
+        })?;
         let answer = self.request(Method::POST, "/api/publish", Some(body)).await?;
         parse_json(&answer)
     }

@@ -14,9 +14,10 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::backoff::ReconnectPolicy;
-use crate::driver::{Command, Config, Driver, HeartbeatTiming};
+use crate::driver::{Command, Config, Driver, HeartbeatTiming, Reply};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{ConnectionState, EventStream, Observers};
+use crate::history::{check_idempotency_key, History, HistoryOptions, Published, SubscribeOptions};
 use crate::subscription::Subscription;
 use crate::token::{SubscriptionTokenProvider, TokenProvider};
 use crate::transport::{self, Welcome};
@@ -332,7 +333,20 @@ impl Client {
     /// [`Error::Server`] if the gateway refuses otherwise (for example
     /// `too_many_channels`), and [`Error::Closed`] (or [`Error::Unauthorized`]) if
     /// the client stops first.
+    ///
+    /// On a channel with history (PROTOCOL.md 19), the client keeps the position of
+    /// the last publication delivered and, after a reconnect, asks the gateway to
+    /// recover from it: the publications missed meanwhile arrive on the subscription
+    /// first, in order, each once, then the live ones. When they cannot be recovered
+    /// (or the gateway sends a `gap`), [`ClientEvent::Stale`](crate::ClientEvent::Stale)
+    /// tells the application to refetch the channel's state.
     pub async fn subscribe(&self, channel: impl Into<String>) -> Result<Subscription> {
+        self.subscribe_with(channel, SubscribeOptions::default()).await
+    }
+
+    /// [`subscribe`](Self::subscribe) with options: `latest` asks for the channel's
+    /// latest publication at once (a state channel, PROTOCOL.md 19.3).
+    pub async fn subscribe_with(&self, channel: impl Into<String>, options: SubscribeOptions) -> Result<Subscription> {
         let channel = channel.into();
         // The length limit is the gateway's configuration, so only the charset is checked here.
         validate_channel(&channel, usize::MAX).map_err(|source| Error::InvalidChannel {
@@ -348,6 +362,7 @@ impl Client {
             subscription: id,
             messages,
             ended: ended.clone(),
+            latest: options.latest,
             done,
         })?;
         // Built before the wait, so that a caller who gives up (drops this future)
@@ -368,7 +383,35 @@ impl Client {
     /// fails with [`Error::NotConnected`]. A frame above
     /// [`max_message_bytes`](ClientBuilder::max_message_bytes) fails with
     /// [`Error::MessageTooLarge`] without being sent.
-    pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<()> {
+    ///
+    /// On a channel with history, the receipt carries the publication's offset and epoch.
+    pub async fn publish<T: Serialize + ?Sized>(&self, channel: &str, data: &T) -> Result<Published> {
+        self.publish_as(channel, data, None).await
+    }
+
+    /// [`publish`](Self::publish) with an idempotency key (PROTOCOL.md 19.9): 1 to 64
+    /// characters of `[A-Za-z0-9_.:-]`, unique per publication. A publish with a key
+    /// already used (within the gateway's history TTL) is not published again and is
+    /// answered with the first one's offset and `duplicate: true`, so retrying after
+    /// [`Error::BrokerTimeout`] (outcome unknown), [`Error::Timeout`] or
+    /// [`Error::ConnectionLost`] is safe. A malformed key fails with [`Error::Protocol`]
+    /// without being sent.
+    pub async fn publish_with_key<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        data: &T,
+        key: &str,
+    ) -> Result<Published> {
+        check_idempotency_key(key)?;
+        self.publish_as(channel, data, Some(key.to_owned())).await
+    }
+
+    async fn publish_as<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        data: &T,
+        idempotency_key: Option<String>,
+    ) -> Result<Published> {
         validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
             channel: channel.to_owned(),
             source,
@@ -378,9 +421,43 @@ impl Client {
         self.command(Command::Publish {
             channel: channel.to_owned(),
             data,
+            idempotency_key,
             done,
         })?;
-        self.reply("publish", reply).await
+        match self.reply("publish", reply).await? {
+            Reply::Ack(ack) => Ok(Published {
+                duplicate: ack.duplicate == Some(true),
+                offset: ack.offset.filter(|_| ack.epoch.is_some()),
+                epoch: ack.epoch.filter(|_| ack.offset.is_some()),
+            }),
+            Reply::History(_) => Err(Error::Protocol(
+                "a publish was answered with a history frame".to_owned(),
+            )),
+        }
+    }
+
+    /// Reads a channel's history (PROTOCOL.md 19.6): the publications after
+    /// `options.since`, or the latest ones, at most `options.limit`. Fails with
+    /// [`Error::NoHistory`] on a channel that keeps none, [`Error::Server`] with
+    /// `permission_denied` on one this connection may not subscribe to (or
+    /// `unknown_op` from a gateway before history), [`Error::NotConnected`] while
+    /// disconnected.
+    pub async fn history(&self, channel: &str, options: HistoryOptions) -> Result<History> {
+        validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
+            channel: channel.to_owned(),
+            source,
+        })?;
+        let (done, reply) = oneshot::channel();
+        self.command(Command::History {
+            channel: channel.to_owned(),
+            since: options.since,
+            limit: options.limit,
+            done,
+        })?;
+        match self.reply("history", reply).await? {
+            Reply::History(history) => Ok(history),
+            Reply::Ack(_) => Err(Error::Protocol("a history request was answered with an ack".to_owned())),
+        }
     }
 
     /// Sends a protocol `ping` and returns the round-trip time.
@@ -452,7 +529,7 @@ impl Client {
         self.commands.send(command).map_err(|_| self.observers.closed_error())
     }
 
-    async fn reply(&self, op: &'static str, reply: oneshot::Receiver<Result<()>>) -> Result<()> {
+    async fn reply(&self, op: &'static str, reply: oneshot::Receiver<Result<Reply>>) -> Result<Reply> {
         match tokio::time::timeout(self.request_timeout, reply).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.observers.closed_error()),

@@ -50,6 +50,28 @@ pub enum Error {
         channel: Option<String>,
     },
 
+    /// The channel keeps no history (`no_history`, PROTOCOL.md 19.6): the answer to
+    /// [`Client::history`](crate::Client::history) on such a channel.
+    #[error("{channel} keeps no history: {message}")]
+    NoHistory {
+        /// The channel.
+        channel: String,
+        /// The gateway's detail.
+        message: String,
+    },
+
+    /// The gateway's broker did not answer a publish in time (`timeout`, PROTOCOL.md
+    /// 14.3): the publication may or may not have been delivered. Retrying with the
+    /// same idempotency key is safe (PROTOCOL.md 19.9). Unlike [`Error::Timeout`],
+    /// the gateway did answer.
+    #[error("the outcome of the publish to {channel} is unknown (the broker did not answer in time): {message}")]
+    BrokerTimeout {
+        /// The channel.
+        channel: String,
+        /// The gateway's detail.
+        message: String,
+    },
+
     /// The admin HTTP API answered with an error status.
     #[error("the admin API answered HTTP {status}: {}: {message}", code.as_str())]
     Api {
@@ -201,7 +223,24 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Server { code, .. } | Error::Api { code, .. } | Error::PermissionDenied { code, .. } => Some(*code),
+            Error::NoHistory { .. } => Some(ErrorCode::NoHistory),
+            Error::BrokerTimeout { .. } => Some(ErrorCode::Timeout),
             _ => None,
+        }
+    }
+
+    /// The error for an `error` frame answering request `op` on `channel`: a
+    /// dedicated variant where the code has one, [`Error::Server`] otherwise.
+    pub(crate) fn from_reply(op: &'static str, code: ErrorCode, message: String, channel: Option<String>) -> Self {
+        match (code, channel) {
+            (ErrorCode::NoHistory, Some(channel)) => Error::NoHistory { channel, message },
+            (ErrorCode::Timeout, Some(channel)) => Error::BrokerTimeout { channel, message },
+            (code, channel) => Error::Server {
+                op,
+                code,
+                message,
+                channel,
+            },
         }
     }
 

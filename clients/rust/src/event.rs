@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use shardcast_proto::{Encoding, ErrorCode, UnsubscribeCode};
+use shardcast_proto::{Encoding, ErrorCode, GapReason, UnsubscribeCode};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
@@ -78,12 +78,32 @@ pub enum ClientEvent {
         /// The channel.
         channel: String,
     },
+    /// Publications of a subscribed channel may have been missed and the client could
+    /// not recover them (PROTOCOL.md 19.7): a re-subscribe after a reconnect was
+    /// answered `recovered: false`, or the gateway sent a `gap` (which
+    /// [`ClientEvent::Gap`] reports too, just before). The application should refetch
+    /// the channel's state. Channels with history recover by themselves otherwise,
+    /// so this is the only case to handle.
+    Stale {
+        /// The channel.
+        channel: String,
+        /// Why history could not cover the loss: [`GapReason::NoHistory`] (the channel
+        /// keeps none), [`GapReason::EpochChanged`] (its history was lost),
+        /// [`GapReason::TooFar`] (more was missed than history holds or one recovery
+        /// returns), [`GapReason::Unavailable`] (the store could not be read), or
+        /// [`GapReason::Unknown`] (a `gap` without a reason, from a gateway that
+        /// predates history, or a newer gateway's reason).
+        reason: GapReason,
+        /// What told the client.
+        source: StaleSource,
+    },
     /// A channel's subscription was acknowledged: the first time, or again after a reconnect.
     Subscribed {
         /// The channel.
         channel: String,
         /// True when this re-subscribes after a reconnect. Publications made while the
-        /// client was disconnected are lost (at-most-once delivery).
+        /// client was disconnected are lost (at-most-once delivery), unless the channel
+        /// keeps history: then they are recovered, or [`ClientEvent::Stale`] follows.
         resubscribed: bool,
     },
     /// The gateway refused a subscription for good (for example `too_many_channels`
@@ -144,6 +164,15 @@ pub enum ClientEvent {
         /// Why it stopped.
         reason: String,
     },
+}
+
+/// What told the client that a channel's stream has a hole ([`ClientEvent::Stale`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StaleSource {
+    /// A re-subscribe with `recover` was answered `recovered: false`.
+    Recover,
+    /// A `gap` frame on an open connection.
+    Gap,
 }
 
 /// Events of one client, as a [`Stream`]; created by

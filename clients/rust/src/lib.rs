@@ -9,6 +9,11 @@
 //!   `Authorization: Bearer` and refreshed before it expires
 //!   ([`ClientBuilder::token_provider_async`]), and subscription tokens per channel
 //!   ([`ClientBuilder::subscription_token_provider_async`]).
+//! - History and recovery (PROTOCOL.md section 19): on a channel with history, the
+//!   client recovers what it missed while disconnected (each publication once, in
+//!   order, through the same [`Subscription`]) and raises [`ClientEvent::Stale`]
+//!   when it cannot; [`Client::subscribe_with`] (`latest`), [`Client::history`] and
+//!   [`Client::publish_with_key`] (idempotent publishing).
 //! - [`ClientEvent`] / [`ConnectionState`]: what happens to the connection.
 //! - [`AdminClient`]: the gateway's admin HTTP API (publish, stats, cluster view).
 //!
@@ -44,6 +49,7 @@ mod client;
 mod driver;
 mod error;
 mod event;
+mod history;
 mod message;
 mod subscription;
 mod token;
@@ -53,10 +59,11 @@ pub use admin::{AdminClient, ClusterView, InstanceInfo, InstanceStats, PublishRe
 pub use backoff::{parse_retry_after, ReconnectDecision, ReconnectPolicy, StopReason, FATAL_HANDSHAKE_STATUSES};
 pub use client::{Client, ClientBuilder, Heartbeat, DEFAULT_MAX_MESSAGE_BYTES};
 pub use error::{BoxError, Error, Result};
-pub use event::{ClientEvent, ConnectionState, EventStream};
+pub use event::{ClientEvent, ConnectionState, EventStream, StaleSource};
+pub use history::{History, HistoryOptions, Published, SubscribeOptions};
 pub use message::Message;
 pub use shardcast_proto as proto;
-pub use shardcast_proto::{Encoding, ErrorCode};
+pub use shardcast_proto::{Encoding, ErrorCode, GapReason, HistoryEntry, StreamPosition};
 pub use subscription::Subscription;
 pub use token::{SubscriptionTokenProvider, TokenFuture, TokenProvider};
 pub use transport::Welcome;

@@ -17,9 +17,11 @@ use crate::message::Message;
 /// Returned by [`Client::subscribe`](crate::Client::subscribe) once the gateway
 /// acknowledged the subscription, so every publication accepted after that point
 /// arrives here. After a reconnect the client subscribes the channel again by
-/// itself; publications made while it was disconnected are lost (the protocol
-/// delivers at most once), which [`ClientEvent::Subscribed`](crate::ClientEvent)
-/// with `resubscribed: true` marks.
+/// itself, which [`ClientEvent::Subscribed`](crate::ClientEvent) with
+/// `resubscribed: true` marks. On a channel without history, publications made
+/// while it was disconnected are lost (the protocol delivers at most once); on a
+/// channel with history they are recovered and arrive here first, in order, each
+/// once, or [`ClientEvent::Stale`](crate::ClientEvent::Stale) says they could not be.
 ///
 /// Messages are buffered until read: a subscription that is kept but never read
 /// grows without bound, so drop the ones you no longer read. Dropping it

@@ -2,7 +2,11 @@
 //! for behaviour a real gateway does not show on demand: the token provider's
 //! `Authorization` header on every connect (and never a token in the URL), a failing provider,
 //! the authentication close codes (4002, 4004, 4005), a subscribe refused as
-//! `unavailable` and retried, unknown frame types, and the heartbeat's `ping` op.
+//! `unavailable` and retried, unknown frame types, and the heartbeat's `ping` op;
+//! and history and recovery (PROTOCOL.md 19.7): `recover` on every re-subscribe
+//! from the last position delivered, recovered publications once each and in
+//! order, duplicates and old offsets dropped, [`ClientEvent::Stale`] on
+//! `recovered: false` and on `gap`, `latest`, idempotent publishes and `history`.
 
 mod common;
 
@@ -13,7 +17,10 @@ use std::time::Duration;
 use common::{wait_event, within};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use shardcast_client::{Client, ClientEvent, ConnectionState, Error, EventStream, ReconnectPolicy};
+use shardcast_client::{
+    Client, ClientEvent, ConnectionState, Error, EventStream, GapReason, HistoryOptions, Published, ReconnectPolicy,
+    StaleSource, SubscribeOptions, Subscription,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -349,6 +356,385 @@ async fn too_many_connections_reconnects_with_backoff() {
     let (mut ws, _) = accept(&listener).await;
     welcome(&mut ws, 25_000).await;
     within("reconnect", client.wait_connected()).await.expect("connected");
+    drop(ws);
+    client.close().await;
+}
+
+/// The next client frame with op `op`, skipping heartbeat pings.
+async fn recv_op(ws: &mut Ws, op: &str) -> Value {
+    loop {
+        let frame = recv(ws).await;
+        if frame["op"] == op {
+            return frame;
+        }
+    }
+}
+
+/// A `message` frame of a channel with history.
+fn positioned(channel: &str, seq: u64, offset: u64, epoch: &str, data: Value) -> Value {
+    json!({"type": "message", "channel": channel, "seq": seq, "offset": offset, "epoch": epoch, "data": data})
+}
+
+/// The next `count` messages of `subscription`, as (offset, data) pairs.
+async fn next_messages(subscription: &mut Subscription, count: usize) -> Vec<(Option<u64>, Value)> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let message = within("a message", subscription.next()).await.expect("open");
+        got.push((message.offset, message.data));
+    }
+    got
+}
+
+/// A client of a fake gateway on `listener`, connected and subscribed to `news`
+/// (with `options`); its subscribe is acknowledged with `ack`'s fields.
+async fn subscribed_to_news(
+    listener: &TcpListener,
+    options: SubscribeOptions,
+    ack: Value,
+) -> (Client, EventStream, Ws, Subscription, Value) {
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let (client, events) = Client::builder(url)
+        .reconnect(quick_policy())
+        .build_with_events()
+        .expect("client");
+    let subscribing = tokio::spawn({
+        let client = client.clone();
+        async move { client.subscribe_with("news", options).await }
+    });
+    let (mut ws, _) = accept(listener).await;
+    welcome(&mut ws, 25_000).await;
+    let subscribe = recv_op(&mut ws, "subscribe").await;
+    let mut reply = json!({"type": "ack", "id": subscribe["id"]});
+    for (field, value) in ack.as_object().expect("ack fields") {
+        reply[field] = value.clone();
+    }
+    send(&mut ws, reply).await;
+    let subscription = within("subscribe", subscribing)
+        .await
+        .expect("task")
+        .expect("subscribed");
+    (client, events, ws, subscription, subscribe)
+}
+
+/// Drops the fake gateway's end of the connection and accepts and welcomes the
+/// client's next one; returns it with the subscribe the client sends on it.
+async fn reconnected(listener: &TcpListener, ws: Ws) -> (Ws, Value) {
+    drop(ws);
+    let (mut ws, _) = accept(listener).await;
+    welcome(&mut ws, 25_000).await;
+    let subscribe = recv_op(&mut ws, "subscribe").await;
+    (ws, subscribe)
+}
+
+#[tokio::test]
+async fn recovers_from_the_last_position_once_each_and_in_order() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ack = json!({"offset": 40, "epoch": "q7Bf2"});
+    let (client, _events, mut ws, mut news, first) =
+        subscribed_to_news(&listener, SubscribeOptions::default(), ack).await;
+    assert!(
+        first.get("recover").is_none(),
+        "no recover on the first subscribe: {first}"
+    );
+    assert!(first.get("latest").is_none(), "{first}");
+    for (seq, offset, data) in [(1, 41, "a"), (2, 41, "a again"), (3, 39, "old"), (4, 42, "b")] {
+        send(&mut ws, positioned("news", seq, offset, "q7Bf2", json!(data))).await;
+    }
+    assert_eq!(
+        next_messages(&mut news, 2).await,
+        [(Some(41), json!("a")), (Some(42), json!("b"))]
+    );
+
+    let (mut ws, subscribe) = reconnected(&listener, ws).await;
+    assert_eq!(
+        subscribe["recover"],
+        json!({"offset": 42, "epoch": "q7Bf2"}),
+        "{subscribe}"
+    );
+    assert!(subscribe.get("latest").is_none(), "{subscribe}");
+    send(
+        &mut ws,
+        json!({"type": "ack", "id": subscribe["id"], "offset": 44, "epoch": "q7Bf2", "recovered": true}),
+    )
+    .await;
+    for (seq, offset, data) in [
+        (0, 43, "c"),
+        (0, 44, "d"),
+        (1, 44, "d again"),
+        (2, 45, "e"),
+        (3, 1, "new epoch"),
+    ] {
+        let epoch = if data == "new epoch" { "Zz9" } else { "q7Bf2" };
+        send(&mut ws, positioned("news", seq, offset, epoch, json!(data))).await;
+    }
+    let got = next_messages(&mut news, 4).await;
+    assert_eq!(
+        got,
+        [
+            (Some(43), json!("c")),
+            (Some(44), json!("d")),
+            (Some(45), json!("e")),
+            (Some(1), json!("new epoch"))
+        ]
+    );
+
+    // Recovered with nothing delivered since: the next re-subscribe recovers from the same place.
+    let (mut ws, subscribe) = reconnected(&listener, ws).await;
+    assert_eq!(subscribe["recover"], json!({"offset": 1, "epoch": "Zz9"}));
+    send(
+        &mut ws,
+        json!({"type": "ack", "id": subscribe["id"], "offset": 1, "epoch": "Zz9", "recovered": true}),
+    )
+    .await;
+    let (ws, subscribe) = reconnected(&listener, ws).await;
+    assert_eq!(subscribe["recover"], json!({"offset": 1, "epoch": "Zz9"}));
+    drop(ws);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn stale_on_recovered_false_and_on_gap() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ack = json!({"offset": 10, "epoch": "q7Bf2"});
+    let (client, mut events, ws, mut news, _) = subscribed_to_news(&listener, SubscribeOptions::default(), ack).await;
+    let (mut ws, subscribe) = reconnected(&listener, ws).await;
+    assert_eq!(subscribe["recover"], json!({"offset": 10, "epoch": "q7Bf2"}));
+    send(
+        &mut ws,
+        json!({"type": "ack", "id": subscribe["id"], "offset": 0, "epoch": "New1", "recovered": false}),
+    )
+    .await;
+    let stale = wait_event(&mut events, |e| matches!(e, ClientEvent::Stale { .. })).await;
+    assert_eq!(
+        stale,
+        ClientEvent::Stale {
+            channel: "news".to_owned(),
+            reason: GapReason::EpochChanged,
+            source: StaleSource::Recover
+        }
+    );
+    // Live delivery goes on from the ack's position.
+    send(&mut ws, positioned("news", 1, 1, "New1", json!("fresh"))).await;
+    assert_eq!(next_messages(&mut news, 1).await, [(Some(1), json!("fresh"))]);
+
+    send(&mut ws, json!({"type": "gap", "channel": "news", "reason": "too_far"})).await;
+    send(&mut ws, json!({"type": "gap", "channel": "news"})).await;
+    let gap = wait_event(&mut events, |e| matches!(e, ClientEvent::Gap { .. })).await;
+    assert_eq!(
+        gap,
+        ClientEvent::Gap {
+            channel: "news".to_owned()
+        }
+    );
+    for reason in [GapReason::TooFar, GapReason::Unknown] {
+        let stale = wait_event(&mut events, |e| matches!(e, ClientEvent::Stale { .. })).await;
+        assert_eq!(
+            stale,
+            ClientEvent::Stale {
+                channel: "news".to_owned(),
+                reason,
+                source: StaleSource::Gap
+            }
+        );
+    }
+
+    // Same epoch, not recovered: too far back.
+    let (mut ws, subscribe) = reconnected(&listener, ws).await;
+    assert_eq!(subscribe["recover"], json!({"offset": 1, "epoch": "New1"}));
+    send(
+        &mut ws,
+        json!({"type": "ack", "id": subscribe["id"], "offset": 900, "epoch": "New1", "recovered": false}),
+    )
+    .await;
+    let stale = wait_event(&mut events, |e| matches!(e, ClientEvent::Stale { .. })).await;
+    assert!(
+        matches!(
+            stale,
+            ClientEvent::Stale {
+                reason: GapReason::TooFar,
+                source: StaleSource::Recover,
+                ..
+            }
+        ),
+        "{stale:?}"
+    );
+
+    // History turned off: no position any more, so no recover either.
+    let (mut ws, subscribe) = reconnected(&listener, ws).await;
+    assert_eq!(subscribe["recover"], json!({"offset": 900, "epoch": "New1"}));
+    send(
+        &mut ws,
+        json!({"type": "ack", "id": subscribe["id"], "recovered": false}),
+    )
+    .await;
+    let stale = wait_event(&mut events, |e| matches!(e, ClientEvent::Stale { .. })).await;
+    assert!(
+        matches!(
+            stale,
+            ClientEvent::Stale {
+                reason: GapReason::NoHistory,
+                ..
+            }
+        ),
+        "{stale:?}"
+    );
+    let (ws, subscribe) = reconnected(&listener, ws).await;
+    assert!(subscribe.get("recover").is_none(), "{subscribe}");
+    drop(ws);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_channel_without_history_keeps_v1_behaviour() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (client, _events, mut ws, mut news, _) =
+        subscribed_to_news(&listener, SubscribeOptions::default(), json!({})).await;
+    for _ in 0..2 {
+        send(
+            &mut ws,
+            json!({"type": "message", "channel": "news", "seq": 1, "data": "x"}),
+        )
+        .await;
+    }
+    assert_eq!(
+        next_messages(&mut news, 2).await,
+        [(None, json!("x")), (None, json!("x"))]
+    );
+    let (ws, subscribe) = reconnected(&listener, ws).await;
+    assert_eq!(
+        subscribe,
+        json!({"op": "subscribe", "id": subscribe["id"], "channel": "news"})
+    );
+    drop(ws);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn latest_then_recover_from_just_before_the_top() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ack = json!({"offset": 1200, "epoch": "q7Bf2"});
+    let (client, _events, ws, _prices, first) =
+        subscribed_to_news(&listener, SubscribeOptions::default().latest(), ack).await;
+    assert_eq!(first["latest"], json!(true));
+    // Gone before the latest publication arrived: it is recovered, not lost.
+    let (ws, subscribe) = reconnected(&listener, ws).await;
+    assert_eq!(subscribe["recover"], json!({"offset": 1199, "epoch": "q7Bf2"}));
+    assert!(subscribe.get("latest").is_none(), "{subscribe}");
+    drop(ws);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn idempotent_publish_history_and_their_typed_errors() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let client = Client::builder(url).reconnect(quick_policy()).build().expect("client");
+    let (mut ws, _) = accept(&listener).await;
+    welcome(&mut ws, 25_000).await;
+    within("connect", client.wait_connected()).await.expect("connected");
+
+    let bad = client.publish_with_key("news", "hi", "has space").await;
+    assert!(matches!(bad, Err(Error::Protocol(_))), "{bad:?}");
+    let publishing = tokio::spawn({
+        let client = client.clone();
+        async move { client.publish_with_key("news", "hi", "order-7781:shipped").await }
+    });
+    let publish = recv_op(&mut ws, "publish").await;
+    assert_eq!(
+        publish,
+        json!({"op": "publish", "id": publish["id"], "channel": "news", "data": "hi", "idempotency_key": "order-7781:shipped"})
+    );
+    send(
+        &mut ws,
+        json!({"type": "ack", "id": publish["id"], "offset": 45, "epoch": "q7Bf2", "duplicate": true}),
+    )
+    .await;
+    let published = within("publish", publishing).await.expect("task").expect("published");
+    assert_eq!(
+        (published.offset, published.epoch.as_deref(), published.duplicate),
+        (Some(45), Some("q7Bf2"), true)
+    );
+
+    let publishing = tokio::spawn({
+        let client = client.clone();
+        async move { client.publish("news", &1).await }
+    });
+    let publish = recv_op(&mut ws, "publish").await;
+    send(&mut ws, json!({"type": "ack", "id": publish["id"]})).await;
+    assert_eq!(
+        within("publish", publishing).await.expect("task").expect("published"),
+        Published::default()
+    );
+
+    let publishing = tokio::spawn({
+        let client = client.clone();
+        async move { client.publish_with_key("news", &1, "k1").await }
+    });
+    let publish = recv_op(&mut ws, "publish").await;
+    send(
+        &mut ws,
+        json!({"type": "error", "id": publish["id"], "code": "timeout", "message": "outcome unknown"}),
+    )
+    .await;
+    let outcome = within("publish", publishing).await.expect("task");
+    assert!(
+        matches!(&outcome, Err(Error::BrokerTimeout { channel, .. }) if channel == "news"),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.err().and_then(|e| e.code()),
+        Some(shardcast_client::ErrorCode::Timeout)
+    );
+
+    let reading = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .history("prices:eur", HistoryOptions::default().since(41, "q7Bf2").limit(1))
+                .await
+        }
+    });
+    let history = recv_op(&mut ws, "history").await;
+    assert_eq!(
+        history,
+        json!({"op": "history", "id": history["id"], "channel": "prices:eur", "since": {"offset": 41, "epoch": "q7Bf2"}, "limit": 1})
+    );
+    send(
+        &mut ws,
+        json!({"type": "history", "id": history["id"], "channel": "prices:eur", "offset": 1200, "epoch": "q7Bf2",
+               "publications": [{"offset": 42, "data": 1.0825}], "complete": false}),
+    )
+    .await;
+    let read = within("history", reading).await.expect("task").expect("history");
+    assert_eq!(
+        (read.channel.as_str(), read.offset, read.epoch.as_str(), read.complete),
+        ("prices:eur", 1200, "q7Bf2", false)
+    );
+    assert_eq!(read.publications.len(), 1);
+    assert_eq!(
+        (read.publications[0].offset, &read.publications[0].data),
+        (42, &json!(1.0825))
+    );
+
+    let reading = tokio::spawn({
+        let client = client.clone();
+        async move { client.history("news", HistoryOptions::default()).await }
+    });
+    let history = recv_op(&mut ws, "history").await;
+    assert_eq!(
+        history,
+        json!({"op": "history", "id": history["id"], "channel": "news"})
+    );
+    send(
+        &mut ws,
+        json!({"type": "error", "id": history["id"], "code": "no_history", "message": "news keeps no history"}),
+    )
+    .await;
+    let refused = within("history", reading).await.expect("task");
+    assert!(
+        matches!(&refused, Err(Error::NoHistory { channel, .. }) if channel == "news"),
+        "{refused:?}"
+    );
     drop(ws);
     client.close().await;
 }

@@ -381,6 +381,7 @@ fn expected_stdout(example: &str) -> &'static [&'static str] {
             r#"news #1: {"text":"hello"}"#,
         ],
         "token_provider.rs" | "sign_token.rs" => &["connected as 42"],
+        "history.rs" => &["1 publication(s) in history", r#"current score: {"away":0,"home":1}"#],
         _ => &[],
     }
 }
@@ -389,8 +390,17 @@ fn expected_stdout(example: &str) -> &'static [&'static str] {
 async fn readme_examples_run_against_a_gateway() {
     let names = readme_examples(&readme());
     build_examples_if_stale(&names);
-    // Tokens are checked (the authentication examples), anonymous clients allowed (the others).
-    let gateway = Gateway::start(&["--token-hmac-secret", TOKEN_SECRET, "--allow-anonymous", "true"]);
+    // Tokens are checked (the authentication examples), anonymous clients allowed (the
+    // others); history and client publishing on (the history example).
+    let gateway = Gateway::start(&[
+        "--token-hmac-secret",
+        TOKEN_SECRET,
+        "--allow-anonymous",
+        "true",
+        "--history-size",
+        "100",
+        "--allow-client-publish",
+    ]);
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")

@@ -6,7 +6,10 @@
 // reconnects, re-subscribes and receives again. Where the gateway binary has
 // authentication (`--token-hmac-secret`), the page also connects with 3-second
 // tokens from the server's /token (minted with `jose`) and keeps its connections
-// for 10 seconds by refreshing them.
+// for 10 seconds by refreshing them. Where it has history (`--history-size`), the
+// page's clients get every publication exactly once and in order while their
+// gateway is killed and started again (two gateways on one redis-server, the
+// publications going through the other one).
 import { readFile, mkdir } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -15,7 +18,9 @@ import { fileURLToPath } from 'node:url';
 import { SignJWT } from 'jose';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { Gateway, gatewayBinary, gatewaySupports, killAllGateways, restartOnSamePort } from './gateway';
+import { Gateway, gatewayBinary, gatewaySupports, killAllGateways, restartOnSamePort, waitFor } from './gateway';
+import { RedisServer } from './redis-server';
+import { publishSteadily } from './steady-publisher';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const packageRoot = path.resolve(here, '../..');
@@ -26,6 +31,14 @@ if (!authSupported) {
   console.warn(
     `[browser e2e] token refresh check skipped: the gateway binary ${gatewayBinary()} has no --token-hmac-secret flag ` +
       '(it predates authentication, issue #11)',
+  );
+}
+
+const historySupported = gatewaySupports('--history-size');
+if (!historySupported) {
+  console.warn(
+    `[browser e2e] recovery check skipped: the gateway binary ${gatewayBinary()} has no --history-size flag ` +
+      '(it predates history, issue #12)',
   );
 }
 
@@ -41,8 +54,8 @@ async function mintPageToken(): Promise<string> {
 interface PageClient {
   state: string;
   events: { name: string; payload: Record<string, unknown> }[];
-  messages: { data: unknown; seq: number }[];
-  subscribed: { channel: string; resubscribed: boolean }[];
+  messages: { data: unknown; seq: number; offset?: number; epoch?: string }[];
+  subscribed: { channel: string; resubscribed: boolean; recovered?: boolean }[];
 }
 
 /** The files the page needs, by URL path. */
@@ -232,5 +245,44 @@ it.skipIf(!authSupported)('keeps authenticated connections alive in Chromium by 
   } finally {
     await page.close();
     await gateway.stop();
+  }
+});
+
+it.skipIf(!historySupported)('recovers every publication exactly once, in order, across a gateway kill in Chromium', async () => {
+  const redis = await RedisServer.start();
+  const args = ['--redis', redis.url, '--history-size', '100'];
+  let subscribed = await Gateway.start({ args });
+  const publishing = await Gateway.start({ args });
+  const page = await browser!.newPage();
+  page.on('console', (message) => pageLog.push(`console.${message.type()}: ${message.text()}`));
+  page.on('pageerror', (error) => pageLog.push(`pageerror: ${error.message}`));
+  try {
+    await page.goto(`${pageOrigin}/?ws=${encodeURIComponent(subscribed.wsUrl)}&channel=feed`, { timeout: 10_000 });
+    await waitForBoth(page, 'client.subscribed.length >= 1', 'both page clients subscribe');
+    const count = 150;
+    const publisher = publishSteadily(publishing, 'feed', count, 20);
+    await waitForBoth(page, 'client.messages.length >= 30', 'the first publications reach the page');
+    // A crash: no close frame, no retry hint.
+    const port = subscribed.wsPort;
+    const before = publisher.published;
+    await subscribed.kill();
+    await waitFor(() => publisher.published >= before + 10, 'publications while the page is away');
+    subscribed = await Gateway.start({ wsPort: port, args });
+    await publisher.done;
+    await waitForBoth(page, `client.messages.length >= ${count}`, `all ${count} publications reach the page`, 20_000);
+
+    const clients = await pageClients(page);
+    for (const client of Object.values(clients)) {
+      expect(client.messages.map((m) => m.data)).toEqual(Array.from({ length: count }, (_, i) => i + 1));
+      const offsets = client.messages.map((m) => m.offset ?? NaN);
+      expect(offsets.every((offset, i) => i === 0 || offset === offsets[i - 1]! + 1)).toBe(true);
+      expect(client.subscribed.filter((s) => s.resubscribed)).toEqual([{ channel: 'feed', resubscribed: true, recovered: true }]);
+      expect(client.events.filter((e) => e.name === 'stale')).toEqual([]);
+      expect(client.state).toBe('connected');
+    }
+  } finally {
+    await page.close();
+    await Promise.all([subscribed.stop(), publishing.stop()]);
+    await redis.stop();
   }
 });

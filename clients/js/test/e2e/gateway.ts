@@ -135,12 +135,15 @@ export class Gateway {
     return gateway;
   }
 
-  /** Publishes through the admin API; resolves with the subscriber count the gateway reports. */
-  async publish(channel: string, data: unknown): Promise<number> {
+  /**
+   * Publishes through the admin API (with an idempotency key, if given); resolves
+   * with the subscriber count the gateway reports.
+   */
+  async publish(channel: string, data: unknown, idempotencyKey?: string): Promise<number> {
     const response = await fetch(`http://${this.adminAddress}/api/publish`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ channel, data }),
+      body: JSON.stringify(idempotencyKey === undefined ? { channel, data } : { channel, data, idempotency_key: idempotencyKey }),
       signal: AbortSignal.timeout(5_000),
     });
     const body = (await response.json()) as { ok?: boolean; subscribers?: number };

@@ -82,7 +82,8 @@ let gateway: Gateway;
 let workDir: string;
 
 beforeAll(async () => {
-  gateway = await Gateway.start();
+  // History and client publishing on, for the History and recovery block.
+  gateway = await Gateway.start({ args: ['--history-size', '100', '--allow-client-publish'] });
   // Inside node_modules, so that the blocks' other imports resolve from this package's dependencies.
   const cacheDir = path.join(packageRoot, 'node_modules/.cache');
   mkdirSync(cacheDir, { recursive: true });

@@ -30,6 +30,7 @@ const RECORDED_EVENTS = [
   'unsubscribed',
   'refreshed',
   'gap',
+  'stale',
   'error',
 ] as const;
 

@@ -1,20 +1,23 @@
 //! The channels the application wants, whatever the connection: [`ChannelTable`]
 //! holds each channel's subscriptions, whether the current connection has it
-//! subscribed on the gateway, its retry schedule after `unavailable` refusals, and
-//! the refresh schedule of its subscription token (PROTOCOL.md 18.4).
+//! subscribed on the gateway, its retry schedule after `unavailable` refusals, the
+//! refresh schedule of its subscription token (PROTOCOL.md 18.4), and, on a channel
+//! with history, the position to recover from after a reconnect and the last one
+//! delivered, so that every publication reaches the subscriptions once and in
+//! order, or [`ClientEvent::Stale`] says it could not (PROTOCOL.md 19.7).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use shardcast_proto::{ErrorCode, UnsubscribeCode};
+use shardcast_proto::{ErrorCode, GapReason, StreamPosition, UnsubscribeCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::requests::SubscribeRequest;
+use super::requests::{AckFields, SubscribeRequest};
 use crate::backoff::ReconnectPolicy;
 use crate::error::{Error, Result};
-use crate::event::{ClientEvent, Observers};
+use crate::event::{ClientEvent, Observers, StaleSource};
 use crate::message::Message;
 use crate::token::TokenLifetime;
 
@@ -37,6 +40,14 @@ struct ChannelEntry {
     retry_at: Option<Instant>,
     /// The subscription token the current connection holds the channel by, if any.
     token: Option<HeldSubscriptionToken>,
+    /// Some subscription asked for the channel's latest publication (a state channel).
+    latest: bool,
+    /// On a channel with history: where to recover from after a reconnect, the last
+    /// publication delivered or, before any, the position of the last subscribe's ack.
+    position: Option<StreamPosition>,
+    /// The last publication with an offset handed to the subscriptions; older offsets
+    /// of its epoch are duplicates.
+    delivered: Option<StreamPosition>,
 }
 
 /// One subscription's end of its stream.
@@ -82,6 +93,7 @@ impl ChannelTable {
         subscription: u64,
         messages: mpsc::UnboundedSender<Message>,
         ended: Arc<OnceLock<Error>>,
+        latest: bool,
         done: oneshot::Sender<Result<()>>,
     ) -> bool {
         let subscriber = Subscriber {
@@ -91,6 +103,7 @@ impl ChannelTable {
         };
         if let Some(entry) = self.entries.get_mut(&channel) {
             entry.subscribers.push(subscriber);
+            entry.latest |= latest;
             if entry.acked {
                 // The channel is live: every later publication reaches the new subscription too.
                 let _ = done.send(Ok(()));
@@ -112,9 +125,33 @@ impl ChannelTable {
                 unavailable: 0,
                 retry_at: None,
                 token: None,
+                latest,
+                position: None,
+                delivered: None,
             },
         );
         true
+    }
+
+    /// The subscribe to send for `channel` (entry `generation`) with `token`: with
+    /// `recover` from the channel's position once it has one (so never on the first
+    /// subscribe, nor on a channel without history), else with `latest` if asked.
+    pub(crate) fn subscribe_request(
+        &self,
+        channel: String,
+        generation: u64,
+        token: Option<(String, Instant)>,
+    ) -> SubscribeRequest {
+        let entry = self.entries.get(&channel);
+        let recover = entry.and_then(|e| e.position.clone());
+        let latest = recover.is_none() && entry.is_some_and(|e| e.latest);
+        SubscribeRequest {
+            channel,
+            generation,
+            token,
+            recover,
+            latest,
+        }
     }
 
     /// Removes a subscription; returns true if that was the channel's last one and the
@@ -201,7 +238,7 @@ impl ChannelTable {
         &mut self,
         request: SubscribeRequest,
         id: Option<u64>,
-        result: Result<Option<u64>, (ErrorCode, String)>,
+        result: Result<AckFields, (ErrorCode, String)>,
         policy: &ReconnectPolicy,
         observers: &Observers,
     ) -> Option<Instant> {
@@ -209,6 +246,8 @@ impl ChannelTable {
             channel,
             generation,
             token,
+            recover,
+            latest,
         } = request;
         let channel = channel.as_str();
         let entry = self.entries.get_mut(channel)?;
@@ -218,12 +257,27 @@ impl ChannelTable {
         }
         entry.in_flight = None;
         match result {
-            Ok(expires_at) => {
+            Ok(ack) => {
                 let resubscribed = entry.ever_acked;
                 entry.acked = true;
                 entry.ever_acked = true;
                 entry.unavailable = 0;
+                let recovered = recover.as_ref().map(|_| ack.recovered == Some(true));
+                // Recovered: the publications after `recover` follow, and move the
+                // position on as they are delivered. Otherwise the subscription starts
+                // at the ack's position; one before it when the latest publication
+                // (the top) was asked to follow, so a reconnect before it arrives
+                // recovers it.
+                if recovered != Some(true) {
+                    entry.position = ack.position().map(|mut position| {
+                        if latest && position.offset > 0 {
+                            position.offset -= 1;
+                        }
+                        position
+                    });
+                }
                 // The ack of a subscribe has no `expires_at` in version 1: the token's own `exp` says.
+                let expires_at = ack.expires_at;
                 entry.token = token
                     .and_then(|(token, received_at)| TokenLifetime::of(&token, expires_at, received_at))
                     .map(|lifetime| HeldSubscriptionToken {
@@ -237,6 +291,14 @@ impl ChannelTable {
                     channel: channel.to_owned(),
                     resubscribed,
                 });
+                if let (Some(false), Some(recover)) = (recovered, &recover) {
+                    debug!(channel, "could not recover the publications missed while disconnected");
+                    observers.emit(ClientEvent::Stale {
+                        channel: channel.to_owned(),
+                        reason: not_recovered_reason(&ack, recover),
+                        source: StaleSource::Recover,
+                    });
+                }
                 entry.token.as_ref().and_then(|t| t.refresh_at)
             }
             Err((ErrorCode::Unavailable, message)) => {
@@ -371,18 +433,52 @@ impl ChannelTable {
             .min()
     }
 
-    /// Hands a publication to every subscription of its channel.
+    /// Hands a publication to every subscription of its channel, unless its offset
+    /// is at or below the last one delivered in its epoch (a duplicate).
     pub(crate) fn dispatch(&mut self, message: Message) {
         // A publication can race an unsubscribe; then nobody wants it any more.
         let Some(entry) = self.entries.get_mut(&message.channel) else {
             return;
         };
+        if let (Some(offset), Some(epoch)) = (message.offset, &message.epoch) {
+            if entry
+                .delivered
+                .as_ref()
+                .is_some_and(|last| &last.epoch == epoch && offset <= last.offset)
+            {
+                debug!(
+                    channel = message.channel,
+                    offset, "dropping a publication already delivered"
+                );
+                return;
+            }
+            let position = StreamPosition {
+                offset,
+                epoch: epoch.clone(),
+            };
+            entry.position = Some(position.clone());
+            entry.delivered = Some(position);
+        }
         entry.subscribers.retain(|s| !s.messages.is_closed());
         if let Some((last, others)) = entry.subscribers.split_last() {
             for subscriber in others {
                 let _ = subscriber.messages.send(message.clone());
             }
             let _ = last.messages.send(message);
+        }
+    }
+
+    /// A `gap` frame: publications of `channel` may have been missed on this connection.
+    pub(crate) fn gap(&self, channel: &str, reason: Option<GapReason>, observers: &Observers) {
+        observers.emit(ClientEvent::Gap {
+            channel: channel.to_owned(),
+        });
+        if self.entries.contains_key(channel) {
+            observers.emit(ClientEvent::Stale {
+                channel: channel.to_owned(),
+                reason: reason.unwrap_or(GapReason::Unknown),
+                source: StaleSource::Gap,
+            });
         }
     }
 
@@ -394,5 +490,15 @@ impl ChannelTable {
             }
             // Dropping the entry drops the senders, which ends the subscription streams.
         }
+    }
+}
+
+/// Why a subscribe with `recover` was answered `recovered: false`, which the ack
+/// itself does not say.
+fn not_recovered_reason(ack: &AckFields, recover: &StreamPosition) -> GapReason {
+    match ack.position() {
+        None => GapReason::NoHistory,
+        Some(position) if position.epoch == recover.epoch => GapReason::TooFar,
+        Some(_) => GapReason::EpochChanged,
     }
 }

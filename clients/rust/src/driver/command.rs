@@ -5,10 +5,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use shardcast_proto::Encoding;
+use shardcast_proto::{Encoding, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::requests::Reply;
 use crate::backoff::ReconnectPolicy;
 use crate::error::{Error, Result};
 use crate::message::Message;
@@ -23,6 +24,8 @@ pub(crate) enum Command {
         messages: mpsc::UnboundedSender<Message>,
         /// Where the driver records why it ended the subscription's stream.
         ended: Arc<OnceLock<Error>>,
+        /// Ask for the channel's latest publication (when the channel's subscribe is sent).
+        latest: bool,
         done: oneshot::Sender<Result<()>>,
     },
     /// Remove a subscription; the channel is unsubscribed on the gateway when its last one goes.
@@ -34,10 +37,18 @@ pub(crate) enum Command {
     Publish {
         channel: String,
         data: Value,
-        done: oneshot::Sender<Result<()>>,
+        idempotency_key: Option<String>,
+        done: oneshot::Sender<Result<Reply>>,
     },
     Ping {
-        done: oneshot::Sender<Result<()>>,
+        done: oneshot::Sender<Result<Reply>>,
+    },
+    /// Read a channel's history.
+    History {
+        channel: String,
+        since: Option<StreamPosition>,
+        limit: Option<u64>,
+        done: oneshot::Sender<Result<Reply>>,
     },
     /// Close the connection and stop; `done` fires once stopped.
     Close {
@@ -50,10 +61,10 @@ impl Command {
     /// as done for a close.
     pub(crate) fn refuse(self, error: &Error) {
         match self {
-            Command::Subscribe { done, .. }
-            | Command::Publish { done, .. }
-            | Command::Ping { done }
-            | Command::Unsubscribe { done: Some(done), .. } => {
+            Command::Subscribe { done, .. } | Command::Unsubscribe { done: Some(done), .. } => {
+                let _ = done.send(Err(error.clone()));
+            }
+            Command::Publish { done, .. } | Command::Ping { done } | Command::History { done, .. } => {
                 let _ = done.send(Err(error.clone()));
             }
             Command::Unsubscribe { done: None, .. } => {}

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::command::HeartbeatTiming;
-use super::requests::{Pending, RequestTable, SubscribeRequest};
+use super::requests::{Pending, Reply, RequestTable, SubscribeRequest};
 use crate::error::{Error, Result};
 use crate::token::TokenLifetime;
 use crate::transport::{self, Welcome, WsStream};
@@ -177,8 +177,8 @@ impl Connection {
             id: Some(id),
             channel: request.channel.clone(),
             token: request.token.as_ref().map(|(token, _)| token.clone()),
-            latest: false,
-            recover: None,
+            latest: request.latest,
+            recover: request.recover.clone(),
         };
         self.request(id, frame, Pending::Subscribe(request)).await;
     }
@@ -190,14 +190,15 @@ impl Connection {
         id: u64,
         channel: String,
         data: Value,
+        idempotency_key: Option<String>,
         limit: usize,
-        done: oneshot::Sender<Result<()>>,
+        done: oneshot::Sender<Result<Reply>>,
     ) {
         let frame = ClientFrame::Publish {
             id: Some(id),
             channel: channel.clone(),
             data,
-            idempotency_key: None,
+            idempotency_key,
         };
         let message = match transport::encode(self.encoding, &frame) {
             Ok(message) => message,

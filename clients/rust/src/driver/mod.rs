@@ -3,7 +3,7 @@
 //! reconnecting … → closed), the reconnect schedule, and the set of channels the
 //! application wants, which it subscribes again on every new connection. Handles
 //! talk to it only through [`Command`]s, so there is no lock around the socket.
-//! Behaviour follows proto/PROTOCOL.md, sections 5, 6, 10, 12 and 18.
+//! Behaviour follows proto/PROTOCOL.md, sections 5, 6, 10, 12, 18 and 19.
 //!
 //! The parts it drives live in the submodules, none of which knows the driver:
 //! `command` (what it is told), `channels` (the wanted channels), `requests`
@@ -29,11 +29,13 @@ use tracing::{debug, warn};
 use self::channels::ChannelTable;
 pub(crate) use self::command::{Command, Config, HeartbeatTiming};
 use self::connection::{Connection, End, HeartbeatStep, Loss, NEVER};
-use self::requests::{Pending, RequestIds, SubscribeRequest, Unanswered};
+pub(crate) use self::requests::Reply;
+use self::requests::{AckFields, Pending, RequestIds, Unanswered};
 use self::tokens::{HeldToken, Tokens};
 use crate::backoff::ReconnectDecision;
 use crate::error::{Error, Result};
 use crate::event::{ClientEvent, ConnectionState, Observers};
+use crate::history::History;
 use crate::message::Message;
 use crate::transport::{self, AttemptFailure, Incoming, Opened, ABNORMAL_CLOSURE};
 
@@ -204,10 +206,11 @@ impl Driver {
                 subscription,
                 messages,
                 ended,
+                latest,
                 done,
             }) => {
                 // Registered now, subscribed on the gateway after the next welcome.
-                self.channels.add(channel, subscription, messages, ended, done);
+                self.channels.add(channel, subscription, messages, ended, latest, done);
                 false
             }
             Some(Command::Unsubscribe {
@@ -228,6 +231,10 @@ impl Driver {
             }
             Some(Command::Ping { done }) => {
                 let _ = done.send(Err(Error::NotConnected { op: "ping" }));
+                false
+            }
+            Some(Command::History { done, .. }) => {
+                let _ = done.send(Err(Error::NotConnected { op: "history" }));
                 false
             }
         }
@@ -345,9 +352,13 @@ impl Driver {
                 subscription,
                 messages,
                 ended,
+                latest,
                 done,
             } => {
-                if self.channels.add(channel.clone(), subscription, messages, ended, done) {
+                if self
+                    .channels
+                    .add(channel.clone(), subscription, messages, ended, latest, done)
+                {
                     self.send_subscribe(connection, &channel).await;
                 }
             }
@@ -364,10 +375,37 @@ impl Driver {
                     let _ = done.send(Ok(()));
                 }
             }
-            Command::Publish { channel, data, done } => {
+            Command::Publish {
+                channel,
+                data,
+                idempotency_key,
+                done,
+            } => {
                 let id = self.request_ids.take();
                 let limit = self.config.max_message_bytes;
-                connection.publish(id, channel, data, limit, done).await;
+                connection
+                    .publish(id, channel, data, idempotency_key, limit, done)
+                    .await;
+            }
+            Command::History {
+                channel,
+                since,
+                limit,
+                done,
+            } => {
+                let id = self.request_ids.take();
+                let frame = ClientFrame::History {
+                    id: Some(id),
+                    channel: channel.clone(),
+                    since,
+                    limit,
+                };
+                let pending = Pending::Request {
+                    op: "history",
+                    channel: Some(channel),
+                    done,
+                };
+                connection.request(id, frame, pending).await;
             }
             Command::Ping { done } => {
                 let id = self.request_ids.take();
@@ -393,21 +431,61 @@ impl Driver {
             return;
         };
         if !self.tokens.fetch_subscription_token(channel, id) {
-            let request = SubscribeRequest {
-                channel: channel.to_owned(),
-                generation,
-                token: None,
-            };
+            let request = self.channels.subscribe_request(channel.to_owned(), generation, None);
             connection.subscribe(id, request).await;
         }
     }
 
     async fn on_frame(&mut self, connection: &mut Connection, frame: ServerFrame) {
         match frame {
-            ServerFrame::Message { channel, seq, data, .. } => self.channels.dispatch(Message { channel, seq, data }),
-            ServerFrame::Ack { id, expires_at, .. } => self.on_reply(connection, id, Ok(expires_at)),
-            ServerFrame::Pong { id } => self.on_reply(connection, id, Ok(None)),
-            ServerFrame::History { id, .. } => self.on_reply(connection, id, Ok(None)),
+            ServerFrame::Message {
+                channel,
+                seq,
+                offset,
+                epoch,
+                data,
+            } => self.channels.dispatch(Message {
+                channel,
+                seq,
+                offset,
+                epoch,
+                data,
+            }),
+            ServerFrame::Ack {
+                id,
+                expires_at,
+                offset,
+                epoch,
+                recovered,
+                duplicate,
+            } => {
+                let ack = AckFields {
+                    expires_at,
+                    offset,
+                    epoch,
+                    recovered,
+                    duplicate,
+                };
+                self.on_reply(connection, id, Ok(Reply::Ack(ack)));
+            }
+            ServerFrame::Pong { id } => self.on_reply(connection, id, Ok(Reply::Ack(AckFields::default()))),
+            ServerFrame::History {
+                id,
+                channel,
+                offset,
+                epoch,
+                publications,
+                complete,
+            } => {
+                let history = History {
+                    channel,
+                    offset,
+                    epoch,
+                    publications,
+                    complete,
+                };
+                self.on_reply(connection, id, Ok(Reply::History(history)));
+            }
             ServerFrame::Error {
                 id: None,
                 code,
@@ -421,9 +499,13 @@ impl Driver {
                 );
             }
             ServerFrame::Error { id, code, message } => self.on_reply(connection, id, Err((code, message))),
-            ServerFrame::Gap { channel, .. } => {
-                warn!(channel, "the gateway reports that publications may have been missed");
-                self.observers.emit(ClientEvent::Gap { channel });
+            ServerFrame::Gap { channel, reason } => {
+                warn!(
+                    channel,
+                    ?reason,
+                    "the gateway reports that publications may have been missed"
+                );
+                self.channels.gap(&channel, reason, &self.observers);
             }
             ServerFrame::Unsubscribed { channel, code, message } => {
                 debug!(channel, ?code, message, "the gateway ended a subscription");
@@ -434,17 +516,17 @@ impl Driver {
         }
     }
 
-    /// A reply to request `id`: `Ok` with the ack's `expires_at`, or the error frame's code and message.
-    fn on_reply(
-        &mut self,
-        connection: &mut Connection,
-        id: Option<u64>,
-        result: Result<Option<u64>, (ErrorCode, String)>,
-    ) {
+    /// A reply to request `id`: `Ok` with what it carried, or the error frame's code and message.
+    fn on_reply(&mut self, connection: &mut Connection, id: Option<u64>, result: Result<Reply, (ErrorCode, String)>) {
         // Heartbeat pongs and replies whose caller gave up have nobody waiting.
         match connection.requests.take(id) {
             None => {}
             Some(Pending::Subscribe(request)) => {
+                let result = result.map(|reply| match reply {
+                    Reply::Ack(ack) => ack,
+                    // Not an answer a subscribe gets; taken as a plain ack.
+                    Reply::History(_) => AckFields::default(),
+                });
                 let at = self
                     .channels
                     .subscribe_answered(request, id, result, &self.config.reconnect, &self.observers);
@@ -467,7 +549,7 @@ impl Driver {
                 result,
                 &self.observers,
             ),
-            Some(other) => other.answer(result.map(|_| ())),
+            Some(other) => other.answer(result),
         }
     }
 

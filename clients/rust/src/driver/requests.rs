@@ -1,14 +1,55 @@
 //! Requests that wait for the gateway's reply: request ids ([`RequestIds`]), what
-//! each request in flight on a connection waits for ([`Pending`]), and the table
-//! that matches replies to them by id ([`RequestTable`]).
+//! each request in flight on a connection waits for ([`Pending`]), what a
+//! successful reply carries ([`Reply`]), and the table that matches replies to
+//! them by id ([`RequestTable`]).
 
 use std::collections::HashMap;
 
-use shardcast_proto::ErrorCode;
+use shardcast_proto::{ErrorCode, StreamPosition};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::history::History;
+
+/// The fields of an `ack` (all absent in a `pong`).
+#[derive(Debug, Default)]
+pub(crate) struct AckFields {
+    pub expires_at: Option<u64>,
+    pub offset: Option<u64>,
+    pub epoch: Option<String>,
+    pub recovered: Option<bool>,
+    pub duplicate: Option<bool>,
+}
+
+impl AckFields {
+    /// The position the ack names, where it names one.
+    pub(crate) fn position(&self) -> Option<StreamPosition> {
+        Some(StreamPosition {
+            offset: self.offset?,
+            epoch: self.epoch.clone()?,
+        })
+    }
+}
+
+/// What a successful reply carried.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// An `ack`, or a `pong` (with no fields).
+    Ack(AckFields),
+    /// A `history` frame.
+    History(History),
+}
+
+impl Reply {
+    /// The ack's `expires_at` (for `refresh` and `sub_refresh`).
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        match self {
+            Reply::Ack(ack) => ack.expires_at,
+            Reply::History(_) => None,
+        }
+    }
+}
 
 /// `pending` entries kept before abandoned ones are pruned.
 const PRUNE_FLOOR: usize = 256;
@@ -40,6 +81,10 @@ pub(crate) struct SubscribeRequest {
     pub generation: u64,
     /// The subscription token it was sent with, and when that arrived.
     pub token: Option<(String, Instant)>,
+    /// The position it asks to recover from (PROTOCOL.md 19.3).
+    pub recover: Option<StreamPosition>,
+    /// Whether it asks for the channel's latest publication.
+    pub latest: bool,
 }
 
 /// A request on the current connection that waits for its reply.
@@ -62,7 +107,7 @@ pub(crate) enum Pending {
     Request {
         op: &'static str,
         channel: Option<String>,
-        done: oneshot::Sender<Result<()>>,
+        done: oneshot::Sender<Result<Reply>>,
     },
 }
 
@@ -76,15 +121,15 @@ impl Pending {
         }
     }
 
-    /// Answers the caller of an unsubscribe, publish or ping with the gateway's reply.
-    /// The replies to a subscribe and to the token refreshes belong to the driver,
-    /// so they are not answered here.
-    pub(crate) fn answer(self, result: Result<(), (ErrorCode, String)>) {
+    /// Answers the caller of an unsubscribe, publish, ping or history with the
+    /// gateway's reply. The replies to a subscribe and to the token refreshes belong
+    /// to the driver, so they are not answered here.
+    pub(crate) fn answer(self, result: Result<Reply, (ErrorCode, String)>) {
         match self {
             Pending::Unsubscribe { done } => {
                 let result = match result {
                     // Gone on the gateway already: the goal is reached either way.
-                    Ok(()) | Err((ErrorCode::NotSubscribed, _)) => Ok(()),
+                    Ok(_) | Err((ErrorCode::NotSubscribed, _)) => Ok(()),
                     Err((code, message)) => Err(Error::Server {
                         op: "unsubscribe",
                         code,
@@ -97,12 +142,7 @@ impl Pending {
                 }
             }
             Pending::Request { op, channel, done } => {
-                let _ = done.send(result.map_err(|(code, message)| Error::Server {
-                    op,
-                    code,
-                    message,
-                    channel,
-                }));
+                let _ = done.send(result.map_err(|(code, message)| Error::from_reply(op, code, message, channel)));
             }
             Pending::Subscribe(_) | Pending::Refresh { .. } | Pending::SubRefresh { .. } => {}
         }

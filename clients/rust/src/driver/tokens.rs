@@ -14,7 +14,7 @@ use tracing::warn;
 use super::channels::ChannelTable;
 use super::command::Config;
 use super::connection::Connection;
-use super::requests::{Pending, RequestIds, SubscribeRequest};
+use super::requests::{Pending, Reply, RequestIds};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{ClientEvent, Observers};
 use crate::token::{TokenFuture, TokenLifetime};
@@ -230,11 +230,7 @@ impl Tokens {
                 match result {
                     Ok(token) => {
                         let token = token.filter(|t| !t.is_empty()).map(|t| (t, received_at));
-                        let request = SubscribeRequest {
-                            channel,
-                            generation,
-                            token,
-                        };
+                        let request = channels.subscribe_request(channel, generation, token);
                         connection.subscribe(id, request).await;
                     }
                     Err(e) => channels.token_failed(&channel, id, Error::TokenProvider(Arc::from(e))),
@@ -274,11 +270,12 @@ impl Tokens {
         connection: &mut Connection,
         token: String,
         received_at: Instant,
-        result: Result<Option<u64>, (ErrorCode, String)>,
+        result: Result<Reply, (ErrorCode, String)>,
         observers: &Observers,
     ) {
         match result {
-            Ok(expires_at) => {
+            Ok(reply) => {
+                let expires_at = reply.expires_at();
                 let lifetime = TokenLifetime::of(&token, expires_at, received_at);
                 self.schedule_refresh(connection, lifetime);
                 observers.emit(ClientEvent::TokenRefreshed {
@@ -300,11 +297,11 @@ pub(crate) fn sub_refresh_answered(
     channel: String,
     token: String,
     received_at: Instant,
-    result: Result<Option<u64>, (ErrorCode, String)>,
+    result: Result<Reply, (ErrorCode, String)>,
     observers: &Observers,
 ) {
     let outcome = result
-        .map(|expires_at| (token, received_at, expires_at))
+        .map(|reply| (token, received_at, reply.expires_at()))
         .map_err(|(code, message)| format!("{}: {message}", code.as_str()));
     let at = channels.token_refreshed(&channel, outcome, observers);
     connection.wake_for_channel(at);
