@@ -146,16 +146,7 @@ impl ClusterView {
     /// shard's mean since the previous heartbeat.
     fn health(&self) -> InstanceHealth {
         let m = &self.metrics;
-        let lag: Vec<(f64, u64)> = m
-            .shard_loop_lag
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .map(|metric| {
-                let h = metric.get_histogram();
-                (h.get_sample_sum(), h.get_sample_count())
-            })
-            .collect();
+        let lag: Vec<(f64, u64)> = shard_lag_totals(m).into_iter().map(|(_, totals)| totals).collect();
         let mut previous = self.lag_before.lock().unwrap_or_else(|p| p.into_inner());
         let lag_ms = lag
             .iter()
@@ -225,4 +216,24 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Each shard's loop-lag histogram totals, `(shard label, (sum of seconds, samples))`:
+/// two readings give the mean lag between them.
+pub(in crate::admin) fn shard_lag_totals(metrics: &Metrics) -> Vec<(String, (f64, u64))> {
+    metrics
+        .shard_loop_lag
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| {
+            let h = metric.get_histogram();
+            let shard = metric
+                .get_label()
+                .first()
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default();
+            (shard, (h.get_sample_sum(), h.get_sample_count()))
+        })
+        .collect()
 }

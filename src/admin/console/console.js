@@ -295,7 +295,11 @@
 
   /** GETs JSON from the admin port with the session cookie; resolves with { status, body }. */
   async function getJson(path) {
-    const response = await fetch(path, { credentials: 'same-origin' });
+    return answer(await fetch(path, { credentials: 'same-origin' }));
+  }
+
+  /** A response as { status, body }, body null when it is not JSON. */
+  async function answer(response) {
     let body = null;
     try {
       body = await response.json();
@@ -315,19 +319,14 @@
   async function post(path, payload) {
     const headers = { 'content-type': 'application/json' };
     if (state.csrf) headers['x-csrf-token'] = state.csrf;
-    const response = await fetch(path, {
-      method: 'POST',
-      headers,
-      body: JSON.stringify(payload),
-      credentials: 'same-origin',
-    });
-    let body = null;
-    try {
-      body = await response.json();
-    } catch {
-      body = null;
-    }
-    return { status: response.status, body };
+    return answer(
+      await fetch(path, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify(payload),
+        credentials: 'same-origin',
+      }),
+    );
   }
 
   function errorText(result) {

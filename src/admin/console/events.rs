@@ -18,6 +18,7 @@ use prometheus::core::Collector;
 use serde_json::{json, Value};
 
 use super::super::api::{stats_body, AdminContext};
+use super::super::cluster::shard_lag_totals;
 
 /// How often a snapshot is sent.
 pub const PERIOD: Duration = Duration::from_secs(1);
@@ -37,16 +38,7 @@ struct Reading {
 impl Reading {
     fn take(ctx: &AdminContext) -> Reading {
         let m = &ctx.metrics;
-        let lag = m
-            .shard_loop_lag
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .map(|metric| {
-                let h = metric.get_histogram();
-                (label(metric), (h.get_sample_sum(), h.get_sample_count()))
-            })
-            .collect();
+        let lag = shard_lag_totals(m).into_iter().collect();
         Reading {
             at: Some(Instant::now()),
             published: counters_by_label(&m.messages_published),
