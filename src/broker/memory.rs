@@ -25,7 +25,7 @@ use super::history_ring::HistoryRings;
 use super::presence_book::PresenceBook;
 use super::user_counter::LocalUserCounter;
 use super::{
-    Broker, BrokerError, BrokerEvent, BrokerFuture, BrokerSink, HistoryFuture, HistoryPage, HistoryQuery,
+    Broker, BrokerCall, BrokerError, BrokerEvent, BrokerFuture, BrokerSink, HistoryFuture, HistoryPage, HistoryQuery,
     PresenceChange, PresenceFuture, PresenceMember, PublishFuture, PublishOptions, Published,
 };
 use crate::payload::Payload;
@@ -254,7 +254,7 @@ impl InProcessBroker {
     }
 
     /// Sends a command that answers, and waits for the answer.
-    fn ask<T: Send + 'static>(&self, cmd: impl FnOnce(u64, flume::Sender<T>) -> BusCommand) -> PresenceFuture<T> {
+    fn ask<T: Send + 'static>(&self, cmd: impl FnOnce(u64, flume::Sender<T>) -> BusCommand) -> BrokerCall<T> {
         let (reply, answer) = flume::bounded(1);
         let sent = self.deliver(cmd(self.id, reply));
         Box::pin(async move {
@@ -305,32 +305,19 @@ impl Broker for InProcessBroker {
             });
             return Box::pin(async move { sent.await.map(|()| Published::default()) });
         }
-        let (reply, outcome) = flume::bounded(1);
-        let sent = self.deliver(BusCommand::Publish(BusPublish {
-            from: self.id,
-            channel,
-            payload,
-            options,
-            reply: Some(reply),
-        }));
-        Box::pin(async move {
-            sent?;
-            outcome
-                .recv_async()
-                .await
-                .map_err(|_| BrokerError::Failed("in-process bus stopped".into()))
+        self.ask(|from, reply| {
+            BusCommand::Publish(BusPublish {
+                from,
+                channel,
+                payload,
+                options,
+                reply: Some(reply),
+            })
         })
     }
 
     fn history(&self, channel: Arc<str>, query: HistoryQuery) -> HistoryFuture {
-        let (reply, page) = flume::bounded(1);
-        let sent = self.deliver(BusCommand::History(channel, query, reply));
-        Box::pin(async move {
-            sent?;
-            page.recv_async()
-                .await
-                .map_err(|_| BrokerError::Failed("in-process bus stopped".into()))
-        })
+        self.ask(|_, reply| BusCommand::History(channel, query, reply))
     }
 
     fn broadcast_control(&self, payload: Payload) -> BrokerFuture {

@@ -30,16 +30,19 @@ use prometheus::{IntCounter, IntGauge};
 use crate::payload::Payload;
 
 /// A broker operation in flight.
-pub type BrokerFuture = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
+pub type BrokerFuture = BrokerCall<()>;
+
+/// A broker operation in flight that answers with a `T`.
+pub type BrokerCall<T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send>>;
 
 /// A publish in flight.
-pub type PublishFuture = Pin<Box<dyn Future<Output = Result<Published, BrokerError>> + Send>>;
+pub type PublishFuture = BrokerCall<Published>;
 
 /// A history read in flight.
-pub type HistoryFuture = Pin<Box<dyn Future<Output = Result<HistoryPage, BrokerError>> + Send>>;
+pub type HistoryFuture = BrokerCall<HistoryPage>;
 
 /// A presence operation in flight.
-pub type PresenceFuture<T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send>>;
+pub type PresenceFuture<T> = BrokerCall<T>;
 
 /// A member of a channel's presence: a user, with what the app says of it.
 #[derive(Debug, Clone)]

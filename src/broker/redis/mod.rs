@@ -20,8 +20,6 @@ mod receiver;
 mod user_counter;
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +28,8 @@ use shardcast_proto::redis::encode_redis_payload;
 use tracing::info;
 
 use super::{
-    Broker, BrokerError, BrokerFuture, BrokerMetrics, BrokerSink, HistoryFuture, HistoryQuery, PresenceFuture,
-    PresenceMember, PublishFuture, PublishOptions, Published,
+    Broker, BrokerCall, BrokerError, BrokerFuture, BrokerMetrics, BrokerSink, HistoryFuture, HistoryQuery,
+    PresenceFuture, PresenceMember, PublishFuture, PublishOptions, Published,
 };
 use crate::payload::Payload;
 use cluster::ClusterLinks;
@@ -56,9 +54,6 @@ pub(crate) const CONTROL_CHANNEL: &str = "#control";
 
 /// Pub/sub messages fred may hold for the receiver before it reports `Lagged`.
 const SUBSCRIBER_BUFFER: usize = 8192;
-
-/// A broker call in flight.
-type BrokerCall<T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send>>;
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
