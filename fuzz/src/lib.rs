@@ -227,7 +227,7 @@ pub fn redis_payload(data: &[u8]) {
         }
         Err(_) if data.is_empty() => {}
         Err(e) => assert!(
-            matches!(data[0], b'@') || std::str::from_utf8(data).is_err(),
+            matches!(data[0], b'@' | b'^' | b'%') || std::str::from_utf8(data).is_err(),
             "{e} for a payload that is neither marked nor invalid UTF-8"
         ),
     }
