@@ -46,6 +46,16 @@ impl HistoryRings {
         }
     }
 
+    /// An empty store whose epochs are this process start's own: a restarted
+    /// gateway's history is new.
+    pub fn for_this_process() -> HistoryRings {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 32;
+        HistoryRings::new(seed)
+    }
+
     /// Stores a publication where its options ask for it; what the broker hands
     /// on, or `duplicate` when its idempotency key was seen within the window.
     pub fn publish(&mut self, channel: &Arc<str>, payload: &Payload, options: &PublishOptions) -> Published {

@@ -4,7 +4,8 @@
 //!
 //! A publish on a channel with history, or with an idempotency key, goes to the
 //! broker first: the store numbers it (or recognises the key), and only then is it
-//! delivered here, with its offset. Any other publish goes to both at once. The
+//! delivered here, with its offset. On a standalone gateway the store is the
+//! router's own, and numbering and delivery are one step there. Any other publish goes to both at once. The
 //! wait for the broker is bounded by the publish timeout; a publish that runs
 //! out of it has an unknown outcome, and says so (PROTOCOL.md 14.3).
 
@@ -100,6 +101,20 @@ impl Publisher {
                 })
                 .map_err(|source| PublishError { reached, source });
         }
+        if self.broker.history_is_local() {
+            // A standalone gateway: the router numbers it in the same step that
+            // delivers it.
+            let (published, reached) = self
+                .router
+                .publish_numbered(channel, payload, options, source)
+                .await
+                .map_err(|source| PublishError { reached: 0, source })?;
+            return Ok(PublishReport {
+                reached,
+                position: published.position,
+                duplicate: published.duplicate,
+            });
+        }
         let published = self
             .bounded(self.broker.publish(channel.clone(), payload.clone(), options))
             .await
@@ -183,11 +198,12 @@ impl Publisher {
         let (policy, max) = self.history.policy(&channel)?;
         let limit = limit.unwrap_or(max).min(max);
         let query = HistoryQuery { since, limit, policy };
-        Some(
-            self.bounded(self.broker.history(channel, query))
-                .await
-                .map(|page| (page, max)),
-        )
+        let page = if self.broker.history_is_local() {
+            self.router.read_history(channel, query).await
+        } else {
+            self.bounded(self.broker.history(channel, query)).await
+        };
+        Some(page.map(|page| (page, max)))
     }
 
     /// Which channels keep history.

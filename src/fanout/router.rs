@@ -23,7 +23,10 @@ use super::control::UserCommand;
 use super::history_cursor::{Action, Entry, HistoryCursor};
 use super::publication::{DeliveryReport, Publication};
 use super::ChannelHistory;
-use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerSink, HistoryPage, HistoryQuery, Position};
+use crate::broker::history_ring::HistoryRings;
+use crate::broker::{
+    Broker, BrokerError, BrokerEvent, BrokerSink, HistoryPage, HistoryQuery, Position, PublishOptions, Published,
+};
 use crate::metrics::Metrics;
 use crate::payload::Payload;
 
@@ -157,6 +160,31 @@ pub enum RouterCommand {
         /// The store's answer.
         result: Result<HistoryPage, BrokerError>,
     },
+    /// A publication on a standalone gateway that keeps its own history: the
+    /// router numbers it (and checks its idempotency key), then delivers it.
+    PublishNumbered {
+        /// The channel.
+        channel: Arc<str>,
+        /// The data.
+        payload: Payload,
+        /// Its history policy and idempotency key.
+        options: PublishOptions,
+        /// Who published it.
+        source: Source,
+        /// Gets what the store did, at once.
+        published: flume::Sender<Published>,
+        /// Gets the number of local subscribers reached.
+        reached: flume::Sender<usize>,
+    },
+    /// Read a standalone gateway's history, which the router keeps.
+    ReadHistory {
+        /// The channel.
+        channel: Arc<str>,
+        /// What to read.
+        query: HistoryQuery,
+        /// Gets the page.
+        reply: flume::Sender<HistoryPage>,
+    },
     /// How many local connections subscribe to a channel; `reply` gets the count.
     CountSubscribers {
         /// The channel.
@@ -201,6 +229,43 @@ impl RouterHandle {
             return 0;
         }
         done.recv_async().await.unwrap_or(0)
+    }
+
+    /// Numbers and delivers a publication on a standalone gateway that keeps its
+    /// own history; what the store did and how many local subscribers it reached.
+    pub async fn publish_numbered(
+        &self,
+        channel: Arc<str>,
+        payload: Payload,
+        options: PublishOptions,
+        source: Source,
+    ) -> Result<(Published, usize), BrokerError> {
+        let (published, stored) = flume::bounded(1);
+        let (reached, done) = flume::bounded(1);
+        let cmd = RouterCommand::PublishNumbered {
+            channel,
+            payload,
+            options,
+            source,
+            published,
+            reached,
+        };
+        let stopped = || BrokerError::Failed("the router stopped".into());
+        self.tx.send_async(cmd).await.map_err(|_| stopped())?;
+        let published = stored.recv_async().await.map_err(|_| stopped())?;
+        if published.duplicate {
+            return Ok((published, 0));
+        }
+        Ok((published, done.recv_async().await.unwrap_or(0)))
+    }
+
+    /// Reads a standalone gateway's history, which the router keeps.
+    pub async fn read_history(&self, channel: Arc<str>, query: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        let (reply, page) = flume::bounded(1);
+        let stopped = || BrokerError::Failed("the router stopped".into());
+        let cmd = RouterCommand::ReadHistory { channel, query, reply };
+        self.tx.send_async(cmd).await.map_err(|_| stopped())?;
+        page.recv_async().await.map_err(|_| stopped())
     }
 
     /// How many connections of this instance subscribe to `channel`.
@@ -330,6 +395,8 @@ struct Router<S> {
     broker: Arc<dyn Broker>,
     history: ChannelHistory,
     metrics: Arc<Metrics>,
+    /// A standalone gateway's history, kept here: no other instance shares it.
+    store: Option<HistoryRings>,
 }
 
 /// Runs the router until every handle is dropped.
@@ -345,6 +412,7 @@ pub async fn run<S: ShardMailbox>(
         routes: HashMap::new(),
         me,
         shards,
+        store: broker.history_is_local().then(HistoryRings::for_this_process),
         broker,
         history,
         metrics: metrics.clone(),
@@ -361,6 +429,34 @@ pub async fn run<S: ShardMailbox>(
             RouterCommand::HistoryRead { channel, first, result } => router.history_read(channel, first, result),
             RouterCommand::HoleCheck { channel } => router.hole_check(&channel),
             RouterCommand::CountSubscribers { channel, reply } => router.count(channel, reply),
+            RouterCommand::ReadHistory { channel, query, reply } => {
+                if let Some(store) = router.store.as_mut() {
+                    let _ = reply.send(store.read(&channel, &query));
+                }
+            }
+            RouterCommand::PublishNumbered {
+                channel,
+                payload,
+                options,
+                source,
+                published: stored,
+                reached,
+            } => {
+                let Some(store) = router.store.as_mut() else {
+                    continue;
+                };
+                let result = store.publish(&channel, &payload, &options);
+                let (channels, publications) = store.size();
+                metrics.history_channels.set(channels as i64);
+                metrics.history_publications.set(publications as i64);
+                let duplicate = result.duplicate;
+                let position = result.position.clone();
+                let _ = stored.send(result);
+                if !duplicate {
+                    published[source as usize].inc();
+                    router.publish(channel, payload, position, Some(reached));
+                }
+            }
             RouterCommand::Publish {
                 channel,
                 payload,
@@ -488,7 +584,13 @@ impl<S: ShardMailbox> Router<S> {
         }
     }
 
-    fn read(&self, channel: Arc<str>, query: HistoryQuery, first: bool) {
+    fn read(&mut self, channel: Arc<str>, query: HistoryQuery, first: bool) {
+        if let Some(store) = self.store.as_mut() {
+            // The store is here: the answer is at hand.
+            let page = store.read(&channel, &query);
+            self.history_read(channel, first, Ok(page));
+            return;
+        }
         let fut = self.broker.history(channel.clone(), query);
         let me = self.me.clone();
         tokio::spawn(async move {
