@@ -110,6 +110,13 @@ impl Payload {
         Ok(Payload(Arc::from(raw)))
     }
 
+    /// Wraps text taken from a payload before (the history store keeps its
+    /// publications as text): it is checked to be JSON again, but not held to
+    /// [`Payload::from_raw`]'s rules, which it passed when it was published.
+    pub fn from_stored(text: String) -> Result<Payload, serde_json::Error> {
+        RawValue::from_string(text).map(|raw| Payload(Arc::from(raw)))
+    }
+
     /// The JSON text.
     pub fn json(&self) -> &RawValue {
         &self.0

@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ring::digest::{digest, SHA256};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 use shardcast_proto::{valid_idempotency_key, validate_channel, ErrorCode, StreamPosition, MAX_IDEMPOTENCY_KEY};
@@ -327,46 +327,44 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             }
         }
     }
-    let mut results = Vec::with_capacity(payloads.len());
-    let mut failed = None;
     // The whole batch at once, in its order: one round trip, not one per item.
     let channels: Vec<Arc<str>> = payloads.iter().map(|(channel, _, _)| channel.clone()).collect();
-    let outcomes = channels
-        .into_iter()
-        .zip(ctx.publisher.publish_batch(payloads, Source::Api).await);
+    let outcomes = ctx.publisher.publish_batch(payloads, Source::Api).await;
     // A refusal outranks an unknown outcome: the publisher must retry either way.
     let mut refused = None;
-    for (channel, outcome) in outcomes {
+    let mut failed = None;
+    let mut results = Vec::with_capacity(outcomes.len());
+    for (channel, outcome) in channels.iter().zip(&outcomes) {
+        let mut result = PublishResult {
+            channel: Some(channel),
+            ..PublishResult::default()
+        };
         match outcome {
             Ok(report) => {
-                let mut result = json!({"channel": &*channel, "subscribers": report.reached});
+                result.subscribers = report.reached;
                 if let Some(p) = &report.position {
-                    result["offset"] = json!(p.offset);
-                    result["epoch"] = json!(&*p.epoch);
+                    result.offset = Some(p.offset);
+                    result.epoch = Some(&p.epoch);
                 }
                 if report.duplicate {
                     ctx.metrics.publish_duplicates.inc();
-                    result["duplicate"] = json!(true);
+                    result.duplicate = true;
                 }
-                results.push(result);
             }
             Err(e) => {
-                let outcome = if e.outcome_unknown() {
+                result.subscribers = e.reached;
+                result.error = Some(e.to_string());
+                result.outcome = Some(if e.outcome_unknown() {
                     ctx.metrics.publish_unknown.inc();
+                    failed.get_or_insert(e);
                     "unknown"
                 } else {
-                    "not_delivered"
-                };
-                results.push(
-                    json!({"channel": &*channel, "subscribers": e.reached, "outcome": outcome, "error": e.to_string()}),
-                );
-                if e.outcome_unknown() {
-                    failed.get_or_insert(e);
-                } else {
                     refused.get_or_insert(e);
-                }
+                    "not_delivered"
+                });
             }
         }
+        results.push(result);
     }
     if let Some(e) = refused.or(failed) {
         let (status, code) = if e.outcome_unknown() {
@@ -384,16 +382,46 @@ async fn publish(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             }),
         );
     }
-    if batch {
-        json_reply(StatusCode::OK, json!({"ok": true, "results": results}))
+    let body = if batch {
+        serde_json::to_vec(&PublishReply { ok: true, results })
     } else {
         let mut one = results.swap_remove(0);
-        if let Some(o) = one.as_object_mut() {
-            o.remove("channel");
-            o.insert("ok".into(), json!(true));
-        }
-        json_reply(StatusCode::OK, one)
+        one.channel = None;
+        one.ok = Some(true);
+        serde_json::to_vec(&one)
+    };
+    match body {
+        Ok(body) => json_bytes_reply(StatusCode::OK, body),
+        Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, &e.to_string()),
     }
+}
+
+/// One publication's answer in a publish reply (PROTOCOL.md 14.2), written
+/// straight from the report: a reply is built on every publish.
+#[derive(Serialize, Default)]
+struct PublishResult<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ok: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    subscribers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// A batch publish's reply.
+#[derive(Serialize)]
+struct PublishReply<'a> {
+    ok: bool,
+    results: Vec<PublishResult<'a>>,
 }
 
 /// `GET /api/channel?name=<channel>[&cluster=1]`: the channel's subscribers on
@@ -660,7 +688,12 @@ pub(in crate::admin) fn error_reply(status: StatusCode, code: ErrorCode, message
 }
 
 pub(in crate::admin) fn json_reply(status: StatusCode, body: serde_json::Value) -> Reply {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_bytes_reply(status, body.to_string().into_bytes())
+}
+
+/// A reply of JSON already written.
+fn json_bytes_reply(status: StatusCode, body: Vec<u8>) -> Reply {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -3,6 +3,13 @@
 //! window. Owned by one thread (the in-process bus), so it takes no lock; a
 //! channel's history goes when its TTL passes with no publication, and the next
 //! publication starts a new epoch.
+//!
+//! A ring keeps its publications' text back to back in one buffer rather than
+//! holding each publication: storing one copies its bytes in and evicting the
+//! oldest moves an index, with no allocation or free per publication once the
+//! buffer has grown, and nothing left behind in memory the publish path must
+//! touch again (measured: the held payloads' frees cost history-on publishing a
+//! tenth of its rate). A read, which is rare, builds payloads from the text.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,10 +25,60 @@ const MAX_KEYS_PER_CHANNEL: usize = 100_000;
 /// Channels between two sweeps of expired ones (a sweep visits every channel).
 const SWEEP_EVERY: u64 = 4096;
 
+/// A channel's retained publications, oldest first; the newest is the ring's top.
+#[derive(Default)]
+struct RetainedTexts {
+    /// Their JSON texts, back to back.
+    text: VecDeque<u8>,
+    /// Each one's length in `text`.
+    lengths: VecDeque<u32>,
+}
+
+impl RetainedTexts {
+    fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    fn push(&mut self, payload: &Payload) {
+        let text = payload.json().get().as_bytes();
+        self.text.extend(text);
+        // A payload is far below 4 GiB: the message size limit applies to it.
+        self.lengths.push_back(text.len() as u32);
+    }
+
+    /// Drops the oldest until at most `keep` remain.
+    fn trim(&mut self, keep: usize) {
+        while self.lengths.len() > keep {
+            if let Some(len) = self.lengths.pop_front() {
+                self.text.drain(..len as usize);
+            }
+        }
+    }
+
+    /// `count` of them (at most) after skipping the oldest `skip`, oldest first;
+    /// `top` is the newest's offset.
+    fn read(&self, skip: usize, count: usize, top: u64) -> Vec<(u64, Payload)> {
+        let first = top + 1 - self.lengths.len() as u64 + skip as u64;
+        let mut start: usize = self.lengths.iter().take(skip).map(|&l| l as usize).sum();
+        let mut out = Vec::with_capacity(count.min(self.lengths.len().saturating_sub(skip)));
+        for (i, &len) in self.lengths.iter().skip(skip).take(count).enumerate() {
+            let end = start + len as usize;
+            let mut text = Vec::with_capacity(len as usize);
+            text.extend(self.text.range(start..end));
+            start = end;
+            // Stored from a payload, so valid UTF-8 JSON; skipped if ever not.
+            if let Some(payload) = String::from_utf8(text).ok().and_then(|t| Payload::from_stored(t).ok()) {
+                out.push((first + i as u64, payload));
+            }
+        }
+        out
+    }
+}
+
 struct ChannelRing {
     epoch: Arc<str>,
     top: u64,
-    entries: VecDeque<(u64, Payload)>,
+    entries: RetainedTexts,
     expires: Instant,
     keys: HashMap<Arc<str>, (Position, Instant)>,
 }
@@ -46,6 +103,16 @@ impl HistoryRings {
         }
     }
 
+    /// An empty store whose epochs are this process start's own: a restarted
+    /// gateway's history is new.
+    pub fn for_this_process() -> HistoryRings {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 32;
+        HistoryRings::new(seed)
+    }
+
     /// Stores a publication where its options ask for it; what the broker hands
     /// on, or `duplicate` when its idempotency key was seen within the window.
     pub fn publish(&mut self, channel: &Arc<str>, payload: &Payload, options: &PublishOptions) -> Published {
@@ -65,10 +132,8 @@ impl HistoryRings {
         let before = ring.entries.len();
         let position = options.history.map(|policy| {
             ring.top += 1;
-            ring.entries.push_back((ring.top, payload.clone()));
-            while ring.entries.len() > policy.size as usize {
-                ring.entries.pop_front();
-            }
+            ring.entries.push(payload);
+            ring.entries.trim(policy.size as usize);
             Position {
                 offset: ring.top,
                 epoch: ring.epoch.clone(),
@@ -99,19 +164,14 @@ impl HistoryRings {
     pub fn read(&mut self, channel: &Arc<str>, query: &HistoryQuery) -> HistoryPage {
         let now = Instant::now();
         let ring = self.ring(channel, now, Some(query.policy.ttl));
-        let publications = match query.since {
-            Some(since) => ring
-                .entries
-                .iter()
-                .filter(|(offset, _)| *offset > since)
-                .take(query.limit)
-                .cloned()
-                .collect(),
-            None => {
-                let skip = ring.entries.len().saturating_sub(query.limit);
-                ring.entries.iter().skip(skip).cloned().collect()
-            }
+        let held = ring.entries.len();
+        let skip = match query.since {
+            // The first `limit` after `since`.
+            Some(since) => held - (ring.top.saturating_sub(since) as usize).min(held),
+            // The newest `limit`.
+            None => held.saturating_sub(query.limit),
         };
+        let publications = ring.entries.read(skip, query.limit, ring.top);
         HistoryPage {
             epoch: ring.epoch.clone(),
             top: ring.top,
@@ -162,7 +222,7 @@ impl ChannelRing {
         ChannelRing {
             epoch,
             top: 0,
-            entries: VecDeque::new(),
+            entries: RetainedTexts::default(),
             expires: now,
             keys: HashMap::new(),
         }
@@ -207,6 +267,47 @@ mod tests {
         PublishOptions {
             history: Some(policy(size)),
             idempotency: None,
+        }
+    }
+
+    /// Texts of every length, many times round the buffer: each read gives back
+    /// exactly what was published at each offset.
+    #[test]
+    fn texts_read_back_whole_across_the_buffer_wrapping() {
+        let mut rings = HistoryRings::new(1);
+        let ch: Arc<str> = Arc::from("ticks");
+        let text = |n: u64| format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat((n * 7 % 50) as usize));
+        for n in 1..=500u64 {
+            rings.publish(&ch, &Payload::from_json(&text(n)).unwrap(), &with_history(20));
+            if n % 37 != 0 {
+                continue;
+            }
+            for (since, limit) in [
+                (Some(n - 5), 3),
+                (Some(n.saturating_sub(40)), 100),
+                (Some(n), 5),
+                (None, 4),
+            ] {
+                let page = rings.read(
+                    &ch,
+                    &HistoryQuery {
+                        since,
+                        limit,
+                        policy: policy(20),
+                    },
+                );
+                let first = match since {
+                    Some(s) => (s + 1).max(n - 19),
+                    None => n + 1 - limit as u64,
+                };
+                let want: Vec<(u64, String)> = (first..=n).take(limit).map(|o| (o, text(o))).collect();
+                let got: Vec<(u64, String)> = page
+                    .publications
+                    .iter()
+                    .map(|(o, p)| (*o, p.json().get().to_owned()))
+                    .collect();
+                assert_eq!(got, want, "after {n}, since {since:?}, limit {limit}");
+            }
         }
     }
 

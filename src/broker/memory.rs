@@ -75,16 +75,11 @@ impl InProcessBus {
     /// every broker on it are dropped.
     pub fn new() -> Result<Arc<InProcessBus>, BrokerError> {
         let (tx, rx) = flume::unbounded();
-        // Distinct epochs per process start: a restarted gateway's history is new.
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()) << 32;
         let size = Arc::new(StoreSize::default());
         let written = size.clone();
         std::thread::Builder::new()
             .name("inprocess-bus".into())
-            .spawn(move || route(rx, HistoryRings::new(seed), &written))
+            .spawn(move || route(rx, HistoryRings::for_this_process(), &written))
             .map_err(|e| BrokerError::Failed(format!("cannot start the in-process bus: {e}")))?;
         Ok(Arc::new(InProcessBus {
             tx,
@@ -340,7 +335,15 @@ impl Broker for InProcessBroker {
         !self.tx.is_disconnected()
     }
 
+    fn history_is_local(&self) -> bool {
+        self.alone
+    }
+
     fn history_size(&self) -> Option<(u64, u64)> {
+        if self.alone {
+            // The router keeps a standalone gateway's history, and its size.
+            return None;
+        }
         Some((
             self.size.channels.load(Ordering::Relaxed),
             self.size.publications.load(Ordering::Relaxed),

@@ -168,6 +168,13 @@ pub trait Broker: Send + Sync + 'static {
     fn history_size(&self) -> Option<(u64, u64)> {
         None
     }
+    /// Whether no other instance shares this broker's history (a standalone
+    /// gateway): then the router keeps the history itself, in its own task, and a
+    /// publication with history costs no extra thread hop. The broker's own
+    /// history calls are then not used.
+    fn history_is_local(&self) -> bool {
+        false
+    }
 }
 
 /// What a broker hands up to the instance. Non-exhaustive: history and presence

@@ -4,7 +4,8 @@
 //!
 //! A publish on a channel with history, or with an idempotency key, goes to the
 //! broker first: the store numbers it (or recognises the key), and only then is it
-//! delivered here, with its offset. Any other publish goes to both at once. The
+//! delivered here, with its offset. On a standalone gateway the store is the
+//! router's own, and numbering and delivery are one step there. Any other publish goes to both at once. The
 //! wait for the broker is bounded by the publish timeout; a publish that runs
 //! out of it has an unknown outcome, and says so (PROTOCOL.md 14.3).
 
@@ -16,7 +17,7 @@ use futures_util::future::join_all;
 use super::control::UserCommand;
 use super::router::{RouterHandle, Source};
 use super::ChannelHistory;
-use crate::broker::{Broker, BrokerError, HistoryPage, HistoryQuery, Position, PublishOptions};
+use crate::broker::{Broker, BrokerError, HistoryPage, HistoryQuery, Position, PublishOptions, Published};
 use crate::payload::Payload;
 
 /// A publish that did not (or may not have) reached other instances.
@@ -56,6 +57,18 @@ pub struct PublishReport {
     pub duplicate: bool,
 }
 
+impl PublishReport {
+    /// The report of a publication a standalone gateway's router numbered:
+    /// what its store did, and the local subscribers reached.
+    fn numbered((published, reached): (Published, usize)) -> PublishReport {
+        PublishReport {
+            reached,
+            position: published.position,
+            duplicate: published.duplicate,
+        }
+    }
+}
+
 /// Publishes to local subscribers and other instances.
 #[derive(Clone)]
 pub struct Publisher {
@@ -85,10 +98,7 @@ impl Publisher {
         source: Source,
         key: Option<Arc<str>>,
     ) -> Result<PublishReport, PublishError> {
-        let options = PublishOptions {
-            history: self.history.policy(&channel).map(|(policy, _)| policy),
-            idempotency: key.map(|k| (k, self.history.idempotency_window(&channel))),
-        };
+        let options = self.options(&channel, key);
         if options.history.is_none() && options.idempotency.is_none() {
             let remote = self.bounded(self.broker.publish(channel.clone(), payload.clone(), options));
             let local = self.router.publish_local(channel, payload, None, source);
@@ -99,6 +109,16 @@ impl Publisher {
                     ..PublishReport::default()
                 })
                 .map_err(|source| PublishError { reached, source });
+        }
+        if self.broker.history_is_local() {
+            // A standalone gateway: the router numbers it in the same step that
+            // delivers it.
+            return self
+                .router
+                .publish_numbered_one(channel, payload, options, source)
+                .await
+                .map(PublishReport::numbered)
+                .map_err(|source| PublishError { reached: 0, source });
         }
         let published = self
             .bounded(self.broker.publish(channel.clone(), payload.clone(), options))
@@ -134,6 +154,17 @@ impl Publisher {
         let plain = items
             .iter()
             .all(|(channel, _, key)| key.is_none() && self.history.policy(channel).is_none());
+        if !plain && self.broker.history_is_local() {
+            // A standalone gateway numbers the whole batch in one router command.
+            let items = items
+                .into_iter()
+                .map(|(channel, payload, key)| {
+                    let options = self.options(&channel, key);
+                    (channel, payload, options)
+                })
+                .collect();
+            return self.publish_numbered(items, source).await;
+        }
         if !plain {
             // join_all polls them first in order, so the router and the broker
             // receive them in the batch's order.
@@ -172,6 +203,35 @@ impl Publisher {
             .collect()
     }
 
+    /// What a publish on `channel` asks of the store.
+    fn options(&self, channel: &str, key: Option<Arc<str>>) -> PublishOptions {
+        PublishOptions {
+            history: self.history.policy(channel).map(|(policy, _)| policy),
+            idempotency: key.map(|k| (k, self.history.idempotency_window(channel))),
+        }
+    }
+
+    /// Publications numbered and delivered by the router of a standalone
+    /// gateway, which keeps the history itself; reports in their order.
+    async fn publish_numbered(
+        &self,
+        items: Vec<(Arc<str>, Payload, PublishOptions)>,
+        source: Source,
+    ) -> Vec<Result<PublishReport, PublishError>> {
+        let n = items.len();
+        match self.router.publish_numbered(items, source).await {
+            Ok(reports) => reports.into_iter().map(|r| Ok(PublishReport::numbered(r))).collect(),
+            Err(source) => (0..n)
+                .map(|_| {
+                    Err(PublishError {
+                        reached: 0,
+                        source: source.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
     /// Reads a channel's history; none when the channel keeps none. `limit` is
     /// capped at the channel's `recover_max`.
     pub async fn history(
@@ -183,11 +243,12 @@ impl Publisher {
         let (policy, max) = self.history.policy(&channel)?;
         let limit = limit.unwrap_or(max).min(max);
         let query = HistoryQuery { since, limit, policy };
-        Some(
-            self.bounded(self.broker.history(channel, query))
-                .await
-                .map(|page| (page, max)),
-        )
+        let page = if self.broker.history_is_local() {
+            self.router.read_history(channel, query).await
+        } else {
+            self.bounded(self.broker.history(channel, query)).await
+        };
+        Some(page.map(|page| (page, max)))
     }
 
     /// Which channels keep history.

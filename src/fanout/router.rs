@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use shardcast_proto::{ErrorCode, GapReason};
 use tracing::{debug, warn};
 
@@ -23,7 +24,10 @@ use super::control::UserCommand;
 use super::history_cursor::{Action, Entry, HistoryCursor};
 use super::publication::{DeliveryReport, Publication};
 use super::ChannelHistory;
-use crate::broker::{Broker, BrokerError, BrokerEvent, BrokerSink, HistoryPage, HistoryQuery, Position};
+use crate::broker::history_ring::HistoryRings;
+use crate::broker::{
+    Broker, BrokerError, BrokerEvent, BrokerSink, HistoryPage, HistoryQuery, Position, PublishOptions, Published,
+};
 use crate::metrics::Metrics;
 use crate::payload::Payload;
 
@@ -157,6 +161,37 @@ pub enum RouterCommand {
         /// The store's answer.
         result: Result<HistoryPage, BrokerError>,
     },
+    /// Publications on a standalone gateway that keeps its own history (one, or an
+    /// API batch): the router numbers each (and checks its idempotency key), then
+    /// delivers it, in the batch's order.
+    PublishNumbered {
+        /// Each publication, and who waits for its count of local subscribers
+        /// (dropped unanswered for a duplicate).
+        items: Vec<NumberedItem>,
+        /// Who published them.
+        source: Source,
+        /// Gets what the store did with each, in order, before any is delivered.
+        published: flume::Sender<Vec<Published>>,
+    },
+    /// One publication of a standalone gateway that keeps its own history: as
+    /// [`RouterCommand::PublishNumbered`], without a batch's vectors.
+    PublishNumberedOne {
+        /// The publication, and who waits for its count.
+        item: NumberedItem,
+        /// Who published it.
+        source: Source,
+        /// Gets what the store did.
+        published: flume::Sender<Published>,
+    },
+    /// Read a standalone gateway's history, which the router keeps.
+    ReadHistory {
+        /// The channel.
+        channel: Arc<str>,
+        /// What to read.
+        query: HistoryQuery,
+        /// Gets the page.
+        reply: flume::Sender<HistoryPage>,
+    },
     /// How many local connections subscribe to a channel; `reply` gets the count.
     CountSubscribers {
         /// The channel.
@@ -201,6 +236,85 @@ impl RouterHandle {
             return 0;
         }
         done.recv_async().await.unwrap_or(0)
+    }
+
+    /// Numbers and delivers publications on a standalone gateway that keeps its
+    /// own history, in their order; for each, what the store did and how many local
+    /// subscribers it reached.
+    pub async fn publish_numbered(
+        &self,
+        items: Vec<(Arc<str>, Payload, PublishOptions)>,
+        source: Source,
+    ) -> Result<Vec<(Published, usize)>, BrokerError> {
+        let mut waits = Vec::with_capacity(items.len());
+        let items = items
+            .into_iter()
+            .map(|(channel, payload, options)| {
+                let (reply, done) = flume::bounded(1);
+                waits.push(done);
+                NumberedItem {
+                    channel,
+                    payload,
+                    options,
+                    reply,
+                }
+            })
+            .collect();
+        let (published, stored) = flume::bounded(1);
+        let stopped = || BrokerError::Failed("the router stopped".into());
+        let cmd = RouterCommand::PublishNumbered {
+            items,
+            source,
+            published,
+        };
+        self.tx.send_async(cmd).await.map_err(|_| stopped())?;
+        // The counts come last (the store's answers are sent as soon as the
+        // router has handed every publication on): waiting for them first costs
+        // one wake-up, not two.
+        let mut reached = Vec::with_capacity(waits.len());
+        for done in waits {
+            reached.push(done.recv_async().await.unwrap_or(0));
+        }
+        let published = stored.recv_async().await.map_err(|_| stopped())?;
+        Ok(published.into_iter().zip(reached).collect())
+    }
+
+    /// [`RouterHandle::publish_numbered`] for one publication.
+    pub async fn publish_numbered_one(
+        &self,
+        channel: Arc<str>,
+        payload: Payload,
+        options: PublishOptions,
+        source: Source,
+    ) -> Result<(Published, usize), BrokerError> {
+        let (reply, done) = flume::bounded(1);
+        let (published, stored) = flume::bounded(1);
+        let stopped = || BrokerError::Failed("the router stopped".into());
+        let item = NumberedItem {
+            channel,
+            payload,
+            options,
+            reply,
+        };
+        let cmd = RouterCommand::PublishNumberedOne {
+            item,
+            source,
+            published,
+        };
+        self.tx.send_async(cmd).await.map_err(|_| stopped())?;
+        // The count comes last: waiting for it first costs one wake-up, not two.
+        let reached = done.recv_async().await.unwrap_or(0);
+        let published = stored.recv_async().await.map_err(|_| stopped())?;
+        Ok((published, reached))
+    }
+
+    /// Reads a standalone gateway's history, which the router keeps.
+    pub async fn read_history(&self, channel: Arc<str>, query: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        let (reply, page) = flume::bounded(1);
+        let stopped = || BrokerError::Failed("the router stopped".into());
+        let cmd = RouterCommand::ReadHistory { channel, query, reply };
+        self.tx.send_async(cmd).await.map_err(|_| stopped())?;
+        page.recv_async().await.map_err(|_| stopped())
     }
 
     /// How many connections of this instance subscribe to `channel`.
@@ -311,6 +425,15 @@ enum BrokerState {
 /// What travels with a publication through a history cursor: who waits for its count.
 type Reply = Option<flume::Sender<usize>>;
 
+/// One publication of a [`RouterCommand::PublishNumbered`].
+#[derive(Debug)]
+pub struct NumberedItem {
+    channel: Arc<str>,
+    payload: Payload,
+    options: PublishOptions,
+    reply: flume::Sender<usize>,
+}
+
 struct Route {
     /// Bit i set: shard i has subscribers.
     shards: u64,
@@ -330,6 +453,11 @@ struct Router<S> {
     broker: Arc<dyn Broker>,
     history: ChannelHistory,
     metrics: Arc<Metrics>,
+    /// A standalone gateway's history, kept here: no other instance shares it.
+    store: Option<HistoryRings>,
+    /// What a history cursor decided for the publication at hand; kept between
+    /// publications so that ordering one allocates nothing.
+    actions: Vec<Action<Reply>>,
 }
 
 /// Runs the router until every handle is dropped.
@@ -345,6 +473,8 @@ pub async fn run<S: ShardMailbox>(
         routes: HashMap::new(),
         me,
         shards,
+        store: broker.history_is_local().then(HistoryRings::for_this_process),
+        actions: Vec::new(),
         broker,
         history,
         metrics: metrics.clone(),
@@ -361,6 +491,28 @@ pub async fn run<S: ShardMailbox>(
             RouterCommand::HistoryRead { channel, first, result } => router.history_read(channel, first, result),
             RouterCommand::HoleCheck { channel } => router.hole_check(&channel),
             RouterCommand::CountSubscribers { channel, reply } => router.count(channel, reply),
+            RouterCommand::ReadHistory { channel, query, reply } => {
+                if let Some(store) = router.store.as_mut() {
+                    let _ = reply.send(store.read(&channel, &query));
+                }
+            }
+            RouterCommand::PublishNumbered {
+                items,
+                source,
+                published: stored,
+            } => router.publish_numbered(items, &published[source as usize], &stored),
+            RouterCommand::PublishNumberedOne {
+                item,
+                source,
+                published: stored,
+            } => {
+                let result = router.number(&item);
+                if !result.duplicate {
+                    published[source as usize].inc();
+                    router.publish(item.channel, item.payload, result.position.clone(), Some(item.reply));
+                }
+                let _ = stored.try_send(result);
+            }
             RouterCommand::Publish {
                 channel,
                 payload,
@@ -383,6 +535,40 @@ pub async fn run<S: ShardMailbox>(
 }
 
 impl<S: ShardMailbox> Router<S> {
+    /// Numbers publications in the router's own store, answers what it did with
+    /// each, then delivers those that are new.
+    fn publish_numbered(
+        &mut self,
+        items: Vec<NumberedItem>,
+        counter: &IntCounter,
+        stored: &flume::Sender<Vec<Published>>,
+    ) {
+        let results: Vec<Published> = items.iter().map(|item| self.number(item)).collect();
+        for (item, result) in items.into_iter().zip(&results) {
+            if !result.duplicate {
+                counter.inc();
+                self.publish(item.channel, item.payload, result.position.clone(), Some(item.reply));
+            }
+        }
+        let _ = stored.try_send(results);
+    }
+
+    /// Numbers a publication in the router's own store (a standalone gateway's);
+    /// one without history or key passes through unnumbered.
+    fn number(&mut self, item: &NumberedItem) -> Published {
+        let Some(store) = self.store.as_mut() else {
+            return Published::default();
+        };
+        if item.options.history.is_none() && item.options.idempotency.is_none() {
+            return Published::default();
+        }
+        let result = store.publish(&item.channel, &item.payload, &item.options);
+        let (channels, publications) = store.size();
+        self.metrics.history_channels.set(channels as i64);
+        self.metrics.history_publications.set(publications as i64);
+        result
+    }
+
     fn interest(&mut self, shard: usize, channel: Arc<str>, active: bool) {
         let bit = 1u64 << shard;
         if !active {
@@ -488,7 +674,13 @@ impl<S: ShardMailbox> Router<S> {
         }
     }
 
-    fn read(&self, channel: Arc<str>, query: HistoryQuery, first: bool) {
+    fn read(&mut self, channel: Arc<str>, query: HistoryQuery, first: bool) {
+        if let Some(store) = self.store.as_mut() {
+            // The store is here: the answer is at hand.
+            let page = store.read(&channel, &query);
+            self.history_read(channel, first, Ok(page));
+            return;
+        }
         let fut = self.broker.history(channel.clone(), query);
         let me = self.me.clone();
         tokio::spawn(async move {
@@ -516,7 +708,7 @@ impl<S: ShardMailbox> Router<S> {
                 }
             }
             self.go_live(&channel, Ok(()));
-            self.apply(&channel, actions);
+            self.apply(&channel, &mut actions);
             return;
         }
         let again = match result {
@@ -544,7 +736,7 @@ impl<S: ShardMailbox> Router<S> {
                 false,
             );
         }
-        self.apply(&channel, actions);
+        self.apply(&channel, &mut actions);
     }
 
     fn hole_check(&mut self, channel: &Arc<str>) {
@@ -671,7 +863,7 @@ impl<S: ShardMailbox> Router<S> {
         };
         match (route.history.as_mut(), position, &route.broker) {
             (Some(cursor), Some(position), BrokerState::Positioning | BrokerState::Subscribed) => {
-                let mut actions = Vec::new();
+                let mut actions = std::mem::take(&mut self.actions);
                 cursor.offer(
                     Entry {
                         position,
@@ -689,9 +881,12 @@ impl<S: ShardMailbox> Router<S> {
                         let _ = me.tx.send(RouterCommand::HoleCheck { channel });
                     });
                 }
-                if matches!(route.broker, BrokerState::Subscribed) {
-                    self.apply(&channel, actions);
+                let live = matches!(route.broker, BrokerState::Subscribed);
+                if live {
+                    self.apply(&channel, &mut actions);
                 }
+                actions.clear();
+                self.actions = actions;
             }
             (_, position, BrokerState::Subscribed) => {
                 self.deliver(&channel, position, payload, reply);
@@ -700,8 +895,8 @@ impl<S: ShardMailbox> Router<S> {
         }
     }
 
-    fn apply(&mut self, channel: &Arc<str>, actions: Vec<Action<Reply>>) {
-        for action in actions {
+    fn apply(&mut self, channel: &Arc<str>, actions: &mut Vec<Action<Reply>>) {
+        for action in actions.drain(..) {
             match action {
                 Action::Deliver(entry) => self.deliver(channel, Some(entry.position), entry.payload, entry.extra),
                 Action::Duplicate(entry) => {

@@ -206,6 +206,22 @@ impl ChannelTable {
         self.channels[key as usize].position.as_ref()
     }
 
+    /// The subscribers of a channel about to get the publication at `position`
+    /// (recorded first, when it has one): [`ChannelTable::set_position`] and
+    /// [`ChannelTable::subscribers`] in one lookup, for the fan-out of every publication.
+    pub fn deliver_at(&mut self, name: &str, position: Option<&Position>) -> Option<&[Vec<Subscriber>; 2]> {
+        let &key = self.by_name.get(name)?;
+        let channel = &mut self.channels[key as usize];
+        match (position, channel.position.as_mut()) {
+            // The same epoch: only the offset moves, and the epoch's reference
+            // count (shared with the router's thread) is not touched.
+            (Some(new), Some(old)) if Arc::ptr_eq(&new.epoch, &old.epoch) => old.offset = new.offset,
+            (Some(new), _) => channel.position = Some(new.clone()),
+            (None, _) => {}
+        }
+        matches!(channel.state, ChannelState::Active).then_some(&channel.subscribers)
+    }
+
     /// The subscribers of a channel, one list per encoding (by [`Encoding::index`]).
     pub fn subscribers(&self, name: &str) -> Option<&[Vec<Subscriber>; 2]> {
         let &key = self.by_name.get(name)?;

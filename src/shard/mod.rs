@@ -497,10 +497,7 @@ impl Shard<'_> {
             cork,
             ..
         } = &mut *self.st;
-        if publication.position.is_some() {
-            table.set_position(&publication.channel, publication.position.clone());
-        }
-        let Some(lists) = table.subscribers(&publication.channel) else {
+        let Some(lists) = table.deliver_at(&publication.channel, publication.position.as_ref()) else {
             publication.shard_done(0);
             return;
         };
