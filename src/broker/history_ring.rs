@@ -1,6 +1,7 @@
 //! The in-process history store: per channel, a ring of the latest publications,
 //! the channel's epoch and top offset, and the idempotency keys seen within the
-//! window. Owned by one thread (the in-process bus), so it takes no lock; a
+//! window. Owned by one thread (the in-process bus, or a standalone gateway's
+//! router, which keeps its history itself), so it takes no lock; a
 //! channel's history goes when its TTL passes with no publication, and the next
 //! publication starts a new epoch.
 //!

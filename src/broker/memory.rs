@@ -11,9 +11,11 @@
 //!
 //! The bus thread also owns the history store ([`HistoryRings`]): a publish with
 //! history is numbered there, in the same step that routes it, so every member
-//! sees the same offset, as with Redis. A standalone broker has a bus of its own,
-//! used only by publishes with history or an idempotency key: a plain publish
-//! costs it nothing.
+//! sees the same offset, as with Redis. A standalone broker leaves history to
+//! the gateway's router ([`Broker::history_is_local`]): with no other member to
+//! agree with, numbering where the publication already passes costs no thread
+//! hop. Its bus then holds only presence (and history for a caller that asks the
+//! broker directly, as the contract suite does).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -224,7 +226,7 @@ fn route(rx: flume::Receiver<BusCommand>, mut history: HistoryRings, size: &Stor
 pub struct InProcessBroker {
     tx: flume::Sender<BusCommand>,
     id: u64,
-    /// A standalone broker: nobody else to reach, so only the history store is used.
+    /// A standalone broker: nobody else to reach; the router keeps its history.
     alone: bool,
     size: Arc<StoreSize>,
 }
