@@ -2,7 +2,8 @@
 //! implementation: the in-process bus (two joined instances), Redis, and Redis
 //! Cluster (three masters). Each case takes two instances, `a` and `b`, on the same
 //! implementation. A broker feature (history, presence) adds its cases here:
-//! history's offsets, reads and idempotency keys, and presence's members.
+//! history's offsets, reads and idempotency keys, presence's members, occupancy,
+//! and forgetting a dead instance.
 //!
 //! A case that an implementation cannot exercise (an in-process bus has no
 //! connection to lose) says so through [`Fixture::outage`] returning false, and the
@@ -588,6 +589,66 @@ async fn presence_counts_users_not_connections(f: &mut Fixture) {
         .is_empty());
 }
 
+/// Occupancy: a channel is occupied by its first instance and vacated by its last,
+/// each seen by exactly one instance; saying it twice changes nothing.
+async fn occupancy_changes_once_cluster_wide(f: &mut Fixture) {
+    let ch: Arc<str> = Arc::from("occupancy-contract");
+    let (a, b) = (&f.a.broker, &f.b.broker);
+    assert!(a.occupancy(ch.clone(), true).await.expect("occupy"), "a occupies it");
+    assert!(
+        !a.occupancy(ch.clone(), true).await.expect("occupy"),
+        "a again: no change"
+    );
+    assert!(
+        !b.occupancy(ch.clone(), true).await.expect("occupy"),
+        "b joins an occupied channel"
+    );
+    assert!(!a.occupancy(ch.clone(), false).await.expect("vacate"), "b still has it");
+    assert!(
+        !a.occupancy(ch.clone(), false).await.expect("vacate"),
+        "a again: no change"
+    );
+    assert!(b.occupancy(ch.clone(), false).await.expect("vacate"), "b vacates it");
+    assert!(a.occupancy(ch.clone(), true).await.expect("occupy"), "occupied anew");
+}
+
+/// A dead instance's occupancy and presence are removed by another, once: false
+/// where instances cannot die apart (one process's in-process bus).
+async fn a_dead_instance_is_forgotten(f: &mut Fixture) -> bool {
+    if f.redis.is_empty() {
+        return false;
+    }
+    let (occupied, present): (Arc<str>, Arc<str>) = (Arc::from("forget-occupied"), Arc::from("forget-present"));
+    f.subscribed(&present).await;
+    assert!(f.a.broker.occupancy(occupied.clone(), true).await.expect("occupy"));
+    let bob = PresenceMember {
+        user: Arc::from("bob"),
+        info: Payload::from_json("{}").expect("json"),
+    };
+    assert!(f.a.broker.presence_join(present.clone(), bob).await.expect("join"));
+    assert!(matches!(
+        presence_change(&f.b, &present, WAIT).await,
+        Some(PresenceChange::Joined(_))
+    ));
+    let forgotten = f.b.broker.forget_instance(Arc::from("node-a")).await.expect("forget");
+    assert_eq!(forgotten.vacated, vec![occupied.clone()]);
+    assert_eq!(forgotten.left, vec![(present.clone(), Arc::from("bob"))]);
+    match presence_change(&f.b, &present, WAIT).await {
+        Some(PresenceChange::Left(user)) => assert_eq!(&*user, "bob"),
+        other => panic!("expected bob to leave, got {other:?}"),
+    }
+    let again = f.b.broker.forget_instance(Arc::from("node-a")).await.expect("forget");
+    assert!(
+        again.vacated.is_empty() && again.left.is_empty(),
+        "forgotten once: {again:?}"
+    );
+    assert!(
+        f.b.broker.occupancy(occupied, true).await.expect("occupy"),
+        "vacated for good"
+    );
+    true
+}
+
 /// Runs every case against fixtures made by `make`, one fixture per case so that a
 /// case's outage cannot disturb the next.
 async fn run_contract<F, Fut>(name: &str, make: F)
@@ -605,7 +666,11 @@ where
     history_reads_what_was_kept(&mut make().await).await;
     an_idempotency_key_publishes_once(&mut make().await).await;
     presence_counts_users_not_connections(&mut make().await).await;
+    occupancy_changes_once_cluster_wide(&mut make().await).await;
     let mut not_applicable = Vec::new();
+    if !a_dead_instance_is_forgotten(&mut make().await).await {
+        not_applicable.push("a_dead_instance_is_forgotten (one process)");
+    }
     if !readiness_follows_connection(&mut make().await).await {
         not_applicable.push("readiness_follows_connection (outage)");
     }

@@ -27,8 +27,8 @@ use super::history_ring::HistoryRings;
 use super::presence_book::PresenceBook;
 use super::user_counter::LocalUserCounter;
 use super::{
-    Broker, BrokerCall, BrokerError, BrokerEvent, BrokerFuture, BrokerSink, HistoryFuture, HistoryPage, HistoryQuery,
-    PresenceChange, PresenceFuture, PresenceMember, PublishFuture, PublishOptions, Published,
+    Broker, BrokerCall, BrokerError, BrokerEvent, BrokerFuture, BrokerSink, Forgotten, HistoryFuture, HistoryPage,
+    HistoryQuery, PresenceChange, PresenceFuture, PresenceMember, PublishFuture, PublishOptions, Published,
 };
 use crate::payload::Payload;
 
@@ -61,6 +61,7 @@ enum BusCommand {
     PresenceJoin(u64, Arc<str>, PresenceMember, flume::Sender<bool>),
     PresenceLeave(u64, Arc<str>, Arc<str>, flume::Sender<bool>),
     PresenceMembers(Arc<str>, usize, flume::Sender<Vec<PresenceMember>>),
+    Occupancy(u64, Arc<str>, bool, flume::Sender<bool>),
 }
 
 /// A pub/sub bus shared by the in-process brokers of one process.
@@ -124,6 +125,8 @@ struct Member {
 fn route(rx: flume::Receiver<BusCommand>, mut history: HistoryRings, size: &StoreSize) {
     let mut members: HashMap<u64, Member> = HashMap::new();
     let mut presence = PresenceBook::default();
+    // Which members have subscribers on each channel (PROTOCOL.md 20.7).
+    let mut occupancy: HashMap<Arc<str>, HashSet<u64>> = HashMap::new();
     // Tells the members other than `from` that subscribe to `channel`.
     let announce = |members: &HashMap<u64, Member>, from: Option<u64>, channel: &Arc<str>, change: PresenceChange| {
         for (_, member) in members
@@ -165,6 +168,21 @@ fn route(rx: flume::Receiver<BusCommand>, mut history: HistoryRings, size: &Stor
             }
             BusCommand::PresenceMembers(channel, limit, reply) => {
                 let _ = reply.send(presence.members(&channel, limit));
+            }
+            BusCommand::Occupancy(from, channel, occupied, reply) => {
+                let changed = if occupied {
+                    let holders = occupancy.entry(channel).or_default();
+                    holders.insert(from) && holders.len() == 1
+                } else {
+                    let vacated = occupancy
+                        .get_mut(&channel)
+                        .is_some_and(|h| h.remove(&from) && h.is_empty());
+                    if vacated {
+                        occupancy.remove(&channel);
+                    }
+                    vacated
+                };
+                let _ = reply.send(changed);
             }
             BusCommand::Subscribe(id, channel) => {
                 if let Some(member) = members.get_mut(&id) {
@@ -331,6 +349,16 @@ impl Broker for InProcessBroker {
 
     fn presence_members(&self, channel: Arc<str>, limit: usize) -> PresenceFuture<Vec<PresenceMember>> {
         self.ask(|_, reply| BusCommand::PresenceMembers(channel, limit, reply))
+    }
+
+    fn occupancy(&self, channel: Arc<str>, occupied: bool) -> BrokerCall<bool> {
+        self.ask(|id, reply| BusCommand::Occupancy(id, channel, occupied, reply))
+    }
+
+    fn forget_instance(&self, _node: Arc<str>) -> BrokerCall<Forgotten> {
+        // The instances of one bus live and die with their process: none is ever
+        // found dead by another.
+        Box::pin(std::future::ready(Ok(Forgotten::default())))
     }
 
     fn is_ready(&self) -> bool {

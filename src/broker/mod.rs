@@ -53,6 +53,15 @@ pub struct PresenceMember {
     pub info: Payload,
 }
 
+/// What removing a dead instance ended ([`Broker::forget_instance`]).
+#[derive(Debug, Clone, Default)]
+pub struct Forgotten {
+    /// Channels it was the last instance with subscribers on.
+    pub vacated: Vec<Arc<str>>,
+    /// Presence memberships `(channel, user)` its connections were the last of.
+    pub left: Vec<(Arc<str>, Arc<str>)>,
+}
+
 /// A change to a channel's members, announced once cluster-wide.
 #[derive(Debug, Clone)]
 pub enum PresenceChange {
@@ -155,6 +164,15 @@ pub trait Broker: Send + Sync + 'static {
     fn presence_leave(&self, channel: Arc<str>, user: Arc<str>) -> PresenceFuture<bool>;
     /// The channel's members, at most `limit`.
     fn presence_members(&self, channel: Arc<str>, limit: usize) -> PresenceFuture<Vec<PresenceMember>>;
+    /// Records that this instance now has subscribers on `channel` (`occupied`) or
+    /// has none any more; answers whether that occupied the channel (no instance had
+    /// any) or vacated it (none has any now). Called, in order, only where something
+    /// watches occupancy (webhooks, PROTOCOL.md 20.7).
+    fn occupancy(&self, channel: Arc<str>, occupied: bool) -> BrokerCall<bool>;
+    /// Another instance is gone (its heartbeat record expired): removes it from the
+    /// occupancy and presence of every channel it had, each removal atomic, so that
+    /// of several instances doing this, one sees each channel vacated or user leave.
+    fn forget_instance(&self, node: Arc<str>) -> BrokerCall<Forgotten>;
     /// Sends a control message (opaque to the broker: an operator's command) to
     /// every other instance, which receives it as [`BrokerEvent::Control`]. Every
     /// instance listens for control messages from its start; none is stored.

@@ -12,7 +12,13 @@ use crate::broker::{BrokerError, HistoryPage, HistoryQuery, Position, PublishOpt
 use crate::payload::Payload;
 
 /// The function library, as loaded (`FUNCTION LOAD REPLACE`): history and presence.
-pub(super) const LIBRARY: &str = concat!(include_str!("functions.lua"), "\n", include_str!("presence.lua"));
+pub(super) const LIBRARY: &str = concat!(
+    include_str!("functions.lua"),
+    "\n",
+    include_str!("presence.lua"),
+    "\n",
+    include_str!("occupancy.lua")
+);
 
 /// The keys of a channel's history: its stream and its hash, with the channel's
 /// pub/sub name as hash tag.

@@ -28,7 +28,7 @@ use shardcast_proto::redis::encode_redis_payload;
 use tracing::info;
 
 use super::{
-    Broker, BrokerCall, BrokerError, BrokerFuture, BrokerMetrics, BrokerSink, HistoryFuture, HistoryQuery,
+    Broker, BrokerCall, BrokerError, BrokerFuture, BrokerMetrics, BrokerSink, Forgotten, HistoryFuture, HistoryQuery,
     PresenceFuture, PresenceMember, PublishFuture, PublishOptions, Published,
 };
 use crate::payload::Payload;
@@ -270,10 +270,17 @@ impl Broker for RedisBroker {
     }
 
     fn presence_join(&self, channel: Arc<str>, member: PresenceMember) -> PresenceFuture<bool> {
-        match self.presence_call(&channel) {
-            Ok(call) => Box::pin(async move { call.join(&channel, &member).await }),
-            Err(refused) => refused,
-        }
+        let call = match self.presence_call(&channel) {
+            Ok(call) => call,
+            Err(refused) => return refused,
+        };
+        let key = presence::node_index(&self.settings.prefix, &call.origin);
+        let index = self.client_for(&key);
+        Box::pin(async move {
+            // Indexed first, so that this instance's death finds the membership.
+            index_channel(index.as_ref(), &key, &channel, true).await?;
+            call.join(&channel, &member).await
+        })
     }
 
     fn presence_leave(&self, channel: Arc<str>, user: Arc<str>) -> PresenceFuture<bool> {
@@ -288,6 +295,68 @@ impl Broker for RedisBroker {
             Ok(call) => Box::pin(async move { call.members(&channel, limit).await }),
             Err(refused) => refused,
         }
+    }
+
+    fn occupancy(&self, channel: Arc<str>, occupied: bool) -> BrokerCall<bool> {
+        let call = match self.presence_call(&channel) {
+            Ok(call) => call,
+            Err(refused) => return refused,
+        };
+        let key = presence::node_index(&self.settings.prefix, &call.origin);
+        let index = self.client_for(&key);
+        Box::pin(async move {
+            // Indexed before the change and unindexed after it: a death in between
+            // leaves an index entry with nothing to remove, never the reverse.
+            if occupied {
+                index_channel(index.as_ref(), &key, &channel, true).await?;
+            }
+            let changed = call.occupancy(&channel, &call.origin, occupied).await?;
+            if !occupied {
+                index_channel(index.as_ref(), &key, &channel, false).await?;
+            }
+            Ok(changed)
+        })
+    }
+
+    fn forget_instance(&self, node: Arc<str>) -> BrokerCall<Forgotten> {
+        let key = presence::node_index(&self.settings.prefix, &node);
+        let Some(index) = self.client_for(&key) else {
+            return Box::pin(std::future::ready(Err(BrokerError::Unavailable(
+                "the redis node of the instance index is not connected".into(),
+            ))));
+        };
+        let clients = self.clients();
+        let (cluster, prefix, origin) = (
+            self.settings.cluster,
+            self.settings.prefix.clone(),
+            self.settings.origin.clone(),
+        );
+        Box::pin(async move {
+            let channels: Vec<String> = index.smembers(&key).await.map_err(history::classify)?;
+            let mut forgotten = Forgotten::default();
+            for channel in channels {
+                let channel: Arc<str> = Arc::from(channel);
+                let Some(client) = clients.for_key(&format!("{prefix}{channel}")) else {
+                    // That channel's master is down: what the dead instance held
+                    // there stays until that master's keys expire.
+                    continue;
+                };
+                let call = PresenceCall {
+                    client,
+                    cluster,
+                    prefix: prefix.clone(),
+                    origin: origin.clone(),
+                };
+                for user in call.forget(&channel, &node).await? {
+                    forgotten.left.push((channel.clone(), user));
+                }
+                if call.occupancy(&channel, &node, false).await? {
+                    forgotten.vacated.push(channel.clone());
+                }
+            }
+            let _: i64 = index.del(&key).await.map_err(history::classify)?;
+            Ok(forgotten)
+        })
     }
 
     fn is_ready(&self) -> bool {
@@ -313,6 +382,22 @@ fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_owned(),
     }
+}
+
+/// Adds `channel` to an instance's index (or removes it); without a connected
+/// client for the index, refused.
+async fn index_channel(index: Option<&Client>, key: &str, channel: &str, add: bool) -> Result<(), BrokerError> {
+    let Some(index) = index else {
+        return Err(BrokerError::Unavailable(
+            "the redis node of the instance index is not connected".into(),
+        ));
+    };
+    let changed: Result<i64, _> = if add {
+        index.sadd(key, channel).await
+    } else {
+        index.srem(key, channel).await
+    };
+    changed.map(|_| ()).map_err(history::classify)
 }
 
 #[cfg(test)]

@@ -62,13 +62,16 @@ local function leave(keys, args)
 end
 
 -- An instance is gone: its node hash's users leave (announced with no origin, so
--- every instance tells its subscribers). ARGV: topic, sharded. Returns how many left.
+-- every instance tells its subscribers). ARGV: topic, sharded. Returns the users
+-- that stopped being members.
 local function forget(keys, args)
   local users, info, node = keys[1], keys[2], keys[3]
   local topic, sharded = args[1], args[2] == '1'
-  local gone = 0
+  local gone = {}
   for _, user in ipairs(redis.call('HKEYS', node)) do
-    gone = gone + drop_instance(users, info, topic, sharded, '', user)
+    if drop_instance(users, info, topic, sharded, '', user) == 1 then
+      gone[#gone + 1] = user
+    end
   end
   redis.call('DEL', node)
   return gone

@@ -1,6 +1,8 @@
-//! Presence on Redis: the calls to the functions of `presence.lua` (members per
-//! user across instances, announced once on the channel's own topic). What a
-//! join or leave costs in Redis operations is said in `presence.lua`.
+//! Presence and occupancy on Redis: the calls to the functions of `presence.lua`
+//! (members per user across instances, announced once on the channel's own topic)
+//! and `occupancy.lua` (which instances have subscribers on a channel), and the
+//! index of the channels each instance touched, so that a dead instance's share
+//! can be removed. What each costs in Redis operations is said in the `.lua` files.
 
 use std::sync::Arc;
 
@@ -71,6 +73,29 @@ impl PresenceCall {
         Ok(reply.as_u64() == Some(1))
     }
 
+    /// `node` (another instance) is gone: its connections' users leave `channel`;
+    /// the users that stopped being members.
+    pub(super) async fn forget(&self, channel: &str, node: &str) -> Result<Vec<Arc<str>>, BrokerError> {
+        let keys = keys(&self.prefix, channel, node);
+        let args = vec![self.topic(channel), self.sharded()];
+        let reply = fcall(&self.client, self.cluster, "shardcast_presence_forget", keys, args).await?;
+        Ok(reply
+            .into_array()
+            .into_iter()
+            .filter_map(|user| user.as_string())
+            .map(Arc::from)
+            .collect())
+    }
+
+    /// Records whether `node` has subscribers on `channel`; true when that occupied
+    /// the channel (its first instance) or vacated it (its last).
+    pub(super) async fn occupancy(&self, channel: &str, node: &str, occupied: bool) -> Result<bool, BrokerError> {
+        let key = format!("{}occupancy:{{{}{channel}}}", self.prefix, self.prefix);
+        let args = vec![node.to_owned(), if occupied { "1" } else { "0" }.to_owned()];
+        let reply = fcall(&self.client, self.cluster, "shardcast_occupancy", vec![key], args).await?;
+        Ok(reply.as_u64() == Some(1))
+    }
+
     /// The channel's members, at most `limit`.
     pub(super) async fn members(&self, channel: &str, limit: usize) -> Result<Vec<PresenceMember>, BrokerError> {
         let keys = keys(&self.prefix, channel, &self.origin);
@@ -103,4 +128,10 @@ impl PresenceCall {
         }
         Ok(members)
     }
+}
+
+/// The key of the set of channels where `node` has (or had) subscribers or
+/// presence, hash-tagged to the node: what to clean up when it dies.
+pub(super) fn node_index(prefix: &str, node: &str) -> String {
+    format!("{prefix}node:{{{node}}}:channels")
 }
