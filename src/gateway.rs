@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::admin::cluster::ClusterView;
+use crate::admin::cluster::{ClusterView, Heartbeats};
 use crate::admin::console::SessionStore;
 use crate::admin::{self, AdminContext};
 use crate::admission::acceptor::Acceptor;
@@ -26,11 +26,13 @@ use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::user_counter::{LocalUserCounter, UserCounter};
 use crate::broker::{Broker, BrokerError, BrokerMetrics, BrokerSink};
 use crate::config::Config;
+use crate::fanout::occupancy::{forget_dead_instances, OccupancyWatch};
 use crate::fanout::publisher::Publisher;
 use crate::fanout::router::{self, RouterHandle};
 use crate::fanout::ChannelHistory;
 use crate::metrics::Metrics;
 use crate::pusher::apps::{AppsError, PusherApps};
+use crate::pusher::webhooks::{WebhookCounters, Webhooks};
 use crate::shard::{self, ShardCommand, ShardDeps, ShardHandle};
 use crate::state::GatewayState;
 
@@ -63,6 +65,9 @@ pub enum GatewayError {
     /// The Pusher apps of the config file are unusable.
     #[error(transparent)]
     PusherApps(#[from] AppsError),
+    /// An app's webhook sender could not start.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// A started gateway. Must be started inside a tokio runtime (the control thread's).
@@ -107,6 +112,20 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     } = make_broker(&config, &state, Arc::new(router_handle.clone()), &metrics)?;
     let channel_history = ChannelHistory::new(Arc::new(auth.rules().clone()));
     let pusher_apps = Arc::new(PusherApps::from_table(&config.pusher_apps)?);
+    let webhooks = Webhooks::start(
+        &pusher_apps,
+        WebhookCounters {
+            requests: metrics.webhook_requests.clone(),
+            dropped: metrics.webhook_dropped.clone(),
+            queued: metrics.webhook_queued.clone(),
+        },
+    )
+    .map_err(GatewayError::Webhooks)?;
+    // Where an app has webhooks, the broker reports occupancy and presence changes.
+    let broker: Arc<dyn Broker> = match &webhooks {
+        Some(hooks) => OccupancyWatch::start(broker, hooks.clone(), metrics.occupancy_dropped.clone()),
+        None => broker,
+    };
     let publisher = Publisher::new(
         router_handle.clone(),
         broker.clone(),
@@ -152,14 +171,20 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         metrics.fd_headroom.set(budget.headroom() as i64);
     }
     metrics.max_connections.set(config.max_connections as i64);
+    // A dead instance's presence and occupancy are removed by the survivors.
+    let (gone_tx, gone_rx) = flume::unbounded();
+    let forget = tokio::spawn(forget_dead_instances(broker.clone(), gone_rx, webhooks));
     let cluster = ClusterView::new(
         instances,
         state.clone(),
         metrics.clone(),
         ws_addr,
         config.admin_advertise.clone().unwrap_or_else(|| admin_addr.to_string()),
-        config.heartbeat_interval,
-        config.instance_ttl,
+        Heartbeats {
+            interval: config.heartbeat_interval,
+            ttl: config.instance_ttl,
+        },
+        Some(gone_tx),
     );
 
     let mut background = vec![
@@ -187,6 +212,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
             }),
         )),
         tokio::spawn(cluster.clone().run()),
+        forget,
         tokio::spawn(monitor(state.clone(), budget.clone(), metrics.clone(), broker.clone())),
     ];
     background.extend(jwks.map(|source| tokio::spawn(source.run())));

@@ -22,7 +22,8 @@
 //! transport: upgrade, RFC 6455 frames and permessage-deflate over raw sockets),
 //! [`auth`] (token verification and channel rules), [`pusher`] (the Pusher
 //! protocol's frames, apps and signatures), [`payload`] (a publication's validated data),
-//! [`metrics`], [`state`] (lock-free shared counters) and [`config`]. On top: [`admin`] (the admin port: HTTP API, health,
+//! [`metrics`], [`state`] (lock-free shared counters), [`config`] and [`outbound`]
+//! (requests to configured URLs, which [`auth`] and [`pusher`] make). On top: [`admin`] (the admin port: HTTP API, health,
 //! metrics, the cluster view) and [`gateway`], which wires an instance together
 //! and drains it.
 //!
@@ -43,6 +44,7 @@ pub mod config;
 pub mod fanout;
 pub mod gateway;
 pub mod metrics;
+pub mod outbound;
 pub mod payload;
 pub mod pusher;
 pub mod shard;

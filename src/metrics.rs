@@ -45,6 +45,14 @@ pub struct Metrics {
     pub gaps: IntCounterVec,
     /// Pusher HTTP API requests refused, by reason (signature, timestamp, ...).
     pub pusher_api_refusals: IntCounterVec,
+    /// Webhook requests, by result (PROTOCOL.md 20.7).
+    pub webhook_requests: IntCounterVec,
+    /// Webhook events dropped, by reason.
+    pub webhook_dropped: IntCounterVec,
+    /// Webhook events queued.
+    pub webhook_queued: IntCounter,
+    /// Occupancy changes the broker kept refusing, given up.
+    pub occupancy_dropped: IntCounter,
     /// Publishes whose broker outcome is not known (timeouts), by source.
     pub publish_unknown: IntCounter,
     /// Channels in the in-process history store.
@@ -162,6 +170,18 @@ impl Metrics {
                 "Pusher HTTP API requests refused, by reason: missing, wrong_key, version, timestamp, body_md5, signature.",
                 &["reason"],
             )?,
+            webhook_requests: counter_vec(
+                "webhook_requests_total",
+                "Pusher webhook requests, by result (delivered, failed: an attempt retried or given up).",
+                &["result"],
+            )?,
+            webhook_dropped: counter_vec(
+                "webhook_events_dropped_total",
+                "Pusher webhook events dropped, by reason (queue_full, gave_up).",
+                &["reason"],
+            )?,
+            webhook_queued: IntCounter::with_opts(opts("webhook_events_queued_total", "Pusher webhook events queued for sending."))?,
+            occupancy_dropped: IntCounter::with_opts(opts("occupancy_changes_dropped_total", "Channel occupancy changes the broker refused for 30 s, given up (their webhooks may be missing)."))?,
             publish_unknown: IntCounter::with_opts(opts("publish_outcome_unknown_total", "Publishes whose broker did not answer within the publish timeout."))?,
             history_channels: IntGauge::with_opts(opts("history_channels", "Channels in the in-process history store."))?,
             history_publications: IntGauge::with_opts(opts("history_publications", "Publications in the in-process history store."))?,
@@ -268,6 +288,10 @@ impl Metrics {
         r.register(Box::new(self.gaps.clone()))?;
         r.register(Box::new(self.pusher_api_refusals.clone()))?;
         r.register(Box::new(self.publish_unknown.clone()))?;
+        r.register(Box::new(self.webhook_requests.clone()))?;
+        r.register(Box::new(self.webhook_dropped.clone()))?;
+        r.register(Box::new(self.webhook_queued.clone()))?;
+        r.register(Box::new(self.occupancy_dropped.clone()))?;
         r.register(Box::new(self.history_channels.clone()))?;
         r.register(Box::new(self.history_publications.clone()))?;
         r.register(Box::new(self.auth_refusals.clone()))?;

@@ -40,6 +40,15 @@ pub struct ClusterSnapshot {
     pub fresh: bool,
 }
 
+/// How often this instance heartbeats, and how long its record outlives the last.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeats {
+    /// Between two heartbeats.
+    pub interval: Duration,
+    /// A record's life.
+    pub ttl: Duration,
+}
+
 /// The cluster view of one instance, kept fresh by [`ClusterView::run`].
 pub struct ClusterView {
     registry: Box<dyn InstanceRegistry>,
@@ -52,6 +61,9 @@ pub struct ClusterView {
     snapshot: Mutex<Arc<ClusterSnapshot>>,
     /// The loop-lag histograms' (sum, count) per shard at the last heartbeat.
     lag_before: Mutex<Vec<(f64, u64)>>,
+    /// Gets the id of each instance whose record expired since the last read:
+    /// what it held in the broker is then removed (PROTOCOL.md 20.4, 20.7).
+    gone: Option<flume::Sender<String>>,
 }
 
 impl ClusterView {
@@ -62,9 +74,10 @@ impl ClusterView {
         metrics: Arc<Metrics>,
         ws: SocketAddr,
         admin: String,
-        interval: Duration,
-        ttl: Duration,
+        timing: Heartbeats,
+        gone: Option<flume::Sender<String>>,
     ) -> Arc<ClusterView> {
+        let Heartbeats { interval, ttl } = timing;
         let view = Arc::new(ClusterView {
             registry,
             state,
@@ -80,6 +93,7 @@ impl ClusterView {
                 fresh: false,
             })),
             lag_before: Mutex::new(Vec::new()),
+            gone,
         });
         view.store(vec![view.me()], true);
         view
@@ -103,10 +117,21 @@ impl ClusterView {
 
     /// Heartbeats and refreshes the snapshot every interval, forever.
     pub async fn run(self: Arc<Self>) {
+        // Every instance whose record the last successful read found.
+        let mut seen: Vec<String> = Vec::new();
         loop {
             let me = self.me();
             match self.registry.heartbeat(&me, self.ttl).await {
-                Ok(instances) => self.store(instances, true),
+                Ok(instances) => {
+                    let now: Vec<String> = instances.iter().map(|i| i.node.clone()).collect();
+                    if let Some(gone) = &self.gone {
+                        for node in seen.iter().filter(|n| !now.contains(n)) {
+                            let _ = gone.send(node.clone());
+                        }
+                    }
+                    seen = now;
+                    self.store(instances, true);
+                }
                 Err(e) => {
                     warn!(error = %e, "cluster heartbeat failed");
                     // Nothing new was read, so no record is overdue that was not

@@ -13,23 +13,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{ACCEPT, HOST, USER_AGENT};
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use http_body_util::Empty;
+use hyper::header::ACCEPT;
+use hyper::{Method, StatusCode};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use prometheus::IntCounter;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 
 use super::AuthError;
+use crate::outbound::{self, OutboundError, OutboundUrl};
 
 /// The shortest time between two fetches that an unknown `kid` asks for: tokens
 /// with made-up key ids cannot make the gateway hammer the key server.
@@ -48,12 +44,9 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Why a key set could not be fetched or used.
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
-    /// The server could not be reached.
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
-    /// The HTTP exchange failed.
-    #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
+    /// The server could not be reached, or the exchange failed.
+    #[error("{0}")]
+    Outbound(#[from] OutboundError),
     /// The server answered with something other than 200.
     #[error("HTTP status {0}")]
     Status(StatusCode),
@@ -197,50 +190,9 @@ pub struct JwksCounters {
     pub error: IntCounter,
 }
 
-/// Where a key set comes from: an `https://` or `http://` URL.
-#[derive(Debug, Clone)]
-struct JwksUrl {
-    uri: Uri,
-    host: String,
-    port: u16,
-    tls: bool,
-}
-
-impl JwksUrl {
-    fn parse(url: &str) -> Result<JwksUrl, AuthError> {
-        let bad = |why: &str| AuthError::Config(format!("--token-jwks-url: {why}"));
-        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(bad("the URL must start with https:// or http://")),
-        };
-        let authority = uri.authority().ok_or_else(|| bad("the URL has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(bad("credentials in the URL are not supported"));
-        }
-        Ok(JwksUrl {
-            host: authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-            uri,
-            tls,
-        })
-    }
-
-    /// The URL without its query, which may carry a secret: for logs.
-    fn display(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}:{}{}", self.host, self.port, self.uri.path())
-    }
-}
-
 /// A key set kept current from its URL.
 pub struct JwksSource {
-    url: JwksUrl,
+    url: OutboundUrl,
     /// For an https:// URL: the TLS client, with the public roots and any extra CA.
     tls: Option<TlsConnector>,
     refresh: Duration,
@@ -270,8 +222,14 @@ impl JwksSource {
         refresh: Duration,
         counters: JwksCounters,
     ) -> Result<Arc<JwksSource>, AuthError> {
-        let url = JwksUrl::parse(url)?;
-        let tls = if url.tls { Some(tls_connector(ca)?) } else { None };
+        let url = OutboundUrl::parse(url).map_err(|why| AuthError::Config(format!("--token-jwks-url: {why}")))?;
+        let tls = if url.tls {
+            let connector =
+                outbound::tls_connector(ca).map_err(|why| AuthError::Config(format!("--token-jwks-ca {why}")))?;
+            Some(connector)
+        } else {
+            None
+        };
         let source = Arc::new(JwksSource {
             url,
             tls,
@@ -352,79 +310,18 @@ impl JwksSource {
     }
 }
 
-/// The TLS client for key sets: Mozilla's public roots, plus the certificates of
-/// `ca` (a PEM file), if given.
-fn tls_connector(ca: Option<&Path>) -> Result<TlsConnector, AuthError> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca {
-        let bad = |why: String| AuthError::Config(format!("--token-jwks-ca {}: {why}", path.display()));
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
-        let mut added = 0;
-        for cert in certs {
-            roots
-                .add(cert.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(bad("no certificate in the file".into()));
-        }
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AuthError::Config(format!("TLS for --token-jwks-url: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
 /// GETs the key set document over one HTTP/1.1 connection, through TLS for https.
-async fn get(url: &JwksUrl, tls: Option<&TlsConnector>) -> Result<Bytes, JwksError> {
-    let stream = TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(JwksError::Connect)?;
-    match tls {
-        None => exchange(url, stream).await,
-        Some(connector) => {
-            let name = ServerName::try_from(url.host.clone())
-                .map_err(|e| JwksError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-            let stream = connector.connect(name, stream).await.map_err(JwksError::Connect)?;
-            exchange(url, stream).await
-        }
-    }
-}
-
-/// One GET of the key set document on an open connection.
-async fn exchange<S>(url: &JwksUrl, stream: S) -> Result<Bytes, JwksError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // The connection future drives the socket; it ends when `sender` is dropped.
-    let driver = tokio::spawn(connection);
-    let path = url.uri.path_and_query().map_or("/", |p| p.as_str());
-    let authority = url.uri.authority().map_or(url.host.as_str(), |a| a.as_str());
-    let request = Request::get(path)
-        .header(HOST, authority)
+async fn get(url: &OutboundUrl, tls: Option<&TlsConnector>) -> Result<Bytes, JwksError> {
+    let request = url
+        .request(Method::GET)
         .header(ACCEPT, "application/jwk-set+json, application/json")
-        .header(USER_AGENT, concat!("shardcast/", env!("CARGO_PKG_VERSION")))
         .body(Empty::<Bytes>::new())
         .map_err(|e| JwksError::Body(e.to_string()))?;
-    let response = sender.send_request(request).await?;
-    if response.status() != StatusCode::OK {
-        driver.abort();
-        return Err(JwksError::Status(response.status()));
+    let answer = outbound::send(url, tls, request).await?;
+    if answer.response.status() != StatusCode::OK {
+        return Err(JwksError::Status(answer.response.status()));
     }
-    let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-        .collect()
-        .await
-        .map_err(|e| JwksError::Body(e.to_string()))?
-        .to_bytes();
-    drop(sender);
-    driver.abort();
-    Ok(body)
+    answer.body(MAX_JWKS_BYTES).await.map_err(JwksError::Body)
 }
 
 #[cfg(test)]
@@ -474,19 +371,5 @@ mod tests {
         assert!(keys.get("good").is_some());
         assert!(matches!(set(serde_json::json!([])), Err(JwksError::NoKeys)));
         assert!(matches!(JwkKeys::parse(b"<html>"), Err(JwksError::Json(_))));
-    }
-
-    #[test]
-    fn https_and_http_urls_are_taken() {
-        let url = JwksUrl::parse("http://keys.test:8080/.well-known/jwks.json?t=secret").expect("http");
-        assert_eq!((url.host.as_str(), url.port), ("keys.test", 8080));
-        assert_eq!(url.display(), "http://keys.test:8080/.well-known/jwks.json");
-        assert_eq!(JwksUrl::parse("http://[::1]/k").expect("v6").host, "::1");
-        let secure = JwksUrl::parse("https://keys.test/jwks.json").expect("https");
-        assert_eq!((secure.port, secure.tls), (443, true));
-        assert_eq!(secure.display(), "https://keys.test:443/jwks.json");
-        for bad in ["ftp://x/", "keys.test/jwks", "http://u:p@keys.test/"] {
-            assert!(JwksUrl::parse(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod history_cursor;
+pub mod occupancy;
 pub mod publication;
 pub mod publisher;
 pub mod router;

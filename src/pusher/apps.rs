@@ -29,6 +29,12 @@ pub struct PusherApp {
     /// What the app's channels are prefixed with to become shardcast channels.
     #[serde(default)]
     pub channel_prefix: String,
+    /// Where the app's webhooks go (PROTOCOL.md 20.7); none: no webhooks.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Which webhook events it wants (all when absent).
+    #[serde(default)]
+    pub webhook_events: Option<Vec<String>>,
 }
 
 fn default_max_presence_members() -> u32 {
@@ -44,6 +50,7 @@ impl std::fmt::Debug for PusherApp {
             .field("client_events", &self.client_events)
             .field("max_presence_members", &self.max_presence_members)
             .field("channel_prefix", &self.channel_prefix)
+            .field("webhook_events", &self.webhook_events)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +70,8 @@ impl PusherApp {
             client_events: false,
             max_presence_members: DEFAULT_MAX_PRESENCE_MEMBERS,
             channel_prefix: String::new(),
+            webhook_url: None,
+            webhook_events: None,
         }
     }
 }
@@ -84,6 +93,9 @@ pub enum AppsError {
     /// An empty key or secret.
     #[error("[pusher.apps.{0:?}]: key and secret must not be empty")]
     Empty(String),
+    /// A webhook URL or event name that cannot be used.
+    #[error("[pusher.apps.{0:?}]: {1}")]
+    Webhook(String, String),
 }
 
 /// Every configured app, found by key (WebSocket) or by id (HTTP API).
@@ -116,6 +128,19 @@ impl PusherApps {
         if app.key.is_empty() || app.secret.is_empty() {
             return Err(AppsError::Empty(app.id));
         }
+        if let Some(url) = &app.webhook_url {
+            crate::outbound::OutboundUrl::parse(url)
+                .map_err(|why| AppsError::Webhook(app.id.clone(), format!("webhook_url: {why}")))?;
+        }
+        for name in app.webhook_events.iter().flatten() {
+            if !super::webhooks::EVENT_NAMES.contains(&name.as_str()) {
+                let why = format!(
+                    "webhook_events: no event {name:?} (known: {:?})",
+                    super::webhooks::EVENT_NAMES
+                );
+                return Err(AppsError::Webhook(app.id.clone(), why));
+            }
+        }
         if let Some(other) = self.by_key.get(&app.key) {
             return Err(AppsError::DuplicateKey(other.id.clone(), app.id));
         }
@@ -132,6 +157,11 @@ impl PusherApps {
     /// The app an API path names.
     pub fn by_id(&self, id: &str) -> Option<&PusherApp> {
         self.key_of_id.get(id).and_then(|k| self.by_key.get(k))
+    }
+
+    /// Every app.
+    pub fn iter(&self) -> impl Iterator<Item = &PusherApp> {
+        self.by_key.values()
     }
 
     /// Whether any app is configured (the endpoint exists only then).
