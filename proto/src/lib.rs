@@ -159,6 +159,17 @@ pub struct HistoryEntry {
     pub data: Value,
 }
 
+/// One member of a channel's presence (`presence` frame): a user, however many
+/// connections it has (PROTOCOL.md 21).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    /// The user id.
+    pub user: String,
+    /// What its connection said of it (`info` of `connect`), or null.
+    #[serde(default)]
+    pub info: Value,
+}
+
 /// Why a `gap` frame was sent: what history could not cover (PROTOCOL.md 19.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -260,6 +271,14 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u64>,
     },
+    /// Reads a channel's presence; answered by a `presence` frame (PROTOCOL.md 21).
+    Presence {
+        /// The request id, echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel.
+        channel: String,
+    },
     /// Application-level heartbeat (browsers cannot see WebSocket pings); answered by `pong`.
     Ping {
         /// The request id, echoed in the reply.
@@ -311,7 +330,8 @@ impl ClientFrame {
             | ClientFrame::Connect { id, .. }
             | ClientFrame::Refresh { id, .. }
             | ClientFrame::SubRefresh { id, .. }
-            | ClientFrame::History { id, .. } => *id,
+            | ClientFrame::History { id, .. }
+            | ClientFrame::Presence { id, .. } => *id,
         }
     }
 }
@@ -429,6 +449,10 @@ pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, De
             channel: channel(loose.channel)?,
             since: loose.since,
             limit: loose.limit,
+        }),
+        "presence" => Ok(ClientFrame::Presence {
+            id,
+            channel: channel(loose.channel)?,
         }),
         "ping" => Ok(ClientFrame::Ping { id }),
         other => Err(DecodeError::new(
@@ -572,6 +596,35 @@ pub enum ServerFrame {
         publications: Vec<HistoryEntry>,
         /// Whether they reach from the requested position to the top with no hole.
         complete: bool,
+    },
+    /// The answer to a `presence` request (PROTOCOL.md 21).
+    Presence {
+        /// The id of the request this answers, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel.
+        channel: String,
+        /// How many members the channel has.
+        count: u64,
+        /// Its members, at most the channel's limit.
+        members: Vec<PresenceEntry>,
+    },
+    /// A user became a member of a channel with presence the connection subscribes.
+    Join {
+        /// The channel.
+        channel: String,
+        /// The user id.
+        user: String,
+        /// What its connection said of it, or null.
+        #[serde(default)]
+        info: Value,
+    },
+    /// A user stopped being a member.
+    Leave {
+        /// The channel.
+        channel: String,
+        /// The user id.
+        user: String,
     },
     /// The gateway ended one subscription; the connection stays open.
     Unsubscribed {

@@ -149,6 +149,13 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
             },
         ),
         (
+            "presence",
+            ClientFrame::Presence {
+                id: Some(11),
+                channel: "room:lobby".into(),
+            },
+        ),
+        (
             "sub_refresh",
             ClientFrame::SubRefresh {
                 id: Some(8),
@@ -293,6 +300,39 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             },
         ),
         (
+            "presence",
+            ServerFrame::Presence {
+                id: Some(11),
+                channel: "room:lobby".into(),
+                count: 2,
+                members: vec![
+                    PresenceEntry {
+                        user: "42".into(),
+                        info: json!({"name": "Ann"}),
+                    },
+                    PresenceEntry {
+                        user: "43".into(),
+                        info: Value::Null,
+                    },
+                ],
+            },
+        ),
+        (
+            "join",
+            ServerFrame::Join {
+                channel: "room:lobby".into(),
+                user: "42".into(),
+                info: json!({"name": "Ann"}),
+            },
+        ),
+        (
+            "leave",
+            ServerFrame::Leave {
+                channel: "room:lobby".into(),
+                user: "42".into(),
+            },
+        ),
+        (
             "error_no_history",
             ServerFrame::Error {
                 id: Some(9),
@@ -333,6 +373,7 @@ fn invalid_client_frames() -> Value {
         {"name": "refresh_without_token", "encoding": "json", "hex": hex(b"{\"op\":\"refresh\",\"id\":2}"), "code": "bad_request", "id": 2},
         {"name": "recover_offset_not_a_number", "encoding": "json", "hex": hex(b"{\"op\":\"subscribe\",\"id\":3,\"channel\":\"news\",\"recover\":{\"offset\":\"41\",\"epoch\":\"e\"}}"), "code": "bad_request"},
         {"name": "history_without_channel", "encoding": "json", "hex": hex(b"{\"op\":\"history\",\"id\":4}"), "code": "bad_request", "id": 4},
+        {"name": "presence_without_channel", "encoding": "json", "hex": hex(b"{\"op\":\"presence\",\"id\":6}"), "code": "bad_request", "id": 6},
         {"name": "truncated_msgpack", "encoding": "msgpack", "hex": "83a26f70", "code": "bad_request"},
         {"name": "msgpack_not_a_map", "encoding": "msgpack", "hex": "93010203", "code": "bad_request"},
         {"name": "msgpack_unknown_op", "encoding": "msgpack",

@@ -121,6 +121,14 @@ impl Shard<'_> {
                 since,
                 limit,
             } => self.history_request(key, id, channel, since, limit),
+            // Specified (PROTOCOL.md 21), not served yet: the answer of a gateway that
+            // does not know the op, which a client takes as "no presence here".
+            ClientFrame::Presence { id, .. } => self.reply_error(
+                key,
+                id,
+                ErrorCode::UnknownOp,
+                "this gateway does not serve presence yet",
+            ),
         }
     }
 

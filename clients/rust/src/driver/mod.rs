@@ -512,7 +512,12 @@ impl Driver {
                 self.channels.unsubscribed(&channel, code, message, &self.observers);
             }
             // A second welcome is unexpected but harmless; unknown frame types are ignored (section 2).
-            ServerFrame::Welcome { .. } | ServerFrame::Unknown => {}
+            // Presence frames (PROTOCOL.md 21) have no API in this client yet.
+            ServerFrame::Welcome { .. }
+            | ServerFrame::Presence { .. }
+            | ServerFrame::Join { .. }
+            | ServerFrame::Leave { .. }
+            | ServerFrame::Unknown => {}
         }
     }
 
