@@ -22,6 +22,7 @@ use crate::auth::{
 };
 use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
+use crate::broker::occupancy::{OccupancyRecordingBroker, OccupiedChannels};
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::user_counter::{LocalUserCounter, UserCounter};
 use crate::broker::{Broker, BrokerError, BrokerMetrics, BrokerSink};
@@ -162,12 +163,16 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         config.instance_ttl,
     );
 
+    // The router's subscriptions are the instance's occupied channels: recorded
+    // for the Pusher API's channel queries.
+    let occupied = OccupiedChannels::new();
+    let router_broker = Arc::new(OccupancyRecordingBroker::new(broker.clone(), occupied.clone()));
     let mut background = vec![
         tokio::spawn(router::run(
             router_rx,
             router_handle,
             shards.clone(),
-            broker.clone(),
+            router_broker,
             channel_history,
             metrics.clone(),
         )),
@@ -184,6 +189,8 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
                 cluster: cluster.clone(),
                 sessions: SessionStore::new(metrics.registry())?,
                 pusher_apps: pusher_apps.clone(),
+                occupied,
+                broker: broker.clone(),
             }),
         )),
         tokio::spawn(cluster.clone().run()),
