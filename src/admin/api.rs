@@ -572,6 +572,7 @@ pub(in crate::admin) fn url_query(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `%XX` escapes decoded, and `+` as a space (as in a query string).
 pub(in crate::admin) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -55,6 +55,7 @@ struct Batch {
     batch: Vec<Event>,
 }
 
+/// A Pusher error: the status, with the reason as plain text.
 pub(in crate::admin) fn text(status: StatusCode, body: &str) -> Reply {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
@@ -63,6 +64,7 @@ pub(in crate::admin) fn text(status: StatusCode, body: &str) -> Reply {
     resp
 }
 
+/// A Pusher success: 200 with a JSON body.
 pub(in crate::admin) fn ok_json(body: serde_json::Value) -> Reply {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     resp.headers_mut()
