@@ -164,9 +164,14 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
     );
 
     // The router's subscriptions are the instance's occupied channels: recorded
-    // for the Pusher API's channel queries.
+    // for the Pusher API's channel queries, their only reader, so only where a
+    // Pusher app is configured (other gateways pay nothing).
     let occupied = OccupiedChannels::new();
-    let router_broker = Arc::new(OccupancyRecordingBroker::new(broker.clone(), occupied.clone()));
+    let router_broker: Arc<dyn Broker> = if pusher_apps.is_empty() {
+        broker.clone()
+    } else {
+        Arc::new(OccupancyRecordingBroker::new(broker.clone(), occupied.clone()))
+    };
     let mut background = vec![
         tokio::spawn(router::run(
             router_rx,
