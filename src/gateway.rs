@@ -22,6 +22,7 @@ use crate::auth::{
 };
 use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
+use crate::broker::occupancy::{OccupancyRecordingBroker, OccupiedChannels};
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::user_counter::{LocalUserCounter, UserCounter};
 use crate::broker::{Broker, BrokerError, BrokerMetrics, BrokerSink};
@@ -187,12 +188,21 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         Some(gone_tx),
     );
 
+    // The router's subscriptions are the instance's occupied channels: recorded
+    // for the Pusher API's channel queries, their only reader, so only where a
+    // Pusher app is configured (other gateways pay nothing).
+    let occupied = OccupiedChannels::new();
+    let router_broker: Arc<dyn Broker> = if pusher_apps.is_empty() {
+        broker.clone()
+    } else {
+        Arc::new(OccupancyRecordingBroker::new(broker.clone(), occupied.clone()))
+    };
     let mut background = vec![
         tokio::spawn(router::run(
             router_rx,
             router_handle,
             shards.clone(),
-            broker.clone(),
+            router_broker,
             channel_history,
             metrics.clone(),
         )),
@@ -209,6 +219,8 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
                 cluster: cluster.clone(),
                 sessions: SessionStore::new(metrics.registry())?,
                 pusher_apps: pusher_apps.clone(),
+                occupied,
+                broker: broker.clone(),
             }),
         )),
         tokio::spawn(cluster.clone().run()),

@@ -32,6 +32,8 @@ use tracing::debug;
 use super::cluster::ClusterView;
 use super::console::{self, session, SessionStore};
 use crate::admission::fd_budget::FdBudget;
+use crate::broker::occupancy::OccupiedChannels;
+use crate::broker::Broker;
 use crate::fanout::control::UserCommand;
 use crate::fanout::publisher::Publisher;
 use crate::fanout::router::Source;
@@ -66,6 +68,11 @@ pub struct AdminContext {
     pub sessions: SessionStore,
     /// The Pusher apps (PROTOCOL.md 20); `/apps/...` answers 404 without any.
     pub pusher_apps: Arc<PusherApps>,
+    /// The channels this instance's sockets subscribe to (the Pusher API's
+    /// channel queries).
+    pub occupied: Arc<OccupiedChannels>,
+    /// The broker, for presence members (the Pusher API's user queries).
+    pub broker: Arc<dyn Broker>,
 }
 
 /// Serves the admin API until the task is dropped.
@@ -143,7 +150,9 @@ async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             resp
         }
-        (_, p) if p.starts_with("/apps/") && !ctx.pusher_apps.is_empty() => super::pusher_api::handle(ctx, req).await,
+        (_, p) if super::pusher_api::owns(p) && !ctx.pusher_apps.is_empty() => {
+            super::pusher_api::handle(ctx, req).await
+        }
         (_, p) if p.starts_with("/api/") => {
             if let Some(refusal) = unauthorized(ctx, &req) {
                 return refusal;
@@ -563,7 +572,8 @@ pub(in crate::admin) fn url_query(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded, and `+` as a space (as in a query string).
+pub(in crate::admin) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

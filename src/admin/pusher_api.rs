@@ -1,8 +1,8 @@
 //! The Pusher HTTP API on the admin port (PROTOCOL.md 20.5), for backends that
 //! publish with a Pusher server library: requests signed with the app's secret,
-//! events published to shardcast channels as `{"event", "data"}` publications.
-//! Channel and user queries and connection termination are not served yet: they
-//! answer 501 until presence and occupancy land (issue #13).
+//! events published to shardcast channels as `{"event", "data"}` publications,
+//! a user's connections closed on every instance; the channel queries are
+//! [`super::pusher_channels`]'s.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::json;
 use shardcast_proto::validate_channel;
 
-use super::api::{url_query, AdminContext, Reply};
+use super::api::{percent_decode, url_query, AdminContext, Reply};
+use super::pusher_channels::{self, Scope, SCOPE_HEADER};
+use crate::fanout::control::UserCommand;
 use crate::fanout::router::Source;
 use crate::payload::Payload;
 use crate::pusher::apps::PusherApp;
@@ -30,6 +32,10 @@ const MAX_CHANNELS: usize = 100;
 const MAX_BATCH: usize = 10;
 /// Longest event name (Pusher's limit).
 const MAX_EVENT_NAME: usize = 200;
+/// Longest user id (Pusher's limit).
+const MAX_USER_ID: usize = 200;
+/// Longest query string: the auth parameters, a prefix filter and `info`.
+const MAX_QUERY: usize = 4096;
 
 /// One event, as `events` takes it and `batch_events` lists them.
 #[derive(Deserialize)]
@@ -49,7 +55,8 @@ struct Batch {
     batch: Vec<Event>,
 }
 
-fn text(status: StatusCode, body: &str) -> Reply {
+/// A Pusher error: the status, with the reason as plain text.
+pub(in crate::admin) fn text(status: StatusCode, body: &str) -> Reply {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -57,20 +64,58 @@ fn text(status: StatusCode, body: &str) -> Reply {
     resp
 }
 
-fn ok_json(body: serde_json::Value) -> Reply {
+/// A Pusher success: 200 with a JSON body.
+pub(in crate::admin) fn ok_json(body: serde_json::Value) -> Reply {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
-/// Serves one `/apps/...` request.
+/// Whether `path` is the Pusher API's: `/apps/...`, and
+/// `/users/<id>/terminate_connections`, which pusher-http-python 3.x sends
+/// without its `/apps/<id>` (the app is then the one whose key signed it).
+pub fn owns(path: &str) -> bool {
+    path.starts_with("/apps/") || (path.starts_with("/users/") && path.ends_with("/terminate_connections"))
+}
+
+/// Serves one Pusher API request: finds its app, verifies its signature, then
+/// routes it.
 pub async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let params = url_query(req.uri().query().unwrap_or(""));
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let Some(app) = parts.get(1).and_then(|id| ctx.pusher_apps.by_id(id)).cloned() else {
+    let query = req.uri().query().unwrap_or("");
+    if query.len() > MAX_QUERY {
+        return text(StatusCode::BAD_REQUEST, "Query string too long");
+    }
+    let params = url_query(query);
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or(path.clone(), |pq| pq.as_str().to_owned());
+    let scope = match req.headers().get(SCOPE_HEADER) {
+        Some(_) => Scope::Instance,
+        None => Scope::Cluster {
+            path_and_query: &path_and_query,
+        },
+    };
+    // `+` is a space in a query, not in a path.
+    let parts: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|segment| percent_decode(&segment.replace('+', "%2B")))
+        .collect();
+    let (app, route) = match parts.first().map(String::as_str) {
+        Some("apps") => (
+            parts.get(1).and_then(|id| ctx.pusher_apps.by_id(id)),
+            &parts[2.min(parts.len())..],
+        ),
+        _ => {
+            let key = params.iter().find(|(k, _)| k == "auth_key").map(|(_, v)| v.as_str());
+            (key.and_then(|k| ctx.pusher_apps.by_key(k)), &parts[..])
+        }
+    };
+    let Some(app) = app.cloned() else {
         return text(StatusCode::NOT_FOUND, "Unknown app");
     };
     // Pusher bodies are small: an event's data is at most the message limit.
@@ -84,7 +129,8 @@ pub async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
         ctx.metrics.pusher_api_refusals.with_label_values(&[e.label()]).inc();
         return text(StatusCode::UNAUTHORIZED, &format!("Authentication failed: {e}"));
     }
-    match (&method, &parts[2..]) {
+    let route: Vec<&str> = route.iter().map(String::as_str).collect();
+    match (&method, route.as_slice()) {
         (&Method::POST, ["events"]) => match serde_json::from_slice::<Event>(&body) {
             Ok(event) => publish(ctx, &app, vec![event]).await,
             Err(e) => text(StatusCode::BAD_REQUEST, &format!("Invalid event: {e}")),
@@ -97,11 +143,26 @@ pub async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Reply {
             Ok(batch) => publish(ctx, &app, batch.batch).await,
             Err(e) => text(StatusCode::BAD_REQUEST, &format!("Invalid batch: {e}")),
         },
-        (&Method::GET, ["channels", ..]) | (&Method::POST, ["users", _, "terminate_connections"]) => text(
-            StatusCode::NOT_IMPLEMENTED,
-            "Not served yet by shardcast: channel queries and connection termination come with presence",
-        ),
+        (&Method::GET, ["channels"]) => pusher_channels::list(ctx, &app, &params, scope).await,
+        (&Method::GET, ["channels", name]) => pusher_channels::channel(ctx, &app, name, &params, scope).await,
+        (&Method::GET, ["channels", name, "users"]) => pusher_channels::users(ctx, &app, name).await,
+        (&Method::POST, ["users", user, "terminate_connections"]) => terminate(ctx, user).await,
         _ => text(StatusCode::NOT_FOUND, "Not found"),
+    }
+}
+
+/// Closes every connection of `user` on every instance: the operator's
+/// disconnect (`POST /api/disconnect`), which reaches the other instances
+/// through the broker. A user is a token's `sub` or a Pusher sign-in's id, of
+/// any app.
+async fn terminate(ctx: &AdminContext, user: &str) -> Reply {
+    if user.is_empty() || user.len() > MAX_USER_ID {
+        return text(StatusCode::BAD_REQUEST, "Invalid user id");
+    }
+    let command = UserCommand::Disconnect { user: user.to_owned() };
+    match ctx.publisher.control(command).await {
+        Ok(_) => ok_json(json!({})),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 
