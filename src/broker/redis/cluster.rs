@@ -14,7 +14,7 @@ use std::time::Duration;
 use fred::interfaces::ClusterInterface;
 use fred::prelude::*;
 use fred::types::cluster::ClusterRouting;
-use fred::types::config::ServerConfig;
+use fred::types::config::{Server, ServerConfig};
 use fred::types::Value;
 use fred::util::redis_keyslot;
 use tracing::{info, warn};
@@ -33,8 +33,8 @@ const SLOTS: usize = 16384;
 /// The masters, their slots and their links.
 struct Topology {
     routing: ClusterRouting,
-    /// By master address (`host:port`).
-    links: HashMap<String, Arc<Link>>,
+    /// By master, as the slot map names it (a lookup per publish allocates nothing).
+    links: HashMap<Server, Arc<Link>>,
 }
 
 /// Every master's link, and which channels the instance wants.
@@ -95,7 +95,7 @@ impl ClusterLinks {
     pub(super) fn link_for(&self, key: &str) -> Option<Arc<Link>> {
         let topology = self.topology();
         let owner = topology.routing.get_server(redis_keyslot(key.as_bytes()))?;
-        topology.links.get(&owner.to_string()).cloned()
+        topology.links.get(owner).cloned()
     }
 
     /// Starts or stops wanting a channel, on the link of its slot.
@@ -126,7 +126,7 @@ impl ClusterLinks {
             .routing
             .slots()
             .iter()
-            .filter(|r| !topology.links.get(&r.primary.to_string()).is_some_and(|l| l.is_ready()))
+            .filter(|r| !topology.links.get(&r.primary).is_some_and(|l| l.is_ready()))
             .map(|r| usize::from(r.end - r.start) + 1)
             .sum();
         let unknown = if topology.routing.slots().is_empty() { SLOTS } else { 0 };
@@ -196,9 +196,9 @@ impl ClusterLinks {
             let probe = probe_channel(&self.settings, &routing, &addr);
             // A link whose slots changed is made anew: its probe and control channel
             // may have moved, and its subscriptions with them.
-            let unchanged = current.links.contains_key(&addr) && same_ranges(&routing, &current.routing, &addr);
-            if let (true, Some(link)) = (unchanged, current.links.get(&addr)) {
-                links.insert(addr, link.clone());
+            let unchanged = current.links.contains_key(&master) && same_ranges(&routing, &current.routing, &addr);
+            if let (true, Some(link)) = (unchanged, current.links.get(&master)) {
+                links.insert(master.clone(), link.clone());
                 continue;
             }
             moved.extend(mine.iter().filter(|c| owner(&current.routing, c).is_some()).cloned());
@@ -220,13 +220,13 @@ impl ClusterLinks {
             ) {
                 Ok(link) => {
                     info!(master = %addr, "redis cluster master linked");
-                    links.insert(addr, Arc::new(link));
+                    links.insert(master.clone(), Arc::new(link));
                 }
                 Err(e) => warn!(master = %addr, error = %e, "cannot link a redis cluster master"),
             }
         }
         for (addr, link) in &current.links {
-            if !links.get(addr).is_some_and(|l| Arc::ptr_eq(l, link)) {
+            if !links.get(addr).is_some_and(|l: &Arc<Link>| Arc::ptr_eq(l, link)) {
                 info!(master = %addr, "redis cluster master unlinked");
                 link.stop();
             }
