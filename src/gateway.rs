@@ -22,12 +22,11 @@ use crate::auth::{
 };
 use crate::broker::instances::{InstanceRegistry, LocalInstances};
 use crate::broker::memory::InProcessBroker;
-use crate::broker::occupancy::{OccupancyRecordingBroker, OccupiedChannels};
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::user_counter::{LocalUserCounter, UserCounter};
 use crate::broker::{Broker, BrokerError, BrokerMetrics, BrokerSink};
 use crate::config::Config;
-use crate::fanout::occupancy::{forget_dead_instances, OccupancyWatch};
+use crate::fanout::occupancy::{forget_dead_instances, OccupancyWatch, OccupiedChannels};
 use crate::fanout::publisher::Publisher;
 use crate::fanout::router::{self, RouterHandle};
 use crate::fanout::ChannelHistory;
@@ -122,10 +121,19 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         },
     )
     .map_err(GatewayError::Webhooks)?;
-    // Where an app has webhooks, the broker reports occupancy and presence changes.
-    let broker: Arc<dyn Broker> = match &webhooks {
-        Some(hooks) => OccupancyWatch::start(broker, hooks.clone(), metrics.occupancy_dropped.clone()),
-        None => broker,
+    // Where a Pusher app is configured, the broker records the instance's occupied
+    // channels (the channel queries) and, with webhooks, reports occupancy and
+    // presence changes; other gateways pay nothing.
+    let occupied = OccupiedChannels::new();
+    let broker: Arc<dyn Broker> = if pusher_apps.is_empty() {
+        broker
+    } else {
+        OccupancyWatch::start(
+            broker,
+            occupied.clone(),
+            webhooks.clone(),
+            metrics.occupancy_dropped.clone(),
+        )
     };
     let publisher = Publisher::new(
         router_handle.clone(),
@@ -188,21 +196,12 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         Some(gone_tx),
     );
 
-    // The router's subscriptions are the instance's occupied channels: recorded
-    // for the Pusher API's channel queries, their only reader, so only where a
-    // Pusher app is configured (other gateways pay nothing).
-    let occupied = OccupiedChannels::new();
-    let router_broker: Arc<dyn Broker> = if pusher_apps.is_empty() {
-        broker.clone()
-    } else {
-        Arc::new(OccupancyRecordingBroker::new(broker.clone(), occupied.clone()))
-    };
     let mut background = vec![
         tokio::spawn(router::run(
             router_rx,
             router_handle,
             shards.clone(),
-            router_broker,
+            broker.clone(),
             channel_history,
             metrics.clone(),
         )),

@@ -31,8 +31,8 @@ use tracing::warn;
 
 use super::api::{AdminContext, Reply};
 use super::pusher_api::{ok_json, text};
-use crate::broker::occupancy::OccupiedChannels;
 use crate::broker::BrokerError;
+use crate::fanout::occupancy::OccupiedChannels;
 use crate::pusher::apps::PusherApp;
 
 /// Asks an instance for its own figures only (a peer's part of a cluster query).

@@ -16,7 +16,6 @@
 pub mod history_ring;
 pub mod instances;
 pub mod memory;
-pub mod occupancy;
 pub mod presence_book;
 pub mod redis;
 pub mod user_counter;

@@ -194,6 +194,18 @@ impl RedisBroker {
         })
     }
 
+    /// [`RedisBroker::presence_call`], with this instance's index of channels (its
+    /// key, and the client of its slot, if connected).
+    fn indexed_call<T: Send + 'static>(
+        &self,
+        channel: &str,
+    ) -> Result<(PresenceCall, String, Option<Client>), BrokerCall<T>> {
+        let call = self.presence_call(channel)?;
+        let key = presence::node_index(&self.settings.prefix, &call.origin);
+        let index = self.client_for(&key);
+        Ok((call, key, index))
+    }
+
     /// The client for a channel's history keys, or the refusal to return.
     fn history_client<T: Send + 'static>(&self, channel: &str) -> Result<Client, BrokerCall<T>> {
         let topic = format!("{}{}", self.settings.prefix, channel);
@@ -270,12 +282,10 @@ impl Broker for RedisBroker {
     }
 
     fn presence_join(&self, channel: Arc<str>, member: PresenceMember) -> PresenceFuture<bool> {
-        let call = match self.presence_call(&channel) {
-            Ok(call) => call,
+        let (call, key, index) = match self.indexed_call(&channel) {
+            Ok(parts) => parts,
             Err(refused) => return refused,
         };
-        let key = presence::node_index(&self.settings.prefix, &call.origin);
-        let index = self.client_for(&key);
         Box::pin(async move {
             // Indexed first, so that this instance's death finds the membership.
             index_channel(index.as_ref(), &key, &channel, true).await?;
@@ -298,12 +308,10 @@ impl Broker for RedisBroker {
     }
 
     fn occupancy(&self, channel: Arc<str>, occupied: bool) -> BrokerCall<bool> {
-        let call = match self.presence_call(&channel) {
-            Ok(call) => call,
+        let (call, key, index) = match self.indexed_call(&channel) {
+            Ok(parts) => parts,
             Err(refused) => return refused,
         };
-        let key = presence::node_index(&self.settings.prefix, &call.origin);
-        let index = self.client_for(&key);
         Box::pin(async move {
             // Indexed before the change and unindexed after it: a death in between
             // leaves an index entry with nothing to remove, never the reverse.
