@@ -799,6 +799,11 @@ fn add_ratios_to_node(records: &mut [ScenarioRecord]) {
         let Some(node) = nodes.iter().find(|n| n.size == r.size && n.phase == r.phase) else {
             continue;
         };
+        // Under one clock tick of CPU (a tiny smoke run) there is no ratio to give.
+        let measured = |x: &ScenarioRecord| x.get("server_cpu_seconds").is_some_and(|s| s > 0.0);
+        if !measured(r) || !measured(node) {
+            continue;
+        }
         let ratio = |ours: Option<f64>, theirs: Option<f64>| Some(ours? / theirs.filter(|v| *v > 0.0)?);
         let pairs = [
             ("vs_node", "deliveries_per_stack_cpu_second"),
@@ -1197,5 +1202,37 @@ pub fn summary_line(r: &ScenarioRecord) -> String {
                 r.limited_by
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(target: ServerKind, phase: &str, per_cpu: f64, cpu_seconds: f64) -> ScenarioRecord {
+        let mut r = ScenarioRecord::new("compression", target, 5000, phase);
+        r.set("deliveries_per_server_cpu_second", per_cpu);
+        r.set("deliveries_per_stack_cpu_second", per_cpu * 0.99);
+        r.set("server_cpu_seconds", cpu_seconds);
+        r.set("wire_bytes_per_delivery", 300.0);
+        r
+    }
+
+    #[test]
+    fn shardcast_records_get_their_ratio_to_node_in_the_same_phase() {
+        let mut records = vec![
+            record(ServerKind::Shardcast, "max compressed", 200_000.0, 2.0),
+            record(ServerKind::Node, "max compressed", 10_000.0, 10.0),
+            record(ServerKind::Shardcast, "fixed compressed", 100_000.0, 0.0),
+            record(ServerKind::Node, "fixed compressed", 10_000.0, 4.0),
+            record(ServerKind::Shardcast, "max uncompressed", 100_000.0, 1.0),
+        ];
+        add_ratios_to_node(&mut records);
+        let vs = |i: usize| records[i].get("vs_node");
+        assert_eq!(vs(0), Some(200_000.0 / 10_000.0));
+        assert_eq!(records[0].get("node_wire_bytes_per_delivery"), Some(300.0));
+        assert_eq!(vs(1), None, "Node's own records carry no ratio");
+        assert_eq!(vs(2), None, "no CPU tick measured: no ratio");
+        assert_eq!(vs(4), None, "no Node record in that phase");
     }
 }
