@@ -8,6 +8,9 @@
 // gateway: validates channel names, caps subscriptions, pings, closes slow consumers.
 //
 // Process model and environment: cluster.js; admin API: publish_api.js.
+// PER_MESSAGE_DEFLATE=1 turns on ws's permessage-deflate with its defaults (a deflate
+// context per socket, kept between messages; messages of 1 KiB and more compressed,
+// each socket's separately); off by default, as before.
 
 const cluster = require('node:cluster');
 const http = require('node:http');
@@ -21,6 +24,7 @@ const PING_INTERVAL_MS = 25000;
 const MAX_CHANNELS_PER_CONNECTION = 128;
 const MAX_QUEUE_BYTES = 1024 * 1024;
 const SUBPROTOCOL = 'shardcast.v1.json';
+const PER_MESSAGE_DEFLATE = process.env.PER_MESSAGE_DEFLATE === '1';
 
 runCluster(runWorker);
 
@@ -44,7 +48,8 @@ async function runWorker() {
     if (!subs) return;
     const seq = (seqs.get(channel) || 0) + 1;
     seqs.set(channel, seq);
-    // Encoded once per publication; the same Buffer goes to every subscriber.
+    // Encoded once per publication; the same Buffer goes to every subscriber (with
+    // PER_MESSAGE_DEFLATE, ws then compresses it once per socket).
     const frame = Buffer.from(`{"type":"message","channel":${JSON.stringify(channel)},"seq":${seq},"data":${message}}`);
     for (const ws of subs) {
       if (ws.bufferedAmount > MAX_QUEUE_BYTES) {
@@ -123,7 +128,7 @@ async function runWorker() {
   const wss = new WebSocketServer({
     server: wsHttp,
     path: '/ws',
-    perMessageDeflate: false,
+    perMessageDeflate: PER_MESSAGE_DEFLATE,
     clientTracking: false,
     maxPayload: MAX_MESSAGE_BYTES,
     handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),

@@ -53,6 +53,8 @@ pub struct FleetPlan {
     /// Follow offsets; resubscribe with `recover`; move to the next target after a
     /// storm (see [`WorkerSpec`]).
     pub history: HistoryClients,
+    /// Clients offer permessage-deflate and inflate what arrives compressed.
+    pub offer_deflate: bool,
 }
 
 /// How the clients treat channel history (history scenarios; all off elsewhere).
@@ -81,6 +83,10 @@ pub struct ReadySummary {
 pub struct FleetReport {
     /// Message frames received.
     pub delivered: u64,
+    /// Bytes those frames took on the wire.
+    pub wire_bytes: u64,
+    /// How many of them arrived compressed.
+    pub compressed: u64,
     /// All workers' latencies.
     pub latency: LatencyRecorder,
     /// All workers' failures.
@@ -158,6 +164,7 @@ impl LoadGenFleet {
                 track_offsets: plan.history.track_offsets,
                 recover: plan.history.recover,
                 failover: plan.history.failover,
+                offer_deflate: plan.offer_deflate,
             };
             first += connections;
             let mut cmd = Command::new(&exe);
@@ -343,6 +350,8 @@ impl LoadGenFleet {
         self.broadcast(WorkerCommand::Report)?;
         let mut out = FleetReport {
             delivered: 0,
+            wire_bytes: 0,
+            compressed: 0,
             latency: LatencyRecorder::new(),
             failures: FailureCounts::default(),
             rss_bytes: 0,
@@ -353,12 +362,16 @@ impl LoadGenFleet {
                     _,
                     WorkerEvent::Report {
                         delivered,
+                        wire_bytes,
+                        compressed,
                         latency,
                         failures,
                         rss_bytes,
                     },
                 )) => {
                     out.delivered += delivered;
+                    out.wire_bytes += wire_bytes;
+                    out.compressed += compressed;
                     out.latency.merge(&latency);
                     out.failures.add(&failures);
                     out.rss_bytes += rss_bytes;

@@ -390,7 +390,7 @@ mod tests {
         let (ws_addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
         std::thread::spawn(move || serve_floor(ws, admin, 1));
 
-        let mut client = WsClient::connect(ws_addr, None, "/ws", "shardcast.v1.json")
+        let mut client = WsClient::connect(ws_addr, None, "/ws", "shardcast.v1.json", false)
             .await
             .unwrap();
         let welcome = client.next_frame().await.unwrap();

@@ -27,7 +27,7 @@ use crate::error::BenchError;
 use crate::fleet::{HistoryClients, LoadGenFleet};
 use crate::http_client::{self, ApiClient};
 use crate::proc_stats;
-use crate::publisher::{run_publisher, PublishLoad, PublishProgress};
+use crate::publisher::{run_publisher, PayloadShape, PublishLoad, PublishProgress};
 use crate::record::ScenarioRecord;
 use crate::scenarios::{judge_limit, progress_line, CpuWindow, Harness, Outcome, Pace, PublishKnobs};
 use crate::servers::{ServerKind, ServerUnderTest};
@@ -205,6 +205,7 @@ impl Harness {
                         args.batch_connections
                     },
                     payload_bytes: args.payload_bytes,
+                    shape: PayloadShape::Padding,
                     max_publications: 100_000_000,
                 };
                 eprintln!("== history publish round {round}: {} ==", label(c));
@@ -588,6 +589,7 @@ impl Harness {
             batch: 1,
             http_connections: 2,
             payload_bytes: storm.payload_bytes,
+            shape: PayloadShape::Padding,
             channel_prefix: "recovery-".into(),
             channels: storm.channels,
             deliveries_per_publication: (n / storm.channels.max(1)) as u64,

@@ -27,7 +27,7 @@ use crate::proc_stats;
 use crate::stream_cursor::{AckPosition, OffsetCounts, StreamCursor};
 use crate::tokens;
 use crate::worker_protocol::{FailureCounts, WireProtocol, WorkerCommand, WorkerEvent, WorkerSpec};
-use crate::ws_client::WsClient;
+use crate::ws_client::{ReceivedFrame, WsClient};
 
 /// Connections that share one source address before the next address is used.
 const CONNECTIONS_PER_SOURCE: usize = 1000;
@@ -61,6 +61,10 @@ fn emit(event: &WorkerEvent) {
 struct WorkerState {
     latency: LatencyRecorder,
     delivered: u64,
+    /// Wire bytes of the delivered frames.
+    wire_bytes: u64,
+    /// Delivered frames that arrived compressed.
+    compressed: u64,
     subscribed: usize,
     /// Connections that finished their initial attempt: subscribed or gave up.
     settled: usize,
@@ -165,7 +169,7 @@ impl SharedContext {
         }
     }
 
-    fn on_message(&self, payload: &[u8]) {
+    fn on_message(&self, frame: &ReceivedFrame, payload: &[u8]) {
         let (is_message, sent) = match self.spec.protocol {
             WireProtocol::Shardcast => (
                 payload.starts_with(b"{\"type\":\"message\""),
@@ -184,6 +188,8 @@ impl SharedContext {
         let now = monotonic_ns();
         let mut st = self.state.borrow_mut();
         st.delivered += 1;
+        st.wire_bytes += frame.wire_len() as u64;
+        st.compressed += u64::from(frame.was_compressed());
         if let Some(sent) = sent {
             st.latency.record(now.saturating_sub(sent));
         }
@@ -335,11 +341,15 @@ impl LoadGenerator {
                         let mut st = ctx.state.borrow_mut();
                         st.latency.reset();
                         st.delivered = 0;
+                        st.wire_bytes = 0;
+                        st.compressed = 0;
                     }
                     Some(WorkerCommand::Report) => {
                         let st = ctx.state.borrow();
                         emit(&WorkerEvent::Report {
                             delivered: st.delivered,
+                            wire_bytes: st.wire_bytes,
+                            compressed: st.compressed,
                             latency: st.latency.to_buckets(),
                             failures: st.failures,
                             rss_bytes: proc_stats::sample_process(std::process::id() as i32).rss_bytes,
@@ -421,7 +431,7 @@ async fn run_connection(ctx: Rc<SharedContext>, local: usize, mut storms: watch:
                                 // Engine.IO's heartbeat is a text frame "2" that must be
                                 // answered with "3", or the server drops the client.
                                 let engine_ping = ctx.spec.protocol == WireProtocol::SocketIo && payload == b"2";
-                                ctx.on_message(payload);
+                                ctx.on_message(&frame, payload);
                                 if spec.track_offsets && ctx.on_offset(payload, &mut cursor) && catching_up {
                                     catching_up = false;
                                     ctx.on_subscribed(generation);
@@ -515,7 +525,7 @@ async fn connect_and_subscribe(
     token: Option<&str>,
     recover: Option<StreamPosition>,
 ) -> Result<(WsClient, AckPosition), BenchError> {
-    let mut client = WsClient::connect(target, source, &spec.path, &spec.subprotocol).await?;
+    let mut client = WsClient::connect(target, source, &spec.path, &spec.subprotocol, spec.offer_deflate).await?;
     let ack = match spec.protocol {
         WireProtocol::Shardcast => subscribe_shardcast(&mut client, channel, token, recover, Encoding::Json).await?,
         WireProtocol::ShardcastMsgPack => {
@@ -531,7 +541,7 @@ async fn connect_and_subscribe(
 
 /// Socket.IO: Engine.IO open, namespace connect, then a `subscribe` event with ack id 0.
 async fn subscribe_socket_io(client: &mut WsClient, channel: &str) -> Result<(), BenchError> {
-    let expect = |client: &WsClient, frame: &crate::ws_client::ReceivedFrame, prefix: &[u8], what: &str| {
+    let expect = |client: &WsClient, frame: &ReceivedFrame, prefix: &[u8], what: &str| {
         let payload = client.payload(frame);
         if payload.starts_with(prefix) {
             Ok(())

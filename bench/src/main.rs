@@ -14,6 +14,7 @@ mod history;
 mod http_client;
 mod latency;
 mod loadgen;
+mod permessage_deflate;
 mod proc_stats;
 mod publisher;
 mod record;
@@ -32,8 +33,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::BenchError;
+use crate::publisher::PayloadShape;
 use crate::record::{MachineInfo, ResultsFile};
-use crate::scenarios::{Harness, Outcome, PublishKnobs};
+use crate::scenarios::{CompressionMode, Harness, Outcome, PublishKnobs};
 use crate::servers::{ServerKind, ServerOptions};
 
 #[derive(Parser)]
@@ -80,6 +82,22 @@ enum Command {
         /// is --fixed-seconds; there is no max-rate phase).
         #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
         rates: Vec<f64>,
+    },
+    /// One channel, S subscribers offering permessage-deflate as browsers do, a
+    /// ~2 KB JSON document per publication: shardcast `--compression on` (compressed
+    /// once per publication) against Node `ws` with perMessageDeflate (compressed per
+    /// socket), then both uncompressed; fixed-rate then max-rate publishing.
+    Compression {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        publish: PublishArgs,
+        /// Subscriber counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "5000")]
+        subscribers: Vec<usize>,
+        /// Server compression settings to run, in order.
+        #[arg(long, value_delimiter = ',', default_value = "on,off")]
+        modes: Vec<CompressionMode>,
     },
     /// Many channels with few subscribers each, random publishes in batches.
     Channels {
@@ -240,9 +258,9 @@ struct PublishArgs {
     /// Concurrent HTTP connections of the publisher.
     #[arg(long, default_value_t = 2)]
     http_connections: usize,
-    /// Size of each publication's data, bytes.
-    #[arg(long, default_value_t = 64)]
-    payload_bytes: usize,
+    /// Size of each publication's data, bytes [default: 64; compression: 2048].
+    #[arg(long)]
+    payload_bytes: Option<usize>,
     /// Most publications per phase.
     #[arg(long, default_value_t = 10_000_000)]
     max_publications: u64,
@@ -250,6 +268,11 @@ struct PublishArgs {
 
 impl PublishArgs {
     fn knobs(&self) -> PublishKnobs {
+        self.knobs_with_payload(64)
+    }
+
+    /// The knobs, with `payload_bytes` when `--payload-bytes` is not given.
+    fn knobs_with_payload(&self, payload_bytes: usize) -> PublishKnobs {
         PublishKnobs {
             rate: self.rate,
             offered_deliveries: self.offered_deliveries,
@@ -257,7 +280,8 @@ impl PublishArgs {
             max_seconds: self.max_seconds,
             batch: self.batch.clamp(1, 1000),
             http_connections: self.http_connections,
-            payload_bytes: self.payload_bytes,
+            payload_bytes: self.payload_bytes.unwrap_or(payload_bytes),
+            shape: PayloadShape::Padding,
             max_publications: self.max_publications,
         }
     }
@@ -293,6 +317,7 @@ impl CommonArgs {
                 redis_server: self.redis_server.clone(),
                 node_workers: self.node_workers,
                 cpus: gateway_cpus,
+                compression: false,
             },
             targets: self.targets.clone(),
             loadgen_cpus,
@@ -305,6 +330,7 @@ impl CommonArgs {
             token_file: None,
             repeats: self.repeats.max(1),
             msgpack: self.msgpack,
+            offer_deflate: false,
         })
     }
 }
@@ -342,6 +368,7 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
         Command::Fanout { common, .. } => ("fanout", common),
         Command::Channels { common, .. } => ("channels", common),
         Command::Corking { common, .. } => ("corking", common),
+        Command::Compression { common, .. } => ("compression", common),
         Command::Storm { common, .. } => ("storm", common),
         Command::AuthConnect { common, .. } => ("auth_connect", common),
         Command::History { common, .. } => ("history", common),
@@ -388,6 +415,16 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
                 publish,
                 ..
             } => harness.corking(subscribers, rates, &publish.knobs()).await,
+            Command::Compression {
+                subscribers,
+                modes,
+                publish,
+                ..
+            } => {
+                harness
+                    .compression(subscribers, modes, &publish.knobs_with_payload(2048))
+                    .await
+            }
             Command::Storm { connections, .. } => harness.storm(connections).await,
             Command::AuthConnect {
                 connections,

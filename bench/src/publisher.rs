@@ -29,6 +29,8 @@ pub struct PublishLoad {
     pub http_connections: usize,
     /// Approximate size of each publication's `data`, bytes.
     pub payload_bytes: usize,
+    /// What that `data` looks like.
+    pub shape: PayloadShape,
     /// Channel name prefix.
     pub channel_prefix: String,
     /// Channels to pick from (uniformly at random when above 1).
@@ -67,15 +69,74 @@ pub struct PublishOutcome {
     pub seconds: f64,
 }
 
+/// What a publication's `data` looks like. Either way it starts with the send
+/// timestamp `"t"` the receivers time it by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PayloadShape {
+    /// `{"t":..,"n":..,"p":"xxx.."}`: one byte repeated, which compresses to nearly
+    /// nothing (the size only matters to the uncompressed scenarios).
+    #[default]
+    Padding,
+    /// A market-data document ([`trades_document`]): varied numbers under repeated
+    /// keys, compressible as real JSON is.
+    Trades,
+}
+
+/// Trading venues the trades document names.
+const VENUES: [&str; 4] = ["coinbase", "kraken", "bitstamp", "gemini"];
+
+/// Publication `n`'s trades document of at most about `bytes` bytes (at least one
+/// trade), sent at `sent`: `{"t":..,"n":..,"type":"trades","symbol":"BTC-USD",
+/// "sequence":..,"trades":[{"id":..,"price":"43127.52","size":"0.41820000",
+/// "side":"buy","ts":..,"venue":"kraken"},..]}`. Prices walk, sizes, sides and
+/// venues vary, and every publication differs, so a compressor that keeps its
+/// window between messages finds the keys again but not the numbers.
+pub fn trades_document(bytes: usize, sent: u64, n: u64) -> String {
+    let mut rng = XorShift::for_stream(n + 1);
+    let mut doc = format!(
+        r#"{{"t":{sent},"n":{n},"type":"trades","symbol":"BTC-USD","sequence":{},"trades":["#,
+        880_000_000 + n
+    );
+    let mut price_cents = 4_312_750 + rng.below(20_000);
+    let mut id = 48_213_377 + n * 64;
+    let mut ts = 1_732_658_400_000 + n * 250;
+    loop {
+        price_cents = (price_cents + rng.below(201)).saturating_sub(100);
+        ts += rng.below(40);
+        let size = rng.below(250_000_000);
+        let trade = format!(
+            r#"{{"id":{id},"price":"{}.{:02}","size":"{}.{:08}","side":"{}","ts":{ts},"venue":"{}"}}"#,
+            price_cents / 100,
+            price_cents % 100,
+            size / 100_000_000,
+            size % 100_000_000,
+            if rng.below(2) == 0 { "buy" } else { "sell" },
+            VENUES[rng.below(VENUES.len() as u64) as usize]
+        );
+        let first = doc.ends_with('[');
+        if !first && doc.len() + 1 + trade.len() + 2 > bytes {
+            break;
+        }
+        if !first {
+            doc.push(',');
+        }
+        doc.push_str(&trade);
+        id += 1;
+    }
+    doc.push_str("]}");
+    doc
+}
+
 /// Builds one request body: a single publication or a JSON array of `count`.
 pub fn publish_body(load: &PublishLoad, first: u64, count: usize, rng: &mut impl FnMut() -> u64) -> Vec<u8> {
     let pad = "x".repeat(load.payload_bytes.saturating_sub(40));
     let sent = monotonic_ns();
     let item = |n: u64, channel: u64| {
-        format!(
-            r#"{{"channel":"{}{}","data":{{"t":{sent},"n":{n},"p":"{pad}"}}}}"#,
-            load.channel_prefix, channel
-        )
+        let data = match load.shape {
+            PayloadShape::Padding => format!(r#"{{"t":{sent},"n":{n},"p":"{pad}"}}"#),
+            PayloadShape::Trades => trades_document(load.payload_bytes, sent, n),
+        };
+        format!(r#"{{"channel":"{}{}","data":{data}}}"#, load.channel_prefix, channel)
     };
     let pick = |rng: &mut dyn FnMut() -> u64| {
         if load.channels > 1 {
@@ -195,6 +256,7 @@ mod tests {
             batch: 1,
             http_connections: 1,
             payload_bytes,
+            shape: PayloadShape::Padding,
             channel_prefix: "c-".into(),
             channels,
             deliveries_per_publication: 1,
@@ -215,5 +277,23 @@ mod tests {
         let many: serde_json::Value = serde_json::from_slice(&publish_body(&load(10, 200), 0, 3, &mut rng)).unwrap();
         assert_eq!(many.as_array().unwrap().len(), 3);
         assert!(many[0]["data"]["p"].as_str().unwrap().len() >= 150);
+    }
+
+    #[test]
+    fn trades_documents_are_json_of_about_the_size_asked() {
+        let doc = trades_document(2048, 123456789, 7);
+        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        assert!((1900..=2048).contains(&doc.len()), "{} bytes", doc.len());
+        assert_eq!(v["t"], 123456789);
+        assert!(v["trades"].as_array().unwrap().len() > 10);
+        assert!(doc.starts_with(r#"{"t":123456789,"#), "the timestamp comes first");
+        assert_ne!(trades_document(2048, 1, 8)[20..], doc[20..], "publications differ");
+        let tiny: serde_json::Value = serde_json::from_str(&trades_document(10, 1, 1)).unwrap();
+        assert_eq!(tiny["trades"].as_array().unwrap().len(), 1);
+        let mut with_shape = load(1, 2048);
+        with_shape.shape = PayloadShape::Trades;
+        let body: serde_json::Value = serde_json::from_slice(&publish_body(&with_shape, 3, 1, &mut || 0)).unwrap();
+        assert_eq!(body["data"]["n"], 3);
+        assert_eq!(body["data"]["type"], "trades");
     }
 }

@@ -140,6 +140,42 @@ fn publish_table(records: &[ScenarioRecord]) -> String {
     out
 }
 
+/// The compression scenario: per size and phase (fixed or max, compressed or not),
+/// shardcast and Node, with the bytes a delivery took on the wire and shardcast's
+/// figure per CPU-second over Node's on shardcast's row.
+fn compression_table(records: &[ScenarioRecord]) -> String {
+    let mut out = String::from(
+        "| subscribers | phase | server | deliveries/s | deliveries / server CPU-s | incl. Redis | wire bytes / delivery | compressed | p50 ms | p99 ms | missing | server RSS MiB | shardcast / Node per CPU-s | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in records {
+        let l = r.latency.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            r.size,
+            r.phase,
+            server_name(r),
+            fig(r, "deliveries_per_second", 0),
+            fig(r, "deliveries_per_server_cpu_second", 0),
+            if r.get("redis_cpu_seconds").unwrap_or(0.0) > 0.0 {
+                fmt(r.get("deliveries_per_stack_cpu_second"), 0)
+            } else {
+                String::new()
+            },
+            fmt(r.get("wire_bytes_per_delivery"), 0),
+            r.get("compressed_share")
+                .map_or("–".into(), |s| format!("{:.0}%", s * 100.0)),
+            l.p50_ms,
+            l.p99_ms,
+            fmt(r.get("missing_deliveries"), 0),
+            fmt(r.get("server_rss_bytes").map(|b| b / 1048576.0), 0),
+            r.get("vs_node").map_or(String::new(), |v| format!("**{v:.2}×**")),
+            r.limited_by
+        );
+    }
+    out
+}
+
 fn storm_table(records: &[ScenarioRecord]) -> String {
     let mut out = String::from(
         "| connections | server | back and subscribed | seconds | refused (503) | I/O errors + timeouts | gave up | shardcast advantage (time) | limited by |\n|---|---|---|---|---|---|---|---|---|\n",
@@ -379,6 +415,7 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
         md.push_str(&match scenario.as_str() {
             "idle" => idle_table(&records),
             "storm" => storm_table(&records),
+            "compression" => compression_table(&records),
             "auth_connect" | "auth_fanout" => auth_tables(&records),
             "history_publish" | "history_memory" | "history_storm" => crate::history::history_tables(&records),
             _ => publish_table(&records),

@@ -1,5 +1,5 @@
-//! The scenarios (idle, fanout, channels, storm, auth_connect) and what they
-//! measure. Each runs every selected server back to back at each size: start the
+//! The scenarios (idle, fanout, corking, channels, compression, storm,
+//! auth_connect) and what they measure. Each runs every selected server back to back at each size: start the
 //! server pinned to the gateway CPUs, spawn the load-generator fleet pinned to the
 //! others, measure, stop both. Every step is bounded in time.
 
@@ -15,7 +15,7 @@ use crate::error::BenchError;
 use crate::fleet::{FleetPlan, LoadGenFleet};
 use crate::http_client;
 use crate::proc_stats::{self, ProcessSample};
-use crate::publisher::{run_publisher, PublishLoad, PublishProgress};
+use crate::publisher::{run_publisher, PayloadShape, PublishLoad, PublishProgress};
 use crate::record::{merge_runs, ScenarioRecord};
 use crate::servers::{ServerKind, ServerOptions, ServerUnderTest};
 use crate::tokens::{AuthKeys, TokenScheme};
@@ -49,6 +49,8 @@ pub struct Harness {
     pub repeats: usize,
     /// shardcast's subscribers speak MessagePack (`shardcast.v1.msgpack`).
     pub msgpack: bool,
+    /// Clients offer permessage-deflate and inflate what arrives compressed.
+    pub offer_deflate: bool,
 }
 
 /// Fanout and channels publishing knobs.
@@ -68,6 +70,8 @@ pub struct PublishKnobs {
     pub http_connections: usize,
     /// Size of `data`, bytes.
     pub payload_bytes: usize,
+    /// What `data` looks like.
+    pub shape: PayloadShape,
     /// Most publications per phase.
     pub max_publications: u64,
 }
@@ -132,6 +136,7 @@ impl Harness {
             deadline: self.time_limit + Duration::from_secs(30),
             token_file: self.token_file.clone(),
             history: Default::default(),
+            offer_deflate: self.offer_deflate,
         }
     }
 
@@ -359,6 +364,59 @@ impl Harness {
         outcome
     }
 
+    /// Compression: one channel, S subscribers whose clients offer permessage-deflate
+    /// as browsers do and inflate what arrives, a trades document
+    /// ([`crate::publisher::trades_document`]) per publication; shardcast and Node
+    /// `ws` with compression on (shardcast compresses a publication once, `ws` once
+    /// per socket), then with it off, at each size. A record's phase is its
+    /// publishing phase and `compressed` or `uncompressed`; shardcast's records get
+    /// `vs_node`: its deliveries per CPU-second over Node's (workers and Redis).
+    pub async fn compression(&self, sizes: &[usize], modes: &[CompressionMode], knobs: &PublishKnobs) -> Outcome {
+        let mut outcome = Outcome::default();
+        let mut harness = self.clone();
+        harness
+            .targets
+            .retain(|t| matches!(t, ServerKind::Shardcast | ServerKind::Node));
+        if harness.targets.len() < self.targets.len() {
+            eprintln!("compression: only shardcast and Node `ws` are compared; skipping the other servers");
+        }
+        harness.offer_deflate = true;
+        let knobs = PublishKnobs {
+            shape: PayloadShape::Trades,
+            ..knobs.clone()
+        };
+        for &s in sizes {
+            for &mode in modes {
+                harness.servers.compression = mode == CompressionMode::On;
+                let job = Job::Publish {
+                    scenario: "compression",
+                    conns: s,
+                    channels: 1,
+                    knobs: &knobs,
+                };
+                let first = outcome.records.len();
+                let label = format!("compression {}", mode.label());
+                harness.for_each_server(&label, s, &mut outcome, job).await;
+                for r in &mut outcome.records[first..] {
+                    r.phase = format!("{} {}", r.phase, mode.label());
+                    r.set("payload_bytes", knobs.payload_bytes as f64);
+                }
+            }
+        }
+        add_ratios_to_node(&mut outcome.records);
+        for r in outcome.records.iter().filter(|r| r.get("vs_node").is_some()) {
+            eprintln!(
+                "   compression {} {}: shardcast {:.2}× Node per CPU-second, {:.0} vs {:.0} wire bytes per delivery",
+                r.size,
+                r.phase,
+                r.get("vs_node").unwrap_or(f64::NAN),
+                r.get("wire_bytes_per_delivery").unwrap_or(f64::NAN),
+                r.get("node_wire_bytes_per_delivery").unwrap_or(f64::NAN)
+            );
+        }
+        outcome
+    }
+
     /// Channels: `channels` channels × `per_channel` subscribers, random publishes.
     pub async fn channels(&self, channels: usize, per_channel: usize, knobs: &PublishKnobs) -> Outcome {
         let mut outcome = Outcome::default();
@@ -421,6 +479,7 @@ impl Harness {
                 batch: knobs.batch,
                 http_connections: knobs.http_connections,
                 payload_bytes: knobs.payload_bytes,
+                shape: knobs.shape,
                 channel_prefix: prefix.clone(),
                 channels,
                 deliveries_per_publication: per_publication,
@@ -512,6 +571,11 @@ impl Harness {
             report.delivered as f64 / stack_cpu.max(1e-9),
         );
         rec.set("closed_by_server", report.failures.closed_by_server as f64);
+        // What the clients read off the socket per delivery: compressed when it was.
+        let delivered = report.delivered.max(1) as f64;
+        rec.set("wire_bytes_per_delivery", report.wire_bytes as f64 / delivered);
+        rec.set("compressed_share", report.compressed as f64 / delivered);
+        rec.set("server_rss_bytes", server.sample().rss_bytes as f64);
         for (k, v) in metric_deltas(&metrics0, &metrics1) {
             rec.set(&format!("metric:{k}"), v);
         }
@@ -699,6 +763,60 @@ impl Harness {
         rec.limited_by = judge_limit(&rec, Pace::Connects(self.connect_rate));
         fleet.shutdown();
         Ok(vec![rec])
+    }
+}
+
+/// Whether the server compresses (the compression scenario runs each setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionMode {
+    /// shardcast `--compression on`, Node `ws` with `perMessageDeflate: true`.
+    On,
+    /// Both without compression (the clients still offer it; the servers decline).
+    Off,
+}
+
+impl CompressionMode {
+    /// The word a record's phase carries.
+    pub fn label(self) -> &'static str {
+        match self {
+            CompressionMode::On => "compressed",
+            CompressionMode::Off => "uncompressed",
+        }
+    }
+}
+
+/// Sets, on each shardcast record with a Node record of the same size and phase,
+/// `vs_node` (deliveries per CPU-second, each with its Redis, shardcast ÷ Node),
+/// `vs_node_workers` (against Node's workers alone) and Node's wire bytes per
+/// delivery as `node_wire_bytes_per_delivery`.
+fn add_ratios_to_node(records: &mut [ScenarioRecord]) {
+    let nodes: Vec<ScenarioRecord> = records
+        .iter()
+        .filter(|r| r.target == ServerKind::Node)
+        .cloned()
+        .collect();
+    for r in records.iter_mut().filter(|r| r.target == ServerKind::Shardcast) {
+        let Some(node) = nodes.iter().find(|n| n.size == r.size && n.phase == r.phase) else {
+            continue;
+        };
+        // Under one clock tick of CPU (a tiny smoke run) there is no ratio to give.
+        let measured = |x: &ScenarioRecord| x.get("server_cpu_seconds").is_some_and(|s| s > 0.0);
+        if !measured(r) || !measured(node) {
+            continue;
+        }
+        let ratio = |ours: Option<f64>, theirs: Option<f64>| Some(ours? / theirs.filter(|v| *v > 0.0)?);
+        let pairs = [
+            ("vs_node", "deliveries_per_stack_cpu_second"),
+            ("vs_node_workers", "deliveries_per_server_cpu_second"),
+        ];
+        for (name, key) in pairs {
+            if let Some(x) = ratio(r.get(key), node.get(key)) {
+                r.set(name, x);
+            }
+        }
+        if let Some(bytes) = node.get("wire_bytes_per_delivery") {
+            r.set("node_wire_bytes_per_delivery", bytes);
+        }
     }
 }
 
@@ -1013,10 +1131,10 @@ fn strict_problem(r: &ScenarioRecord) -> Option<String> {
         "auth_connect" if count("connections") < size * count("rounds").max(1.0) => {
             Some(format!("only {} of {size} connected", count("connections")))
         }
-        "fanout" | "channels" | "auth_fanout" | "corking" if count("subscribed") < size => {
+        "fanout" | "channels" | "auth_fanout" | "corking" | "compression" if count("subscribed") < size => {
             Some(format!("only {} of {size} subscribed", count("subscribed")))
         }
-        "fanout" | "channels" | "auth_fanout" | "corking"
+        "fanout" | "channels" | "auth_fanout" | "corking" | "compression"
             if count("delivered") <= 0.0 || count("missing_deliveries") != 0.0 =>
         {
             Some(format!(
@@ -1084,5 +1202,37 @@ pub fn summary_line(r: &ScenarioRecord) -> String {
                 r.limited_by
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(target: ServerKind, phase: &str, per_cpu: f64, cpu_seconds: f64) -> ScenarioRecord {
+        let mut r = ScenarioRecord::new("compression", target, 5000, phase);
+        r.set("deliveries_per_server_cpu_second", per_cpu);
+        r.set("deliveries_per_stack_cpu_second", per_cpu * 0.99);
+        r.set("server_cpu_seconds", cpu_seconds);
+        r.set("wire_bytes_per_delivery", 300.0);
+        r
+    }
+
+    #[test]
+    fn shardcast_records_get_their_ratio_to_node_in_the_same_phase() {
+        let mut records = vec![
+            record(ServerKind::Shardcast, "max compressed", 200_000.0, 2.0),
+            record(ServerKind::Node, "max compressed", 10_000.0, 10.0),
+            record(ServerKind::Shardcast, "fixed compressed", 100_000.0, 0.0),
+            record(ServerKind::Node, "fixed compressed", 10_000.0, 4.0),
+            record(ServerKind::Shardcast, "max uncompressed", 100_000.0, 1.0),
+        ];
+        add_ratios_to_node(&mut records);
+        let vs = |i: usize| records[i].get("vs_node");
+        assert_eq!(vs(0), Some(200_000.0 / 10_000.0));
+        assert_eq!(records[0].get("node_wire_bytes_per_delivery"), Some(300.0));
+        assert_eq!(vs(1), None, "Node's own records carry no ratio");
+        assert_eq!(vs(2), None, "no CPU tick measured: no ratio");
+        assert_eq!(vs(4), None, "no Node record in that phase");
     }
 }

@@ -78,6 +78,9 @@ pub struct ServerOptions {
     pub node_workers: usize,
     /// CPUs the servers are pinned to (the number of shards/workers follows it).
     pub cpus: Vec<usize>,
+    /// Compress messages with permessage-deflate for clients that offer it:
+    /// shardcast `--compression on`, Node `ws` with `perMessageDeflate`.
+    pub compression: bool,
 }
 
 /// Last lines a server wrote to stderr, for error messages.
@@ -232,6 +235,9 @@ impl ServerUnderTest {
                         cmd.args(["--redis", &redis.url()]);
                     }
                     cmd.args(&opts.shardcast_args);
+                    if opts.compression {
+                        cmd.args(["--compression", "on"]);
+                    }
                     let (ws, admin) = server.spawn_and_wait(cmd, "shardcast", &opts.cpus)?;
                     // With a broker the gateway listens before it is ready (it refuses
                     // upgrades until Redis answers): measure from readiness on.
@@ -279,6 +285,9 @@ impl ServerUnderTest {
                         },
                     )
                     .env("REDIS_URL", redis.url());
+                if opts.compression {
+                    cmd.env("PER_MESSAGE_DEFLATE", "1");
+                }
                 server.redis = Some(redis);
                 let (ws, admin) = server.spawn_and_wait(cmd, kind.name(), &opts.cpus)?;
                 server.ws.push(ws);

@@ -75,6 +75,10 @@ pub struct WorkerSpec {
     /// the clients of a killed gateway move to the next one.
     #[serde(default)]
     pub failover: bool,
+    /// Offer permessage-deflate at the upgrade, as browsers do, and inflate what
+    /// arrives compressed.
+    #[serde(default)]
+    pub offer_deflate: bool,
 }
 
 /// A command from the parent.
@@ -154,6 +158,12 @@ pub enum WorkerEvent {
     Report {
         /// Message frames received since the last reset.
         delivered: u64,
+        /// Bytes those frames took on the wire (headers included, compressed if they were).
+        #[serde(default)]
+        wire_bytes: u64,
+        /// How many of them arrived compressed.
+        #[serde(default)]
+        compressed: u64,
         /// Their publish-to-delivery latencies.
         latency: LatencyBuckets,
         /// Failures and closes since the start.
