@@ -45,6 +45,8 @@ pub struct Metrics {
     pub gaps: IntCounterVec,
     /// Pusher HTTP API requests refused, by reason (signature, timestamp, ...).
     pub pusher_api_refusals: IntCounterVec,
+    /// Pusher WebSocket requests refused, by reason (PROTOCOL.md 20.2, 20.3).
+    pub pusher_refusals: IntCounterVec,
     /// Publishes whose broker outcome is not known (timeouts), by source.
     pub publish_unknown: IntCounter,
     /// Channels in the in-process history store.
@@ -162,6 +164,11 @@ impl Metrics {
                 "Pusher HTTP API requests refused, by reason: missing, wrong_key, version, timestamp, body_md5, signature.",
                 &["reason"],
             )?,
+            pusher_refusals: counter_vec(
+                "pusher_refusals_total",
+                "Pusher WebSocket subscriptions and client events refused, by reason: signature, channel, client_event.",
+                &["reason"],
+            )?,
             publish_unknown: IntCounter::with_opts(opts("publish_outcome_unknown_total", "Publishes whose broker did not answer within the publish timeout."))?,
             history_channels: IntGauge::with_opts(opts("history_channels", "Channels in the in-process history store."))?,
             history_publications: IntGauge::with_opts(opts("history_publications", "Publications in the in-process history store."))?,
@@ -267,6 +274,7 @@ impl Metrics {
         r.register(Box::new(self.publish_duplicates.clone()))?;
         r.register(Box::new(self.gaps.clone()))?;
         r.register(Box::new(self.pusher_api_refusals.clone()))?;
+        r.register(Box::new(self.pusher_refusals.clone()))?;
         r.register(Box::new(self.publish_unknown.clone()))?;
         r.register(Box::new(self.history_channels.clone()))?;
         r.register(Box::new(self.history_publications.clone()))?;
@@ -345,6 +353,9 @@ impl Metrics {
             "too_many_connections",
         ] {
             self.auth_refusals.with_label_values(&[reason]);
+        }
+        for reason in ["signature", "channel", "client_event"] {
+            self.pusher_refusals.with_label_values(&[reason]);
         }
         for result in ["ok", "error"] {
             self.jwks_refreshes.with_label_values(&[result]);

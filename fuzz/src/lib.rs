@@ -441,7 +441,7 @@ pub fn upgrade_request(data: &[u8]) {
                 "subprotocol echoed only when asked"
             );
         }
-        PublicRequest::Health { .. } | PublicRequest::TokenInUrl => {}
+        PublicRequest::Health { .. } | PublicRequest::TokenInUrl | PublicRequest::PusherUpgrade { .. } => {}
         PublicRequest::Reject { status, .. } => {
             assert!(matches!(status, 400 | 404 | 405 | 426 | 431), "status {status}");
         }

@@ -134,6 +134,11 @@ impl PusherApps {
         self.key_of_id.get(id).and_then(|k| self.by_key.get(k))
     }
 
+    /// Every app.
+    pub fn iter(&self) -> impl Iterator<Item = &PusherApp> {
+        self.by_key.values()
+    }
+
     /// Whether any app is configured (the endpoint exists only then).
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()

@@ -187,9 +187,16 @@ pub fn subscription_succeeded(channel: &str, presence: Option<Value>) -> String 
     json!({"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": data}).to_string()
 }
 
-/// `pusher:error`.
-pub fn error(code: u16, message: &str) -> String {
+/// `pusher:error`; `code` is none for a frame that is not a Pusher event (PROTOCOL.md 20.1).
+pub fn error(code: Option<u16>, message: &str) -> String {
     json!({"event": "pusher:error", "data": {"code": code, "message": message}}).to_string()
+}
+
+/// `pusher:subscription_error` on a channel, which pusher-js and Laravel Echo hand
+/// to the channel's error callbacks (`status` as an auth endpoint's would be).
+pub fn subscription_error(channel: &str, message: &str, status: u16) -> String {
+    let data = json!({"type": "AuthError", "error": message, "status": status});
+    json!({"event": "pusher:subscription_error", "channel": channel, "data": data}).to_string()
 }
 
 /// `pusher:pong`.
@@ -213,8 +220,57 @@ pub fn channel_event(event: &str, channel: &str, data_text: &str, user_id: Optio
 }
 
 /// A socket id as Pusher clients expect it: two numbers joined by a dot.
-pub fn socket_id(a: u32, b: u32) -> String {
+pub fn socket_id(a: u32, b: u64) -> String {
     format!("{a}.{b}")
+}
+
+/// The two numbers of a socket id of Pusher's shape.
+pub fn parse_socket_id(id: &str) -> Option<(u32, u64)> {
+    let (a, b) = id.split_once('.')?;
+    if !valid_socket_id(id) {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The first number of this instance's socket ids: a hash of its node id, so a
+/// socket id names its instance across a cluster (PROTOCOL.md 20.1).
+pub fn instance_number(node_id: &str) -> u32 {
+    // FNV-1a: stable across processes and builds, unlike the std hasher.
+    let hash = node_id
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    // Kept below 2^31 for clients that read it as a signed number.
+    hash & 0x7fff_ffff
+}
+
+/// A shardcast publication as a Pusher channel event (PROTOCOL.md 20.3): data
+/// `{"event": E, "data": D, ...}` is the event E (D sent as is if a string, as its
+/// JSON text otherwise, `user_id` added when present); anything else is the event
+/// `message` with the publication's JSON text as its data. Returns the frame's
+/// text and the publication's `socket_id`, the socket it must not reach.
+pub fn publication_event(channel: &str, payload_json: &str) -> (String, Option<(u32, u64)>) {
+    #[derive(Deserialize)]
+    struct AsEvent<'a> {
+        event: String,
+        #[serde(borrow)]
+        data: &'a RawValue,
+        #[serde(default)]
+        socket_id: Option<String>,
+        #[serde(default)]
+        user_id: Option<String>,
+    }
+    match serde_json::from_str::<AsEvent<'_>>(payload_json) {
+        Ok(e) => {
+            let text = match serde_json::from_str::<String>(e.data.get()) {
+                Ok(s) => s,
+                Err(_) => e.data.get().to_owned(),
+            };
+            let excluded = e.socket_id.as_deref().and_then(parse_socket_id);
+            (channel_event(&e.event, channel, &text, e.user_id.as_deref()), excluded)
+        }
+        Err(_) => (channel_event("message", channel, payload_json, None), None),
+    }
 }
 
 /// Whether a socket id has Pusher's shape (`\d+\.\d+`), as the HTTP API checks
@@ -280,5 +336,27 @@ mod tests {
         let event: Value = serde_json::from_str(&channel_event("ev", "ch", r#"{"a":1}"#, None)).unwrap();
         assert_eq!(event, json!({"event": "ev", "channel": "ch", "data": "{\"a\":1}"}));
         assert!(valid_socket_id("123.456") && !valid_socket_id("123") && !valid_socket_id("a.1"));
+        assert_eq!(parse_socket_id("12.34"), Some((12, 34)));
+    }
+
+    #[test]
+    fn publications_become_channel_events() {
+        let (frame, excluded) = publication_event("ch", r#"{"event":"ev","data":"{\"a\":1}","socket_id":"1.2"}"#);
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(frame, json!({"event": "ev", "channel": "ch", "data": "{\"a\":1}"}));
+        assert_eq!(excluded, Some((1, 2)));
+        let (frame, _) = publication_event("ch", r#"{"event":"ev","data":{"a":1},"user_id":"u"}"#);
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            frame,
+            json!({"event": "ev", "channel": "ch", "data": "{\"a\":1}", "user_id": "u"})
+        );
+        let (frame, excluded) = publication_event("ch", r#"{"price":3}"#);
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            frame,
+            json!({"event": "message", "channel": "ch", "data": "{\"price\":3}"})
+        );
+        assert_eq!(excluded, None);
     }
 }
