@@ -1,0 +1,266 @@
+//! The Pusher Channels endpoint (PROTOCOL.md 20) driven by pusher-js, Pusher's
+//! own JavaScript client (its Node build, tests/pusher/client.cjs), with channel
+//! auth signed by the `pusher` server library: connecting, public and private
+//! subscriptions (a forged auth refused), events published through the Pusher
+//! HTTP API and the native API, client events reaching other sockets but not the
+//! sender, an unknown app key refused with 4001, and one publication reaching a
+//! native subscriber and a pusher-js subscriber alike.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use shardcast_proto::{Encoding, ServerFrame};
+
+const APP_ID: &str = "3";
+const KEY: &str = "278d425bdf160c739803";
+const SECRET: &str = "7ad3773142a6692b25b8";
+
+fn pusher_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pusher")
+}
+
+/// A gateway with one Pusher app that allows client events; `test` names its
+/// config file (tests run in parallel).
+fn gateway(test: &str) -> Gateway {
+    let dir = std::env::temp_dir().join(format!("shardcast-pusher-ws-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("gw.toml");
+    std::fs::write(
+        &path,
+        format!("[pusher.apps.\"{APP_ID}\"]\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nclient_events = true\n"),
+    )
+    .expect("config");
+    Gateway::start(&["--config", path.to_str().expect("utf-8"), "--shards", "2"])
+}
+
+/// One pusher-js client in a Node process: commands go in on stdin, what it
+/// sees comes out as JSON lines.
+struct PusherJs {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<Value>,
+}
+
+impl PusherJs {
+    fn start(gw: &Gateway, key: &str) -> PusherJs {
+        let mut child = Command::new("node")
+            .current_dir(pusher_dir())
+            .arg("client.cjs")
+            .args(["127.0.0.1", &gw.ws.port().to_string(), APP_ID, key, SECRET])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node (tests/run.sh runs npm ci in tests/pusher)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        PusherJs { child, stdin, lines }
+    }
+
+    fn send(&mut self, command: Value) {
+        writeln!(self.stdin, "{command}").expect("write to node");
+    }
+
+    /// The first line matching `pred` within the test wait (earlier lines are dropped).
+    fn expect(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("pusher-js never saw {what}; it saw {seen:?}");
+    }
+
+    /// Waits until connected; returns the socket id.
+    fn connected(&self) -> String {
+        let state = self.expect("connected", |l| l["type"] == "state" && l["current"] == "connected");
+        state["socket_id"].as_str().expect("a socket id").to_owned()
+    }
+
+    fn subscribe(&mut self, channel: &str) {
+        self.send(json!({"op": "subscribe", "channel": channel}));
+        self.expect("the subscription", |l| {
+            l["type"] == "subscribed" && l["channel"] == channel
+        });
+    }
+
+    /// The next channel event.
+    fn event(&self) -> Value {
+        self.expect("an event", |l| l["type"] == "event")
+    }
+
+    /// What it printed within `d`.
+    fn lines_within(&self, d: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + d;
+        let mut got = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => got.push(line),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+}
+
+impl Drop for PusherJs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes with the `pusher` server library through the Pusher HTTP API.
+fn trigger(gw: &Gateway, channel: &str, event: &str, data: Value, socket_id: Option<&str>) {
+    let mut args = json!({"channels": [channel], "event": event, "data": data});
+    if let Some(socket) = socket_id {
+        args["socket_id"] = json!(socket);
+    }
+    let out = Command::new("node")
+        .current_dir(pusher_dir())
+        .arg("trigger.mjs")
+        .args([
+            "127.0.0.1",
+            &gw.admin.port().to_string(),
+            APP_ID,
+            KEY,
+            SECRET,
+            "trigger",
+        ])
+        .arg(args.to_string())
+        .output()
+        .expect("node");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_js_subscribes_to_public_and_private_channels() {
+    let gw = gateway("subscribe");
+    let mut js = PusherJs::start(&gw, KEY);
+    let socket_id = js.connected();
+    let (a, b) = socket_id.split_once('.').expect("two numbers");
+    assert!(a.parse::<u32>().is_ok() && b.parse::<u64>().is_ok(), "{socket_id}");
+
+    js.subscribe("news");
+    trigger(&gw, "news", "created", json!({"id": 7}), None);
+    assert_eq!(
+        js.event(),
+        json!({"type": "event", "channel": "news", "event": "created", "data": {"id": 7}})
+    );
+    // A native publish of the {event, data} shape is the same event.
+    gw.publish("news", json!({"event": "native", "data": "{\"n\":1}"}))
+        .await;
+    assert_eq!(js.event()["data"], json!({"n": 1}));
+    // Any other payload is the event `message`.
+    gw.publish("news", json!({"price": 3})).await;
+    let message = js.event();
+    assert_eq!(
+        (&message["event"], &message["data"]),
+        (&json!("message"), &json!({"price": 3}))
+    );
+
+    js.subscribe("private-orders");
+    trigger(&gw, "private-orders", "paid", json!("yes"), None);
+    assert_eq!(js.event()["data"], "yes");
+
+    js.send(json!({"op": "subscribe", "channel": "private-secrets", "forge": true}));
+    js.expect("pusher:error 4009", |l| {
+        l["type"] == "error" && l["data"]["code"] == 4009
+    });
+    let refused = js.expect("the refusal", |l| l["type"] == "subscription_error");
+    assert_eq!(refused["channel"], "private-secrets");
+    assert_eq!(refused["data"]["status"], 401);
+    assert_eq!(
+        gw.metric("shardcast_pusher_refusals_total{reason=\"signature\"}").await,
+        1.0
+    );
+    trigger(&gw, "private-secrets", "leak", json!(1), None);
+    trigger(&gw, "news", "after", json!(2), None);
+    assert_eq!(js.event()["event"], "after", "nothing from the refused channel");
+
+    js.send(json!({"op": "unsubscribe", "channel": "news"}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    trigger(&gw, "news", "gone", json!(3), None);
+    trigger(&gw, "private-orders", "still", json!(4), None);
+    assert_eq!(js.event()["event"], "still", "nothing after the unsubscribe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_events_reach_other_sockets_but_not_the_sender() {
+    let gw = gateway("client");
+    let mut sender = PusherJs::start(&gw, KEY);
+    let mut other = PusherJs::start(&gw, KEY);
+    sender.connected();
+    other.connected();
+    sender.subscribe("private-chat");
+    other.subscribe("private-chat");
+
+    sender.send(json!({"op": "trigger", "channel": "private-chat", "event": "client-typing", "data": {"who": "a"}}));
+    assert_eq!(
+        other.event(),
+        json!({"type": "event", "channel": "private-chat", "event": "client-typing", "data": {"who": "a"}})
+    );
+    let echoed: Vec<Value> = sender
+        .lines_within(Duration::from_millis(500))
+        .into_iter()
+        .filter(|l| l["type"] == "event")
+        .collect();
+    assert!(echoed.is_empty(), "the sender got its own event back: {echoed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_key_gets_4001() {
+    let gw = gateway("unknown");
+    let js = PusherJs::start(&gw, "not-a-key");
+    let error = js.expect("an error", |l| l["type"] == "error");
+    assert_eq!(error["data"]["code"], 4001);
+    let states = js.lines_within(Duration::from_millis(500));
+    assert!(
+        !states.iter().any(|l| l["current"] == "connected"),
+        "never connected: {states:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_publication_reaches_native_and_pusher_subscribers() {
+    let gw = gateway("mixed");
+    let mut native = gw.connect(Encoding::Json).await;
+    native.subscribe(1, "mixed").await;
+    let mut js = PusherJs::start(&gw, KEY);
+    let socket_id = js.connected();
+    js.subscribe("mixed");
+
+    trigger(&gw, "mixed", "both", json!({"n": 1}), None);
+    assert_eq!(js.event()["data"], json!({"n": 1}));
+    match native.recv().await {
+        ServerFrame::Message { data, .. } => assert_eq!(data, json!({"event": "both", "data": "{\"n\":1}"})),
+        other => panic!("expected a message, got {other:?}"),
+    }
+
+    // The API's socket_id excludes that socket, and only it.
+    trigger(&gw, "mixed", "not-you", json!(2), Some(&socket_id));
+    match native.recv().await {
+        ServerFrame::Message { data, .. } => assert_eq!(data["event"], "not-you"),
+        other => panic!("expected a message, got {other:?}"),
+    }
+    trigger(&gw, "mixed", "you", json!(3), None);
+    assert_eq!(js.event()["event"], "you", "the excluded event never came");
+}
