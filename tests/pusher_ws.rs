@@ -4,7 +4,8 @@
 //! subscriptions (a forged auth refused), events published through the Pusher
 //! HTTP API and the native API, client events reaching other sockets but not the
 //! sender, an unknown app key refused with 4001, and one publication reaching a
-//! native subscriber and a pusher-js subscriber alike.
+//! native subscriber and a pusher-js subscriber alike; presence channels' member
+//! lists, and joins and leaves announced once per user.
 
 mod common;
 
@@ -263,4 +264,42 @@ async fn one_publication_reaches_native_and_pusher_subscribers() {
     }
     trigger(&gw, "mixed", "you", json!(3), None);
     assert_eq!(js.event()["event"], "you", "the excluded event never came");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_members_join_and_leave_once_per_user() {
+    let gw = gateway("presence");
+    let join = |js: &mut PusherJs, user: &str| {
+        js.connected();
+        let info = json!({"name": user});
+        js.send(json!({"op": "subscribe", "channel": "presence-room", "user": {"user_id": user, "user_info": info}}));
+        js.expect("the member list", |l| l["type"] == "subscribed")["members"].clone()
+    };
+    let mut alice = PusherJs::start(&gw, KEY);
+    assert_eq!(join(&mut alice, "alice"), json!(["alice"]));
+    let mut bob = PusherJs::start(&gw, KEY);
+    assert_eq!(join(&mut bob, "bob"), json!(["alice", "bob"]));
+    let added = alice.expect("bob's join", |l| l["type"] == "member_added");
+    assert_eq!(added["user_id"], "bob");
+
+    // Bob's second socket is the same member: nobody hears of it.
+    let mut bob_again = PusherJs::start(&gw, KEY);
+    assert_eq!(join(&mut bob_again, "bob"), json!(["alice", "bob"]));
+    bob_again.send(json!({"op": "trigger", "channel": "presence-room", "event": "client-hi", "data": {}}));
+    let hi = alice.expect("bob's client event", |l| l["type"] == "event");
+    assert_eq!(hi["event"], "client-hi");
+    drop(bob_again);
+    let quiet = alice.lines_within(Duration::from_millis(700));
+    assert!(
+        !quiet
+            .iter()
+            .any(|l| l["type"] == "member_removed" || l["type"] == "member_added"),
+        "a second socket's join and leave are not announced: {quiet:?}"
+    );
+    // Bob's last socket leaves: bob leaves, once.
+    drop(bob);
+    let removed = alice.expect("bob's leave", |l| l["type"] == "member_removed");
+    assert_eq!(removed["user_id"], "bob");
+    let quiet = alice.lines_within(Duration::from_millis(500));
+    assert!(!quiet.iter().any(|l| l["type"] == "member_removed"), "{quiet:?}");
 }

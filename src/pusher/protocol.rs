@@ -187,6 +187,51 @@ pub fn subscription_succeeded(channel: &str, presence: Option<Value>) -> String 
     json!({"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": data}).to_string()
 }
 
+/// `pusher_internal:member_added`: `user_info_json` is the member's info as JSON text.
+pub fn member_added(channel: &str, user_id: &str, user_info_json: &str) -> String {
+    let info: Value = serde_json::from_str(user_info_json).unwrap_or(Value::Null);
+    let data = json!({"user_id": user_id, "user_info": info}).to_string();
+    json!({"event": "pusher_internal:member_added", "channel": channel, "data": data}).to_string()
+}
+
+/// `pusher_internal:member_removed`.
+pub fn member_removed(channel: &str, user_id: &str) -> String {
+    let data = json!({ "user_id": user_id }).to_string();
+    json!({"event": "pusher_internal:member_removed", "channel": channel, "data": data}).to_string()
+}
+
+/// A presence subscription's `channel_data`: the member's user id (a string or
+/// a number, read as a string) and its info as JSON text (`null` when absent).
+pub fn presence_member(channel_data: &str) -> Result<(String, String), PusherDecodeError> {
+    #[derive(Deserialize)]
+    struct Member<'a> {
+        user_id: Value,
+        #[serde(borrow, default)]
+        user_info: Option<&'a RawValue>,
+    }
+    let member: Member<'_> = serde_json::from_str(channel_data).map_err(|e| {
+        PusherDecodeError(format!(
+            "channel_data: {}",
+            e.to_string().chars().take(120).collect::<String>()
+        ))
+    })?;
+    let user = match member.user_id {
+        Value::String(s) if !s.is_empty() => s,
+        Value::Number(n) => n.to_string(),
+        _ => {
+            return Err(PusherDecodeError(
+                "channel_data: user_id must be a string or a number".into(),
+            ))
+        }
+    };
+    Ok((
+        user,
+        member
+            .user_info
+            .map_or_else(|| "null".to_owned(), |i| i.get().to_owned()),
+    ))
+}
+
 /// `pusher:error`; `code` is none for a frame that is not a Pusher event (PROTOCOL.md 20.1).
 pub fn error(code: Option<u16>, message: &str) -> String {
     json!({"event": "pusher:error", "data": {"code": code, "message": message}}).to_string()

@@ -42,7 +42,7 @@ use tracing::{debug, error};
 
 use crate::auth::Authenticator;
 use crate::broker::user_counter::UserCounter;
-use crate::broker::Position;
+use crate::broker::{Position, PresenceChange};
 use crate::config::Config;
 use crate::fanout::control::UserCommand;
 use crate::fanout::publication::{DeliveryReport, Publication};
@@ -95,6 +95,13 @@ pub enum ShardCommand {
         /// Where the count goes.
         report: Arc<DeliveryReport>,
     },
+    /// A presence channel's members changed: tell its Pusher subscribers.
+    Presence {
+        /// The channel.
+        channel: Arc<str>,
+        /// What changed.
+        change: Arc<PresenceChange>,
+    },
     /// Apply an operator's command to this shard's connections.
     Control {
         /// The command.
@@ -146,6 +153,7 @@ impl ShardMailbox for ShardHandle {
             ShardMail::Gap { channel, reason } => ShardCommand::Gap { channel, reason },
             ShardMail::Control { command, report } => ShardCommand::Control { command, report },
             ShardMail::CountSubscribers { channel, report } => ShardCommand::CountSubscribers { channel, report },
+            ShardMail::Presence { channel, change } => ShardCommand::Presence { channel, change },
         };
         self.send(cmd).is_ok()
     }
@@ -389,6 +397,7 @@ impl ShardCore {
                 });
                 report.shard_done(n);
             }
+            ShardCommand::Presence { channel, change } => self.with(|shard| shard.presence_changed(&channel, &change)),
             ShardCommand::Drain { window } => {
                 self.with(|shard| shard.st.draining = true);
                 tokio::task::spawn_local(upkeep::drain(self.clone(), window));
@@ -618,10 +627,10 @@ impl Shard<'_> {
     /// Removes a finished connection and everything it held.
     fn remove(&mut self, key: usize) {
         let env = self.env;
+        self.pusher_closing(key);
         let Some(conn) = self.st.conns.try_remove(key) else {
             return;
         };
-        self.st.pushers.remove(&key);
         for sub in &conn.subs {
             self.forget_recovery(*sub);
             if let Some(channel) = self.st.table.unsubscribe(*sub) {

@@ -17,6 +17,7 @@ use super::channel_table::{Joined, PendingAck, Subscriber};
 use super::connection::{Connection, ConnectionFlags, Phase, Sent};
 use super::cork::Cork;
 use super::{Shard, ShardEnv, ShardState};
+use crate::broker::{PresenceChange, PresenceMember};
 use crate::fanout::publication::{Publication, PusherFrame};
 use crate::fanout::router::Source;
 use crate::payload::Payload;
@@ -41,6 +42,8 @@ pub struct PusherSocket {
     /// Start (shard clock) of the current one-second client-event window, and
     /// the client events in it.
     client_events: (u32, u16),
+    /// Its presence channels (shardcast names) and the user it is on each.
+    presence: Vec<(Arc<str>, Arc<str>)>,
 }
 
 impl PusherSocket {
@@ -49,6 +52,7 @@ impl PusherSocket {
         PusherSocket {
             app,
             client_events: (0, 0),
+            presence: Vec::new(),
         }
     }
 }
@@ -243,24 +247,42 @@ impl Shard<'_> {
         if let Err(e) = validate_channel(&name, env.config.max_channel_len) {
             return self.pusher_refuse(key, channel, "channel", &format!("invalid channel name: {e}"));
         }
-        let ShardState { conns, table, .. } = &mut *self.st;
-        let Some(conn) = conns.get_mut(key) else {
+        let Some(conn_id) = self.st.conns.get(key).map(|c| c.id) else {
             return;
         };
         match kind_of(channel) {
             ChannelKind::Public => {}
             ChannelKind::Private => {
-                let socket_id = env.pusher_socket_id(conn.id);
+                let socket_id = env.pusher_socket_id(conn_id);
                 let signed = auth.is_some_and(|auth| verify_channel_auth(&app, &socket_id, channel, None, auth));
                 if !signed {
                     return self.pusher_refuse(key, channel, "signature", "invalid channel auth signature");
                 }
             }
             ChannelKind::Presence => {
-                let _ = channel_data;
-                return self.pusher_refuse(key, channel, "channel", "presence channels are not served yet");
+                let socket_id = env.pusher_socket_id(conn_id);
+                let signed = match (auth, channel_data) {
+                    (Some(auth), Some(data)) => verify_channel_auth(&app, &socket_id, channel, Some(data), auth),
+                    _ => false,
+                };
+                if !signed {
+                    return self.pusher_refuse(key, channel, "signature", "invalid channel auth signature");
+                }
             }
         }
+        let member = match (kind_of(channel), channel_data) {
+            (ChannelKind::Presence, Some(data)) => match protocol::presence_member(data) {
+                Ok(member) => Some(member),
+                Err(e) => return self.pusher_refuse(key, channel, "channel", &e.0),
+            },
+            _ => None,
+        };
+        let ShardState {
+            conns, table, pushers, ..
+        } = &mut *self.st;
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
         let pending = PendingAck {
             conn: key as u32,
             conn_id: conn.id,
@@ -283,6 +305,28 @@ impl Shard<'_> {
         let (sub, joined) = table.subscribe(&name, key as u32, super::channel_table::Wire::Pusher);
         conn.subs.push(sub);
         env.shard_metrics.subscriptions.set(table.subscription_count() as i64);
+        if let Some((user, info)) = member {
+            // The member list, not the router's confirmation, answers a presence
+            // subscription.
+            if joined == Joined::FirstOnShard {
+                env.router.interest(env.id, Arc::from(name.as_str()), true);
+            }
+            let name: Arc<str> = Arc::from(name);
+            let user: Arc<str> = Arc::from(user);
+            if let Some(socket) = pushers.get_mut(&key) {
+                socket.presence.push((name.clone(), user.clone()));
+            }
+            let member = match Payload::from_json(&info) {
+                Ok(info) => PresenceMember { user, info },
+                Err(e) => {
+                    self.drop_subscription(key, sub);
+                    self.forget_presence(key, &name);
+                    return self.pusher_refuse(key, channel, "channel", &format!("user_info: {e}"));
+                }
+            };
+            let limit = app.max_presence_members as usize;
+            return self.presence_join(key, conn_id, channel, name, member, limit);
+        }
         match joined {
             Joined::FirstOnShard => {
                 table.add_pending_ack(&name, pending);
@@ -323,6 +367,176 @@ impl Shard<'_> {
         };
         if let Some(&sub) = conn.subs.iter().find(|&&s| table.channel_of(s) == Some(name.as_str())) {
             self.drop_subscription(key, sub);
+        }
+        self.presence_leave(key, Some(&name));
+    }
+
+    /// Joins a presence channel's members, then answers the subscription with
+    /// the member list (PROTOCOL.md 20.4), or refuses it past the app's limit.
+    fn presence_join(
+        &mut self,
+        key: usize,
+        conn_id: u64,
+        channel: &str,
+        name: Arc<str>,
+        member: PresenceMember,
+        limit: usize,
+    ) {
+        let user = member.user.clone();
+        let channel = channel.to_owned();
+        let publisher = self.env.publisher.clone();
+        self.env.spawner.spawn(move |core| async move {
+            let joined = publisher.presence_join(name.clone(), member).await;
+            let did_join = joined.is_ok();
+            let members = match joined {
+                Ok(_) => publisher.presence_members(name.clone(), limit + 1).await,
+                Err(e) => Err(e),
+            };
+            core.with(|shard| {
+                let still_here = shard.st.conns.get(key).map(|c| c.id) == Some(conn_id)
+                    && shard
+                        .st
+                        .pushers
+                        .get(&key)
+                        .is_some_and(|p| p.presence.iter().any(|(c, u)| *c == name && *u == user));
+                if !still_here {
+                    return;
+                }
+                let refusal = match &members {
+                    Err(e) => Some((code::OVER_CAPACITY, e.to_string(), 503)),
+                    Ok(list) if list.len() > limit => Some((
+                        code::OVER_CAPACITY,
+                        format!("at most {limit} members on a presence channel"),
+                        403,
+                    )),
+                    Ok(_) => None,
+                };
+                if let Some((code, message, status)) = refusal {
+                    shard.env.metrics.pusher_refusals.with_label_values(&["channel"]).inc();
+                    let text = format!("{message} (channel {channel})");
+                    shard.reply(key, text_frame(&protocol::error(Some(code), &text)));
+                    shard.reply(
+                        key,
+                        text_frame(&protocol::subscription_error(&channel, &message, status)),
+                    );
+                    let sub = shard.st.conns.get(key).and_then(|c| {
+                        c.subs
+                            .iter()
+                            .copied()
+                            .find(|&s| shard.st.table.channel_of(s) == Some(&*name))
+                    });
+                    if let Some(sub) = sub {
+                        shard.drop_subscription(key, sub);
+                    }
+                    if did_join {
+                        shard.presence_leave(key, Some(&name));
+                    } else {
+                        shard.forget_presence(key, &name);
+                    }
+                    return;
+                }
+                let members = members.unwrap_or_default();
+                shard.reply(
+                    key,
+                    text_frame(&protocol::subscription_succeeded(
+                        &channel,
+                        Some(presence_data(&members)),
+                    )),
+                );
+            });
+        });
+    }
+
+    /// Leaves the members of presence channel `name` (of every presence channel
+    /// with none) for Pusher connection `key`; the broker says whether the user
+    /// left (its last connection) and the publisher tells the subscribers.
+    fn presence_leave(&mut self, key: usize, name: Option<&str>) {
+        let Some(socket) = self.st.pushers.get_mut(&key) else {
+            return;
+        };
+        let mut leaving = Vec::new();
+        socket.presence.retain(|(channel, user)| {
+            let leaves = name.map_or(true, |n| **channel == *n);
+            if leaves {
+                leaving.push((channel.clone(), user.clone()));
+            }
+            !leaves
+        });
+        for (channel, user) in leaving {
+            let publisher = self.env.publisher.clone();
+            self.env.spawner.spawn(move |_| async move {
+                if let Err(e) = publisher.presence_leave(channel.clone(), user).await {
+                    tracing::warn!(%channel, error = %e, "presence leave failed; the instance TTL will remove the member");
+                }
+            });
+        }
+    }
+
+    /// Forgets connection `key`'s place on presence channel `name`, which the
+    /// broker never took.
+    fn forget_presence(&mut self, key: usize, name: &str) {
+        if let Some(socket) = self.st.pushers.get_mut(&key) {
+            socket.presence.retain(|(channel, _)| **channel != *name);
+        }
+    }
+
+    /// Connection `key` is being removed: it leaves its presence channels, and
+    /// its Pusher record goes.
+    pub(super) fn pusher_closing(&mut self, key: usize) {
+        self.presence_leave(key, None);
+        self.st.pushers.remove(&key);
+    }
+
+    /// A presence channel's members changed: `pusher_internal:member_added` or
+    /// `member_removed` to this shard's Pusher subscribers of it, one frame per
+    /// app prefix.
+    pub(super) fn presence_changed(&mut self, name: &str, change: &PresenceChange) {
+        let env = self.env;
+        let ShardState {
+            table,
+            conns,
+            pushers,
+            cork,
+            ..
+        } = &mut *self.st;
+        let Some(lists) = table.subscribers(name) else {
+            return;
+        };
+        let deadline = env.close_deadline();
+        let mut frames: Vec<(usize, Bytes)> = Vec::new();
+        for s in &lists[super::channel_table::Wire::Pusher.index()] {
+            let Some(socket) = pushers.get(&(s.conn as usize)) else {
+                continue;
+            };
+            // The user's own sockets are not told of its own join (it has its
+            // member list) or leave (it has none left).
+            let user = match change {
+                PresenceChange::Joined(member) => &member.user,
+                PresenceChange::Left(user) => user,
+            };
+            if socket.presence.iter().any(|(c, u)| **c == *name && u == user) {
+                continue;
+            }
+            let prefix_len = socket.app.channel_prefix.len();
+            let Some(conn) = conns.get_mut(s.conn as usize) else {
+                continue;
+            };
+            let frame = match frames.iter().find(|(len, _)| *len == prefix_len) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let channel = name.get(prefix_len..).unwrap_or(name);
+                    let text = match change {
+                        PresenceChange::Joined(member) => {
+                            protocol::member_added(channel, &member.user, member.info.json().get())
+                        }
+                        PresenceChange::Left(user) => protocol::member_removed(channel, user),
+                    };
+                    let frame = text_frame(&text);
+                    frames.push((prefix_len, frame.clone()));
+                    frame
+                }
+            };
+            env.deliver(cork, s.conn as usize, conn, &frame, deadline);
         }
     }
 
@@ -366,7 +580,14 @@ impl Shard<'_> {
         // Pusher carries data as a string: a JSON string stays one, anything else
         // becomes its JSON text.
         let data = serde_json::from_str::<String>(data).unwrap_or_else(|_| data.to_owned());
-        let body = json!({"event": event, "data": data, "socket_id": env.pusher_socket_id(conn_id)});
+        let mut body = json!({"event": event, "data": data, "socket_id": env.pusher_socket_id(conn_id)});
+        let user = pushers
+            .get(&key)
+            .and_then(|p| p.presence.iter().find(|(c, _)| **c == *name))
+            .map(|(_, user)| user.clone());
+        if let Some(user) = user {
+            body["user_id"] = json!(&*user);
+        }
         let payload = match Payload::from_value(&body) {
             Ok(p) => p,
             Err(e) => return self.pusher_bad_request(key, &format!("unusable data: {e}")),
@@ -383,6 +604,19 @@ impl Shard<'_> {
             }
         });
     }
+}
+
+/// `subscription_succeeded`'s presence data: `{"ids", "hash", "count"}`.
+fn presence_data(members: &[PresenceMember]) -> serde_json::Value {
+    let ids: Vec<&str> = members.iter().map(|m| &*m.user).collect();
+    let hash: serde_json::Map<String, serde_json::Value> = members
+        .iter()
+        .map(|m| {
+            let info = serde_json::from_str(m.info.json().get()).unwrap_or(serde_json::Value::Null);
+            (m.user.to_string(), info)
+        })
+        .collect();
+    json!({"ids": ids, "hash": hash, "count": members.len()})
 }
 
 /// Counts one client event into a one-second window (shard clock, deciseconds);

@@ -6,11 +6,14 @@
 // Prints what it sees as JSON lines:
 //   {"type":"state","current":..,"socket_id":..}  connection state changes
 //   {"type":"error","data":..}                     connection errors (pusher:error)
-//   {"type":"subscribed","channel":..}             pusher:subscription_succeeded
+//   {"type":"subscribed","channel":..,"members":[..]}  pusher:subscription_succeeded
+//       (members: the user ids, on a presence channel)
+//   {"type":"member_added"|"member_removed","channel":..,"user_id":..}
 //   {"type":"subscription_error","channel":..,"data":..}
 //   {"type":"event","channel":..,"event":..,"data":..}  anything else on a channel
 // Reads commands as JSON lines on stdin:
-//   {"op":"subscribe","channel":..,"forge":bool}   forge: send a wrong signature
+//   {"op":"subscribe","channel":..,"forge":bool,"user":{user_id,user_info}}
+//       forge: send a wrong signature; user: the member, on a presence channel
 //   {"op":"unsubscribe","channel":..}
 //   {"op":"trigger","channel":..,"event":..,"data":..}  a client event
 //   {"op":"disconnect"}
@@ -21,6 +24,7 @@ const readline = require("node:readline");
 const [host, port, appId, key, secret] = process.argv.slice(2);
 const backend = new PusherServer({ appId, key, secret, useTLS: false, host, port });
 const forged = new Set();
+const users = new Map();
 const print = (line) => process.stdout.write(JSON.stringify(line) + "\n");
 
 const pusher = new Pusher(key, {
@@ -34,7 +38,7 @@ const pusher = new Pusher(key, {
       if (forged.has(channelName)) {
         callback(null, { auth: `${key}:${"0".repeat(64)}` });
       } else {
-        callback(null, backend.authorizeChannel(socketId, channelName));
+        callback(null, backend.authorizeChannel(socketId, channelName, users.get(channelName)));
       }
     },
   },
@@ -49,7 +53,13 @@ const channels = new Map();
 
 function subscribe(name) {
   const channel = pusher.subscribe(name);
-  channel.bind("pusher:subscription_succeeded", () => print({ type: "subscribed", channel: name }));
+  channel.bind("pusher:subscription_succeeded", (members) => {
+    const ids = [];
+    if (members && typeof members.each === "function") members.each((m) => ids.push(String(m.id)));
+    print({ type: "subscribed", channel: name, members: members?.each ? ids.sort() : null });
+  });
+  channel.bind("pusher:member_added", (m) => print({ type: "member_added", channel: name, user_id: String(m.id) }));
+  channel.bind("pusher:member_removed", (m) => print({ type: "member_removed", channel: name, user_id: String(m.id) }));
   channel.bind("pusher:subscription_error", (data) => print({ type: "subscription_error", channel: name, data }));
   channel.bind_global((event, data) => {
     if (!event.startsWith("pusher:") && !event.startsWith("pusher_internal:")) {
@@ -64,6 +74,7 @@ readline.createInterface({ input: process.stdin }).on("line", (line) => {
   switch (cmd.op) {
     case "subscribe":
       if (cmd.forge) forged.add(cmd.channel);
+      if (cmd.user) users.set(cmd.channel, cmd.user);
       subscribe(cmd.channel);
       break;
     case "unsubscribe":
