@@ -5,7 +5,8 @@
 //! HTTP API and the native API, client events reaching other sockets but not the
 //! sender, an unknown app key refused with 4001, and one publication reaching a
 //! native subscriber and a pusher-js subscriber alike; presence channels' member
-//! lists, and joins and leaves announced once per user.
+//! lists, and joins and leaves announced once per user; and an idle Pusher
+//! socket's memory within 15% of a native one's.
 
 mod common;
 
@@ -16,8 +17,11 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::future::join_all;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use shardcast_proto::{Encoding, ServerFrame};
+use tokio_tungstenite::tungstenite::Message;
 
 const APP_ID: &str = "3";
 const KEY: &str = "278d425bdf160c739803";
@@ -302,4 +306,78 @@ async fn presence_members_join_and_leave_once_per_user() {
     assert_eq!(removed["user_id"], "bob");
     let quiet = alice.lines_within(Duration::from_millis(500));
     assert!(!quiet.iter().any(|l| l["type"] == "member_removed"), "{quiet:?}");
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame, as JSON.
+async fn next_text(ws: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).expect("json"),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+}
+
+/// A bare Pusher-protocol socket (no library), subscribed to `channel`.
+async fn lean_pusher_socket(gw: std::net::SocketAddr, channel: &str) -> Ws {
+    let url = format!("ws://{gw}/app/{KEY}?protocol=7&client=test&version=1");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+    assert_eq!(next_text(&mut ws).await["event"], "pusher:connection_established");
+    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+    ws.send(Message::text(subscribe.to_string())).await.expect("send");
+    assert_eq!(
+        next_text(&mut ws).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    ws
+}
+
+/// RSS per idle subscribed socket over `n` sockets opened by `open`.
+async fn idle_bytes_per_socket<F, Fut, S>(gw: &Gateway, n: usize, open: F) -> (f64, Vec<S>)
+where
+    F: Fn(std::net::SocketAddr, String) -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    let mut sockets = Vec::with_capacity(n + 50);
+    for i in 0..50 {
+        sockets.push(open(gw.ws, format!("room-{}", i % 10)).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = gw.rss();
+    for batch in 0..n / 100 {
+        let opened = join_all((0..100).map(|i| open(gw.ws, format!("room-{}", (batch * 100 + i) % 10)))).await;
+        sockets.extend(opened);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = gw.rss();
+    (after.saturating_sub(before) as f64 / n as f64, sockets)
+}
+
+/// Issue #13's bound: an idle Pusher-protocol connection costs the gateway at
+/// most 15% more memory than a native one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pusher_socket_costs_within_15_percent_of_a_native_one() {
+    const SOCKETS: usize = 3000;
+    let native_gw = gateway("idle-native");
+    let (native, native_sockets) = idle_bytes_per_socket(&native_gw, SOCKETS, |addr, channel| async move {
+        let mut c = Client::connect(addr, Encoding::Json).await;
+        c.subscribe(1, &channel).await;
+        c
+    })
+    .await;
+    drop(native_sockets);
+    drop(native_gw);
+    let pusher_gw = gateway("idle-pusher");
+    let (pusher, _sockets) = idle_bytes_per_socket(&pusher_gw, SOCKETS, |addr, channel| async move {
+        lean_pusher_socket(addr, &channel).await
+    })
+    .await;
+    println!("idle subscribed socket: native {native:.0} B, Pusher {pusher:.0} B");
+    assert!(
+        pusher <= native * 1.15,
+        "Pusher {pusher:.0} B vs native {native:.0} B per idle socket"
+    );
 }
