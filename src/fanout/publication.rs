@@ -156,7 +156,8 @@ impl PusherFrame {
     /// The event for subscribers whose app prefixes channels with `prefix_len` bytes.
     pub fn new(publication: &Publication, prefix_len: usize) -> PusherFrame {
         let channel = publication.channel.get(prefix_len..).unwrap_or(&publication.channel);
-        let (text, excluded) = publication_event(channel, publication.payload.json().get());
+        let position = publication.position.as_ref().map(|p| (p.offset, &*p.epoch));
+        let (text, excluded) = publication_event(channel, publication.payload.json().get(), position);
         PusherFrame {
             prefix_len,
             frame: data_frame(Encoding::Json, text.as_bytes()),

@@ -257,9 +257,25 @@ pub fn ping() -> String {
 /// A channel event: `data` is sent as a JSON string (`data_text` is that string's
 /// content: the event's data as JSON text, or a plain string as published).
 pub fn channel_event(event: &str, channel: &str, data_text: &str, user_id: Option<&str>) -> String {
+    positioned_event(event, channel, data_text, user_id, None)
+}
+
+/// A channel event with, on a channel with history, its `offset` and `epoch`
+/// (PROTOCOL.md 20.6: an extension that Pusher's clients ignore).
+fn positioned_event(
+    event: &str,
+    channel: &str,
+    data_text: &str,
+    user_id: Option<&str>,
+    position: Option<(u64, &str)>,
+) -> String {
     let mut frame = json!({"event": event, "channel": channel, "data": data_text});
     if let Some(user) = user_id {
         frame["user_id"] = json!(user);
+    }
+    if let Some((offset, epoch)) = position {
+        frame["offset"] = json!(offset);
+        frame["epoch"] = json!(epoch);
     }
     frame.to_string()
 }
@@ -292,9 +308,14 @@ pub fn instance_number(node_id: &str) -> u32 {
 /// A shardcast publication as a Pusher channel event (PROTOCOL.md 20.3): data
 /// `{"event": E, "data": D, ...}` is the event E (D sent as is if a string, as its
 /// JSON text otherwise, `user_id` added when present); anything else is the event
-/// `message` with the publication's JSON text as its data. Returns the frame's
-/// text and the publication's `socket_id`, the socket it must not reach.
-pub fn publication_event(channel: &str, payload_json: &str) -> (String, Option<(u32, u64)>) {
+/// `message` with the publication's JSON text as its data; `position` is its
+/// place in the channel's history, if it has one (PROTOCOL.md 20.6). Returns the
+/// frame's text and the publication's `socket_id`, the socket it must not reach.
+pub fn publication_event(
+    channel: &str,
+    payload_json: &str,
+    position: Option<(u64, &str)>,
+) -> (String, Option<(u32, u64)>) {
     #[derive(Deserialize)]
     struct AsEvent<'a> {
         event: String,
@@ -312,9 +333,10 @@ pub fn publication_event(channel: &str, payload_json: &str) -> (String, Option<(
                 Err(_) => e.data.get().to_owned(),
             };
             let excluded = e.socket_id.as_deref().and_then(parse_socket_id);
-            (channel_event(&e.event, channel, &text, e.user_id.as_deref()), excluded)
+            let frame = positioned_event(&e.event, channel, &text, e.user_id.as_deref(), position);
+            (frame, excluded)
         }
-        Err(_) => (channel_event("message", channel, payload_json, None), None),
+        Err(_) => (positioned_event("message", channel, payload_json, None, position), None),
     }
 }
 
@@ -386,21 +408,21 @@ mod tests {
 
     #[test]
     fn publications_become_channel_events() {
-        let (frame, excluded) = publication_event("ch", r#"{"event":"ev","data":"{\"a\":1}","socket_id":"1.2"}"#);
+        let (frame, excluded) = publication_event("ch", r#"{"event":"ev","data":"{\"a\":1}","socket_id":"1.2"}"#, None);
         let frame: Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(frame, json!({"event": "ev", "channel": "ch", "data": "{\"a\":1}"}));
         assert_eq!(excluded, Some((1, 2)));
-        let (frame, _) = publication_event("ch", r#"{"event":"ev","data":{"a":1},"user_id":"u"}"#);
+        let (frame, _) = publication_event("ch", r#"{"event":"ev","data":{"a":1},"user_id":"u"}"#, None);
         let frame: Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(
             frame,
             json!({"event": "ev", "channel": "ch", "data": "{\"a\":1}", "user_id": "u"})
         );
-        let (frame, excluded) = publication_event("ch", r#"{"price":3}"#);
+        let (frame, excluded) = publication_event("ch", r#"{"price":3}"#, Some((4, "e1")));
         let frame: Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(
             frame,
-            json!({"event": "message", "channel": "ch", "data": "{\"price\":3}"})
+            json!({"event": "message", "channel": "ch", "data": "{\"price\":3}", "offset": 4, "epoch": "e1"})
         );
         assert_eq!(excluded, None);
     }
