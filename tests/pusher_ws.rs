@@ -5,8 +5,8 @@
 //! HTTP API and the native API, client events reaching other sockets but not the
 //! sender, an unknown app key refused with 4001, and one publication reaching a
 //! native subscriber and a pusher-js subscriber alike; presence channels' member
-//! lists, and joins and leaves announced once per user; and an idle Pusher
-//! socket's memory within 15% of a native one's.
+//! lists, and joins and leaves announced once per user; Pusher's keep-alive and
+//! close codes; and an idle Pusher socket's memory within 15% of a native one's.
 
 mod common;
 
@@ -34,6 +34,11 @@ fn pusher_dir() -> PathBuf {
 /// A gateway with one Pusher app that allows client events; `test` names its
 /// config file (tests run in parallel).
 fn gateway(test: &str) -> Gateway {
+    gateway_with(test, &[])
+}
+
+/// The same, with more flags.
+fn gateway_with(test: &str, flags: &[&str]) -> Gateway {
     let dir = std::env::temp_dir().join(format!("shardcast-pusher-ws-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("gw.toml");
@@ -42,7 +47,9 @@ fn gateway(test: &str) -> Gateway {
         format!("[pusher.apps.\"{APP_ID}\"]\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nclient_events = true\n"),
     )
     .expect("config");
-    Gateway::start(&["--config", path.to_str().expect("utf-8"), "--shards", "2"])
+    let mut args = vec!["--config", path.to_str().expect("utf-8"), "--shards", "2"];
+    args.extend_from_slice(flags);
+    Gateway::start(&args)
 }
 
 /// One pusher-js client in a Node process: commands go in on stdin, what it
@@ -380,4 +387,59 @@ async fn an_idle_pusher_socket_costs_within_15_percent_of_a_native_one() {
         pusher <= native * 1.15,
         "Pusher {pusher:.0} B vs native {native:.0} B per idle socket"
     );
+}
+
+/// The next text frame that is not the server's keep-alive ping.
+async fn next_reply(ws: &mut Ws) -> Value {
+    loop {
+        let frame = next_text(ws).await;
+        if frame["event"] != "pusher:ping" {
+            return frame;
+        }
+    }
+}
+
+/// The close code a socket gets, skipping other frames.
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_sockets_are_pinged_and_closed_the_pusher_way() {
+    let gw = gateway_with("keepalive", &["--ping-interval", "500ms", "--idle-timeout", "1500ms"]);
+    // A quiet socket gets pusher:ping (a text frame, not a WebSocket ping) ...
+    let mut quiet = lean_pusher_socket(gw.ws, "room").await;
+    assert_eq!(next_text(&mut quiet).await["event"], "pusher:ping");
+    // ... and, never answering it, the close Pusher's clients read as "reconnect now".
+    assert_eq!(close_code(&mut quiet).await, Some(4201));
+
+    // A socket that answers stays; the drain closes it with 4200.
+    let mut alive = lean_pusher_socket(gw.ws, "room").await;
+    assert_eq!(next_text(&mut alive).await["event"], "pusher:ping");
+    let pong = json!({"event": "pusher:pong", "data": {}}).to_string();
+    alive.send(Message::text(pong)).await.expect("send");
+    // Pusher's own ping is answered too.
+    let ping = json!({"event": "pusher:ping", "data": {}}).to_string();
+    alive.send(Message::text(ping)).await.expect("send");
+    assert_eq!(next_reply(&mut alive).await["event"], "pusher:pong");
+    // Bad input is a pusher:error without a code; the connection stays.
+    alive.send(Message::text("not json")).await.expect("send");
+    let error = next_reply(&mut alive).await;
+    assert_eq!(
+        (&error["event"], &error["data"]["code"]),
+        (&json!("pusher:error"), &Value::Null)
+    );
+    alive
+        .send(Message::text(r#"{"event":"pusher:teleport","data":{}}"#))
+        .await
+        .expect("send");
+    assert_eq!(next_reply(&mut alive).await["data"]["code"], Value::Null);
+    gw.signal(libc::SIGTERM);
+    assert_eq!(close_code(&mut alive).await, Some(4200));
 }
