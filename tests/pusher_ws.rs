@@ -5,7 +5,8 @@
 //! HTTP API and the native API, client events reaching other sockets but not the
 //! sender, an unknown app key refused with 4001, and one publication reaching a
 //! native subscriber and a pusher-js subscriber alike; presence channels' member
-//! lists, and joins and leaves announced once per user; Pusher's keep-alive and
+//! lists, and joins and leaves announced once per user (across two instances
+//! sharing a redis-server too); Pusher's keep-alive and
 //! close codes; and an idle Pusher socket's memory within 15% of a native one's.
 
 mod common;
@@ -442,4 +443,65 @@ async fn pusher_sockets_are_pinged_and_closed_the_pusher_way() {
     assert_eq!(next_reply(&mut alive).await["data"]["code"], Value::Null);
     gw.signal(libc::SIGTERM);
     assert_eq!(close_code(&mut alive).await, Some(4200));
+}
+
+/// Two instances through a real redis-server: a member on one sees the other
+/// instance's joins and leaves, once per user, and events published on either;
+/// a socket id excludes its socket on the other instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_exclusion_work_across_instances() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let flags = [
+        "--redis",
+        url.as_str(),
+        "--heartbeat-interval",
+        "300ms",
+        "--instance-ttl",
+        "1s",
+    ];
+    let one = gateway_with("redis-one", &flags);
+    let two = gateway_with("redis-two", &flags);
+    one.wait_ready(200).await;
+    two.wait_ready(200).await;
+    let join = |js: &mut PusherJs, user: &str| {
+        let member = json!({"user_id": user, "user_info": {}});
+        js.send(json!({"op": "subscribe", "channel": "presence-lobby", "user": member}));
+        js.expect("the member list", |l| l["type"] == "subscribed")["members"].clone()
+    };
+    let mut alice = PusherJs::start(&one, KEY);
+    alice.connected();
+    assert_eq!(join(&mut alice, "alice"), json!(["alice"]));
+    let mut bob = PusherJs::start(&two, KEY);
+    let bob_id = bob.connected();
+    assert_eq!(join(&mut bob, "bob"), json!(["alice", "bob"]));
+    assert_eq!(
+        alice.expect("bob's join", |l| l["type"] == "member_added")["user_id"],
+        "bob"
+    );
+    let mut bob_on_one = PusherJs::start(&one, KEY);
+    bob_on_one.connected();
+    assert_eq!(join(&mut bob_on_one, "bob"), json!(["alice", "bob"]));
+
+    // Published through instance one's API, excluding bob's socket on instance two.
+    trigger(&one, "presence-lobby", "news", json!(1), Some(&bob_id));
+    assert_eq!(alice.event()["event"], "news");
+    assert_eq!(bob_on_one.event()["event"], "news");
+    trigger(&two, "presence-lobby", "more", json!(2), None);
+    assert_eq!(
+        bob.event()["event"],
+        "more",
+        "the excluded event never reached bob on two"
+    );
+    assert_eq!(alice.event()["event"], "more");
+
+    // Bob's socket on two leaves; his socket on one keeps him a member.
+    drop(bob);
+    let quiet = alice.lines_within(Duration::from_millis(700));
+    assert!(!quiet.iter().any(|l| l["type"] == "member_removed"), "{quiet:?}");
+    drop(bob_on_one);
+    assert_eq!(
+        alice.expect("bob's leave", |l| l["type"] == "member_removed")["user_id"],
+        "bob"
+    );
 }
