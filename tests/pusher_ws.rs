@@ -7,7 +7,8 @@
 //! native subscriber and a pusher-js subscriber alike; presence channels' member
 //! lists, and joins and leaves announced once per user (across two instances
 //! sharing a redis-server too); Pusher's keep-alive and
-//! close codes; and an idle Pusher socket's memory within 15% of a native one's.
+//! close codes; recovery as PROTOCOL.md 20.6's extension; and an idle Pusher
+//! socket's memory within 15% of a native one's.
 
 mod common;
 
@@ -504,4 +505,63 @@ async fn presence_and_exclusion_work_across_instances() {
         alice.expect("bob's leave", |l| l["type"] == "member_removed")["user_id"],
         "bob"
     );
+}
+
+/// Subscribes a bare socket to `channel` with `pusher:subscribe`'s `recover`
+/// extension; returns the subscription_succeeded data.
+async fn subscribe_recovering(ws: &mut Ws, channel: &str, offset: u64, epoch: &str) -> Value {
+    let data = json!({"channel": channel, "recover": {"offset": offset, "epoch": epoch}});
+    let subscribe = json!({"event": "pusher:subscribe", "data": data});
+    ws.send(Message::text(subscribe.to_string())).await.expect("send");
+    let answer = next_reply(ws).await;
+    assert_eq!(answer["event"], "pusher_internal:subscription_succeeded");
+    serde_json::from_str(answer["data"].as_str().expect("data is a string")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pusher_socket_recovers_what_it_missed() {
+    let gw = gateway_with("recover", &["--history-size", "100"]);
+    let mut first = lean_pusher_socket(gw.ws, "prices").await;
+    for n in 1..=2 {
+        gw.publish("prices", json!({"event": "tick", "data": n.to_string()}))
+            .await;
+    }
+    let tick = next_reply(&mut first).await;
+    assert_eq!(
+        (&tick["event"], &tick["data"], &tick["offset"]),
+        (&json!("tick"), &json!("1"), &json!(1))
+    );
+    let last = next_reply(&mut first).await;
+    let epoch = last["epoch"].as_str().expect("an epoch").to_owned();
+    assert_eq!(last["offset"], 2);
+    drop(first);
+
+    // Missed while away: 3 and 4; then a new socket recovers from offset 2.
+    for n in 3..=4 {
+        gw.publish("prices", json!({"event": "tick", "data": n.to_string()}))
+            .await;
+    }
+    let url = format!("ws://{}/app/{KEY}?protocol=7", gw.ws);
+    let (mut again, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("upgrade");
+    assert_eq!(next_text(&mut again).await["event"], "pusher:connection_established");
+    assert_eq!(
+        subscribe_recovering(&mut again, "prices", 2, &epoch).await,
+        json!({"recovered": true})
+    );
+    for n in 3..=4 {
+        let tick = next_reply(&mut again).await;
+        assert_eq!((&tick["data"], &tick["offset"]), (&json!(n.to_string()), &json!(n)));
+    }
+    gw.publish("prices", json!({"event": "tick", "data": "5"})).await;
+    assert_eq!(next_reply(&mut again).await["offset"], 5, "then live, nothing twice");
+
+    // Another epoch cannot be recovered: said so, and live events follow.
+    let (mut stranger, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("upgrade");
+    assert_eq!(next_text(&mut stranger).await["event"], "pusher:connection_established");
+    assert_eq!(
+        subscribe_recovering(&mut stranger, "prices", 1, "another-epoch").await,
+        json!({"recovered": false})
+    );
+    gw.publish("prices", json!({"event": "tick", "data": "6"})).await;
+    assert_eq!(next_reply(&mut stranger).await["offset"], 6);
 }

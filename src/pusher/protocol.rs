@@ -41,6 +41,9 @@ pub enum PusherRequest {
         auth: Option<String>,
         /// The presence member's JSON (`{"user_id":..,"user_info":..}`), as signed.
         channel_data: Option<String>,
+        /// Where a recovering client left off (offset, epoch): PROTOCOL.md 20.6's
+        /// extension.
+        recover: Option<(u64, String)>,
     },
     /// `pusher:unsubscribe`.
     Unsubscribe {
@@ -90,6 +93,14 @@ struct SubscribeData {
     auth: Option<String>,
     #[serde(default)]
     channel_data: Option<String>,
+    #[serde(default)]
+    recover: Option<Recover>,
+}
+
+#[derive(Deserialize)]
+struct Recover {
+    offset: u64,
+    epoch: String,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +146,7 @@ pub fn decode_request(text: &str) -> Result<PusherRequest, PusherDecodeError> {
                 channel: d.channel,
                 auth: d.auth,
                 channel_data: d.channel_data,
+                recover: d.recover.map(|r| (r.offset, r.epoch)),
             })
         }
         "pusher:unsubscribe" => {
@@ -230,6 +242,13 @@ pub fn presence_member(channel_data: &str) -> Result<(String, String), PusherDec
             .user_info
             .map_or_else(|| "null".to_owned(), |i| i.get().to_owned()),
     ))
+}
+
+/// `pusher_internal:subscription_succeeded` answering a subscribe with `recover`
+/// (PROTOCOL.md 20.6): its data says whether the missed events follow.
+pub fn recovery_succeeded(channel: &str, recovered: bool) -> String {
+    let data = json!({ "recovered": recovered }).to_string();
+    json!({"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": data}).to_string()
 }
 
 /// `pusher:error`; `code` is none for a frame that is not a Pusher event (PROTOCOL.md 20.1).
@@ -366,6 +385,7 @@ mod tests {
                 channel: "private-x".into(),
                 auth: Some("k:s".into()),
                 channel_data: None,
+                recover: None,
             })
         );
         // Some clients send data as a string of JSON.

@@ -570,7 +570,7 @@ impl Shard<'_> {
         }
         let pusher_list = &lists[Wire::Pusher.index()];
         if !pusher_list.is_empty() {
-            reached += pusher::fan_out(env, publication, pusher_list, conns, pushers, cork, deadline);
+            reached += pusher::fan_out(env, publication, pusher_list, conns, pushers, recovering, cork);
         }
         env.shard_metrics.delivered.inc_by(reached as u64);
         env.shard_metrics.fanout.observe(start.elapsed().as_secs_f64());

@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
-use shardcast_proto::{validate_channel, Encoding};
+use shardcast_proto::{validate_channel, Encoding, StreamPosition};
 use slab::Slab;
 
-use super::channel_table::{Joined, PendingAck, Subscriber};
+use super::channel_table::{Joined, PendingAck, Subscriber, SubscriptionKey};
 use super::connection::{Connection, ConnectionFlags, Phase, Sent};
 use super::cork::Cork;
+use super::recovery::{HistoryRequest, Recovery};
 use super::{Shard, ShardEnv, ShardState};
 use crate::broker::{PresenceChange, PresenceMember};
 use crate::fanout::publication::{Publication, PusherFrame};
@@ -116,13 +117,14 @@ impl ShardEnv {
 /// subscribers reached.
 pub(super) fn fan_out(
     env: &ShardEnv,
-    publication: &Publication,
+    publication: &Arc<Publication>,
     list: &[Subscriber],
     conns: &mut Slab<Connection>,
     pushers: &PusherSockets,
+    recovering: &mut HashMap<SubscriptionKey, Recovery>,
     cork: &mut Cork,
-    deadline: u32,
 ) -> usize {
+    let deadline = env.close_deadline();
     // Usually one app can own the channel (its prefix starts the name), and every
     // subscriber gets the shared frame; only apps with nested prefixes make the
     // fan-out look up each subscriber's app.
@@ -142,6 +144,12 @@ pub(super) fn fan_out(
     let mut checked_exclusion = false;
     let min = env.config.compression.min_bytes();
     for s in list {
+        if !recovering.is_empty() {
+            if let Some(recovery) = recovering.get_mut(&s.sub) {
+                recovery.hold(publication);
+                continue;
+            }
+        }
         let Some(conn) = conns.get_mut(s.conn as usize) else {
             continue;
         };
@@ -200,7 +208,8 @@ impl Shard<'_> {
                 channel,
                 auth,
                 channel_data,
-            }) => self.pusher_subscribe(key, &channel, auth.as_deref(), channel_data.as_deref()),
+                recover,
+            }) => self.pusher_subscribe(key, &channel, auth.as_deref(), channel_data.as_deref(), recover),
             Ok(PusherRequest::Unsubscribe { channel }) => self.pusher_unsubscribe(key, &channel),
             Ok(PusherRequest::ClientEvent { event, channel, data }) => {
                 self.pusher_client_event(key, event, &channel, &data)
@@ -238,7 +247,14 @@ impl Shard<'_> {
         self.reply(key, text_frame(&protocol::subscription_error(channel, message, status)));
     }
 
-    fn pusher_subscribe(&mut self, key: usize, channel: &str, auth: Option<&str>, channel_data: Option<&str>) {
+    fn pusher_subscribe(
+        &mut self,
+        key: usize,
+        channel: &str,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+        recover: Option<(u64, String)>,
+    ) {
         let env = self.env;
         let Some(app) = self.pusher_app(key) else {
             return;
@@ -287,7 +303,7 @@ impl Shard<'_> {
             conn: key as u32,
             conn_id: conn.id,
             request: None,
-            unrecoverable: false,
+            unrecoverable: recover.is_some(),
         };
         if conn.subs.iter().any(|&s| table.channel_of(s) == Some(name.as_str())) {
             if !table.add_pending_ack(&name, pending) {
@@ -327,6 +343,18 @@ impl Shard<'_> {
             let limit = app.max_presence_members as usize;
             return self.presence_join(key, conn_id, channel, name, member, limit);
         }
+        let keeps_history = env.publisher.channel_history().policy(&name).is_some();
+        if let (Some((offset, epoch)), true) = (recover.clone(), keeps_history) {
+            // The missed events follow subscription_succeeded (PROTOCOL.md 20.6).
+            if joined == Joined::FirstOnShard {
+                env.router.interest(env.id, Arc::from(name.as_str()), true);
+            }
+            let request = HistoryRequest {
+                recover: Some(StreamPosition { offset, epoch }),
+                latest: false,
+            };
+            return self.begin_recovery(key, sub, None, &name, request, joined == Joined::Active);
+        }
         match joined {
             Joined::FirstOnShard => {
                 table.add_pending_ack(&name, pending);
@@ -335,19 +363,26 @@ impl Shard<'_> {
             Joined::Pending => {
                 table.add_pending_ack(&name, pending);
             }
-            Joined::Active => self.reply(key, text_frame(&protocol::subscription_succeeded(channel, None))),
+            Joined::Active => {
+                // `recover` on a channel without history: nothing to recover from.
+                let recovered = recover.is_some().then_some(false);
+                self.pusher_subscribe_answer(key, &name, true, recovered);
+            }
         }
     }
 
-    /// The router's answer for a subscription of Pusher connection `key` to the
-    /// shardcast channel `name`.
-    pub(super) fn pusher_subscribe_answer(&mut self, key: usize, name: &str, ok: bool) {
+    /// The answer to a subscription of Pusher connection `key` to the shardcast
+    /// channel `name`; `recovered` when it asked to recover (PROTOCOL.md 20.6).
+    pub(super) fn pusher_subscribe_answer(&mut self, key: usize, name: &str, ok: bool, recovered: Option<bool>) {
         let Some(app) = self.pusher_app(key) else {
             return;
         };
         let channel = name.get(app.channel_prefix.len()..).unwrap_or(name);
         let frame = if ok {
-            protocol::subscription_succeeded(channel, None)
+            match recovered {
+                Some(recovered) => protocol::recovery_succeeded(channel, recovered),
+                None => protocol::subscription_succeeded(channel, None),
+            }
         } else {
             protocol::subscription_error(channel, "the broker could not subscribe this channel; retry later", 503)
         };
@@ -477,6 +512,47 @@ impl Shard<'_> {
     fn forget_presence(&mut self, key: usize, name: &str) {
         if let Some(socket) = self.st.pushers.get_mut(&key) {
             socket.presence.retain(|(channel, _)| **channel != *name);
+        }
+    }
+
+    /// Ends a Pusher subscription's recovery (PROTOCOL.md 20.6): the answer, the
+    /// missed events from the store up to `live_from` (`store`: epoch and
+    /// publications), then the live ones held meanwhile.
+    pub(super) fn conclude_pusher_recovery(
+        &mut self,
+        key: usize,
+        name: &str,
+        recovered: Option<bool>,
+        store: Option<(&str, Vec<(u64, Payload)>)>,
+        held: Vec<Arc<Publication>>,
+    ) {
+        let env = self.env;
+        let Some(app) = self.pusher_app(key) else {
+            return;
+        };
+        self.pusher_subscribe_answer(key, name, true, recovered);
+        let prefix_len = app.channel_prefix.len();
+        let channel = name.get(prefix_len..).unwrap_or(name);
+        if let Some((epoch, publications)) = store {
+            for (offset, payload) in publications {
+                let (text, _) = protocol::publication_event(channel, payload.json().get(), Some((offset, epoch)));
+                env.metrics.history_served.inc();
+                self.reply(key, text_frame(&text));
+            }
+        }
+        let conn_id = self.st.conns.get(key).map_or(0, |c| c.id);
+        for publication in held {
+            let own;
+            let frame = match publication.pusher_frame(prefix_len) {
+                Some(frame) => frame,
+                None => {
+                    own = PusherFrame::new(&publication, prefix_len);
+                    &own
+                }
+            };
+            if env.excluded_here(frame.excluded) != Some(conn_id) {
+                self.reply(key, frame.frame.clone());
+            }
         }
     }
 

@@ -358,8 +358,12 @@ impl Shard<'_> {
     fn reply_to(&mut self, ack: PendingAck, channel: &str, frame: &ServerFrame) {
         match self.st.conns.get(ack.conn as usize) {
             Some(c) if c.id == ack.conn_id && is_pusher(c) => {
-                let ok = !matches!(frame, ServerFrame::Error { .. });
-                self.pusher_subscribe_answer(ack.conn as usize, channel, ok);
+                let (ok, recovered) = match frame {
+                    ServerFrame::Error { .. } => (false, None),
+                    ServerFrame::Ack { recovered, .. } => (true, *recovered),
+                    _ => (true, None),
+                };
+                self.pusher_subscribe_answer(ack.conn as usize, channel, ok, recovered);
             }
             Some(c) if c.id == ack.conn_id => self.reply_frame(ack.conn as usize, frame),
             _ => {}
