@@ -45,6 +45,9 @@ pub struct PusherSocket {
     client_events: (u32, u16),
     /// Its presence channels (shardcast names) and the user it is on each.
     presence: Vec<(Arc<str>, Arc<str>)>,
+    /// Presence subscriptions' answers (with the member list) waiting for their
+    /// channel to go live on the shard, since an answer promises every later event.
+    presence_answers: Vec<(Arc<str>, Bytes)>,
 }
 
 impl PusherSocket {
@@ -54,6 +57,7 @@ impl PusherSocket {
             app,
             client_events: (0, 0),
             presence: Vec::new(),
+            presence_answers: Vec::new(),
         }
     }
 }
@@ -322,10 +326,17 @@ impl Shard<'_> {
         conn.subs.push(sub);
         env.shard_metrics.subscriptions.set(table.subscription_count() as i64);
         if let Some((user, info)) = member {
-            // The member list, not the router's confirmation, answers a presence
-            // subscription.
-            if joined == Joined::FirstOnShard {
-                env.router.interest(env.id, Arc::from(name.as_str()), true);
+            // Answered with the member list once both the join and the channel
+            // (live on this shard) are done, whichever comes last.
+            match joined {
+                Joined::FirstOnShard => {
+                    table.add_pending_ack(&name, pending);
+                    env.router.interest(env.id, Arc::from(name.as_str()), true);
+                }
+                Joined::Pending => {
+                    table.add_pending_ack(&name, pending);
+                }
+                Joined::Active => {}
             }
             let name: Arc<str> = Arc::from(name);
             let user: Arc<str> = Arc::from(user);
@@ -378,6 +389,19 @@ impl Shard<'_> {
             return;
         };
         let channel = name.get(app.channel_prefix.len()..).unwrap_or(name);
+        if ok && kind_of(channel) == ChannelKind::Presence {
+            // Live now: the member list answers, if the join is done (else the
+            // join's end answers).
+            let socket = self.st.pushers.get_mut(&key);
+            let waiting = socket.and_then(|socket| {
+                let at = socket.presence_answers.iter().position(|(c, _)| **c == *name)?;
+                Some(socket.presence_answers.swap_remove(at).1)
+            });
+            if let Some(answer) = waiting {
+                self.reply(key, answer);
+            }
+            return;
+        }
         let frame = if ok {
             match recovered {
                 Some(recovered) => protocol::recovery_succeeded(channel, recovered),
@@ -471,13 +495,15 @@ impl Shard<'_> {
                     return;
                 }
                 let members = members.unwrap_or_default();
-                shard.reply(
-                    key,
-                    text_frame(&protocol::subscription_succeeded(
-                        &channel,
-                        Some(presence_data(&members)),
-                    )),
-                );
+                let answer = text_frame(&protocol::subscription_succeeded(
+                    &channel,
+                    Some(presence_data(&members)),
+                ));
+                if shard.st.table.subscribers(&name).is_some() {
+                    shard.reply(key, answer);
+                } else if let Some(socket) = shard.st.pushers.get_mut(&key) {
+                    socket.presence_answers.push((name.clone(), answer));
+                }
             });
         });
     }
@@ -489,6 +515,9 @@ impl Shard<'_> {
         let Some(socket) = self.st.pushers.get_mut(&key) else {
             return;
         };
+        socket
+            .presence_answers
+            .retain(|(channel, _)| name.is_some_and(|n| **channel != *n));
         let mut leaving = Vec::new();
         socket.presence.retain(|(channel, user)| {
             let leaves = name.map_or(true, |n| **channel == *n);
@@ -512,6 +541,7 @@ impl Shard<'_> {
     fn forget_presence(&mut self, key: usize, name: &str) {
         if let Some(socket) = self.st.pushers.get_mut(&key) {
             socket.presence.retain(|(channel, _)| **channel != *name);
+            socket.presence_answers.retain(|(channel, _)| **channel != *name);
         }
     }
 
