@@ -206,6 +206,13 @@ async fn pusher_js_subscribes_to_public_and_private_channels() {
         gw.metric("shardcast_pusher_refusals_total{reason=\"signature\"}").await,
         1.0
     );
+    // `#` is the channel rules' user boundary: not a Pusher channel name.
+    js.send(json!({"op": "subscribe", "channel": "inbox#alice"}));
+    let refused = js.expect("the refusal", |l| l["type"] == "subscription_error");
+    assert_eq!(
+        (&refused["channel"], &refused["data"]["status"]),
+        (&json!("inbox#alice"), &json!(400))
+    );
     trigger(&gw, "private-secrets", "leak", json!(1), None);
     trigger(&gw, "news", "after", json!(2), None);
     assert_eq!(js.event()["event"], "after", "nothing from the refused channel");

@@ -35,11 +35,18 @@ const CLIENT_EVENTS_PER_SECOND: u16 = 10;
 /// the native record, kept beside it so that no record grows for them.
 pub type PusherSockets = HashMap<usize, PusherSocket>;
 
-/// What a Pusher-protocol connection carries beyond the native record.
+/// What a Pusher-protocol connection carries beyond the native record: its app,
+/// and what only some sockets need, boxed (an idle socket's entry is two pointers).
 #[derive(Debug)]
 pub struct PusherSocket {
     /// The app its URL named.
     pub app: Arc<PusherApp>,
+    extras: Option<Box<SocketExtras>>,
+}
+
+/// What a socket that sent client events or joined a presence channel carries.
+#[derive(Debug, Default)]
+struct SocketExtras {
     /// Start (shard clock) of the current one-second client-event window, and
     /// the client events in it.
     client_events: (u32, u16),
@@ -53,12 +60,17 @@ pub struct PusherSocket {
 impl PusherSocket {
     /// A socket of `app`.
     pub fn new(app: Arc<PusherApp>) -> PusherSocket {
-        PusherSocket {
-            app,
-            client_events: (0, 0),
-            presence: Vec::new(),
-            presence_answers: Vec::new(),
-        }
+        PusherSocket { app, extras: None }
+    }
+
+    /// Its presence channels and the user it is on each.
+    fn presence(&self) -> &[(Arc<str>, Arc<str>)] {
+        self.extras.as_ref().map_or(&[], |e| &e.presence)
+    }
+
+    /// Its extras, made at first use.
+    fn extras(&mut self) -> &mut SocketExtras {
+        self.extras.get_or_insert_with(Box::default)
     }
 }
 
@@ -267,6 +279,12 @@ impl Shard<'_> {
         if let Err(e) = validate_channel(&name, env.config.max_channel_len) {
             return self.pusher_refuse(key, channel, "channel", &format!("invalid channel name: {e}"));
         }
+        if channel.contains('#') {
+            // Pusher reserves `#` (server-to-user channels); in shardcast it is the
+            // user boundary of the channel rules, which a public Pusher channel
+            // would otherwise walk around.
+            return self.pusher_refuse(key, channel, "channel", "invalid channel name: `#` is reserved");
+        }
         let Some(conn_id) = self.st.conns.get(key).map(|c| c.id) else {
             return;
         };
@@ -341,7 +359,7 @@ impl Shard<'_> {
             let name: Arc<str> = Arc::from(name);
             let user: Arc<str> = Arc::from(user);
             if let Some(socket) = pushers.get_mut(&key) {
-                socket.presence.push((name.clone(), user.clone()));
+                socket.extras().presence.push((name.clone(), user.clone()));
             }
             let member = match Payload::from_json(&info) {
                 Ok(info) => PresenceMember { user, info },
@@ -394,8 +412,9 @@ impl Shard<'_> {
             // join's end answers).
             let socket = self.st.pushers.get_mut(&key);
             let waiting = socket.and_then(|socket| {
-                let at = socket.presence_answers.iter().position(|(c, _)| **c == *name)?;
-                Some(socket.presence_answers.swap_remove(at).1)
+                let answers = &mut socket.extras.as_deref_mut()?.presence_answers;
+                let at = answers.iter().position(|(c, _)| **c == *name)?;
+                Some(answers.swap_remove(at).1)
             });
             if let Some(answer) = waiting {
                 self.reply(key, answer);
@@ -457,7 +476,7 @@ impl Shard<'_> {
                         .st
                         .pushers
                         .get(&key)
-                        .is_some_and(|p| p.presence.iter().any(|(c, u)| *c == name && *u == user));
+                        .is_some_and(|p| p.presence().iter().any(|(c, u)| *c == name && *u == user));
                 if !still_here {
                     return;
                 }
@@ -502,7 +521,7 @@ impl Shard<'_> {
                 if shard.st.table.subscribers(&name).is_some() {
                     shard.reply(key, answer);
                 } else if let Some(socket) = shard.st.pushers.get_mut(&key) {
-                    socket.presence_answers.push((name.clone(), answer));
+                    socket.extras().presence_answers.push((name.clone(), answer));
                 }
             });
         });
@@ -512,7 +531,7 @@ impl Shard<'_> {
     /// with none) for Pusher connection `key`; the broker says whether the user
     /// left (its last connection) and the publisher tells the subscribers.
     fn presence_leave(&mut self, key: usize, name: Option<&str>) {
-        let Some(socket) = self.st.pushers.get_mut(&key) else {
+        let Some(socket) = self.st.pushers.get_mut(&key).and_then(|s| s.extras.as_deref_mut()) else {
             return;
         };
         socket
@@ -539,7 +558,7 @@ impl Shard<'_> {
     /// Forgets connection `key`'s place on presence channel `name`, which the
     /// broker never took.
     fn forget_presence(&mut self, key: usize, name: &str) {
-        if let Some(socket) = self.st.pushers.get_mut(&key) {
+        if let Some(socket) = self.st.pushers.get_mut(&key).and_then(|s| s.extras.as_deref_mut()) {
             socket.presence.retain(|(channel, _)| **channel != *name);
             socket.presence_answers.retain(|(channel, _)| **channel != *name);
         }
@@ -620,7 +639,7 @@ impl Shard<'_> {
                 PresenceChange::Joined(member) => &member.user,
                 PresenceChange::Left(user) => user,
             };
-            if socket.presence.iter().any(|(c, u)| **c == *name && u == user) {
+            if socket.presence().iter().any(|(c, u)| **c == *name && u == user) {
                 continue;
             }
             let prefix_len = socket.app.channel_prefix.len();
@@ -671,7 +690,7 @@ impl Shard<'_> {
         } else {
             let allowed = pushers
                 .get_mut(&key)
-                .is_some_and(|socket| within_rate(&mut socket.client_events, now));
+                .is_some_and(|socket| within_rate(&mut socket.extras().client_events, now));
             (!allowed).then_some("at most 10 client events per second")
         };
         if let Some(message) = refusal {
@@ -689,7 +708,7 @@ impl Shard<'_> {
         let mut body = json!({"event": event, "data": data, "socket_id": env.pusher_socket_id(conn_id)});
         let user = pushers
             .get(&key)
-            .and_then(|p| p.presence.iter().find(|(c, _)| **c == *name))
+            .and_then(|p| p.presence().iter().find(|(c, _)| **c == *name))
             .map(|(_, user)| user.clone());
         if let Some(user) = user {
             body["user_id"] = json!(&*user);
