@@ -7,7 +7,8 @@
 //! native subscriber and a pusher-js subscriber alike; presence channels' member
 //! lists, and joins and leaves announced once per user (across two instances
 //! sharing a redis-server too); Pusher's keep-alive and
-//! close codes; recovery as PROTOCOL.md 20.6's extension; and an idle Pusher
+//! close codes; user sign-in and an operator's disconnect of the user; recovery
+//! as PROTOCOL.md 20.6's extension; and an idle Pusher
 //! socket's memory within 15% of a native one's.
 
 mod common;
@@ -571,4 +572,44 @@ async fn a_pusher_socket_recovers_what_it_missed() {
     );
     gw.publish("prices", json!({"event": "tick", "data": "6"})).await;
     assert_eq!(next_reply(&mut stranger).await["offset"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_pusher_socket_is_its_users() {
+    let gw = gateway("signin");
+    let url = format!("ws://{}/app/{KEY}?protocol=7", gw.ws);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("upgrade");
+    let established = next_text(&mut ws).await;
+    let data: Value = serde_json::from_str(established["data"].as_str().expect("data")).expect("json");
+    let socket_id = data["socket_id"].as_str().expect("socket id").to_owned();
+    let user_data = json!({"id": "alice", "user_info": {"name": "Alice"}}).to_string();
+    let signin = |auth: String| {
+        let data = json!({"user_data": user_data, "auth": auth});
+        Message::text(json!({"event": "pusher:signin", "data": data}).to_string())
+    };
+
+    ws.send(signin(format!("{KEY}:{}", "0".repeat(64))))
+        .await
+        .expect("send");
+    let refused = next_reply(&mut ws).await;
+    assert_eq!(
+        (&refused["event"], &refused["data"]["code"]),
+        (&json!("pusher:error"), &json!(4009))
+    );
+
+    // Signed as the `pusher` server library's authenticateUser signs it.
+    let signature = shardcast::pusher::signature::sign(SECRET, &format!("{socket_id}::user::{user_data}"));
+    ws.send(signin(format!("{KEY}:{signature}"))).await.expect("send");
+    let success = next_reply(&mut ws).await;
+    assert_eq!(success["event"], "pusher:signin_success");
+    let data: Value = serde_json::from_str(success["data"].as_str().expect("data")).expect("json");
+    assert_eq!(data["user_data"], user_data.as_str());
+
+    let (status, body) = gw.http("POST", "/api/disconnect", Some(r#"{"user":"alice"}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(4009),
+        "an operator's disconnect, Pusher's code"
+    );
 }

@@ -244,6 +244,26 @@ pub fn presence_member(channel_data: &str) -> Result<(String, String), PusherDec
     ))
 }
 
+/// `pusher:signin_success`, carrying the signed user data back.
+pub fn signin_success(user_data: &str) -> String {
+    let data = json!({ "user_data": user_data }).to_string();
+    json!({"event": "pusher:signin_success", "data": data}).to_string()
+}
+
+/// The user id of a sign-in's `user_data` (its `id` member, a non-empty string).
+pub fn signin_user(user_data: &str) -> Result<String, PusherDecodeError> {
+    #[derive(Deserialize)]
+    struct User {
+        id: String,
+    }
+    match serde_json::from_str::<User>(user_data) {
+        Ok(user) if !user.id.is_empty() => Ok(user.id),
+        _ => Err(PusherDecodeError(
+            "user_data must be a JSON object with a non-empty string id".into(),
+        )),
+    }
+}
+
 /// `pusher_internal:subscription_succeeded` answering a subscribe with `recover`
 /// (PROTOCOL.md 20.6): its data says whether the missed events follow.
 pub fn recovery_succeeded(channel: &str, recovered: bool) -> String {

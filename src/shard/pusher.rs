@@ -24,7 +24,7 @@ use crate::fanout::router::Source;
 use crate::payload::Payload;
 use crate::pusher::apps::PusherApp;
 use crate::pusher::protocol::{self, code, decode_request, PusherRequest};
-use crate::pusher::signature::verify_channel_auth;
+use crate::pusher::signature::{verify_channel_auth, verify_signin};
 use crate::ws::deflate::FULL_WINDOW;
 use crate::ws::frame::data_frame;
 
@@ -230,13 +230,7 @@ impl Shard<'_> {
             Ok(PusherRequest::ClientEvent { event, channel, data }) => {
                 self.pusher_client_event(key, event, &channel, &data)
             }
-            Ok(PusherRequest::Signin { .. }) => self.reply(
-                key,
-                text_frame(&protocol::error(
-                    Some(code::UNAUTHORIZED),
-                    "user sign-in is not supported by this server yet",
-                )),
-            ),
+            Ok(PusherRequest::Signin { user_data, auth }) => self.pusher_signin(key, &user_data, &auth),
             Err(e) => self.pusher_bad_request(key, &e.0),
         }
     }
@@ -398,6 +392,32 @@ impl Shard<'_> {
                 self.pusher_subscribe_answer(key, &name, true, recovered);
             }
         }
+    }
+
+    /// `pusher:signin` (user authentication): with the app's signature, the
+    /// connection is the user's, so an operator's disconnect of the user (and the
+    /// Pusher API's terminate_connections) closes it.
+    fn pusher_signin(&mut self, key: usize, user_data: &str, auth: &str) {
+        let env = self.env;
+        let (Some(app), Some(conn_id)) = (self.pusher_app(key), self.st.conns.get(key).map(|c| c.id)) else {
+            return;
+        };
+        let user = match protocol::signin_user(user_data) {
+            Ok(user) if verify_signin(&app, &env.pusher_socket_id(conn_id), user_data, auth) => user,
+            Ok(_) => {
+                env.metrics.pusher_refusals.with_label_values(&["signature"]).inc();
+                let error = protocol::error(Some(code::UNAUTHORIZED), "invalid sign-in signature");
+                return self.reply(key, text_frame(&error));
+            }
+            Err(e) => {
+                env.metrics.pusher_refusals.with_label_values(&["signature"]).inc();
+                return self.reply(key, text_frame(&protocol::error(Some(code::UNAUTHORIZED), &e.0)));
+            }
+        };
+        if let Some(conn) = self.st.conns.get_mut(key) {
+            conn.auth_mut().identity.user = user;
+        }
+        self.reply(key, text_frame(&protocol::signin_success(user_data)));
     }
 
     /// The answer to a subscription of Pusher connection `key` to the shardcast
