@@ -1,9 +1,11 @@
 //! The Pusher Channels protocol, version 7 (PROTOCOL.md 20), on a shard's
 //! connections: what a Pusher socket carries, its greeting, its requests
-//! (subscribe and unsubscribe, ping, client events) and its share of a
-//! publication's fan-out. The frames and signatures are the `pusher` module's;
-//! subscriptions go into the same channel table as native ones, in the Pusher
-//! subscriber list, so one publication reaches both.
+//! (subscribe and unsubscribe, ping, sign-in, client events), presence (joins
+//! and leaves through the publisher, member changes to the subscribers), the end
+//! of a recovering subscription, and its share of a publication's fan-out. The
+//! frames and signatures are the `pusher` module's; subscriptions go into the
+//! same channel table as native ones, in the Pusher subscriber list, so one
+//! publication reaches both.
 
 use std::collections::HashMap;
 use std::sync::Arc;
