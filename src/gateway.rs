@@ -166,6 +166,7 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
             state: state.clone(),
             auth: auth.clone(),
             users: users.clone(),
+            pusher_apps: pusher_apps.clone(),
         };
         let (handle, thread) = shard::spawn(id, deps).map_err(GatewayError::Thread)?;
         shards.push(handle);

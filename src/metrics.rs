@@ -53,6 +53,8 @@ pub struct Metrics {
     pub webhook_queued: IntCounter,
     /// Occupancy changes the broker kept refusing, given up.
     pub occupancy_dropped: IntCounter,
+    /// Pusher WebSocket requests refused, by reason (PROTOCOL.md 20.2, 20.3).
+    pub pusher_refusals: IntCounterVec,
     /// Publishes whose broker outcome is not known (timeouts), by source.
     pub publish_unknown: IntCounter,
     /// Channels in the in-process history store.
@@ -182,6 +184,11 @@ impl Metrics {
             )?,
             webhook_queued: IntCounter::with_opts(opts("webhook_events_queued_total", "Pusher webhook events queued for sending."))?,
             occupancy_dropped: IntCounter::with_opts(opts("occupancy_changes_dropped_total", "Channel occupancy changes the broker refused for 30 s, given up (their webhooks may be missing)."))?,
+            pusher_refusals: counter_vec(
+                "pusher_refusals_total",
+                "Pusher WebSocket subscriptions and client events refused, by reason: signature, channel, client_event.",
+                &["reason"],
+            )?,
             publish_unknown: IntCounter::with_opts(opts("publish_outcome_unknown_total", "Publishes whose broker did not answer within the publish timeout."))?,
             history_channels: IntGauge::with_opts(opts("history_channels", "Channels in the in-process history store."))?,
             history_publications: IntGauge::with_opts(opts("history_publications", "Publications in the in-process history store."))?,
@@ -287,6 +294,7 @@ impl Metrics {
         r.register(Box::new(self.publish_duplicates.clone()))?;
         r.register(Box::new(self.gaps.clone()))?;
         r.register(Box::new(self.pusher_api_refusals.clone()))?;
+        r.register(Box::new(self.pusher_refusals.clone()))?;
         r.register(Box::new(self.publish_unknown.clone()))?;
         r.register(Box::new(self.webhook_requests.clone()))?;
         r.register(Box::new(self.webhook_dropped.clone()))?;
@@ -369,6 +377,9 @@ impl Metrics {
             "too_many_connections",
         ] {
             self.auth_refusals.with_label_values(&[reason]);
+        }
+        for reason in ["signature", "channel", "client_event"] {
+            self.pusher_refusals.with_label_values(&[reason]);
         }
         for result in ["ok", "error"] {
             self.jwks_refreshes.with_label_values(&[result]);

@@ -424,6 +424,18 @@ pub fn upgrade_request(data: &[u8]) {
         Some(&request),
         "trailing bytes changed the answer"
     );
+    let request = match request {
+        // A Pusher upgrade is answered with the same 101, without a subprotocol.
+        PublicRequest::PusherUpgrade { key, .. } => PublicRequest::Upgrade {
+            echo: false,
+            key,
+            encoding: shardcast_proto::Encoding::Json,
+            subprotocol: None,
+            bearer: None,
+            deflate: None,
+        },
+        other => other,
+    };
     match request {
         PublicRequest::Upgrade { key, subprotocol, .. } => {
             let response = upgrade_response(&key, subprotocol.as_deref(), None);
@@ -441,7 +453,7 @@ pub fn upgrade_request(data: &[u8]) {
                 "subprotocol echoed only when asked"
             );
         }
-        PublicRequest::Health { .. } | PublicRequest::TokenInUrl => {}
+        PublicRequest::Health { .. } | PublicRequest::TokenInUrl | PublicRequest::PusherUpgrade { .. } => {}
         PublicRequest::Reject { status, .. } => {
             assert!(matches!(status, 400 | 404 | 405 | 426 | 431), "status {status}");
         }

@@ -1,6 +1,7 @@
 //! What travels from the router to the shards: one publication whose WebSocket
-//! frame is built at most once per encoding and then shared, as the same bytes, by
-//! every shard and every subscriber; and the report that sums its deliveries.
+//! frame is built at most once per encoding (and once as a Pusher channel event)
+//! and then shared, as the same bytes, by every shard and every subscriber; and
+//! the report that sums its deliveries.
 
 use bytes::Bytes;
 use shardcast_proto::{encode_message, Encoding, MessagePosition};
@@ -10,6 +11,7 @@ use tracing::error;
 
 use crate::broker::Position;
 use crate::payload::Payload;
+use crate::pusher::protocol::publication_event;
 use crate::ws::deflate::{deflate_frame, FULL_WINDOW};
 use crate::ws::frame::data_frame;
 
@@ -55,6 +57,8 @@ pub struct Publication {
     pub payload: Payload,
     /// Per encoding: the plain frame, then its permessage-deflate form.
     frames: [[OnceLock<Option<Bytes>>; 2]; 2],
+    /// The Pusher channel event, built for the first app prefix asked for.
+    pusher: OnceLock<PusherFrame>,
     report: Option<DeliveryReport>,
 }
 
@@ -73,6 +77,7 @@ impl Publication {
             position,
             payload,
             frames: Default::default(),
+            pusher: OnceLock::new(),
             report,
         }
     }
@@ -109,6 +114,15 @@ impl Publication {
             .as_ref()
     }
 
+    /// The Pusher channel event for subscribers whose app prefixes its channels
+    /// with `prefix_len` bytes (PROTOCOL.md 20.2), built by whichever shard asks
+    /// first. None when it was built for another prefix length: a channel shared
+    /// by apps with different prefixes (rare) builds its own [`PusherFrame::new`].
+    pub fn pusher_frame(&self, prefix_len: usize) -> Option<&PusherFrame> {
+        let frame = self.pusher.get_or_init(|| PusherFrame::new(self, prefix_len));
+        (frame.prefix_len == prefix_len).then_some(frame)
+    }
+
     /// The position as the `message` frame carries it.
     pub fn message_position(&self) -> Option<MessagePosition<'_>> {
         self.position.as_ref().map(|p| MessagePosition {
@@ -122,5 +136,46 @@ impl Publication {
         if let Some(report) = &self.report {
             report.shard_done(reached);
         }
+    }
+}
+
+/// A publication as a Pusher channel event (PROTOCOL.md 20.3), for the
+/// subscribers of one app prefix.
+#[derive(Debug)]
+pub struct PusherFrame {
+    prefix_len: usize,
+    /// The WebSocket text frame.
+    pub frame: Bytes,
+    compressed: OnceLock<Option<Bytes>>,
+    /// The socket it must not reach: a `socket_id` (instance number, connection
+    /// number) the publisher excluded.
+    pub excluded: Option<(u32, u64)>,
+}
+
+impl PusherFrame {
+    /// The event for subscribers whose app prefixes channels with `prefix_len` bytes.
+    pub fn new(publication: &Publication, prefix_len: usize) -> PusherFrame {
+        let channel = publication.channel.get(prefix_len..).unwrap_or(&publication.channel);
+        let position = publication.position.as_ref().map(|p| (p.offset, &*p.epoch));
+        let (text, excluded) = publication_event(channel, publication.payload.json().get(), position);
+        PusherFrame {
+            prefix_len,
+            frame: data_frame(Encoding::Json, text.as_bytes()),
+            compressed: OnceLock::new(),
+            excluded,
+        }
+    }
+
+    /// The length of the app prefix it was built for.
+    pub fn prefix_len(&self) -> usize {
+        self.prefix_len
+    }
+
+    /// The frame compressed for permessage-deflate (full window), built once.
+    pub fn compressed(&self) -> &Bytes {
+        self.compressed
+            .get_or_init(|| deflate_frame(&self.frame, FULL_WINDOW))
+            .as_ref()
+            .unwrap_or(&self.frame)
     }
 }

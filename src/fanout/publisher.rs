@@ -17,7 +17,9 @@ use futures_util::future::join_all;
 use super::control::UserCommand;
 use super::router::{RouterHandle, Source};
 use super::ChannelHistory;
-use crate::broker::{Broker, BrokerError, HistoryPage, HistoryQuery, Position, PublishOptions, Published};
+use crate::broker::{
+    Broker, BrokerError, HistoryPage, HistoryQuery, Position, PresenceChange, PresenceMember, PublishOptions, Published,
+};
 use crate::payload::Payload;
 
 /// A publish that did not (or may not have) reached other instances.
@@ -268,6 +270,36 @@ impl Publisher {
                 self.timeout.as_millis()
             ))),
         }
+    }
+
+    /// One more connection of `member.user` on presence channel `channel`; when
+    /// the user became a member, this instance's subscribers are told at once
+    /// (other instances hear it from the broker). True when the user joined.
+    pub async fn presence_join(&self, channel: Arc<str>, member: PresenceMember) -> Result<bool, BrokerError> {
+        let joined = self
+            .bounded(self.broker.presence_join(channel.clone(), member.clone()))
+            .await?;
+        if joined {
+            self.router.presence(channel, PresenceChange::Joined(member));
+        }
+        Ok(joined)
+    }
+
+    /// One connection of `user` on presence channel `channel` fewer; when the
+    /// user left, this instance's subscribers are told at once.
+    pub async fn presence_leave(&self, channel: Arc<str>, user: Arc<str>) -> Result<bool, BrokerError> {
+        let left = self
+            .bounded(self.broker.presence_leave(channel.clone(), user.clone()))
+            .await?;
+        if left {
+            self.router.presence(channel, PresenceChange::Left(user));
+        }
+        Ok(left)
+    }
+
+    /// A presence channel's members, at most `limit`.
+    pub async fn presence_members(&self, channel: Arc<str>, limit: usize) -> Result<Vec<PresenceMember>, BrokerError> {
+        self.bounded(self.broker.presence_members(channel, limit)).await
     }
 
     /// Applies an operator's command here and sends it to every other instance;

@@ -26,7 +26,8 @@ use super::publication::{DeliveryReport, Publication};
 use super::ChannelHistory;
 use crate::broker::history_ring::HistoryRings;
 use crate::broker::{
-    Broker, BrokerError, BrokerEvent, BrokerSink, HistoryPage, HistoryQuery, Position, PublishOptions, Published,
+    Broker, BrokerError, BrokerEvent, BrokerSink, HistoryPage, HistoryQuery, Position, PresenceChange, PublishOptions,
+    Published,
 };
 use crate::metrics::Metrics;
 use crate::payload::Payload;
@@ -63,6 +64,13 @@ pub enum ShardMail {
         channel: Arc<str>,
         /// Where the shard's count goes.
         report: Arc<DeliveryReport>,
+    },
+    /// A presence channel's members changed (announced once per user, cluster-wide).
+    Presence {
+        /// The channel.
+        channel: Arc<str>,
+        /// What changed.
+        change: Arc<PresenceChange>,
     },
     /// Apply an operator's command to this shard's connections; the report, if
     /// any, is told how many connections it touched.
@@ -137,6 +145,13 @@ pub enum RouterCommand {
     },
     /// The broker may have lost publications: of every channel (none), or of these.
     Gap(Option<Vec<Arc<str>>>),
+    /// A presence channel's members changed, here or on another instance.
+    Presence {
+        /// The channel.
+        channel: Arc<str>,
+        /// What changed.
+        change: PresenceChange,
+    },
     /// An operator's command for every shard; `reply` gets the connections touched.
     Control {
         /// The command.
@@ -222,6 +237,11 @@ impl RouterHandle {
     /// A shard's interest in a channel changed.
     pub fn interest(&self, shard: usize, channel: Arc<str>, active: bool) {
         let _ = self.tx.send(RouterCommand::Interest { shard, channel, active });
+    }
+
+    /// Tells this instance's subscribers of a presence channel that its members changed.
+    pub fn presence(&self, channel: Arc<str>, change: PresenceChange) {
+        let _ = self.tx.send(RouterCommand::Presence { channel, change });
     }
 
     /// Applies an operator's command on every shard and waits for the number of
@@ -396,12 +416,7 @@ impl BrokerSink for RouterHandle {
             },
             BrokerEvent::Gap => RouterCommand::Gap(None),
             BrokerEvent::ChannelsGap { channels } => RouterCommand::Gap(Some(channels)),
-            BrokerEvent::Presence { channel, .. } => {
-                // Presence reaches clients once the Pusher endpoint and the
-                // native presence op land (issue #13); until then it is dropped here.
-                debug!(%channel, "presence change not delivered: no presence subscribers yet");
-                return;
-            }
+            BrokerEvent::Presence { channel, change } => RouterCommand::Presence { channel, change },
             BrokerEvent::Control { payload } => match UserCommand::from_payload(&payload) {
                 Ok(command) => RouterCommand::Control { command, reply: None },
                 Err(e) => {
@@ -487,6 +502,7 @@ pub async fn run<S: ShardMailbox>(
             RouterCommand::Interest { shard, channel, active } => router.interest(shard, channel, active),
             RouterCommand::Gap(channels) => router.broker_gap(channels),
             RouterCommand::Control { command, reply } => router.control(command, reply),
+            RouterCommand::Presence { channel, change } => router.presence(channel, change),
             RouterCommand::BrokerSubscribed { channel, result } => router.broker_subscribed(channel, result),
             RouterCommand::HistoryRead { channel, first, result } => router.history_read(channel, first, result),
             RouterCommand::HoleCheck { channel } => router.hole_check(&channel),
@@ -833,6 +849,22 @@ impl<S: ShardMailbox> Router<S> {
             };
             if !self.shards[shard].send_mail(mail) {
                 report.shard_done(0);
+            }
+        }
+    }
+
+    /// Sends a presence change to the shards with subscribers of its channel.
+    fn presence(&mut self, channel: Arc<str>, change: PresenceChange) {
+        let Some(route) = self.routes.get(&channel) else {
+            return;
+        };
+        let change = Arc::new(change);
+        for (i, shard) in self.shards.iter().enumerate() {
+            if route.shards & (1 << i) != 0 {
+                shard.send_mail(ShardMail::Presence {
+                    channel: channel.clone(),
+                    change: change.clone(),
+                });
             }
         }
     }

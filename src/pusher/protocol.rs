@@ -41,6 +41,9 @@ pub enum PusherRequest {
         auth: Option<String>,
         /// The presence member's JSON (`{"user_id":..,"user_info":..}`), as signed.
         channel_data: Option<String>,
+        /// Where a recovering client left off (offset, epoch): PROTOCOL.md 20.6's
+        /// extension.
+        recover: Option<(u64, String)>,
     },
     /// `pusher:unsubscribe`.
     Unsubscribe {
@@ -90,6 +93,14 @@ struct SubscribeData {
     auth: Option<String>,
     #[serde(default)]
     channel_data: Option<String>,
+    #[serde(default)]
+    recover: Option<Recover>,
+}
+
+#[derive(Deserialize)]
+struct Recover {
+    offset: u64,
+    epoch: String,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +146,7 @@ pub fn decode_request(text: &str) -> Result<PusherRequest, PusherDecodeError> {
                 channel: d.channel,
                 auth: d.auth,
                 channel_data: d.channel_data,
+                recover: d.recover.map(|r| (r.offset, r.epoch)),
             })
         }
         "pusher:unsubscribe" => {
@@ -187,9 +199,88 @@ pub fn subscription_succeeded(channel: &str, presence: Option<Value>) -> String 
     json!({"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": data}).to_string()
 }
 
-/// `pusher:error`.
-pub fn error(code: u16, message: &str) -> String {
+/// `pusher_internal:member_added`: `user_info_json` is the member's info as JSON text.
+pub fn member_added(channel: &str, user_id: &str, user_info_json: &str) -> String {
+    let info: Value = serde_json::from_str(user_info_json).unwrap_or(Value::Null);
+    let data = json!({"user_id": user_id, "user_info": info}).to_string();
+    json!({"event": "pusher_internal:member_added", "channel": channel, "data": data}).to_string()
+}
+
+/// `pusher_internal:member_removed`.
+pub fn member_removed(channel: &str, user_id: &str) -> String {
+    let data = json!({ "user_id": user_id }).to_string();
+    json!({"event": "pusher_internal:member_removed", "channel": channel, "data": data}).to_string()
+}
+
+/// A presence subscription's `channel_data`: the member's user id (a string or
+/// a number, read as a string) and its info as JSON text (`null` when absent).
+pub fn presence_member(channel_data: &str) -> Result<(String, String), PusherDecodeError> {
+    #[derive(Deserialize)]
+    struct Member<'a> {
+        user_id: Value,
+        #[serde(borrow, default)]
+        user_info: Option<&'a RawValue>,
+    }
+    let member: Member<'_> = serde_json::from_str(channel_data).map_err(|e| {
+        PusherDecodeError(format!(
+            "channel_data: {}",
+            e.to_string().chars().take(120).collect::<String>()
+        ))
+    })?;
+    let user = match member.user_id {
+        Value::String(s) if !s.is_empty() => s,
+        Value::Number(n) => n.to_string(),
+        _ => {
+            return Err(PusherDecodeError(
+                "channel_data: user_id must be a string or a number".into(),
+            ))
+        }
+    };
+    Ok((
+        user,
+        member
+            .user_info
+            .map_or_else(|| "null".to_owned(), |i| i.get().to_owned()),
+    ))
+}
+
+/// `pusher:signin_success`, carrying the signed user data back.
+pub fn signin_success(user_data: &str) -> String {
+    let data = json!({ "user_data": user_data }).to_string();
+    json!({"event": "pusher:signin_success", "data": data}).to_string()
+}
+
+/// The user id of a sign-in's `user_data` (its `id` member, a non-empty string).
+pub fn signin_user(user_data: &str) -> Result<String, PusherDecodeError> {
+    #[derive(Deserialize)]
+    struct User {
+        id: String,
+    }
+    match serde_json::from_str::<User>(user_data) {
+        Ok(user) if !user.id.is_empty() => Ok(user.id),
+        _ => Err(PusherDecodeError(
+            "user_data must be a JSON object with a non-empty string id".into(),
+        )),
+    }
+}
+
+/// `pusher_internal:subscription_succeeded` answering a subscribe with `recover`
+/// (PROTOCOL.md 20.6): its data says whether the missed events follow.
+pub fn recovery_succeeded(channel: &str, recovered: bool) -> String {
+    let data = json!({ "recovered": recovered }).to_string();
+    json!({"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": data}).to_string()
+}
+
+/// `pusher:error`; `code` is none for a frame that is not a Pusher event (PROTOCOL.md 20.1).
+pub fn error(code: Option<u16>, message: &str) -> String {
     json!({"event": "pusher:error", "data": {"code": code, "message": message}}).to_string()
+}
+
+/// `pusher:subscription_error` on a channel, which pusher-js and Laravel Echo hand
+/// to the channel's error callbacks (`status` as an auth endpoint's would be).
+pub fn subscription_error(channel: &str, message: &str, status: u16) -> String {
+    let data = json!({"type": "AuthError", "error": message, "status": status});
+    json!({"event": "pusher:subscription_error", "channel": channel, "data": data}).to_string()
 }
 
 /// `pusher:pong`.
@@ -205,16 +296,87 @@ pub fn ping() -> String {
 /// A channel event: `data` is sent as a JSON string (`data_text` is that string's
 /// content: the event's data as JSON text, or a plain string as published).
 pub fn channel_event(event: &str, channel: &str, data_text: &str, user_id: Option<&str>) -> String {
+    positioned_event(event, channel, data_text, user_id, None)
+}
+
+/// A channel event with, on a channel with history, its `offset` and `epoch`
+/// (PROTOCOL.md 20.6: an extension that Pusher's clients ignore).
+fn positioned_event(
+    event: &str,
+    channel: &str,
+    data_text: &str,
+    user_id: Option<&str>,
+    position: Option<(u64, &str)>,
+) -> String {
     let mut frame = json!({"event": event, "channel": channel, "data": data_text});
     if let Some(user) = user_id {
         frame["user_id"] = json!(user);
+    }
+    if let Some((offset, epoch)) = position {
+        frame["offset"] = json!(offset);
+        frame["epoch"] = json!(epoch);
     }
     frame.to_string()
 }
 
 /// A socket id as Pusher clients expect it: two numbers joined by a dot.
-pub fn socket_id(a: u32, b: u32) -> String {
+pub fn socket_id(a: u32, b: u64) -> String {
     format!("{a}.{b}")
+}
+
+/// The two numbers of a socket id of Pusher's shape.
+pub fn parse_socket_id(id: &str) -> Option<(u32, u64)> {
+    let (a, b) = id.split_once('.')?;
+    if !valid_socket_id(id) {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The first number of this instance's socket ids: a hash of its node id, so a
+/// socket id names its instance across a cluster (PROTOCOL.md 20.1).
+pub fn instance_number(node_id: &str) -> u32 {
+    // FNV-1a: stable across processes and builds, unlike the std hasher.
+    let hash = node_id
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    // Kept below 2^31 for clients that read it as a signed number.
+    hash & 0x7fff_ffff
+}
+
+/// A shardcast publication as a Pusher channel event (PROTOCOL.md 20.3): data
+/// `{"event": E, "data": D, ...}` is the event E (D sent as is if a string, as its
+/// JSON text otherwise, `user_id` added when present); anything else is the event
+/// `message` with the publication's JSON text as its data; `position` is its
+/// place in the channel's history, if it has one (PROTOCOL.md 20.6). Returns the
+/// frame's text and the publication's `socket_id`, the socket it must not reach.
+pub fn publication_event(
+    channel: &str,
+    payload_json: &str,
+    position: Option<(u64, &str)>,
+) -> (String, Option<(u32, u64)>) {
+    #[derive(Deserialize)]
+    struct AsEvent<'a> {
+        event: String,
+        #[serde(borrow)]
+        data: &'a RawValue,
+        #[serde(default)]
+        socket_id: Option<String>,
+        #[serde(default)]
+        user_id: Option<String>,
+    }
+    match serde_json::from_str::<AsEvent<'_>>(payload_json) {
+        Ok(e) => {
+            let text = match serde_json::from_str::<String>(e.data.get()) {
+                Ok(s) => s,
+                Err(_) => e.data.get().to_owned(),
+            };
+            let excluded = e.socket_id.as_deref().and_then(parse_socket_id);
+            let frame = positioned_event(&e.event, channel, &text, e.user_id.as_deref(), position);
+            (frame, excluded)
+        }
+        Err(_) => (positioned_event("message", channel, payload_json, None, position), None),
+    }
 }
 
 /// Whether a socket id has Pusher's shape (`\d+\.\d+`), as the HTTP API checks
@@ -243,6 +405,7 @@ mod tests {
                 channel: "private-x".into(),
                 auth: Some("k:s".into()),
                 channel_data: None,
+                recover: None,
             })
         );
         // Some clients send data as a string of JSON.
@@ -280,5 +443,27 @@ mod tests {
         let event: Value = serde_json::from_str(&channel_event("ev", "ch", r#"{"a":1}"#, None)).unwrap();
         assert_eq!(event, json!({"event": "ev", "channel": "ch", "data": "{\"a\":1}"}));
         assert!(valid_socket_id("123.456") && !valid_socket_id("123") && !valid_socket_id("a.1"));
+        assert_eq!(parse_socket_id("12.34"), Some((12, 34)));
+    }
+
+    #[test]
+    fn publications_become_channel_events() {
+        let (frame, excluded) = publication_event("ch", r#"{"event":"ev","data":"{\"a\":1}","socket_id":"1.2"}"#, None);
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(frame, json!({"event": "ev", "channel": "ch", "data": "{\"a\":1}"}));
+        assert_eq!(excluded, Some((1, 2)));
+        let (frame, _) = publication_event("ch", r#"{"event":"ev","data":{"a":1},"user_id":"u"}"#, None);
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            frame,
+            json!({"event": "ev", "channel": "ch", "data": "{\"a\":1}", "user_id": "u"})
+        );
+        let (frame, excluded) = publication_event("ch", r#"{"price":3}"#, Some((4, "e1")));
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            frame,
+            json!({"event": "message", "channel": "ch", "data": "{\"price\":3}", "offset": 4, "epoch": "e1"})
+        );
+        assert_eq!(excluded, None);
     }
 }

@@ -1,8 +1,9 @@
 //! A shard's channel-to-subscribers table.
 //!
 //! Slab-backed and owned by one shard thread, so nothing in it is locked. Each
-//! channel keeps its subscribers in one dense list per encoding, so a fan-out walks
-//! a contiguous array and writes the one frame of that encoding to each entry.
+//! channel keeps its subscribers in one dense list per [`Wire`] (each encoding of
+//! the native protocol, and the Pusher protocol), so a fan-out walks a contiguous
+//! array and writes the one frame of that wire to each entry.
 //! Every subscription knows its position in that list, which makes unsubscribing
 //! O(1) (swap-remove and fix the moved entry) even in a channel of 100k sockets.
 
@@ -13,6 +14,44 @@ use shardcast_proto::Encoding;
 use slab::Slab;
 
 use crate::broker::Position;
+
+/// What a subscriber's frames look like: one subscriber list per wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// The native protocol in an encoding.
+    Native(Encoding),
+    /// The Pusher Channels protocol (PROTOCOL.md 20).
+    Pusher,
+}
+
+impl Wire {
+    /// The wires, in list order.
+    pub const ALL: [Wire; WIRES] = [
+        Wire::Native(Encoding::Json),
+        Wire::Native(Encoding::MsgPack),
+        Wire::Pusher,
+    ];
+
+    /// The wire's list in a channel's [`SubscriberLists`].
+    pub fn index(self) -> usize {
+        match self {
+            Wire::Native(encoding) => encoding.index(),
+            Wire::Pusher => 2,
+        }
+    }
+}
+
+impl From<Encoding> for Wire {
+    fn from(encoding: Encoding) -> Wire {
+        Wire::Native(encoding)
+    }
+}
+
+/// The number of wires.
+pub const WIRES: usize = 3;
+
+/// A channel's subscribers, one list per wire (by [`Wire::index`]).
+pub type SubscriberLists = [Vec<Subscriber>; WIRES];
 
 /// Key of a subscription, held by its connection.
 pub type SubscriptionKey = u32;
@@ -52,7 +91,7 @@ pub enum ChannelState {
 #[derive(Debug)]
 struct Channel {
     name: Arc<str>,
-    subscribers: [Vec<Subscriber>; 2],
+    subscribers: SubscriberLists,
     state: ChannelState,
     /// On a channel with history: the last position this shard delivered (or was
     /// told it starts after); per channel, never per subscriber.
@@ -62,7 +101,7 @@ struct Channel {
 #[derive(Debug, Clone, Copy)]
 struct Subscription {
     channel: u32,
-    encoding: Encoding,
+    wire: Wire,
     pos: u32,
 }
 
@@ -101,7 +140,8 @@ impl ChannelTable {
     }
 
     /// Adds a subscription of connection `conn` to `name`.
-    pub fn subscribe(&mut self, name: &str, conn: u32, encoding: Encoding) -> (SubscriptionKey, Joined) {
+    pub fn subscribe(&mut self, name: &str, conn: u32, wire: impl Into<Wire>) -> (SubscriptionKey, Joined) {
+        let wire = wire.into();
         let (channel_key, joined) = match self.by_name.get(name) {
             Some(&key) => {
                 let joined = match self.channels[key as usize].state {
@@ -114,7 +154,7 @@ impl ChannelTable {
                 let name: Arc<str> = Arc::from(name);
                 let key = self.channels.insert(Channel {
                     name: name.clone(),
-                    subscribers: [Vec::new(), Vec::new()],
+                    subscribers: Default::default(),
                     state: ChannelState::Pending(Vec::new()),
                     position: None,
                 }) as u32;
@@ -122,10 +162,10 @@ impl ChannelTable {
                 (key, Joined::FirstOnShard)
             }
         };
-        let list = &mut self.channels[channel_key as usize].subscribers[encoding.index()];
+        let list = &mut self.channels[channel_key as usize].subscribers[wire.index()];
         let sub = self.subscriptions.insert(Subscription {
             channel: channel_key,
-            encoding,
+            wire,
             pos: list.len() as u32,
         }) as u32;
         list.push(Subscriber { conn, sub });
@@ -138,7 +178,7 @@ impl ChannelTable {
     pub fn unsubscribe(&mut self, sub: SubscriptionKey) -> Option<Emptied> {
         let s = self.subscriptions.try_remove(sub as usize)?;
         let channel = &mut self.channels[s.channel as usize];
-        let list = &mut channel.subscribers[s.encoding.index()];
+        let list = &mut channel.subscribers[s.wire.index()];
         list.swap_remove(s.pos as usize);
         if let Some(moved) = list.get(s.pos as usize) {
             self.subscriptions[moved.sub as usize].pos = s.pos;
@@ -209,7 +249,7 @@ impl ChannelTable {
     /// The subscribers of a channel about to get the publication at `position`
     /// (recorded first, when it has one): [`ChannelTable::set_position`] and
     /// [`ChannelTable::subscribers`] in one lookup, for the fan-out of every publication.
-    pub fn deliver_at(&mut self, name: &str, position: Option<&Position>) -> Option<&[Vec<Subscriber>; 2]> {
+    pub fn deliver_at(&mut self, name: &str, position: Option<&Position>) -> Option<&SubscriberLists> {
         let &key = self.by_name.get(name)?;
         let channel = &mut self.channels[key as usize];
         match (position, channel.position.as_mut()) {
@@ -222,15 +262,15 @@ impl ChannelTable {
         matches!(channel.state, ChannelState::Active).then_some(&channel.subscribers)
     }
 
-    /// The subscribers of a channel, one list per encoding (by [`Encoding::index`]).
-    pub fn subscribers(&self, name: &str) -> Option<&[Vec<Subscriber>; 2]> {
+    /// The subscribers of a channel, one list per wire (by [`Wire::index`]).
+    pub fn subscribers(&self, name: &str) -> Option<&SubscriberLists> {
         let &key = self.by_name.get(name)?;
         let channel = &self.channels[key as usize];
         matches!(channel.state, ChannelState::Active).then_some(&channel.subscribers)
     }
 
     /// Every live (confirmed) channel with its subscriber lists.
-    pub fn active_channels(&self) -> impl Iterator<Item = (&str, &[Vec<Subscriber>; 2])> {
+    pub fn active_channels(&self) -> impl Iterator<Item = (&str, &SubscriberLists)> {
         self.channels
             .iter()
             .filter(|(_, c)| matches!(c.state, ChannelState::Active))

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::channel_table::SubscriptionKey;
 use crate::auth::Identity;
+use crate::pusher::protocol::code as pusher_code;
 use crate::ws::frame::{close_frame, Fragments};
 
 /// The most frames one vectored write takes.
@@ -167,6 +168,10 @@ impl ConnectionFlags {
     pub const CORKED: u8 = 16;
     /// The frame at the front of the queue is partly written already.
     pub const FRONT_PARTIAL: u8 = 32;
+    /// It speaks the Pusher Channels protocol (PROTOCOL.md 20), not the native
+    /// one; what else it carries is in its shard's `PusherSockets`, so the record
+    /// of every connection stays the same size.
+    pub const PUSHER: u8 = 64;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u8) -> bool {
@@ -384,6 +389,11 @@ impl Connection {
         if self.phase != Phase::Open {
             return 0;
         }
+        let code = if self.flags.has(ConnectionFlags::PUSHER) {
+            pusher_close_code(why).unwrap_or(code)
+        } else {
+            code
+        };
         let mut dropped = 0;
         if why == Disconnect::SlowConsumer {
             // Keep a frame already half on the wire so the close frame follows a
@@ -512,6 +522,18 @@ impl Connection {
         if let Some(w) = &self.waker {
             w.wake_by_ref();
         }
+    }
+}
+
+/// The Pusher close code for a close the gateway starts (PROTOCOL.md 20.1), where
+/// Pusher's clients must act differently from the native code's meaning.
+fn pusher_close_code(why: Disconnect) -> Option<u16> {
+    match why {
+        Disconnect::GoingAway => Some(pusher_code::RECONNECT),
+        Disconnect::SlowConsumer => Some(pusher_code::OVER_CAPACITY),
+        Disconnect::IdleTimeout => Some(pusher_code::PONG_NOT_RECEIVED),
+        Disconnect::Operator => Some(pusher_code::UNAUTHORIZED),
+        _ => None,
     }
 }
 

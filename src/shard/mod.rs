@@ -20,6 +20,7 @@ pub mod channel_table;
 pub mod connection;
 mod cork;
 mod identity;
+mod pusher;
 mod recovery;
 mod session;
 mod task;
@@ -41,20 +42,23 @@ use tracing::{debug, error};
 
 use crate::auth::Authenticator;
 use crate::broker::user_counter::UserCounter;
-use crate::broker::Position;
+use crate::broker::{Position, PresenceChange};
 use crate::config::Config;
 use crate::fanout::control::UserCommand;
 use crate::fanout::publication::{DeliveryReport, Publication};
 use crate::fanout::publisher::Publisher;
 use crate::fanout::router::{RouterHandle, ShardMail, ShardMailbox};
 use crate::metrics::Metrics;
+use crate::pusher::apps::{PusherApp, PusherApps};
+use crate::pusher::protocol::instance_number;
 use crate::state::GatewayState;
 use crate::ws::deflate::{Inflater, FULL_WINDOW};
 use crate::ws::frame::data_frame;
 use crate::ws::handshake::WsPaths;
-use channel_table::{ChannelTable, SubscriptionKey};
+use channel_table::{ChannelTable, SubscriptionKey, Wire};
 use connection::{Connection, Disconnect, Sent};
 use cork::Cork;
+use pusher::PusherSockets;
 pub use recovery::history_frame;
 use recovery::Recovery;
 
@@ -90,6 +94,13 @@ pub enum ShardCommand {
         channel: Arc<str>,
         /// Where the count goes.
         report: Arc<DeliveryReport>,
+    },
+    /// A presence channel's members changed: tell its Pusher subscribers.
+    Presence {
+        /// The channel.
+        channel: Arc<str>,
+        /// What changed.
+        change: Arc<PresenceChange>,
     },
     /// Apply an operator's command to this shard's connections.
     Control {
@@ -142,6 +153,7 @@ impl ShardMailbox for ShardHandle {
             ShardMail::Gap { channel, reason } => ShardCommand::Gap { channel, reason },
             ShardMail::Control { command, report } => ShardCommand::Control { command, report },
             ShardMail::CountSubscribers { channel, report } => ShardCommand::CountSubscribers { channel, report },
+            ShardMail::Presence { channel, change } => ShardCommand::Presence { channel, change },
         };
         self.send(cmd).is_ok()
     }
@@ -163,6 +175,8 @@ pub struct ShardDeps {
     pub auth: Arc<Authenticator>,
     /// Each user's connections, where a per-user limit is configured.
     pub users: Option<Arc<dyn UserCounter>>,
+    /// The Pusher apps (PROTOCOL.md 20): `/app/<key>` is served when there are any.
+    pub pusher_apps: Arc<PusherApps>,
 }
 
 /// Starts shard `id` on its own thread.
@@ -263,6 +277,10 @@ pub struct ShardEnv {
     state: Arc<GatewayState>,
     auth: Arc<Authenticator>,
     users: Option<Arc<dyn UserCounter>>,
+    /// The Pusher apps by key, shared by their connections.
+    pusher_apps: HashMap<String, Arc<PusherApp>>,
+    /// The first number of this instance's Pusher socket ids.
+    pusher_instance: u32,
     started: Instant,
     spawner: Spawner,
 }
@@ -283,6 +301,8 @@ pub struct ShardState {
     /// Inflates compressed client messages (permessage-deflate); made at the
     /// first one.
     inflater: Option<Box<Inflater>>,
+    /// What its Pusher-protocol connections carry (PROTOCOL.md 20).
+    pushers: PusherSockets,
 }
 
 /// One shard, shared by its tasks on the shard thread behind an `Rc`.
@@ -301,6 +321,7 @@ pub(crate) struct Shard<'a> {
 impl ShardCore {
     fn new(id: usize, deps: ShardDeps, spawner: Spawner) -> ShardCore {
         let label = id.to_string();
+        let pusher_instance = instance_number(&deps.state.node_id);
         let m = &deps.metrics;
         let shard_metrics = ShardMetrics {
             connections: m.connections.with_label_values(&[&label]),
@@ -324,6 +345,12 @@ impl ShardCore {
                 state: deps.state,
                 auth: deps.auth,
                 users: deps.users,
+                pusher_apps: deps
+                    .pusher_apps
+                    .iter()
+                    .map(|app| (app.key.clone(), Arc::new(app.clone())))
+                    .collect(),
+                pusher_instance,
                 started: Instant::now(),
                 spawner,
             },
@@ -336,6 +363,7 @@ impl ShardCore {
                 recovering: HashMap::new(),
                 cork: Cork::default(),
                 inflater: None,
+                pushers: PusherSockets::new(),
             }),
         }
     }
@@ -369,6 +397,7 @@ impl ShardCore {
                 });
                 report.shard_done(n);
             }
+            ShardCommand::Presence { channel, change } => self.with(|shard| shard.presence_changed(&channel, &change)),
             ShardCommand::Drain { window } => {
                 self.with(|shard| shard.st.draining = true);
                 tokio::task::spawn_local(upkeep::drain(self.clone(), window));
@@ -495,6 +524,7 @@ impl Shard<'_> {
             conns,
             recovering,
             cork,
+            pushers,
             ..
         } = &mut *self.st;
         let Some(lists) = table.deliver_at(&publication.channel, publication.position.as_ref()) else {
@@ -537,6 +567,10 @@ impl Shard<'_> {
                     }
                 }
             }
+        }
+        let pusher_list = &lists[Wire::Pusher.index()];
+        if !pusher_list.is_empty() {
+            reached += pusher::fan_out(env, publication, pusher_list, conns, pushers, recovering, cork);
         }
         env.shard_metrics.delivered.inc_by(reached as u64);
         env.shard_metrics.fanout.observe(start.elapsed().as_secs_f64());
@@ -593,6 +627,7 @@ impl Shard<'_> {
     /// Removes a finished connection and everything it held.
     fn remove(&mut self, key: usize) {
         let env = self.env;
+        self.pusher_closing(key);
         let Some(conn) = self.st.conns.try_remove(key) else {
             return;
         };

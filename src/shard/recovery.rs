@@ -10,6 +10,7 @@ use shardcast_proto::{encode_message, ErrorCode, HistoryEntry, MessagePosition, 
 use tracing::debug;
 
 use super::channel_table::SubscriptionKey;
+use super::pusher::is_pusher;
 use super::{Shard, ShardState};
 use crate::auth::ANONYMOUS;
 use crate::broker::{BrokerError, HistoryPage, Position};
@@ -111,6 +112,10 @@ impl Shard<'_> {
                 Ok(()) => self.start_recovery(key, sub),
                 Err(code) => {
                     if let Some(r) = self.st.recovering.remove(&sub) {
+                        if self.st.conns.get(key).is_some_and(is_pusher) {
+                            self.pusher_subscribe_answer(key, channel, false, None);
+                            continue;
+                        }
                         let msg = "the broker could not subscribe this channel; retry later";
                         self.reply_error(key, r.request, code, msg);
                     }
@@ -299,6 +304,31 @@ impl Shard<'_> {
             (None, None, Some((_, top, _))) => Some(*top),
             (None, None, None) => None,
         };
+        // A client may be ahead of this instance (it came from one that had
+        // delivered more): what it already has is not sent again.
+        let had = |p: &Position| {
+            recovery
+                .since
+                .as_ref()
+                .is_some_and(|s| *p.epoch == s.epoch && p.offset <= s.offset)
+        };
+        if self.st.conns.get(key).is_some_and(is_pusher) {
+            let store = match (&read, live_from) {
+                (Some((epoch, _, publications)), Some(live_from)) => {
+                    let missed = publications.iter().filter(|(o, _)| *o <= live_from).cloned().collect();
+                    Some((&**epoch, missed))
+                }
+                _ => None,
+            };
+            let held = recovery
+                .held
+                .iter()
+                .filter(|p| !p.position.as_ref().is_some_and(had))
+                .cloned()
+                .collect();
+            let recovered = asked.then_some(failure.is_none());
+            return self.conclude_pusher_recovery(key, &recovery.channel, recovered, store, held);
+        }
         let ack = ServerFrame::Ack {
             id: recovery.request,
             expires_at: None,
@@ -323,14 +353,6 @@ impl Shard<'_> {
                 }
             }
         }
-        // A client may be ahead of this instance (it came from one that had
-        // delivered more): what it already has is not sent again.
-        let had = |p: &Position| {
-            recovery
-                .since
-                .as_ref()
-                .is_some_and(|s| *p.epoch == s.epoch && p.offset <= s.offset)
-        };
         for publication in recovery.held {
             if publication.position.as_ref().is_some_and(had) {
                 continue;

@@ -11,6 +11,7 @@ use shardcast_proto::{
 
 use super::channel_table::{Emptied, Joined, PendingAck, SubscriptionKey};
 use super::connection::{ConnectionFlags, Phase};
+use super::pusher::is_pusher;
 use super::recovery::HistoryRequest;
 use super::{Shard, ShardState};
 use crate::auth::{Refusal, ANONYMOUS};
@@ -27,6 +28,10 @@ impl Shard<'_> {
         match ev {
             Incoming::Message { binary, payload } => {
                 let (encoding, echo) = match self.st.conns.get(key) {
+                    Some(c) if c.phase == Phase::Open && is_pusher(c) => {
+                        self.on_pusher_message(key, binary, payload);
+                        return Flow::Continue;
+                    }
                     Some(c) if c.phase == Phase::Open => (c.encoding, c.flags.has(ConnectionFlags::ECHO)),
                     // A closing connection's data is ignored (RFC 6455 5.5.1).
                     _ => return Flow::Continue,
@@ -306,10 +311,10 @@ impl Shard<'_> {
     /// subscribe still waiting for it (its subscriber has left since, so the ack
     /// only keeps "one reply per request"; it precedes the unsubscribe's ack).
     pub(super) fn channel_emptied(&mut self, channel: Emptied) {
-        self.env.router.interest(self.env.id, channel.name, false);
         for ack in channel.pending {
-            self.reply_to(ack, &ServerFrame::ack(ack.request));
+            self.reply_to(ack, &channel.name, &ServerFrame::ack(ack.request));
         }
+        self.env.router.interest(self.env.id, channel.name, false);
     }
 
     /// The router's answer about a channel this shard asked for.
@@ -329,7 +334,7 @@ impl Shard<'_> {
                     if let ServerFrame::Ack { recovered, .. } = &mut frame {
                         *recovered = ack.unrecoverable.then_some(false);
                     }
-                    self.reply_to(ack, &frame);
+                    self.reply_to(ack, channel, &frame);
                 }
                 return;
             }
@@ -352,13 +357,24 @@ impl Shard<'_> {
                 code,
                 message: "the broker could not subscribe this channel; retry later".into(),
             };
-            self.reply_to(ack, &frame);
+            self.reply_to(ack, channel, &frame);
         }
     }
 
-    fn reply_to(&mut self, ack: PendingAck, frame: &ServerFrame) {
-        if self.st.conns.get(ack.conn as usize).map(|c| c.id) == Some(ack.conn_id) {
-            self.reply_frame(ack.conn as usize, frame);
+    /// Answers a subscribe that waited for the router (a Pusher socket gets the
+    /// Pusher form of the answer).
+    fn reply_to(&mut self, ack: PendingAck, channel: &str, frame: &ServerFrame) {
+        match self.st.conns.get(ack.conn as usize) {
+            Some(c) if c.id == ack.conn_id && is_pusher(c) => {
+                let (ok, recovered) = match frame {
+                    ServerFrame::Error { .. } => (false, None),
+                    ServerFrame::Ack { recovered, .. } => (true, *recovered),
+                    _ => (true, None),
+                };
+                self.pusher_subscribe_answer(ack.conn as usize, channel, ok, recovered);
+            }
+            Some(c) if c.id == ack.conn_id => self.reply_frame(ack.conn as usize, frame),
+            _ => {}
         }
     }
 

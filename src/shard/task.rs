@@ -19,9 +19,12 @@ use tracing::debug;
 
 use super::connection::{Connection, ConnectionAuth, ConnectionFlags, Disconnect, Phase, ReadState};
 use super::identity::{take_place, Place, USER_LIMIT_REACHED};
+use super::pusher::{text_frame as pusher_text_frame, PusherSocket};
 use super::{Shard, ShardCore};
 use crate::auth::Identity;
-use crate::ws::frame::read_frames;
+use crate::pusher::apps::PusherApp;
+use crate::pusher::protocol::{code as pusher_code, error as pusher_error, PROTOCOL_VERSION};
+use crate::ws::frame::{close_frame, read_frames};
 use crate::ws::handshake::{
     error_body, http_response, parse_request, upgrade_response, PublicRequest, WsPaths, MAX_REQUEST_HEAD, TOKEN_IN_URL,
 };
@@ -45,12 +48,19 @@ pub(super) async fn handshake(core: Rc<ShardCore>, stream: std::net::TcpStream, 
         echo,
         identity,
         deflate_window,
+        pusher,
     }) = upgraded
     else {
         core.env.state.add_socket(core.env.id, -1);
         return;
     };
-    let (key, id) = core.with(|shard| shard.adopt(stream, encoding, echo, identity, deflate_window));
+    let (key, id) = core.with(|shard| {
+        let (key, id) = shard.adopt(stream, encoding, echo, identity, deflate_window, pusher.is_some());
+        if let Some(app) = pusher {
+            shard.greet_pusher(key, app);
+        }
+        (key, id)
+    });
     debug!(shard = core.env.id, conn = id, %peer, ?encoding, "connection open");
     tokio::task::spawn_local(ConnectionTask { core, key, id });
 }
@@ -66,6 +76,7 @@ impl Shard<'_> {
         echo: bool,
         identity: Option<(Identity, bool)>,
         deflate_window: u8,
+        pusher: bool,
     ) -> (usize, u64) {
         let env = self.env;
         let id = self.st.next_id;
@@ -82,13 +93,13 @@ impl Shard<'_> {
                 window: (env.now(), 0),
             }));
         }
-        let greeted = echo || conn.auth.is_some() || env.auth.allows_anonymous();
+        let greeted = echo || pusher || conn.auth.is_some() || env.auth.allows_anonymous();
         conn.flags.set(ConnectionFlags::GREETED, greeted);
         if !greeted {
             // The `connect` must come within the handshake timeout, counted from now.
             conn.auth_mut().window.0 = env.now();
         }
-        if !echo && greeted {
+        if !echo && !pusher && greeted {
             let (user, expires_at) = match &conn.auth {
                 Some(a) => (Some(a.identity.user.clone()), a.identity.expires_at),
                 None => (None, None),
@@ -114,6 +125,20 @@ impl Shard<'_> {
     }
 }
 
+impl Shard<'_> {
+    /// Makes connection `key` a Pusher socket of `app` and sends its
+    /// `pusher:connection_established`.
+    fn greet_pusher(&mut self, key: usize, app: Arc<PusherApp>) {
+        let env = self.env;
+        if let Some(conn) = self.st.conns.get_mut(key) {
+            conn.flags.set(ConnectionFlags::PUSHER, true);
+            self.st.pushers.insert(key, PusherSocket::new(app));
+            let established = env.pusher_established(conn.id);
+            conn.send(&established, usize::MAX);
+        }
+    }
+}
+
 /// A socket that is now a WebSocket.
 struct Upgraded {
     stream: TcpStream,
@@ -125,6 +150,8 @@ struct Upgraded {
     identity: Option<(Identity, bool)>,
     /// permessage-deflate's server window, 0 if not negotiated.
     deflate_window: u8,
+    /// The app of a Pusher-protocol connection (PROTOCOL.md 20).
+    pusher: Option<Arc<PusherApp>>,
 }
 
 /// Reads the request head and answers it; returns the socket if it is now a
@@ -142,7 +169,9 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
             refused("bad_handshake");
             http_response(status, None, &error_body("bad_request", "malformed HTTP request"))
         }
-        Ok(Ok(PublicRequest::Upgrade { .. })) if core.with(|shard| shard.st.draining) || env.state.is_draining() => {
+        Ok(Ok(PublicRequest::Upgrade { .. } | PublicRequest::PusherUpgrade { .. }))
+            if core.with(|shard| shard.st.draining) || env.state.is_draining() =>
+        {
             refused("draining");
             http_response(503, Some(5), &error_body("unavailable", "this instance is draining"))
         }
@@ -190,6 +219,7 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
                     echo,
                     identity,
                     deflate_window: deflate.map_or(0, |a| a.server_window),
+                    pusher: None,
                 }),
                 Err(_) => {
                     if let (Some((identity, true)), Some(users)) = (identity, &env.users) {
@@ -198,6 +228,49 @@ async fn upgrade(core: &ShardCore, mut stream: TcpStream) -> Option<Upgraded> {
                     None
                 }
             };
+        }
+        Ok(Ok(PublicRequest::PusherUpgrade { .. })) if env.pusher_apps.is_empty() => {
+            refused("bad_handshake");
+            http_response(404, None, &error_body("bad_request", "not found"))
+        }
+        Ok(Ok(PublicRequest::PusherUpgrade {
+            key,
+            app_key,
+            protocol,
+            deflate,
+        })) => {
+            let deflate = deflate.filter(|_| env.config.compression.min_bytes().is_some());
+            let extensions = deflate.as_ref().map(|a| a.response.as_str());
+            stream.write_all(&upgrade_response(&key, None, extensions)).await.ok()?;
+            let app = env.pusher_apps.get(&app_key);
+            let version = protocol.as_deref().and_then(|p| p.parse::<u32>().ok());
+            // Pusher's refusals come after the upgrade, as an error event and a
+            // close with the same code (PROTOCOL.md 20.1).
+            let refusal = match (app, version) {
+                (None, _) => Some((pusher_code::APP_DOES_NOT_EXIST, "unknown app key", "pusher_unknown_app")),
+                (_, Some(v)) if (5..=PROTOCOL_VERSION).contains(&v) => None,
+                _ => Some((
+                    pusher_code::UNSUPPORTED_PROTOCOL,
+                    "unsupported protocol version: 5 to 7 are supported",
+                    "pusher_protocol",
+                )),
+            };
+            if let Some((code, message, reason)) = refusal {
+                refused(reason);
+                let mut bytes = pusher_text_frame(&pusher_error(Some(code), message)).to_vec();
+                bytes.extend_from_slice(&close_frame(code, message));
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+                return None;
+            }
+            return Some(Upgraded {
+                stream,
+                encoding: Encoding::Json,
+                echo: false,
+                identity: None,
+                deflate_window: deflate.map_or(0, |a| a.server_window),
+                pusher: app.cloned(),
+            });
         }
         Ok(Ok(PublicRequest::Health { ready_probe })) => {
             let up = !ready_probe || env.state.is_ready();
@@ -390,6 +463,11 @@ impl Shard<'_> {
             }
             Err(e) => {
                 env.metrics.client_errors.with_label_values(&[e.label()]).inc();
+                if conn.flags.has(ConnectionFlags::PUSHER) {
+                    // Pusher's clients show the error event; the close follows.
+                    let error = pusher_text_frame(&pusher_error(None, &e.to_string()));
+                    conn.send(&error, usize::MAX);
+                }
                 let why = match e.close_code() {
                     shardcast_proto::close::MESSAGE_TOO_BIG => Disconnect::MessageTooBig,
                     shardcast_proto::close::INVALID_PAYLOAD => Disconnect::InvalidPayload,

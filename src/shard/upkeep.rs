@@ -10,7 +10,9 @@ use shardcast_proto::close;
 use tokio::time::sleep_until;
 
 use super::connection::{ConnectionFlags, Disconnect, Phase};
+use super::pusher::{self, is_pusher};
 use super::{Shard, ShardCore};
+use crate::pusher::protocol;
 use crate::ws::frame::ping_frame;
 
 /// How often the shard checks its lag and sweeps its connections.
@@ -47,6 +49,7 @@ impl Shard<'_> {
         let idle_after = (env.config.idle_timeout.as_millis() / 100) as u32;
         let close_deadline = env.close_deadline();
         let ping = ping_frame();
+        let pusher_ping = pusher::text_frame(&protocol::ping());
         for (_, conn) in self.st.conns.iter_mut() {
             match conn.phase {
                 Phase::Open => {
@@ -60,7 +63,9 @@ impl Shard<'_> {
                         );
                     } else if quiet >= ping_after && !conn.flags.has(ConnectionFlags::PINGED) {
                         conn.flags.set(ConnectionFlags::PINGED, true);
-                        conn.send(&ping, env.config.max_queue_bytes);
+                        // A Pusher socket is kept alive Pusher's way (PROTOCOL.md 20.1).
+                        let ping = if is_pusher(conn) { &pusher_ping } else { &ping };
+                        conn.send(ping, env.config.max_queue_bytes);
                     }
                 }
                 Phase::Closing { deadline, .. } if now >= deadline => {

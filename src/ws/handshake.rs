@@ -29,6 +29,18 @@ pub enum PublicRequest {
         /// made one (used only where `--compression` allows it).
         deflate: Option<Agreement>,
     },
+    /// A valid WebSocket upgrade on a Pusher Channels path, `/app/<key>`
+    /// (PROTOCOL.md 20.1): whether the key names an app is the shard's to say.
+    PusherUpgrade {
+        /// The client's `Sec-WebSocket-Key`.
+        key: String,
+        /// The app key from the path.
+        app_key: String,
+        /// The `protocol` query parameter, as given.
+        protocol: Option<String>,
+        /// The permessage-deflate offer the gateway would accept, if any.
+        deflate: Option<Agreement>,
+    },
     /// `GET /health/live` or `GET /health/ready`, for load balancers that probe the public port.
     Health {
         /// `/health/ready` (true) or `/health/live` (false).
@@ -74,6 +86,7 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
         "/health/live" => return Ok(Some(PublicRequest::Health { ready_probe: false })),
         "/health/ready" => return Ok(Some(PublicRequest::Health { ready_probe: true })),
         p if p == paths.protocol || Some(p) == paths.echo => {}
+        p if pusher_app_key(p).is_some() => {}
         _ => {
             return Ok(Some(PublicRequest::Reject {
                 status: 404,
@@ -116,6 +129,25 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
             message: "missing Sec-WebSocket-Key",
         }));
     };
+    let deflate = deflate::negotiate(
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok()),
+    );
+    if let Some(app_key) = pusher_app_key(path).filter(|_| path != paths.protocol && Some(path) != paths.echo) {
+        // Pusher's clients offer no subprotocol and send no Authorization header.
+        let protocol = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("protocol="))
+            .map(str::to_owned);
+        return Ok(Some(PublicRequest::PusherUpgrade {
+            key,
+            app_key: app_key.to_owned(),
+            protocol,
+            deflate,
+        }));
+    }
     let (encoding, subprotocol) = match header("sec-websocket-protocol") {
         None => (Encoding::Json, None),
         Some(list) => match list
@@ -146,12 +178,6 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
             }
         },
     };
-    let deflate = deflate::negotiate(
-        req.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
-            .filter_map(|h| std::str::from_utf8(h.value).ok()),
-    );
     Ok(Some(PublicRequest::Upgrade {
         echo: Some(path) == paths.echo,
         key,
@@ -160,6 +186,12 @@ pub fn parse_request(buf: &[u8], paths: WsPaths<'_>) -> Result<Option<PublicRequ
         bearer,
         deflate,
     }))
+}
+
+/// The app key of a Pusher Channels path (`/app/<key>`), if it is one.
+fn pusher_app_key(path: &str) -> Option<&str> {
+    path.strip_prefix("/app/")
+        .filter(|key| !key.is_empty() && !key.contains('/'))
 }
 
 /// The message of the 400 answer to [`PublicRequest::TokenInUrl`].
@@ -323,6 +355,11 @@ mod tests {
         assert!(matches!(
             parse_request(other, WS).unwrap(),
             Some(PublicRequest::Reject { status: 404, .. })
+        ));
+        let pusher = UPGRADE.replacen("GET /ws ", "GET /app/k1?protocol=7&client=js ", 1) + "\r\n";
+        assert!(matches!(
+            parse_request(pusher.as_bytes(), WS).unwrap(),
+            Some(PublicRequest::PusherUpgrade { ref app_key, protocol: Some(ref p), .. }) if app_key == "k1" && p == "7"
         ));
         let plain = b"GET /ws HTTP/1.1\r\n\r\n";
         assert!(matches!(
