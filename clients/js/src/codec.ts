@@ -16,6 +16,7 @@ import {
   type ClientFrame,
   type Encoding,
   type HistoryPublication,
+  type PresenceMember,
   type MessageFrame,
   type PongFrame,
   type StreamPosition,
@@ -70,6 +71,7 @@ function canonicalClientFrame(frame: ClientFrame): Record<string, unknown> {
       if (frame.limit !== undefined) out.limit = frame.limit;
       break;
     case 'unsubscribe':
+    case 'presence':
       out.channel = frame.channel;
       break;
     case 'publish':
@@ -172,6 +174,14 @@ function toHistoryPublications(value: unknown): HistoryPublication[] {
   });
 }
 
+function toPresenceMembers(value: unknown): PresenceMember[] {
+  if (!Array.isArray(value)) throw new ProtocolError('presence frame lacks array field `members`');
+  return value.map((entry: unknown) => {
+    if (!isRecord(entry)) throw new ProtocolError('presence frame has a malformed member');
+    return { user: requireString(entry, 'user'), info: entry.info ?? null };
+  });
+}
+
 function requireNumber(frame: Record<string, unknown>, field: string): number {
   const value = frame[field];
   if (typeof value === 'number' && Number.isFinite(value)) return value;
@@ -247,6 +257,25 @@ export function toServerFrame(value: unknown): ServerFrame | null {
         },
         { id: optionalId(value) },
       );
+    case 'presence':
+      return withOptional(
+        {
+          type: 'presence' as const,
+          channel: requireString(value, 'channel'),
+          count: requireNumber(value, 'count'),
+          members: toPresenceMembers(value.members),
+        },
+        { id: optionalId(value) },
+      );
+    case 'join':
+      return {
+        type: 'join',
+        channel: requireString(value, 'channel'),
+        user: requireString(value, 'user'),
+        info: value.info ?? null,
+      };
+    case 'leave':
+      return { type: 'leave', channel: requireString(value, 'channel'), user: requireString(value, 'user') };
     case 'unsubscribed': {
       const code = value.code === 'token_expired' || value.code === 'permission_denied' ? value.code : 'unknown';
       const message = typeof value.message === 'string' ? value.message : '';

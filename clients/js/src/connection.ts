@@ -293,8 +293,13 @@ export class Connection {
       case 'ack':
       case 'pong':
       case 'history':
+      case 'presence':
       case 'error':
         this.hooks.reply(frame);
+        return;
+      case 'join':
+      case 'leave':
+        // Presence changes (PROTOCOL.md 21) have no API in this client yet.
         return;
       case 'gap':
         this.hooks.gap(frame);

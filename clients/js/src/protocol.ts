@@ -118,6 +118,16 @@ export interface HistoryRequestFrame {
   limit?: number;
 }
 
+/**
+ * Reads a channel's presence; answered by a `presence` frame (PROTOCOL.md 21,
+ * specified; a gateway that does not serve it answers `unknown_op`).
+ */
+export interface PresenceRequestFrame {
+  op: 'presence';
+  id?: number;
+  channel: string;
+}
+
 /** Application-level heartbeat (browsers cannot see WebSocket pings); answered by `pong`. */
 export interface PingFrame {
   op: 'ping';
@@ -157,6 +167,7 @@ export type ClientFrame =
   | UnsubscribeFrame
   | PublishFrame
   | HistoryRequestFrame
+  | PresenceRequestFrame
   | PingFrame
   | ConnectFrame
   | RefreshFrame
@@ -291,6 +302,39 @@ export interface UnsubscribedFrame {
 }
 
 /** A frame the gateway sends. */
+/** One member of a channel's presence: a user, however many connections it has (PROTOCOL.md 21). */
+export interface PresenceMember {
+  user: string;
+  /** What its connection said of it (`info` of `connect`), or null. */
+  info: unknown;
+}
+
+/** The answer to a `presence` request (PROTOCOL.md 21). */
+export interface PresenceFrame {
+  type: 'presence';
+  id?: number;
+  channel: string;
+  /** How many members the channel has. */
+  count: number;
+  /** Its members, at most the channel's limit. */
+  members: PresenceMember[];
+}
+
+/** A user became a member of a channel with presence (PROTOCOL.md 21). */
+export interface JoinFrame {
+  type: 'join';
+  channel: string;
+  user: string;
+  info: unknown;
+}
+
+/** A user stopped being a member (PROTOCOL.md 21). */
+export interface LeaveFrame {
+  type: 'leave';
+  channel: string;
+  user: string;
+}
+
 export type ServerFrame =
   | WelcomeFrame
   | AckFrame
@@ -299,10 +343,13 @@ export type ServerFrame =
   | MessageFrame
   | GapFrame
   | HistoryFrame
+  | PresenceFrame
+  | JoinFrame
+  | LeaveFrame
   | UnsubscribedFrame;
 
-/** The frames that answer a request: `ack`, `pong`, `history` or `error`. */
-export type ReplyFrame = ServerFrame & { type: 'ack' | 'pong' | 'history' | 'error' };
+/** The frames that answer a request: `ack`, `pong`, `history`, `presence` or `error`. */
+export type ReplyFrame = ServerFrame & { type: 'ack' | 'pong' | 'history' | 'presence' | 'error' };
 
 /** WebSocket close codes the gateway sends (RFC 6455 meanings in 1000-1015, shardcast's own in 4000-4099). */
 export const CloseCode = Object.freeze({

@@ -350,9 +350,9 @@ describe('subscriptions', () => {
   it('ignores frame types from a newer protocol revision', async () => {
     const { client, events, socket } = await startedClient();
     socket.open();
-    socket.receive({ type: 'presence', who: 'someone' });
+    socket.receive({ type: 'teleport', who: 'someone' });
     socket.receive({ type: 'welcome', version: 1, node: 'n', shard: 0, ping_interval_ms: 25_000 });
-    socket.receive({ type: 'presence', who: 'someone' });
+    socket.receive({ type: 'teleport', who: 'someone' });
     expect(client.state).toBe('connected');
     expect(eventsNamed(events, 'error')).toHaveLength(0);
     client.close();
