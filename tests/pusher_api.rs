@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +22,6 @@ use shardcast_proto::{ClientFrame, Encoding, ServerFrame};
 const APP_ID: &str = "3";
 const KEY: &str = "278d425bdf160c739803";
 const SECRET: &str = "7ad3773142a6692b25b8";
-
-fn pusher_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pusher")
-}
 
 /// A gateway with one Pusher app, from a config file.
 fn gateway(prefix: &str) -> Gateway {
@@ -51,15 +45,7 @@ fn gateway_with(prefix: &str, flags: &[&str]) -> Gateway {
 
 /// Runs tests/pusher/trigger.mjs (the `pusher` npm package); returns the status it printed.
 fn node_trigger(gw: &Gateway, secret: &str, mode: &str, args: Value) -> String {
-    let out = Command::new("node")
-        .current_dir(pusher_dir())
-        .arg("trigger.mjs")
-        .args(["127.0.0.1", &gw.admin.port().to_string(), APP_ID, KEY, secret, mode])
-        .arg(args.to_string())
-        .output()
-        .expect("node (tests/run.sh runs npm ci in tests/pusher)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    pusher_trigger(gw.admin.port(), (APP_ID, KEY, secret), mode, &args)
 }
 
 /// pusher-http-python's trigger; returns "ok" or the error it raised.

@@ -13,11 +13,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use futures_util::future::join_all;
@@ -29,10 +25,6 @@ use tokio_tungstenite::tungstenite::Message;
 const APP_ID: &str = "3";
 const KEY: &str = "278d425bdf160c739803";
 const SECRET: &str = "7ad3773142a6692b25b8";
-
-fn pusher_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pusher")
-}
 
 /// A gateway with one Pusher app that allows client events; `test` names its
 /// config file (tests run in parallel).
@@ -55,53 +47,29 @@ fn gateway_with(test: &str, flags: &[&str]) -> Gateway {
     Gateway::start(&args)
 }
 
-/// One pusher-js client in a Node process: commands go in on stdin, what it
-/// sees comes out as JSON lines.
-struct PusherJs {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<Value>,
+/// One pusher-js client (tests/pusher/client.cjs).
+struct PusherJs(NodeScript);
+
+impl std::ops::Deref for PusherJs {
+    type Target = NodeScript;
+    fn deref(&self) -> &NodeScript {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PusherJs {
+    fn deref_mut(&mut self) -> &mut NodeScript {
+        &mut self.0
+    }
 }
 
 impl PusherJs {
     fn start(gw: &Gateway, key: &str) -> PusherJs {
-        let mut child = Command::new("node")
-            .current_dir(pusher_dir())
-            .arg("client.cjs")
-            .args(["127.0.0.1", &gw.ws.port().to_string(), APP_ID, key, SECRET])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("node (tests/run.sh runs npm ci in tests/pusher)");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        PusherJs { child, stdin, lines }
-    }
-
-    fn send(&mut self, command: Value) {
-        writeln!(self.stdin, "{command}").expect("write to node");
-    }
-
-    /// The first line matching `pred` within the test wait (earlier lines are dropped).
-    fn expect(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if pred(&line) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => break,
-            }
-        }
-        panic!("pusher-js never saw {what}; it saw {seen:?}");
+        let port = gw.ws.port().to_string();
+        PusherJs(NodeScript::start(
+            "client.cjs",
+            &["127.0.0.1", &port, APP_ID, key, SECRET],
+        ))
     }
 
     /// Waits until connected; returns the socket id.
@@ -121,26 +89,6 @@ impl PusherJs {
     fn event(&self) -> Value {
         self.expect("an event", |l| l["type"] == "event")
     }
-
-    /// What it printed within `d`.
-    fn lines_within(&self, d: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + d;
-        let mut got = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => got.push(line),
-                Err(_) => break,
-            }
-        }
-        got
-    }
-}
-
-impl Drop for PusherJs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Publishes with the `pusher` server library through the Pusher HTTP API.
@@ -149,21 +97,10 @@ fn trigger(gw: &Gateway, channel: &str, event: &str, data: Value, socket_id: Opt
     if let Some(socket) = socket_id {
         args["socket_id"] = json!(socket);
     }
-    let out = Command::new("node")
-        .current_dir(pusher_dir())
-        .arg("trigger.mjs")
-        .args([
-            "127.0.0.1",
-            &gw.admin.port().to_string(),
-            APP_ID,
-            KEY,
-            SECRET,
-            "trigger",
-        ])
-        .arg(args.to_string())
-        .output()
-        .expect("node");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
+    assert_eq!(
+        pusher_trigger(gw.admin.port(), (APP_ID, KEY, SECRET), "trigger", &args),
+        "200"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

