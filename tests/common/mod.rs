@@ -19,6 +19,7 @@ mod raw_client;
 mod redis;
 mod server_process;
 mod vectors;
+mod webhook_receiver;
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub use raw_client::*;
 pub use redis::*;
 pub use server_process::*;
 pub use vectors::*;
+pub use webhook_receiver::*;
 
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
