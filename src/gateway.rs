@@ -140,7 +140,8 @@ pub async fn start(config: Config, fd_limit: usize) -> Result<RunningGateway, Ga
         broker.clone(),
         channel_history.clone(),
         config.publish_timeout,
-    );
+    )
+    .with_webhooks(webhooks.clone());
     // Not ready until the broker says so (a Redis broker starts disconnected).
     state.set_broker_up(broker.is_ready());
 

@@ -3,7 +3,8 @@
 //! `member_added` reaches the others and the webhook once per user; when the
 //! instance holding one of a user's two sockets is SIGKILLed the user stays, and
 //! when the instance holding its last one is, the user leaves within the instance
-//! TTL: `member_removed` once to the others and once to the webhook.
+//! TTL: `member_removed` once to the others and once to the webhook. A client
+//! event reaches the webhook once, with its event, sender socket and user.
 
 mod common;
 
@@ -49,7 +50,8 @@ async fn presence_is_per_user_across_instances_and_survives_until_the_last_dies(
         &path,
         format!(
             "[pusher.apps.\"{APP_ID}\"]\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n\
-             webhook_url = \"http://127.0.0.1:{port}/hooks\"\nwebhook_events = [\"member_added\", \"member_removed\"]\n"
+             client_events = true\nwebhook_url = \"http://127.0.0.1:{port}/hooks\"\n\
+             webhook_events = [\"member_added\", \"member_removed\", \"client_event\"]\n"
         ),
     )
     .expect("config");
@@ -91,6 +93,28 @@ async fn presence_is_per_user_across_instances_and_survives_until_the_last_dies(
         .map(|e| e["user_id"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(added, ["ann", "bob"], "one member_added per user");
+
+    // A client event reaches the others and, once, the webhook, with its sender.
+    let mut bob = bob;
+    bob.send(json!({"op": "trigger", "channel": "presence-room", "event": "client-wave", "data": {"hi": 1}}));
+    let wave = ann1.expect("the client event", |l| {
+        l["type"] == "event" && l["event"] == "client-wave"
+    });
+    assert_eq!(wave["data"], json!({"hi": 1}));
+    hooks.exactly("client_event", "presence-room", 1, WAIT).await;
+    let hook = hooks
+        .events
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|e| e["name"] == "client_event")
+        .cloned()
+        .expect("the client_event webhook");
+    assert_eq!(
+        (hook["event"].clone(), hook["user_id"].clone()),
+        (json!("client-wave"), json!("bob"))
+    );
+    assert!(hook["socket_id"].as_str().is_some_and(|s| s.contains('.')), "{hook}");
 
     // Instance 0 dies with one of Ann's sockets: she is still on instance 1.
     gws[0].signal(libc::SIGKILL);

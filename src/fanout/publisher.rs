@@ -21,6 +21,7 @@ use crate::broker::{
     Broker, BrokerError, HistoryPage, HistoryQuery, Position, PresenceChange, PresenceMember, PublishOptions, Published,
 };
 use crate::payload::Payload;
+use crate::pusher::webhooks::Webhooks;
 
 /// A publish that did not (or may not have) reached other instances.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,8 @@ pub struct Publisher {
     broker: Arc<dyn Broker>,
     history: ChannelHistory,
     timeout: Duration,
+    /// Pusher apps' webhooks, for what publishers report (client events).
+    webhooks: Option<Webhooks>,
 }
 
 impl Publisher {
@@ -89,7 +92,19 @@ impl Publisher {
             broker,
             history,
             timeout,
+            webhooks: None,
         }
+    }
+
+    /// The same publisher, reporting to the Pusher apps' webhooks.
+    pub fn with_webhooks(mut self, webhooks: Option<Webhooks>) -> Publisher {
+        self.webhooks = webhooks;
+        self
+    }
+
+    /// The Pusher apps' webhooks, where an app has them.
+    pub fn webhooks(&self) -> Option<&Webhooks> {
+        self.webhooks.as_ref()
     }
 
     /// Publishes; `key` makes it idempotent (PROTOCOL.md 19.9).

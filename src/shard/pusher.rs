@@ -27,6 +27,7 @@ use crate::payload::Payload;
 use crate::pusher::apps::PusherApp;
 use crate::pusher::protocol::{self, code, decode_request, PusherRequest};
 use crate::pusher::signature::{verify_channel_auth, verify_signin};
+use crate::pusher::webhooks::WebhookEvent;
 use crate::ws::deflate::FULL_WINDOW;
 use crate::ws::frame::data_frame;
 
@@ -727,14 +728,26 @@ impl Shard<'_> {
         // Pusher carries data as a string: a JSON string stays one, anything else
         // becomes its JSON text.
         let data = serde_json::from_str::<String>(data).unwrap_or_else(|_| data.to_owned());
-        let mut body = json!({"event": event, "data": data, "socket_id": env.pusher_socket_id(conn_id)});
+        let socket_id = env.pusher_socket_id(conn_id);
+        let mut body = json!({"event": &event, "data": &data, "socket_id": &socket_id});
         let user = pushers
             .get(&key)
             .and_then(|p| p.presence().iter().find(|(c, _)| **c == *name))
             .map(|(_, user)| user.clone());
-        if let Some(user) = user {
-            body["user_id"] = json!(&*user);
+        if let Some(user) = &user {
+            body["user_id"] = json!(&**user);
         }
+        // The sender's instance is the one that reports it (PROTOCOL.md 20.7).
+        let hook = env.publisher.webhooks().map(|hooks| {
+            let event = WebhookEvent::ClientEvent {
+                channel: Arc::from(name.as_str()),
+                event,
+                data,
+                socket_id,
+                user_id: user.map(|u| u.to_string()),
+            };
+            (hooks.clone(), event)
+        });
         let payload = match Payload::from_value(&body) {
             Ok(p) => p,
             Err(e) => return self.pusher_bad_request(key, &format!("unusable data: {e}")),
@@ -742,6 +755,9 @@ impl Shard<'_> {
         let publisher = env.publisher.clone();
         env.spawner.spawn(move |core| async move {
             let result = publisher.publish(Arc::from(name), payload, Source::Client, None).await;
+            if let (Ok(_), Some((hooks, event))) = (&result, hook) {
+                hooks.send(&event);
+            }
             if let Err(e) = result {
                 core.with(|shard| {
                     if shard.st.conns.get(key).map(|c| c.id) == Some(conn_id) {
