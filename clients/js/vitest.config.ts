@@ -35,7 +35,7 @@ export default defineConfig({
         extends: true,
         test: {
           name: 'e2e-browser',
-          include: ['test/e2e/browser.test.ts', 'test/e2e/console.test.ts'],
+          include: ['test/e2e/browser.test.ts', 'test/e2e/console.test.ts', 'test/e2e/pusher-browser.test.ts'],
           environment: 'node',
           testTimeout: 45_000,
           hookTimeout: 120_000,

@@ -14,7 +14,8 @@ import { createServer, Socket, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SignJWT } from 'jose';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { launchChromium } from './chromium';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import type { ClientEvents, ShardcastClient } from '../../dist/index.js';
 import { Gateway, gatewayBinary, killAllGateways, waitFor } from './gateway';
@@ -22,7 +23,6 @@ import { closeClients, makeClient, record } from './node-clients';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const artifacts = path.resolve(here, '../../test-results');
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const API_KEY = 'console-e2e-key-console-e2e-key';
 const TOKEN_SECRET = 'console-e2e-secret-console-e2e-secret';
 /** How many clients the figures are checked with. */
@@ -111,12 +111,7 @@ beforeAll(async () => {
     console.warn(`[console e2e] skipped: the gateway binary ${gatewayBinary()} serves no console (GET / is ${probe.status})`);
     return;
   }
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    timeout: 30_000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchChromium();
 });
 
 afterEach(() => {
