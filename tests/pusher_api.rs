@@ -30,14 +30,11 @@ fn gateway(prefix: &str) -> Gateway {
 
 /// The same, with more command-line flags.
 fn gateway_with(prefix: &str, flags: &[&str]) -> Gateway {
-    let dir = std::env::temp_dir().join(format!("shardcast-pusher-{}-{prefix}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("gw.toml");
-    std::fs::write(
-        &path,
-        format!("[pusher.apps.\"{APP_ID}\"]\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nchannel_prefix = \"{prefix}\"\n"),
-    )
-    .expect("config");
+    let path = pusher_app_config(
+        &format!("api-{prefix}"),
+        (APP_ID, KEY, SECRET),
+        &format!("channel_prefix = \"{prefix}\""),
+    );
     let mut args = vec!["--config", path.to_str().expect("utf-8")];
     args.extend_from_slice(flags);
     Gateway::start(&args)

@@ -41,14 +41,7 @@ fn subscribed(client: &NodeScript, channel: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn laravel_echo_listens_joins_and_whispers() {
-    let dir = std::env::temp_dir().join(format!("shardcast-echo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("gw.toml");
-    std::fs::write(
-        &path,
-        format!("[pusher.apps.\"{APP_ID}\"]\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nclient_events = true\n"),
-    )
-    .expect("config");
+    let path = pusher_app_config("echo", (APP_ID, KEY, SECRET), "client_events = true");
     let gw = Gateway::start(&["--config", path.to_str().expect("utf-8")]);
 
     let mut ann = echo(&gw, "7", "Ann");

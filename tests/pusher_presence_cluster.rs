@@ -43,32 +43,15 @@ fn presence_changes(js: &NodeScript, within: Duration) -> Vec<Value> {
 async fn presence_is_per_user_across_instances_and_survives_until_the_last_dies() {
     let redis = RedisServer::start();
     let (port, hooks) = webhook_receiver(KEY, SECRET).await;
-    let dir = std::env::temp_dir().join(format!("shardcast-presence-cluster-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("gw.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[pusher.apps.\"{APP_ID}\"]\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n\
-             client_events = true\nwebhook_url = \"http://127.0.0.1:{port}/hooks\"\n\
-             webhook_events = [\"member_added\", \"member_removed\", \"client_event\"]\n"
+    let path = pusher_app_config(
+        "presence-cluster",
+        (APP_ID, KEY, SECRET),
+        &format!(
+            "client_events = true\nwebhook_url = \"http://127.0.0.1:{port}/hooks\"\n\
+             webhook_events = [\"member_added\", \"member_removed\", \"client_event\"]"
         ),
-    )
-    .expect("config");
-    let args = [
-        "--config",
-        path.to_str().expect("utf-8"),
-        "--redis",
-        &redis.url(),
-        "--heartbeat-interval",
-        "250ms",
-        "--instance-ttl",
-        "2s",
-    ];
-    let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&args)).collect();
-    for gw in &gws {
-        gw.wait_ready(200).await;
-    }
+    );
+    let gws = heartbeat_cluster(3, &redis, &path).await;
     // Every instance must have read the others' heartbeats before one dies.
     tokio::time::sleep(Duration::from_millis(800)).await;
 

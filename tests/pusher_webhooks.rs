@@ -17,18 +17,11 @@ const KEY: &str = "hook-key";
 const SECRET: &str = "hook-secret";
 
 fn config(port: u16) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("shardcast-webhooks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("gw.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[pusher.apps.\"1\"]\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nchannel_prefix = \"app1:\"\n\
-             webhook_url = \"http://127.0.0.1:{port}/hooks\"\nwebhook_events = [\"channel_occupied\", \"channel_vacated\"]\n"
-        ),
-    )
-    .expect("config");
-    path
+    let hooks = format!(
+        "channel_prefix = \"app1:\"\nwebhook_url = \"http://127.0.0.1:{port}/hooks\"\n\
+         webhook_events = [\"channel_occupied\", \"channel_vacated\"]"
+    );
+    pusher_app_config("webhooks", ("1", KEY, SECRET), &hooks)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,20 +29,7 @@ async fn occupancy_webhooks_once_across_instances_retried_and_after_a_death() {
     let redis = RedisServer::start();
     let (port, got) = webhook_receiver(KEY, SECRET).await;
     let path = config(port);
-    let args = [
-        "--config",
-        path.to_str().expect("utf-8"),
-        "--redis",
-        &redis.url(),
-        "--heartbeat-interval",
-        "250ms",
-        "--instance-ttl",
-        "2s",
-    ];
-    let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&args)).collect();
-    for gw in &gws {
-        gw.wait_ready(200).await;
-    }
+    let gws = heartbeat_cluster(3, &redis, &path).await;
     let wait = Duration::from_secs(5);
 
     // One subscriber on each instance: occupied once; all gone: vacated once.

@@ -34,14 +34,7 @@ fn gateway(test: &str) -> Gateway {
 
 /// The same, with more flags.
 fn gateway_with(test: &str, flags: &[&str]) -> Gateway {
-    let dir = std::env::temp_dir().join(format!("shardcast-pusher-ws-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("gw.toml");
-    std::fs::write(
-        &path,
-        format!("[pusher.apps.\"{APP_ID}\"]\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nclient_events = true\n"),
-    )
-    .expect("config");
+    let path = pusher_app_config(&format!("ws-{test}"), (APP_ID, KEY, SECRET), "client_events = true");
     let mut args = vec!["--config", path.to_str().expect("utf-8"), "--shards", "2"];
     args.extend_from_slice(flags);
     Gateway::start(&args)

@@ -103,3 +103,39 @@ pub fn pusher_trigger(admin_port: u16, app: (&str, &str, &str), mode: &str, args
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// A config file with one Pusher app `(id, key, secret)` and `extra` TOML lines
+/// for it, in a scratch directory named after `test` (tests run in parallel).
+pub fn pusher_app_config(test: &str, app: (&str, &str, &str), extra: &str) -> PathBuf {
+    let (id, key, secret) = app;
+    let dir = std::env::temp_dir().join(format!("shardcast-pusher-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("gw.toml");
+    std::fs::write(
+        &path,
+        format!("[pusher.apps.\"{id}\"]\nkey = \"{key}\"\nsecret = \"{secret}\"\n{extra}\n"),
+    )
+    .expect("config");
+    path
+}
+
+/// `n` gateways with `config` on one redis-server, heartbeating every 250 ms with a
+/// 2 s record TTL (so a SIGKILLed one is noticed quickly), each ready.
+pub async fn heartbeat_cluster(n: usize, redis: &super::RedisServer, config: &std::path::Path) -> Vec<super::Gateway> {
+    let url = redis.url();
+    let args = [
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--redis",
+        &url,
+        "--heartbeat-interval",
+        "250ms",
+        "--instance-ttl",
+        "2s",
+    ];
+    let gws: Vec<super::Gateway> = (0..n).map(|_| super::Gateway::start(&args)).collect();
+    for gw in &gws {
+        gw.wait_ready(200).await;
+    }
+    gws
+}
