@@ -55,7 +55,7 @@ use crate::state::GatewayState;
 use crate::ws::deflate::{Inflater, FULL_WINDOW};
 use crate::ws::frame::data_frame;
 use crate::ws::handshake::WsPaths;
-use channel_table::{ChannelTable, SubscriptionKey, Wire};
+use channel_table::{ChannelTable, Joined, PendingAck, SubscriptionKey, Wire};
 use connection::{Connection, Disconnect, Sent};
 use cork::Cork;
 use pusher::PusherSockets;
@@ -654,5 +654,29 @@ impl Shard<'_> {
             reason = why.label(),
             "connection closed"
         );
+    }
+}
+
+/// Until a new subscription's channel is live on this shard, its answer (`pending`)
+/// waits with the channel, and the shard's first subscriber asks the router for
+/// it; true when the channel is live already and the caller answers now.
+fn answer_when_live(
+    env: &ShardEnv,
+    table: &mut ChannelTable,
+    channel: &str,
+    pending: PendingAck,
+    joined: &Joined,
+) -> bool {
+    match joined {
+        Joined::FirstOnShard => {
+            table.add_pending_ack(channel, pending);
+            env.router.interest(env.id, Arc::from(channel), true);
+            false
+        }
+        Joined::Pending => {
+            table.add_pending_ack(channel, pending);
+            false
+        }
+        Joined::Active => true,
     }
 }

@@ -19,7 +19,7 @@ use super::channel_table::{Joined, PendingAck, Subscriber, SubscriptionKey};
 use super::connection::{Connection, ConnectionFlags, Phase, Sent};
 use super::cork::Cork;
 use super::recovery::{HistoryRequest, Recovery};
-use super::{Shard, ShardEnv, ShardState};
+use super::{answer_when_live, Shard, ShardEnv, ShardState};
 use crate::broker::{PresenceChange, PresenceMember};
 use crate::fanout::publication::{Publication, PusherFrame};
 use crate::fanout::router::Source;
@@ -343,16 +343,7 @@ impl Shard<'_> {
         if let Some((user, info)) = member {
             // Answered with the member list once both the join and the channel
             // (live on this shard) are done, whichever comes last.
-            match joined {
-                Joined::FirstOnShard => {
-                    table.add_pending_ack(&name, pending);
-                    env.router.interest(env.id, Arc::from(name.as_str()), true);
-                }
-                Joined::Pending => {
-                    table.add_pending_ack(&name, pending);
-                }
-                Joined::Active => {}
-            }
+            answer_when_live(env, table, &name, pending, &joined);
             let name: Arc<str> = Arc::from(name);
             let user: Arc<str> = Arc::from(user);
             if let Some(socket) = pushers.get_mut(&key) {
@@ -381,19 +372,10 @@ impl Shard<'_> {
             };
             return self.begin_recovery(key, sub, None, &name, request, joined == Joined::Active);
         }
-        match joined {
-            Joined::FirstOnShard => {
-                table.add_pending_ack(&name, pending);
-                env.router.interest(env.id, Arc::from(name.as_str()), true);
-            }
-            Joined::Pending => {
-                table.add_pending_ack(&name, pending);
-            }
-            Joined::Active => {
-                // `recover` on a channel without history: nothing to recover from.
-                let recovered = recover.is_some().then_some(false);
-                self.pusher_subscribe_answer(key, &name, true, recovered);
-            }
+        if answer_when_live(env, table, &name, pending, &joined) {
+            // `recover` on a channel without history: nothing to recover from.
+            let recovered = recover.is_some().then_some(false);
+            self.pusher_subscribe_answer(key, &name, true, recovered);
         }
     }
 

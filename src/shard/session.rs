@@ -13,7 +13,7 @@ use super::channel_table::{Emptied, Joined, PendingAck, SubscriptionKey};
 use super::connection::{ConnectionFlags, Phase};
 use super::pusher::is_pusher;
 use super::recovery::HistoryRequest;
-use super::{Shard, ShardState};
+use super::{answer_when_live, Shard, ShardState};
 use crate::auth::{Refusal, ANONYMOUS};
 use crate::broker::Position;
 use crate::fanout::router::Source;
@@ -190,22 +190,13 @@ impl Shard<'_> {
             }
             return self.begin_recovery(key, sub, id, channel, history, joined == Joined::Active);
         }
-        match joined {
-            Joined::FirstOnShard => {
-                table.add_pending_ack(channel, pending);
-                env.router.interest(env.id, Arc::from(channel), true);
+        if answer_when_live(env, table, channel, pending, &joined) {
+            let mut ack = self.subscribe_ack(id, self.st.table.position(channel));
+            if let (ServerFrame::Ack { recovered, .. }, true) = (&mut ack, history.recover.is_some()) {
+                // `recover` on a channel without history: nothing to recover from.
+                *recovered = Some(false);
             }
-            Joined::Pending => {
-                table.add_pending_ack(channel, pending);
-            }
-            Joined::Active => {
-                let mut ack = self.subscribe_ack(id, self.st.table.position(channel));
-                if let (ServerFrame::Ack { recovered, .. }, true) = (&mut ack, history.recover.is_some()) {
-                    // `recover` on a channel without history: nothing to recover from.
-                    *recovered = Some(false);
-                }
-                self.reply_frame(key, &ack)
-            }
+            self.reply_frame(key, &ack)
         }
     }
 
