@@ -165,7 +165,7 @@ pub struct HistoryEntry {
 pub struct PresenceEntry {
     /// The user id.
     pub user: String,
-    /// What its connection said of it (`info` of `connect`), or null.
+    /// What its connection's token says of it (the `info` claim), or null.
     #[serde(default)]
     pub info: Value,
 }
@@ -615,7 +615,7 @@ pub enum ServerFrame {
         channel: String,
         /// The user id.
         user: String,
-        /// What its connection said of it, or null.
+        /// What its connection's token says of it (the `info` claim), or null.
         #[serde(default)]
         info: Value,
     },

@@ -305,7 +305,7 @@ export interface UnsubscribedFrame {
 /** One member of a channel's presence: a user, however many connections it has (PROTOCOL.md 21). */
 export interface PresenceMember {
   user: string;
-  /** What its connection said of it (`info` of `connect`), or null. */
+  /** What its connection's token says of it (the `info` claim), or null. */
   info: unknown;
 }
 
