@@ -39,6 +39,10 @@ pub enum PublishRule {
     Granted,
 }
 
+/// Members a `presence` reply lists at most where the namespace does not say
+/// (Pusher's limit).
+pub const DEFAULT_PRESENCE_MAX: u32 = 100;
+
 /// One namespace's rules (a `[namespaces."<name>"]` table of the config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +65,12 @@ pub struct NamespaceRules {
     /// Most publications one recovery returns.
     #[serde(default)]
     pub recover_max: Option<u32>,
+    /// Whether its channels' subscribers are members of their presence (PROTOCOL.md 21).
+    #[serde(default)]
+    pub presence: bool,
+    /// Most members a `presence` reply lists (default 100).
+    #[serde(default)]
+    pub presence_max: Option<u32>,
 }
 
 /// How a channel keeps history, once the namespace's table and the gateway's
@@ -131,6 +141,15 @@ impl ChannelRules {
             recover_max: rules.recover_max.unwrap_or(self.history.recover_max),
         };
         (settings.size > 0).then_some(settings)
+    }
+
+    /// Whether `channel` has presence, and how many members a `presence` reply
+    /// lists at most; none without presence (PROTOCOL.md 21).
+    pub fn presence(&self, channel: &str) -> Option<u32> {
+        let rules = self.of(self.split(channel).0);
+        rules
+            .presence
+            .then(|| rules.presence_max.unwrap_or(DEFAULT_PRESENCE_MAX))
     }
 
     /// How long an idempotency key is remembered on `channel` (PROTOCOL.md 19.9).

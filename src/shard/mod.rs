@@ -20,6 +20,7 @@ pub mod channel_table;
 pub mod connection;
 mod cork;
 mod identity;
+mod presence;
 mod pusher;
 mod recovery;
 mod session;
@@ -303,6 +304,9 @@ pub struct ShardState {
     inflater: Option<Box<Inflater>>,
     /// What its Pusher-protocol connections carry (PROTOCOL.md 20).
     pushers: PusherSockets,
+    /// The presence memberships `(channel, user)` of its native connections, by
+    /// connection (PROTOCOL.md 21); empty but where namespaces enable presence.
+    native_presence: HashMap<usize, presence::Memberships>,
 }
 
 /// One shard, shared by its tasks on the shard thread behind an `Rc`.
@@ -364,6 +368,7 @@ impl ShardCore {
                 cork: Cork::default(),
                 inflater: None,
                 pushers: PusherSockets::new(),
+                native_presence: HashMap::new(),
             }),
         }
     }
@@ -397,7 +402,10 @@ impl ShardCore {
                 });
                 report.shard_done(n);
             }
-            ShardCommand::Presence { channel, change } => self.with(|shard| shard.presence_changed(&channel, &change)),
+            ShardCommand::Presence { channel, change } => self.with(|shard| {
+                shard.presence_changed(&channel, &change);
+                shard.native_presence_changed(&channel, &change);
+            }),
             ShardCommand::Drain { window } => {
                 self.with(|shard| shard.st.draining = true);
                 tokio::task::spawn_local(upkeep::drain(self.clone(), window));
@@ -628,6 +636,7 @@ impl Shard<'_> {
     fn remove(&mut self, key: usize) {
         let env = self.env;
         self.pusher_closing(key);
+        self.native_presence_leave(key, None);
         let Some(conn) = self.st.conns.try_remove(key) else {
             return;
         };

@@ -126,14 +126,7 @@ impl Shard<'_> {
                 since,
                 limit,
             } => self.history_request(key, id, channel, since, limit),
-            // Specified (PROTOCOL.md 21), not served yet: the answer of a gateway that
-            // does not know the op, which a client takes as "no presence here".
-            ClientFrame::Presence { id, .. } => self.reply_error(
-                key,
-                id,
-                ErrorCode::UnknownOp,
-                "this gateway does not serve presence yet",
-            ),
+            ClientFrame::Presence { id, channel } => self.presence_request(key, id, channel),
         }
     }
 
@@ -183,6 +176,8 @@ impl Shard<'_> {
             conn.auth_mut().sub_tokens.push((sub, expires_at));
         }
         env.shard_metrics.subscriptions.set(table.subscription_count() as i64);
+        self.native_presence_join(key, channel);
+        let ShardState { table, .. } = &mut *self.st;
         let keeps_history = env.publisher.channel_history().policy(channel).is_some();
         if keeps_history && (history.recover.is_some() || history.latest) {
             if joined == Joined::FirstOnShard {
@@ -210,6 +205,7 @@ impl Shard<'_> {
         };
         let sub = conn.subs[pos];
         self.drop_subscription(key, sub);
+        self.native_presence_leave(key, Some(channel));
         self.reply_frame(key, &ServerFrame::ack(id));
     }
 
