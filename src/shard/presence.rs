@@ -13,7 +13,6 @@ use shardcast_proto::{Encoding, ErrorCode, PresenceEntry, ServerFrame};
 
 use super::channel_table::Wire;
 use super::{Shard, ShardState};
-use crate::auth::ANONYMOUS;
 use crate::broker::{PresenceChange, PresenceMember};
 use crate::payload::Payload;
 
@@ -140,18 +139,9 @@ impl Shard<'_> {
             let msg = format!("{channel}: its namespace has no presence");
             return self.reply_error(key, id, ErrorCode::BadChannel, &msg);
         };
-        let ShardState { conns, table, .. } = &mut *self.st;
-        let Some(conn) = conns.get(key) else {
+        let Some(conn_id) = self.may_read(key, id, &channel) else {
             return;
         };
-        let holds = conn.subs.iter().any(|&s| table.channel_of(s) == Some(channel.as_str()));
-        let who = conn.auth.as_ref().map_or(&ANONYMOUS, |a| &a.identity);
-        if !holds {
-            if let Err(refusal) = env.auth.rules().may_subscribe(who, &channel, false) {
-                return self.refuse(key, id, ErrorCode::PermissionDenied, refusal.0);
-            }
-        }
-        let conn_id = conn.id;
         let publisher = env.publisher.clone();
         env.spawner.spawn(move |core| async move {
             let members = publisher

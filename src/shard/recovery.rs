@@ -381,6 +381,24 @@ impl Shard<'_> {
     }
 
     /// The `history` operation (PROTOCOL.md 19.6).
+    /// Whether connection `key` may read `channel` (its history or its presence):
+    /// it subscribes to it, or the rules would let it (PROTOCOL.md 19.6, 21). Its
+    /// id if so; none once the refusal is answered (or the connection is gone).
+    pub(super) fn may_read(&mut self, key: usize, id: Option<u64>, channel: &str) -> Option<u64> {
+        let env = self.env;
+        let ShardState { conns, table, .. } = &mut *self.st;
+        let conn = conns.get(key)?;
+        let holds = conn.subs.iter().any(|&s| table.channel_of(s) == Some(channel));
+        let who = conn.auth.as_ref().map_or(&ANONYMOUS, |a| &a.identity);
+        if !holds {
+            if let Err(refusal) = env.auth.rules().may_subscribe(who, channel, false) {
+                self.refuse(key, id, ErrorCode::PermissionDenied, refusal.0);
+                return None;
+            }
+        }
+        Some(conn.id)
+    }
+
     pub(super) fn history_request(
         &mut self,
         key: usize,
@@ -393,18 +411,9 @@ impl Shard<'_> {
         if let Err(e) = shardcast_proto::validate_channel(&channel, env.config.max_channel_len) {
             return self.reply_error(key, id, ErrorCode::BadChannel, &e.to_string());
         }
-        let ShardState { conns, table, .. } = &mut *self.st;
-        let Some(conn) = conns.get(key) else {
+        let Some(conn_id) = self.may_read(key, id, &channel) else {
             return;
         };
-        let holds = conn.subs.iter().any(|&s| table.channel_of(s) == Some(channel.as_str()));
-        let who = conn.auth.as_ref().map_or(&ANONYMOUS, |a| &a.identity);
-        if !holds {
-            if let Err(refusal) = env.auth.rules().may_subscribe(who, &channel, false) {
-                return self.refuse(key, id, ErrorCode::PermissionDenied, refusal.0);
-            }
-        }
-        let conn_id = conn.id;
         let publisher = env.publisher.clone();
         env.spawner.spawn(move |core| async move {
             let channel: Arc<str> = Arc::from(channel);
