@@ -49,6 +49,13 @@ impl NodeScript {
         NodeScript { child, stdin, lines }
     }
 
+    /// Sends `sig` to the Node process (SIGSTOP: a client that neither reads,
+    /// closes nor reconnects).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// Sends one command line.
     pub fn send(&mut self, command: Value) {
         writeln!(self.stdin, "{command}").expect("write to node");

@@ -2,7 +2,10 @@
 // shardcast's Pusher endpoint, as an app would use it: tests/pusher_ws.rs runs it.
 // Channel auth is signed by the `pusher` server library's authorizeChannel, as
 // an app's backend would sign it.
-// Usage: node client.cjs <host> <wsPort> <appId> <key> <secret>
+// Usage: node client.cjs <host> <wsPort> <appId> <key> <secret> [sourceAddress]
+//   sourceAddress: the local address its sockets connect from (a 127.0.0.x), so
+//   that several clients look like several machines to a load balancer that is
+//   sticky by client address.
 // Prints what it sees as JSON lines:
 //   {"type":"state","current":..,"socket_id":..}  connection state changes
 //   {"type":"error","data":..}                     connection errors (pusher:error)
@@ -17,11 +20,20 @@
 //   {"op":"unsubscribe","channel":..}
 //   {"op":"trigger","channel":..,"event":..,"data":..}  a client event
 //   {"op":"disconnect"}
+const net = require("node:net");
+
+const [host, port, appId, key, secret, source] = process.argv.slice(2);
+if (source) {
+  // pusher-js's Node transport (faye-websocket) calls net.connect without a
+  // local address and takes no socket options, so it is given one here.
+  const connect = net.connect;
+  net.connect = (options, ...rest) => connect.call(net, { ...options, localAddress: source }, ...rest);
+}
+
 const Pusher = require("pusher-js");
 const PusherServer = require("pusher");
 const readline = require("node:readline");
 
-const [host, port, appId, key, secret] = process.argv.slice(2);
 const backend = new PusherServer({ appId, key, secret, useTLS: false, host, port });
 const forged = new Set();
 const users = new Map();
