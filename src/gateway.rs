@@ -427,12 +427,16 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 
 /// Keeps the descriptor count, memory and broker-health gauges current.
 async fn monitor(state: Arc<GatewayState>, budget: Arc<FdBudget>, metrics: Arc<Metrics>, broker: Arc<dyn Broker>) {
+    let mut last_scan = Instant::now();
     loop {
-        let scan = budget.clone();
-        if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || scan.rescan()).await {
-            metrics.open_fds.set(budget.estimated_open() as i64);
-            metrics.fd_headroom.set(budget.headroom() as i64);
+        if budget.scan_due(last_scan.elapsed()) {
+            let scan = budget.clone();
+            if let Ok(Ok(_)) = tokio::task::spawn_blocking(move || scan.rescan()).await {
+                last_scan = Instant::now();
+            }
         }
+        metrics.open_fds.set(budget.estimated_open() as i64);
+        metrics.fd_headroom.set(budget.headroom() as i64);
         if let Some(rss) = resident_memory_bytes() {
             metrics.resident_memory.set(rss as i64);
         }

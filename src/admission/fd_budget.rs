@@ -8,10 +8,14 @@
 //! other descriptor (listeners, runtimes, Redis, log files). Counting
 //! `/proc/self/fd` costs a directory scan, so it runs a few times a second off the
 //! hot path and only corrects that baseline; admission and the gauges never wait
-//! for it, so they are right the moment a flood ends.
+//! for it, so they are right the moment a flood ends. The scan itself costs time in
+//! proportion to the descriptors open (most of an idle gateway's CPU with tens of
+//! thousands of sockets), so a steady gateway far from its limit scans seldom:
+//! see [`FdBudget::scan_due`].
 
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::state::GatewayState;
 
@@ -79,7 +83,12 @@ pub struct FdBudget {
     baseline: AtomicIsize,
     /// Refused sockets not closed yet.
     refused: AtomicUsize,
+    /// Sockets (shards' and refused) open at the last scan.
+    sockets_at_scan: AtomicUsize,
 }
+
+/// The longest a steady gateway goes without scanning `/proc/self/fd`.
+pub const STEADY_SCAN_PERIOD: Duration = Duration::from_secs(2);
 
 impl FdBudget {
     /// A budget for `limit` descriptors keeping `reserve` of them free, following
@@ -91,6 +100,7 @@ impl FdBudget {
             state,
             baseline: AtomicIsize::new(0),
             refused: AtomicUsize::new(0),
+            sockets_at_scan: AtomicUsize::new(0),
         };
         let _ = budget.rescan();
         budget
@@ -106,8 +116,26 @@ impl FdBudget {
 
     /// Records a count of open descriptors taken just now.
     pub fn record_count(&self, open: usize) {
-        let sockets = self.state.total_sockets() + self.refused.load(Ordering::Relaxed);
+        let sockets = self.sockets();
+        self.sockets_at_scan.store(sockets, Ordering::Relaxed);
         self.baseline.store(open as isize - sockets as isize, Ordering::Relaxed);
+    }
+
+    /// Whether a scan is due, `since_last` after the last one. The baseline can only
+    /// be wrong by what changed while a scan ran (a socket accepted but not yet a
+    /// shard's, one closing), so it is re-measured at every chance while sockets
+    /// come and go, or while the headroom is short enough for an error to refuse
+    /// or admit wrongly; a steady gateway far from its limit waits
+    /// [`STEADY_SCAN_PERIOD`].
+    pub fn scan_due(&self, since_last: Duration) -> bool {
+        let churned = self.sockets() != self.sockets_at_scan.load(Ordering::Relaxed);
+        let short = self.headroom() < (self.limit / 8).max(self.reserve.saturating_mul(4));
+        churned || short || since_last >= STEADY_SCAN_PERIOD
+    }
+
+    /// Shards' sockets and refused sockets open now.
+    fn sockets(&self) -> usize {
+        self.state.total_sockets() + self.refused.load(Ordering::Relaxed)
     }
 
     /// The descriptor limit this budget works against.
@@ -117,8 +145,7 @@ impl FdBudget {
 
     /// Open descriptors now: the baseline plus the sockets open at this moment.
     pub fn estimated_open(&self) -> usize {
-        let sockets = self.state.total_sockets() + self.refused.load(Ordering::Relaxed);
-        (self.baseline.load(Ordering::Relaxed) + sockets as isize).max(0) as usize
+        (self.baseline.load(Ordering::Relaxed) + self.sockets() as isize).max(0) as usize
     }
 
     /// Descriptors left before the limit, by the current estimate.
@@ -181,6 +208,24 @@ mod tests {
         assert_eq!(b.estimated_open(), 50);
         state.add_socket(1, 1);
         assert_eq!(b.estimated_open(), 51);
+    }
+
+    #[test]
+    fn scans_seldom_only_when_steady_and_far_from_the_limit() {
+        let state = Arc::new(GatewayState::new("n".into(), 1));
+        let b = FdBudget::new(1000, 10, state.clone());
+        b.record_count(20);
+        let soon = Duration::from_millis(250);
+        assert!(!b.scan_due(soon), "steady, 980 free");
+        assert!(b.scan_due(STEADY_SCAN_PERIOD));
+        state.add_socket(0, 1);
+        assert!(b.scan_due(soon), "a socket came since the scan");
+        b.record_count(21);
+        assert!(!b.scan_due(soon));
+        // Within an eighth of the limit, every chance.
+        state.add_socket(0, 860);
+        b.record_count(881);
+        assert!(b.scan_due(soon), "119 free of 1000");
     }
 
     #[test]
