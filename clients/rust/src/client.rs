@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use shardcast_proto::{validate_channel, Encoding};
+use shardcast_proto::{validate_channel, Encoding, ErrorCode};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -18,6 +18,7 @@ use crate::driver::{Command, Config, Driver, HeartbeatTiming, Reply};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{ConnectionState, EventStream, Observers};
 use crate::history::{check_idempotency_key, History, HistoryOptions, Published, SubscribeOptions};
+use crate::presence::Presence;
 use crate::subscription::Subscription;
 use crate::token::{SubscriptionTokenProvider, TokenProvider};
 use crate::transport::{self, Welcome};
@@ -430,8 +431,8 @@ impl Client {
                 offset: ack.offset.filter(|_| ack.epoch.is_some()),
                 epoch: ack.epoch.filter(|_| ack.offset.is_some()),
             }),
-            Reply::History(_) => Err(Error::Protocol(
-                "a publish was answered with a history frame".to_owned(),
+            Reply::History(_) | Reply::Presence(_) => Err(Error::Protocol(
+                "a publish was answered with a history or presence frame".to_owned(),
             )),
         }
     }
@@ -456,7 +457,60 @@ impl Client {
         })?;
         match self.reply("history", reply).await? {
             Reply::History(history) => Ok(history),
-            Reply::Ack(_) => Err(Error::Protocol("a history request was answered with an ack".to_owned())),
+            Reply::Ack(_) | Reply::Presence(_) => Err(Error::Protocol(
+                "a history request was answered with another reply".to_owned(),
+            )),
+        }
+    }
+
+    /// Reads who is on a channel whose namespace has presence (PROTOCOL.md 21): its
+    /// members (users, each once however many connections it has, with their token's
+    /// `info`; at most the namespace's `presence_max` of them) and their exact count.
+    /// The connection need not be subscribed; the permission is a subscribe's. To
+    /// follow the changes, subscribe and read [`ClientEvent::Join`](crate::ClientEvent::Join)
+    /// and [`ClientEvent::Leave`](crate::ClientEvent::Leave) from [`events`](Self::events).
+    ///
+    /// Fails with [`Error::PermissionDenied`] on a channel this connection may not
+    /// subscribe to, [`Error::Server`] with `bad_channel` on one whose namespace has
+    /// no presence (or `unknown_op` from a gateway older than presence),
+    /// [`Error::NotConnected`] while disconnected.
+    pub async fn presence(&self, channel: &str) -> Result<Presence> {
+        validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
+            channel: channel.to_owned(),
+            source,
+        })?;
+        let (done, reply) = oneshot::channel();
+        self.command(Command::Presence {
+            channel: channel.to_owned(),
+            done,
+        })?;
+        match self.reply("presence", reply).await {
+            Ok(Reply::Presence(presence)) => Ok(presence),
+            Ok(Reply::Ack(_) | Reply::History(_)) => Err(Error::Protocol(
+                "a presence request was answered with another reply".to_owned(),
+            )),
+            // The permission is a subscribe's (PROTOCOL.md 21), so is the refusal.
+            Err(Error::Server {
+                code: code @ ErrorCode::PermissionDenied,
+                message,
+                ..
+            }) => Err(Error::PermissionDenied {
+                channel: channel.to_owned(),
+                code,
+                message,
+            }),
+            // The gateway's own message only names the op; say what it means.
+            Err(Error::Server {
+                code: ErrorCode::UnknownOp,
+                channel,
+                ..
+            }) => Err(Error::Server {
+                op: "presence",
+                code: ErrorCode::UnknownOp,
+                message: "this gateway predates presence (PROTOCOL.md 21)".to_owned(),
+                channel,
+            }),
+            Err(error) => Err(error),
         }
     }
 
