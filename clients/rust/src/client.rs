@@ -271,6 +271,15 @@ impl ClientBuilder {
     }
 }
 
+/// Refuses, before anything is sent, a channel name the protocol forbids. The length
+/// limit is the gateway's configuration, so only the charset is checked here.
+fn check_channel(channel: &str) -> Result<()> {
+    validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
+        channel: channel.to_owned(),
+        source,
+    })
+}
+
 /// Ids of subscriptions, unique in the process, so that an unsubscribe names exactly one.
 static NEXT_SUBSCRIPTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -349,11 +358,7 @@ impl Client {
     /// latest publication at once (a state channel, PROTOCOL.md 19.3).
     pub async fn subscribe_with(&self, channel: impl Into<String>, options: SubscribeOptions) -> Result<Subscription> {
         let channel = channel.into();
-        // The length limit is the gateway's configuration, so only the charset is checked here.
-        validate_channel(&channel, usize::MAX).map_err(|source| Error::InvalidChannel {
-            channel: channel.clone(),
-            source,
-        })?;
+        check_channel(&channel)?;
         let id = NEXT_SUBSCRIPTION_ID.fetch_add(1, Ordering::Relaxed);
         let (messages, receiver) = mpsc::unbounded_channel();
         let (done, reply) = oneshot::channel();
@@ -413,10 +418,7 @@ impl Client {
         data: &T,
         idempotency_key: Option<String>,
     ) -> Result<Published> {
-        validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
-            channel: channel.to_owned(),
-            source,
-        })?;
+        check_channel(channel)?;
         let data = serde_json::to_value(data)?;
         let (done, reply) = oneshot::channel();
         self.command(Command::Publish {
@@ -444,10 +446,7 @@ impl Client {
     /// `unknown_op` from a gateway before history), [`Error::NotConnected`] while
     /// disconnected.
     pub async fn history(&self, channel: &str, options: HistoryOptions) -> Result<History> {
-        validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
-            channel: channel.to_owned(),
-            source,
-        })?;
+        check_channel(channel)?;
         let (done, reply) = oneshot::channel();
         self.command(Command::History {
             channel: channel.to_owned(),
@@ -475,10 +474,7 @@ impl Client {
     /// no presence (or `unknown_op` from a gateway older than presence),
     /// [`Error::NotConnected`] while disconnected.
     pub async fn presence(&self, channel: &str) -> Result<Presence> {
-        validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
-            channel: channel.to_owned(),
-            source,
-        })?;
+        check_channel(channel)?;
         let (done, reply) = oneshot::channel();
         self.command(Command::Presence {
             channel: channel.to_owned(),

@@ -60,35 +60,33 @@ describe.each<Encoding>(['json', 'msgpack'])('presence() with %s frames', (encod
 });
 
 describe('presence() refusals', () => {
-  it('rejects with a PermissionDeniedError when the channel rules refuse the connection', async () => {
+  /** What `presence(channel)` rejects with when the gateway answers with this error code. */
+  async function refusal(channel: string, code: string, message: string): Promise<unknown> {
     const { client, socket } = await connectedClient();
-    const read = client.presence('team:a');
-    socket.receive({ type: 'error', id: presenceId(socket), code: 'permission_denied', message: 'not granted' });
+    const read = client.presence(channel);
+    socket.receive({ type: 'error', id: presenceId(socket), code, message });
     const error = await read.catch((e: unknown) => e);
+    client.close();
+    return error;
+  }
+
+  it('rejects with a PermissionDeniedError when the channel rules refuse the connection', async () => {
+    const error = await refusal('team:a', 'permission_denied', 'not granted');
     expect(error).toBeInstanceOf(PermissionDeniedError);
     expect(error).toMatchObject({ code: 'permission_denied', channel: 'team:a' });
-    client.close();
   });
 
   it('rejects with a bad_channel ServerError where the namespace has no presence', async () => {
-    const { client, socket } = await connectedClient();
-    const read = client.presence('news');
-    socket.receive({ type: 'error', id: presenceId(socket), code: 'bad_channel', message: 'news has no presence' });
-    const error = await read.catch((e: unknown) => e);
+    const error = await refusal('news', 'bad_channel', 'news has no presence');
     expect(error).toBeInstanceOf(ServerError);
     expect(error).toMatchObject({ code: 'bad_channel', channel: 'news' });
-    client.close();
   });
 
   it('says a gateway that answers unknown_op predates presence', async () => {
-    const { client, socket } = await connectedClient();
-    const read = client.presence('room:lobby');
-    socket.receive({ type: 'error', id: presenceId(socket), code: 'unknown_op', message: 'unknown op `presence`' });
-    const error = await read.catch((e: unknown) => e);
+    const error = await refusal('room:lobby', 'unknown_op', 'unknown op `presence`');
     expect(error).toBeInstanceOf(ServerError);
     expect(error).toMatchObject({ code: 'unknown_op', channel: 'room:lobby' });
     expect((error as Error).message).toMatch(/predates presence/);
-    client.close();
   });
 
   it('refuses an invalid channel name and a disconnected client before sending anything', async () => {
