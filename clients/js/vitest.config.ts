@@ -1,6 +1,6 @@
 // Test projects: `unit` (vectors, backoff and the client state machine over a
 // fake WebSocket with fake timers), `e2e-node` (the real gateway binary and the
-// `ws` package; authentication with tokens minted by `jose`; history and recovery, with redis-server; also the README's code blocks, run as pasted) and `e2e-browser` (the real gateway and headless Debian
+// `ws` package; authentication with tokens minted by `jose`; history and recovery; presence, with redis-server; also the README's code blocks, run as pasted) and `e2e-browser` (the real gateway and headless Debian
 // Chromium driven by playwright-core; also the gateway's web console). Every test is bounded in time.
 import { readFileSync } from 'node:fs';
 import { defineConfig } from 'vitest/config';
@@ -25,7 +25,13 @@ export default defineConfig({
         extends: true,
         test: {
           name: 'e2e-node',
-          include: ['test/e2e/node.test.ts', 'test/e2e/auth.test.ts', 'test/e2e/recovery.test.ts', 'test/e2e/readme.test.ts'],
+          include: [
+            'test/e2e/node.test.ts',
+            'test/e2e/auth.test.ts',
+            'test/e2e/recovery.test.ts',
+            'test/e2e/presence.test.ts',
+            'test/e2e/readme.test.ts',
+          ],
           environment: 'node',
           testTimeout: 30_000,
           hookTimeout: 120_000,

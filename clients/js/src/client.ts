@@ -11,7 +11,7 @@ import { codecFor, type Codec } from './codec';
 import { TypedEmitter, type Unsubscribe } from './emitter';
 import { Connection } from './connection';
 import { ConnectionCredentials } from './credentials';
-import { HandlerError, InvalidChannelError, ShardcastError } from './errors';
+import { HandlerError, InvalidChannelError, ServerError, ShardcastError } from './errors';
 import {
   CloseCode,
   DEFAULT_MAX_MESSAGE_BYTES,
@@ -20,6 +20,7 @@ import {
   type AckFrame,
   type Encoding,
   type HistoryFrame,
+  type PresenceFrame,
   type WelcomeFrame,
 } from './protocol';
 import { RequestTable } from './requests';
@@ -32,6 +33,7 @@ import type {
   HistoryOptions,
   HistoryResult,
   MessageHandler,
+  PresenceResult,
   PublishOptions,
   PublishResult,
   SubscribeOptions,
@@ -95,6 +97,7 @@ export class ShardcastClient {
         welcomed: () => this.channels.subscribeAll(),
         message: (frame) => this.channels.dispatch(frame),
         gap: (frame) => this.channels.handleGap(frame),
+        presenceChange: (frame) => this.channels.handlePresenceChange(frame),
         unsubscribed: (frame) => this.channels.handleUnsubscribed(frame),
         refresh: (token) => this.requests.request({ op: 'refresh', token }).then((frame) => frame as AckFrame),
         reply: (frame) => this.requests.handleReply(frame),
@@ -272,6 +275,36 @@ export class ShardcastClient {
       const { channel: name, offset, epoch, publications, complete } = frame as HistoryFrame;
       return { channel: name, offset, epoch, publications, complete };
     });
+  }
+
+  /**
+   * Reads who is on a channel whose namespace has presence (PROTOCOL.md 21): its
+   * members (users, each once however many connections it has, with their token's
+   * `info`; at most the namespace's `presence_max` of them) and their exact count.
+   * The connection need not be subscribed; the permission is a subscribe's. To
+   * follow the changes, subscribe and listen to the `join` and `leave` events.
+   *
+   * Rejects with {@link PermissionDeniedError} for a channel this connection may not
+   * subscribe to, a {@link ServerError} with code `bad_channel` for a channel whose
+   * namespace has no presence, one with code `unknown_op` from a gateway older than
+   * presence, {@link NotConnectedError} while disconnected.
+   */
+  presence(channel: string): Promise<PresenceResult> {
+    const problem = validateChannel(channel, Infinity);
+    if (problem) return Promise.reject(new InvalidChannelError(channel, problem));
+    return this.requests.request({ op: 'presence', channel }).then(
+      (frame) => {
+        const { channel: name, count, members } = frame as PresenceFrame;
+        return { channel: name, count, members };
+      },
+      (error: unknown) => {
+        if (error instanceof ServerError && error.code === 'unknown_op') {
+          // The gateway's own message only names the op; say what it means.
+          throw new ServerError('unknown_op', 'this gateway predates presence (PROTOCOL.md 21)', error.requestId, channel);
+        }
+        throw error;
+      },
+    );
   }
 
   /** Sends an application ping and resolves with the round-trip time in milliseconds. */

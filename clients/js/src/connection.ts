@@ -19,6 +19,8 @@ import {
   type AckFrame,
   type ClientFrame,
   type GapFrame,
+  type JoinFrame,
+  type LeaveFrame,
   type MessageFrame,
   type ReplyFrame,
   type ServerFrame,
@@ -72,11 +74,13 @@ export interface ConnectionHooks {
   message(frame: MessageFrame): void;
   /** Publications of a channel may have been missed on this connection. */
   gap(frame: GapFrame): void;
+  /** A user joined or left a channel with presence (PROTOCOL.md 21). */
+  presenceChange(frame: JoinFrame | LeaveFrame): void;
   /** The gateway ended a subscription. */
   unsubscribed(frame: UnsubscribedFrame): void;
   /** Sends a `refresh` with a new connection token on the current socket; resolves with its ack. */
   refresh(token: string): Promise<AckFrame>;
-  /** An ack, pong, history or error arrived. */
+  /** An ack, pong, history, presence or error arrived. */
   reply(frame: ReplyFrame): void;
   /** `session` is gone: the requests sent on it are settled with `error`. */
   lost(session: SocketSession, error: ShardcastError): void;
@@ -299,7 +303,7 @@ export class Connection {
         return;
       case 'join':
       case 'leave':
-        // Presence changes (PROTOCOL.md 21) have no API in this client yet.
+        this.hooks.presenceChange(frame);
         return;
       case 'gap':
         this.hooks.gap(frame);

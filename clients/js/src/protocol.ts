@@ -119,8 +119,8 @@ export interface HistoryRequestFrame {
 }
 
 /**
- * Reads a channel's presence; answered by a `presence` frame (PROTOCOL.md 21,
- * specified; a gateway that does not serve it answers `unknown_op`).
+ * Reads a channel's presence; answered by a `presence` frame (PROTOCOL.md 21; a
+ * gateway older than presence answers `unknown_op`).
  */
 export interface PresenceRequestFrame {
   op: 'presence';
@@ -301,9 +301,9 @@ export interface UnsubscribedFrame {
   message: string;
 }
 
-/** A frame the gateway sends. */
 /** One member of a channel's presence: a user, however many connections it has (PROTOCOL.md 21). */
 export interface PresenceMember {
+  /** The user id (its token's `sub`). */
   user: string;
   /** What its connection's token says of it (the `info` claim), or null. */
   info: unknown;
@@ -335,6 +335,7 @@ export interface LeaveFrame {
   user: string;
 }
 
+/** A frame the gateway sends. */
 export type ServerFrame =
   | WelcomeFrame
   | AckFrame

@@ -16,7 +16,9 @@ import {
 import { utf8Length, type AckFrame, type ClientFrame, type ReplyFrame, type ServerFrame, type SubscribeFrame } from './protocol';
 
 /** The requests sent with {@link RequestTable.request}: those with a reply and a timeout. */
-export type TimedRequest = ClientFrame & { op: 'publish' | 'unsubscribe' | 'ping' | 'refresh' | 'sub_refresh' | 'history' };
+export type TimedRequest = ClientFrame & {
+  op: 'publish' | 'unsubscribe' | 'ping' | 'refresh' | 'sub_refresh' | 'history' | 'presence';
+};
 
 /** A request waiting for its ack, error or pong. */
 interface PendingRequest {
@@ -60,7 +62,7 @@ export class RequestTable {
     return id;
   }
 
-  /** Sends a request that has a reply and a timeout (publish, unsubscribe, ping, refresh, sub_refresh, history). */
+  /** Sends a request that has a reply and a timeout (publish, unsubscribe, ping, refresh, sub_refresh, history, presence). */
   request(frame: TimedRequest): Promise<ServerFrame> {
     const session = this.connection.session;
     if (!session || !this.connection.isConnected()) {
@@ -116,7 +118,7 @@ export class RequestTable {
     this.connection.send(session, { ...request, op: 'subscribe', id });
   }
 
-  /** Settles the request an ack, pong, history or error answers. */
+  /** Settles the request an ack, pong, history, presence or error answers. */
   handleReply(frame: ReplyFrame): void {
     if (frame.id === undefined) {
       if (frame.type === 'error') this.reportError(serverError(frame.code, frame.message));

@@ -7,8 +7,9 @@
  * connection (with `recover` from the last position delivered, on a channel with
  * history), subscriptions the gateway ends (`unsubscribed`), delivering
  * publications to the handlers once each and in order, and telling them when a
- * channel's stream could not be kept whole (`stale`). Behaviour follows
- * proto/PROTOCOL.md, sections 6, 7.6, 7.7, 12, 18.4 and 19.3-19.7.
+ * channel's stream could not be kept whole (`stale`), and who joins and leaves a
+ * channel with presence (`join`, `leave`). Behaviour follows proto/PROTOCOL.md,
+ * sections 6, 7.6, 7.7, 12, 18.4, 19.3-19.7 and 21.
  */
 
 import { backoffDelay, type ReconnectOptions } from './backoff';
@@ -30,6 +31,8 @@ import {
   type AckFrame,
   type GapFrame,
   type GapReason,
+  type JoinFrame,
+  type LeaveFrame,
   type MessageFrame,
   type StreamPosition,
   type UnsubscribedFrame,
@@ -218,6 +221,26 @@ export class ChannelTable {
     this.events.emit('gap', reason === undefined ? { channel } : { channel, reason });
     const entry = this.channels.get(channel);
     if (entry) this.reportStale(entry, { channel, reason: reason ?? 'unknown', source: 'gap' });
+  }
+
+  /**
+   * A `join` or `leave` frame (PROTOCOL.md 21): the event on the channel's
+   * subscriptions, then on the client. Like a publication, it can race an
+   * unsubscribe, and then nobody wants it.
+   */
+  handlePresenceChange(frame: JoinFrame | LeaveFrame): void {
+    const entry = this.channels.get(frame.channel);
+    if (!entry) return;
+    const emitters = Array.from(entry.handlers.values());
+    if (frame.type === 'join') {
+      const event = { channel: frame.channel, user: frame.user, info: frame.info };
+      for (const emitter of emitters) emitter.emit('join', event);
+      this.events.emit('join', event);
+    } else {
+      const event = { channel: frame.channel, user: frame.user };
+      for (const emitter of emitters) emitter.emit('leave', event);
+      this.events.emit('leave', event);
+    }
   }
 
   /**

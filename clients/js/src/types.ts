@@ -7,7 +7,15 @@
 import type { ReconnectOptions } from './backoff';
 import type { Unsubscribe } from './emitter';
 import type { ShardcastError } from './errors';
-import type { Encoding, GapReason, HistoryPublication, StreamPosition, UnsubscribeCode, WelcomeFrame } from './protocol';
+import type {
+  Encoding,
+  GapReason,
+  HistoryPublication,
+  PresenceMember,
+  StreamPosition,
+  UnsubscribeCode,
+  WelcomeFrame,
+} from './protocol';
 import type { WebSocketConstructor } from './transport';
 
 /** Where the client is in its life. */
@@ -85,7 +93,7 @@ export interface ClientOptions {
   heartbeat?: false | HeartbeatOptions;
   /** How long opening a socket may take until the welcome arrives, in milliseconds (default 10 000). */
   connectTimeoutMs?: number;
-  /** How long `publish`, `unsubscribe` and `ping` wait for their reply, in milliseconds (default 10 000). */
+  /** How long `publish`, `unsubscribe`, `history`, `presence` and `ping` wait for their reply, in milliseconds (default 10 000). */
   requestTimeoutMs?: number;
   /**
    * The gateway's maximum message size in bytes (default 65 536, the gateway's
@@ -190,6 +198,37 @@ export interface HistoryResult {
   complete: boolean;
 }
 
+/** A channel's members, as the gateway's `presence` frame gives them (PROTOCOL.md 21). */
+export interface PresenceResult {
+  /** The channel. */
+  channel: string;
+  /** How many members it has: exact up to 10 000 (a larger channel reports 10 000), however many `members` lists. */
+  count: number;
+  /** Its members (users, each once however many connections it has), at most the namespace's `presence_max`, in no particular order. */
+  members: PresenceMember[];
+}
+
+/**
+ * A user became a member of a subscribed channel with presence: its first
+ * connection subscribed (PROTOCOL.md 21). Once per change, cluster-wide.
+ */
+export interface JoinEvent {
+  /** The channel. */
+  channel: string;
+  /** The user id (its token's `sub`). */
+  user: string;
+  /** What the user's token says of it (the `info` claim), or null. */
+  info: unknown;
+}
+
+/** A user stopped being a member of a subscribed channel with presence: its last connection left (PROTOCOL.md 21). */
+export interface LeaveEvent {
+  /** The channel. */
+  channel: string;
+  /** The user id. */
+  user: string;
+}
+
 /** Called with every publication on a subscribed channel. */
 export type MessageHandler<T = unknown> = (data: T, message: ReceivedMessage<T>) => void;
 
@@ -228,6 +267,14 @@ export interface ClientEvents {
   stale: StaleEvent;
   /** The gateway ended a channel's subscription (its subscription token expired, or a permission was withdrawn). */
   unsubscribed: { channel: string; code: UnsubscribeCode; message: string };
+  /**
+   * A user joined a subscribed channel whose namespace has presence (PROTOCOL.md
+   * 21); this connection's own user included. Not recovered after a reconnect:
+   * read `presence()` again on the `subscribed` event that follows it.
+   */
+  join: JoinEvent;
+  /** A user left a subscribed channel with presence (its last connection went); see `join`. */
+  leave: LeaveEvent;
   /** The connection token was refreshed without reconnecting; `expiresAt` is its new expiry (Unix seconds). */
   refreshed: { expiresAt: number | undefined };
   /** Something went wrong that no promise reports: a refused re-subscribe, a bad frame, a throwing handler. */
@@ -249,6 +296,10 @@ export interface SubscriptionEvents {
   unsubscribed: { code: UnsubscribeCode; message: string };
   /** Publications of the channel may have been missed and could not be recovered; see `ClientEvents.stale`. */
   stale: StaleEvent;
+  /** A user joined the channel (presence, PROTOCOL.md 21); see `ClientEvents.join`. */
+  join: JoinEvent;
+  /** A user left the channel; see `ClientEvents.leave`. */
+  leave: LeaveEvent;
   /**
    * Something failed for this channel: a refused re-subscribe (a
    * `PermissionDeniedError` or `UnauthorizedError`, after which the subscription is

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use shardcast_proto::{validate_channel, Encoding};
+use shardcast_proto::{validate_channel, Encoding, ErrorCode};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -18,6 +18,7 @@ use crate::driver::{Command, Config, Driver, HeartbeatTiming, Reply};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{ConnectionState, EventStream, Observers};
 use crate::history::{check_idempotency_key, History, HistoryOptions, Published, SubscribeOptions};
+use crate::presence::Presence;
 use crate::subscription::Subscription;
 use crate::token::{SubscriptionTokenProvider, TokenProvider};
 use crate::transport::{self, Welcome};
@@ -270,6 +271,15 @@ impl ClientBuilder {
     }
 }
 
+/// Refuses, before anything is sent, a channel name the protocol forbids. The length
+/// limit is the gateway's configuration, so only the charset is checked here.
+fn check_channel(channel: &str) -> Result<()> {
+    validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
+        channel: channel.to_owned(),
+        source,
+    })
+}
+
 /// Ids of subscriptions, unique in the process, so that an unsubscribe names exactly one.
 static NEXT_SUBSCRIPTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -348,11 +358,7 @@ impl Client {
     /// latest publication at once (a state channel, PROTOCOL.md 19.3).
     pub async fn subscribe_with(&self, channel: impl Into<String>, options: SubscribeOptions) -> Result<Subscription> {
         let channel = channel.into();
-        // The length limit is the gateway's configuration, so only the charset is checked here.
-        validate_channel(&channel, usize::MAX).map_err(|source| Error::InvalidChannel {
-            channel: channel.clone(),
-            source,
-        })?;
+        check_channel(&channel)?;
         let id = NEXT_SUBSCRIPTION_ID.fetch_add(1, Ordering::Relaxed);
         let (messages, receiver) = mpsc::unbounded_channel();
         let (done, reply) = oneshot::channel();
@@ -412,10 +418,7 @@ impl Client {
         data: &T,
         idempotency_key: Option<String>,
     ) -> Result<Published> {
-        validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
-            channel: channel.to_owned(),
-            source,
-        })?;
+        check_channel(channel)?;
         let data = serde_json::to_value(data)?;
         let (done, reply) = oneshot::channel();
         self.command(Command::Publish {
@@ -430,8 +433,8 @@ impl Client {
                 offset: ack.offset.filter(|_| ack.epoch.is_some()),
                 epoch: ack.epoch.filter(|_| ack.offset.is_some()),
             }),
-            Reply::History(_) => Err(Error::Protocol(
-                "a publish was answered with a history frame".to_owned(),
+            Reply::History(_) | Reply::Presence(_) => Err(Error::Protocol(
+                "a publish was answered with a history or presence frame".to_owned(),
             )),
         }
     }
@@ -443,10 +446,7 @@ impl Client {
     /// `unknown_op` from a gateway before history), [`Error::NotConnected`] while
     /// disconnected.
     pub async fn history(&self, channel: &str, options: HistoryOptions) -> Result<History> {
-        validate_channel(channel, usize::MAX).map_err(|source| Error::InvalidChannel {
-            channel: channel.to_owned(),
-            source,
-        })?;
+        check_channel(channel)?;
         let (done, reply) = oneshot::channel();
         self.command(Command::History {
             channel: channel.to_owned(),
@@ -456,7 +456,57 @@ impl Client {
         })?;
         match self.reply("history", reply).await? {
             Reply::History(history) => Ok(history),
-            Reply::Ack(_) => Err(Error::Protocol("a history request was answered with an ack".to_owned())),
+            Reply::Ack(_) | Reply::Presence(_) => Err(Error::Protocol(
+                "a history request was answered with another reply".to_owned(),
+            )),
+        }
+    }
+
+    /// Reads who is on a channel whose namespace has presence (PROTOCOL.md 21): its
+    /// members (users, each once however many connections it has, with their token's
+    /// `info`; at most the namespace's `presence_max` of them) and their exact count.
+    /// The connection need not be subscribed; the permission is a subscribe's. To
+    /// follow the changes, subscribe and read [`ClientEvent::Join`](crate::ClientEvent::Join)
+    /// and [`ClientEvent::Leave`](crate::ClientEvent::Leave) from [`events`](Self::events).
+    ///
+    /// Fails with [`Error::PermissionDenied`] on a channel this connection may not
+    /// subscribe to, [`Error::Server`] with `bad_channel` on one whose namespace has
+    /// no presence (or `unknown_op` from a gateway older than presence),
+    /// [`Error::NotConnected`] while disconnected.
+    pub async fn presence(&self, channel: &str) -> Result<Presence> {
+        check_channel(channel)?;
+        let (done, reply) = oneshot::channel();
+        self.command(Command::Presence {
+            channel: channel.to_owned(),
+            done,
+        })?;
+        match self.reply("presence", reply).await {
+            Ok(Reply::Presence(presence)) => Ok(presence),
+            Ok(Reply::Ack(_) | Reply::History(_)) => Err(Error::Protocol(
+                "a presence request was answered with another reply".to_owned(),
+            )),
+            // The permission is a subscribe's (PROTOCOL.md 21), so is the refusal.
+            Err(Error::Server {
+                code: code @ ErrorCode::PermissionDenied,
+                message,
+                ..
+            }) => Err(Error::PermissionDenied {
+                channel: channel.to_owned(),
+                code,
+                message,
+            }),
+            // The gateway's own message only names the op; say what it means.
+            Err(Error::Server {
+                code: ErrorCode::UnknownOp,
+                channel,
+                ..
+            }) => Err(Error::Server {
+                op: "presence",
+                code: ErrorCode::UnknownOp,
+                message: "this gateway predates presence (PROTOCOL.md 21)".to_owned(),
+                channel,
+            }),
+            Err(error) => Err(error),
         }
     }
 

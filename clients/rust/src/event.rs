@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
+use serde_json::Value;
 use shardcast_proto::{Encoding, ErrorCode, GapReason, UnsubscribeCode};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
@@ -97,6 +98,28 @@ pub enum ClientEvent {
         /// What told the client.
         source: StaleSource,
     },
+    /// A user became a member of a subscribed channel whose namespace has presence
+    /// (PROTOCOL.md 21): its first connection subscribed. Once per change,
+    /// cluster-wide; this connection's own user included, though a join announced
+    /// before the subscribe was acknowledged is missed. Not recovered after a
+    /// reconnect: read [`Client::presence`](crate::Client::presence) again on the
+    /// [`ClientEvent::Subscribed`] that follows it.
+    Join {
+        /// The channel.
+        channel: String,
+        /// The user id (its token's `sub`).
+        user: String,
+        /// What the user's token says of it (the `info` claim), or null.
+        info: Value,
+    },
+    /// A user stopped being a member of a subscribed channel with presence: its
+    /// last connection left (PROTOCOL.md 21). See [`ClientEvent::Join`].
+    Leave {
+        /// The channel.
+        channel: String,
+        /// The user id.
+        user: String,
+    },
     /// A channel's subscription was acknowledged: the first time, or again after a reconnect.
     Subscribed {
         /// The channel.
@@ -177,8 +200,9 @@ pub enum StaleSource {
 
 /// Events of one client, as a [`Stream`]; created by
 /// [`Client::events`](crate::Client::events). Unbounded: events are rare, and a
-/// listener that never reads only holds a few small values. Ends after
-/// [`ClientEvent::Closed`].
+/// listener that never reads only holds a few small values (on channels with
+/// presence, a join and a leave per member that comes and goes: keep reading, or
+/// drop the stream). Ends after [`ClientEvent::Closed`].
 #[derive(Debug)]
 pub struct EventStream {
     receiver: mpsc::UnboundedReceiver<ClientEvent>,

@@ -14,6 +14,9 @@
 //!   order, through the same [`Subscription`]) and raises [`ClientEvent::Stale`]
 //!   when it cannot; [`Client::subscribe_with`] (`latest`), [`Client::history`] and
 //!   [`Client::publish_with_key`] (idempotent publishing).
+//! - Presence (PROTOCOL.md section 21): [`Client::presence`] lists a channel's
+//!   members, and [`ClientEvent::Join`] / [`ClientEvent::Leave`] tell who comes and
+//!   goes on the subscribed channels.
 //! - [`ClientEvent`] / [`ConnectionState`]: what happens to the connection.
 //! - [`AdminClient`]: the gateway's admin HTTP API (publish, stats, cluster view).
 //!
@@ -51,6 +54,7 @@ mod error;
 mod event;
 mod history;
 mod message;
+mod presence;
 mod subscription;
 mod token;
 mod transport;
@@ -62,8 +66,9 @@ pub use error::{BoxError, Error, Result};
 pub use event::{ClientEvent, ConnectionState, EventStream, StaleSource};
 pub use history::{History, HistoryOptions, Published, SubscribeOptions};
 pub use message::Message;
+pub use presence::Presence;
 pub use shardcast_proto as proto;
-pub use shardcast_proto::{Encoding, ErrorCode, GapReason, HistoryEntry, StreamPosition};
+pub use shardcast_proto::{Encoding, ErrorCode, GapReason, HistoryEntry, PresenceEntry, StreamPosition};
 pub use subscription::Subscription;
 pub use token::{SubscriptionTokenProvider, TokenFuture, TokenProvider};
 pub use transport::Welcome;
@@ -83,6 +88,7 @@ mod tests {
         check::<Error>();
         check::<AdminClient>();
         check::<ClientEvent>();
+        check::<Presence>();
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! and history and recovery (PROTOCOL.md 19.7): `recover` on every re-subscribe
 //! from the last position delivered, recovered publications once each and in
 //! order, duplicates and old offsets dropped, [`ClientEvent::Stale`] on
-//! `recovered: false` and on `gap`, `latest`, idempotent publishes and `history`.
+//! `recovered: false` and on `gap`, `latest`, idempotent publishes and `history`;
+//! and presence (PROTOCOL.md 21): `join` and `leave` as events for subscribed
+//! channels only, and `presence` answered `unknown_op` by an older gateway.
 
 mod common;
 
@@ -18,8 +20,8 @@ use common::{wait_event, within};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use shardcast_client::{
-    Client, ClientEvent, ConnectionState, Error, EventStream, GapReason, HistoryOptions, Published, ReconnectPolicy,
-    StaleSource, SubscribeOptions, Subscription,
+    Client, ClientEvent, ConnectionState, Error, ErrorCode, EventStream, GapReason, HistoryOptions, Published,
+    ReconnectPolicy, StaleSource, SubscribeOptions, Subscription,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -735,6 +737,75 @@ async fn idempotent_publish_history_and_their_typed_errors() {
         matches!(&refused, Err(Error::NoHistory { channel, .. }) if channel == "news"),
         "{refused:?}"
     );
+    drop(ws);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn presence_changes_of_subscribed_channels_and_an_older_gateways_presence() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (client, mut events, mut ws, _news, _) =
+        subscribed_to_news(&listener, SubscribeOptions::default(), json!({})).await;
+
+    // A channel the client does not want (a leave that raced its unsubscribe, say) is nobody's.
+    send(
+        &mut ws,
+        json!({"type": "join", "channel": "other", "user": "41", "info": null}),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!({"type": "join", "channel": "news", "user": "42", "info": {"name": "Ann"}}),
+    )
+    .await;
+    send(&mut ws, json!({"type": "leave", "channel": "news", "user": "42"})).await;
+    let joined = wait_event(&mut events, |e| matches!(e, ClientEvent::Join { .. })).await;
+    assert_eq!(
+        joined,
+        ClientEvent::Join {
+            channel: "news".to_owned(),
+            user: "42".to_owned(),
+            info: json!({"name": "Ann"}),
+        }
+    );
+    let left = wait_event(&mut events, |e| matches!(e, ClientEvent::Leave { .. })).await;
+    assert_eq!(
+        left,
+        ClientEvent::Leave {
+            channel: "news".to_owned(),
+            user: "42".to_owned(),
+        }
+    );
+
+    let reading = tokio::spawn({
+        let client = client.clone();
+        async move { client.presence("news").await }
+    });
+    let presence = recv_op(&mut ws, "presence").await;
+    assert_eq!(
+        presence,
+        json!({"op": "presence", "id": presence["id"], "channel": "news"})
+    );
+    send(
+        &mut ws,
+        json!({"type": "error", "id": presence["id"], "code": "unknown_op", "message": "unknown op `presence`"}),
+    )
+    .await;
+    let refused = within("presence", reading).await.expect("task");
+    match &refused {
+        Err(
+            error @ Error::Server {
+                op: "presence",
+                code: ErrorCode::UnknownOp,
+                channel: Some(channel),
+                ..
+            },
+        ) => {
+            assert_eq!(channel, "news");
+            assert!(error.to_string().contains("predates presence"), "{error}");
+        }
+        other => panic!("expected unknown_op, got {other:?}"),
+    }
     drop(ws);
     client.close().await;
 }

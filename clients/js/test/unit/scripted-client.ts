@@ -31,6 +31,8 @@ const RECORDED_EVENTS = [
   'refreshed',
   'gap',
   'stale',
+  'join',
+  'leave',
   'error',
 ] as const;
 

@@ -482,6 +482,12 @@ impl ChannelTable {
         }
     }
 
+    /// Whether the application wants `channel` (a `join` or `leave` can race an
+    /// unsubscribe, like a publication, and then nobody wants it).
+    pub(crate) fn wants(&self, channel: &str) -> bool {
+        self.entries.contains_key(channel)
+    }
+
     /// Fails every subscription still waiting with `error` and ends every stream.
     pub(crate) fn close_all(&mut self, error: &Error) {
         for (_, entry) in self.entries.drain() {

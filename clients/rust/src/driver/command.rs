@@ -50,6 +50,11 @@ pub(crate) enum Command {
         limit: Option<u64>,
         done: oneshot::Sender<Result<Reply>>,
     },
+    /// Read a channel's members.
+    Presence {
+        channel: String,
+        done: oneshot::Sender<Result<Reply>>,
+    },
     /// Close the connection and stop; `done` fires once stopped.
     Close {
         done: oneshot::Sender<()>,
@@ -64,7 +69,10 @@ impl Command {
             Command::Subscribe { done, .. } | Command::Unsubscribe { done: Some(done), .. } => {
                 let _ = done.send(Err(error.clone()));
             }
-            Command::Publish { done, .. } | Command::Ping { done } | Command::History { done, .. } => {
+            Command::Publish { done, .. }
+            | Command::Ping { done }
+            | Command::History { done, .. }
+            | Command::Presence { done, .. } => {
                 let _ = done.send(Err(error.clone()));
             }
             Command::Unsubscribe { done: None, .. } => {}

@@ -3,7 +3,7 @@
 //! reconnecting … → closed), the reconnect schedule, and the set of channels the
 //! application wants, which it subscribes again on every new connection. Handles
 //! talk to it only through [`Command`]s, so there is no lock around the socket.
-//! Behaviour follows proto/PROTOCOL.md, sections 5, 6, 10, 12, 18 and 19.
+//! Behaviour follows proto/PROTOCOL.md, sections 5, 6, 10, 12, 18, 19 and 21.
 //!
 //! The parts it drives live in the submodules, none of which knows the driver:
 //! `command` (what it is told), `channels` (the wanted channels), `requests`
@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::event::{ClientEvent, ConnectionState, Observers};
 use crate::history::History;
 use crate::message::Message;
+use crate::presence::Presence;
 use crate::transport::{self, AttemptFailure, Incoming, Opened, ABNORMAL_CLOSURE};
 
 pub(crate) struct Driver {
@@ -237,6 +238,10 @@ impl Driver {
                 let _ = done.send(Err(Error::NotConnected { op: "history" }));
                 false
             }
+            Some(Command::Presence { done, .. }) => {
+                let _ = done.send(Err(Error::NotConnected { op: "presence" }));
+                false
+            }
         }
     }
 
@@ -407,6 +412,19 @@ impl Driver {
                 };
                 connection.request(id, frame, pending).await;
             }
+            Command::Presence { channel, done } => {
+                let id = self.request_ids.take();
+                let frame = ClientFrame::Presence {
+                    id: Some(id),
+                    channel: channel.clone(),
+                };
+                let pending = Pending::Request {
+                    op: "presence",
+                    channel: Some(channel),
+                    done,
+                };
+                connection.request(id, frame, pending).await;
+            }
             Command::Ping { done } => {
                 let id = self.request_ids.take();
                 let pending = Pending::Request {
@@ -486,6 +504,29 @@ impl Driver {
                 };
                 self.on_reply(connection, id, Ok(Reply::History(history)));
             }
+            ServerFrame::Presence {
+                id,
+                channel,
+                count,
+                members,
+            } => {
+                let presence = Presence {
+                    channel,
+                    count,
+                    members,
+                };
+                self.on_reply(connection, id, Ok(Reply::Presence(presence)));
+            }
+            ServerFrame::Join { channel, user, info } => {
+                if self.channels.wants(&channel) {
+                    self.observers.emit(ClientEvent::Join { channel, user, info });
+                }
+            }
+            ServerFrame::Leave { channel, user } => {
+                if self.channels.wants(&channel) {
+                    self.observers.emit(ClientEvent::Leave { channel, user });
+                }
+            }
             ServerFrame::Error {
                 id: None,
                 code,
@@ -512,12 +553,7 @@ impl Driver {
                 self.channels.unsubscribed(&channel, code, message, &self.observers);
             }
             // A second welcome is unexpected but harmless; unknown frame types are ignored (section 2).
-            // Presence frames (PROTOCOL.md 21) have no API in this client yet.
-            ServerFrame::Welcome { .. }
-            | ServerFrame::Presence { .. }
-            | ServerFrame::Join { .. }
-            | ServerFrame::Leave { .. }
-            | ServerFrame::Unknown => {}
+            ServerFrame::Welcome { .. } | ServerFrame::Unknown => {}
         }
     }
 
@@ -530,7 +566,7 @@ impl Driver {
                 let result = result.map(|reply| match reply {
                     Reply::Ack(ack) => ack,
                     // Not an answer a subscribe gets; taken as a plain ack.
-                    Reply::History(_) => AckFields::default(),
+                    Reply::History(_) | Reply::Presence(_) => AckFields::default(),
                 });
                 let at = self
                     .channels

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::history::History;
+use crate::presence::Presence;
 
 /// The fields of an `ack` (all absent in a `pong`).
 #[derive(Debug, Default)]
@@ -39,6 +40,8 @@ pub(crate) enum Reply {
     Ack(AckFields),
     /// A `history` frame.
     History(History),
+    /// A `presence` frame.
+    Presence(Presence),
 }
 
 impl Reply {
@@ -46,7 +49,7 @@ impl Reply {
     pub(crate) fn expires_at(&self) -> Option<u64> {
         match self {
             Reply::Ack(ack) => ack.expires_at,
-            Reply::History(_) => None,
+            Reply::History(_) | Reply::Presence(_) => None,
         }
     }
 }
@@ -121,7 +124,7 @@ impl Pending {
         }
     }
 
-    /// Answers the caller of an unsubscribe, publish, ping or history with the
+    /// Answers the caller of an unsubscribe, publish, ping, history or presence with the
     /// gateway's reply. The replies to a subscribe and to the token refreshes belong
     /// to the driver, so they are not answered here.
     pub(crate) fn answer(self, result: Result<Reply, (ErrorCode, String)>) {
