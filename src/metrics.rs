@@ -186,7 +186,7 @@ impl Metrics {
             occupancy_dropped: IntCounter::with_opts(opts("occupancy_changes_dropped_total", "Channel occupancy changes the broker refused for 30 s, given up (their webhooks may be missing)."))?,
             pusher_refusals: counter_vec(
                 "pusher_refusals_total",
-                "Pusher WebSocket subscriptions and client events refused, by reason: signature, channel, client_event.",
+                "Pusher WebSocket subscriptions and client events refused, by reason: signature, channel, permission, client_event.",
                 &["reason"],
             )?,
             publish_unknown: IntCounter::with_opts(opts("publish_outcome_unknown_total", "Publishes whose broker did not answer within the publish timeout."))?,
@@ -378,7 +378,7 @@ impl Metrics {
         ] {
             self.auth_refusals.with_label_values(&[reason]);
         }
-        for reason in ["signature", "channel", "client_event"] {
+        for reason in ["signature", "channel", "permission", "client_event"] {
             self.pusher_refusals.with_label_values(&[reason]);
         }
         for result in ["ok", "error"] {

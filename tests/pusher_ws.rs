@@ -9,7 +9,8 @@
 //! sharing a redis-server too); Pusher's keep-alive and
 //! close codes; user sign-in and an operator's disconnect of the user; recovery
 //! as PROTOCOL.md 20.6's extension; and an idle Pusher
-//! socket's memory within 15% of a native one's.
+//! socket's memory within 15% of a native one's; and a public Pusher channel
+//! refused where the native channel rules restrict its shardcast channel.
 
 mod common;
 
@@ -542,4 +543,42 @@ async fn a_signed_in_pusher_socket_is_its_users() {
         Some(4009),
         "an operator's disconnect, Pusher's code"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_pusher_channel_cannot_reach_a_native_channel_the_rules_restrict() {
+    // No channel_prefix: the Pusher channel `team:7.chat` is the native one.
+    let path = pusher_app_config(
+        "ws-rules",
+        (APP_ID, KEY, SECRET),
+        "\n[namespaces.team]\nsubscribe = \"granted\"",
+    );
+    let gw = Gateway::start(&["--config", path.to_str().expect("utf-8")]);
+    let url = format!("ws://{}/app/{KEY}?protocol=7&client=test&version=1", gw.ws);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+    assert_eq!(next_text(&mut ws).await["event"], "pusher:connection_established");
+    for channel in ["team:7.chat", "news"] {
+        let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+        ws.send(Message::text(subscribe.to_string())).await.expect("send");
+    }
+    let refused = next_text(&mut ws).await;
+    assert_eq!(
+        (refused["event"].clone(), refused["data"]["code"].clone()),
+        (json!("pusher:error"), json!(4009)),
+        "{refused}"
+    );
+    let error = next_text(&mut ws).await;
+    assert_eq!(
+        (error["event"].clone(), error["channel"].clone()),
+        (json!("pusher:subscription_error"), json!("team:7.chat")),
+        "{error}"
+    );
+    let ok = next_text(&mut ws).await;
+    assert_eq!(
+        (ok["event"].clone(), ok["channel"].clone()),
+        (json!("pusher_internal:subscription_succeeded"), json!("news")),
+        "{ok}"
+    );
+    gw.wait_metric("shardcast_pusher_refusals_total{reason=\"permission\"}", |v| v == 1.0)
+        .await;
 }

@@ -20,6 +20,7 @@ use super::connection::{Connection, ConnectionFlags, Phase, Sent};
 use super::cork::Cork;
 use super::recovery::{HistoryRequest, Recovery};
 use super::{answer_when_live, Shard, ShardEnv, ShardState};
+use crate::auth::{Refusal, ANONYMOUS};
 use crate::broker::{PresenceChange, PresenceMember};
 use crate::fanout::publication::{Publication, PusherFrame};
 use crate::fanout::router::Source;
@@ -282,11 +283,21 @@ impl Shard<'_> {
             // would otherwise walk around.
             return self.pusher_refuse(key, channel, "channel", "invalid channel name: `#` is reserved");
         }
-        let Some(conn_id) = self.st.conns.get(key).map(|c| c.id) else {
+        let Some(conn) = self.st.conns.get(key) else {
             return;
         };
+        let conn_id = conn.id;
         match kind_of(channel) {
-            ChannelKind::Public => {}
+            ChannelKind::Public => {
+                // Nobody's backend vouches for a public channel, so it is only as
+                // open as the native rules leave its shardcast channel: with an
+                // empty channel_prefix, `team:7.chat` is a native channel that may
+                // need a grant (PROTOCOL.md 20.2).
+                let who = conn.auth.as_ref().map_or(&ANONYMOUS, |a| &a.identity);
+                if let Err(Refusal(why)) = env.auth.rules().may_subscribe(who, &name, false) {
+                    return self.pusher_refuse(key, channel, "permission", why);
+                }
+            }
             ChannelKind::Private => {
                 let socket_id = env.pusher_socket_id(conn_id);
                 let signed = auth.is_some_and(|auth| verify_channel_auth(&app, &socket_id, channel, None, auth));
