@@ -73,6 +73,10 @@ pub struct PresenceArgs {
     /// Most seconds to wait after a phase for the observers' last events.
     #[arg(long, default_value_t = 5.0)]
     pub settle_seconds: f64,
+    /// Seconds of idle CPU measured before the phases (every client connected),
+    /// subtracted for the per-operation cost above idle (0 skips it).
+    #[arg(long, default_value_t = 2.0)]
+    pub idle_seconds: f64,
 }
 
 /// `<key>:<HMAC-SHA256(secret, "<socket_id>:<channel>[:<channel_data>]")>` in
@@ -426,6 +430,14 @@ fn exactly_once(
     out
 }
 
+/// CPU seconds per second the gateways and Redis spend with every client
+/// connected and nothing happening (heartbeats, timers).
+#[derive(Default, Clone, Copy)]
+struct IdleCpu {
+    gateways: f64,
+    redis: f64,
+}
+
 /// CPU readings at the start of a phase.
 struct CpuMark {
     at: Instant,
@@ -446,10 +458,26 @@ impl CpuMark {
         }
     }
 
-    /// Records the CPU figures since the mark, per operation for `ops`; the cores'
-    /// utilisation is over the `busy` seconds of the window (the churn and the
-    /// wait for its last events, not the idle grace after them).
-    fn finish(&self, server: &ServerUnderTest, harness: &Harness, ops: f64, busy: f64, rec: &mut ScenarioRecord) {
+    /// The gateways' and Redis's CPU seconds per second since the mark.
+    fn idle(&self, server: &ServerUnderTest) -> IdleCpu {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        IdleCpu {
+            gateways: (server.sample().cpu_seconds - self.gateways) / wall,
+            redis: (server.sample_redis().cpu_seconds - self.redis) / wall,
+        }
+    }
+
+    /// Records the CPU figures since the mark, per operation for `ops`, also above
+    /// `idle`; the cores' utilisation is over the `busy` seconds of the window (the
+    /// churn and the wait for its last events, not the idle grace after them).
+    fn finish(
+        &self,
+        server: &ServerUnderTest,
+        harness: &Harness,
+        (ops, busy): (f64, f64),
+        idle: IdleCpu,
+        rec: &mut ScenarioRecord,
+    ) {
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
         let busy = busy.clamp(1e-9, wall);
         let g = server.sample().cpu_seconds - self.gateways;
@@ -465,6 +493,10 @@ impl CpuMark {
         rec.set("redis_cpu_us_per_op", per_op(r));
         rec.set("stack_cpu_us_per_op", per_op(g + r));
         rec.set("ops_per_stack_cpu_second", ops / (g + r).max(1e-9));
+        rec.set("idle_gateway_cpu_util", idle.gateways);
+        rec.set("idle_redis_cpu_util", idle.redis);
+        rec.set("gateway_cpu_us_per_op_above_idle", per_op(g - idle.gateways * wall));
+        rec.set("redis_cpu_us_per_op_above_idle", per_op(r - idle.redis * wall));
         rec.set(
             "server_cpu_util",
             (g + r) / busy / harness.servers.cpus.len().max(1) as f64,
@@ -627,6 +659,18 @@ impl Harness {
         args: &PresenceArgs,
     ) -> Result<Vec<ScenarioRecord>, BenchError> {
         let mut run = PresenceRun::connect(server, args).await?;
+        let mut idle = IdleCpu::default();
+        if args.idle_seconds > 0.0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mark = CpuMark::now(server);
+            tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds)).await;
+            idle = mark.idle(server);
+            eprintln!(
+                "[presence idle] gateways {:.1}%, Redis {:.1}% of a core",
+                idle.gateways * 100.0,
+                idle.redis * 100.0
+            );
+        }
         let mut phases: Vec<(Option<f64>, f64)> = args
             .rates
             .iter()
@@ -639,7 +683,7 @@ impl Harness {
         let mut records = Vec::new();
         for (index, (rate, seconds)) in phases.into_iter().enumerate() {
             let rec = self
-                .presence_phase(server, args, &mut run, index as u32, rate, seconds)
+                .presence_phase(server, args, &mut run, idle, (index as u32, rate, seconds))
                 .await?;
             records.push(rec);
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -648,16 +692,15 @@ impl Harness {
         Ok(records)
     }
 
-    /// One phase: churn at `rate` (none: max) for `seconds`, wait for the
+    /// Phase `index`: churn at `rate` (none: max) for `seconds`, wait for the
     /// observers, measure.
     async fn presence_phase(
         &self,
         server: &ServerUnderTest,
         args: &PresenceArgs,
         run: &mut PresenceRun,
-        index: u32,
-        rate: Option<f64>,
-        seconds: f64,
+        idle: IdleCpu,
+        (index, rate, seconds): (u32, Option<f64>, f64),
     ) -> Result<ScenarioRecord, BenchError> {
         let phase_name = rate.map_or("max".to_owned(), |r| format!("{r:.0}/s"));
         eprintln!(
@@ -734,7 +777,7 @@ impl Harness {
 
         let ops = 2.0 * acked.len() as f64;
         let mut rec = ScenarioRecord::new("presence", ServerKind::Shardcast, args.channels, &phase_name);
-        cpu.finish(server, self, ops, active + settle, &mut rec);
+        cpu.finish(server, self, (ops, active + settle), idle, &mut rec);
         if let Some(r) = rate {
             rec.set("offered_ops_per_second", r);
         }
@@ -803,7 +846,7 @@ fn presence_line(r: &ScenarioRecord) -> String {
     format!(
         "presence {} channels {}: {:.0} joins+leaves/s, exactly once {:.4} (missing {:.0}, duplicated {:.0}), \
          member_added across instances p50 {:.2} p99 {:.2} ms, join ack p50 {:.2} p99 {:.2} ms, \
-         {:.1} µs gateway + {:.1} µs Redis CPU per op [{}]",
+         {:.1} µs gateway + {:.1} µs Redis CPU per op ({:.1} + {:.1} above idle) [{}]",
         r.size,
         r.phase,
         f("ops_per_second"),
@@ -816,6 +859,8 @@ fn presence_line(r: &ScenarioRecord) -> String {
         f("join_ack_p99_ms"),
         f("gateway_cpu_us_per_op"),
         f("redis_cpu_us_per_op"),
+        f("gateway_cpu_us_per_op_above_idle"),
+        f("redis_cpu_us_per_op_above_idle"),
         r.limited_by
     )
 }
@@ -830,11 +875,15 @@ pub fn presence_table(records: &[ScenarioRecord]) -> String {
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     let mut out = String::from(
-        "| channels | instances | offered joins+leaves/s | achieved/s | exactly once | missing | duplicated | member_added across instances p50 / p99 ms | join ack p50 / p99 ms | gateway CPU µs / op | Redis CPU µs / op | ops per stack CPU-s | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| channels | instances | offered joins+leaves/s | achieved/s | exactly once | missing | duplicated | member_added across instances p50 / p99 ms | join ack p50 / p99 ms | gateway CPU µs / op (above idle) | Redis CPU µs / op (above idle) | ops per stack CPU-s | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in sorted {
         let l = r.latency.unwrap_or_default();
         let fig = |k: &str, digits: usize| crate::report::fig(r, k, digits);
+        let with_above_idle = |k: &str| match r.get(&format!("{k}_above_idle")) {
+            Some(v) => format!("{} ({v:.1})", fig(k, 1)),
+            None => fig(k, 1),
+        };
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} | {} / {} | {} | {} | {} | {} |",
@@ -851,8 +900,8 @@ pub fn presence_table(records: &[ScenarioRecord]) -> String {
             l.p99_ms,
             fig("join_ack_p50_ms", 2),
             fig("join_ack_p99_ms", 2),
-            fig("gateway_cpu_us_per_op", 1),
-            fig("redis_cpu_us_per_op", 1),
+            with_above_idle("gateway_cpu_us_per_op"),
+            with_above_idle("redis_cpu_us_per_op"),
             fig("ops_per_stack_cpu_second", 0),
             r.limited_by
         );
