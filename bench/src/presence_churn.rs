@@ -875,13 +875,13 @@ pub fn presence_table(records: &[ScenarioRecord]) -> String {
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     let mut out = String::from(
-        "| channels | instances | offered joins+leaves/s | achieved/s | exactly once | missing | duplicated | member_added across instances p50 / p99 ms | join ack p50 / p99 ms | gateway CPU µs / op (above idle) | Redis CPU µs / op (above idle) | ops per stack CPU-s | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| channels | instances | offered joins+leaves/s | achieved/s | exactly once | missing | duplicated | member_added across instances p50 / p99 ms | join ack p50 / p99 ms | gateway CPU µs / op, above idle | Redis CPU µs / op, above idle | ops per stack CPU-s | limited by |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in sorted {
         let l = r.latency.unwrap_or_default();
         let fig = |k: &str, digits: usize| crate::report::fig(r, k, digits);
         let with_above_idle = |k: &str| match r.get(&format!("{k}_above_idle")) {
-            Some(v) => format!("{} ({v:.1})", fig(k, 1)),
+            Some(v) => format!("{}, {v:.1} above idle", fig(k, 1)),
             None => fig(k, 1),
         };
         let _ = writeln!(
