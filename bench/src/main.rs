@@ -15,6 +15,7 @@ mod http_client;
 mod latency;
 mod loadgen;
 mod permessage_deflate;
+mod presence_churn;
 mod proc_stats;
 mod publisher;
 mod record;
@@ -147,6 +148,15 @@ enum Command {
         common: CommonArgs,
         #[command(flatten)]
         history: history::HistoryArgs,
+    },
+    /// Presence churn (shardcast only, through Redis): Pusher members joining and
+    /// leaving presence channels at fixed rates, then at max rate, with observer
+    /// members on every instance checking each join and leave arrives exactly once.
+    Presence {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        presence: presence_churn::PresenceArgs,
     },
     /// Rewrites summary.md and the SVG charts from the results files in a directory.
     Report {
@@ -372,6 +382,7 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
         Command::Storm { common, .. } => ("storm", common),
         Command::AuthConnect { common, .. } => ("auth_connect", common),
         Command::History { common, .. } => ("history", common),
+        Command::Presence { common, .. } => ("presence", common),
         _ => return Err(BenchError::Options("not a scenario".into())),
     };
     let harness = common.harness()?;
@@ -438,6 +449,7 @@ fn run_scenario(command: Command) -> Result<(), BenchError> {
                     .await
             }
             Command::History { history, .. } => harness.history(history).await,
+            Command::Presence { presence, .. } => harness.presence(presence).await,
             _ => Outcome::default(),
         }
     });

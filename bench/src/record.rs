@@ -14,13 +14,13 @@ use crate::servers::ServerKind;
 /// One server's figures for one scenario, size and phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioRecord {
-    /// `idle`, `fanout`, `channels`, `storm`, `auth_connect`, `auth_fanout`, or one of
-    /// the history scenario's `history_publish`, `history_memory`, `history_storm`.
+    /// `idle`, `fanout`, `channels`, `storm`, `auth_connect`, `auth_fanout`, `presence`,
+    /// or one of the history scenario's `history_publish`, `history_memory`, `history_storm`.
     pub scenario: String,
     /// Server measured.
     pub target: ServerKind,
     /// Connections (idle, storm, channels, history_storm), subscribers of the channel
-    /// (fanout), or channels (history_publish, history_memory).
+    /// (fanout), or channels (history_publish, history_memory, presence).
     pub size: usize,
     /// `connect`, `fixed`, `max` or `storm`; for the auth scenario the token scheme
     /// (`none`, `hs256`, `rs256`), after the publishing phase for `auth_fanout`; for the

@@ -21,7 +21,7 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 
 /// A figure as the median with its min-max over repeated runs, when the record
 /// merges several ("119.0k (112.3k–121.9k)"), else the figure alone.
-fn fig(r: &ScenarioRecord, name: &str, digits: usize) -> String {
+pub(crate) fn fig(r: &ScenarioRecord, name: &str, digits: usize) -> String {
     match r.range(name) {
         Some((lo, hi)) if r.get("runs").unwrap_or(1.0) > 1.0 => format!(
             "{} ({}–{})",
@@ -418,6 +418,7 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
             "compression" => compression_table(&records),
             "auth_connect" | "auth_fanout" => auth_tables(&records),
             "history_publish" | "history_memory" | "history_storm" => crate::history::history_tables(&records),
+            "presence" => crate::presence_churn::presence_table(&records),
             _ => publish_table(&records),
         });
         md.push('\n');

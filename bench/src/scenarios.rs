@@ -1044,6 +1044,8 @@ pub(crate) enum Pace {
     Reconnects,
     /// Paced connects at this total rate per second (0: unpaced).
     Connects(f64),
+    /// Presence churners joining as fast as their join round trips allow.
+    Churn,
 }
 
 /// What limited a publishing or storm figure, judged from CPU use in the window.
@@ -1067,6 +1069,7 @@ pub(crate) fn judge_limit(rec: &ScenarioRecord, pace: Pace) -> String {
                 &pacing
             }
             Pace::Connects(_) => "handshake round trips and upgrades in flight",
+            Pace::Churn => "the churners' join round trips (one membership each at a time)",
         };
         format!(
             "{pace} (no core saturated: server {}, loadgen {})",
