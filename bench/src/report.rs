@@ -275,11 +275,13 @@ fn auth_tables(records: &[ScenarioRecord]) -> String {
 }
 
 /// Every server, in chart order.
-const ALL_SERVERS: [ServerKind; 4] = [
+const ALL_SERVERS: [ServerKind; 6] = [
     ServerKind::Shardcast,
+    ServerKind::ShardcastPusher,
     ServerKind::Floor,
     ServerKind::Node,
     ServerKind::SocketIo,
+    ServerKind::Sockudo,
 ];
 
 /// Charts compare single-process servers; multi-gateway runs stay in the tables.
@@ -293,6 +295,8 @@ fn color(t: ServerKind) -> &'static str {
         ServerKind::Floor => "#2ca02c",
         ServerKind::Node => "#d62728",
         ServerKind::SocketIo => "#9467bd",
+        ServerKind::ShardcastPusher => "#17becf",
+        ServerKind::Sockudo => "#ff7f0e",
     }
 }
 
