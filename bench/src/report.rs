@@ -395,6 +395,17 @@ fn rss_chart(records: &[ScenarioRecord]) -> LineChart {
     }
 }
 
+/// The first record of each scenario, server, size and phase: a file that runs a
+/// server again beside others (fanout-pusher's shardcast, fanout-msgpack) charts
+/// once, from the file read first (`fanout.json` before `fanout-*.json`).
+fn first_of_each(records: Vec<ScenarioRecord>) -> Vec<ScenarioRecord> {
+    let mut seen = std::collections::BTreeSet::new();
+    records
+        .into_iter()
+        .filter(|r| seen.insert((r.scenario.clone(), r.target, r.size, r.phase.clone())))
+        .collect()
+}
+
 /// Writes `summary.md` and the charts for every results file in `dir`.
 pub fn write_report(dir: &Path) -> Result<(), BenchError> {
     let files = ResultsFile::read_all(dir)?;
@@ -434,6 +445,7 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
         all.extend(records);
     }
     std::fs::write(dir.join("summary.md"), md).context(|| format!("write {}/summary.md", dir.display()))?;
+    let all = first_of_each(all);
     let charts = [
         ("latency-vs-subscribers.svg", latency_chart(&all)),
         ("throughput-vs-subscribers.svg", throughput_chart(&all)),
