@@ -258,6 +258,17 @@ fn find_binary(binary: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Kills a server that failed to start; the error names `why` and its last log lines.
+fn launch_failure(mut child: Child, tail: &LogTail, what: &str, why: &str) -> BenchError {
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+    BenchError::Launch {
+        what: what.into(),
+        message: format!("{why}; last log lines: {}", lines.join(" | ")),
+    }
+}
+
 /// The config file of the `shardcast-pusher` target: the bench app (PROTOCOL.md 20).
 fn shardcast_pusher_config() -> String {
     let app = PusherApp::bench();
@@ -506,13 +517,52 @@ impl ServerUnderTest {
 
     /// Spawns a server that announces nothing and waits until `GET /up` on `addr`
     /// answers 200 (Sockudo's health endpoint).
-    fn spawn_and_poll(
+    fn spawn_and_poll(&mut self, cmd: Command, what: &str, cpus: &[usize], addr: SocketAddr) -> Result<(), BenchError> {
+        let (mut child, tail) = self.spawn_logged(cmd, what, cpus, None)?;
+        let ready = wait_http_ok(addr, "/up", what, Duration::from_secs(20), || {
+            matches!(child.try_wait(), Ok(None))
+        });
+        if let Err(e) = ready {
+            return Err(launch_failure(child, &tail, what, &e.to_string()));
+        }
+        self.processes.push(child);
+        Ok(())
+    }
+
+    /// Spawns one of our servers and waits for its `"listening"` line: (ws, admin).
+    fn spawn_and_wait(
+        &mut self,
+        cmd: Command,
+        what: &str,
+        cpus: &[usize],
+    ) -> Result<(SocketAddr, SocketAddr), BenchError> {
+        let (tx, rx) = mpsc::channel();
+        let (child, tail) = self.spawn_logged(cmd, what, cpus, Some(tx))?;
+        let (ws, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addrs) => addrs,
+            Err(_) => return Err(launch_failure(child, &tail, what, "no \"listening\" line within 20 s")),
+        };
+        let (Ok(ws), Ok(admin)) = (ws.parse(), admin.parse()) else {
+            return Err(launch_failure(
+                child,
+                &tail,
+                what,
+                &format!("bad addresses {ws:?} {admin:?}"),
+            ));
+        };
+        self.processes.push(child);
+        Ok((ws, admin))
+    }
+
+    /// Spawns `cmd` pinned to `cpus`, its output kept in a log tail of this server
+    /// (stderr's `"listening"` line sent to `listening`).
+    fn spawn_logged(
         &mut self,
         mut cmd: Command,
         what: &str,
         cpus: &[usize],
-        addr: SocketAddr,
-    ) -> Result<(), BenchError> {
+        listening: Option<mpsc::Sender<(String, String)>>,
+    ) -> Result<(Child, LogTail), BenchError> {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cpu_pinning::pin_command(&mut cmd, cpus);
         let mut child = cmd.spawn().map_err(|e| BenchError::Launch {
@@ -524,61 +574,10 @@ impl ServerUnderTest {
             drain_log(out, tail.clone(), None);
         }
         if let Some(err) = child.stderr.take() {
-            drain_log(err, tail.clone(), None);
+            drain_log(err, tail.clone(), listening);
         }
         self.logs.push(tail.clone());
-        let ready = wait_http_ok(addr, "/up", what, Duration::from_secs(20), || {
-            matches!(child.try_wait(), Ok(None))
-        });
-        if let Err(e) = ready {
-            let _ = child.kill();
-            let _ = child.wait();
-            let lines: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-            return Err(BenchError::Launch {
-                what: what.into(),
-                message: format!("{e}; last log lines: {}", lines.join(" | ")),
-            });
-        }
-        self.processes.push(child);
-        Ok(())
-    }
-
-    fn spawn_and_wait(
-        &mut self,
-        mut cmd: Command,
-        what: &str,
-        cpus: &[usize],
-    ) -> Result<(SocketAddr, SocketAddr), BenchError> {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        cpu_pinning::pin_command(&mut cmd, cpus);
-        let mut child = cmd.spawn().map_err(|e| BenchError::Launch {
-            what: what.into(),
-            message: e.to_string(),
-        })?;
-        let tail: LogTail = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, rx) = mpsc::channel();
-        if let Some(stderr) = child.stderr.take() {
-            drain_log(stderr, tail.clone(), Some(tx));
-        }
-        self.logs.push(tail.clone());
-        let fail = |child: &mut Child, why: &str| {
-            let _ = child.kill();
-            let _ = child.wait();
-            let lines: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-            BenchError::Launch {
-                what: what.into(),
-                message: format!("{why}; last log lines: {}", lines.join(" | ")),
-            }
-        };
-        let (ws, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addrs) => addrs,
-            Err(_) => return Err(fail(&mut child, "no \"listening\" line within 20 s")),
-        };
-        let (Ok(ws), Ok(admin)) = (ws.parse(), admin.parse()) else {
-            return Err(fail(&mut child, &format!("bad addresses {ws:?} {admin:?}")));
-        };
-        self.processes.push(child);
-        Ok((ws, admin))
+        Ok((child, tail))
     }
 
     /// Process ids of the server (with Node's workers), without Redis.
