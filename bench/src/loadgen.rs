@@ -170,15 +170,20 @@ impl SharedContext {
         }
     }
 
-    fn on_message(&self, frame: &ReceivedFrame, payload: &[u8]) {
+    /// Counts and times a message frame. Returns the answer a protocol-level
+    /// heartbeat asks for: Engine.IO's `2` wants `3`, Pusher's `pusher:ping` wants
+    /// `pusher:pong`, or the server drops the client.
+    fn on_message(&self, frame: &ReceivedFrame, payload: &[u8]) -> Option<&'static [u8]> {
         let (is_message, sent) = match self.spec.protocol {
             WireProtocol::Shardcast => (
                 payload.starts_with(b"{\"type\":\"message\""),
                 extract_timestamp(payload),
             ),
+            WireProtocol::SocketIo if payload == b"2" => return Some(b"3"),
             WireProtocol::SocketIo => (payload.starts_with(b"42[\"message\""), extract_timestamp(payload)),
             WireProtocol::Pusher => match pusher_wire::classify(payload) {
                 PusherFrame::Event(sent) => (true, sent),
+                PusherFrame::Ping => return Some(pusher_wire::PONG),
                 _ => (false, None),
             },
             WireProtocol::ShardcastMsgPack => (
@@ -188,7 +193,7 @@ impl SharedContext {
             ),
         };
         if !is_message {
-            return;
+            return None;
         }
         let now = monotonic_ns();
         let mut st = self.state.borrow_mut();
@@ -198,6 +203,7 @@ impl SharedContext {
         if let Some(sent) = sent {
             st.latency.record(now.saturating_sub(sent));
         }
+        None
     }
 
     /// Follows a message's offset (history scenarios); true when it completes the
@@ -438,23 +444,13 @@ async fn run_connection(ctx: Rc<SharedContext>, local: usize, mut storms: watch:
                         frame = client.next_frame() => match frame {
                             Ok(frame) => {
                                 let payload = client.payload(&frame);
-                                // Engine.IO's heartbeat is a text frame "2" that must be
-                                // answered with "3", or the server drops the client.
-                                let engine_ping = ctx.spec.protocol == WireProtocol::SocketIo && payload == b"2";
-                                // Pusher servers ping a quiet connection and drop it unanswered.
-                                let pusher_ping = ctx.spec.protocol == WireProtocol::Pusher
-                                    && payload.windows(13).any(|w| w == b"\"pusher:ping\"");
-                                ctx.on_message(&frame, payload);
+                                let heartbeat_answer = ctx.on_message(&frame, payload);
                                 if spec.track_offsets && ctx.on_offset(payload, &mut cursor) && catching_up {
                                     catching_up = false;
                                     ctx.on_subscribed(generation);
                                 }
-                                let answer: &[u8] = match (engine_ping, pusher_ping) {
-                                    (true, _) => b"3",
-                                    (_, true) => pusher_wire::PONG,
-                                    _ => b"",
-                                };
-                                if !answer.is_empty() && client.send_text(answer).await.is_err() {
+                                let Some(answer) = heartbeat_answer else { continue };
+                                if client.send_text(answer).await.is_err() {
                                     ctx.state.borrow_mut().failures.closed_by_server += 1;
                                     break false;
                                 }
