@@ -57,7 +57,8 @@ fn find<'a>(records: &'a [ScenarioRecord], like: &ScenarioRecord, target: Server
 
 /// The "shardcast advantage" cell of a row: shardcast's `shardcast_key` figure from
 /// its row of the same size and phase against this row's `key`; empty on shardcast's
-/// own rows.
+/// own rows. Sockudo's rows compare with shardcast's Pusher endpoint when the run
+/// has it (the same protocol and publish API), else with native shardcast.
 fn advantage_cell(
     records: &[ScenarioRecord],
     r: &ScenarioRecord,
@@ -68,7 +69,11 @@ fn advantage_cell(
     if r.target == ServerKind::Shardcast {
         return String::new();
     }
-    let sc = find(records, r, ServerKind::Shardcast);
+    let sc = match r.target {
+        ServerKind::Sockudo => find(records, r, ServerKind::ShardcastPusher),
+        _ => None,
+    }
+    .or_else(|| find(records, r, ServerKind::Shardcast));
     fmt(
         advantage(sc.and_then(|s| s.get(shardcast_key)), r.get(key), higher_is_better),
         digits,
@@ -455,4 +460,46 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
         std::fs::write(dir.join(name), chart.to_svg()).context(|| format!("write {name}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle(target: ServerKind, rss: f64) -> ScenarioRecord {
+        let mut r = ScenarioRecord::new("idle", target, 1000, "connect");
+        r.set("rss_per_connection", rss);
+        r
+    }
+
+    #[test]
+    fn sockudo_is_compared_with_shardcasts_pusher_endpoint_when_the_run_has_it() {
+        let key = ("rss_per_connection", "rss_per_connection");
+        let all = [
+            idle(ServerKind::Shardcast, 1000.0),
+            idle(ServerKind::ShardcastPusher, 2000.0),
+            idle(ServerKind::Sockudo, 100_000.0),
+        ];
+        assert_eq!(advantage_cell(&all, &all[0], key, false, 0), "");
+        assert_eq!(advantage_cell(&all, &all[1], key, false, 1), "2.0×");
+        assert_eq!(advantage_cell(&all, &all[2], key, false, 0), "50×");
+        let without_pusher = [all[0].clone(), all[2].clone()];
+        assert_eq!(
+            advantage_cell(&without_pusher, &without_pusher[1], key, false, 0),
+            "100×"
+        );
+    }
+
+    #[test]
+    fn charts_take_each_server_size_and_phase_once() {
+        let mut again = idle(ServerKind::Shardcast, 3000.0);
+        again.notes.push("from a later file".into());
+        let kept = first_of_each(vec![
+            idle(ServerKind::Shardcast, 1000.0),
+            again,
+            idle(ServerKind::Sockudo, 1.0),
+        ]);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].get("rss_per_connection"), Some(1000.0));
+    }
 }
