@@ -146,7 +146,7 @@ impl LoadGenFleet {
                 subprotocol: match plan.protocol {
                     WireProtocol::Shardcast => "shardcast.v1.json".into(),
                     WireProtocol::ShardcastMsgPack => "shardcast.v1.msgpack".into(),
-                    WireProtocol::SocketIo => String::new(),
+                    WireProtocol::SocketIo | WireProtocol::Pusher => String::new(),
                 },
                 protocol: plan.protocol,
                 first_connection: first,

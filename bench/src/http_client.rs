@@ -1,7 +1,8 @@
 //! `ApiClient`: a minimal HTTP/1.1 keep-alive client for the servers' admin APIs
-//! (`POST /api/publish`, `GET /metrics`). Hand-written because the harness needs
-//! exactly two requests and must not add its own overhead or dependencies to the
-//! publish path it times.
+//! (`POST /api/publish`, the Pusher HTTP API's `POST /apps/<id>/events`, `GET
+//! /metrics`). Hand-written because the harness needs exactly these requests and
+//! must not add its own overhead or dependencies to the publish path it times. A
+//! server that answers `Connection: close` gets a new connection per request.
 
 use std::net::SocketAddr;
 
@@ -16,6 +17,9 @@ pub struct ApiClient {
     addr: SocketAddr,
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The server said `Connection: close` (Sockudo's API does after every
+    /// answer): the next request opens a new connection.
+    closing: bool,
 }
 
 impl ApiClient {
@@ -29,11 +33,15 @@ impl ApiClient {
             addr,
             stream,
             buf: Vec::with_capacity(4096),
+            closing: false,
         })
     }
 
     /// Sends one request and reads the response: (status, body).
     pub async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), BenchError> {
+        if self.closing {
+            *self = ApiClient::connect(self.addr).await?;
+        }
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.addr,
@@ -62,6 +70,7 @@ impl ApiClient {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| BenchError::Protocol(format!("bad HTTP status line: {head:?}")))?;
+        self.closing = header_value(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let body = if let Some(len) = header_value(&head, "content-length") {
             let len: usize = len
                 .parse()

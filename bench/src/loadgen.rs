@@ -24,6 +24,7 @@ use crate::cpu_pinning;
 use crate::error::{BenchError, IoContext};
 use crate::latency::LatencyRecorder;
 use crate::proc_stats;
+use crate::pusher_wire::{self, PusherFrame};
 use crate::stream_cursor::{AckPosition, OffsetCounts, StreamCursor};
 use crate::tokens;
 use crate::worker_protocol::{FailureCounts, WireProtocol, WorkerCommand, WorkerEvent, WorkerSpec};
@@ -169,13 +170,22 @@ impl SharedContext {
         }
     }
 
-    fn on_message(&self, frame: &ReceivedFrame, payload: &[u8]) {
+    /// Counts and times a message frame. Returns the answer a protocol-level
+    /// heartbeat asks for: Engine.IO's `2` wants `3`, Pusher's `pusher:ping` wants
+    /// `pusher:pong`, or the server drops the client.
+    fn on_message(&self, frame: &ReceivedFrame, payload: &[u8]) -> Option<&'static [u8]> {
         let (is_message, sent) = match self.spec.protocol {
             WireProtocol::Shardcast => (
                 payload.starts_with(b"{\"type\":\"message\""),
                 extract_timestamp(payload),
             ),
+            WireProtocol::SocketIo if payload == b"2" => return Some(b"3"),
             WireProtocol::SocketIo => (payload.starts_with(b"42[\"message\""), extract_timestamp(payload)),
+            WireProtocol::Pusher => match pusher_wire::classify(payload) {
+                PusherFrame::Event(sent) => (true, sent),
+                PusherFrame::Ping => return Some(pusher_wire::PONG),
+                _ => (false, None),
+            },
             WireProtocol::ShardcastMsgPack => (
                 // A map whose first entry is "type": "message".
                 payload.get(1..14) == Some(b"\xa4type\xa7message"),
@@ -183,7 +193,7 @@ impl SharedContext {
             ),
         };
         if !is_message {
-            return;
+            return None;
         }
         let now = monotonic_ns();
         let mut st = self.state.borrow_mut();
@@ -193,6 +203,7 @@ impl SharedContext {
         if let Some(sent) = sent {
             st.latency.record(now.saturating_sub(sent));
         }
+        None
     }
 
     /// Follows a message's offset (history scenarios); true when it completes the
@@ -216,7 +227,12 @@ impl SharedContext {
 /// The `"t":<ns>` timestamp the publisher put into the message's data; the first
 /// `"t":` of the frame is it, since channel names cannot contain quotes.
 pub fn extract_timestamp(payload: &[u8]) -> Option<u64> {
-    let at = payload.windows(4).position(|w| w == b"\"t\":")? + 4;
+    timestamp_after(payload, b"\"t\":")
+}
+
+/// The unsigned integer right after the first `key` in `payload`.
+pub fn timestamp_after(payload: &[u8], key: &[u8]) -> Option<u64> {
+    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
     let mut value: u64 = 0;
     let mut digits = 0;
     for &b in &payload[at..] {
@@ -428,15 +444,13 @@ async fn run_connection(ctx: Rc<SharedContext>, local: usize, mut storms: watch:
                         frame = client.next_frame() => match frame {
                             Ok(frame) => {
                                 let payload = client.payload(&frame);
-                                // Engine.IO's heartbeat is a text frame "2" that must be
-                                // answered with "3", or the server drops the client.
-                                let engine_ping = ctx.spec.protocol == WireProtocol::SocketIo && payload == b"2";
-                                ctx.on_message(&frame, payload);
+                                let heartbeat_answer = ctx.on_message(&frame, payload);
                                 if spec.track_offsets && ctx.on_offset(payload, &mut cursor) && catching_up {
                                     catching_up = false;
                                     ctx.on_subscribed(generation);
                                 }
-                                if engine_ping && client.send_text(b"3").await.is_err() {
+                                let Some(answer) = heartbeat_answer else { continue };
+                                if client.send_text(answer).await.is_err() {
                                     ctx.state.borrow_mut().failures.closed_by_server += 1;
                                     break false;
                                 }
@@ -535,6 +549,10 @@ async fn connect_and_subscribe(
             subscribe_socket_io(&mut client, channel).await?;
             AckPosition::default()
         }
+        WireProtocol::Pusher => {
+            subscribe_pusher(&mut client, channel).await?;
+            AckPosition::default()
+        }
     };
     Ok((client, ack))
 }
@@ -570,6 +588,32 @@ async fn subscribe_socket_io(client: &mut WsClient, channel: &str) -> Result<(),
             } else {
                 Err(BenchError::Protocol("subscribe refused".into()))
             };
+        }
+    }
+}
+
+/// Pusher: `pusher:connection_established`, then `pusher:subscribe` on the public
+/// channel, answered by `pusher_internal:subscription_succeeded`.
+async fn subscribe_pusher(client: &mut WsClient, channel: &str) -> Result<(), BenchError> {
+    let mut established = false;
+    loop {
+        let frame = client.next_frame().await?;
+        match pusher_wire::classify(client.payload(&frame)) {
+            PusherFrame::Established if !established => {
+                established = true;
+                client
+                    .send_text(pusher_wire::subscribe_frame(channel).as_bytes())
+                    .await?;
+            }
+            PusherFrame::Subscribed if established => return Ok(()),
+            PusherFrame::Ping => client.send_text(pusher_wire::PONG).await?,
+            PusherFrame::Error(text) => return Err(BenchError::Protocol(format!("Pusher error: {text}"))),
+            other if !established => {
+                return Err(BenchError::Protocol(format!(
+                    "expected pusher:connection_established, got {other:?}"
+                )))
+            }
+            _ => {}
         }
     }
 }

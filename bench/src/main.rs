@@ -18,6 +18,7 @@ mod permessage_deflate;
 mod presence_churn;
 mod proc_stats;
 mod publisher;
+mod pusher_wire;
 mod record;
 mod report;
 mod scenarios;
@@ -208,6 +209,9 @@ struct CommonArgs {
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
+    /// The Sockudo binary (the `sockudo` target); a bare name is looked up on PATH.
+    #[arg(long, default_value = "sockudo")]
+    sockudo_bin: PathBuf,
     /// Node cluster workers (0: one per gateway CPU); above 19k connections Node needs
     /// several, as each process holds at most 20,000 descriptors.
     #[arg(long, default_value_t = 0)]
@@ -309,7 +313,12 @@ impl CommonArgs {
                 "--per-worker above 18000 would exceed the 20,000-descriptor limit".into(),
             ));
         }
-        if self.targets.contains(&ServerKind::Shardcast) && !self.shardcast_bin.exists() {
+        if self
+            .targets
+            .iter()
+            .any(|t| matches!(t, ServerKind::Shardcast | ServerKind::ShardcastPusher))
+            && !self.shardcast_bin.exists()
+        {
             return Err(BenchError::Options(format!(
                 "{} not found: build it with `cargo build --release --bin shardcast`",
                 self.shardcast_bin.display()
@@ -328,6 +337,7 @@ impl CommonArgs {
                 node_workers: self.node_workers,
                 cpus: gateway_cpus,
                 compression: false,
+                sockudo_bin: self.sockudo_bin.clone(),
             },
             targets: self.targets.clone(),
             loadgen_cpus,

@@ -1,5 +1,6 @@
-//! `Publisher`: drives `POST /api/publish` on the server under test, at a fixed
-//! rate or as fast as deliveries keep up, putting a CLOCK_MONOTONIC send timestamp
+//! `Publisher`: drives `POST /api/publish` on the server under test (or the Pusher
+//! HTTP API's signed `POST /apps/<id>/events` on a Pusher server), at a fixed rate
+//! or as fast as deliveries keep up, putting a CLOCK_MONOTONIC send timestamp
 //! (`"t"`) into every payload for the receivers to time.
 
 use std::net::SocketAddr;
@@ -13,6 +14,37 @@ use tokio::time::Instant;
 use crate::clock::monotonic_ns;
 use crate::error::BenchError;
 use crate::http_client::ApiClient;
+use crate::pusher_wire::{self, PusherApp};
+
+/// Which publish API a server speaks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PublishApi {
+    /// shardcast's `POST /api/publish` (the floor and the Node baselines speak it too).
+    #[default]
+    Native,
+    /// The Pusher HTTP API of `app`: one signed `POST /apps/<id>/events` per
+    /// publication, `POST /apps/<id>/batch_events` for a batch.
+    Pusher(PusherApp),
+}
+
+/// Where the publisher sends its requests, and in which API.
+#[derive(Debug, Clone)]
+pub struct PublishEndpoint {
+    /// The HTTP address.
+    pub addr: SocketAddr,
+    /// The API it serves there.
+    pub api: PublishApi,
+}
+
+impl From<SocketAddr> for PublishEndpoint {
+    /// shardcast's own API at `addr`.
+    fn from(addr: SocketAddr) -> Self {
+        PublishEndpoint {
+            addr,
+            api: PublishApi::Native,
+        }
+    }
+}
 
 /// What to publish and how fast.
 #[derive(Debug, Clone)]
@@ -127,8 +159,16 @@ pub fn trades_document(bytes: usize, sent: u64, n: u64) -> String {
     doc
 }
 
-/// Builds one request body: a single publication or a JSON array of `count`.
-pub fn publish_body(load: &PublishLoad, first: u64, count: usize, rng: &mut impl FnMut() -> u64) -> Vec<u8> {
+/// Builds one request body for `api`: a single publication, or a batch of `count`
+/// (a JSON array for shardcast, `{"batch":[..]}` for Pusher); the Pusher events
+/// carry the same `data` document as a string.
+pub fn publish_body(
+    api: &PublishApi,
+    load: &PublishLoad,
+    first: u64,
+    count: usize,
+    rng: &mut impl FnMut() -> u64,
+) -> Vec<u8> {
     let pad = "x".repeat(load.payload_bytes.saturating_sub(40));
     let sent = monotonic_ns();
     let item = |n: u64, channel: u64| {
@@ -136,7 +176,10 @@ pub fn publish_body(load: &PublishLoad, first: u64, count: usize, rng: &mut impl
             PayloadShape::Padding => format!(r#"{{"t":{sent},"n":{n},"p":"{pad}"}}"#),
             PayloadShape::Trades => trades_document(load.payload_bytes, sent, n),
         };
-        format!(r#"{{"channel":"{}{}","data":{data}}}"#, load.channel_prefix, channel)
+        match api {
+            PublishApi::Native => format!(r#"{{"channel":"{}{}","data":{data}}}"#, load.channel_prefix, channel),
+            PublishApi::Pusher(_) => pusher_wire::event_body(&format!("{}{channel}", load.channel_prefix), &data),
+        }
     };
     let pick = |rng: &mut dyn FnMut() -> u64| {
         if load.channels > 1 {
@@ -148,7 +191,10 @@ pub fn publish_body(load: &PublishLoad, first: u64, count: usize, rng: &mut impl
     if count == 1 {
         return item(first, pick(rng)).into_bytes();
     }
-    let mut body = String::from("[");
+    let mut body = String::from(match api {
+        PublishApi::Native => "[",
+        PublishApi::Pusher(_) => r#"{"batch":["#,
+    });
     for k in 0..count as u64 {
         if k > 0 {
             body.push(',');
@@ -156,15 +202,37 @@ pub fn publish_body(load: &PublishLoad, first: u64, count: usize, rng: &mut impl
         body.push_str(&item(first + k, pick(rng)));
     }
     body.push(']');
+    if matches!(api, PublishApi::Pusher(_)) {
+        body.push('}');
+    }
     body.into_bytes()
+}
+
+/// The method and request target of one publish request with `body`: shardcast's
+/// fixed path, or the Pusher path signed now with the app's secret.
+pub fn publish_target(api: &PublishApi, count: usize, body: &[u8]) -> String {
+    match api {
+        PublishApi::Native => "/api/publish".into(),
+        PublishApi::Pusher(app) => {
+            let path = match count {
+                1 => format!("/apps/{}/events", app.id),
+                _ => format!("/apps/{}/batch_events", app.id),
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            pusher_wire::signed_request_target(app, "POST", &path, body, now)
+        }
+    }
 }
 
 /// Publishes according to `load` until its duration or count is reached.
 pub async fn run_publisher(
-    admin: SocketAddr,
+    endpoint: impl Into<PublishEndpoint>,
     load: PublishLoad,
     progress: Arc<PublishProgress>,
 ) -> Result<PublishOutcome, BenchError> {
+    let PublishEndpoint { addr: admin, api } = endpoint.into();
     let started = Instant::now();
     let end = started + load.duration;
     let next_slot = Arc::new(AtomicU64::new(0));
@@ -176,6 +244,7 @@ pub async fn run_publisher(
         let progress = progress.clone();
         let next_slot = next_slot.clone();
         let requests = requests.clone();
+        let api = api.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = XorShift::new(0x9E37_79B9_7F4A_7C15 ^ (task as u64 + 1));
             let batch = load.batch.max(1) as u64;
@@ -208,9 +277,10 @@ pub async fn run_publisher(
                     break;
                 }
                 let count = batch.min(load.max_publications - slot) as usize;
-                let body = publish_body(&load, slot, count, &mut || rng.next_u64());
+                let body = publish_body(&api, &load, slot, count, &mut || rng.next_u64());
+                let target = publish_target(&api, count, &body);
                 requests.fetch_add(1, Ordering::Relaxed);
-                match client.request("POST", "/api/publish", &body).await {
+                match client.request("POST", &target, &body).await {
                     Ok((200, _)) => {
                         progress.published.fetch_add(count as u64, Ordering::Relaxed);
                     }
@@ -271,12 +341,38 @@ mod tests {
             n += 7;
             n
         };
-        let one: serde_json::Value = serde_json::from_slice(&publish_body(&load(1, 64), 5, 1, &mut rng)).unwrap();
+        let one: serde_json::Value =
+            serde_json::from_slice(&publish_body(&PublishApi::Native, &load(1, 64), 5, 1, &mut rng)).unwrap();
         assert_eq!(one["channel"], "c-0");
         assert!(one["data"]["t"].as_u64().unwrap() > 0);
-        let many: serde_json::Value = serde_json::from_slice(&publish_body(&load(10, 200), 0, 3, &mut rng)).unwrap();
+        let many: serde_json::Value =
+            serde_json::from_slice(&publish_body(&PublishApi::Native, &load(10, 200), 0, 3, &mut rng)).unwrap();
         assert_eq!(many.as_array().unwrap().len(), 3);
         assert!(many[0]["data"]["p"].as_str().unwrap().len() >= 150);
+    }
+
+    #[test]
+    fn pusher_bodies_carry_the_document_as_a_string_and_are_signed() {
+        let api = PublishApi::Pusher(PusherApp::bench());
+        let one = publish_body(&api, &load(1, 64), 5, 1, &mut || 0);
+        let v: serde_json::Value = serde_json::from_slice(&one).unwrap();
+        assert_eq!(v["channel"], "c-0");
+        assert_eq!(v["name"], pusher_wire::EVENT_NAME);
+        let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["n"], 5);
+        assert!(data["t"].as_u64().unwrap() > 0);
+        let target = publish_target(&api, 1, &one);
+        assert!(
+            target.starts_with("/apps/bench/events?auth_key=bench-key&auth_timestamp="),
+            "{target}"
+        );
+        assert!(target.contains("&auth_version=1.0&body_md5="), "{target}");
+        let batch = publish_body(&api, &load(3, 64), 0, 3, &mut || 1);
+        let v: serde_json::Value = serde_json::from_slice(&batch).unwrap();
+        assert_eq!(v["batch"].as_array().unwrap().len(), 3);
+        assert_eq!(v["batch"][2]["channel"], "c-1");
+        assert!(publish_target(&api, 3, &batch).starts_with("/apps/bench/batch_events?"));
+        assert_eq!(publish_target(&PublishApi::Native, 3, &batch), "/api/publish");
     }
 
     #[test]
@@ -292,7 +388,8 @@ mod tests {
         assert_eq!(tiny["trades"].as_array().unwrap().len(), 1);
         let mut with_shape = load(1, 2048);
         with_shape.shape = PayloadShape::Trades;
-        let body: serde_json::Value = serde_json::from_slice(&publish_body(&with_shape, 3, 1, &mut || 0)).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&publish_body(&PublishApi::Native, &with_shape, 3, 1, &mut || 0)).unwrap();
         assert_eq!(body["data"]["n"], 3);
         assert_eq!(body["data"]["type"], "trades");
     }

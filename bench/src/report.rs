@@ -57,7 +57,8 @@ fn find<'a>(records: &'a [ScenarioRecord], like: &ScenarioRecord, target: Server
 
 /// The "shardcast advantage" cell of a row: shardcast's `shardcast_key` figure from
 /// its row of the same size and phase against this row's `key`; empty on shardcast's
-/// own rows.
+/// own rows. Sockudo's rows compare with shardcast's Pusher endpoint when the run
+/// has it (the same protocol and publish API), else with native shardcast.
 fn advantage_cell(
     records: &[ScenarioRecord],
     r: &ScenarioRecord,
@@ -68,7 +69,11 @@ fn advantage_cell(
     if r.target == ServerKind::Shardcast {
         return String::new();
     }
-    let sc = find(records, r, ServerKind::Shardcast);
+    let sc = match r.target {
+        ServerKind::Sockudo => find(records, r, ServerKind::ShardcastPusher),
+        _ => None,
+    }
+    .or_else(|| find(records, r, ServerKind::Shardcast));
     fmt(
         advantage(sc.and_then(|s| s.get(shardcast_key)), r.get(key), higher_is_better),
         digits,
@@ -275,11 +280,13 @@ fn auth_tables(records: &[ScenarioRecord]) -> String {
 }
 
 /// Every server, in chart order.
-const ALL_SERVERS: [ServerKind; 4] = [
+const ALL_SERVERS: [ServerKind; 6] = [
     ServerKind::Shardcast,
+    ServerKind::ShardcastPusher,
     ServerKind::Floor,
     ServerKind::Node,
     ServerKind::SocketIo,
+    ServerKind::Sockudo,
 ];
 
 /// Charts compare single-process servers; multi-gateway runs stay in the tables.
@@ -293,6 +300,8 @@ fn color(t: ServerKind) -> &'static str {
         ServerKind::Floor => "#2ca02c",
         ServerKind::Node => "#d62728",
         ServerKind::SocketIo => "#9467bd",
+        ServerKind::ShardcastPusher => "#17becf",
+        ServerKind::Sockudo => "#ff7f0e",
     }
 }
 
@@ -391,6 +400,17 @@ fn rss_chart(records: &[ScenarioRecord]) -> LineChart {
     }
 }
 
+/// The first record of each scenario, server, size and phase: a file that runs a
+/// server again beside others (fanout-pusher's shardcast, fanout-msgpack) charts
+/// once, from the file read first (`fanout.json` before `fanout-*.json`).
+fn first_of_each(records: Vec<ScenarioRecord>) -> Vec<ScenarioRecord> {
+    let mut seen = std::collections::BTreeSet::new();
+    records
+        .into_iter()
+        .filter(|r| seen.insert((r.scenario.clone(), r.target, r.size, r.phase.clone())))
+        .collect()
+}
+
 /// Writes `summary.md` and the charts for every results file in `dir`.
 pub fn write_report(dir: &Path) -> Result<(), BenchError> {
     let files = ResultsFile::read_all(dir)?;
@@ -431,6 +451,7 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
         all.extend(records);
     }
     std::fs::write(dir.join("summary.md"), md).context(|| format!("write {}/summary.md", dir.display()))?;
+    let all = first_of_each(all);
     let charts = [
         ("latency-vs-subscribers.svg", latency_chart(&all)),
         ("throughput-vs-subscribers.svg", throughput_chart(&all)),
@@ -440,4 +461,46 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
         std::fs::write(dir.join(name), chart.to_svg()).context(|| format!("write {name}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle(target: ServerKind, rss: f64) -> ScenarioRecord {
+        let mut r = ScenarioRecord::new("idle", target, 1000, "connect");
+        r.set("rss_per_connection", rss);
+        r
+    }
+
+    #[test]
+    fn sockudo_is_compared_with_shardcasts_pusher_endpoint_when_the_run_has_it() {
+        let key = ("rss_per_connection", "rss_per_connection");
+        let all = [
+            idle(ServerKind::Shardcast, 1000.0),
+            idle(ServerKind::ShardcastPusher, 2000.0),
+            idle(ServerKind::Sockudo, 100_000.0),
+        ];
+        assert_eq!(advantage_cell(&all, &all[0], key, false, 0), "");
+        assert_eq!(advantage_cell(&all, &all[1], key, false, 1), "2.0×");
+        assert_eq!(advantage_cell(&all, &all[2], key, false, 0), "50×");
+        let without_pusher = [all[0].clone(), all[2].clone()];
+        assert_eq!(
+            advantage_cell(&without_pusher, &without_pusher[1], key, false, 0),
+            "100×"
+        );
+    }
+
+    #[test]
+    fn charts_take_each_server_size_and_phase_once() {
+        let mut again = idle(ServerKind::Shardcast, 3000.0);
+        again.notes.push("from a later file".into());
+        let kept = first_of_each(vec![
+            idle(ServerKind::Shardcast, 1000.0),
+            again,
+            idle(ServerKind::Sockudo, 1.0),
+        ]);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].get("rss_per_connection"), Some(1000.0));
+    }
 }

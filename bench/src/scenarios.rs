@@ -120,7 +120,7 @@ impl Harness {
     ) -> FleetPlan {
         FleetPlan {
             targets: server.ws.clone(),
-            path: server.kind.ws_path().into(),
+            path: server.kind.ws_path(),
             protocol: match server.kind {
                 ServerKind::Shardcast if self.msgpack => crate::worker_protocol::WireProtocol::ShardcastMsgPack,
                 kind => kind.wire_protocol(),
@@ -171,12 +171,12 @@ impl Harness {
             // Server processes sharing the clients: shardcast gateways or
             // Node workers (charts compare single-process runs only).
             let gateways = match target {
-                ServerKind::Shardcast => self.servers.gateways.max(1),
+                ServerKind::Shardcast | ServerKind::ShardcastPusher => self.servers.gateways.max(1),
                 ServerKind::Node | ServerKind::SocketIo => match self.servers.node_workers {
                     0 => self.servers.cpus.len(),
                     n => n,
                 },
-                ServerKind::Floor => 1,
+                ServerKind::Floor | ServerKind::Sockudo => 1,
             };
             for r in &mut records {
                 r.set("gateways", gateways as f64);
@@ -514,7 +514,7 @@ impl Harness {
         let window = CpuWindow::start(server, fleet);
         let progress = Arc::new(PublishProgress::default());
         let fixed = load.rate.is_some();
-        let publisher = tokio::spawn(run_publisher(server.admin, load.clone(), progress.clone()));
+        let publisher = tokio::spawn(run_publisher(server.publish_endpoint(), load.clone(), progress.clone()));
         let mut next_line = Instant::now() + Duration::from_secs(1);
         while !publisher.is_finished() {
             fleet.pump(Duration::from_millis(50)).await?;
@@ -1099,7 +1099,11 @@ const METRIC_PREFIXES: &[&str] = &[
 
 /// The server's /metrics as series → value (empty for servers without it).
 async fn scrape(server: &ServerUnderTest) -> BTreeMap<String, f64> {
-    if matches!(server.kind, ServerKind::Node | ServerKind::SocketIo) {
+    // Sockudo runs without its metrics server (and names its series differently).
+    if matches!(
+        server.kind,
+        ServerKind::Node | ServerKind::SocketIo | ServerKind::Sockudo
+    ) {
         return BTreeMap::new();
     }
     let Ok(text) = http_client::get(server.admin, "/metrics").await else {

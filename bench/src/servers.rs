@@ -1,12 +1,14 @@
 //! The servers under test and how to start, observe and stop them: shardcast (one
-//! or more gateway processes), the floor server, and the Node.js stack (cluster
-//! workers plus their Redis). Each is pinned to the gateway CPUs and announces its
-//! addresses on stderr as a JSON line with `"message":"listening"`.
+//! or more gateway processes, native or through its Pusher endpoint), the floor
+//! server, the Node.js stack (cluster workers plus their Redis) and Sockudo (the
+//! Rust Pusher server). Each is pinned to the gateway CPUs; ours announce their
+//! addresses on stderr as a JSON line with `"message":"listening"`, Sockudo is
+//! polled on its health endpoint.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 use crate::cpu_pinning;
 use crate::error::{BenchError, IoContext};
 use crate::proc_stats::{self, ProcessSample};
+use crate::publisher::{PublishApi, PublishEndpoint};
+use crate::pusher_wire::PusherApp;
 
 /// Which server a scenario runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -29,6 +33,13 @@ pub enum ServerKind {
     #[value(name = "socketio")]
     #[serde(rename = "socketio")]
     SocketIo,
+    /// The shardcast gateway with one Pusher app, its clients on the Pusher
+    /// endpoint and its publisher on the Pusher HTTP API (PROTOCOL.md 20).
+    #[value(name = "shardcast-pusher")]
+    #[serde(rename = "shardcast-pusher")]
+    ShardcastPusher,
+    /// Sockudo, the Rust Pusher server: local adapter, no rate limiter, no metrics.
+    Sockudo,
 }
 
 impl ServerKind {
@@ -39,14 +50,22 @@ impl ServerKind {
             ServerKind::Floor => "floor",
             ServerKind::Node => "node",
             ServerKind::SocketIo => "socketio",
+            ServerKind::ShardcastPusher => "shardcast-pusher",
+            ServerKind::Sockudo => "sockudo",
         }
     }
 
+    /// Whether its clients and publisher speak Pusher.
+    pub fn is_pusher(self) -> bool {
+        matches!(self, ServerKind::ShardcastPusher | ServerKind::Sockudo)
+    }
+
     /// The WebSocket path its clients upgrade on.
-    pub fn ws_path(self) -> &'static str {
+    pub fn ws_path(self) -> String {
         match self {
-            ServerKind::SocketIo => "/socket.io/?EIO=4&transport=websocket",
-            _ => "/ws",
+            ServerKind::SocketIo => "/socket.io/?EIO=4&transport=websocket".into(),
+            kind if kind.is_pusher() => PusherApp::bench().ws_path(),
+            _ => "/ws".into(),
         }
     }
 
@@ -54,6 +73,7 @@ impl ServerKind {
     pub fn wire_protocol(self) -> crate::worker_protocol::WireProtocol {
         match self {
             ServerKind::SocketIo => crate::worker_protocol::WireProtocol::SocketIo,
+            kind if kind.is_pusher() => crate::worker_protocol::WireProtocol::Pusher,
             _ => crate::worker_protocol::WireProtocol::Shardcast,
         }
     }
@@ -81,6 +101,8 @@ pub struct ServerOptions {
     /// Compress messages with permessage-deflate for clients that offer it:
     /// shardcast `--compression on`, Node `ws` with `perMessageDeflate`.
     pub compression: bool,
+    /// The Sockudo binary.
+    pub sockudo_bin: PathBuf,
 }
 
 /// Last lines a server wrote to stderr, for error messages.
@@ -159,11 +181,23 @@ fn redis_ping(addr: SocketAddr) -> bool {
 
 /// Polls `GET /health/ready` until it answers 200 (10 s at most).
 fn wait_ready(admin: SocketAddr) -> Result<(), BenchError> {
-    let until = Instant::now() + Duration::from_secs(10);
+    wait_http_ok(admin, "/health/ready", "shardcast", Duration::from_secs(10), || true)
+}
+
+/// Polls `GET <path>` on `addr` until it answers 200, for at most `limit` or while
+/// `alive` says the process still runs.
+fn wait_http_ok(
+    addr: SocketAddr,
+    path: &str,
+    what: &str,
+    limit: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> Result<(), BenchError> {
+    let until = Instant::now() + limit;
     loop {
-        if let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(200)) {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            let request = format!("GET /health/ready HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
             let mut head = [0u8; 16];
             if s.write_all(request.as_bytes()).is_ok()
                 && matches!(s.read(&mut head), Ok(n) if head[..n].starts_with(b"HTTP/1.1 200"))
@@ -171,10 +205,10 @@ fn wait_ready(admin: SocketAddr) -> Result<(), BenchError> {
                 return Ok(());
             }
         }
-        if Instant::now() > until {
+        if Instant::now() > until || !alive() {
             return Err(BenchError::Launch {
-                what: "shardcast".into(),
-                message: format!("{admin}/health/ready not 200 within 10 s"),
+                what: what.into(),
+                message: format!("{addr}{path} not 200 within {limit:?}"),
             });
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -185,6 +219,129 @@ fn wait_ready(admin: SocketAddr) -> Result<(), BenchError> {
 fn free_port() -> Result<u16, BenchError> {
     let l = TcpListener::bind("127.0.0.1:0").context(|| "find a free port".into())?;
     Ok(l.local_addr().context(|| "find a free port".into())?.port())
+}
+
+/// Drains a server's output for the process's whole life (so it never blocks on a
+/// full pipe), keeping the last 50 lines in `tail` and sending the addresses of a
+/// `"message":"listening"` line to `listening`.
+fn drain_log(stream: impl Read + Send + 'static, tail: LogTail, listening: Option<mpsc::Sender<(String, String)>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Some(tx) = &listening {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "listening" {
+                        let _ = tx.send((
+                            v["ws"].as_str().unwrap_or_default().to_owned(),
+                            v["admin"].as_str().unwrap_or_default().to_owned(),
+                        ));
+                    }
+                }
+            }
+            if let Ok(mut t) = tail.lock() {
+                if t.len() >= 50 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        }
+    });
+}
+
+/// `binary` if it is a file, or, for a bare name, the first file of that name on PATH.
+fn find_binary(binary: &Path) -> Option<PathBuf> {
+    if binary.components().count() > 1 {
+        return binary.is_file().then(|| binary.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|p| p.is_file())
+}
+
+/// Kills a server that failed to start; the error names `why` and its last log lines.
+fn launch_failure(mut child: Child, tail: &LogTail, what: &str, why: &str) -> BenchError {
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+    BenchError::Launch {
+        what: what.into(),
+        message: format!("{why}; last log lines: {}", lines.join(" | ")),
+    }
+}
+
+/// The config file of the `shardcast-pusher` target: the bench app (PROTOCOL.md 20).
+fn shardcast_pusher_config() -> String {
+    let app = PusherApp::bench();
+    format!(
+        "[pusher.apps.\"{}\"]\nkey = \"{}\"\nsecret = \"{}\"\n",
+        app.id, app.key, app.secret
+    )
+}
+
+/// Sockudo's config file: the bench app with its limits raised past anything a
+/// scenario reaches, the local adapter, in-memory cache and app store, no queue,
+/// rate limiter or metrics server (its worker threads follow its CPU affinity).
+fn sockudo_config(port: u16) -> String {
+    let app = PusherApp::bench();
+    format!(
+        r#"host = "127.0.0.1"
+port = {port}
+mode = "production"
+debug = false
+shutdown_grace_period = 1
+
+[adapter]
+driver = "local"
+
+[cache]
+driver = "memory"
+
+[queue]
+driver = "none"
+
+[rate_limiter]
+enabled = false
+
+[metrics]
+enabled = false
+
+[channel_limits]
+max_name_length = 200
+
+[event_limits]
+max_channels_at_once = 100
+max_name_length = 200
+max_payload_in_kb = 1024
+max_batch_size = 100
+
+[presence]
+max_members_per_channel = 100000
+max_member_size_in_kb = 10
+
+[app_manager]
+driver = "memory"
+
+[[app_manager.array.apps]]
+id = "{id}"
+key = "{key}"
+secret = "{secret}"
+enabled = true
+
+[app_manager.array.apps.policy.limits]
+max_connections = 1000000
+max_client_events_per_second = 100000
+max_presence_members_per_channel = 100000
+max_presence_member_size_in_kb = 10
+max_channel_name_length = 200
+max_event_channels_at_once = 100
+max_event_name_length = 200
+max_event_payload_in_kb = 1024
+max_event_batch_size = 100
+"#,
+        id = app.id,
+        key = app.key,
+        secret = app.secret,
+    )
 }
 
 /// A running server under test.
@@ -201,6 +358,8 @@ pub struct ServerUnderTest {
     /// The Redis the server uses, if any.
     pub redis: Option<RedisServer>,
     logs: Vec<LogTail>,
+    /// Where its configuration files were written (removed when it stops).
+    config_dir: Option<PathBuf>,
 }
 
 impl ServerUnderTest {
@@ -215,9 +374,10 @@ impl ServerUnderTest {
             admins: Vec::new(),
             redis: None,
             logs: Vec::new(),
+            config_dir: None,
         };
         match kind {
-            ServerKind::Shardcast => {
+            ServerKind::Shardcast | ServerKind::ShardcastPusher => {
                 if opts.gateways > 1 && !opts.via_redis {
                     return Err(BenchError::Options(
                         "--gateways above 1 needs --via-redis (the gateways share publications through Redis)".into(),
@@ -226,6 +386,12 @@ impl ServerUnderTest {
                 if opts.via_redis {
                     server.redis = Some(RedisServer::start(&opts.redis_server, &opts.cpus)?);
                 }
+                let pusher_config = match kind {
+                    ServerKind::ShardcastPusher => {
+                        Some(server.write_config("shardcast.toml", &shardcast_pusher_config())?)
+                    }
+                    _ => None,
+                };
                 for i in 0..opts.gateways.max(1) {
                     let mut cmd = Command::new(&opts.shardcast_bin);
                     cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -235,10 +401,13 @@ impl ServerUnderTest {
                         cmd.args(["--redis", &redis.url()]);
                     }
                     cmd.args(&opts.shardcast_args);
+                    if let Some(config) = &pusher_config {
+                        cmd.arg("--config").arg(config);
+                    }
                     if opts.compression {
                         cmd.args(["--compression", "on"]);
                     }
-                    let (ws, admin) = server.spawn_and_wait(cmd, "shardcast", &opts.cpus)?;
+                    let (ws, admin) = server.spawn_and_wait(cmd, kind.name(), &opts.cpus)?;
                     // With a broker the gateway listens before it is ready (it refuses
                     // upgrades until Redis answers): measure from readiness on.
                     wait_ready(admin)?;
@@ -293,65 +462,122 @@ impl ServerUnderTest {
                 server.ws.push(ws);
                 server.admin = admin;
             }
+            ServerKind::Sockudo => {
+                let Some(binary) = find_binary(&opts.sockudo_bin) else {
+                    return Err(BenchError::Launch {
+                        what: "sockudo".into(),
+                        message: format!(
+                            "{} not found: install Sockudo 5.2 (`cargo install sockudo --version 5.2.0 \
+                             --no-default-features --features local,v2`) or pass --sockudo-bin",
+                            opts.sockudo_bin.display()
+                        ),
+                    });
+                };
+                let port = free_port()?;
+                let config = server.write_config("sockudo.toml", &sockudo_config(port))?;
+                let mut cmd = Command::new(binary);
+                // Sockudo reads config/config.toml from its working directory and
+                // lets environment variables override the file: neither may leak in.
+                cmd.arg("--config")
+                    .arg(&config)
+                    .current_dir(config.parent().unwrap_or(Path::new("/")))
+                    .env_clear();
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                server.spawn_and_poll(cmd, "sockudo", &opts.cpus, addr)?;
+                // Its HTTP API (the publisher's) is on the WebSocket port.
+                server.ws.push(addr);
+                server.admin = addr;
+            }
         }
         Ok(server)
     }
 
+    /// Where and how the publisher publishes to this server.
+    pub fn publish_endpoint(&self) -> PublishEndpoint {
+        PublishEndpoint {
+            addr: self.admin,
+            api: if self.kind.is_pusher() {
+                PublishApi::Pusher(PusherApp::bench())
+            } else {
+                PublishApi::Native
+            },
+        }
+    }
+
+    /// Writes `text` to `name` in this server's own temporary directory.
+    fn write_config(&mut self, name: &str, text: &str) -> Result<PathBuf, BenchError> {
+        let dir = self.config_dir.get_or_insert_with(|| {
+            std::env::temp_dir().join(format!("shardcast-bench-{}-{}", std::process::id(), self.kind.name()))
+        });
+        std::fs::create_dir_all(&*dir).context(|| format!("create {}", dir.display()))?;
+        let path = dir.join(name);
+        std::fs::write(&path, text).context(|| format!("write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Spawns a server that announces nothing and waits until `GET /up` on `addr`
+    /// answers 200 (Sockudo's health endpoint).
+    fn spawn_and_poll(&mut self, cmd: Command, what: &str, cpus: &[usize], addr: SocketAddr) -> Result<(), BenchError> {
+        let (mut child, tail) = self.spawn_logged(cmd, what, cpus, None)?;
+        let ready = wait_http_ok(addr, "/up", what, Duration::from_secs(20), || {
+            matches!(child.try_wait(), Ok(None))
+        });
+        if let Err(e) = ready {
+            return Err(launch_failure(child, &tail, what, &e.to_string()));
+        }
+        self.processes.push(child);
+        Ok(())
+    }
+
+    /// Spawns one of our servers and waits for its `"listening"` line: (ws, admin).
     fn spawn_and_wait(
+        &mut self,
+        cmd: Command,
+        what: &str,
+        cpus: &[usize],
+    ) -> Result<(SocketAddr, SocketAddr), BenchError> {
+        let (tx, rx) = mpsc::channel();
+        let (child, tail) = self.spawn_logged(cmd, what, cpus, Some(tx))?;
+        let (ws, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addrs) => addrs,
+            Err(_) => return Err(launch_failure(child, &tail, what, "no \"listening\" line within 20 s")),
+        };
+        let (Ok(ws), Ok(admin)) = (ws.parse(), admin.parse()) else {
+            return Err(launch_failure(
+                child,
+                &tail,
+                what,
+                &format!("bad addresses {ws:?} {admin:?}"),
+            ));
+        };
+        self.processes.push(child);
+        Ok((ws, admin))
+    }
+
+    /// Spawns `cmd` pinned to `cpus`, its output kept in a log tail of this server
+    /// (stderr's `"listening"` line sent to `listening`).
+    fn spawn_logged(
         &mut self,
         mut cmd: Command,
         what: &str,
         cpus: &[usize],
-    ) -> Result<(SocketAddr, SocketAddr), BenchError> {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        listening: Option<mpsc::Sender<(String, String)>>,
+    ) -> Result<(Child, LogTail), BenchError> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cpu_pinning::pin_command(&mut cmd, cpus);
         let mut child = cmd.spawn().map_err(|e| BenchError::Launch {
             what: what.into(),
             message: e.to_string(),
         })?;
         let tail: LogTail = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, rx) = mpsc::channel();
-        if let Some(stderr) = child.stderr.take() {
-            let tail = tail.clone();
-            // Drains stderr for the process's whole life so it never blocks on a full pipe.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if v["message"] == "listening" {
-                            let _ = tx.send((
-                                v["ws"].as_str().unwrap_or_default().to_owned(),
-                                v["admin"].as_str().unwrap_or_default().to_owned(),
-                            ));
-                        }
-                    }
-                    if let Ok(mut t) = tail.lock() {
-                        if t.len() >= 50 {
-                            t.pop_front();
-                        }
-                        t.push_back(line);
-                    }
-                }
-            });
+        if let Some(out) = child.stdout.take() {
+            drain_log(out, tail.clone(), None);
+        }
+        if let Some(err) = child.stderr.take() {
+            drain_log(err, tail.clone(), listening);
         }
         self.logs.push(tail.clone());
-        let fail = |child: &mut Child, why: &str| {
-            let _ = child.kill();
-            let _ = child.wait();
-            let lines: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-            BenchError::Launch {
-                what: what.into(),
-                message: format!("{why}; last log lines: {}", lines.join(" | ")),
-            }
-        };
-        let (ws, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addrs) => addrs,
-            Err(_) => return Err(fail(&mut child, "no \"listening\" line within 20 s")),
-        };
-        let (Ok(ws), Ok(admin)) = (ws.parse(), admin.parse()) else {
-            return Err(fail(&mut child, &format!("bad addresses {ws:?} {admin:?}")));
-        };
-        self.processes.push(child);
-        Ok((ws, admin))
+        Ok((child, tail))
     }
 
     /// Process ids of the server (with Node's workers), without Redis.
@@ -425,6 +651,9 @@ impl ServerUnderTest {
         }
         self.processes.clear();
         self.redis = None;
+        if let Some(dir) = self.config_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -22,6 +22,10 @@ pub enum WireProtocol {
     /// Socket.IO v4 over Engine.IO v4 (open `0{..}`, connect `40`, events `42[..]`,
     /// acks `43..`, server pings `2` answered by `3`).
     SocketIo,
+    /// Pusher Channels protocol 7 on public channels (`pusher:subscribe` answered by
+    /// `pusher_internal:subscription_succeeded`, events whose `data` is a string,
+    /// `pusher:ping` answered by `pusher:pong`): shardcast's Pusher endpoint, Sockudo.
+    Pusher,
 }
 
 /// Everything one worker process needs to open and run its share of connections.
