@@ -117,8 +117,9 @@ enum Phase {
     Passthrough,
     /// permessage-deflate agreed: server frames are rewritten.
     Frames(Box<InboundFrames>),
-    /// This layer failed the connection; every later read fails too.
-    Failed,
+    /// This layer failed the connection: the bytes processed before the failure are
+    /// handed up first, then the error (once), then every later read fails.
+    Failed(Option<DeflateError>),
 }
 
 /// A connection's stream with permessage-deflate for what the server sends.
@@ -198,7 +199,7 @@ impl<S> DeflateStream<S> {
                 self.input.drain(..consumed);
                 Ok(())
             }
-            Phase::Failed => Err(DeflateError::Protocol("the connection already failed")),
+            Phase::Failed(_) => Err(DeflateError::Protocol("the connection already failed")),
         }
     }
 }
@@ -220,14 +221,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeflateStream<S> {
             if matches!(this.phase, Phase::Passthrough) && this.input.is_empty() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            if matches!(this.phase, Phase::Failed) {
-                return Poll::Ready(Err(DeflateError::Protocol("the connection already failed").into()));
+            if let Phase::Failed(error) = &mut this.phase {
+                let error = error
+                    .take()
+                    .unwrap_or(DeflateError::Protocol("the connection already failed"));
+                return Poll::Ready(Err(error.into()));
             }
             if !this.input.is_empty() {
                 let before = (this.input.len(), this.output.len());
                 if let Err(e) = this.process() {
-                    this.phase = Phase::Failed;
-                    return Poll::Ready(Err(e.into()));
+                    this.phase = Phase::Failed(Some(e));
+                    continue;
                 }
                 if this.output.len() > before.1 || this.input.len() < before.0 {
                     continue;

@@ -155,7 +155,7 @@ pub(crate) async fn open(
     let welcome = loop {
         let message = match ws.next().await {
             Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(AttemptFailure::abnormal(format!("before the welcome: {e}"))),
+            Some(Err(e)) => return Err(read_failure(&e, format!("before the welcome: {e}"))),
             None => return Err(AttemptFailure::abnormal("connection closed before the welcome")),
         };
         match decode(negotiated, message) {
@@ -259,7 +259,20 @@ fn handshake_failure(url: &str, error: tungstenite::Error) -> AttemptFailure {
             url: url.to_owned(),
             reason: e.to_string(),
         }),
-        other => AttemptFailure::abnormal(other.to_string()),
+        other => read_failure(&other, other.to_string()),
+    }
+}
+
+/// A read that failed during the attempt: 1009 for a compressed message past the
+/// size limit (not retried, like the gateway's own 1009), else abnormal.
+fn read_failure(error: &tungstenite::Error, reason: String) -> AttemptFailure {
+    match deflate_stream::close_code(error) {
+        Some(code) => AttemptFailure::Retryable {
+            code,
+            reason,
+            retry_after: None,
+        },
+        None => AttemptFailure::abnormal(reason),
     }
 }
 

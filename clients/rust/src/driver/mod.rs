@@ -317,8 +317,10 @@ impl Driver {
                         }
                     }
                     Some(Err(e)) => {
-                        let code = deflate_stream::close_code(&e).unwrap_or(ABNORMAL_CLOSURE);
-                        return connection.lost(code, e.to_string());
+                        if let Some(code) = deflate_stream::close_code(&e) {
+                            return connection.fail(code, e.to_string(), self.config.close_timeout).await;
+                        }
+                        return connection.lost(ABNORMAL_CLOSURE, e.to_string());
                     }
                     None => return connection.lost(ABNORMAL_CLOSURE, "connection closed without a close frame".to_owned()),
                 },
