@@ -835,4 +835,38 @@ mod tests {
         assert!(stream.agreement().is_some_and(|a| a.server_no_context_takeover));
         drop(writer.await.unwrap());
     }
+
+    /// A bomb behind a good frame: the good frame is handed up, then the error.
+    #[tokio::test]
+    async fn frames_before_a_failure_are_handed_up_first() {
+        use tokio::io::AsyncReadExt;
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+        let mut wire = head.to_vec();
+        wire.extend(frame(true, false, 0x1, b"welcome"));
+        let zeros = vec![0u8; 1024 * 1024];
+        wire.extend(frame(
+            true,
+            true,
+            0x2,
+            &deflate(&mut Compress::new(Compression::best(), false), &zeros),
+        ));
+        let limits = Limits {
+            max_message: 1000,
+            max_frame: LIMITS.max_frame,
+        };
+        let mut stream = DeflateStream::new(&wire[..], true, limits);
+        let mut got = Vec::new();
+        let error = loop {
+            let mut buf = [0u8; 64];
+            match stream.read(&mut buf).await {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        let mut expected = head.to_vec();
+        expected.extend(frame(true, false, 0x1, b"welcome"));
+        assert_eq!(got, expected);
+        assert_eq!(close_code(&tungstenite::Error::Io(error)), Some(MESSAGE_TOO_BIG));
+        assert!(stream.read(&mut [0u8; 8]).await.is_err(), "it stays failed");
+    }
 }
