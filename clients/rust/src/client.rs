@@ -61,6 +61,7 @@ pub struct ClientBuilder {
     subscription_token: Option<SubscriptionTokenProvider>,
     websocket: WebSocketConfig,
     max_message_bytes: usize,
+    compression: bool,
 }
 
 /// The gateway's default maximum message size (`--max-message-bytes`).
@@ -76,6 +77,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("compression", &self.compression)
             .field("token", &self.token.as_ref().map(|_| "<token>"))
             .field("token_provider", &self.token_provider.as_ref().map(|_| "<provider>"))
             .field(
@@ -101,6 +103,7 @@ impl ClientBuilder {
             subscription_token: None,
             websocket: WebSocketConfig::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            compression: true,
         }
     }
 
@@ -229,6 +232,17 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether to offer permessage-deflate (RFC 7692; default on, as browsers do).
+    /// A gateway started with `--compression on` then sends messages compressed and
+    /// the client inflates them, bounded by the WebSocket configuration's maximum
+    /// message size (past it the connection is lost with 1009). The client's own
+    /// frames go uncompressed either way. [`Welcome::compression`] tells whether the
+    /// gateway accepted.
+    pub fn compression(mut self, on: bool) -> Self {
+        self.compression = on;
+        self
+    }
+
     /// Starts the client: it connects in the background and keeps reconnecting.
     /// Must be called inside a Tokio runtime.
     pub fn build(self) -> Result<Client> {
@@ -256,6 +270,7 @@ impl ClientBuilder {
             subscription_token: self.subscription_token,
             websocket: self.websocket,
             max_message_bytes: self.max_message_bytes,
+            compression: self.compression,
         });
         let observers = Arc::new(Observers::new());
         let events = observers.listen();

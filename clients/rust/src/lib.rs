@@ -17,6 +17,10 @@
 //! - Presence (PROTOCOL.md section 21): [`Client::presence`] lists a channel's
 //!   members, and [`ClientEvent::Join`] / [`ClientEvent::Leave`] tell who comes and
 //!   goes on the subscribed channels.
+//! - Compression: the client offers permessage-deflate (RFC 7692) and inflates what
+//!   a gateway started with `--compression on` sends compressed; it sends its own
+//!   frames uncompressed. [`ClientBuilder::compression`] turns the offer off, and
+//!   [`Welcome::compression`] tells whether the gateway accepted it.
 //! - [`ClientEvent`] / [`ConnectionState`]: what happens to the connection.
 //! - [`AdminClient`]: the gateway's admin HTTP API (publish, stats, cluster view).
 //!
@@ -49,6 +53,7 @@
 mod admin;
 mod backoff;
 mod client;
+mod deflate_stream;
 mod driver;
 mod error;
 mod event;
@@ -62,6 +67,8 @@ mod transport;
 pub use admin::{AdminClient, ClusterView, InstanceInfo, InstanceStats, PublishReceipt};
 pub use backoff::{parse_retry_after, ReconnectDecision, ReconnectPolicy, StopReason, FATAL_HANDSHAKE_STATUSES};
 pub use client::{Client, ClientBuilder, Heartbeat, DEFAULT_MAX_MESSAGE_BYTES};
+#[doc(hidden)]
+pub use deflate_stream::inflated_messages;
 pub use error::{BoxError, Error, Result};
 pub use event::{ClientEvent, ConnectionState, EventStream, StaleSource};
 pub use history::{History, HistoryOptions, Published, SubscribeOptions};

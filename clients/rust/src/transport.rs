@@ -1,8 +1,9 @@
 //! One WebSocket connection attempt: the gateway URL, the upgrade with the
 //! encoding's subprotocol and the token's `Authorization: Bearer` header, the HTTP
 //! refusals the protocol distinguishes (fatal statuses, 401 for a refused token,
-//! 503 and 429 with `Retry-After`), the wait for the `welcome` frame, and turning
-//! WebSocket messages into protocol frames.
+//! 503 and 429 with `Retry-After`), the permessage-deflate offer (the frames
+//! themselves are [`crate::deflate_stream`]'s), the wait for the `welcome` frame, and
+//! turning WebSocket messages into protocol frames.
 
 use std::time::Duration;
 
@@ -10,15 +11,18 @@ use futures_util::StreamExt;
 use shardcast_proto::{decode_server, encode_client, ClientFrame, Encoding, ServerFrame};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, SEC_WEBSOCKET_PROTOCOL};
+use tokio_tungstenite::tungstenite::http::header::{
+    HeaderValue, AUTHORIZATION, RETRY_AFTER, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL,
+};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::backoff::{parse_retry_after, FATAL_HANDSHAKE_STATUSES};
+use crate::deflate_stream::{self, DeflateStream, Limits};
 use crate::error::Error;
 
-pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type WsStream = WebSocketStream<DeflateStream<TcpStream>>;
 
 /// What the `welcome` frame told about the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +42,9 @@ pub struct Welcome {
     /// When the connection's token expires, seconds since the Unix epoch; `None`
     /// without a token. The client refreshes the token before then.
     pub expires_at: Option<u64>,
+    /// Whether the gateway accepted permessage-deflate (see
+    /// [`ClientBuilder::compression`](crate::ClientBuilder::compression)).
+    pub compression: bool,
 }
 
 /// An open, welcomed connection.
@@ -94,13 +101,15 @@ pub(crate) fn validate_url(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Opens a WebSocket to `url`, offering `encoding`'s subprotocol and sending `token`
-/// as `Authorization: Bearer` (PROTOCOL.md 18.1), and waits for the `welcome` frame.
-/// The caller bounds the whole attempt with its connect timeout.
+/// Opens a WebSocket to `url`, offering `encoding`'s subprotocol, permessage-deflate
+/// when `compression` is on, and sending `token` as `Authorization: Bearer`
+/// (PROTOCOL.md 18.1), and waits for the `welcome` frame. The caller bounds the
+/// whole attempt with its connect timeout.
 pub(crate) async fn open(
     url: &str,
     encoding: Encoding,
     config: WebSocketConfig,
+    compression: bool,
     token: Option<&str>,
 ) -> Result<Opened, AttemptFailure> {
     let mut request = url.into_client_request().map_err(|e| {
@@ -123,9 +132,19 @@ pub(crate) async fn open(
         value.set_sensitive(true);
         request.headers_mut().insert(AUTHORIZATION, value);
     }
-    let (mut ws, response) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+    if compression {
+        request.headers_mut().insert(
+            SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(deflate_stream::OFFER),
+        );
+    }
+    let stream = DeflateStream::new(connect_tcp(url, &request).await?, compression, Limits::of(&config));
+    // tungstenite ignores the response's Sec-WebSocket-Extensions (its check is a
+    // TODO in 0.30); the stream beneath it has read the answer.
+    let (mut ws, response) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| handshake_failure(url, e))?;
+    let compression = ws.get_ref().agreement().is_some();
     // The gateway echoes the subprotocol it chose; the protocol says to use that one.
     let negotiated = response
         .headers()
@@ -136,7 +155,7 @@ pub(crate) async fn open(
     let welcome = loop {
         let message = match ws.next().await {
             Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(AttemptFailure::abnormal(format!("before the welcome: {e}"))),
+            Some(Err(e)) => return Err(read_failure(&e, format!("before the welcome: {e}"))),
             None => return Err(AttemptFailure::abnormal("connection closed before the welcome")),
         };
         match decode(negotiated, message) {
@@ -157,6 +176,7 @@ pub(crate) async fn open(
                     encoding: negotiated,
                     user,
                     expires_at,
+                    compression,
                 }
             }
             Incoming::Control => continue,
@@ -179,6 +199,29 @@ pub(crate) async fn open(
         }
     };
     Ok(Opened { ws, welcome })
+}
+
+/// The TCP connection for `request`, with Nagle's algorithm off (frames are small
+/// and latency matters), as tokio-tungstenite's own `connect_async` would open it.
+async fn connect_tcp(
+    url: &str,
+    request: &tungstenite::handshake::client::Request,
+) -> Result<TcpStream, AttemptFailure> {
+    let uri = request.uri();
+    let Some(host) = uri.host() else {
+        return Err(AttemptFailure::Fatal(Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: "the URL has no host".to_owned(),
+        }));
+    };
+    let port = uri.port_u16().unwrap_or(80);
+    let socket = TcpStream::connect(format!("{host}:{port}"))
+        .await
+        .map_err(|e| AttemptFailure::abnormal(tungstenite::Error::Io(e).to_string()))?;
+    socket
+        .set_nodelay(true)
+        .map_err(|e| AttemptFailure::abnormal(tungstenite::Error::Io(e).to_string()))?;
+    Ok(socket)
 }
 
 /// Sorts a failed upgrade into the protocol's cases (section 12).
@@ -216,7 +259,20 @@ fn handshake_failure(url: &str, error: tungstenite::Error) -> AttemptFailure {
             url: url.to_owned(),
             reason: e.to_string(),
         }),
-        other => AttemptFailure::abnormal(other.to_string()),
+        other => read_failure(&other, other.to_string()),
+    }
+}
+
+/// A read that failed during the attempt: 1009 for a compressed message past the
+/// size limit (not retried, like the gateway's own 1009), else abnormal.
+fn read_failure(error: &tungstenite::Error, reason: String) -> AttemptFailure {
+    match deflate_stream::close_code(error) {
+        Some(code) => AttemptFailure::Retryable {
+            code,
+            reason,
+            retry_after: None,
+        },
+        None => AttemptFailure::abnormal(reason),
     }
 }
 

@@ -101,6 +101,8 @@ pub(crate) struct Config {
     pub subscription_token: Option<SubscriptionTokenProvider>,
     pub websocket: WebSocketConfig,
     pub max_message_bytes: usize,
+    /// Offer permessage-deflate.
+    pub compression: bool,
 }
 
 /// Heartbeat settings; `None` fields default from the welcome's `ping_interval_ms`.

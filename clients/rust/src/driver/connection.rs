@@ -249,6 +249,19 @@ impl Connection {
         .await;
     }
 
+    /// Fails the connection from this side after a read error that calls for `code`:
+    /// sends the close frame, bounded in time, without waiting for its echo (the
+    /// read side has already failed).
+    pub(crate) async fn fail(&mut self, code: u16, reason: String, limit: Duration) -> End {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            // A close reason is at most 123 bytes; this one is a short ASCII message.
+            reason: reason.chars().take(120).collect::<String>().into(),
+        };
+        let _ = tokio::time::timeout(limit, self.ws.close(Some(frame))).await;
+        self.lost(code, reason)
+    }
+
     /// After the gateway's close frame: lets the WebSocket send its close reply and see
     /// the TCP connection end, bounded in time.
     pub(crate) async fn finish_close(&mut self, limit: Duration) {

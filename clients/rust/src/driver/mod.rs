@@ -33,6 +33,7 @@ pub(crate) use self::requests::Reply;
 use self::requests::{AckFields, Pending, RequestIds, Unanswered};
 use self::tokens::{HeldToken, Tokens};
 use crate::backoff::ReconnectDecision;
+use crate::deflate_stream;
 use crate::error::{Error, Result};
 use crate::event::{ClientEvent, ConnectionState, Observers};
 use crate::history::History;
@@ -142,6 +143,7 @@ impl Driver {
                 &config.url,
                 config.encoding,
                 config.websocket,
+                config.compression,
                 token.as_ref().map(|t| t.token.as_str()),
             )
             .await?;
@@ -314,7 +316,12 @@ impl Driver {
                             Incoming::Undecodable(e) => warn!(error = e, "ignoring an undecodable frame"),
                         }
                     }
-                    Some(Err(e)) => return connection.lost(ABNORMAL_CLOSURE, e.to_string()),
+                    Some(Err(e)) => {
+                        if let Some(code) = deflate_stream::close_code(&e) {
+                            return connection.fail(code, e.to_string(), self.config.close_timeout).await;
+                        }
+                        return connection.lost(ABNORMAL_CLOSURE, e.to_string());
+                    }
                     None => return connection.lost(ABNORMAL_CLOSURE, "connection closed without a close frame".to_owned()),
                 },
                 command = self.commands.recv() => {
