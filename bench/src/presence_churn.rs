@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use ring::hmac;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -31,6 +30,7 @@ use crate::clock::monotonic_ns;
 use crate::error::{BenchError, IoContext};
 use crate::latency::LatencyRecorder;
 use crate::proc_stats;
+use crate::pusher_wire::{channel_auth, PONG};
 use crate::record::{merge_runs, ScenarioRecord};
 use crate::scenarios::{judge_limit, Harness, Outcome, Pace};
 use crate::servers::{ServerKind, ServerUnderTest};
@@ -77,21 +77,6 @@ pub struct PresenceArgs {
     /// subtracted for the per-operation cost above idle (0 skips it).
     #[arg(long, default_value_t = 2.0)]
     pub idle_seconds: f64,
-}
-
-/// `<key>:<HMAC-SHA256(secret, "<socket_id>:<channel>[:<channel_data>]")>` in
-/// lowercase hex: what an app's backend signs for a private or presence subscription.
-fn channel_auth(key: &str, secret: &str, socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
-    let message = match channel_data {
-        Some(data) => format!("{socket_id}:{channel}:{data}"),
-        None => format!("{socket_id}:{channel}"),
-    };
-    let signature = hmac::sign(
-        &hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
-        message.as_bytes(),
-    );
-    let hex: String = signature.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{key}:{hex}")
 }
 
 /// The presence channel of index `n`.
@@ -190,7 +175,7 @@ impl PusherSocket {
             let event: PusherEvent = serde_json::from_slice(self.ws.payload(&frame))
                 .map_err(|e| BenchError::Protocol(format!("not a Pusher event: {e}")))?;
             if event.event == "pusher:ping" {
-                self.ws.send_text(br#"{"event":"pusher:pong","data":{}}"#).await?;
+                self.ws.send_text(PONG).await?;
                 continue;
             }
             return Ok(event);

@@ -119,6 +119,20 @@ pub fn event_body(channel: &str, data: &str) -> String {
     serde_json::json!({"name": EVENT_NAME, "channel": channel, "data": data}).to_string()
 }
 
+/// `<key>:<HMAC-SHA256(secret, "<socket_id>:<channel>[:<channel_data>]")>` in
+/// lowercase hex: what an app's backend signs for a private or presence subscription.
+pub fn channel_auth(key: &str, secret: &str, socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
+    let message = match channel_data {
+        Some(data) => format!("{socket_id}:{channel}:{data}"),
+        None => format!("{socket_id}:{channel}"),
+    };
+    let signature = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+        message.as_bytes(),
+    );
+    format!("{key}:{}", hex(signature.as_ref()))
+}
+
 /// The path and signed query of an HTTP API request: `<path>?auth_key=..&
 /// auth_timestamp=..&auth_version=1.0&body_md5=..&auth_signature=..`, where the
 /// signature is HMAC-SHA256(secret, "<METHOD>\n<path>\n<the other parameters, sorted>").

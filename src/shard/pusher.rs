@@ -20,7 +20,6 @@ use super::connection::{Connection, ConnectionFlags, Phase, Sent};
 use super::cork::Cork;
 use super::recovery::{HistoryRequest, Recovery};
 use super::{answer_when_live, Shard, ShardEnv, ShardState};
-use crate::auth::{Refusal, ANONYMOUS};
 use crate::broker::{PresenceChange, PresenceMember};
 use crate::fanout::publication::{Publication, PusherFrame};
 use crate::fanout::router::Source;
@@ -293,8 +292,7 @@ impl Shard<'_> {
                 // open as the native rules leave its shardcast channel: with an
                 // empty channel_prefix, `team:7.chat` is a native channel that may
                 // need a grant (PROTOCOL.md 20.2).
-                let who = conn.auth.as_ref().map_or(&ANONYMOUS, |a| &a.identity);
-                if let Err(Refusal(why)) = env.auth.rules().may_subscribe(who, &name, false) {
+                if let Err((_, why)) = env.permit_subscribe(conn.auth.as_deref(), &name, None) {
                     return self.pusher_refuse(key, channel, "permission", why);
                 }
             }
